@@ -1,0 +1,22 @@
+//! ringmq-core: the broker's state, with no IO and no clock.
+//!
+//! Everything here is a plain struct that takes inputs and returns outputs; time, when it matters,
+//! comes in as an argument. The transport crate feeds bytes and timer ticks in and carries the
+//! outputs out, so the same code runs under io_uring, in tests, and in the deterministic simulator.
+//!
+//! Layout:
+//! - `ids`: identifier newtypes.
+//! - `limits`: every bound of the data path, with their relationships asserted at compile time.
+//! - `frame`, `codec`: the native protocol's frames and their bytes (see `PROTOCOL.md`).
+//! - `message`-level state: `queue` (FIFO with limits, consumers, unacked deliveries),
+//!   `exchange` and `topic` (routing), `routing_table` (what every shard knows of exchanges,
+//!   bindings and queue ownership).
+//! - `completion_tracker`: the one place that decides when publish confirms are released.
+//! - `shard`: one shard's whole state machine, composed of the above.
+//!
+//! Not here: sockets, threads, rings, timers (see `ringmq-transport`).
+
+pub mod codec;
+pub mod frame;
+pub mod ids;
+pub mod limits;

@@ -1,0 +1,33 @@
+//! Every bound of the broker's data path, in one place, with their relationships asserted at
+//! compile time. Runtime options (`max-frame-size` and friends) may lower these, never raise them.
+
+/// Largest frame, in bytes, including its 4-byte length prefix. A publish of 64 KiB-frame batches
+/// (the sweet spot measured for loopback) fits 256 times over; larger frames only add latency.
+pub const FRAME_BYTES_MAX: u32 = 16 * 1024 * 1024;
+/// Default `max-frame-size`, in bytes: 1 MiB holds a full batch of 1 KiB messages.
+pub const FRAME_BYTES_DEFAULT: u32 = 1024 * 1024;
+/// Most messages in one publish or deliver frame. Bounds the work one frame can cause.
+pub const BATCH_MESSAGES_MAX: u32 = 4096;
+/// Most ranges in one confirm or settle frame.
+pub const RANGES_MAX: u32 = 4096;
+/// Most application headers on one message.
+pub const HEADERS_MAX: u32 = 64;
+/// Longest queue, exchange or binding-key name, in bytes.
+pub const NAME_BYTES_MAX: u32 = 255;
+/// Most arguments on a declare.
+pub const ARGUMENTS_MAX: u32 = 64;
+/// Most entries in a list reply.
+pub const LIST_ENTRIES_MAX: u32 = 65_536;
+/// Most publishes a connection may have unconfirmed. A producer past it gets a `LimitExceeded`
+/// error: it should have waited for confirms (the client does).
+pub const PUBLISH_INFLIGHT_MAX: u64 = 1 << 20;
+/// Largest prefetch (credit) a subscription may ask for.
+pub const PREFETCH_MAX: u32 = 1 << 20;
+/// Most subscriptions on one connection.
+pub const CONSUMERS_PER_CONNECTION_MAX: u32 = 1024;
+
+const _: () = assert!(FRAME_BYTES_DEFAULT <= FRAME_BYTES_MAX);
+const _: () = assert!(BATCH_MESSAGES_MAX as u64 <= PUBLISH_INFLIGHT_MAX);
+const _: () = assert!(RANGES_MAX >= 2);
+// A name must fit the u16 length prefix of a string on the wire.
+const _: () = assert!(NAME_BYTES_MAX <= u16::MAX as u32);
