@@ -17,6 +17,9 @@
 //! Not here: sockets, threads, rings, timers (see `ringmq-transport`).
 
 pub mod codec;
+pub mod exchange;
 pub mod frame;
 pub mod ids;
 pub mod limits;
+pub mod routing_table;
+pub mod topic;

@@ -14,6 +14,13 @@ pub const RANGES_MAX: u32 = 4096;
 pub const HEADERS_MAX: u32 = 64;
 /// Longest queue, exchange or binding-key name, in bytes.
 pub const NAME_BYTES_MAX: u32 = 255;
+/// Most exchanges a broker holds, built-ins included. Every shard keeps a copy of each, and a
+/// client could otherwise grow every shard's memory without bound.
+pub const EXCHANGES_MAX: u32 = 65_536;
+/// Most bindings on one exchange. A topic exchange scans its distinct wildcard patterns on every
+/// publish, so this also bounds the work one message can cause; 2^20 is far past any deployment
+/// we know of and fits `ExchangeInfo::bindings` (`u32`).
+pub const BINDINGS_PER_EXCHANGE_MAX: u32 = 1 << 20;
 /// Most arguments on a declare.
 pub const ARGUMENTS_MAX: u32 = 64;
 /// Most entries in a list reply.
