@@ -17,6 +17,7 @@
 //! Not here: sockets, threads, rings, timers (see `ringmq-transport`).
 
 pub mod codec;
+pub mod completion_tracker;
 pub mod exchange;
 pub mod frame;
 pub mod ids;
