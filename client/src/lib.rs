@@ -1,1 +1,75 @@
-//! ringmq client.
+//! ringmq-client: the Rust client of the ringmq native protocol, async (tokio) and blocking.
+//!
+//! ```no_run
+//! # async fn example() -> Result<(), ringmq_client::ClientError> {
+//! use ringmq_client::{ConnectOptions, Connection, Message};
+//!
+//! let connection = Connection::connect("127.0.0.1:5672", ConnectOptions::default()).await?;
+//! connection.declare_queue("jobs", Default::default(), &[]).await?;
+//! let publisher = connection.publisher()?;
+//! publisher.publish("", Message { routing_key: "jobs".into(), body: "hello".into(), ..Default::default() }).await?;
+//! let summary = publisher.wait_for_confirms().await?;
+//! assert_eq!(summary.stored, 1);
+//! let mut consumer = connection.subscribe("jobs", 100).await?;
+//! if let Some(delivery) = consumer.recv().await? {
+//!     consumer.ack(delivery.tag)?;
+//! }
+//! connection.close().await
+//! # }
+//! ```
+//!
+//! What it does: the handshake, management requests matched to replies by id, publishing with
+//! sequence numbers, a publish window (backpressure) and confirms, subscriptions with prefetch
+//! and batched settlements. What it does not do (yet): URL lists, failover and re-sending after
+//! failover, TLS, AMQP.
+//!
+//! Performance shape: `publish` appends to an outbox under a short mutex and never makes a
+//! syscall; one writer task per connection writes whatever accumulated while the socket was busy,
+//! as publish frames of up to `publish_frame_bytes` (natural batching: no timer, no frame and no
+//! channel send per message). One reader task decodes with the zero-copy codec; a `Deliver` frame
+//! is one channel send to its consumer; confirms and settlements travel as ranges.
+//!
+//! Layout:
+//! - `connection`: `Connection` (connect, management, `publisher`, `subscribe`, `close`).
+//! - `publisher`, `consumer`: the publish and consume handles.
+//! - `blocking`: the same API for plain threads, on a runtime owned by the connection.
+//! - `options`, `limits`, `error`: what callers choose, every bound, the error type.
+//! - Inside: `outbox` (send queue and batching), `writer` and `reader` (the two tasks),
+//!   `publish_window`, `confirm_queue`, `settlement_batch`, `request_table` (pure accounting),
+//!   `shared` (state the handles and tasks share), `argument_check`.
+//!
+//! Invariants:
+//! - No call waits forever on a dead connection: a broker `Error` frame, a lost socket or a
+//!   protocol violation completes every waiter with the same `ClientError`.
+//! - The broker's error text reaches the caller unchanged (`ClientError::Failed`, `Refused`,
+//!   `BrokerClosed`).
+//! - Publish sequence numbers and delivery tags are consecutive from 0 and checked against what
+//!   the broker sends back.
+
+mod argument_check;
+pub mod blocking;
+mod confirm_queue;
+mod connection;
+mod consumer;
+mod error;
+pub mod limits;
+mod options;
+mod outbox;
+mod publish_window;
+mod publisher;
+mod reader;
+mod request_table;
+mod settlement_batch;
+mod shared;
+mod writer;
+
+pub use confirm_queue::{ConfirmSummary, Rejection};
+pub use connection::{Connection, ConnectionStats};
+pub use consumer::{Consumer, Delivery};
+pub use error::ClientError;
+pub use options::ConnectOptions;
+pub use publisher::Publisher;
+pub use ringmq_core::frame::{
+    ConfirmOutcome, ConfirmRange, ErrorCode, ExchangeInfo, ExchangeKind, Header, Message, QueueInfo, QueueOptions,
+};
+pub use ringmq_core::ids::{Seq, Tag};

@@ -1,1 +1,176 @@
-//! Helpers for the integration tests.
+//! Helpers for the integration tests: start real `ringmq` processes and reach them.
+//!
+//! `BrokerProcess::start(args)` runs `ringmq broker --port P ARGS...` on a free loopback port,
+//! waits until the port accepts connections (polling against a deadline, never a fixed sleep),
+//! and kills the process by its PID when dropped, so a failing test leaves no broker behind.
+//!
+//! The binary is found without `CARGO_BIN_EXE_*` (it belongs to another package): the `RINGMQ_BIN`
+//! environment variable when set, otherwise the newest of `target/debug/ringmq` and
+//! `target/release/ringmq` under the workspace's target directory (`CARGO_TARGET_DIR` when set).
+//! Build it first: `cargo build -p ringmq`.
+//!
+//! Invariants:
+//! - A `BrokerProcess` that exists is accepting connections on `addr()`, or has been killed by
+//!   the test itself.
+//! - The process never outlives its `BrokerProcess`.
+
+use std::fs::File;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant, SystemTime};
+
+/// A running broker started by a test.
+#[derive(Debug)]
+pub struct BrokerProcess {
+    /// The child process; killed by PID on drop.
+    child: Child,
+    /// The loopback port it listens on.
+    port: u16,
+    /// Where its stdout and stderr go, for the failure message.
+    log_path: PathBuf,
+}
+
+impl BrokerProcess {
+    /// Starts `ringmq broker --port P ARGS...` on a free port and waits until it accepts TCP
+    /// connections.
+    ///
+    /// # Panics
+    /// If the binary cannot be found or started, if it exits during startup, or if it does not
+    /// accept connections within `STARTUP_TIMEOUT`; the message includes its output.
+    pub fn start(args: &[&str]) -> BrokerProcess {
+        let binary = broker_binary();
+        let mut last_failure = String::new();
+        for _ in 0..START_ATTEMPTS_MAX {
+            let port = free_port();
+            match BrokerProcess::try_start(&binary, port, args) {
+                Ok(broker) => return broker,
+                // Another process may have taken the port between our probe and the bind.
+                Err(failure) => last_failure = failure,
+            }
+        }
+        panic!("broker did not start after {START_ATTEMPTS_MAX} attempts; last failure: {last_failure}");
+    }
+
+    /// The address clients connect to, `127.0.0.1:PORT`.
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// The port it listens on.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Everything the broker wrote to stdout and stderr so far.
+    pub fn output(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// Kills the broker now (SIGKILL) and waits for it to exit.
+    pub fn kill(&mut self) {
+        // The process may already have exited; kill then fails with InvalidInput, which is fine.
+        let _ = self.child.kill();
+        // Reaping can only fail if the child was already reaped.
+        let _ = self.child.wait();
+    }
+
+    fn try_start(binary: &Path, port: u16, args: &[&str]) -> Result<BrokerProcess, String> {
+        let log_path = std::env::temp_dir().join(format!(
+            "ringmq-test-broker-{}-{port}-{}.log",
+            std::process::id(),
+            SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0)
+        ));
+        let log = File::create(&log_path).map_err(|e| format!("creating {}: {e}", log_path.display()))?;
+        let log_err = log.try_clone().map_err(|e| format!("cloning log handle: {e}"))?;
+        let child = Command::new(binary)
+            .arg("broker")
+            .arg("--port")
+            .arg(port.to_string())
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log_err)
+            .spawn()
+            .map_err(|e| format!("spawning {}: {e}", binary.display()))?;
+        let mut broker = BrokerProcess { child, port, log_path };
+        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+        let deadline = Instant::now() + STARTUP_TIMEOUT;
+        loop {
+            if let Ok(Some(status)) = broker.child.try_wait() {
+                return Err(format!("broker exited during startup with {status}; output:\n{}", broker.output()));
+            }
+            if TcpStream::connect_timeout(&addr, CONNECT_PROBE_TIMEOUT).is_ok() {
+                return Ok(broker);
+            }
+            if Instant::now() >= deadline {
+                let output = broker.output();
+                broker.kill();
+                return Err(format!(
+                    "broker did not accept connections on {addr} within {STARTUP_TIMEOUT:?}; output:\n{output}"
+                ));
+            }
+            std::thread::sleep(STARTUP_POLL_INTERVAL);
+        }
+    }
+}
+
+impl Drop for BrokerProcess {
+    fn drop(&mut self) {
+        self.kill();
+        // Keep the log only while debugging; it was shown in any failure message.
+        let _ = std::fs::remove_file(&self.log_path);
+    }
+}
+
+/// The `ringmq` binary: `RINGMQ_BIN`, else the newest of the debug and release builds.
+///
+/// # Panics
+/// If neither exists.
+pub fn broker_binary() -> PathBuf {
+    if let Some(path) = std::env::var_os("RINGMQ_BIN") {
+        return PathBuf::from(path);
+    }
+    let target_dir = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join("target"));
+    let candidates = [target_dir.join("debug").join("ringmq"), target_dir.join("release").join("ringmq")];
+    candidates
+        .iter()
+        .filter_map(|path| {
+            let modified = std::fs::metadata(path).and_then(|m| m.modified()).ok()?;
+            Some((modified, path))
+        })
+        .max_by_key(|(modified, _)| *modified)
+        .map(|(_, path)| path.clone())
+        .unwrap_or_else(|| {
+            panic!(
+                "no ringmq binary: looked for {} and {}; run `cargo build -p ringmq` or set RINGMQ_BIN",
+                candidates[0].display(),
+                candidates[1].display()
+            )
+        })
+}
+
+/// A loopback port nobody listens on right now.
+///
+/// # Panics
+/// If the OS gives no ephemeral port.
+pub fn free_port() -> u16 {
+    let listener = TcpListener::bind(("127.0.0.1", 0)).expect("binding an ephemeral loopback port");
+    listener.local_addr().expect("local address of a bound listener").port()
+}
+
+/// Longest a broker may take to accept connections after spawning.
+const STARTUP_TIMEOUT: Duration = Duration::from_secs(20);
+/// How often startup polls the port.
+const STARTUP_POLL_INTERVAL: Duration = Duration::from_millis(10);
+/// Longest one probe connect may take.
+const CONNECT_PROBE_TIMEOUT: Duration = Duration::from_millis(200);
+/// Ports tried before giving up (a port may be taken between the probe and the broker's bind).
+const START_ATTEMPTS_MAX: u32 = 3;

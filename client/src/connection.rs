@@ -1,0 +1,346 @@
+//! A connection to a broker: the handshake, management requests, and the handles to publish and
+//! consume.
+//!
+//! `connect` opens TCP (no Nagle), sends the preamble, waits for `Hello`, then splits the socket
+//! between a writer task (`writer.rs`) and a reader task (`reader.rs`). Every method takes `&self`
+//! and may be called from many tasks at once; replies are matched by request id.
+//!
+//! The connection closes when `close` is called or the `Connection` is dropped: what was queued
+//! before (publishes, settlements, cancels) is still sent, then the socket is shut down. The
+//! `Publisher` and `Consumer` handles do not keep it open; after it closed they report `Closed`
+//! (consumers: `recv` returns `None`).
+//!
+//! Invariants:
+//! - Nothing is sent before the broker's `Hello`; a connection that was not accepted is never
+//!   returned.
+//! - Every method returns once its reply arrives or the connection ends: a broker `Error` frame, a
+//!   lost socket or a protocol violation completes every waiter with that cause.
+
+use std::fmt;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use bytes::BytesMut;
+use ringmq_core::codec;
+use ringmq_core::frame::{
+    Binding, ExchangeInfo, ExchangeKind, Frame, Preamble, QueueInfo, QueueOptions, PREAMBLE_FLAG_ADMIN,
+    PROTOCOL_VERSION,
+};
+use ringmq_core::ids::Tag;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpStream, ToSocketAddrs};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use crate::argument_check::{check_arguments, check_name, check_prefetch};
+use crate::consumer::{Consumer, ConsumerSlot};
+use crate::error::ClientError;
+use crate::limits::READ_BUFFER_BYTES;
+use crate::options::ConnectOptions;
+use crate::publisher::Publisher;
+use crate::reader::run_reader;
+use crate::request_table::Reply;
+use crate::shared::{locked, Shared};
+use crate::writer::run_writer;
+
+/// An open connection to a broker.
+#[derive(Debug)]
+pub struct Connection {
+    /// State shared with the handles and the background tasks.
+    shared: Arc<Shared>,
+    /// The broker's name and version from `Hello`.
+    broker: String,
+    /// The writer task; awaited by `close`.
+    writer: Option<JoinHandle<()>>,
+    /// The reader task; awaited by `close`.
+    reader: Option<JoinHandle<()>>,
+}
+
+/// Counters of things the connection ignored, each with its reason.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ConnectionStats {
+    /// Replies whose request id had no waiter (the reply to a cancel sent on a consumer's drop).
+    pub replies_unmatched: u64,
+    /// Deliveries that arrived for a subscription already cancelled here; the broker returns them
+    /// to the queue.
+    pub deliveries_after_cancel: u64,
+    /// Confirm ranges dropped from `next_confirm`'s queue because the caller left too many
+    /// untaken (still counted by `wait_for_confirms`).
+    pub confirm_ranges_dropped: u64,
+    /// Publishes sent or queued and not yet confirmed.
+    pub unconfirmed: u64,
+}
+
+impl Connection {
+    /// Connects to the broker at `addr` (`"host:port"` or a `SocketAddr`) and completes the
+    /// handshake. Must run inside a tokio runtime: it spawns the connection's two tasks.
+    ///
+    /// # Errors
+    /// `InvalidArgument` for options out of bounds; `Connect` when TCP fails; `Refused` with the
+    /// broker's code and text when it answers with `Error` (unsupported version, not primary);
+    /// `ConnectTimeout` when no `Hello` came within `connect_timeout`; `Protocol` for anything
+    /// else than `Hello`.
+    pub async fn connect<A>(addr: A, options: ConnectOptions) -> Result<Connection, ClientError>
+    where
+        A: ToSocketAddrs + fmt::Display,
+    {
+        options.validate()?;
+        let addr_text = addr.to_string();
+        let timeout = options.connect_timeout;
+        let handshake = tokio::time::timeout(timeout, handshake(addr, &addr_text, &options)).await;
+        let (stream, buf, broker) = handshake
+            .map_err(|_elapsed| ClientError::ConnectTimeout { addr: addr_text.clone(), timeout_ms: timeout.as_millis() })??;
+        let (read_half, write_half) = stream.into_split();
+        let shared = Arc::new(Shared::new(options));
+        let writer = tokio::spawn(run_writer(Arc::clone(&shared), write_half));
+        let reader = tokio::spawn(run_reader(Arc::clone(&shared), read_half, buf));
+        tracing::debug!(addr = %addr_text, %broker, "ringmq connection open");
+        Ok(Connection { shared, broker, writer: Some(writer), reader: Some(reader) })
+    }
+
+    /// Creates queue `name`, or checks that an equal one exists (`options.passive`: only checks).
+    /// `arguments` are further settings as text (`qpid.replicate` and friends).
+    ///
+    /// # Errors
+    /// `Failed` with the broker's code and text (`PreconditionFailed` for a different existing
+    /// queue...); `InvalidArgument` for names or arguments past their limits; the connection's
+    /// cause when it ended.
+    pub async fn declare_queue(&self, name: &str, options: QueueOptions, arguments: &[(&str, &str)]) -> Result<(), ClientError> {
+        check_name("queue name", name)?;
+        let arguments: Vec<(String, String)> = arguments.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        check_arguments(&arguments)?;
+        let name = name.to_owned();
+        self.shared
+            .request("queue declare", |request| Frame::QueueDeclare { request, name, options, arguments })
+            .await?
+            .expect_done("queue declare")
+    }
+
+    /// Deletes queue `name`; its subscriptions are cancelled.
+    ///
+    /// # Errors
+    /// As `declare_queue` (`NotFound` when there is no such queue).
+    pub async fn delete_queue(&self, name: &str) -> Result<(), ClientError> {
+        check_name("queue name", name)?;
+        let name = name.to_owned();
+        self.shared.request("queue delete", |request| Frame::QueueDelete { request, name }).await?.expect_done("queue delete")
+    }
+
+    /// Drops every ready message of queue `name`.
+    ///
+    /// # Errors
+    /// As `delete_queue`.
+    pub async fn purge_queue(&self, name: &str) -> Result<(), ClientError> {
+        check_name("queue name", name)?;
+        let name = name.to_owned();
+        self.shared.request("queue purge", |request| Frame::QueuePurge { request, name }).await?.expect_done("queue purge")
+    }
+
+    /// Every queue with its counts.
+    ///
+    /// # Errors
+    /// `Failed` or the connection's cause.
+    pub async fn list_queues(&self) -> Result<Vec<QueueInfo>, ClientError> {
+        match self.shared.request("queue list", |request| Frame::QueueList { request }).await? {
+            Reply::Queues(queues) => Ok(queues),
+            other => Err(other.unexpected("queue list")),
+        }
+    }
+
+    /// Creates exchange `name` of type `kind`, or checks that an equal one exists.
+    ///
+    /// # Errors
+    /// As `declare_queue`.
+    pub async fn declare_exchange(&self, name: &str, kind: ExchangeKind) -> Result<(), ClientError> {
+        check_name("exchange name", name)?;
+        let name = name.to_owned();
+        self.shared
+            .request("exchange declare", |request| Frame::ExchangeDeclare {
+                request,
+                name,
+                kind,
+                passive: false,
+                arguments: Vec::new(),
+            })
+            .await?
+            .expect_done("exchange declare")
+    }
+
+    /// Deletes exchange `name` and its bindings.
+    ///
+    /// # Errors
+    /// As `delete_queue`.
+    pub async fn delete_exchange(&self, name: &str) -> Result<(), ClientError> {
+        check_name("exchange name", name)?;
+        let name = name.to_owned();
+        self.shared
+            .request("exchange delete", |request| Frame::ExchangeDelete { request, name })
+            .await?
+            .expect_done("exchange delete")
+    }
+
+    /// Every exchange.
+    ///
+    /// # Errors
+    /// `Failed` or the connection's cause.
+    pub async fn list_exchanges(&self) -> Result<Vec<ExchangeInfo>, ClientError> {
+        match self.shared.request("exchange list", |request| Frame::ExchangeList { request }).await? {
+            Reply::Exchanges(exchanges) => Ok(exchanges),
+            other => Err(other.unexpected("exchange list")),
+        }
+    }
+
+    /// Binds `queue` to `exchange` with binding key `key` (idempotent).
+    ///
+    /// # Errors
+    /// As `declare_queue`.
+    pub async fn bind(&self, exchange: &str, queue: &str, key: &str) -> Result<(), ClientError> {
+        let binding = binding(exchange, queue, key)?;
+        self.shared.request("bind", |request| Frame::Bind { request, binding }).await?.expect_done("bind")
+    }
+
+    /// Removes the binding of `queue` to `exchange` with key `key`.
+    ///
+    /// # Errors
+    /// As `declare_queue`.
+    pub async fn unbind(&self, exchange: &str, queue: &str, key: &str) -> Result<(), ClientError> {
+        let binding = binding(exchange, queue, key)?;
+        self.shared.request("unbind", |request| Frame::Unbind { request, binding }).await?.expect_done("unbind")
+    }
+
+    /// The connection's publisher. There is one per connection: sequence numbers and confirms
+    /// belong to the connection.
+    ///
+    /// # Errors
+    /// `PublisherTaken` on a second call; the connection's cause when it ended.
+    pub fn publisher(&self) -> Result<Publisher, ClientError> {
+        self.shared.check_open()?;
+        if self.shared.publisher_taken.swap(true, Ordering::AcqRel) {
+            return Err(ClientError::PublisherTaken);
+        }
+        Ok(Publisher::new(Arc::clone(&self.shared)))
+    }
+
+    /// Subscribes to `queue`; the broker keeps at most `prefetch` deliveries unsettled for it.
+    ///
+    /// # Errors
+    /// `InvalidArgument` for a prefetch outside `1..=PREFETCH_MAX` or a long name; `Failed` with
+    /// the broker's code and text (`NotFound`, `ResourceLocked`...); the connection's cause.
+    pub async fn subscribe(&self, queue: &str, prefetch: u32) -> Result<Consumer, ClientError> {
+        check_name("queue name", queue)?;
+        check_prefetch(prefetch)?;
+        let consumer = self.shared.next_consumer_id();
+        let (events, receiver) = mpsc::unbounded_channel();
+        {
+            // Registered before the request goes out: deliveries may follow the `Ok` at once.
+            let mut consumers = locked(&self.shared.consumers);
+            self.shared.check_open()?;
+            let previous = consumers.insert(consumer, ConsumerSlot { events, next_tag: Tag(0) });
+            assert!(previous.is_none(), "consumer id {} reused", consumer.0);
+        }
+        let queue_name = queue.to_owned();
+        let result = self
+            .shared
+            .request("subscribe", |request| Frame::Subscribe { request, consumer, queue: queue_name, prefetch })
+            .await
+            .and_then(|reply| reply.expect_done("subscribe"));
+        if let Err(err) = result {
+            locked(&self.shared.consumers).remove(&consumer);
+            return Err(err);
+        }
+        Ok(Consumer::new(Arc::clone(&self.shared), consumer, queue.to_owned(), prefetch, receiver))
+    }
+
+    /// Closes the connection: what was queued is sent, the socket is shut down, and the call
+    /// returns once the broker closed its side (or after `CLOSE_LINGER`). Unconfirmed publishes
+    /// are not waited for: call `Publisher::wait_for_confirms` first.
+    ///
+    /// # Errors
+    /// The cause the connection had already failed with, if it had.
+    pub async fn close(mut self) -> Result<(), ClientError> {
+        let earlier = self.shared.closed.get().cloned();
+        self.shared.close(ClientError::Closed);
+        for task in [self.writer.take(), self.reader.take()].into_iter().flatten() {
+            // A task ends by itself once closed; a panic inside it was an assertion, already
+            // reported by the panic hook, and the connection is closed either way.
+            let _ = task.await;
+        }
+        match earlier {
+            Some(ClientError::Closed) | None => Ok(()),
+            Some(cause) => Err(cause),
+        }
+    }
+
+    /// The broker's name and version, as its `Hello` gave them.
+    pub fn broker(&self) -> &str {
+        &self.broker
+    }
+
+    /// Why the connection ended, once it has.
+    pub fn closed_reason(&self) -> Option<ClientError> {
+        self.shared.closed.get().cloned()
+    }
+
+    /// Counters of ignored input, and the publishes in flight.
+    pub fn stats(&self) -> ConnectionStats {
+        ConnectionStats {
+            replies_unmatched: self.shared.replies_unmatched.load(Ordering::Relaxed),
+            deliveries_after_cancel: self.shared.deliveries_after_cancel.load(Ordering::Relaxed),
+            confirm_ranges_dropped: locked(&self.shared.confirms).ranges_dropped(),
+            unconfirmed: locked(&self.shared.outbox).window().inflight(),
+        }
+    }
+}
+
+impl Drop for Connection {
+    /// Starts a graceful close; the tasks finish sending what was queued on their own.
+    fn drop(&mut self) {
+        self.shared.close(ClientError::Closed);
+    }
+}
+
+/// TCP connect, preamble, `Hello`. Returns the stream, the bytes read after `Hello`, and the
+/// broker's name.
+async fn handshake<A: ToSocketAddrs>(
+    addr: A,
+    addr_text: &str,
+    options: &ConnectOptions,
+) -> Result<(TcpStream, BytesMut, String), ClientError> {
+    let connect_error = |err: std::io::Error| ClientError::Connect { addr: addr_text.to_string(), source: Arc::new(err) };
+    let mut stream = TcpStream::connect(addr).await.map_err(connect_error)?;
+    // Frames are batched by the writer already; Nagle would only add latency.
+    stream.set_nodelay(true).map_err(connect_error)?;
+    let mut preamble = BytesMut::new();
+    let flags = if options.admin { PREAMBLE_FLAG_ADMIN } else { 0 };
+    codec::encode_preamble(Preamble { version: PROTOCOL_VERSION, flags }, &mut preamble);
+    stream.write_all(&preamble).await.map_err(|err| ClientError::lost("sending the preamble", &err))?;
+    let mut buf = BytesMut::with_capacity(READ_BUFFER_BYTES);
+    let frame = loop {
+        match codec::decode(&mut buf, options.frame_bytes_max) {
+            Ok(Some(frame)) => break frame,
+            Ok(None) => {}
+            Err(err) => return Err(ClientError::Protocol { reason: format!("handshake: {err}") }),
+        }
+        let read = stream.read_buf(&mut buf).await.map_err(|err| ClientError::lost("waiting for Hello", &err))?;
+        if read == 0 {
+            return Err(ClientError::ConnectionLost {
+                reason: "the broker closed the connection before sending Hello".to_string(),
+            });
+        }
+    };
+    match frame {
+        Frame::Hello { version, broker } if version == PROTOCOL_VERSION => Ok((stream, buf, broker)),
+        Frame::Hello { version, .. } => Err(ClientError::Protocol {
+            reason: format!("handshake: broker must speak protocol version {PROTOCOL_VERSION}; it speaks {version}"),
+        }),
+        Frame::Error { code, message } => Err(ClientError::Refused { code, message }),
+        other => Err(ClientError::Protocol { reason: format!("handshake: expected Hello or Error; got {other:?}") }),
+    }
+}
+
+fn binding(exchange: &str, queue: &str, key: &str) -> Result<Binding, ClientError> {
+    check_name("exchange name", exchange)?;
+    check_name("queue name", queue)?;
+    check_name("binding key", key)?;
+    Ok(Binding { exchange: exchange.to_owned(), queue: queue.to_owned(), key: key.to_owned() })
+}

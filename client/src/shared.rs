@@ -1,0 +1,206 @@
+//! The state one connection shares between the caller's handles and its two background tasks.
+//!
+//! `Connection`, `Publisher` and every `Consumer` hold an `Arc<Shared>`; so do the reader task
+//! (which completes requests, releases the publish window and hands deliveries to consumers) and
+//! the writer task (which drains the outbox into the socket).
+//!
+//! Locks are `std::sync::Mutex`, held for a few instructions and never across an `.await`, and
+//! never two at a time: every path takes one, releases it, then takes the next.
+//!
+//! Invariants:
+//! - `closed` is set once, to the first cause; afterwards no request, publish or subscription
+//!   is accepted, and `close` has completed every waiter (requests, consumers, publisher) with
+//!   that cause. A waiter checks `closed` under the same lock it registers under, so none is
+//!   registered after `close` drained the tables.
+//! - A graceful close (`ClientError::Closed`) lets the writer send what was queued before it;
+//!   any other cause stops the writer at once.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard, OnceLock};
+
+use bytes::BytesMut;
+use ringmq_core::codec;
+use ringmq_core::frame::Frame;
+use ringmq_core::ids::{ConsumerId, RequestId};
+use tokio::sync::{oneshot, Notify};
+
+use crate::confirm_queue::ConfirmQueue;
+use crate::consumer::{ConsumerEvent, ConsumerSlot};
+use crate::error::ClientError;
+use crate::options::ConnectOptions;
+use crate::outbox::{Outbox, OutboxState};
+use crate::request_table::{Reply, RequestTable};
+
+/// One connection's shared state.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    /// The options the connection was opened with.
+    pub(crate) options: ConnectOptions,
+    /// What waits to be written, and the publish window.
+    pub(crate) outbox: Mutex<Outbox>,
+    /// Wakes the writer when the outbox gets items while it was idle (`notify_one`: a wake
+    /// before the writer waits is kept as a permit).
+    pub(crate) writer_wake: Notify,
+    /// Confirm ranges received and the running summary.
+    pub(crate) confirms: Mutex<ConfirmQueue>,
+    /// Wakes publishers waiting for window room or confirms, on every confirm frame and on close
+    /// (`notify_waiters`: waiters enable their `Notified` before checking).
+    pub(crate) confirm_wake: Notify,
+    /// Requests waiting for replies.
+    pub(crate) requests: Mutex<RequestTable>,
+    /// Subscriptions by id.
+    pub(crate) consumers: Mutex<HashMap<ConsumerId, ConsumerSlot>>,
+    /// The cause the connection ended with; set once.
+    pub(crate) closed: OnceLock<ClientError>,
+    /// Wakes the reader when the connection starts closing, so it stops after a linger.
+    pub(crate) closing: Notify,
+    /// The next subscription id.
+    next_consumer: AtomicU32,
+    /// True once `Connection::publisher` handed out the publisher.
+    pub(crate) publisher_taken: AtomicBool,
+    /// Replies whose request id no waiter had (a broker bug, or a reply to a detached request).
+    pub(crate) replies_unmatched: AtomicU64,
+    /// Deliveries for a subscription this client already cancelled; the broker returns them to
+    /// the queue when it processes the cancel.
+    pub(crate) deliveries_after_cancel: AtomicU64,
+}
+
+impl Shared {
+    /// Fresh state for a connection with these (validated) options.
+    pub(crate) fn new(options: ConnectOptions) -> Shared {
+        Shared {
+            outbox: Mutex::new(Outbox::new(options.publish_window, options.frame_bytes_max)),
+            options,
+            writer_wake: Notify::new(),
+            confirms: Mutex::new(ConfirmQueue::default()),
+            confirm_wake: Notify::new(),
+            requests: Mutex::new(RequestTable::default()),
+            consumers: Mutex::new(HashMap::new()),
+            closed: OnceLock::new(),
+            closing: Notify::new(),
+            next_consumer: AtomicU32::new(0),
+            publisher_taken: AtomicBool::new(false),
+            replies_unmatched: AtomicU64::new(0),
+            deliveries_after_cancel: AtomicU64::new(0),
+        }
+    }
+
+    /// Ends the connection with `cause` (the first cause wins) and completes every waiter.
+    pub(crate) fn close(&self, cause: ClientError) {
+        if self.closed.set(cause.clone()).is_err() {
+            return;
+        }
+        let graceful = matches!(cause, ClientError::Closed);
+        if graceful {
+            tracing::debug!("ringmq connection closing");
+        } else {
+            tracing::debug!(%cause, "ringmq connection failed");
+        }
+        locked(&self.outbox).close(if graceful { OutboxState::Draining } else { OutboxState::Stopped });
+        self.writer_wake.notify_one();
+        locked(&self.requests).fail_all(&cause);
+        let slots: Vec<ConsumerSlot> = locked(&self.consumers).drain().map(|(_, slot)| slot).collect();
+        for slot in slots {
+            // A consumer that was dropped has nobody to tell.
+            let _ = slot.events.send(ConsumerEvent::Closed(cause.clone()));
+        }
+        self.confirm_wake.notify_waiters();
+        self.closing.notify_one();
+    }
+
+    /// The cause the connection ended with (`Closed` if it has not ended: only asked after a
+    /// refusal that implies it has).
+    pub(crate) fn closed_error(&self) -> ClientError {
+        self.closed.get().cloned().unwrap_or(ClientError::Closed)
+    }
+
+    /// `Err(cause)` once the connection has ended.
+    pub(crate) fn check_open(&self) -> Result<(), ClientError> {
+        match self.closed.get() {
+            Some(cause) => Err(cause.clone()),
+            None => Ok(()),
+        }
+    }
+
+    /// A fresh subscription id.
+    pub(crate) fn next_consumer_id(&self) -> ConsumerId {
+        ConsumerId(self.next_consumer.fetch_add(1, Ordering::Relaxed))
+    }
+
+    /// Encodes `frame` and queues it behind everything queued before.
+    ///
+    /// # Errors
+    /// `FrameTooLarge` when it exceeds `frame_bytes_max`; the close cause when closed.
+    pub(crate) fn send_frame(&self, what: &'static str, frame: &Frame) -> Result<(), ClientError> {
+        let mut bytes = BytesMut::new();
+        codec::encode(frame, &mut bytes);
+        if bytes.len() > self.options.frame_bytes_max as usize {
+            return Err(ClientError::FrameTooLarge {
+                what,
+                encoded_bytes: bytes.len(),
+                frame_bytes_max: self.options.frame_bytes_max,
+            });
+        }
+        let wake = {
+            let mut outbox = locked(&self.outbox);
+            if outbox.push_encoded(bytes.freeze()).is_err() {
+                drop(outbox);
+                return Err(self.closed_error());
+            }
+            outbox.take_writer_wake()
+        };
+        if wake {
+            self.writer_wake.notify_one();
+        }
+        Ok(())
+    }
+
+    /// Sends the request `build(id)` makes and waits for its reply.
+    ///
+    /// # Errors
+    /// `Failed` with the broker's code and text; the close cause when the connection ends first;
+    /// `FrameTooLarge` when the request does not fit a frame.
+    pub(crate) async fn request(&self, what: &'static str, build: impl FnOnce(RequestId) -> Frame) -> Result<Reply, ClientError> {
+        let (waiter, reply) = oneshot::channel();
+        let id = self.register_request(waiter)?;
+        if let Err(err) = self.send_frame(what, &build(id)) {
+            // The waiter must not linger; the request was never sent. The id is still ours.
+            let _ = locked(&self.requests).complete(id, Err(err.clone()));
+            return Err(err);
+        }
+        match reply.await {
+            Ok(result) => result,
+            // The table only drops a waiter by completing it; a dropped sender means the
+            // connection state was torn down.
+            Err(_) => Err(self.closed_error()),
+        }
+    }
+
+    /// Sends the request `build(id)` makes without waiting for the reply (used from `Drop`).
+    pub(crate) fn request_detached(&self, what: &'static str, build: impl FnOnce(RequestId) -> Frame) -> Result<(), ClientError> {
+        let (waiter, _reply) = oneshot::channel();
+        let id = self.register_request(waiter)?;
+        let result = self.send_frame(what, &build(id));
+        if result.is_err() {
+            // Never sent: remove the waiter. The id is ours, so it is known.
+            let _ = locked(&self.requests).complete(id, Ok(Reply::Done));
+        }
+        result
+    }
+
+    fn register_request(&self, waiter: oneshot::Sender<Result<Reply, ClientError>>) -> Result<RequestId, ClientError> {
+        let mut requests = locked(&self.requests);
+        self.check_open()?;
+        Ok(requests.register(waiter))
+    }
+}
+
+/// Locks a mutex of the connection state.
+///
+/// # Panics
+/// If a thread panicked while holding it: that was a failed assertion, and the state it guarded
+/// cannot be trusted.
+pub(crate) fn locked<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().expect("connection state lock poisoned by an earlier panic")
+}
