@@ -18,9 +18,13 @@
 
 pub mod codec;
 pub mod completion_tracker;
+pub mod config_coordinator;
 pub mod exchange;
 pub mod frame;
 pub mod ids;
 pub mod limits;
+pub mod queue;
 pub mod routing_table;
+pub mod shard;
+pub mod shard_message;
 pub mod topic;

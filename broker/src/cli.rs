@@ -1,0 +1,195 @@
+//! The command line, as clap types. Each command's behaviour lives in its own module.
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// ringmq: a low-latency message broker with active-passive high availability.
+#[derive(Debug, Parser)]
+#[command(name = "ringmq", version, about)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Every command.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a broker: `ringmq broker [--config FILE] [--OPTION VALUE]...` (see `ringmq broker --help`).
+    #[command(disable_help_flag = true)]
+    Broker {
+        /// Options, as `--name value`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Add, delete or list queues.
+    Queue {
+        /// Broker connection.
+        #[command(flatten)]
+        broker: BrokerArgs,
+        /// What to do.
+        #[command(subcommand)]
+        command: QueueCommand,
+    },
+    /// Add, delete or list exchanges.
+    Exchange {
+        /// Broker connection.
+        #[command(flatten)]
+        broker: BrokerArgs,
+        /// What to do.
+        #[command(subcommand)]
+        command: ExchangeCommand,
+    },
+    /// Bind a queue to an exchange.
+    Bind {
+        /// Broker connection.
+        #[command(flatten)]
+        broker: BrokerArgs,
+        /// The binding.
+        #[command(flatten)]
+        binding: BindingArgs,
+    },
+    /// Remove a binding.
+    Unbind {
+        /// Broker connection.
+        #[command(flatten)]
+        broker: BrokerArgs,
+        /// The binding.
+        #[command(flatten)]
+        binding: BindingArgs,
+    },
+    /// Send messages: the arguments, lines of stdin, or `--count` generated ones.
+    Send(SendArgs),
+    /// Receive messages from a queue and print them (or count them).
+    Receive(ReceiveArgs),
+    /// Load generator: throughput and latency percentiles.
+    Bench(ringmq_bench::BenchArgs),
+}
+
+/// How to reach the broker.
+#[derive(Debug, Args, Clone)]
+pub struct BrokerArgs {
+    /// Broker address, `host:port`.
+    #[arg(short = 'b', long = "broker", default_value = "127.0.0.1:5672", global = true)]
+    pub broker: String,
+    /// Connect as an administrator (served even on an HA backup).
+    #[arg(long = "ha-admin", global = true)]
+    pub ha_admin: bool,
+}
+
+/// Queue management.
+#[derive(Debug, Subcommand)]
+pub enum QueueCommand {
+    /// Declare a queue (idempotent when the options match).
+    Add {
+        /// Queue name.
+        name: String,
+        /// Most messages the queue holds.
+        #[arg(long)]
+        max_count: Option<u64>,
+        /// Most body bytes the queue holds.
+        #[arg(long)]
+        max_bytes: Option<u64>,
+        /// Delete it when its last consumer goes away.
+        #[arg(long)]
+        auto_delete: bool,
+    },
+    /// Delete a queue.
+    Del {
+        /// Queue name.
+        name: String,
+    },
+    /// Drop a queue's ready messages.
+    Purge {
+        /// Queue name.
+        name: String,
+    },
+    /// List queues with their depth and counts.
+    List,
+}
+
+/// Exchange types on the command line.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum ExchangeType {
+    /// Route by exact key.
+    Direct,
+    /// Route to every bound queue.
+    Fanout,
+    /// Route by pattern (`*` one word, `#` any words).
+    Topic,
+}
+
+/// Exchange management.
+#[derive(Debug, Subcommand)]
+pub enum ExchangeCommand {
+    /// Declare an exchange.
+    Add {
+        /// Exchange name.
+        name: String,
+        /// Its type.
+        #[arg(long = "type", value_enum, default_value = "direct")]
+        kind: ExchangeType,
+    },
+    /// Delete an exchange and its bindings.
+    Del {
+        /// Exchange name.
+        name: String,
+    },
+    /// List exchanges.
+    List,
+}
+
+/// A binding.
+#[derive(Debug, Args)]
+pub struct BindingArgs {
+    /// Exchange name.
+    pub exchange: String,
+    /// Queue name.
+    pub queue: String,
+    /// Binding key (a pattern for topic exchanges; ignored by fanout).
+    #[arg(default_value = "")]
+    pub key: String,
+}
+
+/// `ringmq send`.
+#[derive(Debug, Args)]
+pub struct SendArgs {
+    /// Broker connection.
+    #[command(flatten)]
+    pub broker: BrokerArgs,
+    /// Exchange to publish to (default: the default exchange, which routes by queue name).
+    #[arg(short, long, default_value = "")]
+    pub exchange: String,
+    /// Routing key (for the default exchange: the queue name).
+    #[arg(short = 'k', long = "key", default_value = "")]
+    pub routing_key: String,
+    /// Send this many generated messages instead of arguments or stdin.
+    #[arg(long)]
+    pub count: Option<u64>,
+    /// Body size of generated messages, in bytes.
+    #[arg(long, default_value_t = 64)]
+    pub size: usize,
+    /// Message bodies; without them (and without --count), each line of stdin is one message.
+    pub messages: Vec<String>,
+}
+
+/// `ringmq receive`.
+#[derive(Debug, Args)]
+pub struct ReceiveArgs {
+    /// Broker connection.
+    #[command(flatten)]
+    pub broker: BrokerArgs,
+    /// Queue to consume from.
+    pub queue: String,
+    /// Stop after this many messages.
+    #[arg(long)]
+    pub count: Option<u64>,
+    /// Stop when no message arrived for this long (`0.5`, `2s`, `100ms`); default: wait forever.
+    #[arg(long)]
+    pub timeout: Option<String>,
+    /// Credit: most unacknowledged deliveries at once.
+    #[arg(long, default_value_t = 1000)]
+    pub prefetch: u32,
+    /// Only report how many were received, not the bodies.
+    #[arg(short, long)]
+    pub quiet: bool,
+}

@@ -1,0 +1,314 @@
+//! The broker's options: one table, read from a `key=value` config file (`#` comments) and from
+//! `--key value` flags (flags win). Every option has a type, a default and a line of help; an
+//! unknown option or a bad value is an error naming the option, what is allowed and what came.
+//!
+//! Invariants: a `BrokerConfig` only exists with every value validated.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
+use std::time::Duration;
+
+use ringmq_core::limits::{FRAME_BYTES_DEFAULT, FRAME_BYTES_MAX, PUBLISH_INFLIGHT_MAX};
+
+/// A validated broker configuration.
+#[derive(Debug, Clone)]
+pub struct BrokerConfig {
+    /// `host`: address to listen on.
+    pub host: IpAddr,
+    /// `port`: TCP port to listen on (0 picks a free one).
+    pub port: u16,
+    /// `shards`: shard threads, one per core by default.
+    pub shards: u16,
+    /// `pin-cores`: pin shard threads to cores.
+    pub pin_cores: bool,
+    /// `max-frame-size`: largest frame accepted, in bytes.
+    pub frame_bytes_max: u32,
+    /// `max-inflight`: most unconfirmed publishes per connection.
+    pub publish_inflight_max: u32,
+    /// `deliver-batch`: most messages per delivery frame.
+    pub deliver_batch_max: u32,
+    /// `io-uring-entries`: submission queue size of each shard's ring.
+    pub ring_entries: u32,
+    /// `log`: tracing filter.
+    pub log: String,
+}
+
+/// A configuration error, naming the option and what was allowed.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ConfigError {
+    /// The option is not one the broker knows.
+    #[error("unknown option '{name}'{source_note}; known options: {known}")]
+    UnknownOption {
+        /// What came.
+        name: String,
+        /// Where it came from (`" (config file line 3)"`), or empty for a flag.
+        source_note: String,
+        /// Every known option.
+        known: String,
+    },
+    /// The value does not parse or is out of range.
+    #[error("option '{name}': {allowed}; got '{value}'")]
+    BadValue {
+        /// Option name.
+        name: String,
+        /// What is allowed.
+        allowed: String,
+        /// What came.
+        value: String,
+    },
+    /// A flag without its value.
+    #[error("option '--{0}' needs a value")]
+    MissingValue(String),
+    /// A config file line that is not `key=value`.
+    #[error("config file {file} line {line}: expected 'key=value' or a '#' comment; got '{text}'")]
+    BadLine {
+        /// File name.
+        file: String,
+        /// 1-based line number.
+        line: usize,
+        /// The line.
+        text: String,
+    },
+    /// The config file could not be read.
+    #[error("cannot read config file {file}: {error}")]
+    Unreadable {
+        /// File name.
+        file: String,
+        /// The IO error.
+        error: String,
+    },
+}
+
+/// One known option.
+struct OptionSpec {
+    /// Its name, as in the file and after `--`.
+    name: &'static str,
+    /// Default, as text (empty: computed).
+    default: &'static str,
+    /// One line of help.
+    help: &'static str,
+}
+
+/// Every option the broker knows. README.md's option table mirrors this list.
+const OPTIONS: &[OptionSpec] = &[
+    OptionSpec { name: "host", default: "0.0.0.0", help: "address to listen on" },
+    OptionSpec { name: "port", default: "5672", help: "TCP port for clients (native protocol; 0 picks a free port)" },
+    OptionSpec { name: "shards", default: "", help: "shard threads; default one per core" },
+    OptionSpec { name: "pin-cores", default: "true", help: "pin each shard thread to its core" },
+    OptionSpec { name: "max-frame-size", default: "1048576", help: "largest frame accepted, in bytes" },
+    OptionSpec { name: "max-inflight", default: "65536", help: "most unconfirmed publishes per connection" },
+    OptionSpec { name: "deliver-batch", default: "256", help: "most messages per delivery frame" },
+    OptionSpec { name: "io-uring-entries", default: "1024", help: "submission queue entries per shard" },
+    OptionSpec { name: "log", default: "info", help: "log filter (error, warn, info, debug, trace)" },
+];
+
+/// The option table as `(name, default, help)`, for `--help`.
+pub fn option_table() -> impl Iterator<Item = (&'static str, &'static str, &'static str)> {
+    OPTIONS.iter().map(|o| (o.name, o.default, o.help))
+}
+
+impl BrokerConfig {
+    /// Reads `--config FILE` (if given) and then every `--key value` / `--key=value` flag.
+    ///
+    /// # Errors
+    /// Any unknown option, bad value or unreadable file.
+    pub fn from_args(args: &[String]) -> Result<BrokerConfig, ConfigError> {
+        let mut values: BTreeMap<String, String> = BTreeMap::new();
+        let mut flags: Vec<(String, String)> = Vec::new();
+        let mut iter = args.iter();
+        while let Some(arg) = iter.next() {
+            let Some(flag) = arg.strip_prefix("--") else {
+                return Err(ConfigError::UnknownOption {
+                    name: arg.clone(),
+                    source_note: " (options are given as --name value)".into(),
+                    known: known_names(),
+                });
+            };
+            let (name, value) = match flag.split_once('=') {
+                Some((name, value)) => (name.to_string(), value.to_string()),
+                None => {
+                    let value = iter.next().ok_or_else(|| ConfigError::MissingValue(flag.to_string()))?;
+                    (flag.to_string(), value.clone())
+                }
+            };
+            flags.push((name, value));
+        }
+        if let Some((_, file)) = flags.iter().find(|(name, _)| name == "config") {
+            read_file(Path::new(file), &mut values)?;
+        }
+        for (name, value) in flags.into_iter().filter(|(name, _)| name != "config") {
+            check_known(&name, "")?;
+            values.insert(name, value);
+        }
+        BrokerConfig::from_values(&values)
+    }
+
+    /// Builds a configuration from option values, filling defaults.
+    ///
+    /// # Errors
+    /// A bad value.
+    pub fn from_values(values: &BTreeMap<String, String>) -> Result<BrokerConfig, ConfigError> {
+        let get = |name: &str| -> String {
+            values.get(name).cloned().unwrap_or_else(|| {
+                OPTIONS.iter().find(|o| o.name == name).map(|o| o.default.to_string()).unwrap_or_default()
+            })
+        };
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as u16;
+        let shards = match values.get("shards") {
+            Some(value) => parse_int("shards", value, 1, 256)? as u16,
+            None => cores,
+        };
+        Ok(BrokerConfig {
+            host: parse_ip("host", &get("host"))?,
+            port: parse_int("port", &get("port"), 0, u64::from(u16::MAX))? as u16,
+            shards,
+            pin_cores: parse_bool("pin-cores", &get("pin-cores"))?,
+            frame_bytes_max: parse_int("max-frame-size", &get("max-frame-size"), 4096, u64::from(FRAME_BYTES_MAX))?
+                as u32,
+            publish_inflight_max: parse_int("max-inflight", &get("max-inflight"), 1, PUBLISH_INFLIGHT_MAX)? as u32,
+            deliver_batch_max: parse_int(
+                "deliver-batch",
+                &get("deliver-batch"),
+                1,
+                u64::from(ringmq_core::limits::BATCH_MESSAGES_MAX),
+            )? as u32,
+            ring_entries: parse_int("io-uring-entries", &get("io-uring-entries"), 8, 32768)? as u32,
+            log: get("log"),
+        })
+    }
+
+    /// The address to listen on.
+    pub fn listen_addr(&self) -> SocketAddr {
+        SocketAddr::new(self.host, self.port)
+    }
+}
+
+const _: () = assert!(FRAME_BYTES_DEFAULT == 1_048_576, "keep the option table's default in step");
+
+fn read_file(path: &Path, values: &mut BTreeMap<String, String>) -> Result<(), ConfigError> {
+    let file = path.display().to_string();
+    let text = std::fs::read_to_string(path)
+        .map_err(|error| ConfigError::Unreadable { file: file.clone(), error: error.to_string() })?;
+    for (index, raw) in text.lines().enumerate() {
+        let line = raw.split('#').next().unwrap_or("").trim();
+        if line.is_empty() {
+            continue;
+        }
+        let Some((name, value)) = line.split_once('=') else {
+            return Err(ConfigError::BadLine { file, line: index + 1, text: raw.to_string() });
+        };
+        let name = name.trim();
+        check_known(name, &format!(" (config file {file} line {})", index + 1))?;
+        values.insert(name.to_string(), value.trim().to_string());
+    }
+    Ok(())
+}
+
+fn check_known(name: &str, source_note: &str) -> Result<(), ConfigError> {
+    if OPTIONS.iter().any(|o| o.name == name) {
+        Ok(())
+    } else {
+        Err(ConfigError::UnknownOption { name: name.to_string(), source_note: source_note.to_string(), known: known_names() })
+    }
+}
+
+fn known_names() -> String {
+    let mut names: Vec<&str> = OPTIONS.iter().map(|o| o.name).collect();
+    names.push("config");
+    names.join(", ")
+}
+
+fn bad(name: &str, allowed: impl Into<String>, value: &str) -> ConfigError {
+    ConfigError::BadValue { name: name.to_string(), allowed: allowed.into(), value: value.to_string() }
+}
+
+fn parse_int(name: &str, value: &str, min: u64, max: u64) -> Result<u64, ConfigError> {
+    match value.trim().parse::<u64>() {
+        Ok(n) if (min..=max).contains(&n) => Ok(n),
+        _ => Err(bad(name, format!("must be an integer in {min}..={max}"), value)),
+    }
+}
+
+fn parse_bool(name: &str, value: &str) -> Result<bool, ConfigError> {
+    match value.trim() {
+        "true" | "yes" | "on" | "1" => Ok(true),
+        "false" | "no" | "off" | "0" => Ok(false),
+        _ => Err(bad(name, "must be true/false (or yes/no, on/off, 1/0)", value)),
+    }
+}
+
+fn parse_ip(name: &str, value: &str) -> Result<IpAddr, ConfigError> {
+    value.trim().parse().map_err(|_| bad(name, "must be an IP address such as 127.0.0.1 or ::", value))
+}
+
+/// Parses a duration: a plain number is seconds (`0.1`), or a number with `s`, `ms`, `us` or `ns`.
+///
+/// # Errors
+/// Anything else, negative values included.
+pub fn parse_duration(name: &str, value: &str) -> Result<Duration, ConfigError> {
+    let text = value.trim();
+    let (number, scale) = if let Some(n) = text.strip_suffix("ms") {
+        (n, 1e-3)
+    } else if let Some(n) = text.strip_suffix("us") {
+        (n, 1e-6)
+    } else if let Some(n) = text.strip_suffix("ns") {
+        (n, 1e-9)
+    } else if let Some(n) = text.strip_suffix('s') {
+        (n, 1.0)
+    } else {
+        (text, 1.0)
+    };
+    let allowed = "must be a duration: seconds as a number (0.1) or with a unit (10s, 10ms, 10us, 10ns)";
+    match number.trim().parse::<f64>() {
+        Ok(n) if n.is_finite() && n >= 0.0 => Ok(Duration::from_secs_f64(n * scale)),
+        _ => Err(bad(name, allowed, value)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn durations_accept_every_documented_form() {
+        assert_eq!(parse_duration("d", "0.1").unwrap(), Duration::from_millis(100));
+        assert_eq!(parse_duration("d", "10s").unwrap(), Duration::from_secs(10));
+        assert_eq!(parse_duration("d", "10ms").unwrap(), Duration::from_millis(10));
+        assert_eq!(parse_duration("d", "10us").unwrap(), Duration::from_micros(10));
+        assert_eq!(parse_duration("d", "10ns").unwrap(), Duration::from_nanos(10));
+        let error = parse_duration("link-heartbeat-interval", "ten").unwrap_err();
+        assert!(error.to_string().starts_with("option 'link-heartbeat-interval': must be a duration"), "{error}");
+        assert!(parse_duration("d", "-1s").is_err());
+    }
+
+    #[test]
+    fn unknown_options_and_bad_values_name_what_came() {
+        let error = BrokerConfig::from_args(&args(&["--prot", "5"])).unwrap_err();
+        assert!(error.to_string().starts_with("unknown option 'prot'; known options: host, port"), "{error}");
+        let error = BrokerConfig::from_args(&args(&["--port", "70000"])).unwrap_err();
+        assert_eq!(error.to_string(), "option 'port': must be an integer in 0..=65535; got '70000'");
+        let error = BrokerConfig::from_args(&args(&["--port"])).unwrap_err();
+        assert_eq!(error, ConfigError::MissingValue("port".into()));
+    }
+
+    #[test]
+    fn flags_override_the_config_file() {
+        let path = std::env::temp_dir().join(format!("ringmq-config-test-{}.conf", std::process::id()));
+        std::fs::write(&path, "# a comment\nport = 6000\nshards=2 # trailing comment\n").unwrap();
+        let config = BrokerConfig::from_args(&args(&["--config", path.to_str().unwrap(), "--port=7000"])).unwrap();
+        assert_eq!(config.port, 7000);
+        assert_eq!(config.shards, 2);
+        std::fs::write(&path, "port 6000\n").unwrap();
+        let error = BrokerConfig::from_args(&args(&["--config", path.to_str().unwrap()])).unwrap_err();
+        assert!(matches!(error, ConfigError::BadLine { line: 1, .. }), "{error}");
+        std::fs::write(&path, "bogus=1\n").unwrap();
+        let error = BrokerConfig::from_args(&args(&["--config", path.to_str().unwrap()])).unwrap_err();
+        assert!(error.to_string().contains("(config file"), "{error}");
+        std::fs::remove_file(&path).unwrap();
+    }
+}

@@ -1,0 +1,874 @@
+//! One shard's whole state machine: the connections it accepted, the queues it owns, its copy of
+//! the routing table, and (on shard 0) the configuration coordinator.
+//!
+//! Call contract (`now` is not needed yet: nothing here is timed):
+//! - inputs: `handle_accept`, `handle_read` (bytes from a connection), `handle_closed`,
+//!   `handle_peer` (a message from another shard);
+//! - then `drive()`, which runs loopback messages and delivers from queues that changed;
+//! - outputs, in any order: `poll_transmit` (bytes for a connection, and whether to close it
+//!   after), `poll_peer` (messages for other shards).
+//!
+//! Not here: sockets, rings, threads; the transport carries bytes and messages in and out.
+//!
+//! Invariants:
+//! - A queue is owned by exactly one shard, `shard_of(name)`; only that shard holds its `Queue`.
+//! - Every shard's routing table sees the same configuration changes in the same order (the
+//!   coordinator's), so routing the same publish gives the same queues on every shard.
+//! - A publish is confirmed only through the connection's completion tracker, after every target
+//!   queue reported.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+
+use bytes::BytesMut;
+
+use crate::codec::{self, DecodeError};
+use crate::completion_tracker::CompletionTracker;
+use crate::config_coordinator::{ConfigCoordinator, Decision};
+use crate::frame::{
+    ConfirmOutcome, ConfirmRange, ErrorCode, Frame, Message, QueueInfo, PREAMBLE_FLAG_ADMIN, PROTOCOL_VERSION,
+};
+use crate::ids::{ConnId, ConsumerId, RequestId, Seq, ShardId};
+use crate::queue::{DeliveryBatch, Queue, SubscriberKey};
+use crate::routing_table::RoutingTable;
+use crate::shard_message::{ConfigChange, ConfigRequest, ConnRef, EnqueueItem, ShardMessage};
+
+/// Settings a shard needs from the broker's configuration.
+#[derive(Debug, Clone)]
+pub struct ShardConfig {
+    /// Number of shards in the broker.
+    pub shard_count: u16,
+    /// `max-frame-size`: the largest frame accepted, in bytes.
+    pub frame_bytes_max: u32,
+    /// Most unconfirmed publishes per connection.
+    pub publish_inflight_max: u32,
+    /// Most messages per delivery batch.
+    pub deliver_batch_max: usize,
+    /// The broker's name for `Hello`.
+    pub broker_name: String,
+}
+
+/// Counters of things dropped or ignored, each with its reason.
+#[derive(Debug, Default, Clone)]
+pub struct ShardCounters {
+    /// Messages for connections that had closed.
+    pub to_closed_connection: u64,
+    /// Settles naming tags not held.
+    pub settle_unknown_tags: u64,
+    /// Connections closed for a protocol error.
+    pub protocol_errors: u64,
+}
+
+/// Which queue a shard owns: a stable hash of the name.
+pub fn shard_of(name: &str, shard_count: u16) -> ShardId {
+    // FNV-1a: stable across builds and platforms, which a hash-map hasher is not promised to be.
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in name.bytes() {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    ShardId((hash % u64::from(shard_count)) as u16)
+}
+
+/// One shard. See the module doc for the call contract.
+#[derive(Debug)]
+pub struct Shard {
+    /// This shard.
+    id: ShardId,
+    /// Settings.
+    config: ShardConfig,
+    /// Exchanges, bindings and queue names, identical on every shard.
+    routing: RoutingTable,
+    /// Queues this shard owns.
+    queues: HashMap<Arc<str>, Queue>,
+    /// Connections this shard accepted.
+    sessions: HashMap<ConnId, Session>,
+    /// Shard 0 only: decides configuration changes.
+    coordinator: Option<ConfigCoordinator>,
+    /// Messages for other shards, by destination index.
+    outbox: Vec<Vec<ShardMessage>>,
+    /// Messages to ourselves, run by `drive`.
+    loopback: VecDeque<ShardMessage>,
+    /// Queues that may be able to deliver.
+    dirty_queues: HashSet<Arc<str>>,
+    /// Connections with bytes to write or to close.
+    dirty_sessions: Vec<ConnId>,
+    /// Per destination shard: enqueues gathered while reading one connection.
+    pending_enqueues: Vec<Vec<EnqueueItem>>,
+    /// Scratch for routing results.
+    route_scratch: Vec<Arc<str>>,
+    /// Drop counters.
+    counters: ShardCounters,
+}
+
+/// A client connection's state on the shard that accepted it.
+#[derive(Debug)]
+struct Session {
+    /// False until the preamble arrived.
+    open: bool,
+    /// Admin connection (`--ha-admin`).
+    admin: bool,
+    /// Set once an `Error` went out; nothing more is read.
+    closing: bool,
+    /// Bytes waiting to be written.
+    out: BytesMut,
+    /// Whether the session is in `dirty_sessions`.
+    dirty: bool,
+    /// Publish confirms; created by the first publish.
+    tracker: Option<CompletionTracker>,
+    /// The seq the next publish must carry.
+    next_seq: Option<Seq>,
+    /// Subscriptions: consumer to queue name.
+    subscriptions: HashMap<ConsumerId, Arc<str>>,
+    /// Queue lists being gathered from every shard.
+    list_gathers: HashMap<RequestId, (u16, Vec<QueueInfo>)>,
+    /// Whether the tracker may have confirms to release.
+    confirms_due: bool,
+}
+
+impl Shard {
+    /// A new shard; shard 0 is also the configuration coordinator.
+    ///
+    /// # Panics
+    /// If `id` is not below `config.shard_count`.
+    pub fn new(id: ShardId, config: ShardConfig) -> Shard {
+        assert!(id.0 < config.shard_count, "{id} of {} shards", config.shard_count);
+        let count = usize::from(config.shard_count);
+        Shard {
+            id,
+            routing: RoutingTable::new(),
+            queues: HashMap::new(),
+            sessions: HashMap::new(),
+            coordinator: (id.0 == 0).then(ConfigCoordinator::default),
+            outbox: (0..count).map(|_| Vec::new()).collect(),
+            loopback: VecDeque::new(),
+            dirty_queues: HashSet::new(),
+            dirty_sessions: Vec::new(),
+            pending_enqueues: (0..count).map(|_| Vec::new()).collect(),
+            route_scratch: Vec::new(),
+            counters: ShardCounters::default(),
+            config,
+        }
+    }
+
+    /// This shard's id.
+    pub fn id(&self) -> ShardId {
+        self.id
+    }
+
+    /// Drop counters.
+    pub fn counters(&self) -> &ShardCounters {
+        &self.counters
+    }
+
+    /// A connection was accepted.
+    ///
+    /// # Panics
+    /// If `conn` is already in use.
+    pub fn handle_accept(&mut self, conn: ConnId) {
+        let session = Session {
+            open: false,
+            admin: false,
+            closing: false,
+            out: BytesMut::new(),
+            dirty: false,
+            tracker: None,
+            next_seq: None,
+            subscriptions: HashMap::new(),
+            list_gathers: HashMap::new(),
+            confirms_due: false,
+        };
+        assert!(self.sessions.insert(conn, session).is_none(), "connection id reused");
+    }
+
+    /// Bytes arrived on a connection. Consumes every complete frame of `buf`, leaving a partial
+    /// one in place.
+    pub fn handle_read(&mut self, conn: ConnId, buf: &mut BytesMut) {
+        let Some(session) = self.sessions.get_mut(&conn) else { return };
+        if session.closing {
+            buf.clear();
+            return;
+        }
+        if !session.open {
+            match codec::decode_preamble(buf) {
+                Ok(None) => return,
+                Ok(Some(preamble)) if preamble.version != PROTOCOL_VERSION => {
+                    let message = format!(
+                        "protocol version {} is not supported; this broker speaks {PROTOCOL_VERSION}",
+                        preamble.version
+                    );
+                    self.fail_connection(conn, ErrorCode::UnsupportedVersion, message);
+                    return;
+                }
+                Ok(Some(preamble)) => {
+                    let _ = buf.split_to(crate::frame::PREAMBLE_LEN);
+                    session.open = true;
+                    session.admin = preamble.flags & PREAMBLE_FLAG_ADMIN != 0;
+                    let hello = Frame::Hello { version: PROTOCOL_VERSION, broker: self.config.broker_name.clone() };
+                    self.write_frame(conn, &hello);
+                }
+                Err(error) => {
+                    self.fail_decode(conn, &error);
+                    return;
+                }
+            }
+        }
+        loop {
+            match codec::decode(buf, self.config.frame_bytes_max) {
+                Ok(None) => break,
+                Ok(Some(frame)) => {
+                    self.handle_frame(conn, frame);
+                    if self.sessions.get(&conn).is_none_or(|s| s.closing) {
+                        buf.clear();
+                        break;
+                    }
+                }
+                Err(error) => {
+                    self.fail_decode(conn, &error);
+                    buf.clear();
+                    break;
+                }
+            }
+        }
+        self.flush_enqueues(conn);
+    }
+
+    /// A connection closed (by the peer or after an error). Its subscriptions are cancelled and
+    /// their unsettled deliveries returned; its exclusive queues are deleted.
+    pub fn handle_closed(&mut self, conn: ConnId) {
+        if self.sessions.remove(&conn).is_none() {
+            return;
+        }
+        let origin = self.conn_ref(conn);
+        for shard in 0..self.config.shard_count {
+            self.send(ShardId(shard), ShardMessage::ConnectionClosed { origin });
+        }
+        self.send(ShardId(0), ShardMessage::ConfigRequest { origin, request: None, change: ConfigRequest::ConnectionClosed });
+    }
+
+    /// A message from another shard (or from ourselves).
+    pub fn handle_peer(&mut self, message: ShardMessage) {
+        match message {
+            ShardMessage::Enqueue { origin, items } => self.enqueue_batch(origin, items),
+            ShardMessage::Enqueued { conn, results } => {
+                for range in results {
+                    self.record_enqueued(conn, range);
+                }
+            }
+            ShardMessage::Subscribe { origin, request, consumer, queue, prefetch } => {
+                let result = self.subscribe_local(origin, consumer, &queue, prefetch);
+                let message = ShardMessage::Subscribed { conn: origin.conn, request, consumer, result };
+                self.send(origin.shard, message);
+            }
+            ShardMessage::Subscribed { conn, request, consumer, result } => {
+                let frame = match result {
+                    Ok(()) => Frame::Ok { request },
+                    Err((code, message)) => {
+                        // A failed subscribe leaves no subscription behind.
+                        if let Some(session) = self.sessions.get_mut(&conn) {
+                            session.subscriptions.remove(&consumer);
+                        }
+                        Frame::Failed { request, code, message }
+                    }
+                };
+                self.write_frame(conn, &frame);
+            }
+            ShardMessage::Cancel { origin, request, consumer, queue } => {
+                self.cancel_local(origin, consumer, &queue);
+                if let Some(request) = request {
+                    self.reply(origin, Frame::Ok { request });
+                }
+            }
+            ShardMessage::Settle { origin, consumer, queue, settlement, ranges } => {
+                let key = SubscriberKey { shard: origin.shard, conn: origin.conn, consumer };
+                if let Some(entry) = self.queues.get_mut(queue.as_str()) {
+                    if let Some(outcome) = entry.settle(key, settlement, &ranges) {
+                        self.counters.settle_unknown_tags += outcome.unknown;
+                        self.mark_queue(&queue);
+                    }
+                }
+            }
+            ShardMessage::Purge { origin, request, queue } => {
+                let reply = match self.queues.get_mut(queue.as_str()) {
+                    Some(entry) => {
+                        entry.purge();
+                        Frame::Ok { request }
+                    }
+                    None => not_found_queue(request, &queue),
+                };
+                self.reply(origin, reply);
+            }
+            ShardMessage::ListQueues { origin, request } => {
+                let queues = self.queues.values().map(Queue::info).collect();
+                self.send(origin.shard, ShardMessage::QueueInfos { conn: origin.conn, request, queues });
+            }
+            ShardMessage::QueueInfos { conn, request, queues } => self.gather_queue_infos(conn, request, queues),
+            ShardMessage::Deliver { conn, consumer, first_tag, messages } => {
+                self.write_deliveries(conn, consumer, first_tag, messages);
+            }
+            ShardMessage::Reply { conn, frame } => {
+                if let Frame::ConsumerCancelled { consumer, .. } = &frame {
+                    if let Some(session) = self.sessions.get_mut(&conn) {
+                        session.subscriptions.remove(consumer);
+                    }
+                }
+                self.write_frame(conn, &frame);
+            }
+            ShardMessage::ConfigRequest { origin, request, change } => self.coordinate(origin, request, change),
+            ShardMessage::ApplyConfig { id, change } => {
+                if let Err((_, message)) = self.apply_config(change) {
+                    panic!("{}: change {id} failed on a non-coordinator shard: {message}", self.id);
+                }
+                self.send(ShardId(0), ShardMessage::ConfigApplied { id });
+            }
+            ShardMessage::ConfigApplied { id } => {
+                let coordinator = self.coordinator.as_mut().expect("ConfigApplied sent to a non-coordinator");
+                if let Some((origin, Some(request))) = coordinator.handle_applied(id) {
+                    self.reply(origin, Frame::Ok { request });
+                }
+            }
+            ShardMessage::ConnectionClosed { origin } => {
+                let mut emptied = Vec::new();
+                for (name, queue) in &mut self.queues {
+                    if queue.cancel_connection(origin.shard, origin.conn) > 0 {
+                        self.dirty_queues.insert(name.clone());
+                        if queue.consumer_count() == 0 && queue.options().auto_delete {
+                            emptied.push(name.to_string());
+                        }
+                    }
+                }
+                for name in emptied {
+                    self.request_auto_delete(name);
+                }
+            }
+        }
+    }
+
+    /// Runs loopback messages and delivers from changed queues, until nothing moves.
+    pub fn drive(&mut self) {
+        loop {
+            while let Some(message) = self.loopback.pop_front() {
+                self.handle_peer(message);
+            }
+            let own = usize::from(self.id.0);
+            if !self.outbox[own].is_empty() {
+                self.loopback.extend(self.outbox[own].drain(..));
+                continue;
+            }
+            if self.dirty_queues.is_empty() {
+                break;
+            }
+            self.deliver_dirty_queues();
+        }
+        self.release_confirms();
+    }
+
+    /// The next bytes to write: the connection, the bytes, and whether to close it once they are
+    /// written.
+    pub fn poll_transmit(&mut self) -> Option<(ConnId, BytesMut, bool)> {
+        while let Some(conn) = self.dirty_sessions.pop() {
+            let Some(session) = self.sessions.get_mut(&conn) else { continue };
+            session.dirty = false;
+            if session.out.is_empty() && !session.closing {
+                continue;
+            }
+            return Some((conn, session.out.split(), session.closing));
+        }
+        None
+    }
+
+    /// Messages for shard `to`, in order. Never returns our own messages (see `drive`).
+    pub fn poll_peer(&mut self, to: ShardId) -> std::vec::Drain<'_, ShardMessage> {
+        assert_ne!(to, self.id);
+        self.outbox[usize::from(to.0)].drain(..)
+    }
+
+    /// Whether any other shard has messages waiting.
+    pub fn has_peer_output(&self) -> bool {
+        self.outbox.iter().enumerate().any(|(i, o)| i != usize::from(self.id.0) && !o.is_empty())
+    }
+
+    fn handle_frame(&mut self, conn: ConnId, frame: Frame) {
+        let origin = self.conn_ref(conn);
+        match frame {
+            Frame::Publish { exchange, first_seq, messages } => self.publish(conn, &exchange, first_seq, messages),
+            Frame::Settle { consumer, settlement, ranges } => {
+                let Some(queue) = self.subscription_queue(conn, consumer) else {
+                    let message = format!("settle for consumer {} which does not subscribe", consumer.0);
+                    self.fail_connection(conn, ErrorCode::NotFound, message);
+                    return;
+                };
+                let message = ShardMessage::Settle { origin, consumer, queue: queue.to_string(), settlement, ranges };
+                self.send(shard_of(&queue, self.config.shard_count), message);
+            }
+            Frame::QueueDeclare { request, name, options, arguments: _ } => {
+                let change = ConfigRequest::DeclareQueue { name, options };
+                self.send(ShardId(0), ShardMessage::ConfigRequest { origin, request: Some(request), change });
+            }
+            Frame::QueueDelete { request, name } => {
+                let change = ConfigRequest::Change(ConfigChange::DeleteQueue { name });
+                self.send(ShardId(0), ShardMessage::ConfigRequest { origin, request: Some(request), change });
+            }
+            Frame::ExchangeDeclare { request, name, kind, passive, arguments: _ } => {
+                let change = ConfigRequest::DeclareExchange { name, kind, passive };
+                self.send(ShardId(0), ShardMessage::ConfigRequest { origin, request: Some(request), change });
+            }
+            Frame::ExchangeDelete { request, name } => {
+                let change = ConfigRequest::Change(ConfigChange::DeleteExchange { name });
+                self.send(ShardId(0), ShardMessage::ConfigRequest { origin, request: Some(request), change });
+            }
+            Frame::Bind { request, binding } => {
+                let change = ConfigRequest::Change(ConfigChange::Bind(binding));
+                self.send(ShardId(0), ShardMessage::ConfigRequest { origin, request: Some(request), change });
+            }
+            Frame::Unbind { request, binding } => {
+                let change = ConfigRequest::Change(ConfigChange::Unbind(binding));
+                self.send(ShardId(0), ShardMessage::ConfigRequest { origin, request: Some(request), change });
+            }
+            Frame::QueuePurge { request, name } => {
+                let owner = shard_of(&name, self.config.shard_count);
+                self.send(owner, ShardMessage::Purge { origin, request, queue: name });
+            }
+            Frame::QueueList { request } => {
+                let session = self.sessions.get_mut(&conn).expect("session of a frame");
+                session.list_gathers.insert(request, (self.config.shard_count, Vec::new()));
+                for shard in 0..self.config.shard_count {
+                    self.send(ShardId(shard), ShardMessage::ListQueues { origin, request });
+                }
+            }
+            Frame::ExchangeList { request } => {
+                let exchanges = self.routing.exchanges().collect();
+                self.write_frame(conn, &Frame::ExchangeListReply { request, exchanges });
+            }
+            Frame::Subscribe { request, consumer, queue, prefetch } => self.subscribe(conn, request, consumer, queue, prefetch),
+            Frame::Cancel { request, consumer } => {
+                let session = self.sessions.get_mut(&conn).expect("session of a frame");
+                match session.subscriptions.remove(&consumer) {
+                    Some(queue) => {
+                        let owner = shard_of(&queue, self.config.shard_count);
+                        let queue = queue.to_string();
+                        self.send(owner, ShardMessage::Cancel { origin, request: Some(request), consumer, queue });
+                    }
+                    None => {
+                        let message = format!("consumer {} does not subscribe", consumer.0);
+                        self.write_frame(conn, &Frame::Failed { request, code: ErrorCode::NotFound, message });
+                    }
+                }
+            }
+            Frame::Heartbeat => {}
+            other => {
+                let message = format!("a client may not send {}", frame_name(&other));
+                self.fail_connection(conn, ErrorCode::UnexpectedFrame, message);
+            }
+        }
+    }
+
+    /// Routes and enqueues one publish frame; local queues take the messages at once, other
+    /// shards' queues get them in one batch per shard at the end of the read.
+    fn publish(&mut self, conn: ConnId, exchange: &str, first_seq: Seq, messages: Vec<Message>) {
+        let inflight_max = self.config.publish_inflight_max;
+        let session = self.sessions.get_mut(&conn).expect("session of a frame");
+        let expected = *session.next_seq.get_or_insert(first_seq);
+        if first_seq != expected {
+            let message = format!("publish sequence must continue at {}; got {}", expected.0, first_seq.0);
+            self.fail_connection(conn, ErrorCode::Malformed, message);
+            return;
+        }
+        session.next_seq = Some(Seq(first_seq.0 + messages.len() as u64));
+        session.tracker.get_or_insert_with(|| CompletionTracker::new(inflight_max as usize));
+        let mut targets = std::mem::take(&mut self.route_scratch);
+        for (offset, message) in messages.into_iter().enumerate() {
+            let seq = Seq(first_seq.0 + offset as u64);
+            targets.clear();
+            let routed = self.routing.route(exchange, &message.routing_key, &mut targets);
+            let tracker = self.sessions.get_mut(&conn).and_then(|s| s.tracker.as_mut()).expect("tracker");
+            let target_count = if routed.is_err() { 1 } else { targets.len() as u32 };
+            if tracker.handle_publish(seq, target_count).is_err() {
+                let message = format!("more than {inflight_max} publishes unconfirmed; wait for confirms");
+                self.fail_connection(conn, ErrorCode::LimitExceeded, message);
+                break;
+            }
+            if let Err(error) = routed {
+                let outcome = ConfirmOutcome::Rejected { code: error.code(), reason: error.to_string() };
+                tracker.handle_enqueued(seq, outcome);
+                continue;
+            }
+            let last = targets.len().saturating_sub(1);
+            let mut message = Some(message);
+            for (index, queue) in targets.drain(..).enumerate() {
+                // Every target but the last gets a clone (reference counts, not bytes).
+                let message = if index == last { message.take() } else { message.clone() }.expect("message present");
+                let owner = shard_of(&queue, self.config.shard_count);
+                if owner == self.id {
+                    let outcome = self.enqueue_local(&queue, message);
+                    self.record_enqueued(conn, ConfirmRange { first: seq, last: seq, outcome });
+                } else {
+                    self.pending_enqueues[usize::from(owner.0)].push(EnqueueItem { queue, seq, message });
+                }
+            }
+        }
+        self.route_scratch = targets;
+        self.mark_confirms_due(conn);
+    }
+
+    /// Sends the enqueues gathered for other shards while reading `conn`.
+    fn flush_enqueues(&mut self, conn: ConnId) {
+        let origin = self.conn_ref(conn);
+        for shard in 0..self.config.shard_count {
+            let items = std::mem::take(&mut self.pending_enqueues[usize::from(shard)]);
+            if !items.is_empty() {
+                self.send(ShardId(shard), ShardMessage::Enqueue { origin, items });
+            }
+        }
+    }
+
+    /// Stores a batch from another shard's producer and reports the outcomes back.
+    fn enqueue_batch(&mut self, origin: ConnRef, items: Vec<EnqueueItem>) {
+        let mut results: Vec<ConfirmRange> = Vec::new();
+        for item in items {
+            let outcome = self.enqueue_local(&item.queue, item.message);
+            match results.last_mut() {
+                Some(range) if range.last.next() == item.seq && range.outcome == outcome => range.last = item.seq,
+                _ => results.push(ConfirmRange { first: item.seq, last: item.seq, outcome }),
+            }
+        }
+        if origin.shard == self.id {
+            for range in results {
+                self.record_enqueued(origin.conn, range);
+            }
+        } else {
+            self.send(origin.shard, ShardMessage::Enqueued { conn: origin.conn, results });
+        }
+    }
+
+    fn enqueue_local(&mut self, queue: &Arc<str>, message: Message) -> ConfirmOutcome {
+        match self.queues.get_mut(queue) {
+            Some(entry) => match entry.enqueue(message) {
+                Ok(()) => {
+                    if entry.can_deliver() {
+                        self.dirty_queues.insert(queue.clone());
+                    }
+                    ConfirmOutcome::Stored
+                }
+                Err(error) => ConfirmOutcome::Rejected { code: error.code(), reason: error.to_string() },
+            },
+            // Deleted between routing and arrival.
+            None => ConfirmOutcome::Rejected { code: ErrorCode::NotFound, reason: format!("no queue '{queue}'") },
+        }
+    }
+
+    /// One target of each seq in `range` reported.
+    fn record_enqueued(&mut self, conn: ConnId, range: ConfirmRange) {
+        let Some(session) = self.sessions.get_mut(&conn) else {
+            self.counters.to_closed_connection += 1;
+            return;
+        };
+        let tracker = session.tracker.as_mut().expect("enqueue result for a connection that never published");
+        let mut seq = range.first;
+        while seq <= range.last {
+            tracker.handle_enqueued(seq, range.outcome.clone());
+            seq = seq.next();
+        }
+        if !session.confirms_due {
+            session.confirms_due = true;
+        }
+    }
+
+    fn mark_confirms_due(&mut self, conn: ConnId) {
+        if let Some(session) = self.sessions.get_mut(&conn) {
+            session.confirms_due = true;
+        }
+    }
+
+    /// Writes every releasable confirm; the tracker decides which.
+    fn release_confirms(&mut self) {
+        let mut ranges = Vec::new();
+        let mut written = Vec::new();
+        for (conn, session) in &mut self.sessions {
+            if !session.confirms_due {
+                continue;
+            }
+            session.confirms_due = false;
+            let Some(tracker) = session.tracker.as_mut() else { continue };
+            tracker.poll_confirms(&mut ranges);
+            if ranges.is_empty() {
+                continue;
+            }
+            codec::encode(&Frame::Confirm { ranges: std::mem::take(&mut ranges) }, &mut session.out);
+            written.push(*conn);
+        }
+        for conn in written {
+            self.mark_session(conn);
+        }
+    }
+
+    fn subscribe(&mut self, conn: ConnId, request: RequestId, consumer: ConsumerId, queue: String, prefetch: u32) {
+        let origin = self.conn_ref(conn);
+        let session = self.sessions.get_mut(&conn).expect("session of a frame");
+        let max = crate::limits::CONSUMERS_PER_CONNECTION_MAX as usize;
+        let failure = if session.subscriptions.contains_key(&consumer) {
+            Some((ErrorCode::PreconditionFailed, format!("consumer {} already subscribes", consumer.0)))
+        } else if session.subscriptions.len() >= max {
+            Some((ErrorCode::LimitExceeded, format!("a connection may have at most {max} consumers")))
+        } else {
+            None
+        };
+        if let Some((code, message)) = failure {
+            self.write_frame(conn, &Frame::Failed { request, code, message });
+            return;
+        }
+        session.subscriptions.insert(consumer, Arc::from(queue.as_str()));
+        let owner = shard_of(&queue, self.config.shard_count);
+        self.send(owner, ShardMessage::Subscribe { origin, request, consumer, queue, prefetch });
+    }
+
+    fn subscribe_local(
+        &mut self,
+        origin: ConnRef,
+        consumer: ConsumerId,
+        queue: &str,
+        prefetch: u32,
+    ) -> Result<(), (ErrorCode, String)> {
+        let Some(entry) = self.queues.get_mut(queue) else {
+            return Err((ErrorCode::NotFound, format!("no queue '{queue}'")));
+        };
+        if let Some(owner) = entry.exclusive_owner() {
+            if owner != (origin.shard, origin.conn) {
+                return Err((ErrorCode::ResourceLocked, format!("queue '{queue}' is exclusive to another connection")));
+            }
+        }
+        let key = SubscriberKey { shard: origin.shard, conn: origin.conn, consumer };
+        entry.subscribe(key, prefetch).map_err(|error| (ErrorCode::InvalidArgument, error.to_string()))?;
+        self.mark_queue(queue);
+        Ok(())
+    }
+
+    fn cancel_local(&mut self, origin: ConnRef, consumer: ConsumerId, queue: &str) {
+        let Some(entry) = self.queues.get_mut(queue) else { return };
+        let key = SubscriberKey { shard: origin.shard, conn: origin.conn, consumer };
+        if entry.cancel(key) {
+            let emptied = entry.consumer_count() == 0 && entry.options().auto_delete;
+            self.mark_queue(queue);
+            if emptied {
+                self.request_auto_delete(queue.to_string());
+            }
+        }
+    }
+
+    fn request_auto_delete(&mut self, name: String) {
+        let origin = self.conn_ref(ConnId(u32::MAX));
+        let change = ConfigRequest::AutoDelete { name };
+        self.send(ShardId(0), ShardMessage::ConfigRequest { origin, request: None, change });
+    }
+
+    fn deliver_dirty_queues(&mut self) {
+        let batch_max = self.config.deliver_batch_max;
+        let mut batches: Vec<DeliveryBatch> = Vec::new();
+        for name in std::mem::take(&mut self.dirty_queues) {
+            if let Some(queue) = self.queues.get_mut(&name) {
+                queue.poll_deliveries(batch_max, |batch| batches.push(batch));
+            }
+        }
+        for batch in batches {
+            let key = batch.subscriber;
+            if key.shard == self.id {
+                self.write_deliveries(key.conn, key.consumer, batch.first_tag, batch.messages);
+            } else {
+                let message = ShardMessage::Deliver {
+                    conn: key.conn,
+                    consumer: key.consumer,
+                    first_tag: batch.first_tag,
+                    messages: batch.messages,
+                };
+                self.send(key.shard, message);
+            }
+        }
+    }
+
+    fn write_deliveries(&mut self, conn: ConnId, consumer: ConsumerId, first_tag: crate::ids::Tag, messages: Vec<crate::frame::Delivered>) {
+        let Some(session) = self.sessions.get_mut(&conn) else {
+            self.counters.to_closed_connection += 1;
+            return;
+        };
+        if !session.subscriptions.contains_key(&consumer) {
+            // Cancelled meanwhile: the queue took these back when it processed the cancel.
+            self.counters.to_closed_connection += 1;
+            return;
+        }
+        codec::encode(&Frame::Deliver { consumer, first_tag, messages }, &mut session.out);
+        self.mark_session(conn);
+    }
+
+    fn gather_queue_infos(&mut self, conn: ConnId, request: RequestId, queues: Vec<QueueInfo>) {
+        let Some(session) = self.sessions.get_mut(&conn) else {
+            self.counters.to_closed_connection += 1;
+            return;
+        };
+        let Some((remaining, gathered)) = session.list_gathers.get_mut(&request) else { return };
+        gathered.extend(queues);
+        *remaining -= 1;
+        if *remaining > 0 {
+            return;
+        }
+        let (_, mut queues) = session.list_gathers.remove(&request).expect("gather present");
+        queues.sort_by(|a, b| a.name.cmp(&b.name));
+        self.write_frame(conn, &Frame::QueueListReply { request, queues });
+    }
+
+    /// Shard 0: decide a configuration request, apply it here, broadcast it.
+    fn coordinate(&mut self, origin: ConnRef, request: Option<RequestId>, change: ConfigRequest) {
+        let coordinator = self.coordinator.as_ref().expect("configuration request sent to a non-coordinator");
+        let changes = match coordinator.decide(origin, request, change) {
+            Decision::Reply(frame) => {
+                if request.is_some() {
+                    self.reply(origin, frame);
+                }
+                return;
+            }
+            Decision::Apply(changes) => changes,
+        };
+        let count = changes.len();
+        if count == 0 {
+            if let Some(request) = request {
+                self.reply(origin, Frame::Ok { request });
+            }
+            return;
+        }
+        for (index, change) in changes.into_iter().enumerate() {
+            // Only the last change answers the request.
+            let answer = if index + 1 == count { request } else { None };
+            if let Err((code, message)) = self.apply_config(change.clone()) {
+                if let Some(request) = answer {
+                    self.reply(origin, Frame::Failed { request, code, message });
+                }
+                continue;
+            }
+            let coordinator = self.coordinator.as_mut().expect("coordinator");
+            let id = coordinator.record_applied(&change);
+            let others = self.config.shard_count - 1;
+            if others == 0 {
+                if let Some(request) = answer {
+                    self.reply(origin, Frame::Ok { request });
+                }
+                continue;
+            }
+            coordinator.await_applied(id, origin, answer, others);
+            for shard in 1..self.config.shard_count {
+                self.send(ShardId(shard), ShardMessage::ApplyConfig { id, change: change.clone() });
+            }
+        }
+    }
+
+    /// Applies a configuration change to this shard's routing table and queues.
+    fn apply_config(&mut self, change: ConfigChange) -> Result<(), (ErrorCode, String)> {
+        let routing_error = |e: crate::routing_table::RoutingError| (e.code(), e.to_string());
+        match change {
+            ConfigChange::CreateQueue { name, options, exclusive_owner } => {
+                self.routing.add_queue(&name).map_err(routing_error)?;
+                if shard_of(&name, self.config.shard_count) == self.id {
+                    let owner = exclusive_owner.map(|c| (c.shard, c.conn));
+                    self.queues.insert(Arc::from(name.as_str()), Queue::new(name, options, owner));
+                }
+                Ok(())
+            }
+            ConfigChange::DeleteQueue { name } => {
+                self.routing.remove_queue(&name).map_err(routing_error)?;
+                if let Some(queue) = self.queues.remove(name.as_str()) {
+                    self.dirty_queues.remove(name.as_str());
+                    let subscribers: Vec<SubscriberKey> = queue.subscribers().collect();
+                    for key in subscribers {
+                        let reason = format!("queue '{name}' was deleted");
+                        let frame = Frame::ConsumerCancelled { consumer: key.consumer, reason };
+                        self.send(key.shard, ShardMessage::Reply { conn: key.conn, frame });
+                    }
+                }
+                Ok(())
+            }
+            ConfigChange::CreateExchange { name, kind } => self.routing.declare_exchange(&name, kind).map(|_| ()).map_err(routing_error),
+            ConfigChange::DeleteExchange { name } => self.routing.delete_exchange(&name).map(|_| ()).map_err(routing_error),
+            ConfigChange::Bind(binding) => self.routing.bind(&binding).map(|_| ()).map_err(routing_error),
+            ConfigChange::Unbind(binding) => self.routing.unbind(&binding).map(|_| ()).map_err(routing_error),
+        }
+    }
+
+    fn subscription_queue(&self, conn: ConnId, consumer: ConsumerId) -> Option<Arc<str>> {
+        self.sessions.get(&conn)?.subscriptions.get(&consumer).cloned()
+    }
+
+    fn conn_ref(&self, conn: ConnId) -> ConnRef {
+        ConnRef { shard: self.id, conn }
+    }
+
+    fn send(&mut self, to: ShardId, message: ShardMessage) {
+        self.outbox[usize::from(to.0)].push(message);
+    }
+
+    fn reply(&mut self, origin: ConnRef, frame: Frame) {
+        if origin.shard == self.id {
+            self.write_frame(origin.conn, &frame);
+        } else {
+            self.send(origin.shard, ShardMessage::Reply { conn: origin.conn, frame });
+        }
+    }
+
+    fn mark_queue(&mut self, name: &str) {
+        if let Some((key, _)) = self.queues.get_key_value(name) {
+            self.dirty_queues.insert(key.clone());
+        }
+    }
+
+    fn write_frame(&mut self, conn: ConnId, frame: &Frame) {
+        let Some(session) = self.sessions.get_mut(&conn) else {
+            self.counters.to_closed_connection += 1;
+            return;
+        };
+        if session.closing {
+            return;
+        }
+        codec::encode(frame, &mut session.out);
+        self.mark_session(conn);
+    }
+
+    fn mark_session(&mut self, conn: ConnId) {
+        if let Some(session) = self.sessions.get_mut(&conn) {
+            if !session.dirty {
+                session.dirty = true;
+                self.dirty_sessions.push(conn);
+            }
+        }
+    }
+
+    fn fail_decode(&mut self, conn: ConnId, error: &DecodeError) {
+        self.fail_connection(conn, error.code(), error.to_string());
+    }
+
+    /// Writes an `Error` frame and marks the connection to be closed once it is written.
+    fn fail_connection(&mut self, conn: ConnId, code: ErrorCode, message: String) {
+        self.counters.protocol_errors += 1;
+        self.write_frame(conn, &Frame::Error { code, message });
+        if let Some(session) = self.sessions.get_mut(&conn) {
+            session.closing = true;
+        }
+        self.mark_session(conn);
+    }
+}
+
+fn not_found_queue(request: RequestId, queue: &str) -> Frame {
+    Frame::Failed { request, code: ErrorCode::NotFound, message: format!("no queue '{queue}'") }
+}
+
+/// A frame's name for error messages.
+fn frame_name(frame: &Frame) -> &'static str {
+    match frame {
+        Frame::Hello { .. } => "hello",
+        Frame::Ok { .. } => "ok",
+        Frame::Failed { .. } => "failed",
+        Frame::Error { .. } => "error",
+        Frame::Confirm { .. } => "confirm",
+        Frame::Deliver { .. } => "deliver",
+        Frame::QueueListReply { .. } => "queue-list-reply",
+        Frame::ExchangeListReply { .. } => "exchange-list-reply",
+        Frame::ConsumerCancelled { .. } => "consumer-cancelled",
+        _ => "a client frame",
+    }
+}

@@ -1,0 +1,239 @@
+//! What shards say to each other over the shard-to-shard rings.
+//!
+//! Every message is a batch or a rare control message: enqueues travel as one `Enqueue` per
+//! (producer connection, destination shard) per read, deliveries as one `Deliver` per batch.
+//!
+//! Invariants:
+//! - Between two shards, messages arrive in the order they were sent (the rings are FIFO), which
+//!   is what orders a subscribe's `Ok` before its first delivery, and a configuration change
+//!   before any publish that depends on it.
+//! - A message addressed to a connection that has since closed is dropped on arrival, with a
+//!   counter: the queue's owner already took back what the connection held.
+
+use std::sync::Arc;
+
+use crate::frame::{Binding, ErrorCode, ConfirmRange, Delivered, ExchangeKind, Frame, QueueInfo, QueueOptions, Settlement, TagRange};
+use crate::ids::{ConnId, ConsumerId, RequestId, Seq, ShardId, Tag};
+
+/// A connection somewhere in the broker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ConnRef {
+    /// The shard that owns the connection.
+    pub shard: ShardId,
+    /// The connection on that shard.
+    pub conn: ConnId,
+}
+
+/// One message to enqueue on one queue, on behalf of a producer.
+#[derive(Debug, Clone)]
+pub struct EnqueueItem {
+    /// Target queue.
+    pub queue: Arc<str>,
+    /// The producer's sequence number for it.
+    pub seq: Seq,
+    /// The message.
+    pub message: crate::frame::Message,
+}
+
+/// A configuration change, decided by the coordinator shard and applied by every shard in the
+/// same order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConfigChange {
+    /// Create a queue.
+    CreateQueue {
+        /// Queue name.
+        name: String,
+        /// Its options.
+        options: QueueOptions,
+        /// The owning connection, for exclusive queues.
+        exclusive_owner: Option<ConnRef>,
+    },
+    /// Delete a queue and its bindings; cancel its consumers.
+    DeleteQueue {
+        /// Queue name.
+        name: String,
+    },
+    /// Create an exchange.
+    CreateExchange {
+        /// Exchange name.
+        name: String,
+        /// Its type.
+        kind: ExchangeKind,
+    },
+    /// Delete an exchange and its bindings.
+    DeleteExchange {
+        /// Exchange name.
+        name: String,
+    },
+    /// Add a binding.
+    Bind(Binding),
+    /// Remove a binding.
+    Unbind(Binding),
+}
+
+/// A request for a configuration change, sent to the coordinator.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConfigRequest {
+    /// Declare a queue (create, or check an existing one matches).
+    DeclareQueue {
+        /// Queue name.
+        name: String,
+        /// Declare options.
+        options: QueueOptions,
+    },
+    /// Declare an exchange.
+    DeclareExchange {
+        /// Exchange name.
+        name: String,
+        /// Its type.
+        kind: ExchangeKind,
+        /// Only check that it exists.
+        passive: bool,
+    },
+    /// Any change that needs no further validation than the routing table's.
+    Change(ConfigChange),
+    /// The connection closed: delete its exclusive queues.
+    ConnectionClosed,
+    /// The named queue lost its last consumer and is auto-delete.
+    AutoDelete {
+        /// Queue name.
+        name: String,
+    },
+}
+
+/// Everything one shard sends another.
+#[derive(Debug)]
+pub enum ShardMessage {
+    /// To a queue's owner: store these messages.
+    Enqueue {
+        /// The producer's connection.
+        origin: ConnRef,
+        /// The messages, in the producer's order.
+        items: Vec<EnqueueItem>,
+    },
+    /// To the producer's shard: how the enqueues of one `Enqueue` ended, one range per
+    /// (queue, run of equal outcomes); each seq in a range counts as one target done.
+    Enqueued {
+        /// The producer's connection.
+        conn: ConnId,
+        /// Outcomes.
+        results: Vec<ConfirmRange>,
+    },
+    /// To a queue's owner: add a subscription.
+    Subscribe {
+        /// The consumer's connection.
+        origin: ConnRef,
+        /// Correlates the reply.
+        request: RequestId,
+        /// The consumer.
+        consumer: ConsumerId,
+        /// Queue name.
+        queue: String,
+        /// Credit.
+        prefetch: u32,
+    },
+    /// To the consumer's shard: how a subscribe ended (`Err` carries the failure).
+    Subscribed {
+        /// The consumer's connection.
+        conn: ConnId,
+        /// The request to answer.
+        request: RequestId,
+        /// The consumer.
+        consumer: ConsumerId,
+        /// The outcome.
+        result: Result<(), (ErrorCode, String)>,
+    },
+    /// To a queue's owner: end a subscription.
+    Cancel {
+        /// The consumer's connection.
+        origin: ConnRef,
+        /// Correlates the reply; `None` when the connection is gone.
+        request: Option<RequestId>,
+        /// The consumer.
+        consumer: ConsumerId,
+        /// Queue name.
+        queue: String,
+    },
+    /// To a queue's owner: settle deliveries.
+    Settle {
+        /// The consumer's connection.
+        origin: ConnRef,
+        /// The consumer.
+        consumer: ConsumerId,
+        /// Queue name.
+        queue: String,
+        /// What to do.
+        settlement: Settlement,
+        /// Which tags.
+        ranges: Vec<TagRange>,
+    },
+    /// To a queue's owner: purge it.
+    Purge {
+        /// The requesting connection.
+        origin: ConnRef,
+        /// Correlates the reply.
+        request: RequestId,
+        /// Queue name.
+        queue: String,
+    },
+    /// To every shard: report your queues.
+    ListQueues {
+        /// The requesting connection.
+        origin: ConnRef,
+        /// Correlates the reply.
+        request: RequestId,
+    },
+    /// To the requester: this shard's queues.
+    QueueInfos {
+        /// The requesting connection.
+        conn: ConnId,
+        /// The request.
+        request: RequestId,
+        /// Queues owned by the sender.
+        queues: Vec<QueueInfo>,
+    },
+    /// To a consumer's shard: deliveries.
+    Deliver {
+        /// The consumer's connection.
+        conn: ConnId,
+        /// The consumer.
+        consumer: ConsumerId,
+        /// First tag.
+        first_tag: Tag,
+        /// The messages.
+        messages: Vec<Delivered>,
+    },
+    /// To a connection's shard: a frame to write as is (replies, cancellations).
+    Reply {
+        /// The connection.
+        conn: ConnId,
+        /// The frame.
+        frame: Frame,
+    },
+    /// To the coordinator: please change the configuration.
+    ConfigRequest {
+        /// The requesting connection.
+        origin: ConnRef,
+        /// Correlates the reply; `None` for changes the broker makes by itself.
+        request: Option<RequestId>,
+        /// What.
+        change: ConfigRequest,
+    },
+    /// From the coordinator to every other shard: apply this change.
+    ApplyConfig {
+        /// The coordinator's number for the change, echoed in `ConfigApplied`.
+        id: u64,
+        /// The change.
+        change: ConfigChange,
+    },
+    /// To the coordinator: change `id` is applied here.
+    ConfigApplied {
+        /// The change.
+        id: u64,
+    },
+    /// To every shard: a connection closed; cancel its subscriptions.
+    ConnectionClosed {
+        /// The connection.
+        origin: ConnRef,
+    },
+}

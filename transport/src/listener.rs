@@ -1,0 +1,31 @@
+//! The listening sockets: one per shard on the same address, with SO_REUSEPORT, so the kernel
+//! spreads incoming connections over the shards and no shard hands connections to another.
+
+use std::io;
+use std::net::SocketAddr;
+
+use socket2::{Domain, Protocol, Socket, Type};
+
+/// Backlog of each shard's listener.
+const LISTEN_BACKLOG: i32 = 1024;
+
+/// Binds `count` listeners to `addr`. With port 0, the first listener picks the port and the
+/// others share it.
+///
+/// # Errors
+/// The address is in use (by another program) or cannot be bound.
+pub fn bind_shared(addr: SocketAddr, count: u16) -> io::Result<Vec<std::net::TcpListener>> {
+    let mut listeners = Vec::with_capacity(usize::from(count));
+    let mut addr = addr;
+    for _ in 0..count {
+        let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+        socket.set_reuse_address(true)?;
+        socket.set_reuse_port(true)?;
+        socket.bind(&addr.into())?;
+        socket.listen(LISTEN_BACKLOG)?;
+        let listener: std::net::TcpListener = socket.into();
+        addr = listener.local_addr()?;
+        listeners.push(listener);
+    }
+    Ok(listeners)
+}

@@ -1,0 +1,64 @@
+//! Starts the broker's shards: one OS thread per shard, pinned to its core, each running its own
+//! io_uring runtime and its own `Shard`.
+
+use std::collections::HashSet;
+use std::io;
+use std::net::SocketAddr;
+use std::thread::JoinHandle;
+
+use ringmq_core::ids::ShardId;
+use ringmq_core::shard::{Shard, ShardConfig};
+
+use crate::listener::bind_shared;
+use crate::shard_loop::run_shard;
+use crate::shard_ring::ShardRings;
+
+/// Where and how to run.
+#[derive(Debug, Clone)]
+pub struct TransportConfig {
+    /// The address every shard listens on.
+    pub listen: SocketAddr,
+    /// Pin shard `i` to CPU `i % cpus` (on by default; off when sharing a small machine).
+    pub pin_cores: bool,
+    /// io_uring submission queue entries per shard.
+    pub ring_entries: u32,
+}
+
+/// A running broker: its address and its shard threads.
+pub struct RunningBroker {
+    /// The bound address (the real port when 0 was asked for).
+    pub local_addr: SocketAddr,
+    /// One thread per shard; each ends only if its runtime fails.
+    pub threads: Vec<JoinHandle<io::Result<()>>>,
+}
+
+/// Binds the listeners and starts every shard.
+///
+/// # Errors
+/// Binding the address failed; nothing was started.
+pub fn start(transport: &TransportConfig, shard_config: ShardConfig) -> io::Result<RunningBroker> {
+    let count = shard_config.shard_count;
+    let listeners = bind_shared(transport.listen, count)?;
+    let local_addr = listeners[0].local_addr()?;
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut threads = Vec::with_capacity(usize::from(count));
+    for ((index, listener), rings) in listeners.into_iter().enumerate().zip(ShardRings::mesh(count)) {
+        let id = ShardId(index as u16);
+        let shard = Shard::new(id, shard_config.clone());
+        let pin = transport.pin_cores.then_some(index % cpus);
+        let ring_entries = transport.ring_entries;
+        let thread = std::thread::Builder::new().name(format!("ringmq-shard-{index}")).spawn(move || {
+            let mut builder = compio::runtime::RuntimeBuilder::new();
+            if let Some(cpu) = pin {
+                builder.thread_affinity(HashSet::from([cpu]));
+            }
+            let mut proactor = compio::driver::ProactorBuilder::new();
+            proactor.capacity(ring_entries);
+            builder.with_proactor(proactor);
+            let runtime = builder.build()?;
+            runtime.block_on(run_shard(shard, rings, listener))
+        })?;
+        threads.push(thread);
+    }
+    Ok(RunningBroker { local_addr, threads })
+}
