@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use compio::buf::BufResult;
-use compio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use compio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use compio::net::{TcpListener, TcpStream};
 use ringmq_core::ids::{ConnId, ShardId};
 use ringmq_core::shard::Shard;
@@ -118,7 +118,8 @@ async fn reader_task(context: Rc<ShardContext>, stream: Rc<TcpStream>, conn: Con
     let mut buffer = BytesMut::with_capacity(READ_BUFFER_BYTES);
     loop {
         buffer.reserve(READ_BUFFER_BYTES);
-        let BufResult(result, returned) = (&*stream).read(buffer).await;
+        // `append` reads after the partial frame already in the buffer; `read` would overwrite it.
+        let BufResult(result, returned) = (&*stream).append(buffer).await;
         buffer = returned;
         match result {
             Ok(0) => break,
