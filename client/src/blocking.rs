@@ -267,7 +267,8 @@ impl Consumer {
             return Ok(Some(delivery));
         }
         let inner = &mut self.inner;
-        match self.runtime.block_on(tokio::time::timeout(timeout, inner.recv())) {
+        // The timer must be created inside the runtime.
+        match self.runtime.block_on(async { tokio::time::timeout(timeout, inner.recv()).await }) {
             Ok(result) => result,
             Err(_elapsed) => Err(ClientError::Timeout { what: "recv", timeout_ms: timeout.as_millis() }),
         }
