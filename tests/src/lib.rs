@@ -9,6 +9,9 @@
 //! `target/release/ringmq` under the workspace's target directory (`CARGO_TARGET_DIR` when set).
 //! Build it first: `cargo build -p ringmq`.
 //!
+//! `eventually` polls a condition against a deadline, for state that settles asynchronously (queue
+//! counts after acks).
+//!
 //! Invariants:
 //! - A `BrokerProcess` that exists is accepting connections on `addr()`, or has been killed by
 //!   the test itself.
@@ -32,8 +35,9 @@ pub struct BrokerProcess {
 }
 
 impl BrokerProcess {
-    /// Starts `ringmq broker --port P ARGS...` on a free port and waits until it accepts TCP
-    /// connections.
+    /// Starts `ringmq broker --host 127.0.0.1 --port P --pin-cores false ARGS...` on a free port
+    /// and waits until it accepts TCP connections. Later options override earlier ones, so
+    /// `args` may change the defaults (tests run in parallel, hence no core pinning).
     ///
     /// # Panics
     /// If the binary cannot be found or started, if it exits during startup, or if it does not
@@ -89,9 +93,9 @@ impl BrokerProcess {
         let log = File::create(&log_path).map_err(|e| format!("creating {}: {e}", log_path.display()))?;
         let log_err = log.try_clone().map_err(|e| format!("cloning log handle: {e}"))?;
         let child = Command::new(binary)
-            .arg("broker")
-            .arg("--port")
+            .args(["broker", "--host", "127.0.0.1", "--port"])
             .arg(port.to_string())
+            .args(["--pin-cores", "false"])
             .args(args)
             .stdin(Stdio::null())
             .stdout(log)
@@ -157,6 +161,40 @@ pub fn broker_binary() -> PathBuf {
         })
 }
 
+/// Polls `check` every `POLL_INTERVAL` until it returns `Some`, for at most `timeout`.
+///
+/// # Panics
+/// When `timeout` passes first; the message names `what` and shows the last value seen.
+pub fn eventually<T, S: std::fmt::Debug>(what: &str, timeout: Duration, mut check: impl FnMut() -> Result<T, S>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match check() {
+            Ok(value) => return value,
+            Err(last) if Instant::now() >= deadline => panic!("{what}: not within {timeout:?}; last seen: {last:?}"),
+            Err(_) => std::thread::sleep(POLL_INTERVAL),
+        }
+    }
+}
+
+/// As `eventually`, for async checks in tokio tests.
+///
+/// # Panics
+/// As `eventually`.
+pub async fn eventually_async<T, S: std::fmt::Debug, F: std::future::Future<Output = Result<T, S>>>(
+    what: &str,
+    timeout: Duration,
+    mut check: impl FnMut() -> F,
+) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match check().await {
+            Ok(value) => return value,
+            Err(last) if Instant::now() >= deadline => panic!("{what}: not within {timeout:?}; last seen: {last:?}"),
+            Err(_) => tokio::time::sleep(POLL_INTERVAL).await,
+        }
+    }
+}
+
 /// A loopback port nobody listens on right now.
 ///
 /// # Panics
@@ -170,6 +208,8 @@ pub fn free_port() -> u16 {
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(20);
 /// How often startup polls the port.
 const STARTUP_POLL_INTERVAL: Duration = Duration::from_millis(10);
+/// How often `eventually` checks.
+const POLL_INTERVAL: Duration = Duration::from_millis(10);
 /// Longest one probe connect may take.
 const CONNECT_PROBE_TIMEOUT: Duration = Duration::from_millis(200);
 /// Ports tried before giving up (a port may be taken between the probe and the broker's bind).
