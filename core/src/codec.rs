@@ -1006,10 +1006,13 @@ struct Reader {
 }
 
 impl Reader {
+    #[inline]
     fn remaining(&self) -> usize {
         self.bytes.len().saturating_sub(self.position)
     }
 
+    #[cold]
+    #[inline(never)]
     fn invalid(&self, reason: String) -> DecodeError {
         DecodeError::Invalid {
             frame: self.frame,
@@ -1017,6 +1020,8 @@ impl Reader {
         }
     }
 
+    #[cold]
+    #[inline(never)]
     fn truncated(&self, field: &'static str, needed: usize) -> DecodeError {
         self.invalid(format!(
             "truncated: {field} needs {needed} bytes, {} remain",
@@ -1025,6 +1030,7 @@ impl Reader {
     }
 
     /// The next `len` bytes, borrowed.
+    #[inline]
     fn take(&mut self, field: &'static str, len: usize) -> Result<&[u8], DecodeError> {
         if len > self.remaining() {
             return Err(self.truncated(field, len));
@@ -1033,14 +1039,12 @@ impl Reader {
         self.position += len;
         match self.bytes.get(start..self.position) {
             Some(slice) => Ok(slice),
-            None => Err(DecodeError::Invalid {
-                frame: self.frame,
-                reason: format!("truncated: {field} needs {len} bytes"),
-            }),
+            None => Err(self.truncated(field, len)),
         }
     }
 
     /// The next `len` bytes, as a slice of the frame (no copy).
+    #[inline]
     fn slice(&mut self, field: &'static str, len: usize) -> Result<Bytes, DecodeError> {
         if len > self.remaining() {
             return Err(self.truncated(field, len));
@@ -1050,28 +1054,40 @@ impl Reader {
         Ok(self.bytes.slice(start..self.position))
     }
 
+    #[inline]
     fn array<const N: usize>(&mut self, field: &'static str) -> Result<[u8; N], DecodeError> {
-        let frame = self.frame;
-        let slice = self.take(field, N)?;
-        <[u8; N]>::try_from(slice).map_err(|_| DecodeError::Invalid {
-            frame,
-            reason: format!("truncated: {field} needs {N} bytes"),
-        })
+        if N > self.remaining() {
+            return Err(self.truncated(field, N));
+        }
+        let start = self.position;
+        self.position += N;
+        match self
+            .bytes
+            .get(start..self.position)
+            .map(<[u8; N]>::try_from)
+        {
+            Some(Ok(array)) => Ok(array),
+            _ => Err(self.truncated(field, N)),
+        }
     }
 
+    #[inline]
     fn u8(&mut self, field: &'static str) -> Result<u8, DecodeError> {
         let [byte] = self.array(field)?;
         Ok(byte)
     }
 
+    #[inline]
     fn u16(&mut self, field: &'static str) -> Result<u16, DecodeError> {
         self.array(field).map(u16::from_le_bytes)
     }
 
+    #[inline]
     fn u32(&mut self, field: &'static str) -> Result<u32, DecodeError> {
         self.array(field).map(u32::from_le_bytes)
     }
 
+    #[inline]
     fn u64(&mut self, field: &'static str) -> Result<u64, DecodeError> {
         self.array(field).map(u64::from_le_bytes)
     }
@@ -1101,6 +1117,7 @@ impl Reader {
     }
 
     /// A `u16`-prefixed byte field, as a slice of the frame.
+    #[inline]
     fn bytes16(&mut self, field: &'static str) -> Result<Bytes, DecodeError> {
         let len = self.u16(field)?;
         self.slice(field, usize::from(len))
