@@ -9,7 +9,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::time::Duration;
 
-use ringmq_core::limits::{FRAME_BYTES_DEFAULT, FRAME_BYTES_MAX, PUBLISH_INFLIGHT_MAX};
+use ringmq_core::limits::{FRAME_BYTES_CONFIGURABLE_MAX, FRAME_BYTES_DEFAULT, PUBLISH_INFLIGHT_MAX};
 
 /// A validated broker configuration.
 #[derive(Debug, Clone)]
@@ -164,7 +164,7 @@ impl BrokerConfig {
             port: parse_int("port", &get("port"), 0, u64::from(u16::MAX))? as u16,
             shards,
             pin_cores: parse_bool("pin-cores", &get("pin-cores"))?,
-            frame_bytes_max: parse_int("max-frame-size", &get("max-frame-size"), 4096, u64::from(FRAME_BYTES_MAX))?
+            frame_bytes_max: parse_int("max-frame-size", &get("max-frame-size"), 4096, u64::from(FRAME_BYTES_CONFIGURABLE_MAX))?
                 as u32,
             publish_inflight_max: parse_int("max-inflight", &get("max-inflight"), 1, PUBLISH_INFLIGHT_MAX)? as u32,
             deliver_batch_max: parse_int(

@@ -8,6 +8,13 @@ pub const FRAME_BYTES_MAX: u32 = 16 * 1024 * 1024;
 pub const FRAME_BYTES_DEFAULT: u32 = 1024 * 1024;
 /// Most messages in one publish or deliver frame. Bounds the work one frame can cause.
 pub const BATCH_MESSAGES_MAX: u32 = 4096;
+/// Deliveries are cut into frames of about this many bytes (a single larger message goes alone).
+/// Big enough that a frame carries many messages (64 of 1 KiB), small enough that the consumer
+/// starts on the first messages while the rest are in flight, and far below any client's
+/// `max-frame-size`.
+pub const DELIVER_FRAME_BYTES_TARGET: usize = 64 * 1024;
+/// Bytes of a deliver frame that are not messages: length, type, consumer, first tag, count.
+pub const DELIVER_FRAME_OVERHEAD_BYTES: usize = 4 + 1 + 4 + 8 + 4;
 /// Most ranges in one confirm or settle frame.
 pub const RANGES_MAX: u32 = 4096;
 /// Most application headers on one message.
@@ -34,6 +41,11 @@ pub const PREFETCH_MAX: u32 = 1 << 20;
 pub const CONSUMERS_PER_CONNECTION_MAX: u32 = 1024;
 
 const _: () = assert!(FRAME_BYTES_DEFAULT <= FRAME_BYTES_MAX);
+const _: () = assert!(DELIVER_FRAME_BYTES_TARGET <= FRAME_BYTES_DEFAULT as usize);
+/// The largest `max-frame-size` a broker may be configured with, in bytes. A deliver frame of one
+/// message is a few bytes larger than the publish frame it came in, so the option stays this far
+/// below the hard cap and that frame still encodes.
+pub const FRAME_BYTES_CONFIGURABLE_MAX: u32 = FRAME_BYTES_MAX - 1024;
 const _: () = assert!(BATCH_MESSAGES_MAX as u64 <= PUBLISH_INFLIGHT_MAX);
 const _: () = assert!(RANGES_MAX >= 2);
 // A name must fit the u16 length prefix of a string on the wire.

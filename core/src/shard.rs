@@ -22,13 +22,15 @@ use std::sync::Arc;
 
 use bytes::BytesMut;
 
-use crate::codec::{self, DecodeError};
+use crate::codec::{self, ConfirmWriter, DecodeError, DeliverWriter};
 use crate::completion_tracker::CompletionTracker;
 use crate::config_coordinator::{ConfigCoordinator, Decision};
 use crate::frame::{
-    ConfirmOutcome, ConfirmRange, ErrorCode, Frame, Message, QueueInfo, PREAMBLE_FLAG_ADMIN, PROTOCOL_VERSION,
+    ConfirmOutcome, ConfirmRange, Delivered, ErrorCode, Frame, Message, QueueInfo, PREAMBLE_FLAG_ADMIN,
+    PROTOCOL_VERSION,
 };
-use crate::ids::{ConnId, ConsumerId, RequestId, Seq, ShardId};
+use crate::ids::{ConnId, ConsumerId, RequestId, Seq, ShardId, Tag};
+use crate::limits::{DELIVER_FRAME_BYTES_TARGET, DELIVER_FRAME_OVERHEAD_BYTES};
 use crate::queue::{DeliveryBatch, Queue, SubscriberKey};
 use crate::routing_table::RoutingTable;
 use crate::shard_message::{ConfigChange, ConfigRequest, ConnRef, EnqueueItem, ShardMessage};
@@ -93,6 +95,8 @@ pub struct Shard {
     dirty_queues: HashSet<Arc<str>>,
     /// Connections with bytes to write or to close.
     dirty_sessions: Vec<ConnId>,
+    /// Connections whose trackers may have confirms to release.
+    confirms_due: Vec<ConnId>,
     /// Per destination shard: enqueues gathered while reading one connection.
     pending_enqueues: Vec<Vec<EnqueueItem>>,
     /// Scratch for routing results.
@@ -144,6 +148,7 @@ impl Shard {
             loopback: VecDeque::new(),
             dirty_queues: HashSet::new(),
             dirty_sessions: Vec::new(),
+            confirms_due: Vec::new(),
             pending_enqueues: (0..count).map(|_| Vec::new()).collect(),
             route_scratch: Vec::new(),
             counters: ShardCounters::default(),
@@ -571,12 +576,16 @@ impl Shard {
         }
         if !session.confirms_due {
             session.confirms_due = true;
+            self.confirms_due.push(conn);
         }
     }
 
     fn mark_confirms_due(&mut self, conn: ConnId) {
         if let Some(session) = self.sessions.get_mut(&conn) {
-            session.confirms_due = true;
+            if !session.confirms_due {
+                session.confirms_due = true;
+                self.confirms_due.push(conn);
+            }
         }
     }
 
@@ -584,18 +593,23 @@ impl Shard {
     fn release_confirms(&mut self) {
         let mut ranges = Vec::new();
         let mut written = Vec::new();
-        for (conn, session) in &mut self.sessions {
-            if !session.confirms_due {
-                continue;
-            }
+        for conn in std::mem::take(&mut self.confirms_due) {
+            let Some(session) = self.sessions.get_mut(&conn) else { continue };
             session.confirms_due = false;
             let Some(tracker) = session.tracker.as_mut() else { continue };
             tracker.poll_confirms(&mut ranges);
             if ranges.is_empty() {
                 continue;
             }
-            codec::encode(&Frame::Confirm { ranges: std::mem::take(&mut ranges) }, &mut session.out);
-            written.push(*conn);
+            for chunk in ranges.chunks(crate::limits::RANGES_MAX as usize) {
+                let mut writer = ConfirmWriter::begin(&mut session.out);
+                for range in chunk {
+                    writer.push(range.clone());
+                }
+                writer.finish();
+            }
+            ranges.clear();
+            written.push(conn);
         }
         for conn in written {
             self.mark_session(conn);
@@ -685,7 +699,9 @@ impl Shard {
         }
     }
 
-    fn write_deliveries(&mut self, conn: ConnId, consumer: ConsumerId, first_tag: crate::ids::Tag, messages: Vec<crate::frame::Delivered>) {
+    /// Writes deliveries to a consumer's connection, in frames of at most
+    /// `DELIVER_FRAME_BYTES_TARGET` (a single larger message goes alone in its frame).
+    fn write_deliveries(&mut self, conn: ConnId, consumer: ConsumerId, first_tag: Tag, messages: Vec<Delivered>) {
         let Some(session) = self.sessions.get_mut(&conn) else {
             self.counters.to_closed_connection += 1;
             return;
@@ -695,7 +711,23 @@ impl Shard {
             self.counters.to_closed_connection += 1;
             return;
         }
-        codec::encode(&Frame::Deliver { consumer, first_tag, messages }, &mut session.out);
+        let total: usize = messages.iter().map(|d| codec::message_bytes_len(&d.message) + 1).sum();
+        session.out.reserve(total + DELIVER_FRAME_OVERHEAD_BYTES * (1 + total / DELIVER_FRAME_BYTES_TARGET));
+        let mut tag = first_tag;
+        let mut remaining = messages.iter().peekable();
+        while remaining.peek().is_some() {
+            let mut writer = DeliverWriter::begin(&mut session.out, consumer, tag);
+            while let Some(delivered) = remaining.peek() {
+                let size = codec::message_bytes_len(&delivered.message) + 1;
+                if writer.count() > 0 && writer.bytes_len() + size > DELIVER_FRAME_BYTES_TARGET {
+                    break;
+                }
+                writer.push(delivered.redelivered, &delivered.message);
+                tag = tag.next();
+                remaining.next();
+            }
+            writer.finish();
+        }
         self.mark_session(conn);
     }
 
