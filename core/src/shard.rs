@@ -468,8 +468,9 @@ impl Shard {
         }
     }
 
-    /// Routes and enqueues one publish frame; local queues take the messages at once, other
-    /// shards' queues get them in one batch per shard at the end of the read.
+    /// Routes one publish frame and gathers its enqueues per owning shard; `flush_enqueues`
+    /// sends them (to ourselves too) at the end of the read, so local and remote queues take the
+    /// same path and every queue is looked up once per run of messages, not once per message.
     fn publish(&mut self, conn: ConnId, exchange: &str, first_seq: Seq, messages: Vec<Message>) {
         let inflight_max = self.config.publish_inflight_max;
         let session = self.sessions.get_mut(&conn).expect("session of a frame");
@@ -480,61 +481,90 @@ impl Shard {
             return;
         }
         session.next_seq = Some(Seq(first_seq.0 + messages.len() as u64));
-        session.tracker.get_or_insert_with(|| CompletionTracker::new(inflight_max as usize));
+        let tracker = session.tracker.get_or_insert_with(|| CompletionTracker::new(inflight_max as usize));
         let mut targets = std::mem::take(&mut self.route_scratch);
+        // Messages of a batch usually share their routing key: route each distinct key once.
+        let mut routed_key: Option<bytes::Bytes> = None;
+        let mut routed: Result<(), ConfirmOutcome> = Ok(());
+        let mut overflow = false;
         for (offset, message) in messages.into_iter().enumerate() {
             let seq = Seq(first_seq.0 + offset as u64);
-            targets.clear();
-            let routed = self.routing.route(exchange, &message.routing_key, &mut targets);
-            let tracker = self.sessions.get_mut(&conn).and_then(|s| s.tracker.as_mut()).expect("tracker");
+            if routed_key.as_ref() != Some(&message.routing_key) {
+                targets.clear();
+                routed = self.routing.route(exchange, &message.routing_key, &mut targets).map_err(|error| {
+                    ConfirmOutcome::Rejected { code: error.code(), reason: error.to_string() }
+                });
+                routed_key = Some(message.routing_key.clone());
+            }
             let target_count = if routed.is_err() { 1 } else { targets.len() as u32 };
             if tracker.handle_publish(seq, target_count).is_err() {
-                let message = format!("more than {inflight_max} publishes unconfirmed; wait for confirms");
-                self.fail_connection(conn, ErrorCode::LimitExceeded, message);
+                overflow = true;
                 break;
             }
-            if let Err(error) = routed {
-                let outcome = ConfirmOutcome::Rejected { code: error.code(), reason: error.to_string() };
-                tracker.handle_enqueued(seq, outcome);
+            if let Err(outcome) = &routed {
+                tracker.handle_enqueued(seq, outcome.clone());
                 continue;
             }
-            let last = targets.len().saturating_sub(1);
             let mut message = Some(message);
-            for (index, queue) in targets.drain(..).enumerate() {
+            for (index, queue) in targets.iter().enumerate() {
                 // Every target but the last gets a clone (reference counts, not bytes).
-                let message = if index == last { message.take() } else { message.clone() }.expect("message present");
-                let owner = shard_of(&queue, self.config.shard_count);
-                if owner == self.id {
-                    let outcome = self.enqueue_local(&queue, message);
-                    self.record_enqueued(conn, ConfirmRange { first: seq, last: seq, outcome });
-                } else {
-                    self.pending_enqueues[usize::from(owner.0)].push(EnqueueItem { queue, seq, message });
-                }
+                let message = if index + 1 == targets.len() { message.take() } else { message.clone() };
+                let owner = shard_of(queue, self.config.shard_count);
+                let item = EnqueueItem { queue: queue.clone(), seq, message: message.expect("message present") };
+                self.pending_enqueues[usize::from(owner.0)].push(item);
             }
         }
         self.route_scratch = targets;
+        if overflow {
+            let message = format!("more than {inflight_max} publishes unconfirmed; wait for confirms");
+            self.fail_connection(conn, ErrorCode::LimitExceeded, message);
+            return;
+        }
         self.mark_confirms_due(conn);
     }
 
-    /// Sends the enqueues gathered for other shards while reading `conn`.
+    /// Sends the enqueues gathered while reading `conn` to their shards; ours are stored now.
     fn flush_enqueues(&mut self, conn: ConnId) {
         let origin = self.conn_ref(conn);
         for shard in 0..self.config.shard_count {
             let items = std::mem::take(&mut self.pending_enqueues[usize::from(shard)]);
-            if !items.is_empty() {
+            if items.is_empty() {
+                continue;
+            }
+            if ShardId(shard) == self.id {
+                self.enqueue_batch(origin, items);
+            } else {
                 self.send(ShardId(shard), ShardMessage::Enqueue { origin, items });
             }
         }
     }
 
-    /// Stores a batch from another shard's producer and reports the outcomes back.
+    /// Stores a batch of enqueues and reports the outcomes to the producer's shard.
     fn enqueue_batch(&mut self, origin: ConnRef, items: Vec<EnqueueItem>) {
         let mut results: Vec<ConfirmRange> = Vec::new();
-        for item in items {
-            let outcome = self.enqueue_local(&item.queue, item.message);
-            match results.last_mut() {
-                Some(range) if range.last.next() == item.seq && range.outcome == outcome => range.last = item.seq,
-                _ => results.push(ConfirmRange { first: item.seq, last: item.seq, outcome }),
+        let mut items = items.into_iter().peekable();
+        while let Some(first) = items.next() {
+            // A run of items for the same queue costs one lookup.
+            let queue_name = first.queue.clone();
+            let mut queue = self.queues.get_mut(&queue_name);
+            let mut item = Some(first);
+            while let Some(current) = item.take() {
+                let outcome = match queue.as_deref_mut() {
+                    Some(queue) => match queue.enqueue(current.message) {
+                        Ok(()) => ConfirmOutcome::Stored,
+                        Err(error) => ConfirmOutcome::Rejected { code: error.code(), reason: error.to_string() },
+                    },
+                    // Deleted between routing and arrival.
+                    None => ConfirmOutcome::Rejected { code: ErrorCode::NotFound, reason: format!("no queue '{queue_name}'") },
+                };
+                match results.last_mut() {
+                    Some(range) if range.last.next() == current.seq && range.outcome == outcome => range.last = current.seq,
+                    _ => results.push(ConfirmRange { first: current.seq, last: current.seq, outcome }),
+                }
+                item = items.next_if(|next| Arc::ptr_eq(&next.queue, &queue_name) || next.queue == queue_name);
+            }
+            if queue.is_some_and(|q| q.can_deliver()) {
+                self.dirty_queues.insert(queue_name);
             }
         }
         if origin.shard == self.id {
@@ -543,22 +573,6 @@ impl Shard {
             }
         } else {
             self.send(origin.shard, ShardMessage::Enqueued { conn: origin.conn, results });
-        }
-    }
-
-    fn enqueue_local(&mut self, queue: &Arc<str>, message: Message) -> ConfirmOutcome {
-        match self.queues.get_mut(queue) {
-            Some(entry) => match entry.enqueue(message) {
-                Ok(()) => {
-                    if entry.can_deliver() {
-                        self.dirty_queues.insert(queue.clone());
-                    }
-                    ConfirmOutcome::Stored
-                }
-                Err(error) => ConfirmOutcome::Rejected { code: error.code(), reason: error.to_string() },
-            },
-            // Deleted between routing and arrival.
-            None => ConfirmOutcome::Rejected { code: ErrorCode::NotFound, reason: format!("no queue '{queue}'") },
         }
     }
 
