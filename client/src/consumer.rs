@@ -11,6 +11,8 @@
 //!   broker's `first_tag` against the subscription's next tag).
 //! - Only tags already returned by `recv` can be settled; pending settlements are sent before
 //!   `recv` waits, so a consumer never starves itself of credit.
+//! - The event channel is unbounded in type but bounded by the prefetch: every delivery in it is
+//!   unsettled, and the broker keeps at most `prefetch` unsettled per subscription.
 //! - After the subscription ended, `recv` returns what arrived before the end and then `None` (or
 //!   the error the connection failed with); settlements are refused with the reason.
 
@@ -21,6 +23,7 @@ use ringmq_core::ids::{ConsumerId, Tag};
 use tokio::sync::mpsc;
 
 use crate::error::ClientError;
+use crate::limits::SETTLE_FLUSH_PREFETCH_DIVISOR;
 use crate::settlement_batch::SettlementBatch;
 use crate::shared::{locked, Shared};
 
@@ -205,7 +208,7 @@ impl Consumer {
             batch: Vec::new().into_iter(),
             next_tag: Tag(0),
             settlements: SettlementBatch::default(),
-            flush_tags_threshold: u64::from(prefetch / FLUSH_PREFETCH_DIVISOR).max(1),
+            flush_tags_threshold: u64::from(prefetch / SETTLE_FLUSH_PREFETCH_DIVISOR).max(1),
             end: None,
         }
     }
@@ -307,7 +310,3 @@ impl ConsumerEnd {
         }
     }
 }
-
-/// Settlements are flushed once `prefetch / FLUSH_PREFETCH_DIVISOR` tags are pending, so the
-/// broker gets credit back well before the consumer runs dry.
-const FLUSH_PREFETCH_DIVISOR: u32 = 4;

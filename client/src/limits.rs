@@ -38,6 +38,13 @@ pub const READ_CHUNK_BYTES_MIN: usize = 64 * 1024;
 /// Bytes the reader allocates when its buffer runs out of room. Decoded frames keep slices of
 /// the old allocation alive (zero copy), so the buffer is replaced, not compacted.
 pub const READ_BUFFER_BYTES: usize = 256 * 1024;
+/// Settlements are flushed once `prefetch / SETTLE_FLUSH_PREFETCH_DIVISOR` tags (at least one) are
+/// pending, so the broker gets credit back well before the consumer runs dry, while in-order acks
+/// still leave as one range per flush.
+pub const SETTLE_FLUSH_PREFETCH_DIVISOR: u32 = 4;
+/// Emptied publish message vectors the outbox keeps for reuse: one per publish group in flight
+/// is plenty, and each may hold a window's worth of capacity.
+pub const SPARE_MESSAGE_VECS_MAX: usize = 4;
 /// Bytes the writer encodes before writing them: large enough that one write moves many frames,
 /// small enough that the first frame of a big round is not held back long.
 pub const WRITE_CHUNK_BYTES: usize = 1024 * 1024;
@@ -55,4 +62,5 @@ const _: () = assert!(PUBLISH_WINDOW_DEFAULT >= PUBLISH_BATCH_MESSAGES_MAX as u6
 const _: () = assert!(READ_CHUNK_BYTES_MIN <= READ_BUFFER_BYTES);
 const _: () = assert!(WRITE_CHUNK_BYTES >= PUBLISH_FRAME_BYTES_DEFAULT as usize);
 const _: () = assert!(SETTLE_RANGES_MAX >= 2);
+const _: () = assert!(SETTLE_FLUSH_PREFETCH_DIVISOR >= 1);
 const _: () = assert!(CONFIRM_RANGES_QUEUED_MAX >= 2);

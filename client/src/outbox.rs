@@ -24,6 +24,7 @@ use ringmq_core::ids::Seq;
 
 use crate::argument_check::{check_message, check_name};
 use crate::error::ClientError;
+use crate::limits::SPARE_MESSAGE_VECS_MAX;
 use crate::publish_window::PublishWindow;
 
 /// One thing to send.
@@ -206,9 +207,6 @@ impl Outbox {
         &mut self.window
     }
 }
-
-/// Emptied message vectors kept for reuse: one per group in flight is plenty.
-const SPARE_MESSAGE_VECS_MAX: usize = 4;
 
 #[cfg(test)]
 mod tests {

@@ -59,29 +59,44 @@ impl Publisher {
         }
     }
 
-    /// The next confirm range, in sequence order; waits for one while publishes are unconfirmed.
-    /// `Ok(None)` when every publish made so far has had its confirm returned (or taken by
-    /// `wait_for_confirms`).
+    /// The next confirm range, in sequence order; waits until one arrives. `Ok(None)` once the
+    /// connection was closed by this client and every range received was taken, like
+    /// `Consumer::recv`: a latency tracker can loop on it in its own task while another task
+    /// publishes.
     ///
     /// When the caller leaves ranges untaken, equal neighbours merge; past
     /// `CONFIRM_RANGES_QUEUED_MAX` distinct ranges the oldest are dropped from this queue (they
-    /// stay counted by `wait_for_confirms`).
+    /// stay counted by `wait_for_confirms`, which also forgets the ranges not taken).
     ///
     /// # Errors
-    /// The connection's cause when it ends with publishes unconfirmed.
+    /// The connection's cause when it failed, once the ranges received before were taken.
     pub async fn next_confirm(&self) -> Result<Option<ConfirmRange>, ClientError> {
         loop {
             let mut wake = pin!(self.shared.confirm_wake.notified());
             wake.as_mut().enable();
-            let published_next = locked(&self.shared.outbox).window().next();
-            {
-                let mut confirms = locked(&self.shared.confirms);
-                if let Some(range) = confirms.pop() {
-                    return Ok(Some(range));
-                }
-                if confirms.received_next() >= published_next {
-                    return Ok(None);
-                }
+            if let Some(range) = locked(&self.shared.confirms).pop() {
+                return Ok(Some(range));
+            }
+            match self.shared.closed.get() {
+                Some(ClientError::Closed) => return Ok(None),
+                Some(cause) => return Err(cause.clone()),
+                None => {}
+            }
+            wake.await;
+        }
+    }
+
+    /// The next confirm range, waiting for one even while nothing is unconfirmed: for a task
+    /// that records confirms while another task publishes (a load generator measuring latency).
+    ///
+    /// # Errors
+    /// The connection's cause when it ends.
+    pub async fn recv_confirm(&self) -> Result<ConfirmRange, ClientError> {
+        loop {
+            let mut wake = pin!(self.shared.confirm_wake.notified());
+            wake.as_mut().enable();
+            if let Some(range) = locked(&self.shared.confirms).pop() {
+                return Ok(range);
             }
             self.shared.check_open()?;
             wake.await;

@@ -52,6 +52,9 @@ async fn publishes_travel_in_large_frames_with_consecutive_seqs() {
         let range = ConfirmRange { first: first_seq, last: Seq(next_seq - 1), outcome: ConfirmOutcome::Stored };
         peer.send(&Frame::Confirm { ranges: vec![range] }).await;
     }
+    // The client closes; answer its end of stream with ours.
+    while peer.recv().await.is_some() {}
+    drop(peer);
     let summary = client.await.unwrap();
     assert_eq!(summary.stored, TOTAL);
     assert_eq!(summary.total(), TOTAL);
@@ -103,7 +106,6 @@ async fn confirms_come_out_in_order_and_the_summary_keeps_the_first_rejection() 
     for _ in 0..10 {
         publisher.publish("x", message(Bytes::from_static(b"m"))).await.unwrap();
     }
-    // Nothing is confirmed yet, but everything was published: next_confirm must wait, not end.
     let mut received = 0;
     while received < 10 {
         if let Some(Frame::Publish { messages, .. }) = peer.recv_not_heartbeat().await {
@@ -126,13 +128,18 @@ async fn confirms_come_out_in_order_and_the_summary_keeps_the_first_rejection() 
     for range in &ranges {
         assert_eq!(publisher.next_confirm().await.unwrap().as_ref(), Some(range));
     }
-    // Every publish has had its confirm returned.
-    assert_eq!(publisher.next_confirm().await.unwrap(), None);
+    // Nothing more is confirmed: next_confirm waits for the next one.
+    assert!(tokio::time::timeout(Duration::from_millis(50), publisher.next_confirm()).await.is_err());
     let summary = publisher.wait_for_confirms().await.unwrap();
     assert_eq!((summary.stored, summary.unroutable, summary.rejected), (7, 1, 2));
     let rejection = summary.first_rejection.unwrap();
     assert_eq!((rejection.first, rejection.last, rejection.code), (Seq(5), Seq(6), ErrorCode::QueueFull));
     assert_eq!(rejection.reason, reason);
+    // After this client closes, next_confirm ends.
+    let broker = async move { while peer.recv().await.is_some() {} };
+    let (closed, ()) = tokio::join!(connection.close(), broker);
+    closed.unwrap();
+    assert_eq!(publisher.next_confirm().await.unwrap(), None);
 }
 
 #[tokio::test]
