@@ -73,3 +73,38 @@ pub use ringmq_core::frame::{
     ConfirmOutcome, ConfirmRange, ErrorCode, ExchangeInfo, ExchangeKind, Header, Message, QueueInfo, QueueOptions,
 };
 pub use ringmq_core::ids::{Seq, Tag};
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn assert_send<T: Send>(_: &T) {}
+    fn assert_send_type<T: Send>() {}
+    fn assert_send_sync<T: Send + Sync>() {}
+
+    /// Never called: it only has to compile.
+    #[allow(dead_code)]
+    fn futures_are_send(connection: &Connection, publisher: &Publisher, consumer: &mut Consumer) {
+        assert_send(&Connection::connect("127.0.0.1:1", ConnectOptions::default()));
+        assert_send(&connection.list_queues());
+        assert_send(&connection.subscribe("q", 1));
+        assert_send(&publisher.publish("", Message::default()));
+        assert_send(&publisher.next_confirm());
+        assert_send(&publisher.wait_for_confirms());
+        assert_send(&consumer.recv());
+        assert_send(&consumer.cancel());
+    }
+
+    #[test]
+    fn handles_can_move_between_threads() {
+        // Goal: every handle, and (in `futures_are_send`) every future, works with
+        // `tokio::spawn` on a multi-thread runtime: nothing holds a lock guard across an await.
+        assert_send_sync::<Connection>();
+        assert_send_sync::<Publisher>();
+        assert_send_type::<Consumer>();
+        assert_send_sync::<ClientError>();
+        assert_send_sync::<blocking::Connection>();
+        assert_send_sync::<blocking::Publisher>();
+        assert_send_type::<blocking::Consumer>();
+    }
+}
