@@ -6,9 +6,9 @@
 //! generator takes one core and leaves the rest to the broker.
 //!
 //! Each body starts with a 16-byte stamp: the producer's index and the message's number
-//! (`u32` + `u32`... packed as `u64`), then the send time in nanoseconds since the run began. In
-//! fixed-rate mode the send time is the *scheduled* time, so latency includes any lag of the
-//! generator itself (no coordinated omission).
+//! (packed in a `u64`: producer in the top 24 bits, number in the low 40), then the time it was
+//! handed to the client, in nanoseconds since the run began. In fixed-rate mode, publishes are
+//! paced on the runtime's 1 ms timer ticks.
 //!
 //! Invariants: a run fails (`lost > 0`) if any sent message was not received; duplicates are
 //! counted and reported, never hidden.
@@ -207,57 +207,61 @@ async fn run_async(args: BenchArgs) -> Result<Report, BenchError> {
 /// One producer: publishes numbered, stamped messages and records confirm latency.
 async fn produce(connection: Connection, index: u32, max: u64, args: BenchArgs, state: Rc<RunState>) -> Result<(), ClientError> {
     let publisher = Rc::new(connection.publisher()?);
-    // Send times of unconfirmed publishes, oldest first, with the seq of the front.
+    // Send times of unconfirmed publishes, oldest first.
     let sent_at: Rc<RefCell<VecDeque<u64>>> = Rc::new(RefCell::new(VecDeque::new()));
-    let first_seq = publisher.next_seq().0;
-    let confirms = tokio::task::spawn_local(record_confirms(publisher.clone(), sent_at.clone(), first_seq, state.clone()));
+    let recorder = tokio::task::spawn_local(record_confirms(publisher.clone(), sent_at.clone(), state.clone()));
     let interval_ns = args.rate.map(|rate| 1e9 * f64::from(args.producers) / rate.max(1) as f64);
     let deadline = args.duration.map(|d| state.start + d);
     let padding = Bytes::from(vec![b'x'; args.size - STAMP_BYTES]);
+    let routing_key = Bytes::from(args.queue.clone().into_bytes());
     let mut number = 0u64;
     while number < max {
-        let now_ns = state.start.elapsed().as_nanos() as u64;
         if deadline.is_some_and(|d| Instant::now() >= d) {
             break;
         }
-        let stamp_ns = match interval_ns {
-            Some(interval) => {
-                let scheduled = (number as f64 * interval) as u64;
-                if scheduled > now_ns {
-                    tokio::time::sleep(Duration::from_nanos(scheduled - now_ns)).await;
-                }
-                scheduled
+        if let Some(interval) = interval_ns {
+            // Paced on the runtime's timer (1 ms ticks): messages due within a tick go together,
+            // each stamped with the time it was actually handed to the client.
+            let scheduled = Duration::from_nanos((number as f64 * interval) as u64);
+            let now = state.start.elapsed();
+            if scheduled > now {
+                tokio::time::sleep(scheduled - now).await;
             }
-            None => now_ns,
-        };
+        }
+        let stamp_ns = state.start.elapsed().as_nanos() as u64;
         let mut body = BytesMut::with_capacity(args.size);
         body.put_u64_le((u64::from(index) << 40) | number);
         body.put_u64_le(stamp_ns);
         body.extend_from_slice(&padding);
-        let routing_key = Bytes::from(args.queue.clone().into_bytes());
         sent_at.borrow_mut().push_back(stamp_ns);
-        publisher.publish("", Message { routing_key, body: body.freeze(), ..Message::default() }).await?;
+        let message = Message { routing_key: routing_key.clone(), body: body.freeze(), ..Message::default() };
+        publisher.publish("", message).await?;
         number += 1;
     }
     state.published.borrow_mut()[index as usize] = Some(number);
+    // Every confirm is recorded once the recorder has emptied the send times.
+    while !sent_at.borrow().is_empty() {
+        if recorder.is_finished() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    recorder.abort();
     let summary = publisher.wait_for_confirms().await?;
-    confirms.abort();
     if let Some(rejection) = summary.first_rejection {
         return Err(ClientError::Failed { code: rejection.code, message: rejection.reason });
     }
     connection.close().await
 }
 
-/// Drains a producer's confirms into the confirm-latency histogram.
-async fn record_confirms(publisher: Rc<ringmq_client::Publisher>, sent_at: Rc<RefCell<VecDeque<u64>>>, first_seq: u64, state: Rc<RunState>) {
-    let mut front_seq = first_seq;
-    while let Ok(Some(range)) = publisher.next_confirm().await {
+/// Records each confirmed publish's latency, matching confirms to send times in order.
+async fn record_confirms(publisher: Rc<ringmq_client::Publisher>, sent_at: Rc<RefCell<VecDeque<u64>>>, state: Rc<RunState>) {
+    while let Ok(range) = publisher.recv_confirm().await {
         let now_ns = state.start.elapsed().as_nanos() as u64;
         let mut sent_at = sent_at.borrow_mut();
         let mut histogram = state.confirm_ns.borrow_mut();
-        while front_seq <= range.last.0 {
+        for _ in range.first.0..=range.last.0 {
             let Some(sent) = sent_at.pop_front() else { break };
-            front_seq += 1;
             histogram.saturating_record(now_ns.saturating_sub(sent).max(1));
         }
     }
