@@ -214,3 +214,106 @@ const POLL_INTERVAL: Duration = Duration::from_millis(10);
 const CONNECT_PROBE_TIMEOUT: Duration = Duration::from_millis(200);
 /// Ports tried before giving up (a port may be taken between the probe and the broker's bind).
 const START_ATTEMPTS_MAX: u32 = 3;
+
+/// Runs `ringmq ARGS...` (a CLI command, or `broker` with options it should refuse) to completion,
+/// with stdin closed, and returns its exit status and output.
+///
+/// # Panics
+/// If the binary cannot be started, or if it has not exited within `CLI_TIMEOUT` (it is killed
+/// first); the message includes what it printed so far.
+pub fn run_cli(args: &[&str]) -> std::process::Output {
+    let binary = broker_binary();
+    let stamp = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+    let out_path = std::env::temp_dir().join(format!("ringmq-test-cli-{}-{stamp}.out", std::process::id()));
+    let err_path = std::env::temp_dir().join(format!("ringmq-test-cli-{}-{stamp}.err", std::process::id()));
+    // Output goes to files, not pipes, so a chatty command cannot block on a full pipe while we
+    // poll for its exit.
+    let stdout = File::create(&out_path).unwrap_or_else(|e| panic!("creating {}: {e}", out_path.display()));
+    let stderr = File::create(&err_path).unwrap_or_else(|e| panic!("creating {}: {e}", err_path.display()));
+    let mut child = Command::new(&binary)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(stdout)
+        .stderr(stderr)
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawning {}: {e}", binary.display()));
+    let deadline = Instant::now() + CLI_TIMEOUT;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("waiting for a CLI child") {
+            break Some(status);
+        }
+        if Instant::now() >= deadline {
+            // It may have exited just now; a failed kill is then harmless.
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(POLL_INTERVAL);
+    };
+    let stdout = std::fs::read(&out_path).unwrap_or_default();
+    let stderr = std::fs::read(&err_path).unwrap_or_default();
+    // The files were only a transport for the output, which is returned.
+    let _ = std::fs::remove_file(&out_path);
+    let _ = std::fs::remove_file(&err_path);
+    let Some(status) = status else {
+        panic!(
+            "`ringmq {}` did not exit within {CLI_TIMEOUT:?}; stdout:\n{}\nstderr:\n{}",
+            args.join(" "),
+            String::from_utf8_lossy(&stdout),
+            String::from_utf8_lossy(&stderr)
+        );
+    };
+    std::process::Output { status, stdout, stderr }
+}
+
+impl BrokerProcess {
+    /// Starts `ringmq broker ARGS...` exactly as given (no `--host`, `--port` or `--pin-cores`
+    /// added) and waits until it accepts TCP connections on loopback `port`, which `args` (or a
+    /// config file they name) must make it listen on.
+    ///
+    /// # Errors
+    /// The broker exited during startup or did not accept connections on `port` within
+    /// `STARTUP_TIMEOUT` (it is killed then); the message includes its output.
+    ///
+    /// # Panics
+    /// If the binary cannot be found.
+    pub fn start_exact(args: &[&str], port: u16) -> Result<BrokerProcess, String> {
+        let binary = broker_binary();
+        let log_path = std::env::temp_dir().join(format!(
+            "ringmq-test-broker-{}-{port}-{}.log",
+            std::process::id(),
+            SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0)
+        ));
+        let log = File::create(&log_path).map_err(|e| format!("creating {}: {e}", log_path.display()))?;
+        let log_err = log.try_clone().map_err(|e| format!("cloning log handle: {e}"))?;
+        let child = Command::new(&binary)
+            .arg("broker")
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log_err)
+            .spawn()
+            .map_err(|e| format!("spawning {}: {e}", binary.display()))?;
+        let mut broker = BrokerProcess { child, port, log_path };
+        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+        let deadline = Instant::now() + STARTUP_TIMEOUT;
+        loop {
+            if let Ok(Some(status)) = broker.child.try_wait() {
+                return Err(format!("broker exited during startup with {status}; output:\n{}", broker.output()));
+            }
+            if TcpStream::connect_timeout(&addr, CONNECT_PROBE_TIMEOUT).is_ok() {
+                return Ok(broker);
+            }
+            if Instant::now() >= deadline {
+                let output = broker.output();
+                broker.kill();
+                return Err(format!("broker did not accept connections on {addr} within {STARTUP_TIMEOUT:?}; output:\n{output}"));
+            }
+            std::thread::sleep(STARTUP_POLL_INTERVAL);
+        }
+    }
+}
+
+/// Longest a CLI command may run in `run_cli`: every command the tests run finishes in well under
+/// a second, so this only bounds a hang.
+const CLI_TIMEOUT: Duration = Duration::from_secs(30);
