@@ -256,7 +256,7 @@ async fn produce(connection: Connection, index: u32, max: u64, args: BenchArgs, 
 
 /// Records each confirmed publish's latency, matching confirms to send times in order.
 async fn record_confirms(publisher: Rc<ringmq_client::Publisher>, sent_at: Rc<RefCell<VecDeque<u64>>>, state: Rc<RunState>) {
-    while let Ok(range) = publisher.recv_confirm().await {
+    while let Ok(Some(range)) = publisher.next_confirm().await {
         let now_ns = state.start.elapsed().as_nanos() as u64;
         let mut sent_at = sent_at.borrow_mut();
         let mut histogram = state.confirm_ns.borrow_mut();

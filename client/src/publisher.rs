@@ -86,23 +86,6 @@ impl Publisher {
         }
     }
 
-    /// The next confirm range, waiting for one even while nothing is unconfirmed: for a task
-    /// that records confirms while another task publishes (a load generator measuring latency).
-    ///
-    /// # Errors
-    /// The connection's cause when it ends.
-    pub async fn recv_confirm(&self) -> Result<ConfirmRange, ClientError> {
-        loop {
-            let mut wake = pin!(self.shared.confirm_wake.notified());
-            wake.as_mut().enable();
-            if let Some(range) = locked(&self.shared.confirms).pop() {
-                return Ok(range);
-            }
-            self.shared.check_open()?;
-            wake.await;
-        }
-    }
-
     /// Waits until every publish made so far is confirmed; returns how the publishes confirmed
     /// since the previous call ended (counts per outcome, the first rejection with the broker's
     /// reason) and forgets the ranges `next_confirm` did not take.
