@@ -3,8 +3,9 @@
 //! Routing runs once per published message, so each kind keeps the index its rule needs:
 //! - direct: a hash map from binding key to the queues bound with it, one lookup per message;
 //! - fanout: the list of distinct bound queues, copied out as is;
-//! - topic: binding keys without wildcards in a hash map (one lookup), and the distinct wildcard
-//!   patterns in a list, each compiled once and holding its queues, scanned per message.
+//! - topic: binding keys without wildcards in a hash map (one lookup), and wildcard patterns in a
+//!   trie (`topic_trie`), matched in one pass over the key's words. A list of patterns scanned
+//!   one by one came first and measured 3 µs per message at 100 patterns.
 //!
 //! The queue reference `Q` is generic: the routing table uses an interned `QueueName` (an
 //! `Arc<str>`: cloning it into the output is a reference count increment), benches and tests may
@@ -26,6 +27,7 @@ use std::hash::Hash;
 
 use crate::frame::ExchangeKind;
 use crate::topic::Pattern;
+use crate::topic_trie::TopicTrie;
 
 /// An exchange's bindings and the index its kind routes with.
 #[derive(Debug, Clone)]
@@ -69,8 +71,7 @@ impl<Q: Clone + Eq + Hash> Exchange<Q> {
             },
             ExchangeKind::Topic => Routes::Topic {
                 literal: HashMap::new(),
-                patterns: Vec::new(),
-                pattern_index: HashMap::new(),
+                trie: TopicTrie::new(),
             },
         };
         Exchange {
@@ -119,23 +120,12 @@ impl<Q: Clone + Eq + Hash> Exchange<Q> {
                     Bound::Created
                 }
             },
-            Routes::Topic {
-                literal,
-                patterns,
-                pattern_index,
-            } => {
+            Routes::Topic { literal, trie } => {
                 let pattern = Pattern::compile(key);
                 if pattern.is_literal() {
                     add_unique(literal.entry(key.into()).or_default(), queue)
-                } else if let Some(&index) = pattern_index.get(key) {
-                    add_unique(&mut patterns[index].queues, queue)
                 } else {
-                    pattern_index.insert(key.into(), patterns.len());
-                    patterns.push(PatternQueues {
-                        pattern,
-                        queues: vec![queue],
-                    });
-                    Bound::Created
+                    trie.insert(&pattern, queue)
                 }
             }
         };
@@ -178,25 +168,12 @@ impl<Q: Clone + Eq + Hash> Exchange<Q> {
                 }
                 Unbound::Removed
             }
-            Routes::Topic {
-                literal,
-                patterns,
-                pattern_index,
-            } => {
-                if let Some(&index) = pattern_index.get(key) {
-                    let unbound = remove_value(&mut patterns[index].queues, queue);
-                    if patterns[index].queues.is_empty() {
-                        pattern_index.remove(key);
-                        patterns.swap_remove(index);
-                        if let Some(moved) = patterns.get(index) {
-                            *pattern_index
-                                .get_mut(moved.pattern.source())
-                                .expect("unindexed pattern") = index;
-                        }
-                    }
-                    unbound
-                } else {
+            Routes::Topic { literal, trie } => {
+                let pattern = Pattern::compile(key);
+                if pattern.is_literal() {
                     remove_from_keyed(literal, key, queue)
+                } else {
+                    trie.remove(&pattern, queue)
                 }
             }
         };
@@ -212,7 +189,9 @@ impl<Q: Clone + Eq + Hash> Exchange<Q> {
     }
 
     /// Appends to `out` every queue `routing_key` leads to, each once. `out` is not cleared, and
-    /// what it held before is left alone (and not deduplicated against).
+    /// what it held before is left alone (and not deduplicated against). The order is
+    /// deterministic: bind order for direct, the fanout list's order, and for topic the literal
+    /// match first, then the trie's.
     pub fn route(&self, routing_key: &[u8], out: &mut Vec<Q>) {
         match &self.routes {
             Routes::Direct { by_key } => {
@@ -221,9 +200,7 @@ impl<Q: Clone + Eq + Hash> Exchange<Q> {
                 }
             }
             Routes::Fanout { queues, .. } => out.extend_from_slice(queues),
-            Routes::Topic {
-                literal, patterns, ..
-            } => {
+            Routes::Topic { literal, trie } => {
                 let start = out.len();
                 // Each source below holds distinct queues; duplicates need two sources.
                 let mut sources = 0u32;
@@ -231,12 +208,7 @@ impl<Q: Clone + Eq + Hash> Exchange<Q> {
                     out.extend_from_slice(queues);
                     sources += 1;
                 }
-                for entry in patterns {
-                    if entry.pattern.matches(routing_key) {
-                        out.extend_from_slice(&entry.queues);
-                        sources += 1;
-                    }
-                }
+                sources += trie.route(routing_key, out);
                 if sources > 1 {
                     dedup_tail(out, start);
                 }
@@ -258,18 +230,11 @@ impl<Q: Clone + Eq + Hash> Exchange<Q> {
                     .iter()
                     .flat_map(|(q, target)| target.keys.iter().map(move |key| (&**key, q))),
             ),
-            Routes::Topic {
-                literal, patterns, ..
-            } => Box::new(
+            Routes::Topic { literal, trie } => Box::new(
                 literal
                     .iter()
                     .flat_map(|(key, queues)| queues.iter().map(move |q| (&**key, q)))
-                    .chain(patterns.iter().flat_map(|entry| {
-                        entry
-                            .queues
-                            .iter()
-                            .map(move |q| (entry.pattern.source(), q))
-                    })),
+                    .chain(trie.bindings()),
             ),
         }
     }
@@ -307,14 +272,12 @@ enum Routes<Q> {
         /// Each queue's keys and its position in `queues`, for bind and unbind.
         keys_by_queue: HashMap<Q, FanoutTarget>,
     },
-    /// Topic: literal keys by hash, wildcard patterns in a list.
+    /// Topic: literal keys by hash, wildcard patterns in a trie.
     Topic {
         /// Keys without wildcards to their queues: a topic binding `a.b` is a direct binding.
         literal: HashMap<Box<[u8]>, Vec<Q>>,
-        /// Distinct wildcard patterns, each with its queues, scanned on every route.
-        patterns: Vec<PatternQueues<Q>>,
-        /// Pattern source to its index in `patterns`, for bind and unbind.
-        pattern_index: HashMap<Box<[u8]>, usize>,
+        /// Every binding key with a wildcard, with its queues.
+        trie: TopicTrie<Q>,
     },
 }
 
@@ -325,15 +288,6 @@ struct FanoutTarget {
     position: usize,
     /// The keys it is bound with (never empty).
     keys: Vec<Box<[u8]>>,
-}
-
-/// One wildcard pattern and the queues bound with it.
-#[derive(Debug, Clone)]
-struct PatternQueues<Q> {
-    /// The compiled binding key.
-    pattern: Pattern,
-    /// Distinct queues, in bind order (never empty).
-    queues: Vec<Q>,
 }
 
 /// Pushes `queue` unless it is already in `queues`.
@@ -405,6 +359,14 @@ const DEDUP_PAIRWISE_MAX: usize = 32;
 mod tests {
     use super::*;
 
+    /// Routes `key` through `exchange` into a fresh vector, sorted: for topic exchanges, whose
+    /// output order is deterministic but not the bind order.
+    fn routed_sorted(exchange: &Exchange<u32>, key: &str) -> Vec<u32> {
+        let mut out = routed(exchange, key);
+        out.sort_unstable();
+        out
+    }
+
     /// Routes `key` through `exchange` into a fresh vector.
     fn routed(exchange: &Exchange<u32>, key: &str) -> Vec<u32> {
         let mut out = Vec::new();
@@ -473,22 +435,22 @@ mod tests {
         exchange.bind(b"*.b", 3);
         exchange.bind(b"x.*", 4);
         assert_eq!(exchange.binding_count(), 6);
-        assert_eq!(routed(&exchange, "a.b"), [1, 2, 3]);
-        assert_eq!(routed(&exchange, "x.y"), [1, 4]);
-        assert_eq!(routed(&exchange, ""), [1]);
+        assert_eq!(routed_sorted(&exchange, "a.b"), [1, 2, 3]);
+        assert_eq!(routed_sorted(&exchange, "x.y"), [1, 4]);
+        assert_eq!(routed_sorted(&exchange, ""), [1]);
         // Two queues on one pattern share it; removing one keeps the other.
         exchange.bind(b"x.*", 5);
         assert_eq!(exchange.unbind(b"x.*", &4), Unbound::Removed);
-        assert_eq!(routed(&exchange, "x.y"), [1, 5]);
+        assert_eq!(routed_sorted(&exchange, "x.y"), [1, 5]);
         // Removing the last queue of a pattern drops the pattern; the others stay findable.
         assert_eq!(exchange.unbind(b"a.#", &1), Unbound::Removed);
         assert_eq!(exchange.unbind(b"#", &1), Unbound::Removed);
-        assert_eq!(routed(&exchange, "a.b"), [1, 2, 3]);
+        assert_eq!(routed_sorted(&exchange, "a.b"), [1, 2, 3]);
         assert_eq!(exchange.unbind(b"*.b", &3), Unbound::Removed);
         assert_eq!(exchange.unbind(b"x.*", &5), Unbound::Removed);
         assert_eq!(exchange.unbind(b"x.*", &5), Unbound::NotBound);
-        assert_eq!(routed(&exchange, "a.b"), [1, 2]);
-        assert_eq!(routed(&exchange, "x.y"), Vec::<u32>::new());
+        assert_eq!(routed_sorted(&exchange, "a.b"), [1, 2]);
+        assert_eq!(routed_sorted(&exchange, "x.y"), Vec::<u32>::new());
         assert_eq!(exchange.binding_count(), 2);
     }
 
@@ -504,8 +466,82 @@ mod tests {
         }
         let mut out = vec![7, 7];
         exchange.route(b"k", &mut out);
-        let expected: Vec<u32> = [7, 7].into_iter().chain(0..100).collect();
-        assert_eq!(out, expected);
+        assert_eq!(out[..2], [7, 7]);
+        let mut routed = out[2..].to_vec();
+        routed.sort_unstable();
+        assert_eq!(routed, (0..100).collect::<Vec<u32>>());
+    }
+
+    // Goal: a topic exchange (literal map, trie and deduplication together) routes each
+    // matching queue exactly once, over random binds and unbinds. Method: seeded xorshift, tiny
+    // word alphabet, and a reference list of (key, queue) matched pattern by pattern.
+    #[test]
+    fn random_topic_bindings_route_each_matching_queue_once() {
+        let mut state = 0xD1B5_4A32_D192_ED03u64;
+        let mut next = move |bound: u64| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state % bound
+        };
+        let pattern_words = ["a", "b", "*", "#"];
+        let mut exchange = Exchange::new(ExchangeKind::Topic);
+        let mut reference: Vec<(String, u32)> = Vec::new();
+        for step in 0..5_000 {
+            let key: Vec<&str> = (0..next(4))
+                .map(|_| pattern_words[next(4) as usize])
+                .collect();
+            let key = key.join(".");
+            let queue = next(6) as u32;
+            let held = reference.iter().position(|(k, q)| *k == key && *q == queue);
+            if next(3) == 0 {
+                // Unbind.
+                let expected = if held.is_some() {
+                    Unbound::Removed
+                } else {
+                    Unbound::NotBound
+                };
+                if let Some(at) = held {
+                    reference.remove(at);
+                }
+                assert_eq!(
+                    exchange.unbind(key.as_bytes(), &queue),
+                    expected,
+                    "step {step}"
+                );
+            } else {
+                // Bind.
+                let expected = if held.is_some() {
+                    Bound::Existed
+                } else {
+                    Bound::Created
+                };
+                if held.is_none() {
+                    reference.push((key.clone(), queue));
+                }
+                assert_eq!(
+                    exchange.bind(key.as_bytes(), queue),
+                    expected,
+                    "step {step}"
+                );
+            }
+            assert_eq!(exchange.binding_count() as usize, reference.len());
+            let routing_key: Vec<&str> =
+                (0..next(4)).map(|_| ["a", "b"][next(2) as usize]).collect();
+            let routing_key = routing_key.join(".");
+            let mut expected: Vec<u32> = reference
+                .iter()
+                .filter(|(k, _)| crate::topic::matches(k.as_bytes(), routing_key.as_bytes()))
+                .map(|(_, q)| *q)
+                .collect();
+            expected.sort_unstable();
+            expected.dedup();
+            assert_eq!(
+                routed_sorted(&exchange, &routing_key),
+                expected,
+                "step {step} key {routing_key:?}"
+            );
+        }
     }
 
     // Goal: `bindings` lists every held pair exactly once, for each kind.

@@ -9,8 +9,8 @@
 //! - `limits`: every bound of the data path, with their relationships asserted at compile time.
 //! - `frame`, `codec`: the native protocol's frames and their bytes (see `PROTOCOL.md`).
 //! - `message`-level state: `queue` (FIFO with limits, consumers, unacked deliveries),
-//!   `exchange` and `topic` (routing), `routing_table` (what every shard knows of exchanges,
-//!   bindings and queue ownership).
+//!   `exchange`, `topic` and `topic_trie` (routing), `routing_table` (what every shard knows of
+//!   exchanges, bindings and queue names; which shard owns a queue is a hash, see `shard`).
 //! - `completion_tracker`: the one place that decides when publish confirms are released.
 //! - `shard`: one shard's whole state machine, composed of the above.
 //!
@@ -28,3 +28,4 @@ pub mod routing_table;
 pub mod shard;
 pub mod shard_message;
 pub mod topic;
+pub mod topic_trie;

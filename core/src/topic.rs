@@ -9,7 +9,8 @@
 //! clients moving over see the same matches: `#` matches the empty key, `*` does not, and `*`
 //! matches an empty word (`*.b` matches `.b`).
 //!
-//! Not here: which queues a pattern leads to, or several patterns at once (see `exchange`).
+//! Not here: which queues a pattern leads to (see `exchange`), or matching many patterns at once
+//! (see `topic_trie`, which is built from `Pattern::words` and splits keys with `key_words`).
 //!
 //! Invariants:
 //! - A compiled `Pattern` never holds two `#` in a row, and within a run of wildcards every `*`
@@ -82,6 +83,17 @@ impl Pattern {
             .all(|token| matches!(token, Token::Word { .. }))
     }
 
+    /// The pattern's words after normalization, in order: what a `TopicTrie` is built from.
+    pub fn words(&self) -> impl Iterator<Item = PatternWord<'_>> + '_ {
+        self.tokens.iter().map(|token| match *token {
+            Token::Word { start, end } => {
+                PatternWord::Literal(&self.source[start as usize..end as usize])
+            }
+            Token::Star => PatternWord::Star,
+            Token::Hash => PatternWord::Hash,
+        })
+    }
+
     /// True when `routing_key` matches this pattern.
     pub fn matches(&self, routing_key: &[u8]) -> bool {
         let tokens = &self.tokens;
@@ -131,6 +143,44 @@ impl Pattern {
                 }
             }
         }
+    }
+}
+
+/// One word of a compiled pattern.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PatternWord<'a> {
+    /// Matches this exact word.
+    Literal(&'a [u8]),
+    /// `*`: exactly one word.
+    Star,
+    /// `#`: zero or more words. Never followed by `#` or `*` (see the module invariants).
+    Hash,
+}
+
+/// The words of a routing key, as this module splits them: none for the empty key.
+pub fn key_words(routing_key: &[u8]) -> KeyWords<'_> {
+    KeyWords {
+        key: routing_key,
+        position: Words::start(routing_key),
+    }
+}
+
+/// Iterator over the words of a routing key; see `key_words`.
+#[derive(Debug, Clone)]
+pub struct KeyWords<'a> {
+    /// The key.
+    key: &'a [u8],
+    /// Where the next word starts.
+    position: Words,
+}
+
+impl<'a> Iterator for KeyWords<'a> {
+    type Item = &'a [u8];
+
+    fn next(&mut self) -> Option<&'a [u8]> {
+        let (word, _, next) = self.position.next_word(self.key)?;
+        self.position = next;
+        Some(word)
     }
 }
 
@@ -355,6 +405,29 @@ mod tests {
                 "pattern {pattern:?} key {key:?}"
             );
         }
+    }
+
+    // Goal: `key_words` splits as the module doc says, and `words` shows the normalized pattern.
+    #[test]
+    fn key_words_and_pattern_words_follow_the_splitting_rule() {
+        fn split_bytes(key: &str) -> Vec<&[u8]> {
+            key_words(key.as_bytes()).collect()
+        }
+        assert_eq!(split_bytes(""), Vec::<&[u8]>::new());
+        assert_eq!(split_bytes("."), [b"".as_slice(), b""]);
+        assert_eq!(split_bytes("a..b"), [b"a".as_slice(), b"", b"b"]);
+        assert_eq!(split_bytes("a."), [b"a".as_slice(), b""]);
+        let pattern = Pattern::compile(b"a.#.*.#.b");
+        let words: Vec<PatternWord<'_>> = pattern.words().collect();
+        assert_eq!(
+            words,
+            [
+                PatternWord::Literal(b"a"),
+                PatternWord::Star,
+                PatternWord::Hash,
+                PatternWord::Literal(b"b")
+            ]
+        );
     }
 
     // Goal: a pattern full of `#` against a long key stays fast (no exponential backtracking).

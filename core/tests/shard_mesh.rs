@@ -170,3 +170,26 @@ fn errors_name_the_problem_and_close_only_that_connection() {
     mesh.send(0, 2, &Frame::QueueDeclare { request: RequestId(9), name: "missing".into(), options, arguments: vec![] });
     assert_eq!(mesh.take(0, 2), vec![Frame::Failed { request: RequestId(9), code: ErrorCode::NotFound, message: "no queue 'missing'".into() }]);
 }
+
+#[test]
+fn deliveries_of_large_messages_are_cut_into_bounded_frames() {
+    // Goal: a delivery batch never becomes one giant frame. Method: three 40 KiB messages
+    // against the 64 KiB frame target must arrive as three deliver frames with consecutive tags.
+    let mut mesh = Mesh::new(1);
+    mesh.connect(0, 1);
+    mesh.send(0, 1, &Frame::QueueDeclare { request: RequestId(1), name: "big".into(), options: QueueOptions::default(), arguments: vec![] });
+    let body = "x".repeat(40 * 1024);
+    let messages = (0..3).map(|_| message("big", &body)).collect();
+    mesh.send(0, 1, &Frame::Publish { exchange: String::new(), first_seq: Seq(0), messages });
+    mesh.take(0, 1);
+    mesh.send(0, 1, &Frame::Subscribe { request: RequestId(2), consumer: ConsumerId(1), queue: "big".into(), prefetch: 10 });
+    let tags: Vec<(u64, usize)> = mesh
+        .take(0, 1)
+        .into_iter()
+        .filter_map(|frame| match frame {
+            Frame::Deliver { first_tag, messages, .. } => Some((first_tag.0, messages.len())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(tags, vec![(0, 1), (1, 1), (2, 1)]);
+}
