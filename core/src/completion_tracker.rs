@@ -13,7 +13,8 @@
 //!   tracker hands the publish back as `Err(TrackerFull)`; the caller stops reading the producer
 //!   (backpressure) until `poll_confirms` frees slots.
 //! - `handle_enqueued` once per target. `handle_hold` / `handle_hold_released` for holds.
-//! - `poll_confirms` after a batch of inputs, until it returns with `out` not full.
+//! - `poll_confirms` after a batch of inputs; it drains everything releasable, and the caller
+//!   cuts the ranges into frames of at most `limits::RANGES_MAX`.
 //! - `clear` when the connection closes; reports still in flight for it must then be dropped by
 //!   the caller (counted there as "to a closed connection"), never fed to a cleared tracker.
 //!
@@ -42,7 +43,7 @@
 
 use crate::frame::{ConfirmOutcome, ConfirmRange, ErrorCode};
 use crate::ids::Seq;
-use crate::limits::{PUBLISH_INFLIGHT_MAX, RANGES_MAX};
+use crate::limits::PUBLISH_INFLIGHT_MAX;
 
 /// Unreleased publishes of one producer connection, in a fixed-capacity ring.
 #[derive(Debug)]
@@ -205,11 +206,14 @@ impl CompletionTracker {
         slot.mark_if_releasable();
     }
 
-    /// Appends the confirms that can be released now, oldest first, merging consecutive
+    /// Appends every confirm that can be released now, oldest first, merging consecutive
     /// publishes with the same outcome into one range (only among ranges this call appends).
-    /// Stops when nothing more is releasable or `out` holds `limits::RANGES_MAX` ranges (a confirm
-    /// frame's most); in the latter case, send them and call again. Returns how many publishes
-    /// were released.
+    /// Returns how many publishes were released.
+    ///
+    /// It appends at most `capacity` ranges (one per publish, when outcomes alternate); a confirm
+    /// frame carries at most `limits::RANGES_MAX`, so the caller splits. An earlier version
+    /// stopped at `RANGES_MAX` and asked to be called again, which left confirms stranded when
+    /// the caller polled once per event and no further event came.
     pub fn poll_confirms(&mut self, out: &mut Vec<ConfirmRange>) -> u64 {
         let first_new = out.len();
         let mut released = 0u64;
@@ -233,9 +237,6 @@ impl CompletionTracker {
                 && out.last().is_some_and(|range| {
                     range.last.next() == seq && slot.outcome_is(&range.outcome)
                 });
-            if !extends && out.len() >= RANGES_MAX as usize {
-                break;
-            }
             let outcome = slot.release();
             if let Some(last) = self.released_last {
                 assert_eq!(seq, last.next(), "confirms released out of sequence order");
@@ -595,11 +596,11 @@ mod tests {
         assert_eq!(polled(&mut tracker), [range(0, 1, ConfirmOutcome::Stored)]);
     }
 
-    // Goal: one poll never returns more ranges than a confirm frame carries, and the rest
-    // comes with the next poll.
+    // Goal: one poll drains everything releasable, even past a confirm frame's range limit
+    // (the caller splits frames), so no confirm waits for an event that may never come.
     #[test]
-    fn poll_stops_at_ranges_max_and_resumes() {
-        let count = RANGES_MAX as u64 + 10;
+    fn poll_drains_everything_releasable_past_the_frame_limit() {
+        let count = u64::from(crate::limits::RANGES_MAX) + 10;
         let mut tracker = CompletionTracker::new(count as usize);
         // Alternate stored and unroutable, so that no two neighbours merge.
         for seq in 0..count {
@@ -610,14 +611,10 @@ mod tests {
             }
         }
         let mut out = Vec::new();
-        assert_eq!(tracker.poll_confirms(&mut out), u64::from(RANGES_MAX));
-        assert_eq!(out.len(), RANGES_MAX as usize);
-        out.clear();
-        assert_eq!(tracker.poll_confirms(&mut out), 10);
-        assert_eq!(
-            out.first().map(|r| r.first),
-            Some(Seq(u64::from(RANGES_MAX)))
-        );
+        assert_eq!(tracker.poll_confirms(&mut out), count);
+        assert_eq!(out.len() as u64, count);
+        assert_eq!(out.last().map(|r| r.last), Some(Seq(count - 1)));
+        assert_eq!(tracker.inflight(), 0);
     }
 
     // Goal: `clear` forgets everything, reports how much, and lets a new sequence start.
