@@ -220,8 +220,27 @@ const START_ATTEMPTS_MAX: u32 = 3;
 ///
 /// # Panics
 /// If the binary cannot be started, or if it has not exited within `CLI_TIMEOUT` (it is killed
-/// first); the message includes what it printed so far.
+/// first); the message includes what it printed.
 pub fn run_cli(args: &[&str]) -> std::process::Output {
+    run_cli_within(args, CLI_TIMEOUT).unwrap_or_else(|output| {
+        panic!(
+            "`ringmq {}` did not exit within {CLI_TIMEOUT:?}; stdout:\n{}\nstderr:\n{}",
+            args.join(" "),
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        )
+    })
+}
+
+/// As `run_cli`, but waits at most `timeout`.
+///
+/// # Errors
+/// The command had not exited within `timeout`: it was killed, and `Err` holds what it printed
+/// up to then (with the status of the kill).
+///
+/// # Panics
+/// If the binary cannot be started.
+pub fn run_cli_within(args: &[&str], timeout: Duration) -> Result<std::process::Output, std::process::Output> {
     let binary = broker_binary();
     let stamp = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
     let out_path = std::env::temp_dir().join(format!("ringmq-test-cli-{}-{stamp}.out", std::process::id()));
@@ -237,16 +256,15 @@ pub fn run_cli(args: &[&str]) -> std::process::Output {
         .stderr(stderr)
         .spawn()
         .unwrap_or_else(|e| panic!("spawning {}: {e}", binary.display()));
-    let deadline = Instant::now() + CLI_TIMEOUT;
-    let status = loop {
+    let deadline = Instant::now() + timeout;
+    let (status, exited) = loop {
         if let Some(status) = child.try_wait().expect("waiting for a CLI child") {
-            break Some(status);
+            break (status, true);
         }
         if Instant::now() >= deadline {
             // It may have exited just now; a failed kill is then harmless.
             let _ = child.kill();
-            let _ = child.wait();
-            break None;
+            break (child.wait().expect("reaping a killed CLI child"), false);
         }
         std::thread::sleep(POLL_INTERVAL);
     };
@@ -255,15 +273,8 @@ pub fn run_cli(args: &[&str]) -> std::process::Output {
     // The files were only a transport for the output, which is returned.
     let _ = std::fs::remove_file(&out_path);
     let _ = std::fs::remove_file(&err_path);
-    let Some(status) = status else {
-        panic!(
-            "`ringmq {}` did not exit within {CLI_TIMEOUT:?}; stdout:\n{}\nstderr:\n{}",
-            args.join(" "),
-            String::from_utf8_lossy(&stdout),
-            String::from_utf8_lossy(&stderr)
-        );
-    };
-    std::process::Output { status, stdout, stderr }
+    let output = std::process::Output { status, stdout, stderr };
+    if exited { Ok(output) } else { Err(output) }
 }
 
 impl BrokerProcess {
