@@ -1,0 +1,3 @@
+//! ringmq-ha: active-passive high availability, with no IO and no clock.
+
+pub mod broker_state;
