@@ -1,3 +1,5 @@
 //! ringmq-ha: active-passive high availability, with no IO and no clock.
 
 pub mod broker_state;
+pub mod limits;
+pub mod url;
