@@ -2,4 +2,5 @@
 
 pub mod broker_state;
 pub mod limits;
+pub mod replication_level;
 pub mod url;
