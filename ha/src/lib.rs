@@ -1,4 +1,41 @@
-//! ringmq-ha: active-passive high availability, with no IO and no clock.
+//! ringmq-ha: active-passive high availability, as plain state and rules with no IO and no clock.
+//!
+//! This crate holds the HA decisions of a ringmq broker: which state a broker is in and which
+//! step it may take next, which brokers a URL names, which objects are replicated, and which
+//! epoch's records a backup may apply. It follows the Qpid C++ broker's HA design (the reference),
+//! hardened where that design was weak: epochs fence old primaries, and URLs, levels and states
+//! are checked strictly instead of being trusted.
+//!
+//! It does not open sockets, read files, spawn threads, read a clock or draw random numbers. The
+//! transport crate drives it: it feeds in what arrived (a promote command, a replication message,
+//! a timeout it measured) and carries out what comes back. So the whole HA protocol can be run
+//! deterministically in tests and in the simulator. Dependencies point one way:
+//! `transport -> ha -> core`.
+//!
+//! Layout:
+//! - `broker_state`: the six broker states, the table of legal transitions and their causes.
+//! - `url`: the reference's broker URL grammar (`ha-brokers-url`, `ha-public-url`, client
+//!   failover lists), parsed strictly and printed canonically.
+//! - `replication_level`: `none` / `configuration` / `all`, the `qpid.replicate` argument, and which
+//!   queues, exchanges and bindings are replicated.
+//! - `epoch`: leadership generations; the rules that fence a stale primary.
+//! - `limits`: every bound of this crate, with their relationships asserted at compile time.
+//!
+//! Planned, not yet written (our HA issue):
+//! - `primary`: the primary's replication state machine: per-shard record streams to each backup,
+//!   batched, with cumulative confirms; recovering mode and `ha-backup-timeout`.
+//! - `backup`: the backup's side: applying records in order, confirming positions, reconnecting.
+//! - `membership`: the cluster's brokers and their states, as the primary decides them.
+//! - `catch_up`: bringing a joining or reconnecting backup up to date without stalling confirms of
+//!   new publishes.
+//!
+//! Invariants (each module states its own in detail):
+//! - Nothing here performs IO or reads time; time, when a module needs it, comes in as an
+//!   argument, and it never goes backwards.
+//! - Bad input (option values, URLs, declare arguments, peers' epochs) comes back as a typed
+//!   error naming what was allowed and what came; it never panics. Panics are for bugs only.
+//! - A broker takes only the transitions in `broker_state`'s table.
+//! - A backup never applies a record from an epoch older than the highest it has seen.
 
 pub mod broker_state;
 pub mod epoch;
