@@ -88,7 +88,11 @@ pub fn receive(args: ReceiveArgs) -> ExitCode {
         let mut out = stdout.lock();
         while args.count.is_none_or(|count| received < count) {
             let delivery = match timeout {
-                Some(timeout) => consumer.recv_timeout(timeout)?,
+                // An idle timeout ends the receive normally.
+                Some(timeout) => match consumer.recv_timeout(timeout) {
+                    Err(ClientError::Timeout { .. }) => None,
+                    other => other?,
+                },
                 None => consumer.recv()?,
             };
             let Some(delivery) = delivery else { break };

@@ -128,13 +128,17 @@ pub fn encode_preamble(preamble: Preamble, out: &mut BytesMut) {
 ///
 /// [`DecodeError::BadMagic`] when the first four bytes are not `RNMQ`.
 pub fn decode_preamble(buf: &[u8]) -> Result<Option<Preamble>, DecodeError> {
-    let [m0, m1, m2, m3, v0, v1, f0, f1, ..] = *buf else {
+    // The magic is judged as soon as its 4 bytes are in: a peer speaking another protocol is
+    // refused without waiting for bytes it may never send.
+    if let [m0, m1, m2, m3, ..] = *buf {
+        let got = [m0, m1, m2, m3];
+        if got != PREAMBLE_MAGIC {
+            return Err(DecodeError::BadMagic { got });
+        }
+    }
+    let [_, _, _, _, v0, v1, f0, f1, ..] = *buf else {
         return Ok(None);
     };
-    let got = [m0, m1, m2, m3];
-    if got != PREAMBLE_MAGIC {
-        return Err(DecodeError::BadMagic { got });
-    }
     Ok(Some(Preamble {
         version: u16::from_le_bytes([v0, v1]),
         flags: u16::from_le_bytes([f0, f1]),

@@ -610,6 +610,10 @@ impl Shard {
         for conn in std::mem::take(&mut self.confirms_due) {
             let Some(session) = self.sessions.get_mut(&conn) else { continue };
             session.confirms_due = false;
+            if session.closing {
+                // Nothing follows an Error frame.
+                continue;
+            }
             let Some(tracker) = session.tracker.as_mut() else { continue };
             tracker.poll_confirms(&mut ranges);
             if ranges.is_empty() {
@@ -720,8 +724,10 @@ impl Shard {
             self.counters.to_closed_connection += 1;
             return;
         };
-        if !session.subscriptions.contains_key(&consumer) {
-            // Cancelled meanwhile: the queue took these back when it processed the cancel.
+        if !session.subscriptions.contains_key(&consumer) || session.closing {
+            // Cancelled meanwhile: the queue took these back when it processed the cancel. Or the
+            // connection is closing after an Error: nothing follows it, and the queue takes these
+            // back when the close arrives.
             self.counters.to_closed_connection += 1;
             return;
         }

@@ -237,15 +237,15 @@ fn frames_arriving_one_byte_at_a_time_are_assembled_not_refused() {
 }
 
 #[test]
-#[ignore = "broker bug: a preamble with a bad magic is only refused once 8 bytes arrived; see the test's comment"]
+
 fn four_bytes_of_garbage_are_enough_to_refuse_the_connection() {
     // Goal: PROTOCOL.md 1.1: the listener picks the protocol from the first 4 bytes, and anything
     // but "RNMQ" (or "AMQP") is refused with an Error and closed. Four wrong bytes can never
     // become a preamble, so they are invalid, not incomplete: a client that sends them and waits
     // must get its answer.
     // Method: send exactly "HTTP" and nothing more; expect the Error and the close.
-    // Bug: `codec::decode_preamble` returns `Ok(None)` until all 8 preamble bytes arrived, so the
-    // broker waits forever and this client never hears why.
+    // Regression: `decode_preamble` once waited for all 8 preamble bytes before judging the
+    // magic, so the broker waited forever and this client never heard why.
     let broker = start();
     let mut stream = connect(&broker);
     stream.write_all(b"HTTP").unwrap();
@@ -254,16 +254,15 @@ fn four_bytes_of_garbage_are_enough_to_refuse_the_connection() {
 }
 
 #[test]
-#[ignore = "broker bug: frames are still written after an Error frame; see the test's comment"]
+
 fn publishing_past_max_inflight_is_refused_and_nothing_follows_the_error() {
     // Goal: a producer that ignores the confirm window and has more than `max-inflight`
     // publishes unconfirmed gets a LimitExceeded Error naming the limit, and (PROTOCOL.md 2.5,
     // `error`: "the broker closes it after this frame") nothing after it but the close.
     // Method: a broker with --max-inflight 4; one raw publish frame of 10 messages to an existing
     // queue; expect exactly one Error frame, then end of stream.
-    // Bug: the broker appends a Confirm for seqs 0..=3 after the Error frame, because
-    // `Shard::release_confirms` (and `write_deliveries`) encode into a session's output without
-    // checking that the session is closing, which `write_frame` does.
+    // Regression: the broker once appended a Confirm after the Error frame, because confirms
+    // and deliveries were encoded without checking that the session was closing.
     let broker = BrokerProcess::start(&["--max-inflight", "4", "--shards", "1"]);
     let client = Connection::connect(broker.addr().as_str(), ConnectOptions::default()).unwrap();
     client.declare_queue("q", QueueOptions::default(), &[]).unwrap();

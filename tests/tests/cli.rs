@@ -129,14 +129,12 @@ fn bulk_send_then_quiet_receive_reports_the_count() {
 }
 
 #[test]
-#[ignore = "CLI bug: `receive --timeout` ends with an error (exit 1, no count) instead of stopping; see the test's comment"]
+
 fn receive_with_a_timeout_stops_when_no_message_arrives() {
     // Goal: `receive --timeout` means "stop when no message arrived for this long" (its help
     // text): it receives what there is, then ends normally, exit 0, and reports the count.
     // Method: three messages in the queue, `receive q --timeout 200ms --quiet`.
-    // Bug: `shell::receive` propagates `recv_timeout`'s `ClientError::Timeout` with `?`, so the
-    // command prints "ringmq receive: recv: nothing within 200 ms", exits 1, and never prints
-    // "received 3 messages (0 redelivered)".
+    // Regression: the idle timeout once surfaced as an error (exit 1, no count).
     let broker = BrokerProcess::start(&[]);
     success(&ringmq(&broker, &["queue", "add", "q"]));
     success(&ringmq(&broker, &["send", "-k", "q", "a", "b", "c"]));

@@ -172,15 +172,15 @@ fn a_port_taken_by_another_program_exits_2_naming_the_address() {
 }
 
 #[test]
-#[ignore = "broker bug: a second broker binds a port another broker listens on (SO_REUSEPORT); see the test's comment"]
+
 fn a_port_taken_by_another_broker_exits_2_naming_the_address() {
     // Goal: a second broker started on the port of a running broker must not start, as with any
     // other program holding the port; otherwise the kernel splits new connections between two
     // brokers that share no queues.
     // Method: start a broker, then a second one on the same host and port; it must exit with
     // status 2 within the deadline.
-    // Bug: every shard's listener sets SO_REUSEPORT (transport `listener::bind_shared`), so the
-    // second broker's bind succeeds; it prints "listening on" and runs.
+    // Regression: every shard's listener sets SO_REUSEPORT, which once let a second broker bind
+    // the same port and run; the port is now probed with a plain bind first.
     let first = BrokerProcess::start(&["--shards", "1"]);
     let port = first.port().to_string();
 

@@ -246,8 +246,10 @@ fn unroutable_and_unknown_exchange_publishes_are_confirmed_as_such() {
     publisher.publish("no-such-exchange", message("k", "refused")).unwrap();
     publisher.publish("", message("route-5", "last")).unwrap();
     // The ranges come back one per fate, in order.
-    let mut outcomes = Vec::new();
-    while let Some(range) = publisher.next_confirm().unwrap() {
+    // `next_confirm` waits for the next range, so take ranges until seq 3 is covered.
+    let mut outcomes: Vec<(Seq, Seq, ConfirmOutcome)> = Vec::new();
+    while outcomes.last().is_none_or(|(_, last, _)| *last < Seq(3)) {
+        let range = publisher.next_confirm().unwrap().expect("a confirm range before close");
         outcomes.push((range.first, range.last, range.outcome));
     }
     let rejected = ConfirmOutcome::Rejected { code: ErrorCode::NotFound, reason: unknown_reason.to_string() };
