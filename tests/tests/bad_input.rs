@@ -237,7 +237,6 @@ fn frames_arriving_one_byte_at_a_time_are_assembled_not_refused() {
 }
 
 #[test]
-
 fn four_bytes_of_garbage_are_enough_to_refuse_the_connection() {
     // Goal: PROTOCOL.md 1.1: the listener picks the protocol from the first 4 bytes, and anything
     // but "RNMQ" (or "AMQP") is refused with an Error and closed. Four wrong bytes can never
@@ -254,7 +253,6 @@ fn four_bytes_of_garbage_are_enough_to_refuse_the_connection() {
 }
 
 #[test]
-
 fn publishing_past_max_inflight_is_refused_and_nothing_follows_the_error() {
     // Goal: a producer that ignores the confirm window and has more than `max-inflight`
     // publishes unconfirmed gets a LimitExceeded Error naming the limit, and (PROTOCOL.md 2.5,

@@ -129,7 +129,6 @@ fn bulk_send_then_quiet_receive_reports_the_count() {
 }
 
 #[test]
-
 fn receive_with_a_timeout_stops_when_no_message_arrives() {
     // Goal: `receive --timeout` means "stop when no message arrived for this long" (its help
     // text): it receives what there is, then ends normally, exit 0, and reports the count.

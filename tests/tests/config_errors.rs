@@ -172,7 +172,6 @@ fn a_port_taken_by_another_program_exits_2_naming_the_address() {
 }
 
 #[test]
-
 fn a_port_taken_by_another_broker_exits_2_naming_the_address() {
     // Goal: a second broker started on the port of a running broker must not start, as with any
     // other program holding the port; otherwise the kernel splits new connections between two
