@@ -31,27 +31,16 @@ struct Case {
 }
 
 const CASES: [Case; 2] = [
-    Case {
-        name: "publish_64KiB_1KiB_messages",
-        body_bytes: 1024,
-        frame_hash: 0x86b1_e2a3_f863_da12,
-    },
-    Case {
-        name: "publish_64KiB_128B_messages",
-        body_bytes: 128,
-        frame_hash: 0x3e27_bdb4_16e7_fcf3,
-    },
+    Case { name: "publish_64KiB_1KiB_messages", body_bytes: 1024, frame_hash: 0x86b1_e2a3_f863_da12 },
+    Case { name: "publish_64KiB_128B_messages", body_bytes: 128, frame_hash: 0x3e27_bdb4_16e7_fcf3 },
 ];
 
 fn codec_benches(c: &mut Criterion) {
     for case in &CASES {
         let messages = messages(case.body_bytes);
         let message_count = messages.len() as u64;
-        let frame = Frame::Publish {
-            exchange: EXCHANGE.to_string(),
-            first_seq: Seq(FIRST_SEQ),
-            messages: messages.clone(),
-        };
+        let frame =
+            Frame::Publish { exchange: EXCHANGE.to_string(), first_seq: Seq(FIRST_SEQ), messages: messages.clone() };
         let mut encoded = BytesMut::new();
         codec::encode(&frame, &mut encoded);
         let frame_hash = fnv1a64(&encoded);
@@ -65,11 +54,7 @@ fn codec_benches(c: &mut Criterion) {
         // What is measured: the frame fills but does not exceed the target, decodes back to
         // itself, and the writer produces the same bytes.
         assert!(encoded.len() <= FRAME_BYTES_TARGET);
-        assert_eq!(
-            frame_hash, case.frame_hash,
-            "{}: workload changed",
-            case.name
-        );
+        assert_eq!(frame_hash, case.frame_hash, "{}: workload changed", case.name);
         assert_eq!(decode_copy(&encoded).as_ref(), Some(&frame));
         assert_eq!(write(&messages, BytesMut::new()), encoded);
 
@@ -123,9 +108,7 @@ fn messages(body_bytes: usize) -> Vec<Message> {
                 name: Bytes::from_static(b"content-type"),
                 value: Bytes::from_static(b"application/octet-stream"),
             }],
-            body: (0..body_bytes)
-                .map(|offset| (index * 31 + offset) as u8)
-                .collect(),
+            body: (0..body_bytes).map(|offset| (index * 31 + offset) as u8).collect(),
         };
         frame_bytes += codec::message_bytes_len(&message);
         if frame_bytes > FRAME_BYTES_TARGET {
@@ -152,9 +135,7 @@ fn decode_copy(encoded: &[u8]) -> Option<Frame> {
 }
 
 fn fnv1a64(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, byte| {
-        (hash ^ u64::from(*byte)).wrapping_mul(0x0100_0000_01b3)
-    })
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, byte| (hash ^ u64::from(*byte)).wrapping_mul(0x0100_0000_01b3))
 }
 
 /// Frame size each case fills, in bytes, length prefix included.

@@ -37,11 +37,7 @@ struct Workload {
 
 impl Workload {
     fn new() -> Workload {
-        Workload {
-            tracker: CompletionTracker::new(WINDOW),
-            next_seq: 0,
-            ranges: Vec::with_capacity(64),
-        }
+        Workload { tracker: CompletionTracker::new(WINDOW), next_seq: 0, ranges: Vec::with_capacity(64) }
     }
 
     /// Publishes, completes and confirms `PUBLISHES` publishes with `targets` targets each;
@@ -59,8 +55,7 @@ impl Workload {
             // Each target reports the whole batch, then the next target does.
             for _ in 0..targets {
                 for offset in 0..BATCH {
-                    self.tracker
-                        .handle_enqueued(Seq(first + offset), ConfirmOutcome::Stored);
+                    self.tracker.handle_enqueued(Seq(first + offset), ConfirmOutcome::Stored);
                 }
             }
             self.next_seq += BATCH;
@@ -80,16 +75,12 @@ fn completion_tracker(c: &mut Criterion) {
     for targets in [1u32, 3] {
         // Report what is measured, once, outside the timing.
         let hash = Workload::new().run(targets);
-        println!(
-            "completion_tracker/targets_{targets}: {PUBLISHES} publishes, result hash {hash:016x}"
-        );
+        println!("completion_tracker/targets_{targets}: {PUBLISHES} publishes, result hash {hash:016x}");
         let mut group = c.benchmark_group(format!("completion_tracker/targets_{targets}"));
         group.throughput(Throughput::Elements(PUBLISHES));
         group.sample_size(20);
         let mut workload = Workload::new();
-        group.bench_function("publish_enqueue_poll", |b| {
-            b.iter(|| black_box(workload.run(targets)))
-        });
+        group.bench_function("publish_enqueue_poll", |b| b.iter(|| black_box(workload.run(targets))));
         group.finish();
     }
 }

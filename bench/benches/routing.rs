@@ -37,9 +37,7 @@ impl Scenario {
         let mut targets = 0;
         for key in &self.keys {
             out.clear();
-            self.table
-                .route(self.exchange, key, out)
-                .expect("exchange exists");
+            self.table.route(self.exchange, key, out).expect("exchange exists");
             targets += out.len();
         }
         out.clear();
@@ -48,20 +46,14 @@ impl Scenario {
 }
 
 fn binding(exchange: &str, queue: &str, key: &str) -> Binding {
-    Binding {
-        exchange: exchange.to_owned(),
-        queue: queue.to_owned(),
-        key: key.to_owned(),
-    }
+    Binding { exchange: exchange.to_owned(), queue: queue.to_owned(), key: key.to_owned() }
 }
 
 /// A table with `QUEUES` queues named `queue-N`.
 fn table_with_queues() -> RoutingTable {
     let mut table = RoutingTable::new();
     for index in 0..QUEUES {
-        table
-            .add_queue(&format!("queue-{index}"))
-            .expect("valid name");
+        table.add_queue(&format!("queue-{index}")).expect("valid name");
     }
     table
 }
@@ -69,14 +61,8 @@ fn table_with_queues() -> RoutingTable {
 /// The default exchange: one hash lookup by queue name.
 fn default_exchange() -> Scenario {
     let table = table_with_queues();
-    let keys = (0..KEYS)
-        .map(|i| format!("queue-{}", i * 7 % QUEUES).into_bytes())
-        .collect();
-    Scenario {
-        table,
-        exchange: "",
-        keys,
-    }
+    let keys = (0..KEYS).map(|i| format!("queue-{}", i * 7 % QUEUES).into_bytes()).collect();
+    Scenario { table, exchange: "", keys }
 }
 
 /// `amq.direct`, each queue bound with its own key; one key in eight matches nothing.
@@ -84,40 +70,22 @@ fn direct() -> Scenario {
     let mut table = table_with_queues();
     for index in 0..QUEUES {
         let queue = format!("queue-{index}");
-        table
-            .bind(&binding("amq.direct", &queue, &format!("key-{index}")))
-            .expect("bind");
+        table.bind(&binding("amq.direct", &queue, &format!("key-{index}"))).expect("bind");
     }
     let keys = (0..KEYS)
-        .map(|i| {
-            if i % 8 == 7 {
-                b"no-such-key".to_vec()
-            } else {
-                format!("key-{}", i * 7 % QUEUES).into_bytes()
-            }
-        })
+        .map(|i| if i % 8 == 7 { b"no-such-key".to_vec() } else { format!("key-{}", i * 7 % QUEUES).into_bytes() })
         .collect();
-    Scenario {
-        table,
-        exchange: "amq.direct",
-        keys,
-    }
+    Scenario { table, exchange: "amq.direct", keys }
 }
 
 /// `amq.fanout` with 10 queues bound.
 fn fanout_10() -> Scenario {
     let mut table = table_with_queues();
     for index in 0..10 {
-        table
-            .bind(&binding("amq.fanout", &format!("queue-{index}"), ""))
-            .expect("bind");
+        table.bind(&binding("amq.fanout", &format!("queue-{index}"), "")).expect("bind");
     }
     let keys = vec![Vec::new(); KEYS];
-    Scenario {
-        table,
-        exchange: "amq.fanout",
-        keys,
-    }
+    Scenario { table, exchange: "amq.fanout", keys }
 }
 
 /// `amq.topic` with 100 wildcard patterns and 100 literal keys, over keys of four words.
@@ -134,17 +102,9 @@ fn topic_100_patterns() -> Scenario {
             2 => format!("{region}.*.*.{index}"),
             _ => format!("#.{index}"),
         };
-        table
-            .bind(&binding("amq.topic", &format!("queue-{index}"), &pattern))
-            .expect("bind");
+        table.bind(&binding("amq.topic", &format!("queue-{index}"), &pattern)).expect("bind");
         let literal = format!("{region}.{kind}.updated.{index}");
-        table
-            .bind(&binding(
-                "amq.topic",
-                &format!("queue-{}", 100 + index),
-                &literal,
-            ))
-            .expect("bind");
+        table.bind(&binding("amq.topic", &format!("queue-{}", 100 + index), &literal)).expect("bind");
     }
     let keys = (0..KEYS)
         .map(|i| {
@@ -154,11 +114,7 @@ fn topic_100_patterns() -> Scenario {
             format!("{region}.{kind}.{event}.{}", i % 150).into_bytes()
         })
         .collect();
-    Scenario {
-        table,
-        exchange: "amq.topic",
-        keys,
-    }
+    Scenario { table, exchange: "amq.topic", keys }
 }
 
 fn routing(c: &mut Criterion) {
@@ -190,19 +146,15 @@ fn routing(c: &mut Criterion) {
     // the keys match.
     let pattern = Pattern::compile(b"eu.#.created.*");
     let events = ["created", "shipped"];
-    let keys: Vec<Vec<u8>> = (0..KEYS)
-        .map(|i| format!("eu.orders.{}.{}.{i}", i % 3, events[i % 2]).into_bytes())
-        .collect();
+    let keys: Vec<Vec<u8>> =
+        (0..KEYS).map(|i| format!("eu.orders.{}.{}.{i}", i % 3, events[i % 2]).into_bytes()).collect();
     let expected = keys.iter().filter(|key| pattern.matches(key)).count();
     println!("topic_match/hash_in_middle: {KEYS} keys, {expected} matches");
     let mut group = c.benchmark_group("topic_match");
     group.throughput(Throughput::Elements(KEYS as u64));
     group.bench_function("hash_in_middle", |b| {
         b.iter(|| {
-            let matched = keys
-                .iter()
-                .filter(|key| pattern.matches(black_box(key)))
-                .count();
+            let matched = keys.iter().filter(|key| pattern.matches(black_box(key))).count();
             assert_eq!(matched, expected);
             matched
         })

@@ -100,9 +100,10 @@ pub fn run(args: &BenchArgs) -> Result<Report, BenchError> {
     if args.producers == 0 || args.consumers == 0 {
         return Err(BenchError::Options("--producers and --consumers must be at least 1".into()));
     }
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| {
-        BenchError::Options(format!("cannot start the load generator's runtime: {e}"))
-    })?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| BenchError::Options(format!("cannot start the load generator's runtime: {e}")))?;
     let local = tokio::task::LocalSet::new();
     local.block_on(&runtime, run_async(args.clone()))
 }
@@ -205,7 +206,13 @@ async fn run_async(args: BenchArgs) -> Result<Report, BenchError> {
 }
 
 /// One producer: publishes numbered, stamped messages and records confirm latency.
-async fn produce(connection: Connection, index: u32, max: u64, args: BenchArgs, state: Rc<RunState>) -> Result<(), ClientError> {
+async fn produce(
+    connection: Connection,
+    index: u32,
+    max: u64,
+    args: BenchArgs,
+    state: Rc<RunState>,
+) -> Result<(), ClientError> {
     let publisher = Rc::new(connection.publisher()?);
     // Send times of unconfirmed publishes, oldest first.
     let sent_at: Rc<RefCell<VecDeque<u64>>> = Rc::new(RefCell::new(VecDeque::new()));
@@ -255,7 +262,11 @@ async fn produce(connection: Connection, index: u32, max: u64, args: BenchArgs, 
 }
 
 /// Records each confirmed publish's latency, matching confirms to send times in order.
-async fn record_confirms(publisher: Rc<ringmq_client::Publisher>, sent_at: Rc<RefCell<VecDeque<u64>>>, state: Rc<RunState>) {
+async fn record_confirms(
+    publisher: Rc<ringmq_client::Publisher>,
+    sent_at: Rc<RefCell<VecDeque<u64>>>,
+    state: Rc<RunState>,
+) {
     while let Ok(Some(range)) = publisher.next_confirm().await {
         let now_ns = state.start.elapsed().as_nanos() as u64;
         let mut sent_at = sent_at.borrow_mut();
@@ -268,7 +279,11 @@ async fn record_confirms(publisher: Rc<ringmq_client::Publisher>, sent_at: Rc<Re
 }
 
 /// One consumer: receives, checks numbers, records end-to-end latency, acks.
-async fn consume(connection: Connection, mut consumer: ringmq_client::Consumer, state: Rc<RunState>) -> Result<(), ClientError> {
+async fn consume(
+    connection: Connection,
+    mut consumer: ringmq_client::Consumer,
+    state: Rc<RunState>,
+) -> Result<(), ClientError> {
     while let Some(delivery) = consumer.recv().await? {
         let body = &delivery.message.body;
         let now_ns = state.start.elapsed().as_nanos() as u64;

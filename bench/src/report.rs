@@ -48,14 +48,20 @@ impl Report {
         end_to_end_ns: &Histogram<u64>,
     ) -> Report {
         let seconds = elapsed.as_secs_f64().max(1e-9);
-        let percentiles = |h: &Histogram<u64>| {
-            [50.0, 99.0, 99.9].map(|q| h.value_at_quantile(q / 100.0) as f64 / 1000.0)
-        };
+        let percentiles =
+            |h: &Histogram<u64>| [50.0, 99.0, 99.9].map(|q| h.value_at_quantile(q / 100.0) as f64 / 1000.0);
         let rate = args.rate.map_or("max".to_string(), |r| format!("{r} msg/s"));
         Report {
             workload: format!(
                 "{} producers x {} msgs, {} consumers, {} B, window {}, frame {} B, prefetch {}, rate {}",
-                args.producers, args.count, args.consumers, args.size, args.window, args.frame_bytes, args.prefetch, rate
+                args.producers,
+                args.count,
+                args.consumers,
+                args.size,
+                args.window,
+                args.frame_bytes,
+                args.prefetch,
+                rate
             ),
             sent,
             received,

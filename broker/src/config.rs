@@ -164,8 +164,12 @@ impl BrokerConfig {
             port: parse_int("port", &get("port"), 0, u64::from(u16::MAX))? as u16,
             shards,
             pin_cores: parse_bool("pin-cores", &get("pin-cores"))?,
-            frame_bytes_max: parse_int("max-frame-size", &get("max-frame-size"), 4096, u64::from(FRAME_BYTES_CONFIGURABLE_MAX))?
-                as u32,
+            frame_bytes_max: parse_int(
+                "max-frame-size",
+                &get("max-frame-size"),
+                4096,
+                u64::from(FRAME_BYTES_CONFIGURABLE_MAX),
+            )? as u32,
             publish_inflight_max: parse_int("max-inflight", &get("max-inflight"), 1, PUBLISH_INFLIGHT_MAX)? as u32,
             deliver_batch_max: parse_int(
                 "deliver-batch",
@@ -209,7 +213,11 @@ fn check_known(name: &str, source_note: &str) -> Result<(), ConfigError> {
     if OPTIONS.iter().any(|o| o.name == name) {
         Ok(())
     } else {
-        Err(ConfigError::UnknownOption { name: name.to_string(), source_note: source_note.to_string(), known: known_names() })
+        Err(ConfigError::UnknownOption {
+            name: name.to_string(),
+            source_note: source_note.to_string(),
+            known: known_names(),
+        })
     }
 }
 

@@ -64,7 +64,12 @@ impl Connection {
     ///
     /// # Errors
     /// As the async method.
-    pub fn declare_queue(&self, name: &str, options: QueueOptions, arguments: &[(&str, &str)]) -> Result<(), ClientError> {
+    pub fn declare_queue(
+        &self,
+        name: &str,
+        options: QueueOptions,
+        arguments: &[(&str, &str)],
+    ) -> Result<(), ClientError> {
         self.runtime.block_on(self.inner().declare_queue(name, options, arguments))
     }
 

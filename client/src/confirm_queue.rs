@@ -83,12 +83,8 @@ impl ConfirmQueue {
             ConfirmOutcome::Rejected { code, reason } => {
                 self.summary.rejected += count;
                 if self.summary.first_rejection.is_none() {
-                    self.summary.first_rejection = Some(Rejection {
-                        first: range.first,
-                        last: range.last,
-                        code: *code,
-                        reason: reason.clone(),
-                    });
+                    self.summary.first_rejection =
+                        Some(Rejection { first: range.first, last: range.last, code: *code, reason: reason.clone() });
                 }
             }
         }
@@ -173,11 +169,7 @@ mod tests {
         // Goal: `wait_for_confirms` reports counts whether or not `next_confirm` took ranges.
         let mut queue = ConfirmQueue::default();
         queue.handle_range(stored(0, 2));
-        queue.handle_range(ConfirmRange {
-            first: Seq(3),
-            last: Seq(3),
-            outcome: ConfirmOutcome::Unroutable,
-        });
+        queue.handle_range(ConfirmRange { first: Seq(3), last: Seq(3), outcome: ConfirmOutcome::Unroutable });
         queue.handle_range(rejected(4, 5, "first reason"));
         queue.handle_range(rejected(6, 6, "second reason"));
         // Taking a range does not remove it from the summary.

@@ -88,8 +88,10 @@ impl Connection {
         let addr_text = addr.to_string();
         let timeout = options.connect_timeout;
         let handshake = tokio::time::timeout(timeout, handshake(addr, &addr_text, &options)).await;
-        let (stream, buf, broker) = handshake
-            .map_err(|_elapsed| ClientError::ConnectTimeout { addr: addr_text.clone(), timeout_ms: timeout.as_millis() })??;
+        let (stream, buf, broker) = handshake.map_err(|_elapsed| ClientError::ConnectTimeout {
+            addr: addr_text.clone(),
+            timeout_ms: timeout.as_millis(),
+        })??;
         let (read_half, write_half) = stream.into_split();
         let shared = Arc::new(Shared::new(options));
         let writer = tokio::spawn(run_writer(Arc::clone(&shared), write_half));
@@ -105,7 +107,12 @@ impl Connection {
     /// `Failed` with the broker's code and text (`PreconditionFailed` for a different existing
     /// queue...); `InvalidArgument` for names or arguments past their limits; the connection's
     /// cause when it ended.
-    pub async fn declare_queue(&self, name: &str, options: QueueOptions, arguments: &[(&str, &str)]) -> Result<(), ClientError> {
+    pub async fn declare_queue(
+        &self,
+        name: &str,
+        options: QueueOptions,
+        arguments: &[(&str, &str)],
+    ) -> Result<(), ClientError> {
         check_name("queue name", name)?;
         let arguments: Vec<(String, String)> = arguments.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         check_arguments(&arguments)?;
@@ -123,7 +130,10 @@ impl Connection {
     pub async fn delete_queue(&self, name: &str) -> Result<(), ClientError> {
         check_name("queue name", name)?;
         let name = name.to_owned();
-        self.shared.request("queue delete", |request| Frame::QueueDelete { request, name }).await?.expect_done("queue delete")
+        self.shared
+            .request("queue delete", |request| Frame::QueueDelete { request, name })
+            .await?
+            .expect_done("queue delete")
     }
 
     /// Drops every ready message of queue `name`.
@@ -133,7 +143,10 @@ impl Connection {
     pub async fn purge_queue(&self, name: &str) -> Result<(), ClientError> {
         check_name("queue name", name)?;
         let name = name.to_owned();
-        self.shared.request("queue purge", |request| Frame::QueuePurge { request, name }).await?.expect_done("queue purge")
+        self.shared
+            .request("queue purge", |request| Frame::QueuePurge { request, name })
+            .await?
+            .expect_done("queue purge")
     }
 
     /// Every queue with its counts.
@@ -306,7 +319,8 @@ async fn handshake<A: ToSocketAddrs>(
     addr_text: &str,
     options: &ConnectOptions,
 ) -> Result<(TcpStream, BytesMut, String), ClientError> {
-    let connect_error = |err: std::io::Error| ClientError::Connect { addr: addr_text.to_string(), source: Arc::new(err) };
+    let connect_error =
+        |err: std::io::Error| ClientError::Connect { addr: addr_text.to_string(), source: Arc::new(err) };
     let mut stream = TcpStream::connect(addr).await.map_err(connect_error)?;
     // Frames are batched by the writer already; Nagle would only add latency.
     stream.set_nodelay(true).map_err(connect_error)?;

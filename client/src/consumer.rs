@@ -216,7 +216,9 @@ impl Consumer {
     fn settle(&mut self, settlement: Settlement, tag: Tag) -> Result<(), ClientError> {
         match &self.end {
             None => {}
-            Some(ConsumerEnd::Cancelled { reason }) => return Err(ClientError::SubscriptionEnded { reason: reason.clone() }),
+            Some(ConsumerEnd::Cancelled { reason }) => {
+                return Err(ClientError::SubscriptionEnded { reason: reason.clone() })
+            }
             Some(ConsumerEnd::Failed(cause)) => return Err(cause.clone()),
         }
         if tag >= self.next_tag {

@@ -109,10 +109,7 @@ mod tests {
         let options = ConnectOptions { frame_bytes_max: 10, ..ConnectOptions::default() };
         assert!(options.validate().unwrap_err().to_string().contains("frame_bytes_max"));
 
-        let options = ConnectOptions {
-            publish_frame_bytes: FRAME_BYTES_MAX_DEFAULT + 1,
-            ..ConnectOptions::default()
-        };
+        let options = ConnectOptions { publish_frame_bytes: FRAME_BYTES_MAX_DEFAULT + 1, ..ConnectOptions::default() };
         assert!(options.validate().unwrap_err().to_string().contains("publish_frame_bytes"));
     }
 }

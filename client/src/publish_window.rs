@@ -145,10 +145,7 @@ mod tests {
             Err(ConfirmRangeError::OutOfOrder { expected: 0, first: 1, last: 2 })
         );
         // Beyond what was published.
-        assert_eq!(
-            window.handle_confirm(Seq(0), Seq(4)),
-            Err(ConfirmRangeError::Unpublished { next: 4, last: 4 })
-        );
+        assert_eq!(window.handle_confirm(Seq(0), Seq(4)), Err(ConfirmRangeError::Unpublished { next: 4, last: 4 }));
         // Inverted.
         assert_eq!(window.handle_confirm(Seq(2), Seq(1)), Err(ConfirmRangeError::Inverted { first: 2, last: 1 }));
         // Nothing was released by the refusals.

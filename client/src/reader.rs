@@ -73,7 +73,10 @@ async fn read_until_end(shared: &Shared, socket: &mut OwnedReadHalf, buf: &mut B
             }
             Ok(0) => {
                 return ClientError::ConnectionLost {
-                    reason: format!("the broker closed the connection in the middle of a frame ({} bytes buffered)", buf.len()),
+                    reason: format!(
+                        "the broker closed the connection in the middle of a frame ({} bytes buffered)",
+                        buf.len()
+                    ),
                 };
             }
             Ok(_) => {}
@@ -104,7 +107,9 @@ fn decode_and_dispatch(
 fn dispatch(shared: &Shared, frame: Frame, confirms: &mut Vec<ConfirmRange>) -> Result<(), ClientError> {
     match frame {
         Frame::Ok { request } => complete(shared, request, Ok(Reply::Done)),
-        Frame::Failed { request, code, message } => complete(shared, request, Err(ClientError::Failed { code, message })),
+        Frame::Failed { request, code, message } => {
+            complete(shared, request, Err(ClientError::Failed { code, message }))
+        }
         Frame::QueueListReply { request, queues } => complete(shared, request, Ok(Reply::Queues(queues))),
         Frame::ExchangeListReply { request, exchanges } => complete(shared, request, Ok(Reply::Exchanges(exchanges))),
         Frame::Confirm { ranges } => confirms.extend(ranges),
@@ -113,7 +118,11 @@ fn dispatch(shared: &Shared, frame: Frame, confirms: &mut Vec<ConfirmRange>) -> 
             let Some(slot) = consumers.get_mut(&consumer) else {
                 drop(consumers);
                 shared.deliveries_after_cancel.fetch_add(messages.len() as u64, Ordering::Relaxed);
-                tracing::debug!(consumer = consumer.0, count = messages.len(), "deliveries for a cancelled subscription");
+                tracing::debug!(
+                    consumer = consumer.0,
+                    count = messages.len(),
+                    "deliveries for a cancelled subscription"
+                );
                 return Ok(());
             };
             if first_tag != slot.next_tag {
@@ -136,14 +145,16 @@ fn dispatch(shared: &Shared, frame: Frame, confirms: &mut Vec<ConfirmRange>) -> 
             match slot {
                 // A consumer that was dropped has nobody to tell.
                 Some(slot) => drop(slot.events.send(ConsumerEvent::Cancelled { reason })),
-                None => tracing::debug!(consumer = consumer.0, "broker cancelled a subscription already cancelled here"),
+                None => {
+                    tracing::debug!(consumer = consumer.0, "broker cancelled a subscription already cancelled here")
+                }
             }
         }
         Frame::Error { code, message } => return Err(ClientError::BrokerClosed { code, message }),
         Frame::Heartbeat => {}
         other => {
             return Err(ClientError::Protocol {
-                reason: format!("a broker may send replies, confirms, deliveries and errors; got {}", frame_name(&other)),
+                reason: format!("a broker may send replies, confirms, deliveries and errors; got {}", other.name()),
             });
         }
     }
@@ -186,34 +197,5 @@ fn apply_confirms(shared: &Shared, confirms: &mut Vec<ConfirmRange>) -> Result<(
     match refused {
         Some(cause) => Err(cause),
         None => Ok(()),
-    }
-}
-
-/// A frame's name, for errors.
-fn frame_name(frame: &Frame) -> &'static str {
-    match frame {
-        Frame::QueueDeclare { .. } => "QueueDeclare",
-        Frame::QueueDelete { .. } => "QueueDelete",
-        Frame::QueuePurge { .. } => "QueuePurge",
-        Frame::QueueList { .. } => "QueueList",
-        Frame::ExchangeDeclare { .. } => "ExchangeDeclare",
-        Frame::ExchangeDelete { .. } => "ExchangeDelete",
-        Frame::ExchangeList { .. } => "ExchangeList",
-        Frame::Bind { .. } => "Bind",
-        Frame::Unbind { .. } => "Unbind",
-        Frame::Publish { .. } => "Publish",
-        Frame::Subscribe { .. } => "Subscribe",
-        Frame::Cancel { .. } => "Cancel",
-        Frame::Settle { .. } => "Settle",
-        Frame::Heartbeat => "Heartbeat",
-        Frame::Hello { .. } => "Hello",
-        Frame::Ok { .. } => "Ok",
-        Frame::Failed { .. } => "Failed",
-        Frame::Error { .. } => "Error",
-        Frame::Confirm { .. } => "Confirm",
-        Frame::Deliver { .. } => "Deliver",
-        Frame::QueueListReply { .. } => "QueueListReply",
-        Frame::ExchangeListReply { .. } => "ExchangeListReply",
-        Frame::ConsumerCancelled { .. } => "ConsumerCancelled",
     }
 }

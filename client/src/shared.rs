@@ -161,7 +161,11 @@ impl Shared {
     /// # Errors
     /// `Failed` with the broker's code and text; the close cause when the connection ends first;
     /// `FrameTooLarge` when the request does not fit a frame.
-    pub(crate) async fn request(&self, what: &'static str, build: impl FnOnce(RequestId) -> Frame) -> Result<Reply, ClientError> {
+    pub(crate) async fn request(
+        &self,
+        what: &'static str,
+        build: impl FnOnce(RequestId) -> Frame,
+    ) -> Result<Reply, ClientError> {
         let (waiter, reply) = oneshot::channel();
         let id = self.register_request(waiter)?;
         if let Err(err) = self.send_frame(what, &build(id)) {
@@ -178,7 +182,11 @@ impl Shared {
     }
 
     /// Sends the request `build(id)` makes without waiting for the reply (used from `Drop`).
-    pub(crate) fn request_detached(&self, what: &'static str, build: impl FnOnce(RequestId) -> Frame) -> Result<(), ClientError> {
+    pub(crate) fn request_detached(
+        &self,
+        what: &'static str,
+        build: impl FnOnce(RequestId) -> Frame,
+    ) -> Result<(), ClientError> {
         let (waiter, _reply) = oneshot::channel();
         let id = self.register_request(waiter)?;
         let result = self.send_frame(what, &build(id));

@@ -81,12 +81,15 @@ async fn a_broker_error_frame_fails_every_waiter_with_its_text() {
     // fail with `BrokerClosed` carrying the broker's words, promptly.
     let (listener, addr) = listen().await;
     let options = ConnectOptions { publish_window: 1, ..ConnectOptions::default() };
-    let (connection, mut peer) = tokio::join!(Connection::connect(addr, options), FakePeer::accept_with_hello(&listener));
+    let (connection, mut peer) =
+        tokio::join!(Connection::connect(addr, options), FakePeer::accept_with_hello(&listener));
     let connection = connection.unwrap();
     // A subscription the broker accepts.
     let subscribe = connection.subscribe("q", 10);
     let accept = async {
-        let Some(Frame::Subscribe { request, .. }) = peer.recv_not_heartbeat().await else { panic!("expected subscribe") };
+        let Some(Frame::Subscribe { request, .. }) = peer.recv_not_heartbeat().await else {
+            panic!("expected subscribe")
+        };
         peer.send(&Frame::Ok { request }).await;
     };
     let (consumer, ()) = tokio::join!(subscribe, accept);

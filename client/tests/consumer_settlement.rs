@@ -22,7 +22,8 @@ async fn subscribed(prefetch: u32) -> (Connection, Consumer, FakePeer, ConsumerI
         tokio::join!(Connection::connect(addr, ConnectOptions::default()), FakePeer::accept_with_hello(&listener));
     let connection = connection.unwrap();
     let accept = async {
-        let Some(Frame::Subscribe { request, consumer, queue, prefetch: asked }) = peer.recv_not_heartbeat().await else {
+        let Some(Frame::Subscribe { request, consumer, queue, prefetch: asked }) = peer.recv_not_heartbeat().await
+        else {
             panic!("expected subscribe")
         };
         assert_eq!((queue.as_str(), asked), ("q", prefetch));
@@ -121,7 +122,9 @@ async fn cancel_sends_pending_acks_first_and_ends_recv() {
     let broker = async {
         let frames = settles(&mut peer, 1).await;
         assert_eq!(frames[0].0, Settlement::Ack);
-        let Some(Frame::Cancel { request, consumer }) = peer.recv_not_heartbeat().await else { panic!("expected cancel") };
+        let Some(Frame::Cancel { request, consumer }) = peer.recv_not_heartbeat().await else {
+            panic!("expected cancel")
+        };
         assert_eq!(consumer, id);
         peer.send(&Frame::Ok { request }).await;
     };

@@ -30,14 +30,12 @@
 use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::frame::{
-    Binding, ConfirmOutcome, ConfirmRange, Delivered, ErrorCode, ExchangeInfo, ExchangeKind, Frame,
-    Header, Message, Preamble, QueueInfo, QueueOptions, Settlement, TagRange, PREAMBLE_LEN,
-    PREAMBLE_MAGIC,
+    Binding, ConfirmOutcome, ConfirmRange, Delivered, ErrorCode, ExchangeInfo, ExchangeKind, Frame, Header, Message,
+    Preamble, QueueInfo, QueueOptions, Settlement, TagRange, PREAMBLE_LEN, PREAMBLE_MAGIC,
 };
 use crate::ids::{ConsumerId, RequestId, Seq, Tag};
 use crate::limits::{
-    ARGUMENTS_MAX, BATCH_MESSAGES_MAX, FRAME_BYTES_MAX, HEADERS_MAX, LIST_ENTRIES_MAX,
-    NAME_BYTES_MAX, RANGES_MAX,
+    ARGUMENTS_MAX, BATCH_MESSAGES_MAX, FRAME_BYTES_MAX, HEADERS_MAX, LIST_ENTRIES_MAX, NAME_BYTES_MAX, RANGES_MAX,
 };
 
 /// Why bytes are not a valid preamble or frame. Every message names what was allowed and what came.
@@ -99,12 +97,12 @@ impl DecodeError {
     /// The error code to send in the `Error` frame that answers this error.
     pub fn code(&self) -> ErrorCode {
         match self {
-            DecodeError::FrameTooLarge { .. }
-            | DecodeError::TooMany { .. }
-            | DecodeError::NameTooLong { .. } => ErrorCode::LimitExceeded,
-            DecodeError::BadMagic { .. }
-            | DecodeError::UnknownFrameType(_)
-            | DecodeError::Invalid { .. } => ErrorCode::Malformed,
+            DecodeError::FrameTooLarge { .. } | DecodeError::TooMany { .. } | DecodeError::NameTooLong { .. } => {
+                ErrorCode::LimitExceeded
+            }
+            DecodeError::BadMagic { .. } | DecodeError::UnknownFrameType(_) | DecodeError::Invalid { .. } => {
+                ErrorCode::Malformed
+            }
         }
     }
 }
@@ -139,10 +137,7 @@ pub fn decode_preamble(buf: &[u8]) -> Result<Option<Preamble>, DecodeError> {
     let [_, _, _, _, v0, v1, f0, f1, ..] = *buf else {
         return Ok(None);
     };
-    Ok(Some(Preamble {
-        version: u16::from_le_bytes([v0, v1]),
-        flags: u16::from_le_bytes([f0, f1]),
-    }))
+    Ok(Some(Preamble { version: u16::from_le_bytes([v0, v1]), flags: u16::from_le_bytes([f0, f1]) }))
 }
 
 /// Appends `frame` to `out`.
@@ -157,12 +152,7 @@ pub fn decode_preamble(buf: &[u8]) -> Result<Option<Preamble>, DecodeError> {
 pub fn encode(frame: &Frame, out: &mut BytesMut) {
     let start = begin_frame(out, frame_type(frame));
     match frame {
-        Frame::QueueDeclare {
-            request,
-            name,
-            options,
-            arguments,
-        } => {
+        Frame::QueueDeclare { request, name, options, arguments } => {
             out.put_u32_le(request.0);
             put_name(out, name);
             put_queue_options(out, options);
@@ -175,13 +165,7 @@ pub fn encode(frame: &Frame, out: &mut BytesMut) {
         Frame::QueueList { request } | Frame::ExchangeList { request } | Frame::Ok { request } => {
             out.put_u32_le(request.0);
         }
-        Frame::ExchangeDeclare {
-            request,
-            name,
-            kind,
-            passive,
-            arguments,
-        } => {
+        Frame::ExchangeDeclare { request, name, kind, passive, arguments } => {
             out.put_u32_le(request.0);
             put_name(out, name);
             out.put_u8(exchange_kind_to_u8(*kind));
@@ -196,11 +180,7 @@ pub fn encode(frame: &Frame, out: &mut BytesMut) {
             out.put_u32_le(request.0);
             put_binding(out, binding);
         }
-        Frame::Publish {
-            exchange,
-            first_seq,
-            messages,
-        } => {
+        Frame::Publish { exchange, first_seq, messages } => {
             put_name(out, exchange);
             out.put_u64_le(first_seq.0);
             put_count(out, messages.len(), BATCH_MESSAGES_MAX);
@@ -209,12 +189,7 @@ pub fn encode(frame: &Frame, out: &mut BytesMut) {
                 put_message(out, message);
             }
         }
-        Frame::Subscribe {
-            request,
-            consumer,
-            queue,
-            prefetch,
-        } => {
+        Frame::Subscribe { request, consumer, queue, prefetch } => {
             out.put_u32_le(request.0);
             out.put_u32_le(consumer.0);
             put_name(out, queue);
@@ -224,19 +199,12 @@ pub fn encode(frame: &Frame, out: &mut BytesMut) {
             out.put_u32_le(request.0);
             out.put_u32_le(consumer.0);
         }
-        Frame::Settle {
-            consumer,
-            settlement,
-            ranges,
-        } => {
+        Frame::Settle { consumer, settlement, ranges } => {
             out.put_u32_le(consumer.0);
             out.put_u8(settlement_to_u8(*settlement));
             put_count(out, ranges.len(), RANGES_MAX);
             for range in ranges {
-                assert!(
-                    range.first <= range.last,
-                    "settle range {range:?} has first > last"
-                );
+                assert!(range.first <= range.last, "settle range {range:?} has first > last");
                 out.put_u64_le(range.first.0);
                 out.put_u64_le(range.last.0);
             }
@@ -246,11 +214,7 @@ pub fn encode(frame: &Frame, out: &mut BytesMut) {
             out.put_u16_le(*version);
             put_text(out, broker);
         }
-        Frame::Failed {
-            request,
-            code,
-            message,
-        } => {
+        Frame::Failed { request, code, message } => {
             out.put_u32_le(request.0);
             out.put_u16_le(error_code_to_u16(*code));
             put_text(out, message);
@@ -268,11 +232,7 @@ pub fn encode(frame: &Frame, out: &mut BytesMut) {
                 previous = Some(range.last);
             }
         }
-        Frame::Deliver {
-            consumer,
-            first_tag,
-            messages,
-        } => {
+        Frame::Deliver { consumer, first_tag, messages } => {
             out.put_u32_le(consumer.0);
             out.put_u64_le(first_tag.0);
             put_count(out, messages.len(), BATCH_MESSAGES_MAX);
@@ -343,10 +303,7 @@ pub fn decode(buf: &mut BytesMut, frame_bytes_max: u32) -> Result<Option<Frame>,
     let length = u32::from_le_bytes([l0, l1, l2, l3]);
     let size = length.saturating_add(LENGTH_BYTES);
     if size > frame_bytes_max {
-        return Err(DecodeError::FrameTooLarge {
-            size,
-            max: frame_bytes_max,
-        });
+        return Err(DecodeError::FrameTooLarge { size, max: frame_bytes_max });
     }
     if length == 0 {
         return Err(DecodeError::Invalid {
@@ -357,19 +314,14 @@ pub fn decode(buf: &mut BytesMut, frame_bytes_max: u32) -> Result<Option<Frame>,
     let Some(&type_byte) = after_length.first() else {
         return Ok(None);
     };
-    let frame_type =
-        FrameType::from_u8(type_byte).ok_or(DecodeError::UnknownFrameType(type_byte))?;
+    let frame_type = FrameType::from_u8(type_byte).ok_or(DecodeError::UnknownFrameType(type_byte))?;
     // `size <= frame_bytes_max <= FRAME_BYTES_MAX`, so it fits a `usize`.
     let size = size as usize;
     if buf.len() < size {
         return Ok(None);
     }
     let bytes = buf.split_to(size).freeze();
-    let mut reader = Reader {
-        frame: frame_type.name(),
-        bytes,
-        position: FRAME_HEADER_BYTES,
-    };
+    let mut reader = Reader { frame: frame_type.name(), bytes, position: FRAME_HEADER_BYTES };
     let frame = decode_body(frame_type, &mut reader)?;
     reader.finish()?;
     Ok(Some(frame))
@@ -378,18 +330,8 @@ pub fn decode(buf: &mut BytesMut, frame_bytes_max: u32) -> Result<Option<Frame>,
 /// The bytes `message` adds to a `Publish` frame; a `Deliver` frame adds one more (the flags).
 /// With [`PublishWriter::bytes_len`], tells a batcher whether the next message still fits.
 pub fn message_bytes_len(message: &Message) -> usize {
-    let headers: usize = message
-        .headers
-        .iter()
-        .map(|header| 2 + header.name.len() + 2 + header.value.len())
-        .sum();
-    2 + message.routing_key.len()
-        + 2
-        + message.message_id.len()
-        + 2
-        + headers
-        + 4
-        + message.body.len()
+    let headers: usize = message.headers.iter().map(|header| 2 + header.name.len() + 2 + header.value.len()).sum();
+    2 + message.routing_key.len() + 2 + message.message_id.len() + 2 + headers + 4 + message.body.len()
 }
 
 /// Streams a `Publish` frame into a buffer one message at a time.
@@ -522,11 +464,7 @@ impl<'a> ConfirmWriter<'a> {
         let start = begin_frame(out, FrameType::Confirm);
         // Ranges carry their own sequence numbers, so the batch has no first number to overflow.
         let batch = Batch::begin(out, start, 0);
-        ConfirmWriter {
-            out,
-            batch,
-            tail: None,
-        }
+        ConfirmWriter { out, batch, tail: None }
     }
 
     /// Appends `range`, or extends the previous range when `range` continues it with an equal
@@ -585,8 +523,7 @@ impl<'a> ConfirmWriter<'a> {
                 };
                 let [r0, r1] = reason_len.to_le_bytes();
                 let head = [OUTCOME_REJECTED, c0, c1, r0, r1];
-                written.get(..head.len()) == Some(&head[..])
-                    && written.get(head.len()..) == Some(reason.as_bytes())
+                written.get(..head.len()) == Some(&head[..]) && written.get(head.len()..) == Some(reason.as_bytes())
             }
         }
     }
@@ -613,20 +550,12 @@ impl Batch {
     fn begin(out: &mut BytesMut, start: usize, first: u64) -> Batch {
         let count_at = out.len();
         out.put_u32_le(0);
-        Batch {
-            start,
-            count_at,
-            first,
-            count: 0,
-        }
+        Batch { start, count_at, first, count: 0 }
     }
 
     /// Counts one more item, about to be written.
     fn push_item(&mut self, count_max: u32) {
-        assert!(
-            self.count < count_max,
-            "batch already holds the limit of {count_max} items"
-        );
+        assert!(self.count < count_max, "batch already holds the limit of {count_max} items");
         assert!(
             self.first.checked_add(u64::from(self.count)).is_some(),
             "batch starting at {} overflows u64 at item {}",
@@ -659,45 +588,27 @@ fn begin_frame(out: &mut BytesMut, frame_type: FrameType) -> usize {
 /// Patches the length of the frame that starts at `start` and ends at the end of `out`.
 fn end_frame(out: &mut BytesMut, start: usize) {
     let size = out.len() - start;
-    assert!(
-        size >= FRAME_HEADER_BYTES,
-        "frame of {size} bytes has no type"
-    );
-    assert!(
-        size <= FRAME_BYTES_MAX as usize,
-        "frame of {size} bytes exceeds FRAME_BYTES_MAX {FRAME_BYTES_MAX}"
-    );
+    assert!(size >= FRAME_HEADER_BYTES, "frame of {size} bytes has no type");
+    assert!(size <= FRAME_BYTES_MAX as usize, "frame of {size} bytes exceeds FRAME_BYTES_MAX {FRAME_BYTES_MAX}");
     let length = (size - LENGTH_BYTES as usize) as u32;
     out[start..start + LENGTH_BYTES as usize].copy_from_slice(&length.to_le_bytes());
 }
 
 fn put_count(out: &mut BytesMut, count: usize, count_max: u32) {
-    assert!(
-        count <= count_max as usize,
-        "count {count} exceeds the limit {count_max}"
-    );
+    assert!(count <= count_max as usize, "count {count} exceeds the limit {count_max}");
     out.put_u32_le(count as u32);
 }
 
 fn assert_batch_fits_u64(first: u64, count: usize) {
     if let Some(last_offset) = count.checked_sub(1) {
-        assert!(
-            first.checked_add(last_offset as u64).is_some(),
-            "batch of {count} starting at {first} overflows u64"
-        );
+        assert!(first.checked_add(last_offset as u64).is_some(), "batch of {count} starting at {first} overflows u64");
     }
 }
 
 fn assert_confirm_range_follows(previous: Option<Seq>, range: &ConfirmRange) {
-    assert!(
-        range.first <= range.last,
-        "confirm range {range:?} has first > last"
-    );
+    assert!(range.first <= range.last, "confirm range {range:?} has first > last");
     if let Some(previous) = previous {
-        assert!(
-            range.first > previous,
-            "confirm range {range:?} does not follow {previous:?}"
-        );
+        assert!(range.first > previous, "confirm range {range:?} does not follow {previous:?}");
     }
 }
 
@@ -715,11 +626,7 @@ fn put_text(out: &mut BytesMut, text: &str) {
 }
 
 fn put_bytes16(out: &mut BytesMut, bytes: &[u8]) {
-    assert!(
-        bytes.len() <= u16::MAX as usize,
-        "field of {} bytes exceeds u16::MAX",
-        bytes.len()
-    );
+    assert!(bytes.len() <= u16::MAX as usize, "field of {} bytes exceeds u16::MAX", bytes.len());
     out.put_u16_le(bytes.len() as u16);
     out.put_slice(bytes);
 }
@@ -817,17 +724,9 @@ fn decode_body(frame_type: FrameType, r: &mut Reader) -> Result<Frame, DecodeErr
             },
             arguments: r.arguments()?,
         },
-        FrameType::QueueDelete => Frame::QueueDelete {
-            request: r.request()?,
-            name: r.name("name")?,
-        },
-        FrameType::QueuePurge => Frame::QueuePurge {
-            request: r.request()?,
-            name: r.name("name")?,
-        },
-        FrameType::QueueList => Frame::QueueList {
-            request: r.request()?,
-        },
+        FrameType::QueueDelete => Frame::QueueDelete { request: r.request()?, name: r.name("name")? },
+        FrameType::QueuePurge => Frame::QueuePurge { request: r.request()?, name: r.name("name")? },
+        FrameType::QueueList => Frame::QueueList { request: r.request()? },
         FrameType::ExchangeDeclare => Frame::ExchangeDeclare {
             request: r.request()?,
             name: r.name("name")?,
@@ -835,21 +734,10 @@ fn decode_body(frame_type: FrameType, r: &mut Reader) -> Result<Frame, DecodeErr
             passive: r.bool("passive")?,
             arguments: r.arguments()?,
         },
-        FrameType::ExchangeDelete => Frame::ExchangeDelete {
-            request: r.request()?,
-            name: r.name("name")?,
-        },
-        FrameType::ExchangeList => Frame::ExchangeList {
-            request: r.request()?,
-        },
-        FrameType::Bind => Frame::Bind {
-            request: r.request()?,
-            binding: r.binding()?,
-        },
-        FrameType::Unbind => Frame::Unbind {
-            request: r.request()?,
-            binding: r.binding()?,
-        },
+        FrameType::ExchangeDelete => Frame::ExchangeDelete { request: r.request()?, name: r.name("name")? },
+        FrameType::ExchangeList => Frame::ExchangeList { request: r.request()? },
+        FrameType::Bind => Frame::Bind { request: r.request()?, binding: r.binding()? },
+        FrameType::Unbind => Frame::Unbind { request: r.request()?, binding: r.binding()? },
         FrameType::Publish => {
             let exchange = r.name("exchange")?;
             let first_seq = Seq(r.u64("first-seq")?);
@@ -859,11 +747,7 @@ fn decode_body(frame_type: FrameType, r: &mut Reader) -> Result<Frame, DecodeErr
             for _ in 0..count {
                 messages.push(r.message()?);
             }
-            Frame::Publish {
-                exchange,
-                first_seq,
-                messages,
-            }
+            Frame::Publish { exchange, first_seq, messages }
         }
         FrameType::Subscribe => Frame::Subscribe {
             request: r.request()?,
@@ -871,10 +755,7 @@ fn decode_body(frame_type: FrameType, r: &mut Reader) -> Result<Frame, DecodeErr
             queue: r.name("queue")?,
             prefetch: r.u32("prefetch")?,
         },
-        FrameType::Cancel => Frame::Cancel {
-            request: r.request()?,
-            consumer: ConsumerId(r.u32("consumer")?),
-        },
+        FrameType::Cancel => Frame::Cancel { request: r.request()?, consumer: ConsumerId(r.u32("consumer")?) },
         FrameType::Settle => {
             let consumer = ConsumerId(r.u32("consumer")?);
             let settlement = r.settlement()?;
@@ -882,34 +763,17 @@ fn decode_body(frame_type: FrameType, r: &mut Reader) -> Result<Frame, DecodeErr
             let mut ranges = Vec::with_capacity(capacity);
             for _ in 0..count {
                 let (first, last) = r.range()?;
-                ranges.push(TagRange {
-                    first: Tag(first),
-                    last: Tag(last),
-                });
+                ranges.push(TagRange { first: Tag(first), last: Tag(last) });
             }
-            Frame::Settle {
-                consumer,
-                settlement,
-                ranges,
-            }
+            Frame::Settle { consumer, settlement, ranges }
         }
         FrameType::Heartbeat => Frame::Heartbeat,
-        FrameType::Hello => Frame::Hello {
-            version: r.u16("version")?,
-            broker: r.text("broker")?,
-        },
-        FrameType::Ok => Frame::Ok {
-            request: r.request()?,
-        },
-        FrameType::Failed => Frame::Failed {
-            request: r.request()?,
-            code: r.error_code()?,
-            message: r.text("message")?,
-        },
-        FrameType::Error => Frame::Error {
-            code: r.error_code()?,
-            message: r.text("message")?,
-        },
+        FrameType::Hello => Frame::Hello { version: r.u16("version")?, broker: r.text("broker")? },
+        FrameType::Ok => Frame::Ok { request: r.request()? },
+        FrameType::Failed => {
+            Frame::Failed { request: r.request()?, code: r.error_code()?, message: r.text("message")? }
+        }
+        FrameType::Error => Frame::Error { code: r.error_code()?, message: r.text("message")? },
         FrameType::Confirm => {
             let (count, capacity) = r.count("ranges", RANGES_MAX, CONFIRM_RANGE_BYTES_MIN)?;
             let mut ranges: Vec<ConfirmRange> = Vec::with_capacity(capacity);
@@ -925,39 +789,25 @@ fn decode_body(frame_type: FrameType, r: &mut Reader) -> Result<Frame, DecodeErr
                     }
                 }
                 let outcome = r.confirm_outcome()?;
-                ranges.push(ConfirmRange {
-                    first: Seq(first),
-                    last: Seq(last),
-                    outcome,
-                });
+                ranges.push(ConfirmRange { first: Seq(first), last: Seq(last), outcome });
             }
             Frame::Confirm { ranges }
         }
         FrameType::Deliver => {
             let consumer = ConsumerId(r.u32("consumer")?);
             let first_tag = Tag(r.u64("first-tag")?);
-            let (count, capacity) =
-                r.count("messages", BATCH_MESSAGES_MAX, MESSAGE_BYTES_MIN + 1)?;
+            let (count, capacity) = r.count("messages", BATCH_MESSAGES_MAX, MESSAGE_BYTES_MIN + 1)?;
             r.check_batch_fits_u64("first-tag", first_tag.0, count)?;
             let mut messages = Vec::with_capacity(capacity);
             for _ in 0..count {
                 let flags = r.u8("flags")?;
                 if flags & !DELIVER_FLAG_REDELIVERED != 0 {
-                    return Err(r.invalid(format!(
-                        "flags are 0x{flags:02x}, only bit 0 (redelivered) may be set"
-                    )));
+                    return Err(r.invalid(format!("flags are 0x{flags:02x}, only bit 0 (redelivered) may be set")));
                 }
                 let redelivered = flags & DELIVER_FLAG_REDELIVERED != 0;
-                messages.push(Delivered {
-                    redelivered,
-                    message: r.message()?,
-                });
+                messages.push(Delivered { redelivered, message: r.message()? });
             }
-            Frame::Deliver {
-                consumer,
-                first_tag,
-                messages,
-            }
+            Frame::Deliver { consumer, first_tag, messages }
         }
         FrameType::QueueListReply => {
             let request = r.request()?;
@@ -978,8 +828,7 @@ fn decode_body(frame_type: FrameType, r: &mut Reader) -> Result<Frame, DecodeErr
         }
         FrameType::ExchangeListReply => {
             let request = r.request()?;
-            let (count, capacity) =
-                r.count("entries", LIST_ENTRIES_MAX, EXCHANGE_INFO_BYTES_MIN)?;
+            let (count, capacity) = r.count("entries", LIST_ENTRIES_MAX, EXCHANGE_INFO_BYTES_MIN)?;
             let mut exchanges = Vec::with_capacity(capacity);
             for _ in 0..count {
                 exchanges.push(ExchangeInfo {
@@ -990,10 +839,9 @@ fn decode_body(frame_type: FrameType, r: &mut Reader) -> Result<Frame, DecodeErr
             }
             Frame::ExchangeListReply { request, exchanges }
         }
-        FrameType::ConsumerCancelled => Frame::ConsumerCancelled {
-            consumer: ConsumerId(r.u32("consumer")?),
-            reason: r.text("reason")?,
-        },
+        FrameType::ConsumerCancelled => {
+            Frame::ConsumerCancelled { consumer: ConsumerId(r.u32("consumer")?), reason: r.text("reason")? }
+        }
     };
     Ok(frame)
 }
@@ -1018,19 +866,13 @@ impl Reader {
     #[cold]
     #[inline(never)]
     fn invalid(&self, reason: String) -> DecodeError {
-        DecodeError::Invalid {
-            frame: self.frame,
-            reason,
-        }
+        DecodeError::Invalid { frame: self.frame, reason }
     }
 
     #[cold]
     #[inline(never)]
     fn truncated(&self, field: &'static str, needed: usize) -> DecodeError {
-        self.invalid(format!(
-            "truncated: {field} needs {needed} bytes, {} remain",
-            self.remaining()
-        ))
+        self.invalid(format!("truncated: {field} needs {needed} bytes, {} remain", self.remaining()))
     }
 
     /// The next `len` bytes, borrowed.
@@ -1065,11 +907,7 @@ impl Reader {
         }
         let start = self.position;
         self.position += N;
-        match self
-            .bytes
-            .get(start..self.position)
-            .map(<[u8; N]>::try_from)
-        {
+        match self.bytes.get(start..self.position).map(<[u8; N]>::try_from) {
             Some(Ok(array)) => Ok(array),
             _ => Err(self.truncated(field, N)),
         }
@@ -1114,9 +952,9 @@ impl Reader {
         match (present, value) {
             (true, value) => Ok(Some(value)),
             (false, 0) => Ok(None),
-            (false, value) => Err(self.invalid(format!(
-                "{field} is absent but carries {value}; an absent value must be 0"
-            ))),
+            (false, value) => {
+                Err(self.invalid(format!("{field} is absent but carries {value}; an absent value must be 0")))
+            }
         }
     }
 
@@ -1137,12 +975,7 @@ impl Reader {
     fn name(&mut self, field: &'static str) -> Result<String, DecodeError> {
         let len = usize::from(self.u16(field)?);
         if len > NAME_BYTES_MAX as usize {
-            return Err(DecodeError::NameTooLong {
-                frame: self.frame,
-                field,
-                len,
-                max: NAME_BYTES_MAX,
-            });
+            return Err(DecodeError::NameTooLong { frame: self.frame, field, len, max: NAME_BYTES_MAX });
         }
         self.utf8(field, len)
     }
@@ -1152,10 +985,7 @@ impl Reader {
         let bytes = self.take(field, len)?;
         match std::str::from_utf8(bytes) {
             Ok(text) => Ok(text.to_string()),
-            Err(error) => Err(DecodeError::Invalid {
-                frame,
-                reason: format!("{field} is not UTF-8: {error}"),
-            }),
+            Err(error) => Err(DecodeError::Invalid { frame, reason: format!("{field} is not UTF-8: {error}") }),
         }
     }
 
@@ -1170,12 +1000,7 @@ impl Reader {
     ) -> Result<(u32, usize), DecodeError> {
         let count = self.u32(what)?;
         if count > count_max {
-            return Err(DecodeError::TooMany {
-                frame: self.frame,
-                what,
-                count,
-                max: count_max,
-            });
+            return Err(DecodeError::TooMany { frame: self.frame, what, count, max: count_max });
         }
         let capacity = (count as usize).min(self.remaining() / item_bytes_min);
         Ok((count, capacity))
@@ -1183,12 +1008,7 @@ impl Reader {
 
     /// Refuses a batch whose last sequence number or tag would overflow `u64`, so that the
     /// broker can compute `first + index` for every item without overflow.
-    fn check_batch_fits_u64(
-        &self,
-        field: &'static str,
-        first: u64,
-        count: u32,
-    ) -> Result<(), DecodeError> {
+    fn check_batch_fits_u64(&self, field: &'static str, first: u64, count: u32) -> Result<(), DecodeError> {
         match count.checked_sub(1) {
             Some(last_offset) if first.checked_add(u64::from(last_offset)).is_none() => {
                 Err(self.invalid(format!("{field} {first} plus {count} items overflows u64")))
@@ -1222,19 +1042,11 @@ impl Reader {
         let capacity = usize::from(header_count).min(self.remaining() / HEADER_BYTES_MIN);
         let mut headers = Vec::with_capacity(capacity);
         for _ in 0..header_count {
-            headers.push(Header {
-                name: self.bytes16("header name")?,
-                value: self.bytes16("header value")?,
-            });
+            headers.push(Header { name: self.bytes16("header name")?, value: self.bytes16("header value")? });
         }
         let body_len = self.u32("body")?;
         let body = self.slice("body", body_len as usize)?;
-        Ok(Message {
-            routing_key,
-            message_id,
-            headers,
-            body,
-        })
+        Ok(Message { routing_key, message_id, headers, body })
     }
 
     fn arguments(&mut self) -> Result<Vec<(String, String)>, DecodeError> {
@@ -1247,11 +1059,7 @@ impl Reader {
     }
 
     fn binding(&mut self) -> Result<Binding, DecodeError> {
-        Ok(Binding {
-            exchange: self.name("exchange")?,
-            queue: self.name("queue")?,
-            key: self.name("key")?,
-        })
+        Ok(Binding { exchange: self.name("exchange")?, queue: self.name("queue")?, key: self.name("key")? })
     }
 
     fn exchange_kind(&mut self) -> Result<ExchangeKind, DecodeError> {
@@ -1259,9 +1067,9 @@ impl Reader {
             0 => Ok(ExchangeKind::Direct),
             1 => Ok(ExchangeKind::Fanout),
             2 => Ok(ExchangeKind::Topic),
-            other => Err(self.invalid(format!(
-                "exchange kind is {other}, must be 0 (direct), 1 (fanout) or 2 (topic)"
-            ))),
+            other => {
+                Err(self.invalid(format!("exchange kind is {other}, must be 0 (direct), 1 (fanout) or 2 (topic)")))
+            }
         }
     }
 
@@ -1270,19 +1078,14 @@ impl Reader {
             0 => Ok(Settlement::Ack),
             1 => Ok(Settlement::Reject),
             2 => Ok(Settlement::Release),
-            other => Err(self.invalid(format!(
-                "settlement is {other}, must be 0 (ack), 1 (reject) or 2 (release)"
-            ))),
+            other => Err(self.invalid(format!("settlement is {other}, must be 0 (ack), 1 (reject) or 2 (release)"))),
         }
     }
 
     fn error_code(&mut self) -> Result<ErrorCode, DecodeError> {
         let value = self.u16("error code")?;
         error_code_from_u16(value).ok_or_else(|| {
-            self.invalid(format!(
-                "error code is {value}, must be in {}..={}",
-                ERROR_CODE_FIRST, ERROR_CODE_LAST
-            ))
+            self.invalid(format!("error code is {value}, must be in {}..={}", ERROR_CODE_FIRST, ERROR_CODE_LAST))
         })
     }
 
@@ -1290,13 +1093,10 @@ impl Reader {
         match self.u8("outcome")? {
             OUTCOME_STORED => Ok(ConfirmOutcome::Stored),
             OUTCOME_UNROUTABLE => Ok(ConfirmOutcome::Unroutable),
-            OUTCOME_REJECTED => Ok(ConfirmOutcome::Rejected {
-                code: self.error_code()?,
-                reason: self.text("reason")?,
-            }),
-            other => Err(self.invalid(format!(
-                "outcome is {other}, must be 0 (stored), 1 (unroutable) or 2 (rejected)"
-            ))),
+            OUTCOME_REJECTED => Ok(ConfirmOutcome::Rejected { code: self.error_code()?, reason: self.text("reason")? }),
+            other => {
+                Err(self.invalid(format!("outcome is {other}, must be 0 (stored), 1 (unroutable) or 2 (rejected)")))
+            }
         }
     }
 
@@ -1341,10 +1141,7 @@ enum FrameType {
 
 impl FrameType {
     fn from_u8(value: u8) -> Option<FrameType> {
-        FRAME_TYPES
-            .iter()
-            .copied()
-            .find(|frame_type| *frame_type as u8 == value)
+        FRAME_TYPES.iter().copied().find(|frame_type| *frame_type as u8 == value)
     }
 
     /// The frame's name in `PROTOCOL.md` and in error messages.
@@ -1440,10 +1237,7 @@ fn error_code_to_u16(code: ErrorCode) -> u16 {
 }
 
 fn error_code_from_u16(value: u16) -> Option<ErrorCode> {
-    ERROR_CODES
-        .iter()
-        .copied()
-        .find(|code| error_code_to_u16(*code) == value)
+    ERROR_CODES.iter().copied().find(|code| error_code_to_u16(*code) == value)
 }
 
 // ----- constants -----
@@ -1582,31 +1376,20 @@ mod tests {
 
     fn messages() -> Vec<Message> {
         vec![
-            message(
-                "orders.eu",
-                "m-1",
-                &[("content-type", "text/plain"), ("x", "")],
-                b"hello",
-            ),
+            message("orders.eu", "m-1", &[("content-type", "text/plain"), ("x", "")], b"hello"),
             Message::default(),
             message("", "m-3", &[], &[0xff; 300]),
         ]
     }
 
     fn binding() -> Binding {
-        Binding {
-            exchange: "amq.topic".into(),
-            queue: "q1".into(),
-            key: "orders.#".into(),
-        }
+        Binding { exchange: "amq.topic".into(), queue: "q1".into(), key: "orders.#".into() }
     }
 
     /// One or more frames of every variant, with empty, typical and extreme field values.
     fn sample_frames() -> Vec<Frame> {
-        let rejected = ConfirmOutcome::Rejected {
-            code: ErrorCode::QueueFull,
-            reason: "queue q1 is full: max-count 10".into(),
-        };
+        let rejected =
+            ConfirmOutcome::Rejected { code: ErrorCode::QueueFull, reason: "queue q1 is full: max-count 10".into() };
         vec![
             Frame::QueueDeclare {
                 request: RequestId(1),
@@ -1618,31 +1401,17 @@ mod tests {
                     max_count: Some(10),
                     max_bytes: None,
                 },
-                arguments: vec![
-                    ("qpid.replicate".into(), "all".into()),
-                    ("é".into(), "".into()),
-                ],
+                arguments: vec![("qpid.replicate".into(), "all".into()), ("é".into(), "".into())],
             },
             Frame::QueueDeclare {
                 request: RequestId(u32::MAX),
                 name: "n".repeat(NAME_BYTES_MAX as usize),
-                options: QueueOptions {
-                    max_bytes: Some(u64::MAX),
-                    ..QueueOptions::default()
-                },
+                options: QueueOptions { max_bytes: Some(u64::MAX), ..QueueOptions::default() },
                 arguments: vec![],
             },
-            Frame::QueueDelete {
-                request: RequestId(2),
-                name: "q1".into(),
-            },
-            Frame::QueuePurge {
-                request: RequestId(3),
-                name: String::new(),
-            },
-            Frame::QueueList {
-                request: RequestId(4),
-            },
+            Frame::QueueDelete { request: RequestId(2), name: "q1".into() },
+            Frame::QueuePurge { request: RequestId(3), name: String::new() },
+            Frame::QueueList { request: RequestId(4) },
             Frame::ExchangeDeclare {
                 request: RequestId(5),
                 name: "ex".into(),
@@ -1657,112 +1426,37 @@ mod tests {
                 passive: true,
                 arguments: vec![],
             },
-            Frame::ExchangeDelete {
-                request: RequestId(6),
-                name: "ex".into(),
-            },
-            Frame::ExchangeList {
-                request: RequestId(7),
-            },
-            Frame::Bind {
-                request: RequestId(8),
-                binding: binding(),
-            },
-            Frame::Unbind {
-                request: RequestId(9),
-                binding: binding(),
-            },
-            Frame::Publish {
-                exchange: "amq.topic".into(),
-                first_seq: Seq(7),
-                messages: messages(),
-            },
-            Frame::Publish {
-                exchange: String::new(),
-                first_seq: Seq(0),
-                messages: vec![],
-            },
-            Frame::Publish {
-                exchange: String::new(),
-                first_seq: Seq(u64::MAX),
-                messages: vec![Message::default()],
-            },
-            Frame::Subscribe {
-                request: RequestId(10),
-                consumer: ConsumerId(3),
-                queue: "q1".into(),
-                prefetch: 1000,
-            },
-            Frame::Cancel {
-                request: RequestId(11),
-                consumer: ConsumerId(3),
-            },
+            Frame::ExchangeDelete { request: RequestId(6), name: "ex".into() },
+            Frame::ExchangeList { request: RequestId(7) },
+            Frame::Bind { request: RequestId(8), binding: binding() },
+            Frame::Unbind { request: RequestId(9), binding: binding() },
+            Frame::Publish { exchange: "amq.topic".into(), first_seq: Seq(7), messages: messages() },
+            Frame::Publish { exchange: String::new(), first_seq: Seq(0), messages: vec![] },
+            Frame::Publish { exchange: String::new(), first_seq: Seq(u64::MAX), messages: vec![Message::default()] },
+            Frame::Subscribe { request: RequestId(10), consumer: ConsumerId(3), queue: "q1".into(), prefetch: 1000 },
+            Frame::Cancel { request: RequestId(11), consumer: ConsumerId(3) },
             Frame::Settle {
                 consumer: ConsumerId(3),
                 settlement: Settlement::Ack,
-                ranges: vec![
-                    TagRange {
-                        first: Tag(0),
-                        last: Tag(9),
-                    },
-                    TagRange {
-                        first: Tag(5),
-                        last: Tag(5),
-                    },
-                ],
+                ranges: vec![TagRange { first: Tag(0), last: Tag(9) }, TagRange { first: Tag(5), last: Tag(5) }],
             },
-            Frame::Settle {
-                consumer: ConsumerId(0),
-                settlement: Settlement::Reject,
-                ranges: vec![],
-            },
+            Frame::Settle { consumer: ConsumerId(0), settlement: Settlement::Reject, ranges: vec![] },
             Frame::Settle {
                 consumer: ConsumerId(1),
                 settlement: Settlement::Release,
-                ranges: vec![TagRange {
-                    first: Tag(u64::MAX),
-                    last: Tag(u64::MAX),
-                }],
+                ranges: vec![TagRange { first: Tag(u64::MAX), last: Tag(u64::MAX) }],
             },
             Frame::Heartbeat,
-            Frame::Hello {
-                version: PROTOCOL_VERSION,
-                broker: "ringmq 0.1.0".into(),
-            },
-            Frame::Ok {
-                request: RequestId(12),
-            },
-            Frame::Failed {
-                request: RequestId(13),
-                code: ErrorCode::NotFound,
-                message: "queue q9 not found".into(),
-            },
-            Frame::Error {
-                code: ErrorCode::NotPrimary,
-                message: "not primary".into(),
-            },
+            Frame::Hello { version: PROTOCOL_VERSION, broker: "ringmq 0.1.0".into() },
+            Frame::Ok { request: RequestId(12) },
+            Frame::Failed { request: RequestId(13), code: ErrorCode::NotFound, message: "queue q9 not found".into() },
+            Frame::Error { code: ErrorCode::NotPrimary, message: "not primary".into() },
             Frame::Confirm {
                 ranges: vec![
-                    ConfirmRange {
-                        first: Seq(0),
-                        last: Seq(4),
-                        outcome: ConfirmOutcome::Stored,
-                    },
-                    ConfirmRange {
-                        first: Seq(5),
-                        last: Seq(5),
-                        outcome: ConfirmOutcome::Unroutable,
-                    },
-                    ConfirmRange {
-                        first: Seq(6),
-                        last: Seq(9),
-                        outcome: rejected,
-                    },
-                    ConfirmRange {
-                        first: Seq(20),
-                        last: Seq(20),
-                        outcome: ConfirmOutcome::Stored,
-                    },
+                    ConfirmRange { first: Seq(0), last: Seq(4), outcome: ConfirmOutcome::Stored },
+                    ConfirmRange { first: Seq(5), last: Seq(5), outcome: ConfirmOutcome::Unroutable },
+                    ConfirmRange { first: Seq(6), last: Seq(9), outcome: rejected },
+                    ConfirmRange { first: Seq(20), last: Seq(20), outcome: ConfirmOutcome::Stored },
                 ],
             },
             Frame::Confirm { ranges: vec![] },
@@ -1772,10 +1466,7 @@ mod tests {
                 messages: messages()
                     .into_iter()
                     .enumerate()
-                    .map(|(index, message)| Delivered {
-                        redelivered: index == 1,
-                        message,
-                    })
+                    .map(|(index, message)| Delivered { redelivered: index == 1, message })
                     .collect(),
             },
             Frame::QueueListReply {
@@ -1804,22 +1495,11 @@ mod tests {
             Frame::ExchangeListReply {
                 request: RequestId(15),
                 exchanges: vec![
-                    ExchangeInfo {
-                        name: String::new(),
-                        kind: ExchangeKind::Direct,
-                        bindings: 0,
-                    },
-                    ExchangeInfo {
-                        name: "amq.topic".into(),
-                        kind: ExchangeKind::Topic,
-                        bindings: 7,
-                    },
+                    ExchangeInfo { name: String::new(), kind: ExchangeKind::Direct, bindings: 0 },
+                    ExchangeInfo { name: "amq.topic".into(), kind: ExchangeKind::Topic, bindings: 7 },
                 ],
             },
-            Frame::ConsumerCancelled {
-                consumer: ConsumerId(3),
-                reason: "queue deleted".into(),
-            },
+            Frame::ConsumerCancelled { consumer: ConsumerId(3), reason: "queue deleted".into() },
         ]
     }
 
@@ -1891,12 +1571,7 @@ mod tests {
         }
         // Spot-check the published numbers.
         assert_eq!(encoded(&Frame::Heartbeat)[..], [1, 0, 0, 0, 0x01]);
-        assert_eq!(
-            encoded(&Frame::Ok {
-                request: RequestId(2)
-            })[..],
-            [5, 0, 0, 0, 0x81, 2, 0, 0, 0]
-        );
+        assert_eq!(encoded(&Frame::Ok { request: RequestId(2) })[..], [5, 0, 0, 0, 0x81, 2, 0, 0, 0]);
     }
 
     #[test]
@@ -1942,19 +1617,12 @@ mod tests {
     #[test]
     fn preamble_round_trips_and_waits_for_eight_bytes() {
         // Goal: the preamble is 8 bytes; fewer is incomplete; bytes after it are not its business.
-        let preamble = Preamble {
-            version: PROTOCOL_VERSION,
-            flags: PREAMBLE_FLAG_ADMIN,
-        };
+        let preamble = Preamble { version: PROTOCOL_VERSION, flags: PREAMBLE_FLAG_ADMIN };
         let mut out = BytesMut::new();
         encode_preamble(preamble, &mut out);
         assert_eq!(out[..], *b"RNMQ\x01\x00\x01\x00");
         for len in 0..PREAMBLE_LEN {
-            assert_eq!(
-                decode_preamble(&out[..len]),
-                Ok(None),
-                "prefix of {len} bytes"
-            );
+            assert_eq!(decode_preamble(&out[..len]), Ok(None), "prefix of {len} bytes");
         }
         // Frames that follow in the same read do not disturb the preamble.
         encode(&Frame::Heartbeat, &mut out);
@@ -1969,10 +1637,7 @@ mod tests {
         assert_eq!(error.to_string(), r#"expected preamble "RNMQ", got "AMQP""#);
         assert_eq!(error.code(), ErrorCode::Malformed);
         let error = decode_preamble(b"\x16\x03\x01\x00rest").unwrap_err();
-        assert_eq!(
-            error.to_string(),
-            r#"expected preamble "RNMQ", got "\x16\x03\x01\x00""#
-        );
+        assert_eq!(error.to_string(), r#"expected preamble "RNMQ", got "\x16\x03\x01\x00""#);
     }
 
     // ----- incomplete versus invalid -----
@@ -1986,11 +1651,7 @@ mod tests {
             let bytes = encoded(&frame);
             for len in 0..bytes.len() {
                 let mut buf = BytesMut::from(&bytes[..len]);
-                assert_eq!(
-                    decode(&mut buf, FRAME_BYTES_MAX),
-                    Ok(None),
-                    "{frame:?} at {len}"
-                );
+                assert_eq!(decode(&mut buf, FRAME_BYTES_MAX), Ok(None), "{frame:?} at {len}");
                 assert_eq!(buf[..], bytes[..len]);
             }
         }
@@ -2000,14 +1661,8 @@ mod tests {
     fn two_frames_back_to_back_decode_one_at_a_time() {
         // Goal: decode consumes exactly one frame. Method: two frames and half of a third in one
         // buffer; decode three times.
-        let first = Frame::Ok {
-            request: RequestId(1),
-        };
-        let second = Frame::Publish {
-            exchange: "e".into(),
-            first_seq: Seq(3),
-            messages: messages(),
-        };
+        let first = Frame::Ok { request: RequestId(1) };
+        let second = Frame::Publish { exchange: "e".into(), first_seq: Seq(3), messages: messages() };
         let third = Frame::Heartbeat;
         let mut buf = encoded(&first);
         encode(&second, &mut buf);
@@ -2032,48 +1687,27 @@ mod tests {
         let max = 1024 * 1024;
         let mut buf = BytesMut::from(&20_000_000u32.to_le_bytes()[..]);
         let error = decode(&mut buf, max).unwrap_err();
-        assert_eq!(
-            error,
-            DecodeError::FrameTooLarge {
-                size: 20_000_004,
-                max
-            }
-        );
-        assert_eq!(
-            error.to_string(),
-            "frame of 20000004 bytes exceeds max-frame-size 1048576"
-        );
+        assert_eq!(error, DecodeError::FrameTooLarge { size: 20_000_004, max });
+        assert_eq!(error.to_string(), "frame of 20000004 bytes exceeds max-frame-size 1048576");
         assert_eq!(error.code(), ErrorCode::LimitExceeded);
         // The largest length saturates instead of overflowing.
         let mut buf = BytesMut::from(&u32::MAX.to_le_bytes()[..]);
         assert_eq!(
             decode(&mut buf, FRAME_BYTES_MAX),
-            Err(DecodeError::FrameTooLarge {
-                size: u32::MAX,
-                max: FRAME_BYTES_MAX
-            })
+            Err(DecodeError::FrameTooLarge { size: u32::MAX, max: FRAME_BYTES_MAX })
         );
     }
 
     #[test]
     fn max_frame_size_counts_the_length_prefix() {
         // Goal: a frame of exactly max-frame-size bytes (prefix included) passes, one more fails.
-        let frame = Frame::Error {
-            code: ErrorCode::Internal,
-            message: "x".repeat(100),
-        };
+        let frame = Frame::Error { code: ErrorCode::Internal, message: "x".repeat(100) };
         let bytes = encoded(&frame);
         let size = bytes.len() as u32;
         let mut buf = bytes.clone();
         assert_eq!(decode(&mut buf, size), Ok(Some(frame)));
         let mut buf = bytes.clone();
-        assert_eq!(
-            decode(&mut buf, size - 1),
-            Err(DecodeError::FrameTooLarge {
-                size,
-                max: size - 1
-            })
-        );
+        assert_eq!(decode(&mut buf, size - 1), Err(DecodeError::FrameTooLarge { size, max: size - 1 }));
     }
 
     #[test]
@@ -2085,20 +1719,14 @@ mod tests {
             assert_eq!(error, DecodeError::UnknownFrameType(type_byte));
             assert_eq!(error.code(), ErrorCode::Malformed);
         }
-        assert_eq!(
-            DecodeError::UnknownFrameType(0x7f).to_string(),
-            "unknown frame type 0x7f"
-        );
+        assert_eq!(DecodeError::UnknownFrameType(0x7f).to_string(), "unknown frame type 0x7f");
     }
 
     #[test]
     fn zero_length_frame_is_invalid() {
         // Goal: a frame always has at least its type byte.
         let reason = invalid_reason(decode_one(&[0, 0, 0, 0]));
-        assert_eq!(
-            reason,
-            "frame: length is 0, at least 1 needed (the frame type)"
-        );
+        assert_eq!(reason, "frame: length is 0, at least 1 needed (the frame type)");
     }
 
     #[test]
@@ -2120,18 +1748,12 @@ mod tests {
         // Goal: inside a complete frame, a missing field is invalid, not incomplete. Method:
         // shrink the length of a valid frame and drop its last bytes.
         let bytes = raw_frame(0x81, &[1, 0]);
-        assert_eq!(
-            invalid_reason(decode_one(&bytes)),
-            "ok: truncated: request needs 4 bytes, 2 remain"
-        );
+        assert_eq!(invalid_reason(decode_one(&bytes)), "ok: truncated: request needs 4 bytes, 2 remain");
         // A body length larger than the rest of the frame.
         let mut bytes = publish_bytes();
         let body_len_at = bytes.len() - 4 - 4;
         bytes[body_len_at..body_len_at + 4].copy_from_slice(&5u32.to_le_bytes());
-        assert_eq!(
-            invalid_reason(decode_one(&bytes)),
-            "publish: truncated: body needs 5 bytes, 4 remain"
-        );
+        assert_eq!(invalid_reason(decode_one(&bytes)), "publish: truncated: body needs 5 bytes, 4 remain");
     }
 
     #[test]
@@ -2147,10 +1769,7 @@ mod tests {
         // Frame header 5, request 4, name 3: the exclusive bool is at 12.
         let mut bytes = declare.to_vec();
         bytes[12] = 2;
-        assert_eq!(
-            invalid_reason(decode_one(&bytes)),
-            "queue-declare: exclusive is 2, a bool must be 0 or 1"
-        );
+        assert_eq!(invalid_reason(decode_one(&bytes)), "queue-declare: exclusive is 2, a bool must be 0 or 1");
         // An absent max-count (at 15, value at 16..24) that carries a value.
         let mut bytes = declare.to_vec();
         bytes[16] = 5;
@@ -2175,12 +1794,8 @@ mod tests {
         );
 
         // Settlement 3 (frame header 5, consumer 4: settlement at 9).
-        let mut bytes = encoded(&Frame::Settle {
-            consumer: ConsumerId(1),
-            settlement: Settlement::Ack,
-            ranges: vec![],
-        })
-        .to_vec();
+        let mut bytes =
+            encoded(&Frame::Settle { consumer: ConsumerId(1), settlement: Settlement::Ack, ranges: vec![] }).to_vec();
         bytes[9] = 3;
         assert!(invalid_reason(decode_one(&bytes)).starts_with("settle: settlement is 3"));
 
@@ -2199,24 +1814,17 @@ mod tests {
         body.extend_from_slice(&0u64.to_le_bytes());
         body.extend_from_slice(&0u64.to_le_bytes());
         body.push(3);
-        assert!(invalid_reason(decode_one(&raw_frame(0x90, &body)))
-            .starts_with("confirm: outcome is 3"));
+        assert!(invalid_reason(decode_one(&raw_frame(0x90, &body))).starts_with("confirm: outcome is 3"));
 
         // Deliver flags with a reserved bit (frame header 5, consumer 4, tag 8, count 4: 21).
         let mut bytes = encoded(&Frame::Deliver {
             consumer: ConsumerId(1),
             first_tag: Tag(0),
-            messages: vec![Delivered {
-                redelivered: true,
-                message: Message::default(),
-            }],
+            messages: vec![Delivered { redelivered: true, message: Message::default() }],
         })
         .to_vec();
         bytes[21] = 0x03;
-        assert_eq!(
-            invalid_reason(decode_one(&bytes)),
-            "deliver: flags are 0x03, only bit 0 (redelivered) may be set"
-        );
+        assert_eq!(invalid_reason(decode_one(&bytes)), "deliver: flags are 0x03, only bit 0 (redelivered) may be set");
     }
 
     #[test]
@@ -2247,18 +1855,12 @@ mod tests {
         body.extend_from_slice(&1u32.to_le_bytes());
         body.extend_from_slice(&9u64.to_le_bytes());
         body.extend_from_slice(&8u64.to_le_bytes());
-        assert_eq!(
-            invalid_reason(decode_one(&raw_frame(0x33, &body))),
-            "settle: range 9..=8 has first > last"
-        );
+        assert_eq!(invalid_reason(decode_one(&raw_frame(0x33, &body))), "settle: range 9..=8 has first > last");
         let mut body = 1u32.to_le_bytes().to_vec();
         body.extend_from_slice(&9u64.to_le_bytes());
         body.extend_from_slice(&8u64.to_le_bytes());
         body.push(OUTCOME_STORED);
-        assert_eq!(
-            invalid_reason(decode_one(&raw_frame(0x90, &body))),
-            "confirm: range 9..=8 has first > last"
-        );
+        assert_eq!(invalid_reason(decode_one(&raw_frame(0x90, &body))), "confirm: range 9..=8 has first > last");
     }
 
     #[test]
@@ -2278,11 +1880,8 @@ mod tests {
     #[test]
     fn batch_whose_numbers_overflow_u64_is_invalid() {
         // Goal: the broker may compute first_seq + index for every message without overflow.
-        let frame = Frame::Publish {
-            exchange: String::new(),
-            first_seq: Seq(u64::MAX),
-            messages: vec![Message::default()],
-        };
+        let frame =
+            Frame::Publish { exchange: String::new(), first_seq: Seq(u64::MAX), messages: vec![Message::default()] };
         let mut bytes = encoded(&frame).to_vec();
         // Frame header 5, exchange 2, first_seq 8: count at 15; claim 2 messages and add one.
         bytes[15] = 2;
@@ -2308,42 +1907,12 @@ mod tests {
         // Goal: a count above its limit is refused as soon as it is read, before the items are
         // awaited or allocated. Method: frames that carry only the count, nothing after it.
         let cases: [(u8, Vec<u8>, &str, u32); 6] = [
-            (
-                0x30,
-                [&[0, 0][..], &[0; 8]].concat(),
-                "publish: batch of 10000 messages exceeds the limit 4096",
-                10_000,
-            ),
-            (
-                0x91,
-                [&[0; 4][..], &[0; 8]].concat(),
-                "deliver: batch of 4097 messages exceeds the limit 4096",
-                4097,
-            ),
-            (
-                0x90,
-                vec![],
-                "confirm: batch of 4097 ranges exceeds the limit 4096",
-                4097,
-            ),
-            (
-                0x33,
-                vec![0, 0, 0, 0, 0],
-                "settle: batch of 4097 ranges exceeds the limit 4096",
-                4097,
-            ),
-            (
-                0xa0,
-                vec![0; 4],
-                "queue-list-reply: batch of 65537 entries exceeds the limit 65536",
-                65_537,
-            ),
-            (
-                0xa1,
-                vec![0; 4],
-                "exchange-list-reply: batch of 4294967295 entries exceeds the limit 65536",
-                u32::MAX,
-            ),
+            (0x30, [&[0, 0][..], &[0; 8]].concat(), "publish: batch of 10000 messages exceeds the limit 4096", 10_000),
+            (0x91, [&[0; 4][..], &[0; 8]].concat(), "deliver: batch of 4097 messages exceeds the limit 4096", 4097),
+            (0x90, vec![], "confirm: batch of 4097 ranges exceeds the limit 4096", 4097),
+            (0x33, vec![0, 0, 0, 0, 0], "settle: batch of 4097 ranges exceeds the limit 4096", 4097),
+            (0xa0, vec![0; 4], "queue-list-reply: batch of 65537 entries exceeds the limit 65536", 65_537),
+            (0xa1, vec![0; 4], "exchange-list-reply: batch of 4294967295 entries exceeds the limit 65536", u32::MAX),
         ];
         for (type_byte, head, message, count) in cases {
             let mut body = head;
@@ -2374,19 +1943,10 @@ mod tests {
         // capacity is bounded by its remaining bytes (zero here), not by the count.
         let body = [&[0, 0][..], &[0; 8], &BATCH_MESSAGES_MAX.to_le_bytes()].concat();
         let reason = invalid_reason(decode_one(&raw_frame(0x30, &body)));
-        assert_eq!(
-            reason,
-            "publish: truncated: routing key needs 2 bytes, 0 remain"
-        );
-        let mut reader = Reader {
-            frame: "publish",
-            bytes: Bytes::from(BATCH_MESSAGES_MAX.to_le_bytes().to_vec()),
-            position: 0,
-        };
-        assert_eq!(
-            reader.count("messages", BATCH_MESSAGES_MAX, MESSAGE_BYTES_MIN),
-            Ok((BATCH_MESSAGES_MAX, 0))
-        );
+        assert_eq!(reason, "publish: truncated: routing key needs 2 bytes, 0 remain");
+        let mut reader =
+            Reader { frame: "publish", bytes: Bytes::from(BATCH_MESSAGES_MAX.to_le_bytes().to_vec()), position: 0 };
+        assert_eq!(reader.count("messages", BATCH_MESSAGES_MAX, MESSAGE_BYTES_MIN), Ok((BATCH_MESSAGES_MAX, 0)));
     }
 
     #[test]
@@ -2397,10 +1957,7 @@ mod tests {
         body.extend_from_slice(&300u16.to_le_bytes());
         body.extend_from_slice(&[b'q'; 300]);
         let error = decode_one(&raw_frame(0x10, &body)).unwrap_err();
-        assert_eq!(
-            error.to_string(),
-            "queue-declare: name is 300 bytes, at most 255 allowed"
-        );
+        assert_eq!(error.to_string(), "queue-declare: name is 300 bytes, at most 255 allowed");
         assert_eq!(error.code(), ErrorCode::LimitExceeded);
         // Checked from the length alone: the 300 bytes need not have arrived.
         let error = decode_one(&raw_frame(0x10, &body[..6])).unwrap_err();
@@ -2410,23 +1967,14 @@ mod tests {
         body.extend_from_slice(&[0, 0, 0, 0]);
         body.extend_from_slice(&256u16.to_le_bytes());
         let error = decode_one(&raw_frame(0x20, &body)).unwrap_err();
-        assert_eq!(
-            error.to_string(),
-            "bind: key is 256 bytes, at most 255 allowed"
-        );
+        assert_eq!(error.to_string(), "bind: key is 256 bytes, at most 255 allowed");
     }
 
     #[test]
     #[should_panic(expected = "name of 256 bytes exceeds NAME_BYTES_MAX")]
     fn encoding_a_name_above_the_limit_is_a_bug() {
         // Goal: the pair assertion: what decode refuses, encode refuses to write.
-        encode(
-            &Frame::QueueDelete {
-                request: RequestId(1),
-                name: "q".repeat(256),
-            },
-            &mut BytesMut::new(),
-        );
+        encode(&Frame::QueueDelete { request: RequestId(1), name: "q".repeat(256) }, &mut BytesMut::new());
     }
 
     #[test]
@@ -2434,16 +1982,8 @@ mod tests {
     fn encoding_unordered_confirm_ranges_is_a_bug() {
         // Goal: the pair assertion for confirm range order.
         let ranges = vec![
-            ConfirmRange {
-                first: Seq(5),
-                last: Seq(6),
-                outcome: ConfirmOutcome::Stored,
-            },
-            ConfirmRange {
-                first: Seq(1),
-                last: Seq(2),
-                outcome: ConfirmOutcome::Stored,
-            },
+            ConfirmRange { first: Seq(5), last: Seq(6), outcome: ConfirmOutcome::Stored },
+            ConfirmRange { first: Seq(1), last: Seq(2), outcome: ConfirmOutcome::Stored },
         ];
         encode(&Frame::Confirm { ranges }, &mut BytesMut::new());
     }
@@ -2454,17 +1994,10 @@ mod tests {
     fn message_fields_are_slices_of_the_frame() {
         // Goal: decoding a publish copies no message bytes. Method: every decoded field's pointer
         // lies inside the buffer the frame was read into.
-        let frame = Frame::Publish {
-            exchange: "e".into(),
-            first_seq: Seq(0),
-            messages: messages(),
-        };
+        let frame = Frame::Publish { exchange: "e".into(), first_seq: Seq(0), messages: messages() };
         let mut buf = encoded(&frame);
         let range = buf.as_ptr() as usize..buf.as_ptr() as usize + buf.len();
-        let Ok(Some(Frame::Publish {
-            messages: decoded, ..
-        })) = decode(&mut buf, FRAME_BYTES_MAX)
-        else {
+        let Ok(Some(Frame::Publish { messages: decoded, .. })) = decode(&mut buf, FRAME_BYTES_MAX) else {
             panic!("publish did not decode");
         };
         let inside = |bytes: &Bytes| bytes.is_empty() || range.contains(&(bytes.as_ptr() as usize));
@@ -2498,21 +2031,13 @@ mod tests {
         assert_eq!(writer.count(), 3);
         writer.finish();
         assert_eq!(out.len(), b"prefix".len() + expected_len);
-        let frame = Frame::Publish {
-            exchange: "amq.topic".into(),
-            first_seq: Seq(7),
-            messages,
-        };
+        let frame = Frame::Publish { exchange: "amq.topic".into(), first_seq: Seq(7), messages };
         assert_eq!(out[b"prefix".len()..], encoded(&frame)[..]);
 
         // An empty batch too.
         let mut out = BytesMut::new();
         PublishWriter::begin(&mut out, "", Seq(0)).finish();
-        let empty = Frame::Publish {
-            exchange: String::new(),
-            first_seq: Seq(0),
-            messages: vec![],
-        };
+        let empty = Frame::Publish { exchange: String::new(), first_seq: Seq(0), messages: vec![] };
         assert_eq!(out, encoded(&empty));
     }
 
@@ -2536,10 +2061,7 @@ mod tests {
             messages: messages
                 .into_iter()
                 .enumerate()
-                .map(|(index, message)| Delivered {
-                    redelivered: index == 1,
-                    message,
-                })
+                .map(|(index, message)| Delivered { redelivered: index == 1, message })
                 .collect(),
         };
         assert_eq!(out, encoded(&frame));
@@ -2549,31 +2071,17 @@ mod tests {
     fn confirm_writer_equals_encode_and_merges_adjacent_ranges_with_the_same_outcome() {
         // Goal: the writer merges a range into its predecessor exactly when it continues it with
         // an equal outcome, and writes what encode writes for the merged ranges.
-        let full = |reason: &str| ConfirmOutcome::Rejected {
-            code: ErrorCode::QueueFull,
-            reason: reason.into(),
-        };
-        let range = |first, last, outcome| ConfirmRange {
-            first: Seq(first),
-            last: Seq(last),
-            outcome,
-        };
+        let full = |reason: &str| ConfirmOutcome::Rejected { code: ErrorCode::QueueFull, reason: reason.into() };
+        let range = |first, last, outcome| ConfirmRange { first: Seq(first), last: Seq(last), outcome };
         let pushed = [
             range(0, 0, ConfirmOutcome::Stored),
-            range(1, 3, ConfirmOutcome::Stored), // continues: merged into 0..=3
-            range(5, 5, ConfirmOutcome::Stored), // gap: new range
+            range(1, 3, ConfirmOutcome::Stored),     // continues: merged into 0..=3
+            range(5, 5, ConfirmOutcome::Stored),     // gap: new range
             range(6, 6, ConfirmOutcome::Unroutable), // other outcome: new range
             range(7, 7, full("q1 full")),
-            range(8, 9, full("q1 full")), // same code and reason: merged into 7..=9
+            range(8, 9, full("q1 full")),   // same code and reason: merged into 7..=9
             range(10, 10, full("q2 full")), // other reason: new range
-            range(
-                11,
-                11,
-                ConfirmOutcome::Rejected {
-                    code: ErrorCode::Internal,
-                    reason: "q2 full".into(),
-                },
-            ),
+            range(11, 11, ConfirmOutcome::Rejected { code: ErrorCode::Internal, reason: "q2 full".into() }),
         ];
         let mut out = BytesMut::new();
         let mut writer = ConfirmWriter::begin(&mut out);
@@ -2591,14 +2099,7 @@ mod tests {
                 range(6, 6, ConfirmOutcome::Unroutable),
                 range(7, 9, full("q1 full")),
                 range(10, 10, full("q2 full")),
-                range(
-                    11,
-                    11,
-                    ConfirmOutcome::Rejected {
-                        code: ErrorCode::Internal,
-                        reason: "q2 full".into(),
-                    },
-                ),
+                range(11, 11, ConfirmOutcome::Rejected { code: ErrorCode::Internal, reason: "q2 full".into() }),
             ],
         };
         assert_eq!(out, encoded(&expected));
@@ -2650,23 +2151,9 @@ mod tests {
     #[test]
     fn error_messages_match_the_documented_forms() {
         // Goal: the messages in PROTOCOL.md are the ones the code produces.
-        let too_many = DecodeError::TooMany {
-            frame: "publish",
-            what: "messages",
-            count: 10_000,
-            max: 4096,
-        };
-        assert_eq!(
-            too_many.to_string(),
-            "publish: batch of 10000 messages exceeds the limit 4096"
-        );
-        let too_large = DecodeError::FrameTooLarge {
-            size: 20_000_000,
-            max: 1_048_576,
-        };
-        assert_eq!(
-            too_large.to_string(),
-            "frame of 20000000 bytes exceeds max-frame-size 1048576"
-        );
+        let too_many = DecodeError::TooMany { frame: "publish", what: "messages", count: 10_000, max: 4096 };
+        assert_eq!(too_many.to_string(), "publish: batch of 10000 messages exceeds the limit 4096");
+        let too_large = DecodeError::FrameTooLarge { size: 20_000_000, max: 1_048_576 };
+        assert_eq!(too_large.to_string(), "frame of 20000000 bytes exceeds max-frame-size 1048576");
     }
 }

@@ -84,10 +84,7 @@ impl CompletionTracker {
     ///
     /// If `capacity` is 0 or above `limits::PUBLISH_INFLIGHT_MAX`.
     pub fn new(capacity: usize) -> CompletionTracker {
-        assert!(
-            capacity > 0,
-            "completion tracker capacity must be at least 1"
-        );
+        assert!(capacity > 0, "completion tracker capacity must be at least 1");
         assert!(
             capacity as u64 <= PUBLISH_INFLIGHT_MAX,
             "completion tracker capacity must be at most {PUBLISH_INFLIGHT_MAX}; got {capacity}"
@@ -118,11 +115,7 @@ impl CompletionTracker {
             assert_eq!(seq, next, "publish sequence numbers must be consecutive");
         }
         if self.len == self.slots.len() {
-            return Err(TrackerFull {
-                seq,
-                targets,
-                capacity: self.slots.len(),
-            });
+            return Err(TrackerFull { seq, targets, capacity: self.slots.len() });
         }
         let index = self.index(self.len);
         let slot = &mut self.slots[index];
@@ -131,11 +124,7 @@ impl CompletionTracker {
         slot.targets_pending = targets;
         slot.holds_pending = 0;
         slot.unroutable = targets == 0;
-        slot.state = if targets == 0 {
-            SlotState::Releasable
-        } else {
-            SlotState::Waiting
-        };
+        slot.state = if targets == 0 { SlotState::Releasable } else { SlotState::Waiting };
         self.len += 1;
         self.next = Some(seq.next());
         Ok(())
@@ -150,11 +139,7 @@ impl CompletionTracker {
     /// `Unroutable` (a property of a publish, never of one target's report).
     pub fn handle_enqueued(&mut self, seq: Seq, outcome: ConfirmOutcome) {
         let slot = self.waiting_slot_mut(seq);
-        assert!(
-            slot.targets_pending > 0,
-            "more reports than targets for publish {}",
-            seq.0
-        );
+        assert!(slot.targets_pending > 0, "more reports than targets for publish {}", seq.0);
         match outcome {
             ConfirmOutcome::Stored => {}
             ConfirmOutcome::Rejected { code, reason } => {
@@ -178,15 +163,8 @@ impl CompletionTracker {
     /// come after its confirm was released, so holds must be taken while a target is outstanding.
     pub fn handle_hold(&mut self, seq: Seq, holds: u32) {
         let slot = self.waiting_slot_mut(seq);
-        assert!(
-            slot.targets_pending > 0,
-            "hold on publish {} taken after its last target reported",
-            seq.0
-        );
-        slot.holds_pending = slot
-            .holds_pending
-            .checked_add(holds)
-            .expect("holds overflow u32");
+        assert!(slot.targets_pending > 0, "hold on publish {} taken after its last target reported", seq.0);
+        slot.holds_pending = slot.holds_pending.checked_add(holds).expect("holds overflow u32");
     }
 
     /// Releases one hold on publish `seq` (a backup confirmed it, it was consumed, or the backup
@@ -197,11 +175,7 @@ impl CompletionTracker {
     /// If `seq` is not tracked or has no hold outstanding.
     pub fn handle_hold_released(&mut self, seq: Seq) {
         let slot = self.waiting_slot_mut(seq);
-        assert!(
-            slot.holds_pending > 0,
-            "hold released on publish {} without one",
-            seq.0
-        );
+        assert!(slot.holds_pending > 0, "hold released on publish {} without one", seq.0);
         slot.holds_pending -= 1;
         slot.mark_if_releasable();
     }
@@ -225,18 +199,10 @@ impl CompletionTracker {
             }
             // The release rule, asserted where the confirm is released (its pair is
             // `mark_if_releasable`).
-            assert_eq!(
-                slot.targets_pending, 0,
-                "confirm released with targets outstanding"
-            );
-            assert_eq!(
-                slot.holds_pending, 0,
-                "confirm released with holds outstanding"
-            );
+            assert_eq!(slot.targets_pending, 0, "confirm released with targets outstanding");
+            assert_eq!(slot.holds_pending, 0, "confirm released with holds outstanding");
             let extends = out.len() > first_new
-                && out.last().is_some_and(|range| {
-                    range.last.next() == seq && slot.outcome_is(&range.outcome)
-                });
+                && out.last().is_some_and(|range| range.last.next() == seq && slot.outcome_is(&range.outcome));
             let outcome = slot.release();
             if let Some(last) = self.released_last {
                 assert_eq!(seq, last.next(), "confirms released out of sequence order");
@@ -245,11 +211,7 @@ impl CompletionTracker {
             if extends {
                 out.last_mut().expect("checked above").last = seq;
             } else {
-                out.push(ConfirmRange {
-                    first: seq,
-                    last: seq,
-                    outcome,
-                });
+                out.push(ConfirmRange { first: seq, last: seq, outcome });
             }
             self.head = self.index(1);
             self.len -= 1;
@@ -285,9 +247,7 @@ impl CompletionTracker {
 
     /// The oldest tracked publish's sequence number.
     fn base(&self) -> Seq {
-        let next = self
-            .next
-            .expect("a tracked publish implies a first publish");
+        let next = self.next.expect("a tracked publish implies a first publish");
         Seq(next.0 - self.len as u64)
     }
 
@@ -304,32 +264,14 @@ impl CompletionTracker {
 
     /// The slot of publish `seq`, which must be tracked and waiting for reports or holds.
     fn waiting_slot_mut(&mut self, seq: Seq) -> &mut Slot {
-        assert!(
-            self.len > 0,
-            "report for publish {} with nothing tracked",
-            seq.0
-        );
+        assert!(self.len > 0, "report for publish {} with nothing tracked", seq.0);
         let base = self.base();
-        assert!(
-            seq >= base,
-            "report for publish {} already confirmed (oldest tracked {})",
-            seq.0,
-            base.0
-        );
+        assert!(seq >= base, "report for publish {} already confirmed (oldest tracked {})", seq.0, base.0);
         let offset = seq.0 - base.0;
-        assert!(
-            offset < self.len as u64,
-            "report for publish {} never made",
-            seq.0
-        );
+        assert!(offset < self.len as u64, "report for publish {} never made", seq.0);
         let index = self.index(offset as usize);
         let slot = &mut self.slots[index];
-        assert_eq!(
-            slot.state,
-            SlotState::Waiting,
-            "report for publish {} that is releasable",
-            seq.0
-        );
+        assert_eq!(slot.state, SlotState::Waiting, "report for publish {} that is releasable", seq.0);
         slot
     }
 }
@@ -418,19 +360,12 @@ mod tests {
 
     /// A rejection outcome with a fixed code.
     fn rejected(reason: &str) -> ConfirmOutcome {
-        ConfirmOutcome::Rejected {
-            code: ErrorCode::QueueFull,
-            reason: reason.to_owned(),
-        }
+        ConfirmOutcome::Rejected { code: ErrorCode::QueueFull, reason: reason.to_owned() }
     }
 
     /// A confirm range.
     fn range(first: u64, last: u64, outcome: ConfirmOutcome) -> ConfirmRange {
-        ConfirmRange {
-            first: Seq(first),
-            last: Seq(last),
-            outcome,
-        }
+        ConfirmRange { first: Seq(first), last: Seq(last), outcome }
     }
 
     /// Polls into a fresh vector.
@@ -487,10 +422,7 @@ mod tests {
         tracker.handle_publish(Seq(11), 0).unwrap();
         assert_eq!(
             polled(&mut tracker),
-            [
-                range(0, 9, ConfirmOutcome::Stored),
-                range(10, 11, ConfirmOutcome::Unroutable)
-            ]
+            [range(0, 9, ConfirmOutcome::Stored), range(10, 11, ConfirmOutcome::Unroutable)]
         );
         // A later poll starts a new range even for the same outcome.
         tracker.handle_publish(Seq(12), 0).unwrap();
@@ -536,14 +468,7 @@ mod tests {
         tracker.handle_publish(Seq(1), 1).unwrap();
         // Third publish: handed back with its seq and targets.
         let full = tracker.handle_publish(Seq(2), 5).unwrap_err();
-        assert_eq!(
-            full,
-            TrackerFull {
-                seq: Seq(2),
-                targets: 5,
-                capacity: 2
-            }
-        );
+        assert_eq!(full, TrackerFull { seq: Seq(2), targets: 5, capacity: 2 });
         assert_eq!(
             full.to_string(),
             "completion tracker holds 2 unconfirmed publishes, the most allowed; publish 2 (to 5 queues) must wait for confirms"
@@ -569,10 +494,7 @@ mod tests {
         tracker.handle_enqueued(Seq(1_001), ConfirmOutcome::Stored);
         assert_eq!(
             polled(&mut tracker),
-            [
-                range(1_000, 1_000, ConfirmOutcome::Unroutable),
-                range(1_001, 1_001, ConfirmOutcome::Stored)
-            ]
+            [range(1_000, 1_000, ConfirmOutcome::Unroutable), range(1_001, 1_001, ConfirmOutcome::Stored)]
         );
     }
 
@@ -628,10 +550,7 @@ mod tests {
         assert_eq!(tracker.inflight(), 0);
         // A new connection's numbering starts anywhere.
         tracker.handle_publish(Seq(0), 0).unwrap();
-        assert_eq!(
-            polled(&mut tracker),
-            [range(0, 0, ConfirmOutcome::Unroutable)]
-        );
+        assert_eq!(polled(&mut tracker), [range(0, 0, ConfirmOutcome::Unroutable)]);
     }
 
     // Goal: inconsistent inputs from the shards are bugs, and fail loudly.
@@ -723,10 +642,7 @@ mod tests {
 
     /// Drives a tracker and the model with the same `steps` random operations.
     fn run_against_model(seed: u64, steps: usize) -> RunStats {
-        let mut stats = RunStats {
-            released: 0,
-            handed_back: 0,
-        };
+        let mut stats = RunStats { released: 0, handed_back: 0 };
         let mut rng = XorShift(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
         let capacity = 1 + rng.below(16) as usize;
         let mut tracker = CompletionTracker::new(capacity);
@@ -741,15 +657,7 @@ mod tests {
                     let targets = rng.below(4) as u32;
                     let result = tracker.handle_publish(Seq(next_seq), targets);
                     if model.len() == capacity {
-                        assert_eq!(
-                            result,
-                            Err(TrackerFull {
-                                seq: Seq(next_seq),
-                                targets,
-                                capacity
-                            }),
-                            "{context}"
-                        );
+                        assert_eq!(result, Err(TrackerFull { seq: Seq(next_seq), targets, capacity }), "{context}");
                         stats.handed_back += 1;
                     } else {
                         assert_eq!(result, Ok(()), "{context}");
@@ -765,8 +673,7 @@ mod tests {
                 }
                 // A target reports.
                 30..=64 => {
-                    let Some(publish) = pick(&mut model, &mut rng, |p| p.targets_pending > 0)
-                    else {
+                    let Some(publish) = pick(&mut model, &mut rng, |p| p.targets_pending > 0) else {
                         continue;
                     };
                     let outcome = match rng.below(10) {
@@ -775,17 +682,14 @@ mod tests {
                         _ => ConfirmOutcome::Stored,
                     };
                     publish.targets_pending -= 1;
-                    if matches!(outcome, ConfirmOutcome::Rejected { .. })
-                        && publish.rejection.is_none()
-                    {
+                    if matches!(outcome, ConfirmOutcome::Rejected { .. }) && publish.rejection.is_none() {
                         publish.rejection = Some(outcome.clone());
                     }
                     tracker.handle_enqueued(Seq(publish.seq), outcome);
                 }
                 // A hold is taken (only while a target is outstanding).
                 65..=72 => {
-                    let Some(publish) = pick(&mut model, &mut rng, |p| p.targets_pending > 0)
-                    else {
+                    let Some(publish) = pick(&mut model, &mut rng, |p| p.targets_pending > 0) else {
                         continue;
                     };
                     let holds = 1 + rng.below(2) as u32;
@@ -812,10 +716,7 @@ mod tests {
                     let mut out = Vec::new();
                     let released = tracker.poll_confirms(&mut out);
                     let mut expected = Vec::new();
-                    while model
-                        .front()
-                        .is_some_and(|p| p.targets_pending == 0 && p.holds_pending == 0)
-                    {
+                    while model.front().is_some_and(|p| p.targets_pending == 0 && p.holds_pending == 0) {
                         let publish = model.pop_front().expect("front exists");
                         let outcome = match publish.rejection {
                             Some(rejection) => rejection,
@@ -831,15 +732,8 @@ mod tests {
                         assert!(range.first <= range.last, "{context}");
                         if index > 0 {
                             let previous = &out[index - 1];
-                            assert_eq!(
-                                previous.last.next(),
-                                range.first,
-                                "{context}: ranges not contiguous"
-                            );
-                            assert_ne!(
-                                previous.outcome, range.outcome,
-                                "{context}: mergeable ranges"
-                            );
+                            assert_eq!(previous.last.next(), range.first, "{context}: ranges not contiguous");
+                            assert_ne!(previous.outcome, range.outcome, "{context}: mergeable ranges");
                         }
                         for seq in range.first.0..=range.last.0 {
                             actual.push((seq, range.outcome.clone()));

@@ -72,10 +72,9 @@ impl ConfigCoordinator {
                         let options = QueueOptions { passive: false, ..options };
                         Decision::Apply(vec![ConfigChange::CreateQueue { name, options, exclusive_owner }])
                     }
-                    Some((_, Some(owner))) if *owner != origin => failed(
-                        ErrorCode::ResourceLocked,
-                        format!("queue '{name}' is exclusive to another connection"),
-                    ),
+                    Some((_, Some(owner))) if *owner != origin => {
+                        failed(ErrorCode::ResourceLocked, format!("queue '{name}' is exclusive to another connection"))
+                    }
                     Some(_) if options.passive => Decision::Apply(Vec::new()),
                     Some((existing, _)) => {
                         let declared = QueueOptions { passive: false, ..options };

@@ -62,23 +62,11 @@ impl<Q: Clone + Eq + Hash> Exchange<Q> {
     /// An exchange of `kind` with no bindings.
     pub fn new(kind: ExchangeKind) -> Exchange<Q> {
         let routes = match kind {
-            ExchangeKind::Direct => Routes::Direct {
-                by_key: HashMap::new(),
-            },
-            ExchangeKind::Fanout => Routes::Fanout {
-                queues: Vec::new(),
-                keys_by_queue: HashMap::new(),
-            },
-            ExchangeKind::Topic => Routes::Topic {
-                literal: HashMap::new(),
-                trie: TopicTrie::new(),
-            },
+            ExchangeKind::Direct => Routes::Direct { by_key: HashMap::new() },
+            ExchangeKind::Fanout => Routes::Fanout { queues: Vec::new(), keys_by_queue: HashMap::new() },
+            ExchangeKind::Topic => Routes::Topic { literal: HashMap::new(), trie: TopicTrie::new() },
         };
-        Exchange {
-            kind,
-            binding_count: 0,
-            routes,
-        }
+        Exchange { kind, binding_count: 0, routes }
     }
 
     /// The exchange's kind.
@@ -101,20 +89,14 @@ impl<Q: Clone + Eq + Hash> Exchange<Q> {
     pub fn bind(&mut self, key: &[u8], queue: Q) -> Bound {
         let bound = match &mut self.routes {
             Routes::Direct { by_key } => add_unique(by_key.entry(key.into()).or_default(), queue),
-            Routes::Fanout {
-                queues,
-                keys_by_queue,
-            } => match keys_by_queue.get_mut(&queue) {
+            Routes::Fanout { queues, keys_by_queue } => match keys_by_queue.get_mut(&queue) {
                 Some(target) if target.keys.iter().any(|held| **held == *key) => Bound::Existed,
                 Some(target) => {
                     target.keys.push(key.into());
                     Bound::Created
                 }
                 None => {
-                    let target = FanoutTarget {
-                        position: queues.len(),
-                        keys: vec![key.into()],
-                    };
+                    let target = FanoutTarget { position: queues.len(), keys: vec![key.into()] };
                     keys_by_queue.insert(queue.clone(), target);
                     queues.push(queue);
                     Bound::Created
@@ -130,10 +112,7 @@ impl<Q: Clone + Eq + Hash> Exchange<Q> {
             }
         };
         if bound == Bound::Created {
-            self.binding_count = self
-                .binding_count
-                .checked_add(1)
-                .expect("binding count overflow");
+            self.binding_count = self.binding_count.checked_add(1).expect("binding count overflow");
         }
         self.assert_fanout_positions();
         bound
@@ -143,10 +122,7 @@ impl<Q: Clone + Eq + Hash> Exchange<Q> {
     pub fn unbind(&mut self, key: &[u8], queue: &Q) -> Unbound {
         let unbound = match &mut self.routes {
             Routes::Direct { by_key } => remove_from_keyed(by_key, key, queue),
-            Routes::Fanout {
-                queues,
-                keys_by_queue,
-            } => {
+            Routes::Fanout { queues, keys_by_queue } => {
                 let Some(target) = keys_by_queue.get_mut(queue) else {
                     return Unbound::NotBound;
                 };
@@ -160,10 +136,7 @@ impl<Q: Clone + Eq + Hash> Exchange<Q> {
                     queues.swap_remove(position);
                     // The queue that was last now sits at `position`: keep its index right.
                     if let Some(moved) = queues.get(position) {
-                        keys_by_queue
-                            .get_mut(moved)
-                            .expect("fanout queue without keys")
-                            .position = position;
+                        keys_by_queue.get_mut(moved).expect("fanout queue without keys").position = position;
                     }
                 }
                 Unbound::Removed
@@ -178,10 +151,7 @@ impl<Q: Clone + Eq + Hash> Exchange<Q> {
             }
         };
         if unbound == Unbound::Removed {
-            assert!(
-                self.binding_count > 0,
-                "removed a binding from an exchange holding none"
-            );
+            assert!(self.binding_count > 0, "removed a binding from an exchange holding none");
             self.binding_count -= 1;
         }
         self.assert_fanout_positions();
@@ -220,21 +190,14 @@ impl<Q: Clone + Eq + Hash> Exchange<Q> {
     /// order (deleting the exchange), never for output.
     pub fn bindings(&self) -> Box<dyn Iterator<Item = (&[u8], &Q)> + '_> {
         match &self.routes {
-            Routes::Direct { by_key } => Box::new(
-                by_key
-                    .iter()
-                    .flat_map(|(key, queues)| queues.iter().map(move |q| (&**key, q))),
-            ),
-            Routes::Fanout { keys_by_queue, .. } => Box::new(
-                keys_by_queue
-                    .iter()
-                    .flat_map(|(q, target)| target.keys.iter().map(move |key| (&**key, q))),
-            ),
+            Routes::Direct { by_key } => {
+                Box::new(by_key.iter().flat_map(|(key, queues)| queues.iter().map(move |q| (&**key, q))))
+            }
+            Routes::Fanout { keys_by_queue, .. } => {
+                Box::new(keys_by_queue.iter().flat_map(|(q, target)| target.keys.iter().map(move |key| (&**key, q))))
+            }
             Routes::Topic { literal, trie } => Box::new(
-                literal
-                    .iter()
-                    .flat_map(|(key, queues)| queues.iter().map(move |q| (&**key, q)))
-                    .chain(trie.bindings()),
+                literal.iter().flat_map(|(key, queues)| queues.iter().map(move |q| (&**key, q))).chain(trie.bindings()),
             ),
         }
     }
@@ -243,11 +206,7 @@ impl<Q: Clone + Eq + Hash> Exchange<Q> {
     /// Cheap enough only in debug builds, as it walks every fanout queue.
     fn assert_fanout_positions(&self) {
         if cfg!(debug_assertions) {
-            if let Routes::Fanout {
-                queues,
-                keys_by_queue,
-            } = &self.routes
-            {
+            if let Routes::Fanout { queues, keys_by_queue } = &self.routes {
                 assert_eq!(queues.len(), keys_by_queue.len());
                 for (position, queue) in queues.iter().enumerate() {
                     assert_eq!(keys_by_queue[queue].position, position);
@@ -312,11 +271,7 @@ fn remove_value<Q: Eq>(queues: &mut Vec<Q>, queue: &Q) -> Unbound {
 }
 
 /// Removes `queue` from the list under `key`, dropping the key when its list empties.
-fn remove_from_keyed<Q: Eq>(
-    map: &mut HashMap<Box<[u8]>, Vec<Q>>,
-    key: &[u8],
-    queue: &Q,
-) -> Unbound {
+fn remove_from_keyed<Q: Eq>(map: &mut HashMap<Box<[u8]>, Vec<Q>>, key: &[u8], queue: &Q) -> Unbound {
     let Some(queues) = map.get_mut(key) else {
         return Unbound::NotBound;
     };
@@ -488,46 +443,27 @@ mod tests {
         let mut exchange = Exchange::new(ExchangeKind::Topic);
         let mut reference: Vec<(String, u32)> = Vec::new();
         for step in 0..5_000 {
-            let key: Vec<&str> = (0..next(4))
-                .map(|_| pattern_words[next(4) as usize])
-                .collect();
+            let key: Vec<&str> = (0..next(4)).map(|_| pattern_words[next(4) as usize]).collect();
             let key = key.join(".");
             let queue = next(6) as u32;
             let held = reference.iter().position(|(k, q)| *k == key && *q == queue);
             if next(3) == 0 {
                 // Unbind.
-                let expected = if held.is_some() {
-                    Unbound::Removed
-                } else {
-                    Unbound::NotBound
-                };
+                let expected = if held.is_some() { Unbound::Removed } else { Unbound::NotBound };
                 if let Some(at) = held {
                     reference.remove(at);
                 }
-                assert_eq!(
-                    exchange.unbind(key.as_bytes(), &queue),
-                    expected,
-                    "step {step}"
-                );
+                assert_eq!(exchange.unbind(key.as_bytes(), &queue), expected, "step {step}");
             } else {
                 // Bind.
-                let expected = if held.is_some() {
-                    Bound::Existed
-                } else {
-                    Bound::Created
-                };
+                let expected = if held.is_some() { Bound::Existed } else { Bound::Created };
                 if held.is_none() {
                     reference.push((key.clone(), queue));
                 }
-                assert_eq!(
-                    exchange.bind(key.as_bytes(), queue),
-                    expected,
-                    "step {step}"
-                );
+                assert_eq!(exchange.bind(key.as_bytes(), queue), expected, "step {step}");
             }
             assert_eq!(exchange.binding_count() as usize, reference.len());
-            let routing_key: Vec<&str> =
-                (0..next(4)).map(|_| ["a", "b"][next(2) as usize]).collect();
+            let routing_key: Vec<&str> = (0..next(4)).map(|_| ["a", "b"][next(2) as usize]).collect();
             let routing_key = routing_key.join(".");
             let mut expected: Vec<u32> = reference
                 .iter()
@@ -536,40 +472,21 @@ mod tests {
                 .collect();
             expected.sort_unstable();
             expected.dedup();
-            assert_eq!(
-                routed_sorted(&exchange, &routing_key),
-                expected,
-                "step {step} key {routing_key:?}"
-            );
+            assert_eq!(routed_sorted(&exchange, &routing_key), expected, "step {step} key {routing_key:?}");
         }
     }
 
     // Goal: `bindings` lists every held pair exactly once, for each kind.
     #[test]
     fn bindings_lists_every_pair() {
-        for kind in [
-            ExchangeKind::Direct,
-            ExchangeKind::Fanout,
-            ExchangeKind::Topic,
-        ] {
+        for kind in [ExchangeKind::Direct, ExchangeKind::Fanout, ExchangeKind::Topic] {
             let mut exchange = Exchange::new(kind);
             exchange.bind(b"a.*", 1);
             exchange.bind(b"a.b", 1);
             exchange.bind(b"a.b", 2);
-            let mut pairs: Vec<(Vec<u8>, u32)> = exchange
-                .bindings()
-                .map(|(key, q)| (key.to_vec(), *q))
-                .collect();
+            let mut pairs: Vec<(Vec<u8>, u32)> = exchange.bindings().map(|(key, q)| (key.to_vec(), *q)).collect();
             pairs.sort();
-            assert_eq!(
-                pairs,
-                [
-                    (b"a.*".to_vec(), 1),
-                    (b"a.b".to_vec(), 1),
-                    (b"a.b".to_vec(), 2)
-                ],
-                "{kind:?}"
-            );
+            assert_eq!(pairs, [(b"a.*".to_vec(), 1), (b"a.b".to_vec(), 1), (b"a.b".to_vec(), 2)], "{kind:?}");
             assert_eq!(exchange.binding_count(), 3);
         }
     }

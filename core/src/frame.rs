@@ -392,3 +392,34 @@ pub enum Frame {
         reason: String,
     },
 }
+
+impl Frame {
+    /// The frame's name as `PROTOCOL.md` spells it, for error messages.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Frame::QueueDeclare { .. } => "queue-declare",
+            Frame::QueueDelete { .. } => "queue-delete",
+            Frame::QueuePurge { .. } => "queue-purge",
+            Frame::QueueList { .. } => "queue-list",
+            Frame::ExchangeDeclare { .. } => "exchange-declare",
+            Frame::ExchangeDelete { .. } => "exchange-delete",
+            Frame::ExchangeList { .. } => "exchange-list",
+            Frame::Bind { .. } => "bind",
+            Frame::Unbind { .. } => "unbind",
+            Frame::Publish { .. } => "publish",
+            Frame::Subscribe { .. } => "subscribe",
+            Frame::Cancel { .. } => "cancel",
+            Frame::Settle { .. } => "settle",
+            Frame::Heartbeat => "heartbeat",
+            Frame::Hello { .. } => "hello",
+            Frame::Ok { .. } => "ok",
+            Frame::Failed { .. } => "failed",
+            Frame::Error { .. } => "error",
+            Frame::Confirm { .. } => "confirm",
+            Frame::Deliver { .. } => "deliver",
+            Frame::QueueListReply { .. } => "queue-list-reply",
+            Frame::ExchangeListReply { .. } => "exchange-list-reply",
+            Frame::ConsumerCancelled { .. } => "consumer-cancelled",
+        }
+    }
+}

@@ -275,12 +275,8 @@ impl Queue {
 
     /// Ends every subscription whose consumer lives on `(shard, conn)`. Returns how many.
     pub fn cancel_connection(&mut self, shard: ShardId, conn: ConnId) -> usize {
-        let keys: Vec<SubscriberKey> = self
-            .subscriptions
-            .iter()
-            .filter(|s| s.key.shard == shard && s.key.conn == conn)
-            .map(|s| s.key)
-            .collect();
+        let keys: Vec<SubscriberKey> =
+            self.subscriptions.iter().filter(|s| s.key.shard == shard && s.key.conn == conn).map(|s| s.key).collect();
         for key in &keys {
             self.cancel(*key);
         }
@@ -498,6 +494,9 @@ mod tests {
         assert_eq!(queue.purge(), 1);
         assert_eq!(queue.info().unacked, 2);
         assert_eq!(queue.depth(), 0);
-        assert_eq!(queue.subscribe(key(1), 0), Err(SubscribeError::BadPrefetch { max: crate::limits::PREFETCH_MAX, got: 0 }));
+        assert_eq!(
+            queue.subscribe(key(1), 0),
+            Err(SubscribeError::BadPrefetch { max: crate::limits::PREFETCH_MAX, got: 0 })
+        );
     }
 }

@@ -79,7 +79,9 @@ pub enum RoutingError {
         name: String,
     },
     /// An unbind named a binding that is not there.
-    #[error("queue '{queue}' is not bound to exchange '{exchange}' with key '{key}'; only existing bindings can be removed")]
+    #[error(
+        "queue '{queue}' is not bound to exchange '{exchange}' with key '{key}'; only existing bindings can be removed"
+    )]
     BindingNotFound {
         /// Exchange name.
         exchange: String,
@@ -182,14 +184,8 @@ impl Default for RoutingTable {
 impl RoutingTable {
     /// A table with only the built-in exchanges and no queues.
     pub fn new() -> RoutingTable {
-        let exchanges = BUILTIN_EXCHANGES
-            .iter()
-            .map(|&(name, kind)| (Arc::from(name), Exchange::new(kind)))
-            .collect();
-        RoutingTable {
-            exchanges,
-            queues: HashMap::new(),
-        }
+        let exchanges = BUILTIN_EXCHANGES.iter().map(|&(name, kind)| (Arc::from(name), Exchange::new(kind))).collect();
+        RoutingTable { exchanges, queues: HashMap::new() }
     }
 
     /// Declares an exchange, or checks that one of the same kind exists.
@@ -198,11 +194,7 @@ impl RoutingTable {
     ///
     /// `NameTooLong`; `KindMismatch` if it exists with another kind (built-ins included);
     /// `ReservedName` for a new name starting with `amq.`; `TooManyExchanges`.
-    pub fn declare_exchange(
-        &mut self,
-        name: &str,
-        kind: ExchangeKind,
-    ) -> Result<Declared, RoutingError> {
+    pub fn declare_exchange(&mut self, name: &str, kind: ExchangeKind) -> Result<Declared, RoutingError> {
         check_name_length(NameKind::Exchange, name)?;
         let existing = if name == DEFAULT_EXCHANGE {
             Some(ExchangeKind::Direct)
@@ -212,23 +204,15 @@ impl RoutingTable {
         match existing {
             Some(existing) if existing == kind => return Ok(Declared::Existed),
             Some(existing) => {
-                return Err(RoutingError::KindMismatch {
-                    name: name.to_owned(),
-                    existing,
-                    requested: kind,
-                })
+                return Err(RoutingError::KindMismatch { name: name.to_owned(), existing, requested: kind })
             }
             None => {}
         }
         if name.starts_with(RESERVED_PREFIX) {
-            return Err(RoutingError::ReservedName {
-                name: name.to_owned(),
-            });
+            return Err(RoutingError::ReservedName { name: name.to_owned() });
         }
         if self.exchanges.len() >= EXCHANGES_MAX as usize {
-            return Err(RoutingError::TooManyExchanges {
-                name: name.to_owned(),
-            });
+            return Err(RoutingError::TooManyExchanges { name: name.to_owned() });
         }
         self.exchanges.insert(Arc::from(name), Exchange::new(kind));
         Ok(Declared::Created)
@@ -241,23 +225,16 @@ impl RoutingTable {
     /// `BuiltinExchange` for the default and `amq.*` built-ins; `ExchangeNotFound`.
     pub fn delete_exchange(&mut self, name: &str) -> Result<Removed, RoutingError> {
         if is_builtin(name) {
-            return Err(RoutingError::BuiltinExchange {
-                name: name.to_owned(),
-            });
+            return Err(RoutingError::BuiltinExchange { name: name.to_owned() });
         }
         let Some(exchange) = self.exchanges.remove(name) else {
-            return Err(RoutingError::ExchangeNotFound {
-                name: name.to_owned(),
-            });
+            return Err(RoutingError::ExchangeNotFound { name: name.to_owned() });
         };
         // Order does not matter here: each removal takes one specific entry out of one queue's
         // list and keeps the rest of that list in order.
         let mut bindings = 0u32;
         for (key, queue) in exchange.bindings() {
-            let list = self
-                .queues
-                .get_mut(queue)
-                .expect("binding to a queue that does not exist");
+            let list = self.queues.get_mut(queue).expect("binding to a queue that does not exist");
             let at = list
                 .iter()
                 .position(|held| &*held.exchange == name && *held.key == *key)
@@ -293,25 +270,14 @@ impl RoutingTable {
     /// `QueueNotFound`.
     pub fn remove_queue(&mut self, name: &str) -> Result<Removed, RoutingError> {
         let Some((queue, bindings)) = self.queues.remove_entry(name) else {
-            return Err(RoutingError::QueueNotFound {
-                name: name.to_owned(),
-            });
+            return Err(RoutingError::QueueNotFound { name: name.to_owned() });
         };
         for binding in &bindings {
-            let exchange = self
-                .exchanges
-                .get_mut(&binding.exchange)
-                .expect("queue bound to a missing exchange");
+            let exchange = self.exchanges.get_mut(&binding.exchange).expect("queue bound to a missing exchange");
             let unbound = exchange.unbind(&binding.key, &queue);
-            assert_eq!(
-                unbound,
-                Unbound::Removed,
-                "queue's binding missing from its exchange"
-            );
+            assert_eq!(unbound, Unbound::Removed, "queue's binding missing from its exchange");
         }
-        Ok(Removed {
-            bindings: u32::try_from(bindings.len()).expect("bindings of one queue overflow u32"),
-        })
+        Ok(Removed { bindings: u32::try_from(bindings.len()).expect("bindings of one queue overflow u32") })
     }
 
     /// Binds a queue to an exchange with a key; binding again is a no-op.
@@ -323,37 +289,21 @@ impl RoutingTable {
     pub fn bind(&mut self, binding: &Binding) -> Result<Bound, RoutingError> {
         check_name_length(NameKind::BindingKey, &binding.key)?;
         let (exchange_name, queue) = self.binding_ends(binding)?;
-        let exchange = self
-            .exchanges
-            .get_mut(&exchange_name)
-            .expect("looked up above");
+        let exchange = self.exchanges.get_mut(&exchange_name).expect("looked up above");
         let queue_bindings = self.queues.get_mut(&queue).expect("looked up above");
         let key = binding.key.as_bytes();
-        let held = queue_bindings
-            .iter()
-            .position(|held| held.exchange == exchange_name && *held.key == *key);
+        let held = queue_bindings.iter().position(|held| held.exchange == exchange_name && *held.key == *key);
         if held.is_none() && exchange.binding_count() >= BINDINGS_PER_EXCHANGE_MAX {
-            return Err(RoutingError::TooManyBindings {
-                exchange: binding.exchange.clone(),
-            });
+            return Err(RoutingError::TooManyBindings { exchange: binding.exchange.clone() });
         }
         let bound = exchange.bind(key, queue);
         // Pair assertion: the exchange's index and the queue's list agree.
         match bound {
             Bound::Created => {
-                assert!(
-                    held.is_none(),
-                    "exchange lacked a binding its queue's list holds"
-                );
-                queue_bindings.push(QueueBinding {
-                    exchange: exchange_name,
-                    key: key.into(),
-                });
+                assert!(held.is_none(), "exchange lacked a binding its queue's list holds");
+                queue_bindings.push(QueueBinding { exchange: exchange_name, key: key.into() });
             }
-            Bound::Existed => assert!(
-                held.is_some(),
-                "queue's list lacked a binding its exchange holds"
-            ),
+            Bound::Existed => assert!(held.is_some(), "queue's list lacked a binding its exchange holds"),
         }
         Ok(bound)
     }
@@ -365,15 +315,10 @@ impl RoutingTable {
     /// `DefaultExchangeBinding`; `ExchangeNotFound`; `QueueNotFound`; `BindingNotFound`.
     pub fn unbind(&mut self, binding: &Binding) -> Result<(), RoutingError> {
         let (exchange_name, queue) = self.binding_ends(binding)?;
-        let exchange = self
-            .exchanges
-            .get_mut(&exchange_name)
-            .expect("looked up above");
+        let exchange = self.exchanges.get_mut(&exchange_name).expect("looked up above");
         let queue_bindings = self.queues.get_mut(&queue).expect("looked up above");
         let key = binding.key.as_bytes();
-        let held = queue_bindings
-            .iter()
-            .position(|held| held.exchange == exchange_name && *held.key == *key);
+        let held = queue_bindings.iter().position(|held| held.exchange == exchange_name && *held.key == *key);
         match exchange.unbind(key, &queue) {
             Unbound::Removed => {
                 let at = held.expect("queue's list lacked a binding its exchange held");
@@ -381,10 +326,7 @@ impl RoutingTable {
                 Ok(())
             }
             Unbound::NotBound => {
-                assert!(
-                    held.is_none(),
-                    "exchange lacked a binding its queue's list holds"
-                );
+                assert!(held.is_none(), "exchange lacked a binding its queue's list holds");
                 Err(RoutingError::BindingNotFound {
                     exchange: binding.exchange.clone(),
                     queue: binding.queue.clone(),
@@ -400,17 +342,10 @@ impl RoutingTable {
     /// # Errors
     ///
     /// `ExchangeNotFound`; `out` is then unchanged.
-    pub fn route(
-        &self,
-        exchange: &str,
-        routing_key: &[u8],
-        out: &mut Vec<Arc<str>>,
-    ) -> Result<(), RoutingError> {
+    pub fn route(&self, exchange: &str, routing_key: &[u8], out: &mut Vec<Arc<str>>) -> Result<(), RoutingError> {
         if exchange == DEFAULT_EXCHANGE {
             // A routing key that is not UTF-8 cannot name a queue: unroutable, not an error.
-            let queue = std::str::from_utf8(routing_key)
-                .ok()
-                .and_then(|name| self.queues.get_key_value(name));
+            let queue = std::str::from_utf8(routing_key).ok().and_then(|name| self.queues.get_key_value(name));
             if let Some((queue, _)) = queue {
                 out.push(Arc::clone(queue));
             }
@@ -421,9 +356,7 @@ impl RoutingTable {
                 found.route(routing_key, out);
                 Ok(())
             }
-            None => Err(RoutingError::ExchangeNotFound {
-                name: exchange.to_owned(),
-            }),
+            None => Err(RoutingError::ExchangeNotFound { name: exchange.to_owned() }),
         }
     }
 
@@ -432,11 +365,7 @@ impl RoutingTable {
     pub fn exchanges(&self) -> impl Iterator<Item = ExchangeInfo> + '_ {
         let mut named: Vec<(&Arc<str>, &Exchange<Arc<str>>)> = self.exchanges.iter().collect();
         named.sort_unstable_by(|a, b| a.0.cmp(b.0));
-        let default = ExchangeInfo {
-            name: DEFAULT_EXCHANGE.to_owned(),
-            kind: ExchangeKind::Direct,
-            bindings: 0,
-        };
+        let default = ExchangeInfo { name: DEFAULT_EXCHANGE.to_owned(), kind: ExchangeKind::Direct, bindings: 0 };
         std::iter::once(default).chain(named.into_iter().map(|(name, exchange)| ExchangeInfo {
             name: name.to_string(),
             kind: exchange.kind(),
@@ -470,17 +399,12 @@ impl RoutingTable {
                 key: binding.key.clone(),
             });
         }
-        let Some((exchange_name, _)) = self.exchanges.get_key_value(binding.exchange.as_str())
-        else {
-            return Err(RoutingError::ExchangeNotFound {
-                name: binding.exchange.clone(),
-            });
+        let Some((exchange_name, _)) = self.exchanges.get_key_value(binding.exchange.as_str()) else {
+            return Err(RoutingError::ExchangeNotFound { name: binding.exchange.clone() });
         };
         let exchange_name = Arc::clone(exchange_name);
         let Some((queue, _)) = self.queues.get_key_value(binding.queue.as_str()) else {
-            return Err(RoutingError::QueueNotFound {
-                name: binding.queue.clone(),
-            });
+            return Err(RoutingError::QueueNotFound { name: binding.queue.clone() });
         };
         Ok((exchange_name, Arc::clone(queue)))
     }
@@ -498,20 +422,14 @@ struct QueueBinding {
 /// Checks a name against `limits::NAME_BYTES_MAX`.
 fn check_name_length(what: NameKind, name: &str) -> Result<(), RoutingError> {
     if name.len() > NAME_BYTES_MAX as usize {
-        return Err(RoutingError::NameTooLong {
-            what,
-            len: name.len(),
-        });
+        return Err(RoutingError::NameTooLong { what, len: name.len() });
     }
     Ok(())
 }
 
 /// True for the default exchange and the `amq.*` built-ins.
 fn is_builtin(name: &str) -> bool {
-    name == DEFAULT_EXCHANGE
-        || BUILTIN_EXCHANGES
-            .iter()
-            .any(|&(builtin, _)| builtin == name)
+    name == DEFAULT_EXCHANGE || BUILTIN_EXCHANGES.iter().any(|&(builtin, _)| builtin == name)
 }
 
 /// An exchange kind as a word, for messages.
@@ -538,11 +456,8 @@ pub const DEFAULT_EXCHANGE: &str = "";
 /// The prefix reserved for built-in exchanges.
 pub const RESERVED_PREFIX: &str = "amq.";
 /// The built-in exchanges besides the default one, always present.
-pub const BUILTIN_EXCHANGES: [(&str, ExchangeKind); 3] = [
-    ("amq.direct", ExchangeKind::Direct),
-    ("amq.topic", ExchangeKind::Topic),
-    ("amq.fanout", ExchangeKind::Fanout),
-];
+pub const BUILTIN_EXCHANGES: [(&str, ExchangeKind); 3] =
+    [("amq.direct", ExchangeKind::Direct), ("amq.topic", ExchangeKind::Topic), ("amq.fanout", ExchangeKind::Fanout)];
 
 #[cfg(test)]
 mod tests {
@@ -550,30 +465,18 @@ mod tests {
 
     /// A binding from its three parts.
     fn binding(exchange: &str, queue: &str, key: &str) -> Binding {
-        Binding {
-            exchange: exchange.to_owned(),
-            queue: queue.to_owned(),
-            key: key.to_owned(),
-        }
+        Binding { exchange: exchange.to_owned(), queue: queue.to_owned(), key: key.to_owned() }
     }
 
     /// Routes into a fresh vector of names, sorted (topic output order is not the bind order).
-    fn routed_sorted(
-        table: &RoutingTable,
-        exchange: &str,
-        key: &str,
-    ) -> Result<Vec<String>, RoutingError> {
+    fn routed_sorted(table: &RoutingTable, exchange: &str, key: &str) -> Result<Vec<String>, RoutingError> {
         let mut names = routed(table, exchange, key)?;
         names.sort_unstable();
         Ok(names)
     }
 
     /// Routes into a fresh vector of names.
-    fn routed(
-        table: &RoutingTable,
-        exchange: &str,
-        key: &str,
-    ) -> Result<Vec<String>, RoutingError> {
+    fn routed(table: &RoutingTable, exchange: &str, key: &str) -> Result<Vec<String>, RoutingError> {
         let mut out = Vec::new();
         table.route(exchange, key.as_bytes(), &mut out)?;
         Ok(out.iter().map(|queue| queue.to_string()).collect())
@@ -584,10 +487,7 @@ mod tests {
     #[test]
     fn builtins_exist_and_default_exchange_routes_by_queue_name() {
         let mut table = RoutingTable::new();
-        let names: Vec<(String, ExchangeKind)> = table
-            .exchanges()
-            .map(|info| (info.name, info.kind))
-            .collect();
+        let names: Vec<(String, ExchangeKind)> = table.exchanges().map(|info| (info.name, info.kind)).collect();
         assert_eq!(
             names,
             [
@@ -609,12 +509,7 @@ mod tests {
         // The built-ins cannot be deleted.
         for name in ["", "amq.direct", "amq.topic", "amq.fanout"] {
             let error = table.delete_exchange(name).unwrap_err();
-            assert_eq!(
-                error,
-                RoutingError::BuiltinExchange {
-                    name: name.to_owned()
-                }
-            );
+            assert_eq!(error, RoutingError::BuiltinExchange { name: name.to_owned() });
             assert_eq!(error.code(), ErrorCode::InvalidArgument);
         }
         assert_eq!(table.exchanges().count(), 4);
@@ -626,72 +521,38 @@ mod tests {
     fn declare_exchange_errors_name_what_was_allowed_and_what_came() {
         let mut table = RoutingTable::new();
         // Same kind twice: created, then existed.
-        assert_eq!(
-            table.declare_exchange("logs", ExchangeKind::Topic),
-            Ok(Declared::Created)
-        );
-        assert_eq!(
-            table.declare_exchange("logs", ExchangeKind::Topic),
-            Ok(Declared::Existed)
-        );
+        assert_eq!(table.declare_exchange("logs", ExchangeKind::Topic), Ok(Declared::Created));
+        assert_eq!(table.declare_exchange("logs", ExchangeKind::Topic), Ok(Declared::Existed));
         // Another kind: precondition failed, naming both.
-        let error = table
-            .declare_exchange("logs", ExchangeKind::Fanout)
-            .unwrap_err();
+        let error = table.declare_exchange("logs", ExchangeKind::Fanout).unwrap_err();
         assert_eq!(error.code(), ErrorCode::PreconditionFailed);
         assert_eq!(
             error.to_string(),
             "exchange 'logs' exists as topic; a redeclare must use the same kind, got fanout"
         );
         // Built-ins redeclare like any other exchange, and keep their kind.
-        assert_eq!(
-            table.declare_exchange("amq.topic", ExchangeKind::Topic),
-            Ok(Declared::Existed)
-        );
-        assert_eq!(
-            table.declare_exchange("", ExchangeKind::Direct),
-            Ok(Declared::Existed)
-        );
+        assert_eq!(table.declare_exchange("amq.topic", ExchangeKind::Topic), Ok(Declared::Existed));
+        assert_eq!(table.declare_exchange("", ExchangeKind::Direct), Ok(Declared::Existed));
         let error = table.declare_exchange("", ExchangeKind::Topic).unwrap_err();
         assert_eq!(error.code(), ErrorCode::PreconditionFailed);
         // New `amq.` names are reserved.
-        let error = table
-            .declare_exchange("amq.mine", ExchangeKind::Direct)
-            .unwrap_err();
-        assert_eq!(
-            error,
-            RoutingError::ReservedName {
-                name: "amq.mine".to_owned()
-            }
-        );
+        let error = table.declare_exchange("amq.mine", ExchangeKind::Direct).unwrap_err();
+        assert_eq!(error, RoutingError::ReservedName { name: "amq.mine".to_owned() });
         assert_eq!(error.code(), ErrorCode::InvalidArgument);
         assert!(error.to_string().contains("got 'amq.mine'"), "{error}");
         // Names are bounded by NAME_BYTES_MAX.
         let long = "x".repeat(NAME_BYTES_MAX as usize + 1);
-        let error = table
-            .declare_exchange(&long, ExchangeKind::Direct)
-            .unwrap_err();
+        let error = table.declare_exchange(&long, ExchangeKind::Direct).unwrap_err();
         assert_eq!(error.code(), ErrorCode::LimitExceeded);
-        assert_eq!(
-            error.to_string(),
-            "an exchange name must be at most 255 bytes; got 256"
-        );
+        assert_eq!(error.to_string(), "an exchange name must be at most 255 bytes; got 256");
         let longest = "x".repeat(NAME_BYTES_MAX as usize);
-        assert_eq!(
-            table.declare_exchange(&longest, ExchangeKind::Direct),
-            Ok(Declared::Created)
-        );
+        assert_eq!(table.declare_exchange(&longest, ExchangeKind::Direct), Ok(Declared::Created));
         // Deleting an unknown exchange, and routing through it, are errors.
         let error = table.delete_exchange("nope").unwrap_err();
         assert_eq!(error.code(), ErrorCode::NotFound);
         assert_eq!(table.delete_exchange("logs"), Ok(Removed { bindings: 0 }));
         let error = routed(&table, "logs", "k").unwrap_err();
-        assert_eq!(
-            error,
-            RoutingError::ExchangeNotFound {
-                name: "logs".to_owned()
-            }
-        );
+        assert_eq!(error, RoutingError::ExchangeNotFound { name: "logs".to_owned() });
         assert_eq!(table.exchange_kind("logs"), None);
         assert_eq!(table.exchange_kind(""), Some(ExchangeKind::Direct));
     }
@@ -705,47 +566,23 @@ mod tests {
         let error = table.bind(&binding("", "q", "q")).unwrap_err();
         assert_eq!(error.code(), ErrorCode::InvalidArgument);
         assert!(error.to_string().contains("takes no bindings"), "{error}");
-        assert_eq!(
-            table.unbind(&binding("", "q", "q")).unwrap_err().code(),
-            ErrorCode::InvalidArgument
-        );
+        assert_eq!(table.unbind(&binding("", "q", "q")).unwrap_err().code(), ErrorCode::InvalidArgument);
         // Unknown exchange, unknown queue.
         let error = table.bind(&binding("nope", "q", "k")).unwrap_err();
-        assert_eq!(
-            error,
-            RoutingError::ExchangeNotFound {
-                name: "nope".to_owned()
-            }
-        );
+        assert_eq!(error, RoutingError::ExchangeNotFound { name: "nope".to_owned() });
         let error = table.bind(&binding("amq.direct", "nope", "k")).unwrap_err();
-        assert_eq!(
-            error,
-            RoutingError::QueueNotFound {
-                name: "nope".to_owned()
-            }
-        );
+        assert_eq!(error, RoutingError::QueueNotFound { name: "nope".to_owned() });
         assert_eq!(error.code(), ErrorCode::NotFound);
         // Bind twice: created, then existed; one binding.
-        assert_eq!(
-            table.bind(&binding("amq.direct", "q", "k")),
-            Ok(Bound::Created)
-        );
-        assert_eq!(
-            table.bind(&binding("amq.direct", "q", "k")),
-            Ok(Bound::Existed)
-        );
+        assert_eq!(table.bind(&binding("amq.direct", "q", "k")), Ok(Bound::Created));
+        assert_eq!(table.bind(&binding("amq.direct", "q", "k")), Ok(Bound::Existed));
         assert_eq!(bindings_of(&table, "amq.direct"), 1);
         // Over-long keys are refused.
         let long = "k".repeat(NAME_BYTES_MAX as usize + 1);
         let error = table.bind(&binding("amq.direct", "q", &long)).unwrap_err();
-        assert_eq!(
-            error.to_string(),
-            "a binding key must be at most 255 bytes; got 256"
-        );
+        assert_eq!(error.to_string(), "a binding key must be at most 255 bytes; got 256");
         // Unbinding what is not bound says so.
-        let error = table
-            .unbind(&binding("amq.direct", "q", "other"))
-            .unwrap_err();
+        let error = table.unbind(&binding("amq.direct", "q", "other")).unwrap_err();
         assert_eq!(error.code(), ErrorCode::NotFound);
         assert_eq!(
             error.to_string(),
@@ -754,10 +591,7 @@ mod tests {
         assert_eq!(table.unbind(&binding("amq.direct", "q", "k")), Ok(()));
         assert_eq!(bindings_of(&table, "amq.direct"), 0);
         // Empty queue names are refused.
-        assert_eq!(
-            table.add_queue("").unwrap_err().code(),
-            ErrorCode::InvalidArgument
-        );
+        assert_eq!(table.add_queue("").unwrap_err().code(), ErrorCode::InvalidArgument);
     }
 
     // Goal: removing a queue removes its bindings in every exchange; deleting an exchange
@@ -781,15 +615,9 @@ mod tests {
         assert!(!table.queue_exists("a"));
         assert_eq!(routed(&table, "t", "x.y").unwrap(), ["b"]);
         assert_eq!(routed(&table, "amq.fanout", "").unwrap(), ["b"]);
-        assert_eq!(
-            routed(&table, "amq.direct", "k").unwrap(),
-            Vec::<String>::new()
-        );
+        assert_eq!(routed(&table, "amq.direct", "k").unwrap(), Vec::<String>::new());
         assert_eq!(routed(&table, "", "a").unwrap(), Vec::<String>::new());
-        assert_eq!(
-            table.remove_queue("a").unwrap_err().code(),
-            ErrorCode::NotFound
-        );
+        assert_eq!(table.remove_queue("a").unwrap_err().code(), ErrorCode::NotFound);
         // Re-adding `a` starts with no bindings.
         table.add_queue("a").unwrap();
         assert_eq!(routed(&table, "amq.fanout", "").unwrap(), ["b"]);
@@ -813,14 +641,8 @@ mod tests {
         table.bind(&binding("amq.topic", "q1", "#")).unwrap();
         table.bind(&binding("amq.topic", "q2", "*.b")).unwrap();
         table.bind(&binding("amq.topic", "q3", "c.#")).unwrap();
-        assert_eq!(
-            routed_sorted(&table, "amq.topic", "a.b").unwrap(),
-            ["q1", "q2"]
-        );
-        assert_eq!(
-            routed_sorted(&table, "amq.topic", "c").unwrap(),
-            ["q1", "q3"]
-        );
+        assert_eq!(routed_sorted(&table, "amq.topic", "a.b").unwrap(), ["q1", "q2"]);
+        assert_eq!(routed_sorted(&table, "amq.topic", "c").unwrap(), ["q1", "q3"]);
         // Fanout: q2 bound with two keys is one target.
         table.bind(&binding("amq.fanout", "q2", "x")).unwrap();
         table.bind(&binding("amq.fanout", "q2", "y")).unwrap();
@@ -829,10 +651,7 @@ mod tests {
         // Direct: exact key only.
         table.bind(&binding("amq.direct", "q3", "k")).unwrap();
         assert_eq!(routed(&table, "amq.direct", "k").unwrap(), ["q3"]);
-        assert_eq!(
-            routed(&table, "amq.direct", "k2").unwrap(),
-            Vec::<String>::new()
-        );
+        assert_eq!(routed(&table, "amq.direct", "k2").unwrap(), Vec::<String>::new());
         // The output vector is appended to, not cleared.
         let mut out = vec![Arc::from("earlier")];
         table.route("amq.direct", b"k", &mut out).unwrap();
@@ -849,9 +668,7 @@ mod tests {
             for index in 0..50 {
                 let queue = format!("q{index}");
                 table.add_queue(&queue).unwrap();
-                table
-                    .bind(&binding("t", &queue, &format!("k.{}.#", index % 7)))
-                    .unwrap();
+                table.bind(&binding("t", &queue, &format!("k.{}.#", index % 7))).unwrap();
                 table.bind(&binding("t", &queue, "#")).unwrap();
                 table.bind(&binding("amq.fanout", &queue, "")).unwrap();
             }
@@ -862,23 +679,13 @@ mod tests {
         };
         let (first, second) = (build(), build());
         for exchange in ["t", "amq.fanout"] {
-            assert_eq!(
-                routed(&first, exchange, "k.3.z").unwrap(),
-                routed(&second, exchange, "k.3.z").unwrap()
-            );
+            assert_eq!(routed(&first, exchange, "k.3.z").unwrap(), routed(&second, exchange, "k.3.z").unwrap());
         }
-        assert_eq!(
-            first.exchanges().collect::<Vec<_>>(),
-            second.exchanges().collect::<Vec<_>>()
-        );
+        assert_eq!(first.exchanges().collect::<Vec<_>>(), second.exchanges().collect::<Vec<_>>());
     }
 
     /// The binding count `exchanges()` reports for one exchange.
     fn bindings_of(table: &RoutingTable, name: &str) -> u32 {
-        table
-            .exchanges()
-            .find(|info| info.name == name)
-            .expect("exchange listed")
-            .bindings
+        table.exchanges().find(|info| info.name == name).expect("exchange listed").bindings
     }
 }

@@ -248,7 +248,10 @@ impl Shard {
         for shard in 0..self.config.shard_count {
             self.send(ShardId(shard), ShardMessage::ConnectionClosed { origin });
         }
-        self.send(ShardId(0), ShardMessage::ConfigRequest { origin, request: None, change: ConfigRequest::ConnectionClosed });
+        self.send(
+            ShardId(0),
+            ShardMessage::ConfigRequest { origin, request: None, change: ConfigRequest::ConnectionClosed },
+        );
     }
 
     /// A message from another shard (or from ourselves).
@@ -445,7 +448,9 @@ impl Shard {
                 let exchanges = self.routing.exchanges().collect();
                 self.write_frame(conn, &Frame::ExchangeListReply { request, exchanges });
             }
-            Frame::Subscribe { request, consumer, queue, prefetch } => self.subscribe(conn, request, consumer, queue, prefetch),
+            Frame::Subscribe { request, consumer, queue, prefetch } => {
+                self.subscribe(conn, request, consumer, queue, prefetch)
+            }
             Frame::Cancel { request, consumer } => {
                 let session = self.sessions.get_mut(&conn).expect("session of a frame");
                 match session.subscriptions.remove(&consumer) {
@@ -462,7 +467,7 @@ impl Shard {
             }
             Frame::Heartbeat => {}
             other => {
-                let message = format!("a client may not send {}", frame_name(&other));
+                let message = format!("a client may not send {}", other.name());
                 self.fail_connection(conn, ErrorCode::UnexpectedFrame, message);
             }
         }
@@ -491,9 +496,10 @@ impl Shard {
             let seq = Seq(first_seq.0 + offset as u64);
             if routed_key.as_ref() != Some(&message.routing_key) {
                 targets.clear();
-                routed = self.routing.route(exchange, &message.routing_key, &mut targets).map_err(|error| {
-                    ConfirmOutcome::Rejected { code: error.code(), reason: error.to_string() }
-                });
+                routed = self
+                    .routing
+                    .route(exchange, &message.routing_key, &mut targets)
+                    .map_err(|error| ConfirmOutcome::Rejected { code: error.code(), reason: error.to_string() });
                 routed_key = Some(message.routing_key.clone());
             }
             let target_count = if routed.is_err() { 1 } else { targets.len() as u32 };
@@ -555,10 +561,15 @@ impl Shard {
                         Err(error) => ConfirmOutcome::Rejected { code: error.code(), reason: error.to_string() },
                     },
                     // Deleted between routing and arrival.
-                    None => ConfirmOutcome::Rejected { code: ErrorCode::NotFound, reason: format!("no queue '{queue_name}'") },
+                    None => ConfirmOutcome::Rejected {
+                        code: ErrorCode::NotFound,
+                        reason: format!("no queue '{queue_name}'"),
+                    },
                 };
                 match results.last_mut() {
-                    Some(range) if range.last.next() == current.seq && range.outcome == outcome => range.last = current.seq,
+                    Some(range) if range.last.next() == current.seq && range.outcome == outcome => {
+                        range.last = current.seq
+                    }
                     _ => results.push(ConfirmRange { first: current.seq, last: current.seq, outcome }),
                 }
                 item = items.next_if(|next| Arc::ptr_eq(&next.queue, &queue_name) || next.queue == queue_name);
@@ -836,8 +847,12 @@ impl Shard {
                 }
                 Ok(())
             }
-            ConfigChange::CreateExchange { name, kind } => self.routing.declare_exchange(&name, kind).map(|_| ()).map_err(routing_error),
-            ConfigChange::DeleteExchange { name } => self.routing.delete_exchange(&name).map(|_| ()).map_err(routing_error),
+            ConfigChange::CreateExchange { name, kind } => {
+                self.routing.declare_exchange(&name, kind).map(|_| ()).map_err(routing_error)
+            }
+            ConfigChange::DeleteExchange { name } => {
+                self.routing.delete_exchange(&name).map(|_| ()).map_err(routing_error)
+            }
             ConfigChange::Bind(binding) => self.routing.bind(&binding).map(|_| ()).map_err(routing_error),
             ConfigChange::Unbind(binding) => self.routing.unbind(&binding).map(|_| ()).map_err(routing_error),
         }
@@ -907,20 +922,4 @@ impl Shard {
 
 fn not_found_queue(request: RequestId, queue: &str) -> Frame {
     Frame::Failed { request, code: ErrorCode::NotFound, message: format!("no queue '{queue}'") }
-}
-
-/// A frame's name for error messages.
-fn frame_name(frame: &Frame) -> &'static str {
-    match frame {
-        Frame::Hello { .. } => "hello",
-        Frame::Ok { .. } => "ok",
-        Frame::Failed { .. } => "failed",
-        Frame::Error { .. } => "error",
-        Frame::Confirm { .. } => "confirm",
-        Frame::Deliver { .. } => "deliver",
-        Frame::QueueListReply { .. } => "queue-list-reply",
-        Frame::ExchangeListReply { .. } => "exchange-list-reply",
-        Frame::ConsumerCancelled { .. } => "consumer-cancelled",
-        _ => "a client frame",
-    }
 }

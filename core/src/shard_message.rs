@@ -12,7 +12,9 @@
 
 use std::sync::Arc;
 
-use crate::frame::{Binding, ErrorCode, ConfirmRange, Delivered, ExchangeKind, Frame, QueueInfo, QueueOptions, Settlement, TagRange};
+use crate::frame::{
+    Binding, ConfirmRange, Delivered, ErrorCode, ExchangeKind, Frame, QueueInfo, QueueOptions, Settlement, TagRange,
+};
 use crate::ids::{ConnId, ConsumerId, RequestId, Seq, ShardId, Tag};
 
 /// A connection somewhere in the broker.

@@ -45,29 +45,17 @@ impl Pattern {
                 _ => {
                     flush_wildcards(&mut tokens, &mut run_stars, &mut run_hash);
                     let end = start + word.len();
-                    tokens.push(Token::Word {
-                        start: as_u32(start),
-                        end: as_u32(end),
-                    });
+                    tokens.push(Token::Word { start: as_u32(start), end: as_u32(end) });
                 }
             }
             words = next;
         }
         flush_wildcards(&mut tokens, &mut run_stars, &mut run_hash);
         for pair in tokens.windows(2) {
-            assert!(
-                !matches!(pair, [Token::Hash, Token::Hash]),
-                "normalized pattern has `#.#`"
-            );
-            assert!(
-                !matches!(pair, [Token::Hash, Token::Star]),
-                "normalized pattern has `#.*`"
-            );
+            assert!(!matches!(pair, [Token::Hash, Token::Hash]), "normalized pattern has `#.#`");
+            assert!(!matches!(pair, [Token::Hash, Token::Star]), "normalized pattern has `#.*`");
         }
-        Pattern {
-            source: binding_key.into(),
-            tokens: tokens.into_boxed_slice(),
-        }
+        Pattern { source: binding_key.into(), tokens: tokens.into_boxed_slice() }
     }
 
     /// The binding key this pattern was compiled from.
@@ -78,17 +66,13 @@ impl Pattern {
     /// True when the pattern has no `*` or `#` word, so it matches only a key equal to `source`
     /// and a hash lookup can stand in for `matches`.
     pub fn is_literal(&self) -> bool {
-        self.tokens
-            .iter()
-            .all(|token| matches!(token, Token::Word { .. }))
+        self.tokens.iter().all(|token| matches!(token, Token::Word { .. }))
     }
 
     /// The pattern's words after normalization, in order: what a `TopicTrie` is built from.
     pub fn words(&self) -> impl Iterator<Item = PatternWord<'_>> + '_ {
         self.tokens.iter().map(|token| match *token {
-            Token::Word { start, end } => {
-                PatternWord::Literal(&self.source[start as usize..end as usize])
-            }
+            Token::Word { start, end } => PatternWord::Literal(&self.source[start as usize..end as usize]),
             Token::Star => PatternWord::Star,
             Token::Hash => PatternWord::Hash,
         })
@@ -159,10 +143,7 @@ pub enum PatternWord<'a> {
 
 /// The words of a routing key, as this module splits them: none for the empty key.
 pub fn key_words(routing_key: &[u8]) -> KeyWords<'_> {
-    KeyWords {
-        key: routing_key,
-        position: Words::start(routing_key),
-    }
+    KeyWords { key: routing_key, position: Words::start(routing_key) }
 }
 
 /// Iterator over the words of a routing key; see `key_words`.
@@ -218,9 +199,7 @@ struct Words {
 impl Words {
     /// Before the first word of `key`.
     fn start(key: &[u8]) -> Words {
-        Words {
-            next_start: usize::from(key.is_empty()),
-        }
+        Words { next_start: usize::from(key.is_empty()) }
     }
 
     /// True when every word of `key` has been taken.
@@ -234,17 +213,8 @@ impl Words {
             return None;
         }
         let start = self.next_start;
-        let end = key[start..]
-            .iter()
-            .position(|&byte| byte == b'.')
-            .map_or(key.len(), |i| start + i);
-        Some((
-            &key[start..end],
-            start,
-            Words {
-                next_start: end + 1,
-            },
-        ))
+        let end = key[start..].iter().position(|&byte| byte == b'.').map_or(key.len(), |i| start + i);
+        Some((&key[start..end], start, Words { next_start: end + 1 }))
     }
 }
 
@@ -346,11 +316,7 @@ mod tests {
         ];
         for &(pattern, key, expected) in table {
             let compiled = Pattern::compile(pattern.as_bytes());
-            assert_eq!(
-                compiled.matches(key.as_bytes()),
-                expected,
-                "pattern {pattern:?} key {key:?}"
-            );
+            assert_eq!(compiled.matches(key.as_bytes()), expected, "pattern {pattern:?} key {key:?}");
             assert_eq!(
                 reference_matches(&split(pattern), &split(key)),
                 expected,
@@ -390,12 +356,8 @@ mod tests {
         for _ in 0..20_000 {
             let pattern_len = (next() % 6) as usize;
             let key_len = (next() % 7) as usize;
-            let pattern: Vec<&str> = (0..pattern_len)
-                .map(|_| pattern_words[(next() % 5) as usize])
-                .collect();
-            let key: Vec<&str> = (0..key_len)
-                .map(|_| key_words[(next() % 3) as usize])
-                .collect();
+            let pattern: Vec<&str> = (0..pattern_len).map(|_| pattern_words[(next() % 5) as usize]).collect();
+            let key: Vec<&str> = (0..key_len).map(|_| key_words[(next() % 3) as usize]).collect();
             let pattern = pattern.join(".");
             let key = key.join(".");
             let expected = reference_matches(&split(&pattern), &split(&key));
@@ -421,12 +383,7 @@ mod tests {
         let words: Vec<PatternWord<'_>> = pattern.words().collect();
         assert_eq!(
             words,
-            [
-                PatternWord::Literal(b"a"),
-                PatternWord::Star,
-                PatternWord::Hash,
-                PatternWord::Literal(b"b")
-            ]
+            [PatternWord::Literal(b"a"), PatternWord::Star, PatternWord::Hash, PatternWord::Literal(b"b")]
         );
     }
 
@@ -452,9 +409,7 @@ mod tests {
     fn reference_matches(pattern: &[&str], key: &[&str]) -> bool {
         match pattern.split_first() {
             None => key.is_empty(),
-            Some((&"#", rest)) => {
-                (0..=key.len()).any(|taken| reference_matches(rest, &key[taken..]))
-            }
+            Some((&"#", rest)) => (0..=key.len()).any(|taken| reference_matches(rest, &key[taken..])),
             Some((&"*", rest)) => !key.is_empty() && reference_matches(rest, &key[1..]),
             Some((word, rest)) => key.first() == Some(word) && reference_matches(rest, &key[1..]),
         }

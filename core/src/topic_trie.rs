@@ -48,11 +48,7 @@ impl<Q: Clone + Eq> Default for TopicTrie<Q> {
 impl<Q: Clone + Eq> TopicTrie<Q> {
     /// An empty trie.
     pub fn new() -> TopicTrie<Q> {
-        TopicTrie {
-            nodes: vec![Node::new(false)],
-            free: Vec::new(),
-            len: 0,
-        }
+        TopicTrie { nodes: vec![Node::new(false)], free: Vec::new(), len: 0 }
     }
 
     /// How many (pattern, queue) pairs it holds.
@@ -80,10 +76,7 @@ impl<Q: Clone + Eq> TopicTrie<Q> {
         let end = match ends.iter().position(|end| *end.source == *pattern.source()) {
             Some(at) => &mut ends[at],
             None => {
-                ends.push(PatternEnd {
-                    source: pattern.source().into(),
-                    queues: Vec::new(),
-                });
+                ends.push(PatternEnd { source: pattern.source().into(), queues: Vec::new() });
                 ends.last_mut().expect("just pushed")
             }
         };
@@ -177,11 +170,9 @@ impl<Q: Clone + Eq> TopicTrie<Q> {
 
     /// Every (binding key, queue) pair held, in node order: for cleanup, not for output.
     pub fn bindings(&self) -> impl Iterator<Item = (&[u8], &Q)> + '_ {
-        self.nodes.iter().flat_map(|node| {
-            node.ends
-                .iter()
-                .flat_map(|end| end.queues.iter().map(move |queue| (&*end.source, queue)))
-        })
+        self.nodes
+            .iter()
+            .flat_map(|node| node.ends.iter().flat_map(|end| end.queues.iter().map(move |queue| (&*end.source, queue))))
     }
 
     /// Adds `node` to `set`, with the `#` child it reaches by absorbing zero words.
@@ -189,10 +180,7 @@ impl<Q: Clone + Eq> TopicTrie<Q> {
         set.insert(node);
         if let Some(hash) = self.nodes[node as usize].hash {
             // A `#` node has no `#` child (patterns hold no `#.#`), so one level is the closure.
-            assert!(
-                self.nodes[hash as usize].hash.is_none(),
-                "`#` node with a `#` child"
-            );
+            assert!(self.nodes[hash as usize].hash.is_none(), "`#` node with a `#` child");
             set.insert(hash);
         }
     }
@@ -212,10 +200,7 @@ impl<Q: Clone + Eq> TopicTrie<Q> {
         let after_hash = word == PatternWord::Hash;
         let child = match self.free.pop() {
             Some(index) => {
-                assert!(
-                    self.nodes[index as usize].is_empty(),
-                    "reused a node in use"
-                );
+                assert!(self.nodes[index as usize].is_empty(), "reused a node in use");
                 self.nodes[index as usize] = Node::new(after_hash);
                 index
             }
@@ -282,13 +267,7 @@ struct PatternEnd<Q> {
 impl<Q> Node<Q> {
     /// A node without children or queues.
     fn new(after_hash: bool) -> Node<Q> {
-        Node {
-            words: Children::default(),
-            star: None,
-            hash: None,
-            after_hash,
-            ends: Vec::new(),
-        }
+        Node { words: Children::default(), star: None, hash: None, after_hash, ends: Vec::new() }
     }
 
     /// True when nothing ends here or below.
@@ -319,10 +298,7 @@ impl Children {
     /// The child along `word`.
     fn get(&self, word: &[u8]) -> Option<u32> {
         match self {
-            Children::Few(children) => children
-                .iter()
-                .find(|(held, _)| **held == *word)
-                .map(|&(_, child)| child),
+            Children::Few(children) => children.iter().find(|(held, _)| **held == *word).map(|&(_, child)| child),
             Children::Many(children) => children.get(word).copied(),
         }
     }
@@ -335,8 +311,7 @@ impl Children {
                 children.push((word.into(), child));
             }
             Children::Few(children) => {
-                let mut many: HashMap<Box<[u8]>, u32> =
-                    std::mem::take(children).into_iter().collect();
+                let mut many: HashMap<Box<[u8]>, u32> = std::mem::take(children).into_iter().collect();
                 many.insert(word.into(), child);
                 *self = Children::Many(many);
             }
@@ -381,11 +356,7 @@ struct StateSet {
 
 impl Default for StateSet {
     fn default() -> Self {
-        StateSet {
-            inline: [0; STATES_INLINE],
-            inline_len: 0,
-            spilled: Vec::new(),
-        }
+        StateSet { inline: [0; STATES_INLINE], inline_len: 0, spilled: Vec::new() }
     }
 }
 
@@ -459,14 +430,8 @@ mod tests {
     fn trie_routes_like_its_patterns() {
         let mut trie = TopicTrie::new();
         // Patterns sharing prefixes, and `#` at the start, middle and end.
-        for (queue, pattern) in ["a.*", "a.#", "a.#.b", "#", "#.b", "*.*", "a.b.c"]
-            .iter()
-            .enumerate()
-        {
-            assert_eq!(
-                trie.insert(&Pattern::compile(pattern.as_bytes()), queue as u32),
-                Bound::Created
-            );
+        for (queue, pattern) in ["a.*", "a.#", "a.#.b", "#", "#.b", "*.*", "a.b.c"].iter().enumerate() {
+            assert_eq!(trie.insert(&Pattern::compile(pattern.as_bytes()), queue as u32), Bound::Created);
         }
         assert_eq!(trie.insert(&Pattern::compile(b"a.*"), 0), Bound::Existed);
         assert_eq!(trie.len(), 7);
@@ -494,10 +459,7 @@ mod tests {
         // Removing one keeps the other.
         assert_eq!(trie.remove(&Pattern::compile(b"#.#"), &1), Unbound::Removed);
         assert_eq!(routed(&trie, "x"), [1]);
-        assert_eq!(
-            trie.remove(&Pattern::compile(b"#.#"), &1),
-            Unbound::NotBound
-        );
+        assert_eq!(trie.remove(&Pattern::compile(b"#.#"), &1), Unbound::NotBound);
     }
 
     // Goal: removing patterns prunes the trie back to the root and recycles nodes, and
@@ -512,10 +474,7 @@ mod tests {
         let nodes_in_use = trie.nodes.len() - trie.free.len();
         // Removing what is not there: nothing happens.
         assert_eq!(trie.remove(&long, &2), Unbound::NotBound);
-        assert_eq!(
-            trie.remove(&Pattern::compile(b"a.#"), &1),
-            Unbound::NotBound
-        );
+        assert_eq!(trie.remove(&Pattern::compile(b"a.#"), &1), Unbound::NotBound);
         assert_eq!(trie.nodes.len() - trie.free.len(), nodes_in_use);
         // Removing the long one prunes its tail but keeps `a.*`.
         assert_eq!(trie.remove(&long, &1), Unbound::Removed);
@@ -550,36 +509,25 @@ mod tests {
         let mut reference: Vec<(Pattern, u32)> = Vec::new();
         for step in 0..10_000 {
             let pattern_len = next(5) as usize;
-            let pattern: Vec<&str> = (0..pattern_len)
-                .map(|_| pattern_words[next(5) as usize])
-                .collect();
+            let pattern: Vec<&str> = (0..pattern_len).map(|_| pattern_words[next(5) as usize]).collect();
             let mut pattern = Pattern::compile(pattern.join(".").as_bytes());
             let mut queue = next(4) as u32;
             if next(2) == 0 {
                 // Unbind, half the time something bound, so the set stays small and churns.
                 if !reference.is_empty() && next(2) == 0 {
-                    let (held_pattern, held_queue) =
-                        &reference[next(reference.len() as u64) as usize];
+                    let (held_pattern, held_queue) = &reference[next(reference.len() as u64) as usize];
                     pattern = held_pattern.clone();
                     queue = *held_queue;
                 }
-                let held = reference
-                    .iter()
-                    .position(|(p, q)| p.source() == pattern.source() && *q == queue);
-                let expected = if held.is_some() {
-                    Unbound::Removed
-                } else {
-                    Unbound::NotBound
-                };
+                let held = reference.iter().position(|(p, q)| p.source() == pattern.source() && *q == queue);
+                let expected = if held.is_some() { Unbound::Removed } else { Unbound::NotBound };
                 if let Some(at) = held {
                     reference.remove(at);
                 }
                 assert_eq!(trie.remove(&pattern, &queue), expected, "step {step}");
             } else {
                 // Bind.
-                let held = reference
-                    .iter()
-                    .any(|(p, q)| p.source() == pattern.source() && *q == queue);
+                let held = reference.iter().any(|(p, q)| p.source() == pattern.source() && *q == queue);
                 let expected = if held { Bound::Existed } else { Bound::Created };
                 if !held {
                     reference.push((pattern.clone(), queue));
@@ -592,11 +540,8 @@ mod tests {
                 let key_len = next(6) as usize;
                 let key: Vec<&str> = (0..key_len).map(|_| key_words[next(3) as usize]).collect();
                 let key = key.join(".");
-                let mut expected: Vec<u32> = reference
-                    .iter()
-                    .filter(|(p, _)| p.matches(key.as_bytes()))
-                    .map(|(_, q)| *q)
-                    .collect();
+                let mut expected: Vec<u32> =
+                    reference.iter().filter(|(p, _)| p.matches(key.as_bytes())).map(|(_, q)| *q).collect();
                 expected.sort_unstable();
                 assert_eq!(routed(&trie, &key), expected, "step {step} key {key:?}");
             }
@@ -606,11 +551,7 @@ mod tests {
             assert_eq!(trie.remove(&pattern, &queue), Unbound::Removed);
         }
         assert!(trie.is_empty());
-        assert_eq!(
-            trie.nodes.len() - trie.free.len(),
-            1,
-            "only the root is left"
-        );
+        assert_eq!(trie.nodes.len() - trie.free.len(), 1, "only the root is left");
         assert!(trie.nodes[ROOT as usize].is_empty());
     }
 
@@ -642,10 +583,7 @@ mod tests {
         // 20 children under the `#` node, and `*.N` for contrast.
         for index in 0..20u32 {
             trie.insert(&Pattern::compile(format!("#.w{index}").as_bytes()), index);
-            trie.insert(
-                &Pattern::compile(format!("*.w{index}").as_bytes()),
-                100 + index,
-            );
+            trie.insert(&Pattern::compile(format!("*.w{index}").as_bytes()), 100 + index);
         }
         let hash = trie.nodes[ROOT as usize].hash.expect("`#` child");
         assert!(matches!(trie.nodes[hash as usize].words, Children::Many(_)));
@@ -653,10 +591,7 @@ mod tests {
         assert_eq!(routed(&trie, "w19"), [19]);
         // Removing half keeps the rest routable; removing all prunes to the root.
         for index in (0..20u32).step_by(2) {
-            assert_eq!(
-                trie.remove(&Pattern::compile(format!("#.w{index}").as_bytes()), &index),
-                Unbound::Removed
-            );
+            assert_eq!(trie.remove(&Pattern::compile(format!("#.w{index}").as_bytes()), &index), Unbound::Removed);
         }
         assert_eq!(routed(&trie, "x.w7"), [7, 107]);
         assert_eq!(routed(&trie, "x.w8"), [108]);
@@ -664,10 +599,7 @@ mod tests {
             if index % 2 == 1 {
                 trie.remove(&Pattern::compile(format!("#.w{index}").as_bytes()), &index);
             }
-            trie.remove(
-                &Pattern::compile(format!("*.w{index}").as_bytes()),
-                &(100 + index),
-            );
+            trie.remove(&Pattern::compile(format!("*.w{index}").as_bytes()), &(100 + index));
         }
         assert!(trie.is_empty());
         assert_eq!(trie.nodes.len() - trie.free.len(), 1);

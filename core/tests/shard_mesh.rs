@@ -107,10 +107,23 @@ fn publish_on_one_shard_consume_on_another_through_a_third_shards_queue() {
     mesh.connect(0, 1);
     mesh.connect(1, 1);
     // Declare from the producer's shard; Ok comes after every shard applied it.
-    mesh.send(0, 1, &Frame::QueueDeclare { request: RequestId(1), name: queue.clone(), options: QueueOptions::default(), arguments: vec![] });
+    mesh.send(
+        0,
+        1,
+        &Frame::QueueDeclare {
+            request: RequestId(1),
+            name: queue.clone(),
+            options: QueueOptions::default(),
+            arguments: vec![],
+        },
+    );
     assert_eq!(mesh.take(0, 1), vec![Frame::Ok { request: RequestId(1) }]);
     // Subscribe from shard 1.
-    mesh.send(1, 1, &Frame::Subscribe { request: RequestId(2), consumer: ConsumerId(7), queue: queue.clone(), prefetch: 10 });
+    mesh.send(
+        1,
+        1,
+        &Frame::Subscribe { request: RequestId(2), consumer: ConsumerId(7), queue: queue.clone(), prefetch: 10 },
+    );
     assert_eq!(mesh.take(1, 1), vec![Frame::Ok { request: RequestId(2) }]);
     // Publish two messages; both are confirmed as stored in one range.
     let messages = vec![message(&queue, "a"), message(&queue, "b")];
@@ -124,7 +137,15 @@ fn publish_on_one_shard_consume_on_another_through_a_third_shards_queue() {
     assert_eq!((*consumer, *first_tag, messages.len()), (ConsumerId(7), Tag(0), 2));
     assert_eq!(&messages[1].message.body[..], b"b");
     // Release tag 0: it comes back flagged redelivered with tag 2.
-    mesh.send(1, 1, &Frame::Settle { consumer: ConsumerId(7), settlement: Settlement::Release, ranges: vec![TagRange { first: Tag(0), last: Tag(0) }] });
+    mesh.send(
+        1,
+        1,
+        &Frame::Settle {
+            consumer: ConsumerId(7),
+            settlement: Settlement::Release,
+            ranges: vec![TagRange { first: Tag(0), last: Tag(0) }],
+        },
+    );
     let again = mesh.take(1, 1);
     let Frame::Deliver { first_tag, messages, .. } = &again[0] else { panic!("{again:?}") };
     assert_eq!((*first_tag, messages[0].redelivered, &messages[0].message.body[..]), (Tag(2), true, &b"a"[..]));
@@ -137,16 +158,37 @@ fn closing_a_consumer_connection_requeues_its_unsettled_deliveries() {
     let queue = queue_on(1, 2);
     mesh.connect(0, 1);
     mesh.connect(0, 2);
-    mesh.send(0, 1, &Frame::QueueDeclare { request: RequestId(1), name: queue.clone(), options: QueueOptions::default(), arguments: vec![] });
-    mesh.send(0, 1, &Frame::Publish { exchange: String::new(), first_seq: Seq(0), messages: vec![message(&queue, "x")] });
+    mesh.send(
+        0,
+        1,
+        &Frame::QueueDeclare {
+            request: RequestId(1),
+            name: queue.clone(),
+            options: QueueOptions::default(),
+            arguments: vec![],
+        },
+    );
+    mesh.send(
+        0,
+        1,
+        &Frame::Publish { exchange: String::new(), first_seq: Seq(0), messages: vec![message(&queue, "x")] },
+    );
     mesh.take(0, 1);
     // First consumer takes the message and disconnects without settling.
-    mesh.send(0, 2, &Frame::Subscribe { request: RequestId(1), consumer: ConsumerId(1), queue: queue.clone(), prefetch: 5 });
+    mesh.send(
+        0,
+        2,
+        &Frame::Subscribe { request: RequestId(1), consumer: ConsumerId(1), queue: queue.clone(), prefetch: 5 },
+    );
     assert_eq!(mesh.take(0, 2).len(), 2);
     mesh.shards[0].handle_closed(ConnId(2));
     mesh.settle();
     // A second consumer gets it redelivered.
-    mesh.send(0, 1, &Frame::Subscribe { request: RequestId(2), consumer: ConsumerId(1), queue: queue.clone(), prefetch: 5 });
+    mesh.send(
+        0,
+        1,
+        &Frame::Subscribe { request: RequestId(2), consumer: ConsumerId(1), queue: queue.clone(), prefetch: 5 },
+    );
     let frames = mesh.take(0, 1);
     let Frame::Deliver { messages, .. } = &frames[1] else { panic!("{frames:?}") };
     assert!(messages[0].redelivered);
@@ -159,16 +201,30 @@ fn errors_name_the_problem_and_close_only_that_connection() {
     mesh.connect(0, 1);
     mesh.connect(0, 2);
     // A publish that skips sequence numbers is a protocol error.
-    mesh.send(0, 1, &Frame::Publish { exchange: String::new(), first_seq: Seq(0), messages: vec![message("none", "x")] });
-    mesh.send(0, 1, &Frame::Publish { exchange: String::new(), first_seq: Seq(5), messages: vec![message("none", "x")] });
+    mesh.send(
+        0,
+        1,
+        &Frame::Publish { exchange: String::new(), first_seq: Seq(0), messages: vec![message("none", "x")] },
+    );
+    mesh.send(
+        0,
+        1,
+        &Frame::Publish { exchange: String::new(), first_seq: Seq(5), messages: vec![message("none", "x")] },
+    );
     let frames = mesh.take(0, 1);
-    let error = frames.iter().find_map(|f| match f { Frame::Error { code, message } => Some((*code, message.clone())), _ => None });
+    let error = frames.iter().find_map(|f| match f {
+        Frame::Error { code, message } => Some((*code, message.clone())),
+        _ => None,
+    });
     assert_eq!(error, Some((ErrorCode::Malformed, "publish sequence must continue at 1; got 5".to_string())));
     assert_eq!(mesh.closed, vec![(0, 1)]);
     // The other connection still works: a passive declare of a missing queue fails cleanly.
     let options = QueueOptions { passive: true, ..QueueOptions::default() };
     mesh.send(0, 2, &Frame::QueueDeclare { request: RequestId(9), name: "missing".into(), options, arguments: vec![] });
-    assert_eq!(mesh.take(0, 2), vec![Frame::Failed { request: RequestId(9), code: ErrorCode::NotFound, message: "no queue 'missing'".into() }]);
+    assert_eq!(
+        mesh.take(0, 2),
+        vec![Frame::Failed { request: RequestId(9), code: ErrorCode::NotFound, message: "no queue 'missing'".into() }]
+    );
 }
 
 #[test]
@@ -177,12 +233,25 @@ fn deliveries_of_large_messages_are_cut_into_bounded_frames() {
     // against the 64 KiB frame target must arrive as three deliver frames with consecutive tags.
     let mut mesh = Mesh::new(1);
     mesh.connect(0, 1);
-    mesh.send(0, 1, &Frame::QueueDeclare { request: RequestId(1), name: "big".into(), options: QueueOptions::default(), arguments: vec![] });
+    mesh.send(
+        0,
+        1,
+        &Frame::QueueDeclare {
+            request: RequestId(1),
+            name: "big".into(),
+            options: QueueOptions::default(),
+            arguments: vec![],
+        },
+    );
     let body = "x".repeat(40 * 1024);
     let messages = (0..3).map(|_| message("big", &body)).collect();
     mesh.send(0, 1, &Frame::Publish { exchange: String::new(), first_seq: Seq(0), messages });
     mesh.take(0, 1);
-    mesh.send(0, 1, &Frame::Subscribe { request: RequestId(2), consumer: ConsumerId(1), queue: "big".into(), prefetch: 10 });
+    mesh.send(
+        0,
+        1,
+        &Frame::Subscribe { request: RequestId(2), consumer: ConsumerId(1), queue: "big".into(), prefetch: 10 },
+    );
     let tags: Vec<(u64, usize)> = mesh
         .take(0, 1)
         .into_iter()

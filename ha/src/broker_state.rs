@@ -128,7 +128,11 @@ pub struct UnknownState {
 /// # Errors
 /// `IllegalTransition::Target` when `to` is not an allowed target of `from`;
 /// `IllegalTransition::Cause` when it is, but not for `cause`.
-pub fn transition(from: BrokerState, to: BrokerState, cause: TransitionCause) -> Result<BrokerState, IllegalTransition> {
+pub fn transition(
+    from: BrokerState,
+    to: BrokerState,
+    cause: TransitionCause,
+) -> Result<BrokerState, IllegalTransition> {
     let causes = allowed_causes(from, to);
     if causes.is_empty() {
         return Err(IllegalTransition::Target { from, to, cause });
@@ -312,10 +316,7 @@ mod tests {
 
     /// The causes the expected table gives for a pair; empty when the pair is illegal.
     fn expected_causes(from: BrokerState, to: BrokerState) -> &'static [TransitionCause] {
-        EXPECTED
-            .iter()
-            .find(|&&(f, t, _)| f == from && t == to)
-            .map_or(&[], |&(_, _, causes)| causes)
+        EXPECTED.iter().find(|&&(f, t, _)| f == from && t == to).map_or(&[], |&(_, _, causes)| causes)
     }
 
     #[test]
@@ -360,11 +361,7 @@ mod tests {
                         .filter(|&target| !expected_causes(from, target).is_empty())
                         .map(BrokerState::name)
                         .collect();
-                    let listed = if targets.is_empty() {
-                        "none (terminal)".to_owned()
-                    } else {
-                        targets.join(", ")
-                    };
+                    let listed = if targets.is_empty() { "none (terminal)".to_owned() } else { targets.join(", ") };
                     assert!(message.ends_with(&format!("allowed targets are {listed}")), "{message}");
                 }
             }

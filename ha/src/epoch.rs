@@ -126,12 +126,7 @@ impl EpochClock {
     /// so a second call is a bug in the caller.
     pub fn next_for_promotion(&mut self) -> Result<Epoch, EpochsExhausted> {
         assert!(self.promoted.is_none(), "promoted twice: already in epoch {:?}", self.promoted);
-        let next = self
-            .highest
-            .0
-            .checked_add(1)
-            .map(Epoch)
-            .ok_or(EpochsExhausted { highest: self.highest })?;
+        let next = self.highest.0.checked_add(1).map(Epoch).ok_or(EpochsExhausted { highest: self.highest })?;
         assert!(next > self.highest);
         self.highest = next;
         self.promoted = Some(next);

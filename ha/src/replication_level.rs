@@ -129,19 +129,12 @@ pub fn explicit_level(arguments: &[(String, String)]) -> Result<Option<Replicati
         let Some(argument) = ARGUMENT_NAMES.into_iter().find(|&argument| argument == name) else {
             continue;
         };
-        let level: ReplicationLevel = value.parse().map_err(|_| LevelError::Invalid {
-            argument,
-            got: value.clone(),
-        })?;
+        let level: ReplicationLevel =
+            value.parse().map_err(|_| LevelError::Invalid { argument, got: value.clone() })?;
         match found {
             None => found = Some((argument, level)),
             Some((first_argument, first)) if first != level => {
-                return Err(LevelError::Conflict {
-                    first_argument,
-                    first,
-                    second_argument: argument,
-                    second: level,
-                });
+                return Err(LevelError::Conflict { first_argument, first, second_argument: argument, second: level });
             }
             Some(_) => {}
         }
@@ -163,7 +156,8 @@ pub fn is_builtin_exchange(name: &str) -> bool {
 
 impl ReplicationLevel {
     /// Every level, from least to most.
-    pub const ALL: [ReplicationLevel; 3] = [ReplicationLevel::None, ReplicationLevel::Configuration, ReplicationLevel::All];
+    pub const ALL: [ReplicationLevel; 3] =
+        [ReplicationLevel::None, ReplicationLevel::Configuration, ReplicationLevel::All];
 
     /// The option and argument spelling: "none", "configuration" or "all".
     pub fn name(self) -> &'static str {

@@ -198,7 +198,9 @@ pub enum AddressError {
         label: String,
     },
     /// Only digits and dots, but not a valid IPv4 address.
-    #[error("'{got}' is made of digits and dots but is not an IPv4 address (each of 4 parts in 0..=255, no leading zeros)")]
+    #[error(
+        "'{got}' is made of digits and dots but is not an IPv4 address (each of 4 parts in 0..=255, no leading zeros)"
+    )]
     Ipv4Invalid {
         /// The host as given.
         got: String,
@@ -259,14 +261,8 @@ impl BrokerUrl {
         if let Some(password) = password {
             check_password(password)?;
         }
-        let credentials = Credentials {
-            user: user.to_owned(),
-            password: password.map(str::to_owned),
-        };
-        Ok(BrokerUrl {
-            credentials: Some(credentials),
-            addresses: self.addresses,
-        })
+        let credentials = Credentials { user: user.to_owned(), password: password.map(str::to_owned) };
+        Ok(BrokerUrl { credentials: Some(credentials), addresses: self.addresses })
     }
 
     /// The user, if the URL has credentials.
@@ -460,10 +456,7 @@ fn parse_credentials(userinfo: &str) -> Result<Credentials, UrlError> {
     if let Some(password) = password {
         check_password(password)?;
     }
-    Ok(Credentials {
-        user: user.to_owned(),
-        password: password.map(str::to_owned),
-    })
+    Ok(Credentials { user: user.to_owned(), password: password.map(str::to_owned) })
 }
 
 /// Checks a user against what the grammar can carry.
@@ -475,9 +468,8 @@ fn check_user(user: &str) -> Result<(), UrlError> {
         return Err(UrlError::UserTooLong { len: user.len() });
     }
     // ':' would make "tcp:guest@host" (a transport before the credentials) look like a user.
-    if let Some(ch) = user
-        .chars()
-        .find(|&ch| matches!(ch, '/' | '@' | ',' | ':') || ch.is_whitespace() || ch.is_control())
+    if let Some(ch) =
+        user.chars().find(|&ch| matches!(ch, '/' | '@' | ',' | ':') || ch.is_whitespace() || ch.is_control())
     {
         return Err(UrlError::UserChar { user: user.to_owned(), ch });
     }
@@ -525,9 +517,7 @@ fn parse_address(text: &str) -> Result<Address, AddressError> {
 
     if let Some(bracketed) = rest.strip_prefix('[') {
         let (inside, after) = bracketed.split_once(']').ok_or(AddressError::Ipv6Unclosed)?;
-        let ip: Ipv6Addr = inside
-            .parse()
-            .map_err(|_| AddressError::Ipv6Invalid { got: inside.to_owned() })?;
+        let ip: Ipv6Addr = inside.parse().map_err(|_| AddressError::Ipv6Invalid { got: inside.to_owned() })?;
         let port = match after {
             "" => DEFAULT_PORT,
             _ => match after.strip_prefix(':') {
@@ -535,11 +525,7 @@ fn parse_address(text: &str) -> Result<Address, AddressError> {
                 None => return Err(AddressError::AfterBracket { got: after.to_owned() }),
             },
         };
-        return Ok(Address {
-            transport,
-            host: ip.to_string(),
-            port,
-        });
+        return Ok(Address { transport, host: ip.to_string(), port });
     }
 
     let (host, port) = match rest.split_once(':') {
@@ -562,11 +548,7 @@ fn parse_address(text: &str) -> Result<Address, AddressError> {
         }
     };
     check_host_name(host)?;
-    Ok(Address {
-        transport,
-        host: host.to_owned(),
-        port,
-    })
+    Ok(Address { transport, host: host.to_owned(), port })
 }
 
 /// The error for a word before ':' that is not a transport the address may have there.
@@ -610,16 +592,12 @@ fn check_host_name(host: &str) -> Result<(), AddressError> {
     if host.len() > HOST_NAME_BYTES_MAX {
         return Err(AddressError::HostTooLong { len: host.len() });
     }
-    if let Some(ch) = host
-        .chars()
-        .find(|&ch| !(ch.is_ascii_alphanumeric() || matches!(ch, '-' | '_' | '.')))
-    {
+    if let Some(ch) = host.chars().find(|&ch| !(ch.is_ascii_alphanumeric() || matches!(ch, '-' | '_' | '.'))) {
         return Err(AddressError::HostChar { ch });
     }
-    if let Some(label) = host
-        .split('.')
-        .find(|label| label.is_empty() || label.len() > HOST_LABEL_BYTES_MAX || label.starts_with('-') || label.ends_with('-'))
-    {
+    if let Some(label) = host.split('.').find(|label| {
+        label.is_empty() || label.len() > HOST_LABEL_BYTES_MAX || label.starts_with('-') || label.ends_with('-')
+    }) {
         return Err(AddressError::HostLabel { label: label.to_owned() });
     }
     let numeric = host.bytes().all(|b| b.is_ascii_digit() || b == b'.');
@@ -932,7 +910,9 @@ mod tests {
         );
         assert_eq!(
             base.with_credentials("a\tb", None).unwrap_err().to_string(),
-            format!("user 'a\tb' must not contain U+0009: credentials come once, before the first address, as {GRAMMAR}")
+            format!(
+                "user 'a\tb' must not contain U+0009: credentials come once, before the first address, as {GRAMMAR}"
+            )
         );
     }
 

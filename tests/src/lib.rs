@@ -102,19 +102,29 @@ impl BrokerProcess {
             .stderr(log_err)
             .spawn()
             .map_err(|e| format!("spawning {}: {e}", binary.display()))?;
-        let mut broker = BrokerProcess { child, port, log_path };
-        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+        let broker = BrokerProcess { child, port, log_path };
+        broker.wait_until_serving()
+    }
+
+    /// Waits until the broker says it listens and accepts a TCP connection on its port. The
+    /// line matters: a broker killed just before may leave its listening socket accepting (and
+    /// resetting) for a moment while the kernel tears its io_uring down, so an accepted
+    /// connection alone does not prove the new broker is there.
+    fn wait_until_serving(mut self) -> Result<BrokerProcess, String> {
+        let addr: SocketAddr = ([127, 0, 0, 1], self.port).into();
         let deadline = Instant::now() + STARTUP_TIMEOUT;
         loop {
-            if let Ok(Some(status)) = broker.child.try_wait() {
-                return Err(format!("broker exited during startup with {status}; output:\n{}", broker.output()));
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Err(format!("broker exited during startup with {status}; output:\n{}", self.output()));
             }
-            if TcpStream::connect_timeout(&addr, CONNECT_PROBE_TIMEOUT).is_ok() {
-                return Ok(broker);
+            if self.output().contains(LISTENING_LINE)
+                && TcpStream::connect_timeout(&addr, CONNECT_PROBE_TIMEOUT).is_ok()
+            {
+                return Ok(self);
             }
             if Instant::now() >= deadline {
-                let output = broker.output();
-                broker.kill();
+                let output = self.output();
+                self.kill();
                 return Err(format!(
                     "broker did not accept connections on {addr} within {STARTUP_TIMEOUT:?}; output:\n{output}"
                 ));
@@ -123,6 +133,9 @@ impl BrokerProcess {
         }
     }
 }
+
+/// What the broker prints once its listeners are bound.
+const LISTENING_LINE: &str = "ringmq broker listening on";
 
 impl Drop for BrokerProcess {
     fn drop(&mut self) {
@@ -274,7 +287,11 @@ pub fn run_cli_within(args: &[&str], timeout: Duration) -> Result<std::process::
     let _ = std::fs::remove_file(&out_path);
     let _ = std::fs::remove_file(&err_path);
     let output = std::process::Output { status, stdout, stderr };
-    if exited { Ok(output) } else { Err(output) }
+    if exited {
+        Ok(output)
+    } else {
+        Err(output)
+    }
 }
 
 impl BrokerProcess {
@@ -305,23 +322,8 @@ impl BrokerProcess {
             .stderr(log_err)
             .spawn()
             .map_err(|e| format!("spawning {}: {e}", binary.display()))?;
-        let mut broker = BrokerProcess { child, port, log_path };
-        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-        let deadline = Instant::now() + STARTUP_TIMEOUT;
-        loop {
-            if let Ok(Some(status)) = broker.child.try_wait() {
-                return Err(format!("broker exited during startup with {status}; output:\n{}", broker.output()));
-            }
-            if TcpStream::connect_timeout(&addr, CONNECT_PROBE_TIMEOUT).is_ok() {
-                return Ok(broker);
-            }
-            if Instant::now() >= deadline {
-                let output = broker.output();
-                broker.kill();
-                return Err(format!("broker did not accept connections on {addr} within {STARTUP_TIMEOUT:?}; output:\n{output}"));
-            }
-            std::thread::sleep(STARTUP_POLL_INTERVAL);
-        }
+        let broker = BrokerProcess { child, port, log_path };
+        broker.wait_until_serving()
     }
 }
 

@@ -44,12 +44,18 @@ fn garbage_instead_of_the_preamble_is_refused_naming_the_bad_magic() {
     // An HTTP request line where the preamble belongs.
     let mut stream = connect(&broker);
     stream.write_all(b"GET / HTTP/1.1\r\nHost: ringmq\r\n\r\n").unwrap();
-    assert_eq!(error_then_close(&mut stream), (ErrorCode::Malformed, r#"expected preamble "RNMQ", got "GET ""#.to_string()));
+    assert_eq!(
+        error_then_close(&mut stream),
+        (ErrorCode::Malformed, r#"expected preamble "RNMQ", got "GET ""#.to_string())
+    );
 
     // The AMQP 1.0 protocol header.
     let mut stream = connect(&broker);
     stream.write_all(b"AMQP\x00\x01\x00\x00").unwrap();
-    assert_eq!(error_then_close(&mut stream), (ErrorCode::Malformed, r#"expected preamble "RNMQ", got "AMQP""#.to_string()));
+    assert_eq!(
+        error_then_close(&mut stream),
+        (ErrorCode::Malformed, r#"expected preamble "RNMQ", got "AMQP""#.to_string())
+    );
 
     // Binary garbage is quoted escaped.
     let mut stream = connect(&broker);
@@ -155,8 +161,18 @@ fn invalid_frames_after_the_handshake_are_refused_naming_the_problem() {
     let broker = start();
     let bystander = Bystander::open(&broker);
     let cases: Vec<(&str, Vec<u8>, ErrorCode, &str)> = vec![
-        ("zero length", frame_bytes(&[]), ErrorCode::Malformed, "frame: length is 0, at least 1 needed (the frame type)"),
-        ("trailing bytes", frame_bytes(&[0x01, 1, 2, 3]), ErrorCode::Malformed, "heartbeat: trailing 3 bytes after frame body"),
+        (
+            "zero length",
+            frame_bytes(&[]),
+            ErrorCode::Malformed,
+            "frame: length is 0, at least 1 needed (the frame type)",
+        ),
+        (
+            "trailing bytes",
+            frame_bytes(&[0x01, 1, 2, 3]),
+            ErrorCode::Malformed,
+            "heartbeat: trailing 3 bytes after frame body",
+        ),
         (
             "truncated field",
             frame_bytes(&[0x11, 7, 0]),
@@ -248,7 +264,10 @@ fn four_bytes_of_garbage_are_enough_to_refuse_the_connection() {
     let broker = start();
     let mut stream = connect(&broker);
     stream.write_all(b"HTTP").unwrap();
-    assert_eq!(error_then_close(&mut stream), (ErrorCode::Malformed, r#"expected preamble "RNMQ", got "HTTP""#.to_string()));
+    assert_eq!(
+        error_then_close(&mut stream),
+        (ErrorCode::Malformed, r#"expected preamble "RNMQ", got "HTTP""#.to_string())
+    );
     assert_broker_serves(&broker, "fresh-after-short-garbage");
 }
 
@@ -269,7 +288,11 @@ fn publishing_past_max_inflight_is_refused_and_nothing_follows_the_error() {
     let mut stream = connect(&broker);
     handshake(&mut stream);
     let messages = (0..10)
-        .map(|i| Message { routing_key: Bytes::from_static(b"q"), body: Bytes::from(format!("{i}")), ..Message::default() })
+        .map(|i| Message {
+            routing_key: Bytes::from_static(b"q"),
+            body: Bytes::from(format!("{i}")),
+            ..Message::default()
+        })
         .collect();
     stream.write_all(&encoded(&Frame::Publish { exchange: String::new(), first_seq: Seq(0), messages })).unwrap();
     let expected = "more than 4 publishes unconfirmed; wait for confirms".to_string();

@@ -48,8 +48,14 @@ fn exchanges_and_bindings_made_with_the_cli_route_accordingly() {
     }
 
     // Three exchanges, one of each type.
-    assert_eq!(success(&ringmq(&broker, &["exchange", "add", "logs", "--type", "topic"])), "exchange 'logs' declared\n");
-    assert_eq!(success(&ringmq(&broker, &["exchange", "add", "copies", "--type", "fanout"])), "exchange 'copies' declared\n");
+    assert_eq!(
+        success(&ringmq(&broker, &["exchange", "add", "logs", "--type", "topic"])),
+        "exchange 'logs' declared\n"
+    );
+    assert_eq!(
+        success(&ringmq(&broker, &["exchange", "add", "copies", "--type", "fanout"])),
+        "exchange 'copies' declared\n"
+    );
     assert_eq!(success(&ringmq(&broker, &["exchange", "add", "exact"])), "exchange 'exact' declared\n");
 
     // Bind: topic patterns, a fanout binding, a direct key.
@@ -78,11 +84,31 @@ fn exchanges_and_bindings_made_with_the_cli_route_accordingly() {
 
     // Sends: app.error hits both topic bindings, app.info only '#', the fanout and direct
     // exchanges their one queue, a wrong direct key nothing.
-    assert_sent(&broker, &["-e", "logs", "-k", "app.error", "boom"], "sent 1 messages: 1 stored, 0 unroutable, 0 rejected (");
-    assert_sent(&broker, &["-e", "logs", "-k", "app.info", "fine"], "sent 1 messages: 1 stored, 0 unroutable, 0 rejected (");
-    assert_sent(&broker, &["-e", "copies", "-k", "whatever", "copied"], "sent 1 messages: 1 stored, 0 unroutable, 0 rejected (");
-    assert_sent(&broker, &["-e", "exact", "-k", "the-key", "exactly"], "sent 1 messages: 1 stored, 0 unroutable, 0 rejected (");
-    assert_sent(&broker, &["-e", "exact", "-k", "other-key", "lost"], "sent 1 messages: 0 stored, 1 unroutable, 0 rejected (");
+    assert_sent(
+        &broker,
+        &["-e", "logs", "-k", "app.error", "boom"],
+        "sent 1 messages: 1 stored, 0 unroutable, 0 rejected (",
+    );
+    assert_sent(
+        &broker,
+        &["-e", "logs", "-k", "app.info", "fine"],
+        "sent 1 messages: 1 stored, 0 unroutable, 0 rejected (",
+    );
+    assert_sent(
+        &broker,
+        &["-e", "copies", "-k", "whatever", "copied"],
+        "sent 1 messages: 1 stored, 0 unroutable, 0 rejected (",
+    );
+    assert_sent(
+        &broker,
+        &["-e", "exact", "-k", "the-key", "exactly"],
+        "sent 1 messages: 1 stored, 0 unroutable, 0 rejected (",
+    );
+    assert_sent(
+        &broker,
+        &["-e", "exact", "-k", "other-key", "lost"],
+        "sent 1 messages: 0 stored, 1 unroutable, 0 rejected (",
+    );
     assert_eq!(success(&ringmq(&broker, &["receive", "errors", "--count", "2"])), "boom\ncopied\n");
     assert_eq!(success(&ringmq(&broker, &["receive", "everything", "--count", "3"])), "boom\nfine\nexactly\n");
 
@@ -91,8 +117,16 @@ fn exchanges_and_bindings_made_with_the_cli_route_accordingly() {
         success(&ringmq(&broker, &["unbind", "logs", "everything", "#"])),
         "unbound 'everything' from 'logs' with key '#'\n"
     );
-    assert_sent(&broker, &["-e", "logs", "-k", "app.info", "x", "y"], "sent 2 messages: 0 stored, 2 unroutable, 0 rejected (");
-    assert_sent(&broker, &["-e", "logs", "-k", "db.error", "z"], "sent 1 messages: 1 stored, 0 unroutable, 0 rejected (");
+    assert_sent(
+        &broker,
+        &["-e", "logs", "-k", "app.info", "x", "y"],
+        "sent 2 messages: 0 stored, 2 unroutable, 0 rejected (",
+    );
+    assert_sent(
+        &broker,
+        &["-e", "logs", "-k", "db.error", "z"],
+        "sent 1 messages: 1 stored, 0 unroutable, 0 rejected (",
+    );
     assert_queue_row(&broker, "everything", ["everything", "0", "0", "0", "0", "3", "3"]);
     assert_eq!(success(&ringmq(&broker, &["receive", "errors", "--count", "1"])), "z\n");
 
@@ -220,6 +254,10 @@ fn assert_queue_row(broker: &BrokerProcess, name: &str, expected: [&str; 7]) {
         let rows = table(&ringmq(broker, &["queue", "list"]));
         assert_eq!(rows[0], ["queue", "depth", "bytes", "unacked", "consumers", "enqueued", "dequeued"]);
         let row = rows.into_iter().find(|row| row[0] == name).unwrap_or_else(|| panic!("queue {name} not listed"));
-        if row == expected { Ok(()) } else { Err(row) }
+        if row == expected {
+            Ok(())
+        } else {
+            Err(row)
+        }
     });
 }

@@ -9,7 +9,9 @@ use std::thread;
 use std::time::Duration;
 
 use bytes::Bytes;
-use ringmq_client::{blocking, ClientError, ConnectOptions, Connection, ErrorCode, ExchangeKind, Message, QueueInfo, QueueOptions};
+use ringmq_client::{
+    blocking, ClientError, ConnectOptions, Connection, ErrorCode, ExchangeKind, Message, QueueInfo, QueueOptions,
+};
 use ringmq_tests::{eventually, eventually_async, BrokerProcess};
 
 /// Longest a test waits for one delivery or for queue counts to settle.
@@ -17,7 +19,11 @@ const WAIT: Duration = Duration::from_secs(20);
 
 /// Message number `index`, routed by `key`; its body is the number in decimal.
 fn numbered(key: &str, index: u64) -> Message {
-    Message { routing_key: Bytes::copy_from_slice(key.as_bytes()), body: Bytes::from(index.to_string()), ..Message::default() }
+    Message {
+        routing_key: Bytes::copy_from_slice(key.as_bytes()),
+        body: Bytes::from(index.to_string()),
+        ..Message::default()
+    }
 }
 
 fn number_of(message: &Message) -> u64 {
@@ -31,7 +37,11 @@ fn queue<'a>(queues: &'a [QueueInfo], name: &str) -> &'a QueueInfo {
 /// `Ok` when queue `name` is empty and has nothing unacked; otherwise its counts.
 fn drained(queues: Vec<QueueInfo>, name: &str) -> Result<QueueInfo, QueueInfo> {
     let info = queue(&queues, name).clone();
-    if info.depth == 0 && info.unacked == 0 { Ok(info) } else { Err(info) }
+    if info.depth == 0 && info.unacked == 0 {
+        Ok(info)
+    } else {
+        Err(info)
+    }
 }
 
 #[test]
@@ -80,7 +90,8 @@ fn blocking_clients_on_plain_threads_publish_confirm_consume_and_ack() {
     consumer.join().unwrap();
     assert_eq!((summary.stored, summary.unroutable, summary.rejected), (TOTAL, 0, 0));
     // Every message was acked: nothing ready, nothing unacked.
-    let info = eventually("blocking-q drained", WAIT, || admin.list_queues().map(|q| drained(q, "blocking-q")).unwrap());
+    let info =
+        eventually("blocking-q drained", WAIT, || admin.list_queues().map(|q| drained(q, "blocking-q")).unwrap());
     assert_eq!(info.enqueued, TOTAL);
     assert_eq!(info.dequeued, TOTAL);
 }
@@ -102,7 +113,8 @@ async fn async_clients_publish_through_an_exchange_consume_and_ack() {
     let mut consumer = consumer_connection.subscribe("async-q", 500).await.unwrap();
     let consuming = tokio::spawn(async move {
         for index in 0..TOTAL {
-            let delivery = tokio::time::timeout(WAIT, consumer.recv()).await.expect("no delivery in time").unwrap().unwrap();
+            let delivery =
+                tokio::time::timeout(WAIT, consumer.recv()).await.expect("no delivery in time").unwrap().unwrap();
             assert_eq!(number_of(&delivery.message), index);
             consumer.ack(delivery.tag).unwrap();
         }
@@ -159,7 +171,8 @@ async fn unsettled_deliveries_are_redelivered_flagged_after_the_consumer_connect
     let first = Connection::connect(broker.addr(), ConnectOptions::default()).await.unwrap();
     let mut consumer = first.subscribe("redeliver-q", 100).await.unwrap();
     for index in 0..10 {
-        let delivery = tokio::time::timeout(WAIT, consumer.recv()).await.expect("no delivery in time").unwrap().unwrap();
+        let delivery =
+            tokio::time::timeout(WAIT, consumer.recv()).await.expect("no delivery in time").unwrap().unwrap();
         assert_eq!(number_of(&delivery.message), index);
         assert!(!delivery.redelivered);
         if index < 3 {
@@ -175,7 +188,8 @@ async fn unsettled_deliveries_are_redelivered_flagged_after_the_consumer_connect
     let second = Connection::connect(broker.addr(), ConnectOptions::default()).await.unwrap();
     let mut consumer = second.subscribe("redeliver-q", 100).await.unwrap();
     for (tag, index) in (3..10).enumerate() {
-        let delivery = tokio::time::timeout(WAIT, consumer.recv()).await.expect("no redelivery in time").unwrap().unwrap();
+        let delivery =
+            tokio::time::timeout(WAIT, consumer.recv()).await.expect("no redelivery in time").unwrap().unwrap();
         assert_eq!(number_of(&delivery.message), index);
         assert!(delivery.redelivered, "message {index} not flagged redelivered");
         assert_eq!(delivery.tag.0, tag as u64);

@@ -63,8 +63,14 @@ fn bad_values_exit_2_naming_the_option_what_is_allowed_and_what_came() {
         (&["--port=-1"], "ringmq broker: option 'port': must be an integer in 0..=65535; got '-1'\n"),
         (&["--port", "http"], "ringmq broker: option 'port': must be an integer in 0..=65535; got 'http'\n"),
         (&["--shards", "0"], "ringmq broker: option 'shards': must be an integer in 1..=256; got '0'\n"),
-        (&["--host", "nothost"], "ringmq broker: option 'host': must be an IP address such as 127.0.0.1 or ::; got 'nothost'\n"),
-        (&["--pin-cores", "maybe"], "ringmq broker: option 'pin-cores': must be true/false (or yes/no, on/off, 1/0); got 'maybe'\n"),
+        (
+            &["--host", "nothost"],
+            "ringmq broker: option 'host': must be an IP address such as 127.0.0.1 or ::; got 'nothost'\n",
+        ),
+        (
+            &["--pin-cores", "maybe"],
+            "ringmq broker: option 'pin-cores': must be true/false (or yes/no, on/off, 1/0); got 'maybe'\n",
+        ),
         (&["--port"], "ringmq broker: option '--port' needs a value\n"),
     ];
     for (args, expected) in cases {
@@ -99,7 +105,10 @@ fn config_file_errors_exit_2_naming_the_file_the_line_and_the_problem() {
     // An unknown key names the key, the file and the line, and lists the known options.
     let file = ConfigFile::new("# ringmq test\nbogus = 1\n");
     let stderr = refused(&run_cli(&["broker", "--config", file.path()]));
-    let expected = format!("ringmq broker: unknown option 'bogus' (config file {} line 2); known options: host, port", file.path());
+    let expected = format!(
+        "ringmq broker: unknown option 'bogus' (config file {} line 2); known options: host, port",
+        file.path()
+    );
     assert!(stderr.starts_with(&expected), "{stderr}");
 
     // A bad value in the file is reported like a bad flag.
@@ -130,7 +139,13 @@ fn config_file_options_are_honoured() {
     let broker = BrokerProcess::start_exact(&["--config", file.path()], port).unwrap();
     assert_eq!(broker.port(), port);
     let expected = format!("ringmq broker listening on 127.0.0.1:{port} with 2 shards");
-    eventually("the startup line", WAIT, || if broker.output().contains(&expected) { Ok(()) } else { Err(broker.output()) });
+    eventually("the startup line", WAIT, || {
+        if broker.output().contains(&expected) {
+            Ok(())
+        } else {
+            Err(broker.output())
+        }
+    });
 
     // And serves clients there.
     assert_serves(&broker.addr());
@@ -149,7 +164,13 @@ fn flags_override_the_config_file() {
     let broker = BrokerProcess::start(&["--config", file.path(), "--shards", "2"]);
     assert_ne!(broker.port(), file_port);
     let expected = format!("ringmq broker listening on 127.0.0.1:{} with 2 shards", broker.port());
-    eventually("the startup line", WAIT, || if broker.output().contains(&expected) { Ok(()) } else { Err(broker.output()) });
+    eventually("the startup line", WAIT, || {
+        if broker.output().contains(&expected) {
+            Ok(())
+        } else {
+            Err(broker.output())
+        }
+    });
 
     // The flag's port serves; nothing listens on the file's port.
     assert_serves(&broker.addr());
@@ -239,7 +260,11 @@ fn assert_serves(addr: &str) {
     let connection = Connection::connect(addr, ConnectOptions::default()).unwrap();
     connection.declare_queue("config-check", QueueOptions::default(), &[]).unwrap();
     let publisher = connection.publisher().unwrap();
-    let message = Message { routing_key: Bytes::from_static(b"config-check"), body: Bytes::from_static(b"ok"), ..Message::default() };
+    let message = Message {
+        routing_key: Bytes::from_static(b"config-check"),
+        body: Bytes::from_static(b"ok"),
+        ..Message::default()
+    };
     publisher.publish("", message).unwrap();
     let summary = publisher.wait_for_confirms().unwrap();
     assert_eq!(summary.stored, 1, "{summary:?}");
@@ -249,4 +274,21 @@ fn assert_serves(addr: &str) {
     consumer.ack(delivery.tag).unwrap();
     consumer.cancel().unwrap();
     connection.close().unwrap();
+}
+
+#[test]
+fn a_broker_restarted_at_once_gets_its_port_back() {
+    // Goal: connections a stopped broker leaves in TIME_WAIT must not keep a restarted broker
+    // off its port (a busy-port check once mistook them for a listener).
+    // Method: serve a client, kill the broker by PID, start a new one on the same port at once.
+    let port = free_port();
+    let port_text = port.to_string();
+    let args = ["--host", "127.0.0.1", "--port", port_text.as_str(), "--pin-cores", "false"];
+    let mut first = BrokerProcess::start_exact(&args, port).unwrap();
+    // A served client leaves closed connections behind.
+    assert_serves(&first.addr());
+    first.kill();
+    // The restart gets the same port and serves.
+    let second = BrokerProcess::start_exact(&args, port).unwrap();
+    assert_serves(&second.addr());
 }

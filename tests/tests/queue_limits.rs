@@ -11,7 +11,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use ringmq_client::blocking::{Connection, Consumer, Publisher};
-use ringmq_client::{ClientError, ConfirmSummary, ConnectOptions, ErrorCode, ExchangeKind, Message, QueueInfo, QueueOptions, Seq};
+use ringmq_client::{
+    ClientError, ConfirmSummary, ConnectOptions, ErrorCode, ExchangeKind, Message, QueueInfo, QueueOptions, Seq,
+};
 use ringmq_tests::{eventually, run_cli, BrokerProcess};
 
 /// Longest a test waits for one delivery or for queue counts to settle.
@@ -45,7 +47,11 @@ fn max_count_refuses_publishes_naming_the_limit_until_acks_free_room() {
     consumer.flush().unwrap();
     eventually("the ack of 'a' is counted", WAIT, || {
         let info = info(&connection, "small");
-        if info.dequeued == 1 { Ok(()) } else { Err(info) }
+        if info.dequeued == 1 {
+            Ok(())
+        } else {
+            Err(info)
+        }
     });
     let summary = publish(&publisher, "", "small", &["e", "f"]);
     assert_rejected(&summary, (1, 0, 1), (Seq(5), Seq(5)), ErrorCode::QueueFull, full);
@@ -94,7 +100,11 @@ fn max_bytes_refuses_a_message_that_would_not_fit_until_acks_free_room() {
     consumer.cancel().unwrap();
     eventually("the ack frees 5 bytes", WAIT, || {
         let info = info(&connection, "bytes");
-        if info.bytes == 5 && info.unacked == 0 { Ok(()) } else { Err(info) }
+        if info.bytes == 5 && info.unacked == 0 {
+            Ok(())
+        } else {
+            Err(info)
+        }
     });
     let summary = publish(&publisher, "", "bytes", &["fghij"]);
     assert_eq!((summary.stored, summary.unroutable, summary.rejected), (1, 0, 0), "{summary:?}");
@@ -151,7 +161,10 @@ fn ringmq_send_to_a_full_queue_exits_1_with_the_brokers_reason() {
     assert!(success(&output).starts_with("sent 1 messages: 1 stored, 0 unroutable, 0 rejected ("), "{output:?}");
 
     // With a max-bytes limit the reason names that limit.
-    assert_eq!(success(&ringmq(&broker, &["queue", "add", "three-bytes", "--max-bytes", "3"])), "queue 'three-bytes' declared\n");
+    assert_eq!(
+        success(&ringmq(&broker, &["queue", "add", "three-bytes", "--max-bytes", "3"])),
+        "queue 'three-bytes' declared\n"
+    );
     let output = ringmq(&broker, &["send", "-k", "three-bytes", "abcd"]);
     assert_eq!(output.status.code(), Some(1), "{output:?}");
     assert_eq!(
@@ -185,22 +198,37 @@ fn redeclare_with_other_options_fails_naming_both_and_same_options_is_idempotent
     );
     // No limits at all is different options too.
     let error = connection.declare_queue("limited", QueueOptions::default(), &[]).unwrap_err();
-    assert_failed(&error, ErrorCode::PreconditionFailed, "declared with exclusive=false auto-delete=false max-count=unlimited");
+    assert_failed(
+        &error,
+        ErrorCode::PreconditionFailed,
+        "declared with exclusive=false auto-delete=false max-count=unlimited",
+    );
 
     // Passive: an existing queue passes whatever the options; a missing one is NotFound.
     connection.declare_queue("limited", QueueOptions { passive: true, ..QueueOptions::default() }, &[]).unwrap();
-    let error = connection.declare_queue("missing", QueueOptions { passive: true, ..QueueOptions::default() }, &[]).unwrap_err();
+    let error = connection
+        .declare_queue("missing", QueueOptions { passive: true, ..QueueOptions::default() }, &[])
+        .unwrap_err();
     assert_failed(&error, ErrorCode::NotFound, "no queue 'missing'");
     assert!(connection.list_queues().unwrap().iter().all(|q| q.name != "missing"));
 
     // The same through the CLI: same options exit 0, other options exit 1 naming both.
-    assert_eq!(success(&ringmq(&broker, &["queue", "add", "limited", "--max-count", "2"])), "queue 'limited' declared\n");
+    assert_eq!(
+        success(&ringmq(&broker, &["queue", "add", "limited", "--max-count", "2"])),
+        "queue 'limited' declared\n"
+    );
     let output = ringmq(&broker, &["queue", "add", "limited", "--max-bytes", "100"]);
     assert_eq!(output.status.code(), Some(1), "{output:?}");
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("PreconditionFailed"), "{stderr}");
-    assert!(stderr.contains("exists with exclusive=false auto-delete=false max-count=2 max-bytes=unlimited"), "{stderr}");
-    assert!(stderr.contains("declared with exclusive=false auto-delete=false max-count=unlimited max-bytes=100"), "{stderr}");
+    assert!(
+        stderr.contains("exists with exclusive=false auto-delete=false max-count=2 max-bytes=unlimited"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("declared with exclusive=false auto-delete=false max-count=unlimited max-bytes=100"),
+        "{stderr}"
+    );
 
     // After all that, the queue still has its one message and its limit of 2.
     assert_counts(&connection, "limited", (1, 0));
@@ -226,7 +254,11 @@ fn purge_drops_ready_messages_and_delete_removes_the_queue_and_cancels_consumers
     assert_eq!(body, "1");
     eventually("one delivery unacked", WAIT, || {
         let info = info(&connection, "work");
-        if info.unacked == 1 { Ok(()) } else { Err(info) }
+        if info.unacked == 1 {
+            Ok(())
+        } else {
+            Err(info)
+        }
     });
 
     // Purge: the four ready ones go, the unacked one stays.
@@ -281,20 +313,17 @@ fn queue_list_reports_depth_bytes_unacked_consumers_and_totals() {
     let (first, _) = receive(&mut consumer);
     consumer.ack(first).unwrap();
     consumer.flush().unwrap();
-    let expected_a = QueueInfo {
-        name: "listed-a".into(),
-        depth: 1,
-        bytes: 8,
-        unacked: 1,
-        consumers: 1,
-        enqueued: 3,
-        dequeued: 1,
-    };
+    let expected_a =
+        QueueInfo { name: "listed-a".into(), depth: 1, bytes: 8, unacked: 1, consumers: 1, enqueued: 3, dequeued: 1 };
     let expected_b =
         QueueInfo { name: "listed-b".into(), depth: 0, bytes: 0, unacked: 0, consumers: 0, enqueued: 0, dequeued: 0 };
     let listed = eventually("the ack is counted and the second delivered", WAIT, || {
         let listed = connection.list_queues().unwrap();
-        if listed.first().is_some_and(|a| a.dequeued == 1 && a.unacked == 1) { Ok(listed) } else { Err(listed) }
+        if listed.first().is_some_and(|a| a.dequeued == 1 && a.unacked == 1) {
+            Ok(listed)
+        } else {
+            Err(listed)
+        }
     });
     assert_eq!(listed, vec![expected_a, expected_b]);
 
@@ -371,7 +400,11 @@ fn assert_counts(connection: &Connection, name: &str, counts: (u64, u64)) {
 fn wait_until_empty(connection: &Connection, name: &str) {
     eventually("queue empty and acked", WAIT, || {
         let info = info(connection, name);
-        if info.depth == 0 && info.unacked == 0 { Ok(()) } else { Err(info) }
+        if info.depth == 0 && info.unacked == 0 {
+            Ok(())
+        } else {
+            Err(info)
+        }
     });
 }
 

@@ -16,7 +16,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use ringmq_client::blocking::{Connection, Publisher};
-use ringmq_client::{ClientError, ConfirmOutcome, ConfirmSummary, ConnectOptions, ErrorCode, ExchangeKind, Message, QueueOptions, Seq};
+use ringmq_client::{
+    ClientError, ConfirmOutcome, ConfirmSummary, ConnectOptions, ErrorCode, ExchangeKind, Message, QueueOptions, Seq,
+};
 use ringmq_core::ids::ShardId;
 use ringmq_core::shard::shard_of;
 use ringmq_tests::{eventually, BrokerProcess};
@@ -82,7 +84,14 @@ fn fanout_exchange_copies_every_message_to_every_bound_queue() {
 
     // Bind route-0..route-4 with assorted keys; route-0 twice.
     connection.declare_exchange("news", ExchangeKind::Fanout).unwrap();
-    for (queue, key) in [("route-0", ""), ("route-1", "x"), ("route-2", "any.thing"), ("route-3", "#"), ("route-4", "*"), ("route-0", "again")] {
+    for (queue, key) in [
+        ("route-0", ""),
+        ("route-1", "x"),
+        ("route-2", "any.thing"),
+        ("route-3", "#"),
+        ("route-4", "*"),
+        ("route-0", "again"),
+    ] {
         connection.bind("news", queue, key).unwrap();
     }
     assert_eq!(bindings_of(&connection, "news"), 6);
@@ -132,14 +141,14 @@ fn topic_exchange_matches_star_and_hash_patterns() {
     assert_queues_hold(
         &connection,
         &[
-            ("route-0", &["a.b.c"]),                                          // a.*.c
-            ("route-1", &["a.b.c", "a.c", "a", "a.x.y.c"]),                   // a.#
+            ("route-0", &["a.b.c"]),                                                 // a.*.c
+            ("route-1", &["a.b.c", "a.c", "a", "a.x.y.c"]),                          // a.#
             ("route-2", &["a.b.c", "a.c", "a", "a.x.y.c", "b.b.b", "x", "<empty>"]), // #
-            ("route-3", &["a.b.c", "b.b.b"]),                                 // *.b.*
-            ("route-4", &["a.b.c"]),                                          // a.b.c
-            ("route-5", &["a.b.c", "a.c", "a.x.y.c"]),                        // #.c
-            ("route-6", &["a.c"]),                                            // a.*
-            ("route-7", &["a.b.c", "a.c", "a.x.y.c"]),                        // a.#.c
+            ("route-3", &["a.b.c", "b.b.b"]),                                        // *.b.*
+            ("route-4", &["a.b.c"]),                                                 // a.b.c
+            ("route-5", &["a.b.c", "a.c", "a.x.y.c"]),                               // #.c
+            ("route-6", &["a.c"]),                                                   // a.*
+            ("route-7", &["a.b.c", "a.c", "a.x.y.c"]),                               // a.#.c
         ],
     );
 
@@ -207,7 +216,8 @@ fn builtin_exchanges_exist_and_route_by_their_kind() {
     let summary = publish(&publisher, "amq.direct", &[("d", "direct-hit"), ("t.x", "direct-miss")]);
     assert_eq!((summary.stored, summary.unroutable), (1, 1), "{summary:?}");
     // amq.topic: `*` needs exactly one more word.
-    let summary = publish(&publisher, "amq.topic", &[("t.x", "topic-hit"), ("t", "topic-miss"), ("t.x.y", "topic-miss2")]);
+    let summary =
+        publish(&publisher, "amq.topic", &[("t.x", "topic-hit"), ("t", "topic-miss"), ("t.x.y", "topic-miss2")]);
     assert_eq!((summary.stored, summary.unroutable), (1, 2), "{summary:?}");
     // amq.fanout: every bound queue, whatever the key.
     let summary = publish(&publisher, "amq.fanout", &[("whatever", "fan")]);
@@ -267,7 +277,8 @@ fn unroutable_and_unknown_exchange_publishes_are_confirmed_as_such() {
     assert_eq!((summary.stored, summary.unroutable, summary.rejected), (2, 1, 1), "{summary:?}");
 
     // In bulk: 5 unroutable, then 3 rejected, counted separately, the first rejection named.
-    let fates: Vec<(&str, &str)> = (0..5).map(|_| ("empty-x", "u")).chain((0..3).map(|_| ("no-such-exchange", "r"))).collect();
+    let fates: Vec<(&str, &str)> =
+        (0..5).map(|_| ("empty-x", "u")).chain((0..3).map(|_| ("no-such-exchange", "r"))).collect();
     for (exchange, body) in &fates {
         publisher.publish(exchange, message("k", body)).unwrap();
     }
@@ -461,7 +472,11 @@ fn wait_until_empty(connection: &Connection) {
             .into_iter()
             .filter(|q| QUEUES.contains(&q.name.as_str()) && (q.depth > 0 || q.unacked > 0))
             .collect();
-        if busy.is_empty() { Ok(()) } else { Err(busy) }
+        if busy.is_empty() {
+            Ok(())
+        } else {
+            Err(busy)
+        }
     });
 }
 
