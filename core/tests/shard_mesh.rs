@@ -262,3 +262,104 @@ fn deliveries_of_large_messages_are_cut_into_bounded_frames() {
         .collect();
     assert_eq!(tags, vec![(0, 1), (1, 1), (2, 1)]);
 }
+
+#[test]
+fn exclusive_queues_belong_to_one_connection_and_go_with_it() {
+    // Goal: an exclusive queue refuses other connections and is deleted when its owner closes.
+    // Method: two shards; the owner on shard 0, another connection on shard 1.
+    let mut mesh = Mesh::new(2);
+    let queue = queue_on(1, 2);
+    mesh.connect(0, 1);
+    mesh.connect(1, 1);
+    let exclusive = QueueOptions { exclusive: true, ..QueueOptions::default() };
+    mesh.send(
+        0,
+        1,
+        &Frame::QueueDeclare {
+            request: RequestId(1),
+            name: queue.clone(),
+            options: exclusive.clone(),
+            arguments: vec![],
+        },
+    );
+    assert_eq!(mesh.take(0, 1), vec![Frame::Ok { request: RequestId(1) }]);
+    // Another connection can neither redeclare nor consume it.
+    mesh.send(
+        1,
+        1,
+        &Frame::QueueDeclare { request: RequestId(2), name: queue.clone(), options: exclusive, arguments: vec![] },
+    );
+    mesh.send(
+        1,
+        1,
+        &Frame::Subscribe { request: RequestId(3), consumer: ConsumerId(1), queue: queue.clone(), prefetch: 1 },
+    );
+    let refusals: Vec<(RequestId, ErrorCode)> = mesh
+        .take(1, 1)
+        .into_iter()
+        .filter_map(|f| match f {
+            Frame::Failed { request, code, .. } => Some((request, code)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(refusals, vec![(RequestId(2), ErrorCode::ResourceLocked), (RequestId(3), ErrorCode::ResourceLocked)]);
+    // The owner closes: the queue is gone everywhere.
+    mesh.shards[0].handle_closed(ConnId(1));
+    mesh.settle();
+    let passive = QueueOptions { passive: true, ..QueueOptions::default() };
+    mesh.send(
+        1,
+        1,
+        &Frame::QueueDeclare { request: RequestId(4), name: queue.clone(), options: passive, arguments: vec![] },
+    );
+    assert!(matches!(mesh.take(1, 1).as_slice(), [Frame::Failed { code: ErrorCode::NotFound, .. }]));
+}
+
+#[test]
+fn auto_delete_queues_go_when_their_last_consumer_does() {
+    // Goal: an auto-delete queue is deleted once its last subscription is cancelled.
+    let mut mesh = Mesh::new(2);
+    let queue = queue_on(0, 2);
+    mesh.connect(1, 1);
+    let auto_delete = QueueOptions { auto_delete: true, ..QueueOptions::default() };
+    mesh.send(
+        1,
+        1,
+        &Frame::QueueDeclare { request: RequestId(1), name: queue.clone(), options: auto_delete, arguments: vec![] },
+    );
+    mesh.send(
+        1,
+        1,
+        &Frame::Subscribe { request: RequestId(2), consumer: ConsumerId(1), queue: queue.clone(), prefetch: 1 },
+    );
+    mesh.send(
+        1,
+        1,
+        &Frame::Subscribe { request: RequestId(3), consumer: ConsumerId(2), queue: queue.clone(), prefetch: 1 },
+    );
+    mesh.take(1, 1);
+    // One consumer left: the queue stays.
+    mesh.send(1, 1, &Frame::Cancel { request: RequestId(4), consumer: ConsumerId(1) });
+    let passive = QueueOptions { passive: true, ..QueueOptions::default() };
+    mesh.send(
+        1,
+        1,
+        &Frame::QueueDeclare {
+            request: RequestId(5),
+            name: queue.clone(),
+            options: passive.clone(),
+            arguments: vec![],
+        },
+    );
+    assert_eq!(mesh.take(1, 1), vec![Frame::Ok { request: RequestId(4) }, Frame::Ok { request: RequestId(5) }]);
+    // The last one goes: so does the queue.
+    mesh.send(1, 1, &Frame::Cancel { request: RequestId(6), consumer: ConsumerId(2) });
+    mesh.send(
+        1,
+        1,
+        &Frame::QueueDeclare { request: RequestId(7), name: queue.clone(), options: passive, arguments: vec![] },
+    );
+    let frames = mesh.take(1, 1);
+    assert_eq!(frames[0], Frame::Ok { request: RequestId(6) });
+    assert!(matches!(frames[1], Frame::Failed { request: RequestId(7), code: ErrorCode::NotFound, .. }), "{frames:?}");
+}
