@@ -57,6 +57,15 @@ pub enum Command {
         #[command(flatten)]
         binding: BindingArgs,
     },
+    /// HA: a broker's state, and promotion (always as an admin connection).
+    Ha {
+        /// Broker connection.
+        #[command(flatten)]
+        broker: BrokerArgs,
+        /// What to do.
+        #[command(subcommand)]
+        command: HaCommand,
+    },
     /// Send messages: the arguments, lines of stdin, or `--count` generated ones.
     Send(SendArgs),
     /// Receive messages from a queue and print them (or count them).
@@ -105,6 +114,27 @@ pub enum QueueCommand {
     },
     /// List queues with their depth and counts.
     List,
+}
+
+/// HA commands.
+#[derive(Debug, Subcommand)]
+pub enum HaCommand {
+    /// Print the broker's HA state (standalone, joining, catchup, ready, recovering, active).
+    Status {
+        /// Exit 0 only if the state is this one (with --all: if every broker's is), 1 otherwise.
+        #[arg(long)]
+        expect: Option<String>,
+        /// Ask every broker of the broker's ha-brokers-url and print each with its state.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Promote the broker to primary. A cluster manager's command: refused without
+    /// --cluster-manager.
+    Promote {
+        /// Confirm that a cluster manager (or a person acting as one) is promoting.
+        #[arg(long)]
+        cluster_manager: bool,
+    },
 }
 
 /// Exchange types on the command line.

@@ -9,7 +9,9 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::time::Duration;
 
+use ringmq_core::ha_view::HaSettings;
 use ringmq_core::limits::{FRAME_BYTES_CONFIGURABLE_MAX, FRAME_BYTES_DEFAULT, PUBLISH_INFLIGHT_MAX};
+use ringmq_ha::url::BrokerUrl;
 
 /// A validated broker configuration.
 #[derive(Debug, Clone)]
@@ -32,6 +34,12 @@ pub struct BrokerConfig {
     pub ring_entries: u32,
     /// `log`: tracing filter.
     pub log: String,
+    /// `ha-cluster`: member of an HA cluster (starts as a `joining` backup).
+    pub ha_cluster: bool,
+    /// `ha-brokers-url`: every broker of the cluster; required with `ha-cluster`.
+    pub ha_brokers_url: Option<BrokerUrl>,
+    /// `ha-public-url`: the cluster's addresses as clients should use them.
+    pub ha_public_url: Option<BrokerUrl>,
 }
 
 /// A configuration error, naming the option and what was allowed.
@@ -101,6 +109,21 @@ const OPTIONS: &[OptionSpec] = &[
     OptionSpec { name: "deliver-batch", default: "256", help: "most messages per delivery frame" },
     OptionSpec { name: "io-uring-entries", default: "1024", help: "submission queue entries per shard" },
     OptionSpec { name: "log", default: "info", help: "log filter (error, warn, info, debug, trace)" },
+    OptionSpec {
+        name: "ha-cluster",
+        default: "false",
+        help: "join an HA cluster: start as a backup (joining) that refuses clients until promoted",
+    },
+    OptionSpec {
+        name: "ha-brokers-url",
+        default: "",
+        help: "URL of every broker in the cluster, [amqp:][user[/password]@]addr(,addr)*; required with ha-cluster",
+    },
+    OptionSpec {
+        name: "ha-public-url",
+        default: "",
+        help: "URL clients use for the cluster; shown to clients a backup refuses",
+    },
 ];
 
 /// The option table as `(name, default, help)`, for `--help`.
@@ -159,7 +182,20 @@ impl BrokerConfig {
             Some(value) => parse_int("shards", value, 1, 256)? as u16,
             None => cores,
         };
+        let ha_cluster = parse_bool("ha-cluster", &get("ha-cluster"))?;
+        let ha_brokers_url = parse_url("ha-brokers-url", &get("ha-brokers-url"))?;
+        let ha_public_url = parse_url("ha-public-url", &get("ha-public-url"))?;
+        if ha_cluster && ha_brokers_url.is_none() {
+            return Err(bad(
+                "ha-brokers-url",
+                "is required when ha-cluster is true: a broker URL listing every broker of the cluster",
+                "",
+            ));
+        }
         Ok(BrokerConfig {
+            ha_cluster,
+            ha_brokers_url,
+            ha_public_url,
             host: parse_ip("host", &get("host"))?,
             port: parse_int("port", &get("port"), 0, u64::from(u16::MAX))? as u16,
             shards,
@@ -180,6 +216,16 @@ impl BrokerConfig {
             ring_entries: parse_int("io-uring-entries", &get("io-uring-entries"), 8, 32768)? as u32,
             log: get("log"),
         })
+    }
+
+    /// The HA options as the shards take them: URLs in canonical form, credentials hidden.
+    pub fn ha_settings(&self) -> HaSettings {
+        let text = |url: &Option<BrokerUrl>| url.as_ref().map(|u| u.redacted().to_string()).unwrap_or_default();
+        HaSettings {
+            cluster: self.ha_cluster,
+            brokers_url: text(&self.ha_brokers_url),
+            public_url: text(&self.ha_public_url),
+        }
     }
 
     /// The address to listen on.
@@ -250,6 +296,22 @@ fn parse_ip(name: &str, value: &str) -> Result<IpAddr, ConfigError> {
     value.trim().parse().map_err(|_| bad(name, "must be an IP address such as 127.0.0.1 or ::", value))
 }
 
+/// Parses a broker URL option; empty means unset. A value with credentials is echoed with
+/// everything before its last '@' hidden, so a bad URL never prints a password.
+fn parse_url(name: &str, value: &str) -> Result<Option<BrokerUrl>, ConfigError> {
+    let text = value.trim();
+    if text.is_empty() {
+        return Ok(None);
+    }
+    text.parse::<BrokerUrl>().map(Some).map_err(|error| {
+        let shown = match text.rsplit_once('@') {
+            Some((_, addresses)) => format!("***@{addresses}"),
+            None => text.to_string(),
+        };
+        bad(name, format!("must be a broker URL, [amqp:][user[/password]@]addr(,addr)*: {error}"), &shown)
+    })
+}
+
 /// Parses a duration: a plain number is seconds (`0.1`), or a number with `s`, `ms`, `us` or `ns`.
 ///
 /// # Errors
@@ -302,6 +364,39 @@ mod tests {
         assert_eq!(error.to_string(), "option 'port': must be an integer in 0..=65535; got '70000'");
         let error = BrokerConfig::from_args(&args(&["--port"])).unwrap_err();
         assert_eq!(error, ConfigError::MissingValue("port".into()));
+    }
+
+    #[test]
+    fn ha_options_are_checked_and_brokers_url_is_required_with_ha_cluster() {
+        // Goal: the HA options parse with the reference grammar, a bad one names the option, and
+        // ha-cluster without ha-brokers-url is refused. Method: from_args on each case.
+        let config = BrokerConfig::from_args(&args(&[
+            "--ha-cluster",
+            "yes",
+            "--ha-brokers-url",
+            "127.0.0.1:1,127.0.0.1:2",
+            "--ha-public-url",
+            "vip",
+        ]))
+        .unwrap();
+        let settings = config.ha_settings();
+        assert!(settings.cluster);
+        assert_eq!(settings.brokers_url, "amqp:tcp:127.0.0.1:1,tcp:127.0.0.1:2");
+        assert_eq!(settings.public_url, "amqp:tcp:vip:5672");
+        let error = BrokerConfig::from_args(&args(&["--ha-cluster", "true"])).unwrap_err();
+        assert!(
+            error.to_string().starts_with("option 'ha-brokers-url': is required when ha-cluster is true"),
+            "{error}"
+        );
+        let error = BrokerConfig::from_args(&args(&["--ha-brokers-url", "h:99999"])).unwrap_err();
+        assert!(error.to_string().starts_with("option 'ha-brokers-url': must be a broker URL"), "{error}");
+        assert!(error.to_string().ends_with("got 'h:99999'"), "{error}");
+        let error = BrokerConfig::from_args(&args(&["--ha-public-url", "u/secret@h:0"])).unwrap_err();
+        assert!(!error.to_string().contains("secret"), "{error}");
+        let error = BrokerConfig::from_args(&args(&["--ha-cluster", "maybe"])).unwrap_err();
+        assert!(error.to_string().starts_with("option 'ha-cluster': must be true/false"), "{error}");
+        // Without ha-cluster the broker is standalone.
+        assert!(!BrokerConfig::from_args(&[]).unwrap().ha_settings().cluster);
     }
 
     #[test]

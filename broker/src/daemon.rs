@@ -35,6 +35,7 @@ pub fn run(args: &[String]) -> ExitCode {
         publish_inflight_max: config.publish_inflight_max,
         deliver_batch_max: config.deliver_batch_max as usize,
         broker_name: format!("ringmq {}", env!("CARGO_PKG_VERSION")),
+        ha: config.ha_settings(),
     };
     let broker = match start(&transport, shard_config) {
         Ok(broker) => broker,

@@ -2,12 +2,14 @@
 //!
 //! - `broker`: run a broker (`daemon`, options in `config`).
 //! - `queue`, `exchange`, `bind`, `unbind`: management over the native protocol (`manage`).
+//! - `ha status`, `ha promote`: HA state and promotion (`ha`).
 //! - `send`, `receive`: messages from the shell (`shell`).
 //! - `bench`: the load generator (`ringmq-bench`).
 
 mod cli;
 mod config;
 mod daemon;
+mod ha;
 mod manage;
 mod shell;
 
@@ -26,6 +28,7 @@ fn main() -> ExitCode {
         cli::Command::Exchange { broker, command } => manage::exchange(&broker, command),
         cli::Command::Bind { broker, binding } => manage::bind(&broker, binding, true),
         cli::Command::Unbind { broker, binding } => manage::bind(&broker, binding, false),
+        cli::Command::Ha { broker, command } => ha::run(&broker, command),
         cli::Command::Send(args) => shell::send(args),
         cli::Command::Receive(args) => shell::receive(args),
         cli::Command::Bench(args) => shell::bench(args),

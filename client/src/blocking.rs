@@ -97,6 +97,22 @@ impl Connection {
         self.runtime.block_on(self.inner().list_queues())
     }
 
+    /// See `crate::Connection::ha_status`.
+    ///
+    /// # Errors
+    /// As the async method.
+    pub fn ha_status(&self) -> Result<crate::HaStatus, ClientError> {
+        self.runtime.block_on(self.inner().ha_status())
+    }
+
+    /// See `crate::Connection::ha_promote`.
+    ///
+    /// # Errors
+    /// As the async method.
+    pub fn ha_promote(&self) -> Result<(), ClientError> {
+        self.runtime.block_on(self.inner().ha_promote())
+    }
+
     /// See `crate::Connection::declare_exchange`.
     ///
     /// # Errors

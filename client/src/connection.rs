@@ -71,6 +71,19 @@ pub struct ConnectionStats {
     pub unconfirmed: u64,
 }
 
+/// A broker's HA state, as `HaStatusReply` carries it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HaStatus {
+    /// standalone, joining, catchup, ready, recovering or active.
+    pub state: String,
+    /// The epoch the broker was promoted in; 0 while it has not been.
+    pub epoch: u64,
+    /// Its `ha-brokers-url` (credentials hidden); empty if unset.
+    pub brokers_url: String,
+    /// Its `ha-public-url` (credentials hidden); empty if unset.
+    pub public_url: String,
+}
+
 impl Connection {
     /// Connects to the broker at `addr` (`"host:port"` or a `SocketAddr`) and completes the
     /// handshake. Must run inside a tokio runtime: it spawns the connection's two tasks.
@@ -201,6 +214,26 @@ impl Connection {
             Reply::Exchanges(exchanges) => Ok(exchanges),
             other => Err(other.unexpected("exchange list")),
         }
+    }
+
+    /// The broker's HA state. Served on a backup too, to an admin connection.
+    ///
+    /// # Errors
+    /// `Failed` or the connection's cause.
+    pub async fn ha_status(&self) -> Result<HaStatus, ClientError> {
+        match self.shared.request("ha status", |request| Frame::HaStatus { request }).await? {
+            Reply::HaStatus(status) => Ok(status),
+            other => Err(other.unexpected("ha status")),
+        }
+    }
+
+    /// Asks the broker to become the primary (a cluster manager's command).
+    ///
+    /// # Errors
+    /// `Failed` with the broker's reason when its state does not allow it (standalone, catching
+    /// up, already primary); the connection's cause when it ended.
+    pub async fn ha_promote(&self) -> Result<(), ClientError> {
+        self.shared.request("ha promote", |request| Frame::HaPromote { request }).await?.expect_done("ha promote")
     }
 
     /// Binds `queue` to `exchange` with binding key `key` (idempotent).

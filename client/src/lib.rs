@@ -64,7 +64,7 @@ mod shared;
 mod writer;
 
 pub use confirm_queue::{ConfirmSummary, Rejection};
-pub use connection::{Connection, ConnectionStats};
+pub use connection::{Connection, ConnectionStats, HaStatus};
 pub use consumer::{Consumer, Delivery};
 pub use error::ClientError;
 pub use options::ConnectOptions;

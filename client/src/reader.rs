@@ -112,6 +112,10 @@ fn dispatch(shared: &Shared, frame: Frame, confirms: &mut Vec<ConfirmRange>) -> 
         }
         Frame::QueueListReply { request, queues } => complete(shared, request, Ok(Reply::Queues(queues))),
         Frame::ExchangeListReply { request, exchanges } => complete(shared, request, Ok(Reply::Exchanges(exchanges))),
+        Frame::HaStatusReply { request, state, epoch, brokers_url, public_url } => {
+            let status = crate::connection::HaStatus { state, epoch, brokers_url, public_url };
+            complete(shared, request, Ok(Reply::HaStatus(status)))
+        }
         Frame::Confirm { ranges } => confirms.extend(ranges),
         Frame::Deliver { consumer, first_tag, messages } => {
             let mut consumers = locked(&shared.consumers);

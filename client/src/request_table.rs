@@ -27,6 +27,8 @@ pub(crate) enum Reply {
     Queues(Vec<QueueInfo>),
     /// `ExchangeListReply`.
     Exchanges(Vec<ExchangeInfo>),
+    /// `HaStatusReply`.
+    HaStatus(crate::connection::HaStatus),
 }
 
 impl Reply {
@@ -44,6 +46,7 @@ impl Reply {
             Reply::Done => "Ok",
             Reply::Queues(_) => "QueueListReply",
             Reply::Exchanges(_) => "ExchangeListReply",
+            Reply::HaStatus(_) => "HaStatusReply",
         };
         ClientError::Protocol { reason: format!("unexpected reply to {what}: got {got}") }
     }

@@ -162,7 +162,11 @@ pub fn encode(frame: &Frame, out: &mut BytesMut) {
             out.put_u32_le(request.0);
             put_name(out, name);
         }
-        Frame::QueueList { request } | Frame::ExchangeList { request } | Frame::Ok { request } => {
+        Frame::QueueList { request }
+        | Frame::ExchangeList { request }
+        | Frame::Ok { request }
+        | Frame::HaStatus { request }
+        | Frame::HaPromote { request } => {
             out.put_u32_le(request.0);
         }
         Frame::ExchangeDeclare { request, name, kind, passive, arguments } => {
@@ -267,6 +271,13 @@ pub fn encode(frame: &Frame, out: &mut BytesMut) {
         Frame::ConsumerCancelled { consumer, reason } => {
             out.put_u32_le(consumer.0);
             put_text(out, reason);
+        }
+        Frame::HaStatusReply { request, state, epoch, brokers_url, public_url } => {
+            out.put_u32_le(request.0);
+            put_name(out, state);
+            out.put_u64_le(*epoch);
+            put_text(out, brokers_url);
+            put_text(out, public_url);
         }
     }
     end_frame(out, start);
@@ -736,6 +747,15 @@ fn decode_body(frame_type: FrameType, r: &mut Reader) -> Result<Frame, DecodeErr
         },
         FrameType::ExchangeDelete => Frame::ExchangeDelete { request: r.request()?, name: r.name("name")? },
         FrameType::ExchangeList => Frame::ExchangeList { request: r.request()? },
+        FrameType::HaStatus => Frame::HaStatus { request: r.request()? },
+        FrameType::HaPromote => Frame::HaPromote { request: r.request()? },
+        FrameType::HaStatusReply => Frame::HaStatusReply {
+            request: r.request()?,
+            state: r.name("state")?,
+            epoch: r.u64("epoch")?,
+            brokers_url: r.text("brokers-url")?,
+            public_url: r.text("public-url")?,
+        },
         FrameType::Bind => Frame::Bind { request: r.request()?, binding: r.binding()? },
         FrameType::Unbind => Frame::Unbind { request: r.request()?, binding: r.binding()? },
         FrameType::Publish => {
@@ -1128,6 +1148,8 @@ enum FrameType {
     Subscribe = 0x31,
     Cancel = 0x32,
     Settle = 0x33,
+    HaStatus = 0x40,
+    HaPromote = 0x41,
     Hello = 0x80,
     Ok = 0x81,
     Failed = 0x82,
@@ -1137,6 +1159,7 @@ enum FrameType {
     ConsumerCancelled = 0x92,
     QueueListReply = 0xa0,
     ExchangeListReply = 0xa1,
+    HaStatusReply = 0xa2,
 }
 
 impl FrameType {
@@ -1170,6 +1193,9 @@ impl FrameType {
             FrameType::ConsumerCancelled => "consumer-cancelled",
             FrameType::QueueListReply => "queue-list-reply",
             FrameType::ExchangeListReply => "exchange-list-reply",
+            FrameType::HaStatus => "ha-status",
+            FrameType::HaPromote => "ha-promote",
+            FrameType::HaStatusReply => "ha-status-reply",
         }
     }
 }
@@ -1199,6 +1225,9 @@ fn frame_type(frame: &Frame) -> FrameType {
         Frame::ConsumerCancelled { .. } => FrameType::ConsumerCancelled,
         Frame::QueueListReply { .. } => FrameType::QueueListReply,
         Frame::ExchangeListReply { .. } => FrameType::ExchangeListReply,
+        Frame::HaStatus { .. } => FrameType::HaStatus,
+        Frame::HaPromote { .. } => FrameType::HaPromote,
+        Frame::HaStatusReply { .. } => FrameType::HaStatusReply,
     }
 }
 
@@ -1248,7 +1277,7 @@ const LENGTH_BYTES: u32 = 4;
 const FRAME_HEADER_BYTES: usize = LENGTH_BYTES as usize + 1;
 
 /// Every frame type, for decoding the type byte.
-const FRAME_TYPES: [FrameType; 23] = [
+const FRAME_TYPES: [FrameType; 26] = [
     FrameType::Heartbeat,
     FrameType::QueueDeclare,
     FrameType::QueueDelete,
@@ -1272,6 +1301,9 @@ const FRAME_TYPES: [FrameType; 23] = [
     FrameType::ConsumerCancelled,
     FrameType::QueueListReply,
     FrameType::ExchangeListReply,
+    FrameType::HaStatus,
+    FrameType::HaPromote,
+    FrameType::HaStatusReply,
 ];
 
 /// Every error code, for decoding.
@@ -1318,7 +1350,7 @@ const QUEUE_INFO_BYTES_MIN: usize = 2 + 5 * 8 + 4;
 /// Smallest encoded `ExchangeInfo`, in bytes: empty name, kind and a `u32`.
 const EXCHANGE_INFO_BYTES_MIN: usize = 2 + 1 + 4;
 
-const _: () = assert!(FRAME_TYPES.len() == 23);
+const _: () = assert!(FRAME_TYPES.len() == 26);
 const _: () = assert!(ERROR_CODES.len() == (ERROR_CODE_LAST - ERROR_CODE_FIRST + 1) as usize);
 // Counts are `u32` on the wire; header counts are `u16`.
 const _: () = assert!(HEADERS_MAX <= u16::MAX as u32);
@@ -1500,6 +1532,22 @@ mod tests {
                 ],
             },
             Frame::ConsumerCancelled { consumer: ConsumerId(3), reason: "queue deleted".into() },
+            Frame::HaStatus { request: RequestId(16) },
+            Frame::HaPromote { request: RequestId(17) },
+            Frame::HaStatusReply {
+                request: RequestId(18),
+                state: "active".into(),
+                epoch: 1,
+                brokers_url: "amqp:tcp:10.0.0.1:5672,tcp:10.0.0.2:5672".into(),
+                public_url: String::new(),
+            },
+            Frame::HaStatusReply {
+                request: RequestId(19),
+                state: "joining".into(),
+                epoch: u64::MAX,
+                brokers_url: String::new(),
+                public_url: "amqp:tcp:vip:5672".into(),
+            },
         ]
     }
 
@@ -1566,6 +1614,8 @@ mod tests {
                     | FrameType::Subscribe
                     | FrameType::Cancel
                     | FrameType::Settle
+                    | FrameType::HaStatus
+                    | FrameType::HaPromote
             );
             assert_eq!(to_broker, (frame_type as u8) < 0x80, "{frame_type:?}");
         }

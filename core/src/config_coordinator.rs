@@ -6,22 +6,37 @@
 //! bindings), then broadcast to every other shard. The requester's `Ok` goes out only once every
 //! shard has applied it, so a client that declared a queue can publish to it from any connection.
 //!
+//! The coordinator also owns the broker's HA state (see `ha_view` for why it lives here): a
+//! promotion is decided here through the state table (`broker_state::transition`), takes a new
+//! epoch from the `EpochClock`, and is broadcast as `ConfigChange::HaState` like any other change,
+//! so every shard admits clients only once the promoter's `Ok` could go out. Until replication
+//! exists a new primary has no expected backups, so a promotion is two changes applied in order:
+//! `recovering` (cause `promoted`) then `active` (cause `expected-backups-settled`).
+//!
 //! Not here: the routing table itself, or the queues' messages.
 //!
 //! Invariants:
 //! - Change ids only grow; a change is answered exactly once, after `shard_count - 1` applied
 //!   notices.
 //! - `queues` mirrors the routing table's queue names on the coordinator shard.
+//! - `ha_state` changes only along the state table; `epochs` is asked for a promotion epoch
+//!   exactly once, when `recovering` is recorded, and that epoch is the one `decide` broadcast.
 
 use std::collections::HashMap;
 
+use crate::broker_state::{transition, BrokerState, TransitionCause};
+use crate::epoch::{Epoch, EpochClock};
 use crate::frame::{ErrorCode, Frame, QueueOptions};
 use crate::ids::RequestId;
 use crate::shard_message::{ConfigChange, ConfigRequest, ConnRef};
 
 /// Shard 0's bookkeeping for configuration changes.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct ConfigCoordinator {
+    /// The broker's HA state; every shard holds a copy in its `HaView`.
+    ha_state: BrokerState,
+    /// The highest epoch seen and the one this broker was promoted in.
+    epochs: EpochClock,
     /// Every queue with the options it was created with and its exclusive owner.
     queues: HashMap<String, (QueueOptions, Option<ConnRef>)>,
     /// The next change id.
@@ -52,6 +67,22 @@ pub enum Decision {
 }
 
 impl ConfigCoordinator {
+    /// A coordinator for a broker starting in HA state `ha_state` (`standalone` or `joining`).
+    pub fn new(ha_state: BrokerState) -> ConfigCoordinator {
+        ConfigCoordinator {
+            ha_state,
+            epochs: EpochClock::new(),
+            queues: HashMap::new(),
+            next_id: 0,
+            pending: HashMap::new(),
+        }
+    }
+
+    /// The broker's HA state as the coordinator holds it.
+    pub fn ha_state(&self) -> BrokerState {
+        self.ha_state
+    }
+
     /// Decides what a request means.
     pub fn decide(&self, origin: ConnRef, request: Option<RequestId>, change: ConfigRequest) -> Decision {
         let request_id = request.unwrap_or_default();
@@ -109,7 +140,43 @@ impl ConfigCoordinator {
             } else {
                 Vec::new()
             }),
+            ConfigRequest::HaPromote => match self.decide_promotion() {
+                Ok(changes) => Decision::Apply(changes),
+                Err(reason) => failed(ErrorCode::PreconditionFailed, reason),
+            },
         }
+    }
+
+    /// The changes a promotion makes, or why it is refused. Whether the other brokers allow a
+    /// `joining` broker to be promoted (the reference's StatusCheck) is checked by `ringmq ha
+    /// promote` before it asks: the broker has no links to its peers yet.
+    fn decide_promotion(&self) -> Result<Vec<ConfigChange>, String> {
+        let from = self.ha_state;
+        let refused = |why: &str| format!("cannot promote: {why} (this broker is {from})");
+        match from {
+            BrokerState::Standalone => return Err(refused("not in a cluster: ha-cluster is off")),
+            BrokerState::CatchUp => return Err(refused("still catching up")),
+            BrokerState::Recovering | BrokerState::Active => return Err(refused("already primary")),
+            BrokerState::Joining | BrokerState::Ready => {}
+        }
+        let recovering = transition(from, BrokerState::Recovering, TransitionCause::Promoted)
+            .map_err(|error| refused(&error.to_string()))?;
+        let epoch = match self.epochs.highest().0.checked_add(1) {
+            Some(next) => Epoch(next),
+            None => {
+                return Err(refused(&format!(
+                    "epoch {} has been seen and no higher epoch exists",
+                    self.epochs.highest()
+                )))
+            }
+        };
+        let active = transition(recovering, BrokerState::Active, TransitionCause::ExpectedBackupsSettled)
+            .expect("recovering -> active is in the table");
+        // No expected backups exist before replication does, so recovering ends at once.
+        Ok(vec![
+            ConfigChange::HaState { state: recovering, epoch, cause: TransitionCause::Promoted },
+            ConfigChange::HaState { state: active, epoch, cause: TransitionCause::ExpectedBackupsSettled },
+        ])
     }
 
     /// Records a change the coordinator applied on its own shard, and returns the id to
@@ -121,6 +188,15 @@ impl ConfigCoordinator {
             }
             ConfigChange::DeleteQueue { name } => {
                 self.queues.remove(name);
+            }
+            ConfigChange::HaState { state, epoch, cause } => {
+                self.ha_state = transition(self.ha_state, *state, *cause)
+                    .unwrap_or_else(|error| panic!("coordinator recorded an HA change off the table: {error}"));
+                if *cause == TransitionCause::Promoted {
+                    let taken = self.epochs.next_for_promotion().expect("decide checked the epoch is available");
+                    assert_eq!(taken, *epoch, "promotion epoch differs from the one decided");
+                }
+                assert_eq!(self.epochs.promoted().unwrap_or_default(), *epoch);
             }
             _ => {}
         }

@@ -326,6 +326,17 @@ pub enum Frame {
     },
     /// Keeps an idle connection alive; either side may send it.
     Heartbeat,
+    /// Asks for the broker's HA state; answered by `HaStatusReply`, also on a backup.
+    HaStatus {
+        /// Correlates the reply.
+        request: RequestId,
+    },
+    /// Asks the broker to become the primary (a cluster manager's command); answered by `Ok` or
+    /// by `Failed` with the reason the state table refused it.
+    HaPromote {
+        /// Correlates the reply.
+        request: RequestId,
+    },
 
     // ----- broker to client -----
     /// The broker accepted the preamble.
@@ -391,6 +402,20 @@ pub enum Frame {
         /// Why.
         reason: String,
     },
+    /// The broker's HA state, answering `HaStatus`.
+    HaStatusReply {
+        /// The request.
+        request: RequestId,
+        /// The state in the reference's spelling: standalone, joining, catchup, ready,
+        /// recovering or active.
+        state: String,
+        /// The epoch this broker was promoted in; 0 while it has not been promoted.
+        epoch: u64,
+        /// `ha-brokers-url` as configured (canonical form, credentials hidden); empty if unset.
+        brokers_url: String,
+        /// `ha-public-url` as configured (canonical form, credentials hidden); empty if unset.
+        public_url: String,
+    },
 }
 
 impl Frame {
@@ -411,6 +436,8 @@ impl Frame {
             Frame::Cancel { .. } => "cancel",
             Frame::Settle { .. } => "settle",
             Frame::Heartbeat => "heartbeat",
+            Frame::HaStatus { .. } => "ha-status",
+            Frame::HaPromote { .. } => "ha-promote",
             Frame::Hello { .. } => "hello",
             Frame::Ok { .. } => "ok",
             Frame::Failed { .. } => "failed",
@@ -420,6 +447,7 @@ impl Frame {
             Frame::QueueListReply { .. } => "queue-list-reply",
             Frame::ExchangeListReply { .. } => "exchange-list-reply",
             Frame::ConsumerCancelled { .. } => "consumer-cancelled",
+            Frame::HaStatusReply { .. } => "ha-status-reply",
         }
     }
 }

@@ -13,14 +13,21 @@
 //!   exchanges, bindings and queue names; which shard owns a queue is a hash, see `shard`).
 //! - `completion_tracker`: the one place that decides when publish confirms are released.
 //! - `shard`: one shard's whole state machine, composed of the above.
+//! - `config_coordinator`: shard 0's ordering of configuration changes, HA promotion included.
+//! - `broker_state`, `epoch`: the HA state table and leadership epochs (re-exported by
+//!   `ringmq-ha`; they live here because the coordinator owns the broker's HA state, see
+//!   `ha_view`), and `ha_view`: each shard's copy of that state and the admission rules.
 //!
 //! Not here: sockets, threads, rings, timers (see `ringmq-transport`).
 
+pub mod broker_state;
 pub mod codec;
 pub mod completion_tracker;
 pub mod config_coordinator;
+pub mod epoch;
 pub mod exchange;
 pub mod frame;
+pub mod ha_view;
 pub mod ids;
 pub mod limits;
 pub mod queue;

@@ -8,6 +8,12 @@
 //! - outputs, in any order: `poll_transmit` (bytes for a connection, and whether to close it
 //!   after), `poll_peer` (messages for other shards).
 //!
+//! HA: every shard holds a copy of the broker's HA state (`ha_view`), changed only by the
+//! coordinator's broadcast `ConfigChange::HaState`. While the broker is a backup, a connection
+//! without the admin flag gets an `Error` `NotPrimary` and is closed, and an admin connection's
+//! requests that would change a replicated object get `Failed` `NotPrimary` (a publish: a confirm
+//! with outcome `Rejected` `NotPrimary`).
+//!
 //! Not here: sockets, rings, threads; the transport carries bytes and messages in and out.
 //!
 //! Invariants:
@@ -16,6 +22,7 @@
 //!   coordinator's), so routing the same publish gives the same queues on every shard.
 //! - A publish is confirmed only through the connection's completion tracker, after every target
 //!   queue reported.
+//! - On shard 0, the `HaView`'s state equals the coordinator's after every applied change.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
@@ -29,6 +36,7 @@ use crate::frame::{
     ConfirmOutcome, ConfirmRange, Delivered, ErrorCode, Frame, Message, QueueInfo, PREAMBLE_FLAG_ADMIN,
     PROTOCOL_VERSION,
 };
+use crate::ha_view::{initial_state, Admission, HaSettings, HaView};
 use crate::ids::{ConnId, ConsumerId, RequestId, Seq, ShardId, Tag};
 use crate::limits::{DELIVER_FRAME_BYTES_TARGET, DELIVER_FRAME_OVERHEAD_BYTES};
 use crate::queue::{DeliveryBatch, Queue, SubscriberKey};
@@ -48,6 +56,8 @@ pub struct ShardConfig {
     pub deliver_batch_max: usize,
     /// The broker's name for `Hello`.
     pub broker_name: String,
+    /// `ha-cluster`, `ha-brokers-url`, `ha-public-url`.
+    pub ha: HaSettings,
 }
 
 /// Counters of things dropped or ignored, each with its reason.
@@ -59,6 +69,10 @@ pub struct ShardCounters {
     pub settle_unknown_tags: u64,
     /// Connections closed for a protocol error.
     pub protocol_errors: u64,
+    /// Connections refused because the broker is an HA backup and they were not admin.
+    pub refused_not_primary: u64,
+    /// Requests refused on an admin connection because the broker is an HA backup.
+    pub requests_refused_not_primary: u64,
 }
 
 /// Which queue a shard owns: a stable hash of the name.
@@ -85,8 +99,10 @@ pub struct Shard {
     queues: HashMap<Arc<str>, Queue>,
     /// Connections this shard accepted.
     sessions: HashMap<ConnId, Session>,
-    /// Shard 0 only: decides configuration changes.
+    /// Shard 0 only: decides configuration changes and owns the HA state.
     coordinator: Option<ConfigCoordinator>,
+    /// This shard's copy of the broker's HA state.
+    ha: HaView,
     /// Messages for other shards, by destination index.
     outbox: Vec<Vec<ShardMessage>>,
     /// Messages to ourselves, run by `drive`.
@@ -143,7 +159,8 @@ impl Shard {
             routing: RoutingTable::new(),
             queues: HashMap::new(),
             sessions: HashMap::new(),
-            coordinator: (id.0 == 0).then(ConfigCoordinator::default),
+            coordinator: (id.0 == 0).then(|| ConfigCoordinator::new(initial_state(&config.ha))),
+            ha: HaView::new(config.ha.clone()),
             outbox: (0..count).map(|_| Vec::new()).collect(),
             loopback: VecDeque::new(),
             dirty_queues: HashSet::new(),
@@ -164,6 +181,11 @@ impl Shard {
     /// Drop counters.
     pub fn counters(&self) -> &ShardCounters {
         &self.counters
+    }
+
+    /// This shard's copy of the broker's HA state.
+    pub fn ha(&self) -> &HaView {
+        &self.ha
     }
 
     /// A connection was accepted.
@@ -209,6 +231,12 @@ impl Shard {
                     let _ = buf.split_to(crate::frame::PREAMBLE_LEN);
                     session.open = true;
                     session.admin = preamble.flags & PREAMBLE_FLAG_ADMIN != 0;
+                    if let Admission::RefusedNotPrimary { message } = self.ha.admission(session.admin) {
+                        self.counters.refused_not_primary += 1;
+                        self.close_with_error(conn, ErrorCode::NotPrimary, message);
+                        buf.clear();
+                        return;
+                    }
                     let hello = Frame::Hello { version: PROTOCOL_VERSION, broker: self.config.broker_name.clone() };
                     self.write_frame(conn, &hello);
                 }
@@ -398,6 +426,13 @@ impl Shard {
 
     fn handle_frame(&mut self, conn: ConnId, frame: Frame) {
         let origin = self.conn_ref(conn);
+        if let Some(request) = changes_replicated_state(&frame) {
+            if let Some(message) = self.ha.refusal(frame.name()) {
+                self.counters.requests_refused_not_primary += 1;
+                self.write_frame(conn, &Frame::Failed { request, code: ErrorCode::NotPrimary, message });
+                return;
+            }
+        }
         match frame {
             Frame::Publish { exchange, first_seq, messages } => self.publish(conn, &exchange, first_seq, messages),
             Frame::Settle { consumer, settlement, ranges } => {
@@ -465,6 +500,14 @@ impl Shard {
                     }
                 }
             }
+            Frame::HaStatus { request } => {
+                let reply = self.ha.status_reply(request);
+                self.write_frame(conn, &reply);
+            }
+            Frame::HaPromote { request } => {
+                let change = ConfigRequest::HaPromote;
+                self.send(ShardId(0), ShardMessage::ConfigRequest { origin, request: Some(request), change });
+            }
             Frame::Heartbeat => {}
             other => {
                 let message = format!("a client may not send {}", other.name());
@@ -478,6 +521,11 @@ impl Shard {
     /// same path and every queue is looked up once per run of messages, not once per message.
     fn publish(&mut self, conn: ConnId, exchange: &str, first_seq: Seq, messages: Vec<Message>) {
         let inflight_max = self.config.publish_inflight_max;
+        // On an HA backup nothing is routed: every message is confirmed as refused.
+        let refusal = self.ha.refusal("publish").map(|reason| {
+            self.counters.requests_refused_not_primary += 1;
+            ConfirmOutcome::Rejected { code: ErrorCode::NotPrimary, reason }
+        });
         let session = self.sessions.get_mut(&conn).expect("session of a frame");
         let expected = *session.next_seq.get_or_insert(first_seq);
         if first_seq != expected {
@@ -491,10 +539,13 @@ impl Shard {
         // Messages of a batch usually share their routing key: route each distinct key once.
         let mut routed_key: Option<bytes::Bytes> = None;
         let mut routed: Result<(), ConfirmOutcome> = Ok(());
+
         let mut overflow = false;
         for (offset, message) in messages.into_iter().enumerate() {
             let seq = Seq(first_seq.0 + offset as u64);
-            if routed_key.as_ref() != Some(&message.routing_key) {
+            if let Some(outcome) = &refusal {
+                routed = Err(outcome.clone());
+            } else if routed_key.as_ref() != Some(&message.routing_key) {
                 targets.clear();
                 routed = self
                     .routing
@@ -808,6 +859,8 @@ impl Shard {
             }
             let coordinator = self.coordinator.as_mut().expect("coordinator");
             let id = coordinator.record_applied(&change);
+            // Pair assertion: the coordinator's HA state and this shard's copy moved together.
+            assert_eq!(coordinator.ha_state(), self.ha.state(), "coordinator and shard 0 disagree on HA state");
             let others = self.config.shard_count - 1;
             if others == 0 {
                 if let Some(request) = answer {
@@ -855,6 +908,10 @@ impl Shard {
             }
             ConfigChange::Bind(binding) => self.routing.bind(&binding).map(|_| ()).map_err(routing_error),
             ConfigChange::Unbind(binding) => self.routing.unbind(&binding).map(|_| ()).map_err(routing_error),
+            ConfigChange::HaState { state, epoch, cause } => {
+                self.ha.handle_change(state, epoch, cause);
+                Ok(())
+            }
         }
     }
 
@@ -912,11 +969,34 @@ impl Shard {
     /// Writes an `Error` frame and marks the connection to be closed once it is written.
     fn fail_connection(&mut self, conn: ConnId, code: ErrorCode, message: String) {
         self.counters.protocol_errors += 1;
+        self.close_with_error(conn, code, message);
+    }
+
+    /// Writes an `Error` frame and marks the connection to be closed once it is written, without
+    /// counting it as the client's protocol error.
+    fn close_with_error(&mut self, conn: ConnId, code: ErrorCode, message: String) {
         self.write_frame(conn, &Frame::Error { code, message });
         if let Some(session) = self.sessions.get_mut(&conn) {
             session.closing = true;
         }
         self.mark_session(conn);
+    }
+}
+
+/// The request id of a frame that would change a replicated object (and so is refused on an HA
+/// backup); `None` for reads, settles, cancels and heartbeats. Passive declares only read. A
+/// publish has no request id: `publish` refuses it through its confirms.
+fn changes_replicated_state(frame: &Frame) -> Option<RequestId> {
+    match frame {
+        Frame::QueueDeclare { request, options, .. } if !options.passive => Some(*request),
+        Frame::ExchangeDeclare { request, passive: false, .. } => Some(*request),
+        Frame::QueueDelete { request, .. }
+        | Frame::QueuePurge { request, .. }
+        | Frame::ExchangeDelete { request, .. }
+        | Frame::Bind { request, .. }
+        | Frame::Unbind { request, .. }
+        | Frame::Subscribe { request, .. } => Some(*request),
+        _ => None,
     }
 }
 

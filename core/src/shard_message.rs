@@ -12,6 +12,8 @@
 
 use std::sync::Arc;
 
+use crate::broker_state::{BrokerState, TransitionCause};
+use crate::epoch::Epoch;
 use crate::frame::{
     Binding, ConfirmRange, Delivered, ErrorCode, ExchangeKind, Frame, QueueInfo, QueueOptions, Settlement, TagRange,
 };
@@ -71,6 +73,15 @@ pub enum ConfigChange {
     Bind(Binding),
     /// Remove a binding.
     Unbind(Binding),
+    /// The broker's HA state changed (a promotion); every shard's `HaView` takes it.
+    HaState {
+        /// The new state.
+        state: BrokerState,
+        /// The epoch of the promotion (`Epoch(0)` while never promoted).
+        epoch: Epoch,
+        /// Why, for the state table.
+        cause: TransitionCause,
+    },
 }
 
 /// A request for a configuration change, sent to the coordinator.
@@ -101,6 +112,8 @@ pub enum ConfigRequest {
         /// Queue name.
         name: String,
     },
+    /// Promote the broker to primary (`ringmq ha promote --cluster-manager`).
+    HaPromote,
 }
 
 /// Everything one shard sends another.

@@ -7,6 +7,7 @@ use ringmq_core::codec::{decode, encode, encode_preamble};
 use ringmq_core::frame::{
     ConfirmOutcome, ErrorCode, Frame, Message, Preamble, QueueOptions, Settlement, TagRange, PROTOCOL_VERSION,
 };
+use ringmq_core::ha_view::HaSettings;
 use ringmq_core::ids::{ConnId, ConsumerId, RequestId, Seq, ShardId, Tag};
 use ringmq_core::shard::{shard_of, Shard, ShardConfig};
 
@@ -27,6 +28,7 @@ impl Mesh {
             publish_inflight_max: 1024,
             deliver_batch_max: 64,
             broker_name: "test".into(),
+            ha: HaSettings::default(),
         };
         let shards = (0..count).map(|i| Shard::new(ShardId(i), config.clone())).collect();
         Mesh { shards, inbox: Default::default(), closed: Vec::new() }

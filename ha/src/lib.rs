@@ -13,12 +13,14 @@
 //! `transport -> ha -> core`.
 //!
 //! Layout:
-//! - `broker_state`: the six broker states, the table of legal transitions and their causes.
+//! - `broker_state` (re-exported from `ringmq-core`): the six broker states, the table of legal
+//!   transitions and their causes.
 //! - `url`: the reference's broker URL grammar (`ha-brokers-url`, `ha-public-url`, client
 //!   failover lists), parsed strictly and printed canonically.
 //! - `replication_level`: `none` / `configuration` / `all`, the `qpid.replicate` argument, and which
 //!   queues, exchanges and bindings are replicated.
-//! - `epoch`: leadership generations; the rules that fence a stale primary.
+//! - `epoch` (re-exported from `ringmq-core`): leadership generations; the rules that fence a
+//!   stale primary.
 //! - `limits`: every bound of this crate, with their relationships asserted at compile time.
 //!
 //! Planned, not yet written (our HA issue):
@@ -29,6 +31,11 @@
 //! - `catch_up`: bringing a joining or reconnecting backup up to date without stalling confirms of
 //!   new publishes.
 //!
+//! `broker_state` and `epoch` live in `ringmq-core` because the configuration coordinator (shard 0
+//! of `ringmq-core`) owns the broker's HA state and promotes it, and `ringmq-core` cannot depend
+//! on this crate (this crate depends on it). They are re-exported here unchanged, so
+//! `ringmq_ha::broker_state::transition` stays the one table every caller goes through.
+//!
 //! Invariants (each module states its own in detail):
 //! - Nothing here performs IO or reads time; time, when a module needs it, comes in as an
 //!   argument, and it never goes backwards.
@@ -37,8 +44,8 @@
 //! - A broker takes only the transitions in `broker_state`'s table.
 //! - A backup never applies a record from an epoch older than the highest it has seen.
 
-pub mod broker_state;
-pub mod epoch;
 pub mod limits;
 pub mod replication_level;
 pub mod url;
+
+pub use ringmq_core::{broker_state, epoch};

@@ -1,0 +1,195 @@
+//! `ringmq ha status|promote`: a broker's HA state, and promotion, for people and cluster
+//! managers. Every connection here is an admin connection, so backups answer.
+//!
+//! Exit status: 0 on success (for `status --expect`, only on a match); 1 when the broker refused,
+//! could not be reached, or the state did not match; 2 for a command line refused before asking
+//! anything (`promote` without `--cluster-manager`, an unknown `--expect` state).
+//!
+//! Before promoting a `joining` broker, `promote` does what the reference's StatusCheck did inside
+//! the broker: it asks every other broker of the broker's `ha-brokers-url`, and refuses if one
+//! that answers is past `joining` (a primary or a backup already exists, so this broker is not the
+//! first primary of a new cluster). Brokers that do not answer are not counted, as in the
+//! reference. The broker itself cannot check yet: it has no links to its peers until replication
+//! exists.
+
+use std::collections::HashSet;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::process::ExitCode;
+use std::str::FromStr;
+use std::time::Duration;
+
+use ringmq_client::blocking::Connection;
+use ringmq_client::{ClientError, ConnectOptions, HaStatus};
+use ringmq_ha::broker_state::BrokerState;
+use ringmq_ha::url::BrokerUrl;
+
+use crate::cli::{BrokerArgs, HaCommand};
+
+/// Runs `ringmq ha ...`.
+pub fn run(broker: &BrokerArgs, command: HaCommand) -> ExitCode {
+    match command {
+        HaCommand::Status { expect, all } => status(broker, expect.as_deref(), all),
+        HaCommand::Promote { cluster_manager } => promote(broker, cluster_manager),
+    }
+}
+
+/// `ringmq ha status [--expect STATE] [--all]`.
+fn status(broker: &BrokerArgs, expect: Option<&str>, all: bool) -> ExitCode {
+    let expected = match expect.map(BrokerState::from_str).transpose() {
+        Ok(expected) => expected,
+        Err(error) => {
+            eprintln!("ringmq ha status: --expect: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    let own = match ask_status(&broker.broker, CONNECT_TIMEOUT) {
+        Ok(status) => status,
+        Err(error) => {
+            eprintln!("ringmq ha status: {}: {error}", broker.broker);
+            return ExitCode::FAILURE;
+        }
+    };
+    if !all {
+        println!("{}", own.state);
+        return verdict(expected, [own.state.as_str()]);
+    }
+    let members = match members(&own) {
+        Ok(members) => members,
+        Err(reason) => {
+            eprintln!("ringmq ha status: {}: {reason}", broker.broker);
+            return ExitCode::FAILURE;
+        }
+    };
+    if members.is_empty() {
+        // No ha-brokers-url: the broker is the only member there is.
+        println!("{} {}", broker.broker, own.state);
+        return verdict(expected, [own.state.as_str()]);
+    }
+    let mut states = Vec::new();
+    for (shown, target) in members {
+        match ask_status(&target, PEER_TIMEOUT) {
+            Ok(status) => {
+                println!("{shown} {}", status.state);
+                states.push(status.state);
+            }
+            Err(error) => {
+                println!("{shown} unreachable: {error}");
+                states.push(String::new());
+            }
+        }
+    }
+    verdict(expected, states.iter().map(String::as_str))
+}
+
+/// `ringmq ha promote --cluster-manager`.
+fn promote(broker: &BrokerArgs, cluster_manager: bool) -> ExitCode {
+    if !cluster_manager {
+        eprintln!(
+            "ringmq ha promote: refused without --cluster-manager: promotion is a cluster manager's command; \
+             promoting the wrong broker, or a second one, can lose messages. Pass --cluster-manager if you \
+             are acting as the cluster manager."
+        );
+        return ExitCode::from(2);
+    }
+    let addr = &broker.broker;
+    let outcome = admin_connect(addr, CONNECT_TIMEOUT).and_then(|connection| {
+        let status = connection.ha_status()?;
+        Ok((connection, status))
+    });
+    let (connection, status) = match outcome {
+        Ok(pair) => pair,
+        Err(error) => {
+            eprintln!("ringmq ha promote: {addr}: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if status.state == BrokerState::Joining.name() {
+        if let Err(reason) = status_check(addr, &status) {
+            eprintln!("ringmq ha promote: refused: {reason}");
+            return ExitCode::FAILURE;
+        }
+    }
+    let promoted = connection.ha_promote().and_then(|()| connection.ha_status());
+    // The connection's close outcome does not change what happened to the promotion.
+    let closed = connection.close();
+    match promoted {
+        Ok(now) => {
+            if let Err(error) = closed {
+                tracing::debug!(%error, "closing the admin connection after promote");
+            }
+            println!("broker {addr} promoted: {} in epoch {}", now.state, now.epoch);
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("ringmq ha promote: {addr}: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The reference's StatusCheck: `Err` naming the first other broker of `ha-brokers-url` that
+/// answers with a state other than `joining`.
+fn status_check(addr: &str, status: &HaStatus) -> Result<(), String> {
+    let own: HashSet<SocketAddr> = addr.to_socket_addrs().map(Iterator::collect).unwrap_or_default();
+    for (shown, target) in members(status)? {
+        let resolved: HashSet<SocketAddr> = target.to_socket_addrs().map(Iterator::collect).unwrap_or_default();
+        if target == addr || (!resolved.is_empty() && !resolved.is_disjoint(&own)) {
+            continue;
+        }
+        // A broker that does not answer is not counted, as in the reference.
+        let Ok(other) = ask_status(&target, PEER_TIMEOUT) else { continue };
+        if other.state != BrokerState::Joining.name() {
+            return Err(format!(
+                "broker {shown} is {}: a joining broker may be promoted only when no other broker of \
+                 ha-brokers-url is past joining (the first primary of a new cluster); promote a ready \
+                 backup instead",
+                other.state
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The addresses of the broker's `ha-brokers-url`: (as shown in the URL, `host:port` to dial).
+fn members(status: &HaStatus) -> Result<Vec<(String, String)>, String> {
+    if status.brokers_url.is_empty() {
+        return Ok(Vec::new());
+    }
+    let url: BrokerUrl =
+        status.brokers_url.parse().map_err(|error| format!("its ha-brokers-url does not parse: {error}"))?;
+    Ok(url
+        .addresses()
+        .iter()
+        .map(|address| {
+            let host =
+                if address.host().contains(':') { format!("[{}]", address.host()) } else { address.host().to_string() };
+            (address.to_string(), format!("{host}:{}", address.port()))
+        })
+        .collect())
+}
+
+/// Exit 0 when there is nothing to expect or every state matches.
+fn verdict<'a>(expected: Option<BrokerState>, states: impl IntoIterator<Item = &'a str>) -> ExitCode {
+    match expected {
+        Some(expected) if !states.into_iter().all(|state| state == expected.name()) => ExitCode::FAILURE,
+        _ => ExitCode::SUCCESS,
+    }
+}
+
+fn ask_status(addr: &str, timeout: Duration) -> Result<HaStatus, ClientError> {
+    let connection = admin_connect(addr, timeout)?;
+    let status = connection.ha_status()?;
+    connection.close()?;
+    Ok(status)
+}
+
+fn admin_connect(addr: &str, timeout: Duration) -> Result<Connection, ClientError> {
+    let options = ConnectOptions { admin: true, connect_timeout: timeout, ..ConnectOptions::default() };
+    Connection::connect(addr, options)
+}
+
+/// Longest wait for the broker named with `-b`.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest wait for each other broker in the StatusCheck and `--all`: a dead peer must not hold a
+/// cluster manager's promote for long.
+const PEER_TIMEOUT: Duration = Duration::from_secs(2);

@@ -1,0 +1,205 @@
+//! What one shard knows of the broker's HA state, and the admission rules that follow from it.
+//!
+//! The broker's HA state (`broker_state::BrokerState`) is owned by the configuration coordinator
+//! (shard 0, `config_coordinator`): it alone decides a promotion and takes the epoch for it. It
+//! then broadcasts the new state as a `ConfigChange::HaState`, which every shard applies in the
+//! coordinator's order, exactly like a queue or exchange change; the promoter's `Ok` goes out only
+//! once every shard has applied it. Each shard keeps its copy here and decides on its own, without
+//! a round trip, whether a connection is admitted and whether a request may change a replicated
+//! object.
+//!
+//! Why this lives in `ringmq-core` and not in `ringmq-ha`: dependencies point one way,
+//! `transport -> ha -> core`, and the coordinator that owns the state is in core. So the state
+//! table (`broker_state`) and the epoch clock (`epoch`) moved here from `ringmq-ha`, which
+//! re-exports them unchanged; core never depends on ha. The broker URLs are parsed and validated
+//! by the broker with `ringmq_ha::url::BrokerUrl` and reach the shards as their canonical text
+//! (credentials hidden), which is all a shard needs: it shows them, it does not dial them.
+//!
+//! Admission rules (our HA issue; the reference only warned on writes to a backup, we refuse):
+//! - a backup (joining, catchup, ready) answers a connection that is not an admin connection
+//!   (preamble flag `PREAMBLE_FLAG_ADMIN`) with an `Error` of code `NotPrimary`, then closes it;
+//! - on a backup, an admin connection is served for reading (queue and exchange lists, HA status,
+//!   passive declares), and every request that would change a replicated object (declare,
+//!   delete, bind, unbind, purge, publish, subscribe) is refused with `NotPrimary` and a reason;
+//! - a primary (recovering, active) and a standalone broker serve everyone.
+//!
+//! Not here: replication, membership, heartbeats, recovering mode's expected backups (there are
+//! none until replication exists, so a promoted broker goes recovering -> active at once).
+//!
+//! Invariants:
+//! - `state` only changes through `handle_change`, and only along a row of the state table
+//!   (asserted: the coordinator checked it before broadcasting, so a failure here is a bug).
+//! - `epoch` is 0 until the broker is promoted, then the epoch of that promotion; it never
+//!   changes again (one promotion per process life).
+
+use crate::broker_state::{transition, BrokerState, TransitionCause};
+use crate::epoch::Epoch;
+use crate::frame::Frame;
+use crate::ids::RequestId;
+
+/// The HA options a shard needs, validated by the broker.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HaSettings {
+    /// `ha-cluster`: the broker is a member of an HA cluster (it starts `joining`).
+    pub cluster: bool,
+    /// `ha-brokers-url` in canonical form with credentials hidden; empty when unset.
+    pub brokers_url: String,
+    /// `ha-public-url` in canonical form with credentials hidden; empty when unset.
+    pub public_url: String,
+}
+
+/// One shard's copy of the broker's HA state.
+#[derive(Debug, Clone)]
+pub struct HaView {
+    /// The options.
+    settings: HaSettings,
+    /// The broker's state, as last broadcast by the coordinator.
+    state: BrokerState,
+    /// The epoch of this broker's promotion; `Epoch(0)` before it.
+    epoch: Epoch,
+}
+
+/// Whether a new connection is served.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Admission {
+    /// Serve it.
+    Served,
+    /// Answer with an `Error` of code `NotPrimary` carrying this message, then close it.
+    RefusedNotPrimary {
+        /// Why, for the client.
+        message: String,
+    },
+}
+
+impl HaView {
+    /// The state a broker starts in: `joining` with `ha-cluster`, else `standalone`.
+    pub fn new(settings: HaSettings) -> HaView {
+        let state = initial_state(&settings);
+        HaView { settings, state, epoch: Epoch(0) }
+    }
+
+    /// The broker's HA state.
+    pub fn state(&self) -> BrokerState {
+        self.state
+    }
+
+    /// The epoch of this broker's promotion (`Epoch(0)` before it).
+    pub fn epoch(&self) -> Epoch {
+        self.epoch
+    }
+
+    /// Whether a connection that sent its preamble is served; `admin` is its admin flag.
+    pub fn admission(&self, admin: bool) -> Admission {
+        if admin || !self.state.is_backup() {
+            return Admission::Served;
+        }
+        let mut message = format!(
+            "not primary: this broker is an HA backup in state {} and serves only admin connections \
+             (--ha-admin)",
+            self.state
+        );
+        if self.settings.public_url.is_empty() {
+            message.push_str("; connect to the cluster's primary");
+        } else {
+            message.push_str(&format!("; connect to the cluster at {}", self.settings.public_url));
+        }
+        Admission::RefusedNotPrimary { message }
+    }
+
+    /// `Some(reason)` when this broker is a backup, so `what` (a frame name such as
+    /// `queue-declare`) would change a replicated object and must be refused with `NotPrimary`.
+    pub fn refusal(&self, what: &str) -> Option<String> {
+        self.state.is_backup().then(|| {
+            format!(
+                "not primary: this broker is an HA backup in state {}; {what} changes replicated state and \
+                 is served only by the primary",
+                self.state
+            )
+        })
+    }
+
+    /// The reply to `HaStatus`.
+    pub fn status_reply(&self, request: RequestId) -> Frame {
+        Frame::HaStatusReply {
+            request,
+            state: self.state.name().to_string(),
+            epoch: self.epoch.0,
+            brokers_url: self.settings.brokers_url.clone(),
+            public_url: self.settings.public_url.clone(),
+        }
+    }
+
+    /// Applies a state change broadcast by the coordinator.
+    ///
+    /// # Panics
+    /// If the change is not a row of the state table, or if it changes the epoch of a promoted
+    /// broker: the coordinator checked both before broadcasting, so either is a bug.
+    pub fn handle_change(&mut self, state: BrokerState, epoch: Epoch, cause: TransitionCause) {
+        let from = self.state;
+        self.state = transition(from, state, cause).unwrap_or_else(|error| panic!("broadcast HA change: {error}"));
+        if self.epoch != epoch {
+            assert_eq!(self.epoch, Epoch(0), "a promoted broker's epoch changed to {epoch}");
+            assert!(epoch > self.epoch);
+            self.epoch = epoch;
+        }
+        assert!(self.state.is_backup() || self.epoch > Epoch(0) || self.state == BrokerState::Standalone);
+    }
+}
+
+/// The state a broker with these settings starts in.
+pub fn initial_state(settings: &HaSettings) -> BrokerState {
+    if settings.cluster {
+        // Taken through the table, so the start is a row like every other step.
+        transition(BrokerState::Standalone, BrokerState::Joining, TransitionCause::HaClusterEnabled)
+            .expect("standalone -> joining is in the table")
+    } else {
+        BrokerState::Standalone
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cluster(public_url: &str) -> HaView {
+        HaView::new(HaSettings {
+            cluster: true,
+            brokers_url: "amqp:tcp:127.0.0.1:1,tcp:127.0.0.1:2".into(),
+            public_url: public_url.into(),
+        })
+    }
+
+    #[test]
+    fn a_backup_refuses_clients_and_serves_admins() {
+        // Goal: the admission rule of the module doc. Method: ask a joining view, then promote it.
+        let mut view = cluster("amqp:tcp:vip:5672");
+        assert_eq!(view.state(), BrokerState::Joining);
+        assert_eq!(view.admission(true), Admission::Served);
+        let Admission::RefusedNotPrimary { message } = view.admission(false) else { panic!("served a client") };
+        assert!(message.contains("backup in state joining"), "{message}");
+        assert!(message.contains("amqp:tcp:vip:5672"), "{message}");
+        assert!(view.refusal("queue-declare").is_some_and(|r| r.contains("queue-declare")));
+        // Promoted: everyone is served, nothing is refused.
+        view.handle_change(BrokerState::Recovering, Epoch(1), TransitionCause::Promoted);
+        view.handle_change(BrokerState::Active, Epoch(1), TransitionCause::ExpectedBackupsSettled);
+        assert_eq!(view.admission(false), Admission::Served);
+        assert_eq!(view.refusal("publish"), None);
+        assert_eq!(view.epoch(), Epoch(1));
+    }
+
+    #[test]
+    fn a_standalone_broker_serves_everyone() {
+        // Goal: without ha-cluster nothing changes for clients. Method: ask a default view.
+        let view = HaView::new(HaSettings::default());
+        assert_eq!(view.state(), BrokerState::Standalone);
+        assert_eq!(view.admission(false), Admission::Served);
+        assert_eq!(view.refusal("queue-declare"), None);
+    }
+
+    #[test]
+    #[should_panic(expected = "illegal HA state transition")]
+    fn an_illegal_broadcast_change_is_a_bug() {
+        // Goal: a change off the table cannot be applied silently. Method: joining -> active.
+        cluster("").handle_change(BrokerState::Active, Epoch(1), TransitionCause::ExpectedBackupsSettled);
+    }
+}

@@ -1,0 +1,279 @@
+//! State-machine tests of HA admission and promotion in `Shard`: several shards wired in memory
+//! (as in `shard_mesh.rs`), clients as byte buffers. No sockets, no threads, no clock.
+//!
+//! What is checked: a backup refuses plain clients and serves admin ones for reading; changes to
+//! replicated objects are refused on a backup; promotion goes through the coordinator, reaches
+//! every shard before its `Ok`, takes epoch 1, and then the broker serves everyone; the state
+//! table's refusals (standalone, already primary) come back as `Failed` with the reason.
+
+use bytes::{Bytes, BytesMut};
+use ringmq_core::broker_state::BrokerState;
+use ringmq_core::codec::{decode, encode, encode_preamble};
+use ringmq_core::epoch::Epoch;
+use ringmq_core::frame::{
+    ConfirmOutcome, ErrorCode, ExchangeKind, Frame, Message, Preamble, QueueOptions, PREAMBLE_FLAG_ADMIN,
+    PROTOCOL_VERSION,
+};
+use ringmq_core::ha_view::HaSettings;
+use ringmq_core::ids::{ConnId, ConsumerId, RequestId, Seq, ShardId};
+use ringmq_core::shard::{Shard, ShardConfig};
+
+/// Shards wired together in memory.
+struct Mesh {
+    /// The shards; index = shard id.
+    shards: Vec<Shard>,
+    /// Frames each (shard, conn) received, decoded.
+    inbox: std::collections::HashMap<(u16, u32), Vec<Frame>>,
+    /// Connections the broker asked to close.
+    closed: Vec<(u16, u32)>,
+}
+
+impl Mesh {
+    fn new(count: u16, ha: HaSettings) -> Mesh {
+        let config = ShardConfig {
+            shard_count: count,
+            frame_bytes_max: 1 << 20,
+            publish_inflight_max: 1024,
+            deliver_batch_max: 64,
+            broker_name: "test".into(),
+            ha,
+        };
+        let shards = (0..count).map(|i| Shard::new(ShardId(i), config.clone())).collect();
+        Mesh { shards, inbox: Default::default(), closed: Vec::new() }
+    }
+
+    /// A mesh of a broker started with `ha-cluster`: it starts joining.
+    fn cluster(count: u16) -> Mesh {
+        Mesh::new(
+            count,
+            HaSettings {
+                cluster: true,
+                brokers_url: "amqp:tcp:127.0.0.1:1,tcp:127.0.0.1:2".into(),
+                public_url: "amqp:tcp:vip:5672".into(),
+            },
+        )
+    }
+
+    /// Opens a connection on `shard` with the given preamble flags; returns what came back.
+    fn open(&mut self, shard: u16, conn: u32, flags: u16) -> Vec<Frame> {
+        self.shards[usize::from(shard)].handle_accept(ConnId(conn));
+        let mut bytes = BytesMut::new();
+        encode_preamble(Preamble { version: PROTOCOL_VERSION, flags }, &mut bytes);
+        self.feed(shard, conn, bytes);
+        self.take(shard, conn)
+    }
+
+    /// Opens a connection that must be served.
+    fn connect(&mut self, shard: u16, conn: u32, flags: u16) {
+        let frames = self.open(shard, conn, flags);
+        assert!(matches!(frames.as_slice(), [Frame::Hello { .. }]), "{frames:?}");
+    }
+
+    fn send(&mut self, shard: u16, conn: u32, frame: &Frame) {
+        let mut bytes = BytesMut::new();
+        encode(frame, &mut bytes);
+        self.feed(shard, conn, bytes);
+    }
+
+    /// Sends `frame` and returns what came back.
+    fn ask(&mut self, shard: u16, conn: u32, frame: &Frame) -> Vec<Frame> {
+        self.send(shard, conn, frame);
+        self.take(shard, conn)
+    }
+
+    fn feed(&mut self, shard: u16, conn: u32, mut bytes: BytesMut) {
+        self.shards[usize::from(shard)].handle_read(ConnId(conn), &mut bytes);
+        self.settle();
+    }
+
+    /// Moves messages between shards until nothing moves, collecting client output.
+    fn settle(&mut self) {
+        loop {
+            let mut moved = false;
+            for from in 0..self.shards.len() {
+                self.shards[from].drive();
+                while let Some((conn, mut bytes, close)) = self.shards[from].poll_transmit() {
+                    let frames = self.inbox.entry((from as u16, conn.0)).or_default();
+                    while let Some(frame) = decode(&mut bytes, 1 << 24).expect("broker output decodes") {
+                        frames.push(frame);
+                    }
+                    if close {
+                        self.closed.push((from as u16, conn.0));
+                    }
+                }
+                for to in 0..self.shards.len() {
+                    if to == from {
+                        continue;
+                    }
+                    let messages: Vec<_> = self.shards[from].poll_peer(ShardId(to as u16)).collect();
+                    for message in messages {
+                        moved = true;
+                        self.shards[to].handle_peer(message);
+                    }
+                }
+            }
+            if !moved {
+                break;
+            }
+        }
+    }
+
+    fn take(&mut self, shard: u16, conn: u32) -> Vec<Frame> {
+        self.inbox.remove(&(shard, conn)).unwrap_or_default()
+    }
+
+    /// Every shard's HA state.
+    fn states(&self) -> Vec<BrokerState> {
+        self.shards.iter().map(|s| s.ha().state()).collect()
+    }
+}
+
+fn declare(request: u32, name: &str) -> Frame {
+    Frame::QueueDeclare {
+        request: RequestId(request),
+        name: name.into(),
+        options: QueueOptions::default(),
+        arguments: vec![],
+    }
+}
+
+fn failed_not_primary(frames: &[Frame], what: &str) {
+    match frames {
+        [Frame::Failed { code: ErrorCode::NotPrimary, message, .. }] => {
+            assert!(message.contains("backup in state joining"), "{message}");
+            assert!(message.contains(what), "{message}");
+        }
+        other => panic!("{what}: expected Failed NotPrimary, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_joining_backup_refuses_a_plain_client_and_closes_it() {
+    // Goal: a backup admits no client connection. Method: a cluster broker of 2 shards, a
+    // preamble without the admin flag on each shard.
+    let mut mesh = Mesh::cluster(2);
+    assert_eq!(mesh.states(), [BrokerState::Joining, BrokerState::Joining]);
+    for shard in 0..2 {
+        // An Error NotPrimary naming the state and the public URL, no Hello, then the close.
+        let frames = mesh.open(shard, 1, 0);
+        let [Frame::Error { code: ErrorCode::NotPrimary, message }] = frames.as_slice() else {
+            panic!("expected one Error NotPrimary, got {frames:?}");
+        };
+        assert!(message.contains("backup in state joining"), "{message}");
+        assert!(message.contains("amqp:tcp:vip:5672"), "{message}");
+        assert!(mesh.closed.contains(&(shard, 1)));
+        assert_eq!(mesh.shards[usize::from(shard)].counters().refused_not_primary, 1);
+        assert_eq!(mesh.shards[usize::from(shard)].counters().protocol_errors, 0);
+    }
+}
+
+#[test]
+fn an_admin_connection_on_a_backup_reads_but_cannot_change_replicated_objects() {
+    // Goal: admin connections are served for reading; every change of a replicated object is
+    // refused with NotPrimary (the reference only warned). Method: an admin connection on shard 1
+    // of a joining broker sends each kind of request.
+    let mut mesh = Mesh::cluster(2);
+    mesh.connect(1, 1, PREAMBLE_FLAG_ADMIN);
+    // Reads are served.
+    let frames = mesh.ask(1, 1, &Frame::QueueList { request: RequestId(1) });
+    assert_eq!(frames, [Frame::QueueListReply { request: RequestId(1), queues: vec![] }]);
+    let frames = mesh.ask(1, 1, &Frame::ExchangeList { request: RequestId(2) });
+    assert!(matches!(frames.as_slice(), [Frame::ExchangeListReply { .. }]), "{frames:?}");
+    let frames = mesh.ask(1, 1, &Frame::HaStatus { request: RequestId(3) });
+    assert_eq!(
+        frames,
+        [Frame::HaStatusReply {
+            request: RequestId(3),
+            state: "joining".into(),
+            epoch: 0,
+            brokers_url: "amqp:tcp:127.0.0.1:1,tcp:127.0.0.1:2".into(),
+            public_url: "amqp:tcp:vip:5672".into(),
+        }]
+    );
+    // Changes are refused, each naming the request.
+    failed_not_primary(&mesh.ask(1, 1, &declare(4, "q")), "queue-declare");
+    let exchange = Frame::ExchangeDeclare {
+        request: RequestId(5),
+        name: "x".into(),
+        kind: ExchangeKind::Fanout,
+        passive: false,
+        arguments: vec![],
+    };
+    failed_not_primary(&mesh.ask(1, 1, &exchange), "exchange-declare");
+    failed_not_primary(
+        &mesh.ask(1, 1, &Frame::QueueDelete { request: RequestId(6), name: "q".into() }),
+        "queue-delete",
+    );
+    failed_not_primary(&mesh.ask(1, 1, &Frame::QueuePurge { request: RequestId(7), name: "q".into() }), "queue-purge");
+    let subscribe = Frame::Subscribe { request: RequestId(8), consumer: ConsumerId(1), queue: "q".into(), prefetch: 1 };
+    failed_not_primary(&mesh.ask(1, 1, &subscribe), "subscribe");
+    // A publish is confirmed as rejected with NotPrimary; nothing is stored.
+    let message = Message { routing_key: Bytes::from_static(b"q"), ..Message::default() };
+    let frames =
+        mesh.ask(1, 1, &Frame::Publish { exchange: String::new(), first_seq: Seq(0), messages: vec![message] });
+    let [Frame::Confirm { ranges }] = frames.as_slice() else { panic!("expected a confirm, got {frames:?}") };
+    assert!(
+        matches!(&ranges[0].outcome, ConfirmOutcome::Rejected { code: ErrorCode::NotPrimary, reason } if reason.contains("publish")),
+        "{ranges:?}"
+    );
+    // The connection stays open, and nothing was created.
+    assert!(mesh.closed.is_empty());
+    assert_eq!(mesh.ask(1, 1, &Frame::QueueList { request: RequestId(9) }).len(), 1);
+}
+
+#[test]
+fn promotion_reaches_every_shard_before_its_ok_and_then_clients_are_served() {
+    // Goal: promote joining -> recovering -> active through the coordinator, epoch 1, applied on
+    // every shard before the Ok; afterwards plain clients connect and declare. Method: 3 shards,
+    // the promote sent on shard 2 (not the coordinator).
+    let mut mesh = Mesh::cluster(3);
+    mesh.connect(2, 1, PREAMBLE_FLAG_ADMIN);
+    let frames = mesh.ask(2, 1, &Frame::HaPromote { request: RequestId(1) });
+    assert_eq!(frames, [Frame::Ok { request: RequestId(1) }]);
+    // Every shard is active in epoch 1.
+    assert_eq!(mesh.states(), [BrokerState::Active; 3]);
+    assert!(mesh.shards.iter().all(|s| s.ha().epoch() == Epoch(1)));
+    let frames = mesh.ask(2, 1, &Frame::HaStatus { request: RequestId(2) });
+    assert!(
+        matches!(frames.as_slice(), [Frame::HaStatusReply { state, epoch: 1, .. }] if state == "active"),
+        "{frames:?}"
+    );
+    // A plain client is now served on every shard, and may declare.
+    for shard in 0..3 {
+        mesh.connect(shard, 10, 0);
+    }
+    assert_eq!(mesh.ask(1, 10, &declare(3, "q")), [Frame::Ok { request: RequestId(3) }]);
+    // A second promotion is refused: already primary.
+    let frames = mesh.ask(2, 1, &Frame::HaPromote { request: RequestId(4) });
+    let [Frame::Failed { code: ErrorCode::PreconditionFailed, message, .. }] = frames.as_slice() else {
+        panic!("{frames:?}")
+    };
+    assert!(message.contains("already primary"), "{message}");
+    assert!(mesh.shards.iter().all(|s| s.ha().epoch() == Epoch(1)));
+}
+
+#[test]
+fn a_standalone_broker_refuses_promotion_and_serves_everyone() {
+    // Goal: without ha-cluster the broker is standalone: clients are served, promotion is
+    // refused with the reason. Method: 2 shards, default HA settings.
+    let mut mesh = Mesh::new(2, HaSettings::default());
+    assert_eq!(mesh.states(), [BrokerState::Standalone; 2]);
+    mesh.connect(1, 1, 0);
+    assert_eq!(mesh.ask(1, 1, &declare(1, "q")), [Frame::Ok { request: RequestId(1) }]);
+    let frames = mesh.ask(1, 1, &Frame::HaPromote { request: RequestId(2) });
+    let [Frame::Failed { code: ErrorCode::PreconditionFailed, message, .. }] = frames.as_slice() else {
+        panic!("{frames:?}")
+    };
+    assert!(message.contains("not in a cluster: ha-cluster is off"), "{message}");
+    assert_eq!(mesh.states(), [BrokerState::Standalone; 2]);
+}
+
+#[test]
+fn promotion_on_a_single_shard_broker_answers_at_once() {
+    // Goal: with no other shard to wait for, the coordinator answers after applying locally.
+    // Method: 1 shard, promote from an admin connection.
+    let mut mesh = Mesh::cluster(1);
+    mesh.connect(0, 1, PREAMBLE_FLAG_ADMIN);
+    assert_eq!(mesh.ask(0, 1, &Frame::HaPromote { request: RequestId(1) }), [Frame::Ok { request: RequestId(1) }]);
+    assert_eq!(mesh.states(), [BrokerState::Active]);
+}
