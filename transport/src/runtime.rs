@@ -37,6 +37,7 @@ pub struct RunningBroker {
 /// # Errors
 /// Binding the address failed; nothing was started.
 pub fn start(transport: &TransportConfig, shard_config: ShardConfig) -> io::Result<RunningBroker> {
+    disable_transparent_huge_pages();
     let count = shard_config.shard_count;
     let listeners = bind_shared(transport.listen, count)?;
     let local_addr = listeners[0].local_addr()?;
@@ -61,4 +62,19 @@ pub fn start(transport: &TransportConfig, shard_config: ShardConfig) -> io::Resu
         threads.push(thread);
     }
     Ok(RunningBroker { local_addr, threads })
+}
+
+/// Turns transparent huge pages off for this process.
+///
+/// Queued messages keep their read buffers, so a filling queue is a steady stream of fresh
+/// allocations. With THP (the allocator asks for it), every first touch of a 2 MiB region
+/// faults in and zeroes a whole huge page; storing 1 KiB messages into a queue without
+/// consumers ran at 164,000 msg/s with 83 % of the broker's time in `clear_page_erms`, and at
+/// 543,000 msg/s with THP off (see tuning.md). Failure only costs that speed, so it is logged.
+fn disable_transparent_huge_pages() {
+    // SAFETY: PR_SET_THP_DISABLE takes plain integers and touches no memory of ours.
+    let result = unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) };
+    if result != 0 {
+        tracing::warn!(error = %io::Error::last_os_error(), "could not disable transparent huge pages");
+    }
 }
