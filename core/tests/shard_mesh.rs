@@ -1,95 +1,13 @@
-//! State-machine tests of `Shard`: several shards in one thread, their rings replaced by a
-//! loop that moves every `poll_peer` output to its destination, and clients that are plain byte
-//! buffers encoded and decoded with the codec. No sockets, no threads, no clock.
+//! State-machine tests of `Shard`: several shards wired in memory (`support::Mesh`), clients as
+//! byte buffers. No sockets, no threads, no clock.
 
-use bytes::{Bytes, BytesMut};
-use ringmq_core::codec::{decode, encode, encode_preamble};
-use ringmq_core::frame::{
-    ConfirmOutcome, ErrorCode, Frame, Message, Preamble, QueueOptions, Settlement, TagRange, PROTOCOL_VERSION,
-};
-use ringmq_core::ha_view::HaSettings;
+mod support;
+
+use bytes::Bytes;
+use ringmq_core::frame::{ConfirmOutcome, ErrorCode, Frame, Message, QueueOptions, Settlement, TagRange};
 use ringmq_core::ids::{ConnId, ConsumerId, RequestId, Seq, ShardId, Tag};
-use ringmq_core::shard::{shard_of, Shard, ShardConfig};
-
-/// Shards wired together in memory.
-struct Mesh {
-    shards: Vec<Shard>,
-    /// Frames each (shard, conn) received, decoded.
-    inbox: std::collections::HashMap<(u16, u32), Vec<Frame>>,
-    /// Connections the broker asked to close.
-    closed: Vec<(u16, u32)>,
-}
-
-impl Mesh {
-    fn new(count: u16) -> Mesh {
-        let config = ShardConfig {
-            shard_count: count,
-            frame_bytes_max: 1 << 20,
-            publish_inflight_max: 1024,
-            deliver_batch_max: 64,
-            broker_name: "test".into(),
-            ha: HaSettings::default(),
-        };
-        let shards = (0..count).map(|i| Shard::new(ShardId(i), config.clone())).collect();
-        Mesh { shards, inbox: Default::default(), closed: Vec::new() }
-    }
-
-    /// Opens a connection on `shard` and completes the handshake.
-    fn connect(&mut self, shard: u16, conn: u32) {
-        self.shards[usize::from(shard)].handle_accept(ConnId(conn));
-        let mut bytes = BytesMut::new();
-        encode_preamble(Preamble { version: PROTOCOL_VERSION, flags: 0 }, &mut bytes);
-        self.feed(shard, conn, bytes);
-        assert!(matches!(self.take(shard, conn).as_slice(), [Frame::Hello { .. }]));
-    }
-
-    fn send(&mut self, shard: u16, conn: u32, frame: &Frame) {
-        let mut bytes = BytesMut::new();
-        encode(frame, &mut bytes);
-        self.feed(shard, conn, bytes);
-    }
-
-    fn feed(&mut self, shard: u16, conn: u32, mut bytes: BytesMut) {
-        self.shards[usize::from(shard)].handle_read(ConnId(conn), &mut bytes);
-        self.settle();
-    }
-
-    /// Moves messages between shards until nothing moves, collecting client output.
-    fn settle(&mut self) {
-        loop {
-            let mut moved = false;
-            for from in 0..self.shards.len() {
-                self.shards[from].drive();
-                while let Some((conn, mut bytes, close)) = self.shards[from].poll_transmit() {
-                    let frames = self.inbox.entry((from as u16, conn.0)).or_default();
-                    while let Some(frame) = decode(&mut bytes, 1 << 24).expect("broker output decodes") {
-                        frames.push(frame);
-                    }
-                    if close {
-                        self.closed.push((from as u16, conn.0));
-                    }
-                }
-                for to in 0..self.shards.len() {
-                    if to == from {
-                        continue;
-                    }
-                    let messages: Vec<_> = self.shards[from].poll_peer(ShardId(to as u16)).collect();
-                    for message in messages {
-                        moved = true;
-                        self.shards[to].handle_peer(message);
-                    }
-                }
-            }
-            if !moved {
-                break;
-            }
-        }
-    }
-
-    fn take(&mut self, shard: u16, conn: u32) -> Vec<Frame> {
-        self.inbox.remove(&(shard, conn)).unwrap_or_default()
-    }
-}
+use ringmq_core::shard::shard_of;
+use support::Mesh;
 
 fn message(key: &str, body: &str) -> Message {
     Message { routing_key: Bytes::from(key.to_string()), body: Bytes::from(body.to_string()), ..Message::default() }
@@ -104,10 +22,10 @@ fn queue_on(shard: u16, count: u16) -> String {
 fn publish_on_one_shard_consume_on_another_through_a_third_shards_queue() {
     // Goal: the cross-shard paths (enqueue, enqueued, deliver, settle) carry a message end to end.
     // Method: 3 shards; producer on shard 0, consumer on shard 1, queue owned by shard 2.
-    let mut mesh = Mesh::new(3);
+    let mut mesh = Mesh::standalone(3);
     let queue = queue_on(2, 3);
-    mesh.connect(0, 1);
-    mesh.connect(1, 1);
+    mesh.connect(0, 1, 0);
+    mesh.connect(1, 1, 0);
     // Declare from the producer's shard; Ok comes after every shard applied it.
     mesh.send(
         0,
@@ -156,10 +74,10 @@ fn publish_on_one_shard_consume_on_another_through_a_third_shards_queue() {
 #[test]
 fn closing_a_consumer_connection_requeues_its_unsettled_deliveries() {
     // Goal: a consumer that goes away gives its deliveries back, flagged redelivered.
-    let mut mesh = Mesh::new(2);
+    let mut mesh = Mesh::standalone(2);
     let queue = queue_on(1, 2);
-    mesh.connect(0, 1);
-    mesh.connect(0, 2);
+    mesh.connect(0, 1, 0);
+    mesh.connect(0, 2, 0);
     mesh.send(
         0,
         1,
@@ -199,9 +117,9 @@ fn closing_a_consumer_connection_requeues_its_unsettled_deliveries() {
 #[test]
 fn errors_name_the_problem_and_close_only_that_connection() {
     // Goal: bad input costs the sender its connection and nobody else anything.
-    let mut mesh = Mesh::new(2);
-    mesh.connect(0, 1);
-    mesh.connect(0, 2);
+    let mut mesh = Mesh::standalone(2);
+    mesh.connect(0, 1, 0);
+    mesh.connect(0, 2, 0);
     // A publish that skips sequence numbers is a protocol error.
     mesh.send(
         0,
@@ -233,8 +151,8 @@ fn errors_name_the_problem_and_close_only_that_connection() {
 fn deliveries_of_large_messages_are_cut_into_bounded_frames() {
     // Goal: a delivery batch never becomes one giant frame. Method: three 40 KiB messages
     // against the 64 KiB frame target must arrive as three deliver frames with consecutive tags.
-    let mut mesh = Mesh::new(1);
-    mesh.connect(0, 1);
+    let mut mesh = Mesh::standalone(1);
+    mesh.connect(0, 1, 0);
     mesh.send(
         0,
         1,
@@ -269,10 +187,10 @@ fn deliveries_of_large_messages_are_cut_into_bounded_frames() {
 fn exclusive_queues_belong_to_one_connection_and_go_with_it() {
     // Goal: an exclusive queue refuses other connections and is deleted when its owner closes.
     // Method: two shards; the owner on shard 0, another connection on shard 1.
-    let mut mesh = Mesh::new(2);
+    let mut mesh = Mesh::standalone(2);
     let queue = queue_on(1, 2);
-    mesh.connect(0, 1);
-    mesh.connect(1, 1);
+    mesh.connect(0, 1, 0);
+    mesh.connect(1, 1, 0);
     let exclusive = QueueOptions { exclusive: true, ..QueueOptions::default() };
     mesh.send(
         0,
@@ -320,9 +238,9 @@ fn exclusive_queues_belong_to_one_connection_and_go_with_it() {
 #[test]
 fn auto_delete_queues_go_when_their_last_consumer_does() {
     // Goal: an auto-delete queue is deleted once its last subscription is cancelled.
-    let mut mesh = Mesh::new(2);
+    let mut mesh = Mesh::standalone(2);
     let queue = queue_on(0, 2);
-    mesh.connect(1, 1);
+    mesh.connect(1, 1, 0);
     let auto_delete = QueueOptions { auto_delete: true, ..QueueOptions::default() };
     mesh.send(
         1,
