@@ -22,6 +22,8 @@
 //! - `epoch` (re-exported from `ringmq-core`): leadership generations; the rules that fence a
 //!   stale primary.
 //! - `limits`: every bound of this crate, with their relationships asserted at compile time.
+//! - `record`: message replication's records (queue created/deleted, enqueued at positions,
+//!   dequeued position ranges) and the batches that carry them, with their binary encoding.
 //!
 //! Planned, not yet written (our HA issue):
 //! - `primary`: the primary's replication state machine: per-shard record streams to each backup,
@@ -45,6 +47,7 @@
 //! - A backup never applies a record from an epoch older than the highest it has seen.
 
 pub mod limits;
+pub mod record;
 pub mod replication_level;
 pub mod url;
 

@@ -27,3 +27,49 @@ const _: () = assert!(
     URL_BYTES_MAX >= "amqp:".len() + 2 * URL_CREDENTIAL_BYTES_MAX + 2 + URL_ADDRESSES_MAX * ADDRESS_TEXT_BYTES_MAX
 );
 const _: () = assert!(URL_ADDRESSES_MAX >= 1);
+
+// ----- message replication (`record`, `primary_stream`, `backup_stream`) -----
+
+/// Largest replication batch on the wire, in bytes, length prefix included: the native protocol's
+/// frame cap, so the link reads batches with the same buffers as client frames. A batch of one
+/// message of the largest publishable size still fits (asserted below), so no message is ever too
+/// big to replicate.
+pub const BATCH_BYTES_MAX: u32 = ringmq_core::limits::FRAME_BYTES_MAX;
+/// Most records in one batch. Bounds the work one batch makes a backup do; with many queues a
+/// batch carries one or two records per queue, so 4096 queues fit in one batch.
+pub const BATCH_RECORDS_MAX: u32 = 4096;
+/// Most messages in one batch, across all its `Enqueued` records: the same bound as a publish
+/// frame, so a replicated batch costs the backup no more than one client publish.
+pub const BATCH_MESSAGES_MAX: u32 = ringmq_core::limits::BATCH_MESSAGES_MAX;
+/// Most dequeue ranges in one batch, across all its `Dequeued` records: the same bound as a settle
+/// frame's ranges.
+pub const BATCH_RANGES_MAX: u32 = ringmq_core::limits::RANGES_MAX;
+/// Most batches a primary stream has sent and the backup has not confirmed. With the target batch
+/// of 64 KiB this is 2 MiB in flight per stream: at 10 Gbit/s that covers a 1.6 ms round trip,
+/// far above loopback or a LAN, and it bounds the holds and batches a stream remembers.
+pub const BATCHES_UNCONFIRMED_MAX: usize = 32;
+/// Pending records (messages not yet in a batch, dequeue ranges, queue creates and deletes) at
+/// which a primary stream asks its shard to stop reading producers (`producers_must_pause`). A
+/// backup that falls behind then slows publishers instead of growing the primary's memory.
+pub const STREAM_PENDING_PAUSE: usize = 64 * 1024;
+/// Pending records past which a primary stream refuses more (`StreamOverflow`): the pause point
+/// plus room for what the shard had already read when it paused (a few publish frames, each of at
+/// most `BATCH_MESSAGES_MAX` messages, possibly routed to several queues). Reaching it means the
+/// shard did not pause; the stream then cannot keep its backup exact and the backup is dropped.
+pub const STREAM_PENDING_MAX: usize = STREAM_PENDING_PAUSE + 64 * BATCH_MESSAGES_MAX as usize;
+
+/// Bytes of a batch that are not records: length, type, epoch, stream seq, record count.
+pub const BATCH_HEADER_BYTES: usize = 4 + 1 + 8 + 8 + 4;
+/// Bytes of an `Enqueued` record that are not messages, with the longest queue name: kind, name,
+/// first position, message count.
+const ENQUEUED_HEADER_BYTES_MAX: usize = 1 + 2 + ringmq_core::limits::NAME_BYTES_MAX as usize + 8 + 4;
+
+const _: () = assert!(
+    ringmq_core::limits::FRAME_BYTES_CONFIGURABLE_MAX as usize + BATCH_HEADER_BYTES + ENQUEUED_HEADER_BYTES_MAX
+        <= BATCH_BYTES_MAX as usize
+);
+const _: () = assert!(BATCHES_UNCONFIRMED_MAX >= 1);
+const _: () = assert!(BATCH_RECORDS_MAX >= 1 && BATCH_MESSAGES_MAX >= 1 && BATCH_RANGES_MAX >= 1);
+const _: () = assert!(STREAM_PENDING_PAUSE < STREAM_PENDING_MAX);
+// A paused shard still finishes the publish frame it is in: the slack must hold at least one.
+const _: () = assert!(STREAM_PENDING_MAX - STREAM_PENDING_PAUSE >= BATCH_MESSAGES_MAX as usize);

@@ -1,0 +1,770 @@
+//! Replication records and batches: what a primary shard sends a backup about its queues, as Rust
+//! values and as bytes.
+//!
+//! A primary shard streams its queues' changes to each backup as *batches* of *records*. A batch
+//! carries the primary's `Epoch` (a backup never applies one from an older epoch) and the
+//! stream's `StreamSeq` (+1 per batch, from 1), which the backup confirms cumulatively. Within one
+//! queue, enqueues are numbered by a queue-local `Position` (+1 per enqueued message, never
+//! reused), and dequeues of any cause (ack, reject, purge, expiry) name positions as inclusive
+//! ranges. The reference sent an id event and two sync-flagged transfers per message and an
+//! accept per transfer (reference-internals §12); here the position is implied by the batch and
+//! one confirm covers many batches.
+//!
+//! The layout (little-endian, like the native protocol in `PROTOCOL.md`):
+//! ```text
+//! batch   = u32 length (bytes after it), u8 type 0x50, u64 epoch, u64 stream_seq,
+//!           u32 record count (1..=BATCH_RECORDS_MAX), records
+//! record  = u8 kind, name16 queue, then by kind:
+//!           1 queue-created: bool exclusive, bool auto_delete, bool passive,
+//!                            option_u64 max_count, option_u64 max_bytes
+//!           2 queue-deleted: nothing
+//!           3 enqueued:      u64 first_position, u32 count (>= 1), messages as in a publish frame
+//!           4 dequeued:      u32 range count (>= 1), (u64 first, u64 last) per range, increasing,
+//!                            neither overlapping nor adjacent
+//! confirm = u32 length, u8 type 0x51, u64 stream_seq
+//! name16 = u16 length, UTF-8 bytes (at most NAME_BYTES_MAX); option_u64 = bool, u64 (0 if absent)
+//! ```
+//! The type bytes 0x50 and 0x51 are unused by the client protocol, so a link that mixes these
+//! with native frames (heartbeats) cannot confuse them.
+//!
+//! Not here: exchanges and bindings (configuration replication comes separately), heartbeats and
+//! the link handshake, which batches to build (see `primary_stream`) or how to apply them (see
+//! `backup_stream`).
+//!
+//! Invariants:
+//! - `decode_batch` never panics, whatever the bytes, and consumes bytes only when it returns a
+//!   batch; it keeps *incomplete* (`Ok(None)`) apart from *invalid* (`Err`).
+//! - Every count is checked against its limit before anything is allocated for it, and a `Vec`
+//!   never gets more capacity than the remaining bytes could fill.
+//! - Message fields of a decoded batch are slices of the batch's bytes: no body is copied.
+//! - The encoding is canonical, and `encode_batch` asserts every property `decode_batch` checks,
+//!   so a primary never sends a batch a backup would refuse.
+//! - `encoded_len` of a batch equals the bytes `encode_batch` writes for it.
+
+use std::fmt;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use ringmq_core::codec::message_bytes_len;
+use ringmq_core::epoch::Epoch;
+use ringmq_core::frame::{Header, Message, QueueOptions};
+use ringmq_core::limits::{HEADERS_MAX, NAME_BYTES_MAX};
+
+use crate::limits::{BATCH_BYTES_MAX, BATCH_HEADER_BYTES, BATCH_MESSAGES_MAX, BATCH_RANGES_MAX, BATCH_RECORDS_MAX};
+
+/// A message's place in one queue of the primary: +1 per enqueued message, never reused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub struct Position(pub u64);
+
+/// A batch's number in its stream: the first batch is 1, and each next one is +1. `StreamSeq(0)`
+/// means "no batch yet", as in a confirm of nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub struct StreamSeq(pub u64);
+
+/// One change to one queue of the primary.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Record {
+    /// A queue was created (or is announced to a backup that does not know it yet).
+    QueueCreated {
+        /// Queue name.
+        name: String,
+        /// Its options as declared.
+        options: QueueOptions,
+    },
+    /// A queue was deleted, with every message it held.
+    QueueDeleted {
+        /// Queue name.
+        name: String,
+    },
+    /// Messages enqueued at consecutive positions.
+    Enqueued {
+        /// Queue name.
+        queue: String,
+        /// The position of the first message; the rest follow, +1 each.
+        first_position: Position,
+        /// The messages, at least one.
+        messages: Vec<Message>,
+    },
+    /// Messages removed from the queue, for any reason.
+    Dequeued {
+        /// Queue name.
+        queue: String,
+        /// Inclusive position ranges, increasing, neither overlapping nor adjacent; at least one.
+        ranges: Vec<(Position, Position)>,
+    },
+}
+
+/// What one replication frame carries: records of one primary shard, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Batch {
+    /// The epoch of the primary that sent it.
+    pub epoch: Epoch,
+    /// Its number in the stream.
+    pub stream_seq: StreamSeq,
+    /// The records, at least one, applied in this order.
+    pub records: Vec<Record>,
+}
+
+/// Why bytes are not a valid replication frame. Every message names what was allowed and what came.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RecordDecodeError {
+    /// The length prefix announces a frame larger than allowed.
+    #[error("replication frame of {size} bytes exceeds the limit {max}")]
+    FrameTooLarge {
+        /// The announced size in bytes, length prefix included (saturating at `u32::MAX`).
+        size: u32,
+        /// The most allowed, in bytes, length prefix included.
+        max: u32,
+    },
+    /// The type byte is not the one expected.
+    #[error("replication frame type must be 0x{expected:02x}; got 0x{got:02x}")]
+    WrongType {
+        /// The type byte that was expected.
+        expected: u8,
+        /// The type byte that came.
+        got: u8,
+    },
+    /// A count is outside its allowed range.
+    #[error("{what}: count must be in {min}..={max}; got {count}")]
+    BadCount {
+        /// What is counted (`records`, `messages`, `ranges`, `headers`).
+        what: &'static str,
+        /// The count that came (for batch totals, the total so far).
+        count: u64,
+        /// The least allowed.
+        min: u64,
+        /// The most allowed.
+        max: u64,
+    },
+    /// Anything else: a truncated field, trailing bytes, a name too long or not UTF-8, an unknown
+    /// record kind, a bool out of range, ranges out of order, positions overflowing `u64`...
+    #[error("replication frame: {0}")]
+    Invalid(String),
+}
+
+/// Appends `batch` as one replication frame to `out`.
+///
+/// # Panics
+///
+/// When the batch breaks a rule `decode_batch` checks, since sending it would be a bug: no
+/// records, a count above its limit, an empty `Enqueued` or `Dequeued`, positions overflowing
+/// `u64`, ranges not increasing or touching, a name longer than `NAME_BYTES_MAX`, a field longer
+/// than its length prefix allows, or a frame above `BATCH_BYTES_MAX`.
+pub fn encode_batch(batch: &Batch, out: &mut BytesMut) {
+    let start = out.len();
+    out.put_u32_le(0);
+    out.put_u8(TYPE_BATCH);
+    out.put_u64_le(batch.epoch.0);
+    out.put_u64_le(batch.stream_seq.0);
+    assert!(batch.stream_seq.0 >= 1, "stream seq 0 means no batch; the first batch is 1");
+    let records = batch.records.len();
+    assert!((1..=BATCH_RECORDS_MAX as usize).contains(&records), "batch of {records} records");
+    out.put_u32_le(records as u32);
+    let (mut messages_total, mut ranges_total) = (0usize, 0usize);
+    for record in &batch.records {
+        match record {
+            Record::QueueCreated { name, options } => {
+                out.put_u8(KIND_QUEUE_CREATED);
+                put_name(out, name);
+                put_bool(out, options.exclusive);
+                put_bool(out, options.auto_delete);
+                put_bool(out, options.passive);
+                put_option_u64(out, options.max_count);
+                put_option_u64(out, options.max_bytes);
+            }
+            Record::QueueDeleted { name } => {
+                out.put_u8(KIND_QUEUE_DELETED);
+                put_name(out, name);
+            }
+            Record::Enqueued { queue, first_position, messages } => {
+                out.put_u8(KIND_ENQUEUED);
+                put_name(out, queue);
+                out.put_u64_le(first_position.0);
+                assert!(!messages.is_empty(), "enqueued record with no messages");
+                assert!(
+                    first_position.0.checked_add(messages.len() as u64 - 1).is_some(),
+                    "enqueued positions overflow u64"
+                );
+                messages_total += messages.len();
+                out.put_u32_le(messages.len() as u32);
+                for message in messages {
+                    put_message(out, message);
+                }
+            }
+            Record::Dequeued { queue, ranges } => {
+                out.put_u8(KIND_DEQUEUED);
+                put_name(out, queue);
+                assert!(!ranges.is_empty(), "dequeued record with no ranges");
+                ranges_total += ranges.len();
+                out.put_u32_le(ranges.len() as u32);
+                let mut previous: Option<Position> = None;
+                for &(first, last) in ranges {
+                    assert!(first <= last, "dequeue range {first:?}..={last:?} has first > last");
+                    if let Some(previous) = previous {
+                        assert!(
+                            previous.0.checked_add(1).is_some_and(|end| first.0 > end),
+                            "dequeue range {first:?} does not follow {previous:?} with a gap"
+                        );
+                    }
+                    out.put_u64_le(first.0);
+                    out.put_u64_le(last.0);
+                    previous = Some(last);
+                }
+            }
+        }
+    }
+    assert!(messages_total <= BATCH_MESSAGES_MAX as usize, "batch of {messages_total} messages");
+    assert!(ranges_total <= BATCH_RANGES_MAX as usize, "batch of {ranges_total} ranges");
+    let size = out.len() - start;
+    assert!(size <= BATCH_BYTES_MAX as usize, "batch of {size} bytes exceeds BATCH_BYTES_MAX {BATCH_BYTES_MAX}");
+    out[start..start + 4].copy_from_slice(&((size - 4) as u32).to_le_bytes());
+}
+
+/// Decodes the replication batch at the front of `buf`.
+///
+/// Returns `Ok(None)` while `buf` holds only part of a frame; nothing is consumed. Returns
+/// `Ok(Some(batch))` after consuming exactly that frame's bytes; message fields are slices of
+/// them. A length above `bytes_max` and a wrong type byte are errors as soon as they arrive.
+///
+/// # Errors
+///
+/// Any [`RecordDecodeError`]: the bytes are not a valid batch; the caller drops the link.
+///
+/// # Panics
+///
+/// When `bytes_max` is above `BATCH_BYTES_MAX`: a runtime option may lower a limit, never raise it.
+pub fn decode_batch(buf: &mut BytesMut, bytes_max: u32) -> Result<Option<Batch>, RecordDecodeError> {
+    let Some(bytes) = take_frame(buf, bytes_max, TYPE_BATCH)? else {
+        return Ok(None);
+    };
+    let mut r = Reader { bytes, position: FRAME_HEADER_BYTES };
+    let epoch = Epoch(r.u64("epoch")?);
+    let stream_seq = StreamSeq(r.u64("stream seq")?);
+    if stream_seq.0 == 0 {
+        return Err(RecordDecodeError::Invalid("stream seq must be at least 1; got 0".to_string()));
+    }
+    let records_count = r.count("records", 1, BATCH_RECORDS_MAX)?;
+    let mut records = Vec::with_capacity(records_count.min(r.remaining() / RECORD_BYTES_MIN));
+    let (mut messages_total, mut ranges_total) = (0u64, 0u64);
+    for _ in 0..records_count {
+        let kind = r.u8("record kind")?;
+        let name = r.name()?;
+        let record = match kind {
+            KIND_QUEUE_CREATED => {
+                let options = QueueOptions {
+                    exclusive: r.bool("exclusive")?,
+                    auto_delete: r.bool("auto_delete")?,
+                    passive: r.bool("passive")?,
+                    max_count: r.option_u64("max_count")?,
+                    max_bytes: r.option_u64("max_bytes")?,
+                };
+                Record::QueueCreated { name, options }
+            }
+            KIND_QUEUE_DELETED => Record::QueueDeleted { name },
+            KIND_ENQUEUED => {
+                let first_position = Position(r.u64("first position")?);
+                let count = r.count("messages", 1, BATCH_MESSAGES_MAX)?;
+                messages_total += count as u64;
+                check_total("messages", messages_total, BATCH_MESSAGES_MAX)?;
+                if first_position.0.checked_add(count as u64 - 1).is_none() {
+                    return Err(RecordDecodeError::Invalid(format!(
+                        "first position {} plus {count} messages overflows u64",
+                        first_position.0
+                    )));
+                }
+                let mut messages = Vec::with_capacity(count.min(r.remaining() / MESSAGE_BYTES_MIN));
+                for _ in 0..count {
+                    messages.push(r.message()?);
+                }
+                Record::Enqueued { queue: name, first_position, messages }
+            }
+            KIND_DEQUEUED => {
+                let count = r.count("ranges", 1, BATCH_RANGES_MAX)?;
+                ranges_total += count as u64;
+                check_total("ranges", ranges_total, BATCH_RANGES_MAX)?;
+                let mut ranges = Vec::with_capacity(count.min(r.remaining() / RANGE_BYTES));
+                let mut previous: Option<u64> = None;
+                for _ in 0..count {
+                    let first = r.u64("range first")?;
+                    let last = r.u64("range last")?;
+                    if first > last {
+                        return Err(RecordDecodeError::Invalid(format!("range {first}..={last} has first > last")));
+                    }
+                    if let Some(previous) = previous {
+                        if previous.checked_add(1).is_none_or(|end| first <= end) {
+                            return Err(RecordDecodeError::Invalid(format!(
+                                "range starting at {first} must start above {previous} + 1 (ranges increase and \
+                                 neither overlap nor touch)"
+                            )));
+                        }
+                    }
+                    ranges.push((Position(first), Position(last)));
+                    previous = Some(last);
+                }
+                Record::Dequeued { queue: name, ranges }
+            }
+            other => {
+                return Err(RecordDecodeError::Invalid(format!(
+                    "record kind is {other}, must be 1 (queue-created), 2 (queue-deleted), 3 (enqueued) or 4 \
+                     (dequeued)"
+                )))
+            }
+        };
+        records.push(record);
+    }
+    r.finish()?;
+    Ok(Some(Batch { epoch, stream_seq, records }))
+}
+
+/// Appends a backup's confirm, "every batch up to `stream_seq` is applied", to `out`.
+pub fn encode_confirm(stream_seq: StreamSeq, out: &mut BytesMut) {
+    out.put_u32_le(CONFIRM_BYTES as u32 - 4);
+    out.put_u8(TYPE_CONFIRM);
+    out.put_u64_le(stream_seq.0);
+}
+
+/// Decodes the confirm at the front of `buf`: `Ok(None)` while incomplete, consuming nothing.
+///
+/// # Errors
+///
+/// A [`RecordDecodeError`] when the bytes are not a confirm frame.
+pub fn decode_confirm(buf: &mut BytesMut) -> Result<Option<StreamSeq>, RecordDecodeError> {
+    let Some(bytes) = take_frame(buf, CONFIRM_BYTES as u32, TYPE_CONFIRM)? else {
+        return Ok(None);
+    };
+    let mut r = Reader { bytes, position: FRAME_HEADER_BYTES };
+    let seq = StreamSeq(r.u64("stream seq")?);
+    r.finish()?;
+    Ok(Some(seq))
+}
+
+impl Batch {
+    /// The bytes `encode_batch` writes for this batch, length prefix included.
+    pub fn encoded_len(&self) -> usize {
+        BATCH_HEADER_BYTES + self.records.iter().map(Record::encoded_len).sum::<usize>()
+    }
+}
+
+impl Record {
+    /// The bytes this record adds to a batch.
+    pub fn encoded_len(&self) -> usize {
+        match self {
+            Record::QueueCreated { name, .. } => queue_created_bytes_len(name),
+            Record::QueueDeleted { name } => queue_deleted_bytes_len(name),
+            Record::Enqueued { queue, messages, .. } => {
+                enqueued_header_bytes_len(queue) + messages.iter().map(message_bytes_len).sum::<usize>()
+            }
+            Record::Dequeued { queue, ranges } => dequeued_header_bytes_len(queue) + RANGE_BYTES * ranges.len(),
+        }
+    }
+}
+
+impl Position {
+    /// The next position.
+    pub fn next(self) -> Position {
+        Position(self.0 + 1)
+    }
+}
+
+impl StreamSeq {
+    /// The next batch's number.
+    pub fn next(self) -> StreamSeq {
+        StreamSeq(self.0 + 1)
+    }
+}
+
+impl fmt::Display for Position {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+impl fmt::Display for StreamSeq {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+/// Bytes of a `QueueCreated` record for queue `name`.
+pub(crate) fn queue_created_bytes_len(name: &str) -> usize {
+    1 + 2 + name.len() + 3 + 2 * 9
+}
+
+/// Bytes of a `QueueDeleted` record for queue `name`.
+pub(crate) fn queue_deleted_bytes_len(name: &str) -> usize {
+    1 + 2 + name.len()
+}
+
+/// Bytes of an `Enqueued` record for `queue`, without its messages.
+pub(crate) fn enqueued_header_bytes_len(queue: &str) -> usize {
+    1 + 2 + queue.len() + 8 + 4
+}
+
+/// Bytes of a `Dequeued` record for `queue`, without its ranges.
+pub(crate) fn dequeued_header_bytes_len(queue: &str) -> usize {
+    1 + 2 + queue.len() + 4
+}
+
+// ----- helpers -----
+
+/// Checks the length and type of the frame at the front of `buf` and splits it off when complete.
+fn take_frame(buf: &mut BytesMut, bytes_max: u32, expected: u8) -> Result<Option<Bytes>, RecordDecodeError> {
+    assert!(bytes_max <= BATCH_BYTES_MAX, "bytes_max {bytes_max} is above BATCH_BYTES_MAX {BATCH_BYTES_MAX}");
+    let [l0, l1, l2, l3, ref after_length @ ..] = buf[..] else {
+        return Ok(None);
+    };
+    let length = u32::from_le_bytes([l0, l1, l2, l3]);
+    let size = length.saturating_add(4);
+    if size > bytes_max {
+        return Err(RecordDecodeError::FrameTooLarge { size, max: bytes_max });
+    }
+    if length == 0 {
+        return Err(RecordDecodeError::Invalid("length is 0, at least 1 needed (the type)".to_string()));
+    }
+    let Some(&type_byte) = after_length.first() else {
+        return Ok(None);
+    };
+    if type_byte != expected {
+        return Err(RecordDecodeError::WrongType { expected, got: type_byte });
+    }
+    if buf.len() < size as usize {
+        return Ok(None);
+    }
+    Ok(Some(buf.split_to(size as usize).freeze()))
+}
+
+fn check_total(what: &'static str, total: u64, max: u32) -> Result<(), RecordDecodeError> {
+    if total > u64::from(max) {
+        return Err(RecordDecodeError::BadCount { what, count: total, min: 1, max: u64::from(max) });
+    }
+    Ok(())
+}
+
+fn put_name(out: &mut BytesMut, name: &str) {
+    assert!(name.len() <= NAME_BYTES_MAX as usize, "name of {} bytes exceeds NAME_BYTES_MAX", name.len());
+    put_bytes16(out, name.as_bytes());
+}
+
+fn put_bytes16(out: &mut BytesMut, bytes: &[u8]) {
+    assert!(bytes.len() <= u16::MAX as usize, "field of {} bytes exceeds u16::MAX", bytes.len());
+    out.put_u16_le(bytes.len() as u16);
+    out.put_slice(bytes);
+}
+
+fn put_bool(out: &mut BytesMut, value: bool) {
+    out.put_u8(u8::from(value));
+}
+
+fn put_option_u64(out: &mut BytesMut, value: Option<u64>) {
+    // An absent value is written as 0 and must be 0 on decode, so the encoding stays canonical.
+    put_bool(out, value.is_some());
+    out.put_u64_le(value.unwrap_or(0));
+}
+
+/// The same layout as a message in a native publish frame, so the bytes a producer sent can be
+/// forwarded as they are.
+fn put_message(out: &mut BytesMut, message: &Message) {
+    put_bytes16(out, &message.routing_key);
+    put_bytes16(out, &message.message_id);
+    assert!(message.headers.len() <= HEADERS_MAX as usize, "message has {} headers", message.headers.len());
+    out.put_u16_le(message.headers.len() as u16);
+    for header in &message.headers {
+        put_bytes16(out, &header.name);
+        put_bytes16(out, &header.value);
+    }
+    assert!(message.body.len() <= u32::MAX as usize, "body of {} bytes", message.body.len());
+    out.put_u32_le(message.body.len() as u32);
+    out.put_slice(&message.body);
+}
+
+/// A cursor over one complete frame; every read checks the bounds first, so no input can make
+/// it panic.
+struct Reader {
+    /// The whole frame, length prefix included.
+    bytes: Bytes,
+    /// Offset of the next unread byte.
+    position: usize,
+}
+
+impl Reader {
+    fn remaining(&self) -> usize {
+        self.bytes.len().saturating_sub(self.position)
+    }
+
+    fn slice(&mut self, field: &'static str, len: usize) -> Result<Bytes, RecordDecodeError> {
+        if len > self.remaining() {
+            return Err(RecordDecodeError::Invalid(format!(
+                "truncated: {field} needs {len} bytes, {} remain",
+                self.remaining()
+            )));
+        }
+        let start = self.position;
+        self.position += len;
+        Ok(self.bytes.slice(start..self.position))
+    }
+
+    fn array<const N: usize>(&mut self, field: &'static str) -> Result<[u8; N], RecordDecodeError> {
+        let slice = self.slice(field, N)?;
+        let mut array = [0u8; N];
+        array.copy_from_slice(&slice);
+        Ok(array)
+    }
+
+    fn u8(&mut self, field: &'static str) -> Result<u8, RecordDecodeError> {
+        let [byte] = self.array(field)?;
+        Ok(byte)
+    }
+
+    fn u16(&mut self, field: &'static str) -> Result<u16, RecordDecodeError> {
+        self.array(field).map(u16::from_le_bytes)
+    }
+
+    fn u32(&mut self, field: &'static str) -> Result<u32, RecordDecodeError> {
+        self.array(field).map(u32::from_le_bytes)
+    }
+
+    fn u64(&mut self, field: &'static str) -> Result<u64, RecordDecodeError> {
+        self.array(field).map(u64::from_le_bytes)
+    }
+
+    fn bool(&mut self, field: &'static str) -> Result<bool, RecordDecodeError> {
+        match self.u8(field)? {
+            0 => Ok(false),
+            1 => Ok(true),
+            other => Err(RecordDecodeError::Invalid(format!("{field} is {other}, a bool must be 0 or 1"))),
+        }
+    }
+
+    fn option_u64(&mut self, field: &'static str) -> Result<Option<u64>, RecordDecodeError> {
+        let present = self.bool(field)?;
+        match (present, self.u64(field)?) {
+            (true, value) => Ok(Some(value)),
+            (false, 0) => Ok(None),
+            (false, value) => Err(RecordDecodeError::Invalid(format!(
+                "{field} is absent but carries {value}; an absent value must be 0"
+            ))),
+        }
+    }
+
+    fn bytes16(&mut self, field: &'static str) -> Result<Bytes, RecordDecodeError> {
+        let len = self.u16(field)?;
+        self.slice(field, usize::from(len))
+    }
+
+    /// A queue name: `u16`-prefixed UTF-8 of at most `NAME_BYTES_MAX` bytes.
+    fn name(&mut self) -> Result<String, RecordDecodeError> {
+        let len = usize::from(self.u16("queue name")?);
+        if len > NAME_BYTES_MAX as usize {
+            return Err(RecordDecodeError::Invalid(format!(
+                "queue name is {len} bytes, at most {NAME_BYTES_MAX} allowed"
+            )));
+        }
+        let bytes = self.slice("queue name", len)?;
+        match std::str::from_utf8(&bytes) {
+            Ok(text) => Ok(text.to_string()),
+            Err(error) => Err(RecordDecodeError::Invalid(format!("queue name is not UTF-8: {error}"))),
+        }
+    }
+
+    /// A `u32` count that must be in `min..=max`.
+    fn count(&mut self, what: &'static str, min: u32, max: u32) -> Result<usize, RecordDecodeError> {
+        let count = self.u32(what)?;
+        if !(min..=max).contains(&count) {
+            return Err(RecordDecodeError::BadCount {
+                what,
+                count: u64::from(count),
+                min: u64::from(min),
+                max: u64::from(max),
+            });
+        }
+        Ok(count as usize)
+    }
+
+    fn message(&mut self) -> Result<Message, RecordDecodeError> {
+        let routing_key = self.bytes16("routing key")?;
+        let message_id = self.bytes16("message id")?;
+        let header_count = self.u16("headers")?;
+        if u32::from(header_count) > HEADERS_MAX {
+            return Err(RecordDecodeError::BadCount {
+                what: "headers",
+                count: u64::from(header_count),
+                min: 0,
+                max: u64::from(HEADERS_MAX),
+            });
+        }
+        let mut headers = Vec::with_capacity(usize::from(header_count).min(self.remaining() / HEADER_BYTES_MIN));
+        for _ in 0..header_count {
+            headers.push(Header { name: self.bytes16("header name")?, value: self.bytes16("header value")? });
+        }
+        let body_len = self.u32("body")?;
+        let body = self.slice("body", body_len as usize)?;
+        Ok(Message { routing_key, message_id, headers, body })
+    }
+
+    fn finish(self) -> Result<(), RecordDecodeError> {
+        match self.remaining() {
+            0 => Ok(()),
+            trailing => Err(RecordDecodeError::Invalid(format!("trailing {trailing} bytes after the last field"))),
+        }
+    }
+}
+
+/// Type byte of a batch frame (primary to backup).
+const TYPE_BATCH: u8 = 0x50;
+/// Type byte of a confirm frame (backup to primary).
+const TYPE_CONFIRM: u8 = 0x51;
+const KIND_QUEUE_CREATED: u8 = 1;
+const KIND_QUEUE_DELETED: u8 = 2;
+const KIND_ENQUEUED: u8 = 3;
+const KIND_DEQUEUED: u8 = 4;
+/// Length prefix and type byte.
+const FRAME_HEADER_BYTES: usize = 5;
+/// A whole confirm frame: length, type, stream seq.
+const CONFIRM_BYTES: usize = FRAME_HEADER_BYTES + 8;
+/// The smallest record: kind and an empty name.
+const RECORD_BYTES_MIN: usize = 1 + 2;
+/// The smallest message: three empty fields and an empty body.
+const MESSAGE_BYTES_MIN: usize = 2 + 2 + 2 + 4;
+/// The smallest header: two empty fields.
+const HEADER_BYTES_MIN: usize = 2 + 2;
+/// One dequeue range.
+const RANGE_BYTES: usize = 16;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(body: &'static str) -> Message {
+        Message {
+            routing_key: Bytes::from_static(b"key"),
+            message_id: Bytes::from_static(b"id"),
+            headers: vec![Header { name: Bytes::from_static(b"h"), value: Bytes::from_static(b"v") }],
+            body: Bytes::from_static(body.as_bytes()),
+        }
+    }
+
+    fn sample() -> Batch {
+        Batch {
+            epoch: Epoch(3),
+            stream_seq: StreamSeq(7),
+            records: vec![
+                Record::QueueCreated {
+                    name: "q".to_string(),
+                    options: QueueOptions { max_count: Some(10), ..QueueOptions::default() },
+                },
+                Record::Enqueued {
+                    queue: "q".to_string(),
+                    first_position: Position(5),
+                    messages: vec![message("a"), message("bb")],
+                },
+                Record::Dequeued {
+                    queue: "q".to_string(),
+                    ranges: vec![(Position(1), Position(2)), (Position(4), Position(4))],
+                },
+                Record::QueueDeleted { name: "old".to_string() },
+            ],
+        }
+    }
+
+    fn encoded(batch: &Batch) -> BytesMut {
+        let mut out = BytesMut::new();
+        encode_batch(batch, &mut out);
+        out
+    }
+
+    #[test]
+    fn batch_round_trips_and_message_bodies_are_slices_of_the_frame() {
+        // Goal: decode(encode(b)) == b, the length matches `encoded_len`, and bodies are not copied.
+        let batch = sample();
+        let mut buf = encoded(&batch);
+        assert_eq!(buf.len(), batch.encoded_len());
+        let frame_start = buf.as_ptr() as usize;
+        let frame_end = frame_start + buf.len();
+        let decoded = decode_batch(&mut buf, BATCH_BYTES_MAX).unwrap().unwrap();
+        assert_eq!(decoded, batch);
+        assert!(buf.is_empty());
+        // The body of the first message points into the frame's bytes.
+        let Record::Enqueued { messages, .. } = &decoded.records[1] else { panic!("not enqueued") };
+        let body = messages[0].body.as_ptr() as usize;
+        assert!((frame_start..frame_end).contains(&body));
+        // Encoding it again gives the same bytes (canonical).
+        assert_eq!(encoded(&decoded), encoded(&batch));
+    }
+
+    #[test]
+    fn every_prefix_of_a_batch_is_incomplete_and_consumes_nothing() {
+        // Goal: a batch arriving byte by byte is `Ok(None)` until its last byte.
+        let whole = encoded(&sample());
+        for len in 0..whole.len() {
+            let mut part = BytesMut::from(&whole[..len]);
+            assert_eq!(decode_batch(&mut part, BATCH_BYTES_MAX), Ok(None), "prefix of {len} bytes");
+            assert_eq!(part.len(), len);
+        }
+    }
+
+    #[test]
+    fn invalid_batches_are_errors_that_name_the_problem() {
+        // Goal: each broken rule is an error, not an incomplete frame, and says what came.
+        let whole = encoded(&sample());
+        // Too large for the reader's limit: refused from the length alone.
+        let mut head = BytesMut::from(&whole[..4]);
+        assert_eq!(
+            decode_batch(&mut head, 16),
+            Err(RecordDecodeError::FrameTooLarge { size: whole.len() as u32, max: 16 })
+        );
+        // A client frame's type byte.
+        let mut wrong = BytesMut::from(&whole[..5]);
+        wrong[4] = 0x30;
+        assert_eq!(
+            decode_batch(&mut wrong, BATCH_BYTES_MAX),
+            Err(RecordDecodeError::WrongType { expected: 0x50, got: 0x30 })
+        );
+        // A record count of 0.
+        let mut empty = whole.clone();
+        empty[21..25].copy_from_slice(&0u32.to_le_bytes());
+        let error = decode_batch(&mut empty, BATCH_BYTES_MAX).unwrap_err();
+        assert_eq!(error.to_string(), "records: count must be in 1..=4096; got 0");
+        // Stream seq 0.
+        let mut zero = whole.clone();
+        zero[13..21].copy_from_slice(&0u64.to_le_bytes());
+        assert!(decode_batch(&mut zero, BATCH_BYTES_MAX).unwrap_err().to_string().contains("stream seq"));
+        // An unknown record kind (the first record's kind byte follows the header).
+        let mut kind = whole.clone();
+        kind[25] = 9;
+        assert!(decode_batch(&mut kind, BATCH_BYTES_MAX).unwrap_err().to_string().contains("record kind is 9"));
+        // Trailing bytes inside the announced length.
+        let mut trailing = whole.clone();
+        trailing.extend_from_slice(&[0]);
+        let length = (trailing.len() - 4) as u32;
+        trailing[..4].copy_from_slice(&length.to_le_bytes());
+        assert!(decode_batch(&mut trailing, BATCH_BYTES_MAX).unwrap_err().to_string().contains("trailing 1 bytes"));
+    }
+
+    #[test]
+    fn dequeue_ranges_must_increase_without_touching() {
+        // Goal: the canonical form of ranges is enforced on decode (touching ranges would have been
+        // merged by the encoder).
+        let mut batch = sample();
+        batch.records = vec![Record::Dequeued { queue: "q".to_string(), ranges: vec![(Position(1), Position(2))] }];
+        let mut bytes = encoded(&batch);
+        // Append a second range 3..=3 by hand: it touches 1..=2.
+        bytes.extend_from_slice(&3u64.to_le_bytes());
+        bytes.extend_from_slice(&3u64.to_le_bytes());
+        let ranges_at = bytes.len() - 32 - 4;
+        bytes[ranges_at..ranges_at + 4].copy_from_slice(&2u32.to_le_bytes());
+        let length = (bytes.len() - 4) as u32;
+        bytes[..4].copy_from_slice(&length.to_le_bytes());
+        let error = decode_batch(&mut bytes, BATCH_BYTES_MAX).unwrap_err();
+        assert!(error.to_string().contains("must start above 2 + 1"), "{error}");
+    }
+
+    #[test]
+    fn confirm_round_trips_and_is_incomplete_until_whole() {
+        // Goal: the backup's confirm frame decodes to the seq it carries.
+        let mut out = BytesMut::new();
+        encode_confirm(StreamSeq(42), &mut out);
+        let mut part = BytesMut::from(&out[..8]);
+        assert_eq!(decode_confirm(&mut part), Ok(None));
+        assert_eq!(decode_confirm(&mut out), Ok(Some(StreamSeq(42))));
+        assert!(out.is_empty());
+    }
+}
