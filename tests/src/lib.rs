@@ -330,3 +330,36 @@ impl BrokerProcess {
 /// Longest a CLI command may run in `run_cli`: every command the tests run finishes in well under
 /// a second, so this only bounds a hang.
 const CLI_TIMEOUT: Duration = Duration::from_secs(30);
+
+impl BrokerProcess {
+    /// Runs `ringmq ARGS... -b ADDR` against this broker.
+    pub fn cli(&self, args: &[&str]) -> std::process::Output {
+        let addr = self.addr();
+        let mut all = args.to_vec();
+        all.extend(["-b", addr.as_str()]);
+        run_cli(&all)
+    }
+}
+
+/// Asserts the command exited 0 and returns its stdout.
+///
+/// # Panics
+/// If it did not, showing its status and stderr.
+pub fn success(output: &std::process::Output) -> String {
+    assert!(output.status.success(), "exit {:?}; stderr: {}", output.status, String::from_utf8_lossy(&output.stderr));
+    String::from_utf8(output.stdout.clone()).expect("stdout is UTF-8")
+}
+
+/// Asserts `error` is a request failure with `code` whose text contains `text`.
+///
+/// # Panics
+/// If it is not.
+pub fn assert_failed(error: &ringmq_client::ClientError, code: ringmq_core::frame::ErrorCode, text: &str) {
+    match error {
+        ringmq_client::ClientError::Failed { code: got, message } => {
+            assert_eq!(*got, code, "{message}");
+            assert!(message.contains(text), "expected {text:?} in {message:?}");
+        }
+        other => panic!("expected a Failed error with {code:?}, got {other:?}"),
+    }
+}

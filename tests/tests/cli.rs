@@ -7,7 +7,7 @@
 use std::process::Output;
 use std::time::Duration;
 
-use ringmq_tests::{eventually, free_port, run_cli, BrokerProcess};
+use ringmq_tests::{eventually, free_port, run_cli, success, BrokerProcess};
 
 /// Longest a test waits for queue counts to settle.
 const WAIT: Duration = Duration::from_secs(10);
@@ -20,15 +20,15 @@ fn quick_start_declares_sends_and_receives() {
     let broker = BrokerProcess::start(&[]);
 
     // Declare the queue.
-    assert_eq!(success(&ringmq(&broker, &["queue", "add", "q"])), "queue 'q' declared\n");
+    assert_eq!(success(&broker.cli(&["queue", "add", "q"])), "queue 'q' declared\n");
 
     // Send two messages through the default exchange.
-    let stdout = success(&ringmq(&broker, &["send", "-k", "q", "hello", "world"]));
+    let stdout = success(&broker.cli(&["send", "-k", "q", "hello", "world"]));
     assert!(stdout.starts_with("sent 2 messages: 2 stored, 0 unroutable, 0 rejected ("), "{stdout}");
     assert_queue_row(&broker, "q", ["q", "2", "10", "0", "0", "2", "0"]);
 
     // Receive both: the bodies on stdout, in order; the count on stderr.
-    let output = ringmq(&broker, &["receive", "q", "--count", "2"]);
+    let output = broker.cli(&["receive", "q", "--count", "2"]);
     assert_eq!(success(&output), "hello\nworld\n");
     assert_eq!(String::from_utf8_lossy(&output.stderr), "received 2 messages (0 redelivered)\n");
 
@@ -44,32 +44,29 @@ fn exchanges_and_bindings_made_with_the_cli_route_accordingly() {
     // send keys that hit one, both or neither, and read each queue back with `receive`.
     let broker = BrokerProcess::start(&[]);
     for queue in ["errors", "everything"] {
-        success(&ringmq(&broker, &["queue", "add", queue]));
+        success(&broker.cli(&["queue", "add", queue]));
     }
 
     // Three exchanges, one of each type.
+    assert_eq!(success(&broker.cli(&["exchange", "add", "logs", "--type", "topic"])), "exchange 'logs' declared\n");
     assert_eq!(
-        success(&ringmq(&broker, &["exchange", "add", "logs", "--type", "topic"])),
-        "exchange 'logs' declared\n"
-    );
-    assert_eq!(
-        success(&ringmq(&broker, &["exchange", "add", "copies", "--type", "fanout"])),
+        success(&broker.cli(&["exchange", "add", "copies", "--type", "fanout"])),
         "exchange 'copies' declared\n"
     );
-    assert_eq!(success(&ringmq(&broker, &["exchange", "add", "exact"])), "exchange 'exact' declared\n");
+    assert_eq!(success(&broker.cli(&["exchange", "add", "exact"])), "exchange 'exact' declared\n");
 
     // Bind: topic patterns, a fanout binding, a direct key.
     assert_eq!(
-        success(&ringmq(&broker, &["bind", "logs", "errors", "*.error"])),
+        success(&broker.cli(&["bind", "logs", "errors", "*.error"])),
         "bound 'errors' to 'logs' with key '*.error'\n"
     );
-    success(&ringmq(&broker, &["bind", "logs", "everything", "#"]));
-    success(&ringmq(&broker, &["bind", "copies", "errors"]));
-    success(&ringmq(&broker, &["bind", "exact", "everything", "the-key"]));
+    success(&broker.cli(&["bind", "logs", "everything", "#"]));
+    success(&broker.cli(&["bind", "copies", "errors"]));
+    success(&broker.cli(&["bind", "exact", "everything", "the-key"]));
 
     // The list shows every exchange, built-ins included, with its type and bindings.
     assert_eq!(
-        table(&ringmq(&broker, &["exchange", "list"])),
+        table(&broker.cli(&["exchange", "list"])),
         [
             vec!["exchange", "type", "bindings"],
             vec!["(default)", "direct", "0"],
@@ -109,12 +106,12 @@ fn exchanges_and_bindings_made_with_the_cli_route_accordingly() {
         &["-e", "exact", "-k", "other-key", "lost"],
         "sent 1 messages: 0 stored, 1 unroutable, 0 rejected (",
     );
-    assert_eq!(success(&ringmq(&broker, &["receive", "errors", "--count", "2"])), "boom\ncopied\n");
-    assert_eq!(success(&ringmq(&broker, &["receive", "everything", "--count", "3"])), "boom\nfine\nexactly\n");
+    assert_eq!(success(&broker.cli(&["receive", "errors", "--count", "2"])), "boom\ncopied\n");
+    assert_eq!(success(&broker.cli(&["receive", "everything", "--count", "3"])), "boom\nfine\nexactly\n");
 
     // Unbind '#': app.info now routes nowhere, app.error still to errors.
     assert_eq!(
-        success(&ringmq(&broker, &["unbind", "logs", "everything", "#"])),
+        success(&broker.cli(&["unbind", "logs", "everything", "#"])),
         "unbound 'everything' from 'logs' with key '#'\n"
     );
     assert_sent(
@@ -128,13 +125,13 @@ fn exchanges_and_bindings_made_with_the_cli_route_accordingly() {
         "sent 1 messages: 1 stored, 0 unroutable, 0 rejected (",
     );
     assert_queue_row(&broker, "everything", ["everything", "0", "0", "0", "0", "3", "3"]);
-    assert_eq!(success(&ringmq(&broker, &["receive", "errors", "--count", "1"])), "z\n");
+    assert_eq!(success(&broker.cli(&["receive", "errors", "--count", "1"])), "z\n");
 
     // Delete an exchange: it leaves the list, and sending to it fails with the broker's reason.
-    assert_eq!(success(&ringmq(&broker, &["exchange", "del", "logs"])), "exchange 'logs' deleted\n");
-    let rows = table(&ringmq(&broker, &["exchange", "list"]));
+    assert_eq!(success(&broker.cli(&["exchange", "del", "logs"])), "exchange 'logs' deleted\n");
+    let rows = table(&broker.cli(&["exchange", "list"]));
     assert!(rows.iter().all(|row| row[0] != "logs"), "{rows:?}");
-    let output = ringmq(&broker, &["send", "-e", "logs", "-k", "app.error", "gone"]);
+    let output = broker.cli(&["send", "-e", "logs", "-k", "app.error", "gone"]);
     assert_eq!(output.status.code(), Some(1), "{output:?}");
     assert_eq!(
         String::from_utf8_lossy(&output.stderr),
@@ -148,15 +145,15 @@ fn bulk_send_then_quiet_receive_reports_the_count() {
     // --count 1000 --quiet` takes exactly those and reports only the count.
     // Method: send, check the queue's depth and bytes, receive, check it is empty.
     let broker = BrokerProcess::start(&[]);
-    success(&ringmq(&broker, &["queue", "add", "q"]));
+    success(&broker.cli(&["queue", "add", "q"]));
 
     // 1000 generated messages of 100 bytes.
-    let stdout = success(&ringmq(&broker, &["send", "-k", "q", "--count", "1000", "--size", "100"]));
+    let stdout = success(&broker.cli(&["send", "-k", "q", "--count", "1000", "--size", "100"]));
     assert!(stdout.starts_with("sent 1000 messages: 1000 stored, 0 unroutable, 0 rejected ("), "{stdout}");
     assert_queue_row(&broker, "q", ["q", "1000", "100000", "0", "0", "1000", "0"]);
 
     // Quiet receive prints one line with the count, and nothing else.
-    let output = ringmq(&broker, &["receive", "q", "--count", "1000", "--quiet"]);
+    let output = broker.cli(&["receive", "q", "--count", "1000", "--quiet"]);
     assert_eq!(success(&output), "received 1000 messages (0 redelivered)\n");
     assert_eq!(String::from_utf8_lossy(&output.stderr), "");
     assert_queue_row(&broker, "q", ["q", "0", "0", "0", "0", "1000", "1000"]);
@@ -169,16 +166,16 @@ fn receive_with_a_timeout_stops_when_no_message_arrives() {
     // Method: three messages in the queue, `receive q --timeout 200ms --quiet`.
     // Regression: the idle timeout once surfaced as an error (exit 1, no count).
     let broker = BrokerProcess::start(&[]);
-    success(&ringmq(&broker, &["queue", "add", "q"]));
-    success(&ringmq(&broker, &["send", "-k", "q", "a", "b", "c"]));
+    success(&broker.cli(&["queue", "add", "q"]));
+    success(&broker.cli(&["send", "-k", "q", "a", "b", "c"]));
 
     // All three are received, then the idle timeout ends the command normally.
-    let output = ringmq(&broker, &["receive", "q", "--timeout", "200ms", "--quiet"]);
+    let output = broker.cli(&["receive", "q", "--timeout", "200ms", "--quiet"]);
     assert_eq!(success(&output), "received 3 messages (0 redelivered)\n");
     assert_queue_row(&broker, "q", ["q", "0", "0", "0", "0", "3", "3"]);
 
     // On an empty queue it reports 0.
-    let output = ringmq(&broker, &["receive", "q", "--timeout", "200ms", "--quiet"]);
+    let output = broker.cli(&["receive", "q", "--timeout", "200ms", "--quiet"]);
     assert_eq!(success(&output), "received 0 messages (0 redelivered)\n");
 }
 
@@ -189,7 +186,7 @@ fn management_errors_exit_1_with_the_brokers_reason() {
     // Method: commands that name missing queues, exchanges and bindings, a reserved name, and
     // a port nobody listens on.
     let broker = BrokerProcess::start(&[]);
-    success(&ringmq(&broker, &["queue", "add", "q"]));
+    success(&broker.cli(&["queue", "add", "q"]));
 
     // Each refusal: exit 1, and the broker's words on stderr.
     let cases: [(&[&str], &str); 5] = [
@@ -200,7 +197,7 @@ fn management_errors_exit_1_with_the_brokers_reason() {
         (&["exchange", "add", "amq.mine"], "InvalidArgument: exchange names starting with 'amq.' are reserved"),
     ];
     for (args, reason) in cases {
-        let output = ringmq(&broker, args);
+        let output = broker.cli(args);
         assert_eq!(output.status.code(), Some(1), "{args:?}: {output:?}");
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert!(stderr.starts_with("ringmq: request failed: "), "{args:?}: {stderr}");
@@ -217,25 +214,11 @@ fn management_errors_exit_1_with_the_brokers_reason() {
 
 // ----- helpers -----
 
-/// Runs `ringmq ARGS... -b ADDR` against `broker`.
-fn ringmq(broker: &BrokerProcess, args: &[&str]) -> Output {
-    let addr = broker.addr();
-    let mut all = args.to_vec();
-    all.extend(["-b", addr.as_str()]);
-    run_cli(&all)
-}
-
-/// Asserts the command exited 0 and returns its stdout.
-fn success(output: &Output) -> String {
-    assert!(output.status.success(), "exit {:?}; stderr: {}", output.status, String::from_utf8_lossy(&output.stderr));
-    String::from_utf8(output.stdout.clone()).unwrap()
-}
-
 /// Runs `ringmq send ARGS...`, expects exit 0 and stdout starting with `expected`.
 fn assert_sent(broker: &BrokerProcess, args: &[&str], expected: &str) {
     let mut all = vec!["send"];
     all.extend_from_slice(args);
-    let stdout = success(&ringmq(broker, &all));
+    let stdout = success(&broker.cli(&all));
     assert!(stdout.starts_with(expected), "send {args:?}: {stdout}");
 }
 
@@ -251,7 +234,7 @@ fn table(output: &Output) -> Vec<Vec<String>> {
 /// closes, so a list on a new connection may be answered before the acks are counted.
 fn assert_queue_row(broker: &BrokerProcess, name: &str, expected: [&str; 7]) {
     eventually(&format!("queue list row {expected:?}"), WAIT, || {
-        let rows = table(&ringmq(broker, &["queue", "list"]));
+        let rows = table(&broker.cli(&["queue", "list"]));
         assert_eq!(rows[0], ["queue", "depth", "bytes", "unacked", "consumers", "enqueued", "dequeued"]);
         let row = rows.into_iter().find(|row| row[0] == name).unwrap_or_else(|| panic!("queue {name} not listed"));
         if row == expected {

@@ -6,15 +6,12 @@
 //! Every test runs a broker with two shards, so a queue and the connection publishing to it may
 //! sit on different shards and a rejection may travel back across them.
 
-use std::process::Output;
 use std::time::Duration;
 
 use bytes::Bytes;
 use ringmq_client::blocking::{Connection, Consumer, Publisher};
-use ringmq_client::{
-    ClientError, ConfirmSummary, ConnectOptions, ErrorCode, ExchangeKind, Message, QueueInfo, QueueOptions, Seq,
-};
-use ringmq_tests::{eventually, run_cli, BrokerProcess};
+use ringmq_client::{ConfirmSummary, ConnectOptions, ErrorCode, ExchangeKind, Message, QueueInfo, QueueOptions, Seq};
+use ringmq_tests::{assert_failed, eventually, success, BrokerProcess};
 
 /// Longest a test waits for one delivery or for queue counts to settle.
 const WAIT: Duration = Duration::from_secs(10);
@@ -141,11 +138,11 @@ fn ringmq_send_to_a_full_queue_exits_1_with_the_brokers_reason() {
     let (broker, _connection) = start();
 
     // Declare with a limit of 2.
-    let output = ringmq(&broker, &["queue", "add", "small", "--max-count", "2"]);
+    let output = broker.cli(&["queue", "add", "small", "--max-count", "2"]);
     assert_eq!(success(&output), "queue 'small' declared\n");
 
     // Send three: two stored, one rejected, exit status 1, the reason on stderr.
-    let output = ringmq(&broker, &["send", "-k", "small", "a", "b", "c"]);
+    let output = broker.cli(&["send", "-k", "small", "a", "b", "c"]);
     assert_eq!(output.status.code(), Some(1), "{output:?}");
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(stdout.starts_with("sent 3 messages: 2 stored, 0 unroutable, 1 rejected ("), "{stdout}");
@@ -155,17 +152,17 @@ fn ringmq_send_to_a_full_queue_exits_1_with_the_brokers_reason() {
     );
 
     // Receive (and ack) both; then one more send fits and exits 0.
-    let output = ringmq(&broker, &["receive", "small", "--count", "2"]);
+    let output = broker.cli(&["receive", "small", "--count", "2"]);
     assert_eq!(success(&output), "a\nb\n");
-    let output = ringmq(&broker, &["send", "-k", "small", "c"]);
+    let output = broker.cli(&["send", "-k", "small", "c"]);
     assert!(success(&output).starts_with("sent 1 messages: 1 stored, 0 unroutable, 0 rejected ("), "{output:?}");
 
     // With a max-bytes limit the reason names that limit.
     assert_eq!(
-        success(&ringmq(&broker, &["queue", "add", "three-bytes", "--max-bytes", "3"])),
+        success(&broker.cli(&["queue", "add", "three-bytes", "--max-bytes", "3"])),
         "queue 'three-bytes' declared\n"
     );
-    let output = ringmq(&broker, &["send", "-k", "three-bytes", "abcd"]);
+    let output = broker.cli(&["send", "-k", "three-bytes", "abcd"]);
     assert_eq!(output.status.code(), Some(1), "{output:?}");
     assert_eq!(
         String::from_utf8_lossy(&output.stderr),
@@ -213,11 +210,8 @@ fn redeclare_with_other_options_fails_naming_both_and_same_options_is_idempotent
     assert!(connection.list_queues().unwrap().iter().all(|q| q.name != "missing"));
 
     // The same through the CLI: same options exit 0, other options exit 1 naming both.
-    assert_eq!(
-        success(&ringmq(&broker, &["queue", "add", "limited", "--max-count", "2"])),
-        "queue 'limited' declared\n"
-    );
-    let output = ringmq(&broker, &["queue", "add", "limited", "--max-bytes", "100"]);
+    assert_eq!(success(&broker.cli(&["queue", "add", "limited", "--max-count", "2"])), "queue 'limited' declared\n");
+    let output = broker.cli(&["queue", "add", "limited", "--max-bytes", "100"]);
     assert_eq!(output.status.code(), Some(1), "{output:?}");
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("PreconditionFailed"), "{stderr}");
@@ -267,8 +261,8 @@ fn purge_drops_ready_messages_and_delete_removes_the_queue_and_cancels_consumers
     assert_eq!((after.depth, after.unacked, after.bytes, after.enqueued, after.dequeued), (0, 1, 1, 5, 4), "{after:?}");
 
     // CLI purge of the now empty queue works too; of a missing one fails naming it.
-    assert_eq!(success(&ringmq(&broker, &["queue", "purge", "work"])), "queue 'work' purged\n");
-    let output = ringmq(&broker, &["queue", "purge", "nope"]);
+    assert_eq!(success(&broker.cli(&["queue", "purge", "work"])), "queue 'work' purged\n");
+    let output = broker.cli(&["queue", "purge", "nope"]);
     assert_eq!(output.status.code(), Some(1), "{output:?}");
     assert!(String::from_utf8_lossy(&output.stderr).contains("NotFound: no queue 'nope'"), "{output:?}");
 
@@ -284,13 +278,13 @@ fn purge_drops_ready_messages_and_delete_removes_the_queue_and_cancels_consumers
     // Deleting again fails, from the client and from the CLI.
     let error = connection.delete_queue("work").unwrap_err();
     assert_failed(&error, ErrorCode::NotFound, "queue 'work' does not exist");
-    let output = ringmq(&broker, &["queue", "del", "work"]);
+    let output = broker.cli(&["queue", "del", "work"]);
     assert_eq!(output.status.code(), Some(1), "{output:?}");
     assert!(String::from_utf8_lossy(&output.stderr).contains("queue 'work' does not exist"), "{output:?}");
 
     // CLI add and del round trip.
-    assert_eq!(success(&ringmq(&broker, &["queue", "add", "short-lived"])), "queue 'short-lived' declared\n");
-    assert_eq!(success(&ringmq(&broker, &["queue", "del", "short-lived"])), "queue 'short-lived' deleted\n");
+    assert_eq!(success(&broker.cli(&["queue", "add", "short-lived"])), "queue 'short-lived' declared\n");
+    assert_eq!(success(&broker.cli(&["queue", "del", "short-lived"])), "queue 'short-lived' deleted\n");
     assert!(connection.list_queues().unwrap().is_empty());
 }
 
@@ -328,7 +322,7 @@ fn queue_list_reports_depth_bytes_unacked_consumers_and_totals() {
     assert_eq!(listed, vec![expected_a, expected_b]);
 
     // The CLI shows the same numbers under its header.
-    let output = ringmq(&broker, &["queue", "list"]);
+    let output = broker.cli(&["queue", "list"]);
     let table = success(&output);
     let rows: Vec<Vec<&str>> = table.lines().map(|line| line.split_whitespace().collect()).collect();
     assert_eq!(
@@ -406,29 +400,4 @@ fn wait_until_empty(connection: &Connection, name: &str) {
             Err(info)
         }
     });
-}
-
-/// Asserts `error` is a request failure with `code` whose text contains `text`.
-fn assert_failed(error: &ClientError, code: ErrorCode, text: &str) {
-    match error {
-        ClientError::Failed { code: got, message } => {
-            assert_eq!(*got, code, "{message}");
-            assert!(message.contains(text), "expected {text:?} in {message:?}");
-        }
-        other => panic!("expected a Failed error with {code:?}, got {other:?}"),
-    }
-}
-
-/// Runs `ringmq ARGS... -b ADDR` against `broker`.
-fn ringmq(broker: &BrokerProcess, args: &[&str]) -> Output {
-    let addr = broker.addr();
-    let mut all = args.to_vec();
-    all.extend(["-b", addr.as_str()]);
-    run_cli(&all)
-}
-
-/// Asserts the command exited 0 and returns its stdout.
-fn success(output: &Output) -> String {
-    assert!(output.status.success(), "exit {:?}; stderr: {}", output.status, String::from_utf8_lossy(&output.stderr));
-    String::from_utf8(output.stdout.clone()).unwrap()
 }

@@ -17,11 +17,11 @@ use std::time::Duration;
 use bytes::Bytes;
 use ringmq_client::blocking::{Connection, Publisher};
 use ringmq_client::{
-    ClientError, ConfirmOutcome, ConfirmSummary, ConnectOptions, ErrorCode, ExchangeKind, Message, QueueOptions, Seq,
+    ConfirmOutcome, ConfirmSummary, ConnectOptions, ErrorCode, ExchangeKind, Message, QueueOptions, Seq,
 };
 use ringmq_core::ids::ShardId;
 use ringmq_core::shard::shard_of;
-use ringmq_tests::{eventually, BrokerProcess};
+use ringmq_tests::{assert_failed, eventually, BrokerProcess};
 
 /// The queues every test declares; between them they live on both shards (checked).
 const QUEUES: [&str; 8] = ["route-0", "route-1", "route-2", "route-3", "route-4", "route-5", "route-6", "route-7"];
@@ -478,15 +478,4 @@ fn wait_until_empty(connection: &Connection) {
             Err(busy)
         }
     });
-}
-
-/// Asserts `error` is a request failure with `code` whose text contains `text`.
-fn assert_failed(error: &ClientError, code: ErrorCode, text: &str) {
-    match error {
-        ClientError::Failed { code: got, message } => {
-            assert_eq!(*got, code, "{message}");
-            assert!(message.contains(text), "expected {text:?} in {message:?}");
-        }
-        other => panic!("expected a Failed error with {code:?}, got {other:?}"),
-    }
 }
