@@ -1,0 +1,129 @@
+//! A broker's shards wired together in memory for state-machine tests: the rings are replaced
+//! by a loop that moves every `poll_peer` output to its destination, and clients are byte buffers
+//! encoded and decoded with the codec. No sockets, no threads, no clock.
+
+// Each test binary uses part of this module.
+#![allow(dead_code)]
+
+use bytes::BytesMut;
+use ringmq_core::broker_state::BrokerState;
+use ringmq_core::codec::{decode, encode, encode_preamble};
+use ringmq_core::frame::{Frame, Preamble, PROTOCOL_VERSION};
+use ringmq_core::ha_view::HaSettings;
+use ringmq_core::ids::{ConnId, ShardId};
+use ringmq_core::shard::{Shard, ShardConfig};
+
+/// Shards wired together in memory.
+pub struct Mesh {
+    /// The shards; index = shard id.
+    pub shards: Vec<Shard>,
+    /// Frames each (shard, conn) received, decoded.
+    pub inbox: std::collections::HashMap<(u16, u32), Vec<Frame>>,
+    /// Connections the broker asked to close.
+    pub closed: Vec<(u16, u32)>,
+}
+
+impl Mesh {
+    pub fn new(count: u16, ha: HaSettings) -> Mesh {
+        let config = ShardConfig {
+            shard_count: count,
+            frame_bytes_max: 1 << 20,
+            publish_inflight_max: 1024,
+            deliver_batch_max: 64,
+            broker_name: "test".into(),
+            ha,
+        };
+        let shards = (0..count).map(|i| Shard::new(ShardId(i), config.clone())).collect();
+        Mesh { shards, inbox: Default::default(), closed: Vec::new() }
+    }
+
+    /// A mesh of a broker without HA (standalone).
+    pub fn standalone(count: u16) -> Mesh {
+        Mesh::new(count, HaSettings::default())
+    }
+
+    /// A mesh of a broker started with `ha-cluster`: it starts joining.
+    pub fn cluster(count: u16) -> Mesh {
+        Mesh::new(
+            count,
+            HaSettings {
+                cluster: true,
+                brokers_url: "amqp:tcp:127.0.0.1:1,tcp:127.0.0.1:2".into(),
+                public_url: "amqp:tcp:vip:5672".into(),
+            },
+        )
+    }
+
+    /// Opens a connection on `shard` with the given preamble flags; returns what came back.
+    pub fn open(&mut self, shard: u16, conn: u32, flags: u16) -> Vec<Frame> {
+        self.shards[usize::from(shard)].handle_accept(ConnId(conn));
+        let mut bytes = BytesMut::new();
+        encode_preamble(Preamble { version: PROTOCOL_VERSION, flags }, &mut bytes);
+        self.feed(shard, conn, bytes);
+        self.take(shard, conn)
+    }
+
+    /// Opens a connection that must be served.
+    pub fn connect(&mut self, shard: u16, conn: u32, flags: u16) {
+        let frames = self.open(shard, conn, flags);
+        assert!(matches!(frames.as_slice(), [Frame::Hello { .. }]), "{frames:?}");
+    }
+
+    pub fn send(&mut self, shard: u16, conn: u32, frame: &Frame) {
+        let mut bytes = BytesMut::new();
+        encode(frame, &mut bytes);
+        self.feed(shard, conn, bytes);
+    }
+
+    /// Sends `frame` and returns what came back.
+    pub fn ask(&mut self, shard: u16, conn: u32, frame: &Frame) -> Vec<Frame> {
+        self.send(shard, conn, frame);
+        self.take(shard, conn)
+    }
+
+    pub fn feed(&mut self, shard: u16, conn: u32, mut bytes: BytesMut) {
+        self.shards[usize::from(shard)].handle_read(ConnId(conn), &mut bytes);
+        self.settle();
+    }
+
+    /// Moves messages between shards until nothing moves, collecting client output.
+    pub fn settle(&mut self) {
+        loop {
+            let mut moved = false;
+            for from in 0..self.shards.len() {
+                self.shards[from].drive();
+                while let Some((conn, mut bytes, close)) = self.shards[from].poll_transmit() {
+                    let frames = self.inbox.entry((from as u16, conn.0)).or_default();
+                    while let Some(frame) = decode(&mut bytes, 1 << 24).expect("broker output decodes") {
+                        frames.push(frame);
+                    }
+                    if close {
+                        self.closed.push((from as u16, conn.0));
+                    }
+                }
+                for to in 0..self.shards.len() {
+                    if to == from {
+                        continue;
+                    }
+                    let messages: Vec<_> = self.shards[from].poll_peer(ShardId(to as u16)).collect();
+                    for message in messages {
+                        moved = true;
+                        self.shards[to].handle_peer(message);
+                    }
+                }
+            }
+            if !moved {
+                break;
+            }
+        }
+    }
+
+    pub fn take(&mut self, shard: u16, conn: u32) -> Vec<Frame> {
+        self.inbox.remove(&(shard, conn)).unwrap_or_default()
+    }
+
+    /// Every shard's HA state.
+    pub fn states(&self) -> Vec<BrokerState> {
+        self.shards.iter().map(|s| s.ha().state()).collect()
+    }
+}
