@@ -17,7 +17,7 @@ const BATCH: u64 = 64;
 /// The subscription's credit.
 const PREFETCH: u32 = 10_000;
 
-const _: () = assert!(MESSAGES % BATCH == 0);
+const _: () = assert!(MESSAGES.is_multiple_of(BATCH));
 
 /// Enqueues, delivers and acks `MESSAGES` messages of `size` bytes; returns bytes delivered.
 fn run(queue: &mut Queue, key: SubscriberKey, body: &Bytes, next_tag: &mut u64) -> u64 {
