@@ -24,11 +24,15 @@
 //! - `limits`: every bound of this crate, with their relationships asserted at compile time.
 //! - `record`: message replication's records (queue created/deleted, enqueued at positions,
 //!   dequeued position ranges) and the batches that carry them, with their binary encoding.
+//! - `primary_stream`: one primary shard's replication stream to one backup: batching, the window
+//!   of unconfirmed batches, cumulative confirms, and the holds on publish confirms they release.
+//! - `backup_stream`: the backup's side of one stream: epoch and sequence checks, applying records
+//!   to its replica of the queues, coalesced confirms.
 //!
 //! Planned, not yet written (our HA issue):
-//! - `primary`: the primary's replication state machine: per-shard record streams to each backup,
-//!   batched, with cumulative confirms; recovering mode and `ha-backup-timeout`.
-//! - `backup`: the backup's side: applying records in order, confirming positions, reconnecting.
+//! - `primary`: the primary's whole replication state: the streams of every backup, recovering
+//!   mode and `ha-backup-timeout`, readiness.
+//! - `backup`: finding the primary, reconnecting, promotion of the replica.
 //! - `membership`: the cluster's brokers and their states, as the primary decides them.
 //! - `catch_up`: bringing a joining or reconnecting backup up to date without stalling confirms of
 //!   new publishes.
@@ -46,7 +50,9 @@
 //! - A broker takes only the transitions in `broker_state`'s table.
 //! - A backup never applies a record from an epoch older than the highest it has seen.
 
+pub mod backup_stream;
 pub mod limits;
+pub mod primary_stream;
 pub mod record;
 pub mod replication_level;
 pub mod url;

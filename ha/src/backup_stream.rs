@@ -1,0 +1,675 @@
+//! The backup's side of one replication stream: applying one primary shard's batches, in order,
+//! to the backup's copy of those queues, and confirming them cumulatively.
+//!
+//! A backup shard has one `BackupStream` per primary shard it follows. It keeps the replicated
+//! queues of that stream (`ReplicaQueue`: options and messages by position, in order), since a
+//! backup serves no client: the replica *is* the backup's copy of those queues, readable by admin
+//! connections and turned into real queues when the backup is promoted (`take_queues`).
+//!
+//! Rules for a batch (checked in this order):
+//! - from an epoch older than the highest this stream has seen: ignored, `StaleEpoch`; a killed
+//!   primary that comes back cannot feed a backup that follows a newer one (our issue, item 10);
+//! - with a seq already applied: ignored, `Duplicate`, and the confirm is sent again, in case the
+//!   primary missed it;
+//! - with a seq beyond the next one: ignored, `Gap`; the link lost a batch, and the caller must
+//!   drop the link and reconnect (a new stream, `handle_connected`) since nothing here can recover
+//!   the missing batch;
+//! - otherwise applied, record by record.
+//!
+//! Applying is idempotent, so that a primary may re-send after a reconnect: an enqueue at a
+//! position already held is ignored, a dequeue of a position not held is ignored (a message
+//! consumed on the primary before it was replicated is never sent, so its dequeue may name
+//! nothing), a create of a queue already held keeps its messages and takes the new options. Each
+//! is counted. Note that an enqueue *below* positions already dequeued is applied again: a re-send
+//! after a reconnect must come after catch-up has reconciled what the backup holds (catch-up's job,
+//! not built yet).
+//!
+//! Call contract: `handle_connected` when a link to the primary shard is (re)established, then
+//! `handle_batch` for each decoded batch, in arrival order, then `poll_confirm` after a read (one
+//! confirm covers every batch applied since the last one). `handle_epoch_observed` whenever the
+//! broker learns of a newer epoch from elsewhere (another stream, the coordinator).
+//!
+//! Not here: IO, heartbeats, catch-up, exchanges and bindings.
+//!
+//! Invariants:
+//! - `applied` only grows within a connection, by exactly one per applied batch.
+//! - A batch is applied only if its epoch is not older than the highest seen.
+//! - Confirms only grow within a connection, and never exceed `applied`.
+//! - Every ignored batch and every ignored record part has a named reason and a counter.
+
+use std::collections::BTreeMap;
+
+use ringmq_core::epoch::{Epoch, EpochClock, StaleEpoch};
+use ringmq_core::frame::{Message, QueueOptions};
+
+use crate::record::{Batch, Position, Record, StreamSeq};
+
+/// The backup side of one stream from one primary shard.
+#[derive(Debug)]
+pub struct BackupStream {
+    /// The highest epoch seen; batches from older ones are ignored.
+    clock: EpochClock,
+    /// The seq of the last batch applied on this connection; 0 before the first.
+    applied: StreamSeq,
+    /// The last seq handed out by `poll_confirm` on this connection.
+    confirmed: StreamSeq,
+    /// Set by a duplicate batch: confirm `applied` again even if it was confirmed already.
+    confirm_due: bool,
+    /// The replicated queues of this stream, by name.
+    queues: BTreeMap<String, ReplicaQueue>,
+    /// What was applied and ignored, for metrics.
+    counters: BackupCounters,
+}
+
+/// One replicated queue as the backup holds it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ReplicaQueue {
+    /// Its options as the primary declared them.
+    options: QueueOptions,
+    /// Its messages by position, in order.
+    messages: BTreeMap<Position, Message>,
+}
+
+/// A batch was applied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Applied {
+    /// Its seq, now the highest applied.
+    pub stream_seq: StreamSeq,
+    /// Messages it added.
+    pub messages_added: u64,
+    /// Messages it removed (by dequeues and queue deletes).
+    pub messages_removed: u64,
+}
+
+/// A batch was not applied, and why.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("batch ignored: {reason}")]
+pub struct Ignored {
+    /// Why.
+    pub reason: IgnoreReason,
+}
+
+/// Why a batch was not applied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum IgnoreReason {
+    /// From an epoch older than the highest seen: a fenced primary.
+    #[error("{0}")]
+    StaleEpoch(StaleEpoch),
+    /// Already applied; the confirm is repeated.
+    #[error("batch {got} is a duplicate, batches up to {applied} are applied")]
+    Duplicate {
+        /// The batch's seq.
+        got: StreamSeq,
+        /// The highest seq applied.
+        applied: StreamSeq,
+    },
+    /// A batch is missing before this one; the caller must reconnect.
+    #[error("batch {got} leaves a gap: batch {expected} was expected next")]
+    Gap {
+        /// The seq expected next.
+        expected: StreamSeq,
+        /// The batch's seq.
+        got: StreamSeq,
+    },
+}
+
+/// Counts of what a backup stream applied and ignored, for metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BackupCounters {
+    /// Batches applied.
+    pub batches_applied: u64,
+    /// Batches ignored as from an older epoch.
+    pub batches_stale: u64,
+    /// Batches ignored as already applied.
+    pub batches_duplicate: u64,
+    /// Batches ignored because one before them is missing.
+    pub batches_gap: u64,
+    /// Enqueued messages ignored because their position was already held.
+    pub enqueues_already_held: u64,
+    /// Dequeued positions that were not held.
+    pub dequeues_not_held: u64,
+    /// Enqueue and dequeue records for a queue the backup does not have (ignored).
+    pub records_for_unknown_queue: u64,
+    /// Creates of a queue already held (options replaced, messages kept).
+    pub creates_of_held_queue: u64,
+    /// Deletes of a queue not held.
+    pub deletes_of_unknown_queue: u64,
+}
+
+impl BackupStream {
+    /// A stream with no queues, for a backup that has seen epochs up to `highest_seen`.
+    pub fn new(highest_seen: Epoch) -> BackupStream {
+        let mut clock = EpochClock::new();
+        clock.observe(highest_seen);
+        BackupStream {
+            clock,
+            applied: StreamSeq(0),
+            confirmed: StreamSeq(0),
+            confirm_due: false,
+            queues: BTreeMap::new(),
+            counters: BackupCounters::default(),
+        }
+    }
+
+    /// A new link to the primary shard: its batches start again at seq 1. The queues are kept.
+    pub fn handle_connected(&mut self) {
+        self.applied = StreamSeq(0);
+        self.confirmed = StreamSeq(0);
+        self.confirm_due = false;
+    }
+
+    /// The broker learnt of `epoch` elsewhere; batches from older epochs are refused from now on.
+    pub fn handle_epoch_observed(&mut self, epoch: Epoch) {
+        self.clock.observe(epoch);
+    }
+
+    /// Applies `batch` if it is from a current epoch and is the next in the stream.
+    ///
+    /// # Errors
+    ///
+    /// `Ignored` with its reason, nothing applied. On `Gap` the caller drops the link and
+    /// reconnects; on `StaleEpoch` it drops the link to that (fenced) primary.
+    pub fn handle_batch(&mut self, batch: Batch) -> Result<Applied, Ignored> {
+        if let Err(stale) = self.clock.accepts(batch.epoch) {
+            self.counters.batches_stale += 1;
+            return Err(Ignored { reason: IgnoreReason::StaleEpoch(stale) });
+        }
+        if batch.stream_seq <= self.applied {
+            self.counters.batches_duplicate += 1;
+            self.confirm_due = true;
+            return Err(Ignored { reason: IgnoreReason::Duplicate { got: batch.stream_seq, applied: self.applied } });
+        }
+        let expected = self.applied.next();
+        if batch.stream_seq != expected {
+            self.counters.batches_gap += 1;
+            return Err(Ignored { reason: IgnoreReason::Gap { expected, got: batch.stream_seq } });
+        }
+        let mut applied = Applied { stream_seq: batch.stream_seq, messages_added: 0, messages_removed: 0 };
+        for record in batch.records {
+            self.apply(record, &mut applied);
+        }
+        self.applied = batch.stream_seq;
+        self.counters.batches_applied += 1;
+        assert!(self.confirmed <= self.applied);
+        Ok(applied)
+    }
+
+    /// The confirm to send, "every batch up to this seq is applied", if there is news (or a
+    /// duplicate asked for a repeat). One confirm covers every batch applied since the last.
+    pub fn poll_confirm(&mut self) -> Option<StreamSeq> {
+        if self.applied > self.confirmed || self.confirm_due && self.applied > StreamSeq(0) {
+            assert!(self.applied >= self.confirmed, "confirms never go backwards");
+            self.confirmed = self.applied;
+            self.confirm_due = false;
+            return Some(self.applied);
+        }
+        self.confirm_due = false;
+        None
+    }
+
+    /// The seq of the last batch applied on this connection.
+    pub fn applied(&self) -> StreamSeq {
+        self.applied
+    }
+
+    /// The highest epoch seen.
+    pub fn epoch_highest(&self) -> Epoch {
+        self.clock.highest()
+    }
+
+    /// One replicated queue, if held.
+    pub fn queue(&self, name: &str) -> Option<&ReplicaQueue> {
+        self.queues.get(name)
+    }
+
+    /// Every replicated queue, by name.
+    pub fn queues(&self) -> impl Iterator<Item = (&str, &ReplicaQueue)> + '_ {
+        self.queues.iter().map(|(name, queue)| (name.as_str(), queue))
+    }
+
+    /// Hands over every replicated queue, leaving none: for a promotion, when the shard turns them
+    /// into real queues (in position order).
+    pub fn take_queues(&mut self) -> BTreeMap<String, ReplicaQueue> {
+        std::mem::take(&mut self.queues)
+    }
+
+    /// What was applied and ignored, for metrics.
+    pub fn counters(&self) -> BackupCounters {
+        self.counters
+    }
+
+    fn apply(&mut self, record: Record, applied: &mut Applied) {
+        match record {
+            Record::QueueCreated { name, options } => match self.queues.get_mut(&name) {
+                Some(queue) => {
+                    self.counters.creates_of_held_queue += 1;
+                    queue.options = options;
+                }
+                None => {
+                    self.queues.insert(name, ReplicaQueue { options, messages: BTreeMap::new() });
+                }
+            },
+            Record::QueueDeleted { name } => match self.queues.remove(&name) {
+                Some(queue) => applied.messages_removed += queue.messages.len() as u64,
+                None => self.counters.deletes_of_unknown_queue += 1,
+            },
+            Record::Enqueued { queue, first_position, messages } => {
+                let Some(replica) = self.queues.get_mut(&queue) else {
+                    self.counters.records_for_unknown_queue += 1;
+                    return;
+                };
+                let mut position = first_position;
+                for message in messages {
+                    match replica.messages.entry(position) {
+                        std::collections::btree_map::Entry::Occupied(_) => self.counters.enqueues_already_held += 1,
+                        std::collections::btree_map::Entry::Vacant(slot) => {
+                            slot.insert(message);
+                            applied.messages_added += 1;
+                        }
+                    }
+                    // The decoder refused batches whose positions overflow, so this cannot wrap.
+                    position = position.next();
+                }
+            }
+            Record::Dequeued { queue, ranges } => {
+                let Some(replica) = self.queues.get_mut(&queue) else {
+                    self.counters.records_for_unknown_queue += 1;
+                    return;
+                };
+                for (first, last) in ranges {
+                    let removed = replica.remove_range(first, last);
+                    applied.messages_removed += removed;
+                    self.counters.dequeues_not_held += (last.0 - first.0 + 1) - removed;
+                }
+            }
+        }
+    }
+}
+
+impl ReplicaQueue {
+    /// Its options as the primary declared them.
+    pub fn options(&self) -> &QueueOptions {
+        &self.options
+    }
+
+    /// Messages held.
+    pub fn len(&self) -> usize {
+        self.messages.len()
+    }
+
+    /// True when it holds no message.
+    pub fn is_empty(&self) -> bool {
+        self.messages.is_empty()
+    }
+
+    /// Its messages with their positions, in order.
+    pub fn messages(&self) -> impl Iterator<Item = (Position, &Message)> + '_ {
+        self.messages.iter().map(|(&position, message)| (position, message))
+    }
+
+    /// Removes the messages at `first..=last`; returns how many were held. Splits the map rather
+    /// than visiting each position, so a purge of a huge range costs what it removes.
+    fn remove_range(&mut self, first: Position, last: Position) -> u64 {
+        let mut middle = self.messages.split_off(&first);
+        let mut after = match last.0.checked_add(1) {
+            Some(end) => middle.split_off(&Position(end)),
+            None => BTreeMap::new(),
+        };
+        let removed = middle.len() as u64;
+        self.messages.append(&mut after);
+        removed
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::{HashMap, HashSet, VecDeque};
+
+    use bytes::{Bytes, BytesMut};
+    use ringmq_core::ids::{ConnId, Seq, ShardId};
+
+    use super::*;
+    use crate::limits::BATCH_BYTES_MAX;
+    use crate::primary_stream::{Hold, PrimaryStream};
+    use crate::record::{decode_batch, encode_batch};
+
+    fn message(body: u64) -> Message {
+        Message { body: Bytes::from(body.to_le_bytes().to_vec()), ..Message::default() }
+    }
+
+    fn batch(epoch: u64, seq: u64, records: Vec<Record>) -> Batch {
+        Batch { epoch: Epoch(epoch), stream_seq: StreamSeq(seq), records }
+    }
+
+    fn created(name: &str) -> Record {
+        Record::QueueCreated { name: name.into(), options: QueueOptions::default() }
+    }
+
+    fn enqueued(queue: &str, first: u64, count: u64) -> Record {
+        Record::Enqueued {
+            queue: queue.into(),
+            first_position: Position(first),
+            messages: (first..first + count).map(message).collect(),
+        }
+    }
+
+    fn dequeued(queue: &str, first: u64, last: u64) -> Record {
+        Record::Dequeued { queue: queue.into(), ranges: vec![(Position(first), Position(last))] }
+    }
+
+    fn positions(backup: &BackupStream, queue: &str) -> Vec<u64> {
+        backup.queue(queue).map(|q| q.messages().map(|(p, _)| p.0).collect()).unwrap_or_default()
+    }
+
+    #[test]
+    fn backup_applies_batches_in_order_and_confirms_once_for_many() {
+        // Goal: records change the replica as the primary's queue changed; one confirm covers
+        // every batch applied since the last.
+        let mut backup = BackupStream::new(Epoch(1));
+        assert_eq!(backup.poll_confirm(), None);
+        let applied = backup.handle_batch(batch(1, 1, vec![created("q"), enqueued("q", 0, 5)])).unwrap();
+        assert_eq!(applied, Applied { stream_seq: StreamSeq(1), messages_added: 5, messages_removed: 0 });
+        let applied = backup.handle_batch(batch(1, 2, vec![dequeued("q", 1, 3)])).unwrap();
+        assert_eq!(applied.messages_removed, 3);
+        assert_eq!(positions(&backup, "q"), vec![0, 4]);
+        // One confirm for both batches, then nothing until more is applied.
+        assert_eq!(backup.poll_confirm(), Some(StreamSeq(2)));
+        assert_eq!(backup.poll_confirm(), None);
+    }
+
+    #[test]
+    fn backup_never_applies_a_batch_from_an_older_epoch() {
+        // Goal: a fenced primary cannot change the replica, even with the right seq.
+        let mut backup = BackupStream::new(Epoch(1));
+        backup.handle_batch(batch(3, 1, vec![created("q")])).unwrap();
+        // An epoch-2 primary comes back with the next seq: refused, naming both epochs.
+        let ignored = backup.handle_batch(batch(2, 2, vec![enqueued("q", 0, 1)])).unwrap_err();
+        assert_eq!(ignored.reason, IgnoreReason::StaleEpoch(StaleEpoch { ours: Epoch(3), theirs: Epoch(2) }));
+        assert!(positions(&backup, "q").is_empty());
+        // An epoch learnt elsewhere fences too.
+        backup.handle_epoch_observed(Epoch(4));
+        assert!(matches!(
+            backup.handle_batch(batch(3, 2, vec![enqueued("q", 0, 1)])),
+            Err(Ignored { reason: IgnoreReason::StaleEpoch(_) })
+        ));
+        assert_eq!(backup.counters().batches_stale, 2);
+        assert_eq!(backup.applied(), StreamSeq(1));
+    }
+
+    #[test]
+    fn duplicate_batch_is_ignored_and_the_confirm_is_sent_again() {
+        // Goal: a re-sent batch changes nothing, and the primary hears the confirm again.
+        let mut backup = BackupStream::new(Epoch(1));
+        backup.handle_batch(batch(1, 1, vec![created("q"), enqueued("q", 0, 2)])).unwrap();
+        assert_eq!(backup.poll_confirm(), Some(StreamSeq(1)));
+        let ignored = backup.handle_batch(batch(1, 1, vec![dequeued("q", 0, 1)])).unwrap_err();
+        assert_eq!(ignored.reason, IgnoreReason::Duplicate { got: StreamSeq(1), applied: StreamSeq(1) });
+        assert_eq!(positions(&backup, "q"), vec![0, 1]);
+        assert_eq!(backup.poll_confirm(), Some(StreamSeq(1)));
+        assert_eq!(backup.poll_confirm(), None);
+    }
+
+    #[test]
+    fn gap_in_stream_seqs_is_reported_and_nothing_is_applied() {
+        // Goal: a lost batch is detected at the next one; the caller reconnects.
+        let mut backup = BackupStream::new(Epoch(1));
+        backup.handle_batch(batch(1, 1, vec![created("q")])).unwrap();
+        let ignored = backup.handle_batch(batch(1, 3, vec![enqueued("q", 0, 1)])).unwrap_err();
+        assert_eq!(ignored.reason, IgnoreReason::Gap { expected: StreamSeq(2), got: StreamSeq(3) });
+        assert_eq!(ignored.to_string(), "batch ignored: batch 3 leaves a gap: batch 2 was expected next");
+        assert!(positions(&backup, "q").is_empty());
+        // After a reconnect the stream starts again at 1 and the replica is kept.
+        backup.handle_connected();
+        backup.handle_batch(batch(1, 1, vec![enqueued("q", 0, 1)])).unwrap();
+        assert_eq!(positions(&backup, "q"), vec![0]);
+    }
+
+    #[test]
+    fn re_sent_enqueues_and_dequeues_of_positions_not_held_are_ignored_and_counted() {
+        // Goal: applying is idempotent, and every ignored part is counted.
+        let mut backup = BackupStream::new(Epoch(1));
+        backup.handle_batch(batch(1, 1, vec![created("q"), enqueued("q", 0, 3)])).unwrap();
+        // Positions 1..=4 re-sent: 1 and 2 are held already, 3 and 4 are new.
+        let applied = backup.handle_batch(batch(1, 2, vec![enqueued("q", 1, 4)])).unwrap();
+        assert_eq!(applied.messages_added, 2);
+        // Dequeue 3..=9: 3 and 4 held, 5..=9 not.
+        let applied = backup.handle_batch(batch(1, 3, vec![dequeued("q", 3, 9), enqueued("gone", 0, 1)])).unwrap();
+        assert_eq!(applied.messages_removed, 2);
+        assert_eq!(positions(&backup, "q"), vec![0, 1, 2]);
+        let counters = backup.counters();
+        assert_eq!((counters.enqueues_already_held, counters.dequeues_not_held), (2, 5));
+        assert_eq!(counters.records_for_unknown_queue, 1);
+        // A delete removes the queue with its messages.
+        let applied = backup.handle_batch(batch(1, 4, vec![Record::QueueDeleted { name: "q".into() }])).unwrap();
+        assert_eq!(applied.messages_removed, 3);
+        assert!(backup.queue("q").is_none());
+    }
+
+    /// A seeded xorshift64 generator: deterministic, no crate.
+    struct XorShift(u64);
+
+    impl XorShift {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+
+        fn below(&mut self, bound: u64) -> u64 {
+            self.next() % bound
+        }
+    }
+
+    /// What the test knows of one message.
+    #[derive(Debug, Default)]
+    struct Fate {
+        /// The batch that carried its enqueue.
+        enqueue_batch: Option<StreamSeq>,
+        /// The batch that carried its dequeue.
+        dequeue_batch: Option<StreamSeq>,
+        /// Dequeued on the primary before it was batched.
+        consumed_unsent: bool,
+        /// Still on the primary's queue.
+        live: bool,
+    }
+
+    #[test]
+    fn primary_and_backup_stay_in_step_under_random_enqueues_dequeues_and_delays() {
+        // Goal: under any interleaving of enqueues, dequeues, batching, in-order delivery with
+        // random delays and confirms, (1) the backup holds exactly the messages whose enqueue
+        // batch was delivered and whose dequeue batch was not (so, once the link is drained, exactly
+        // the primary's un-dequeued messages), (2) no hold is released before the batch carrying
+        // its message was confirmed, unless the message was dequeued before it was batched, and
+        // every hold is released once.
+        // Method: a primary and a backup stream joined by two simulated links (batches through
+        // encode and decode), driven by a seeded xorshift; a model of every message's fate is
+        // checked after each step; at the end the links are drained and everything compared.
+        for seed in [1u64, 7, 42, 1234, 99_991, 0x5eed_cafe] {
+            run_random_workload(seed, 4000);
+        }
+    }
+
+    fn run_random_workload(seed: u64, steps: u64) {
+        let mut rng = XorShift(seed);
+        let queues = ["a", "b", "c"];
+        let mut primary = PrimaryStream::new(Epoch(1));
+        let mut backup = BackupStream::new(Epoch(1));
+        let mut fates: HashMap<(usize, u64), Fate> = HashMap::new();
+        let mut live: Vec<(usize, u64)> = Vec::new();
+        let mut next_position = [0u64; 3];
+        let mut next_seq = 0u64;
+        let mut holds_by_seq: HashMap<u64, (usize, u64)> = HashMap::new();
+        let mut released_seqs: HashSet<u64> = HashSet::new();
+        // Links: (step at which it may be delivered, payload), delivered in order only.
+        let mut to_backup: VecDeque<(u64, BytesMut)> = VecDeque::new();
+        let mut to_primary: VecDeque<(u64, StreamSeq)> = VecDeque::new();
+        let mut delivered = StreamSeq(0);
+        for name in queues {
+            primary.handle_queue_created(name, QueueOptions::default());
+        }
+        for step in 0..steps + 1000 {
+            let draining = step >= steps;
+            let op = if draining { 60 + step % 40 } else { rng.below(100) };
+            match op {
+                // Enqueue, usually with a hold.
+                0..=39 => {
+                    let q = rng.below(3) as usize;
+                    let position = next_position[q];
+                    next_position[q] += 1;
+                    let hold = (rng.below(10) < 7).then(|| {
+                        next_seq += 1;
+                        holds_by_seq.insert(next_seq, (q, position));
+                        Hold { shard: ShardId(0), conn: ConnId(3), seq: Seq(next_seq) }
+                    });
+                    primary.handle_enqueued(queues[q], Position(position), message(position), hold).unwrap();
+                    fates.insert((q, position), Fate { live: true, ..Fate::default() });
+                    live.push((q, position));
+                }
+                // Dequeue a random live message (a consume and ack, a reject, an expiry).
+                40..=57 if !live.is_empty() => {
+                    let key = live.swap_remove(rng.below(live.len() as u64) as usize);
+                    dequeue(&mut primary, &mut fates, queues, key);
+                }
+                // Purge a queue: every live message of it.
+                58..=59 => {
+                    let q = rng.below(3) as usize;
+                    let (purged, kept): (Vec<_>, Vec<_>) = live.iter().partition(|key| key.0 == q);
+                    live = kept;
+                    for key in purged {
+                        dequeue(&mut primary, &mut fates, queues, key);
+                    }
+                }
+                // Batch what is pending and put it on the link with a random delay.
+                60..=74 => {
+                    let bytes_max = 100 + rng.below(2000) as usize;
+                    while let Some(batch) = primary.poll_batch(bytes_max) {
+                        note_batch(&batch, &mut fates, queues);
+                        let mut bytes = BytesMut::new();
+                        encode_batch(&batch, &mut bytes);
+                        to_backup.push_back((step + rng.below(6), bytes));
+                    }
+                }
+                // Deliver due batches to the backup, and its confirm back with a delay.
+                75..=87 => {
+                    while to_backup.front().is_some_and(|(due, _)| *due <= step || draining) {
+                        let (_, mut bytes) = to_backup.pop_front().unwrap();
+                        let batch = decode_batch(&mut bytes, BATCH_BYTES_MAX).unwrap().unwrap();
+                        delivered = backup.handle_batch(batch).unwrap().stream_seq;
+                    }
+                    if let Some(confirm) = backup.poll_confirm() {
+                        to_primary.push_back((step + rng.below(6), confirm));
+                    }
+                }
+                // Deliver due confirms to the primary.
+                _ => {
+                    while to_primary.front().is_some_and(|(due, _)| *due <= step || draining) {
+                        let (_, confirm) = to_primary.pop_front().unwrap();
+                        primary.handle_confirm(confirm).unwrap();
+                    }
+                }
+            }
+            // Every hold released now must be allowed: confirmed batch, or consumed unsent.
+            let mut released = Vec::new();
+            primary.poll_released(&mut released);
+            for hold in released {
+                assert!(released_seqs.insert(hold.seq.0), "seed {seed}: hold {hold:?} released twice");
+                let fate = &fates[&holds_by_seq[&hold.seq.0]];
+                let confirmed = fate.enqueue_batch.is_some_and(|seq| seq <= primary.confirmed());
+                assert!(
+                    confirmed || fate.consumed_unsent,
+                    "seed {seed} step {step}: hold {hold:?} released early: {fate:?}, confirmed {:?}",
+                    primary.confirmed()
+                );
+            }
+            check_backup(seed, step, &backup, &fates, delivered, queues);
+        }
+        // Drained: everything sent, delivered and confirmed.
+        assert_eq!(primary.pending_records(), 0, "seed {seed}");
+        assert!(to_backup.is_empty() && to_primary.is_empty(), "seed {seed}");
+        assert_eq!(primary.confirmed(), primary.sent_last(), "seed {seed}");
+        assert_eq!(released_seqs.len(), holds_by_seq.len(), "seed {seed}: every hold released");
+        for (q, name) in queues.iter().enumerate() {
+            let mut on_primary: Vec<u64> = live.iter().filter(|key| key.0 == q).map(|key| key.1).collect();
+            on_primary.sort_unstable();
+            assert_eq!(positions(&backup, name), on_primary, "seed {seed}: queue {name}");
+        }
+        assert!(primary.counters().messages_consumed_unsent > 0, "seed {seed}: the workload never cancelled");
+    }
+
+    fn dequeue(
+        primary: &mut PrimaryStream,
+        fates: &mut HashMap<(usize, u64), Fate>,
+        queues: [&str; 3],
+        key: (usize, u64),
+    ) {
+        let fate = fates.get_mut(&key).unwrap();
+        assert!(fate.live);
+        fate.live = false;
+        fate.consumed_unsent = fate.enqueue_batch.is_none();
+        primary.handle_dequeued(queues[key.0], Position(key.1)).unwrap();
+    }
+
+    /// Records in the model which batch carried each enqueue and dequeue, and checks that a
+    /// message consumed before it was batched is never sent.
+    fn note_batch(batch: &Batch, fates: &mut HashMap<(usize, u64), Fate>, queues: [&str; 3]) {
+        for record in &batch.records {
+            match record {
+                Record::Enqueued { queue, first_position, messages } => {
+                    let q = queues.iter().position(|name| name == queue).unwrap();
+                    for (offset, message_sent) in messages.iter().enumerate() {
+                        let position = first_position.0 + offset as u64;
+                        let fate = fates.get_mut(&(q, position)).unwrap();
+                        assert!(!fate.consumed_unsent, "message {q}/{position} consumed before batching was sent");
+                        assert!(fate.enqueue_batch.is_none(), "message {q}/{position} sent twice");
+                        assert_eq!(*message_sent, message(position));
+                        fate.enqueue_batch = Some(batch.stream_seq);
+                    }
+                }
+                Record::Dequeued { queue, ranges } => {
+                    let q = queues.iter().position(|name| name == queue).unwrap();
+                    for &(first, last) in ranges {
+                        for position in first.0..=last.0 {
+                            let fate = fates.get_mut(&(q, position)).unwrap();
+                            assert!(!fate.live, "dequeue of live message {q}/{position} sent");
+                            assert!(fate.enqueue_batch.is_some_and(|seq| seq < batch.stream_seq));
+                            assert!(fate.dequeue_batch.is_none(), "dequeue of {q}/{position} sent twice");
+                            fate.dequeue_batch = Some(batch.stream_seq);
+                        }
+                    }
+                }
+                Record::QueueCreated { .. } | Record::QueueDeleted { .. } => {}
+            }
+        }
+    }
+
+    /// The backup holds exactly the messages whose enqueue batch was delivered and whose dequeue
+    /// batch was not.
+    fn check_backup(
+        seed: u64,
+        step: u64,
+        backup: &BackupStream,
+        fates: &HashMap<(usize, u64), Fate>,
+        delivered: StreamSeq,
+        queues: [&str; 3],
+    ) {
+        for (q, name) in queues.iter().enumerate() {
+            let mut expected: Vec<u64> = fates
+                .iter()
+                .filter(|(key, fate)| {
+                    key.0 == q
+                        && fate.enqueue_batch.is_some_and(|seq| seq <= delivered)
+                        && fate.dequeue_batch.is_none_or(|seq| seq > delivered)
+                })
+                .map(|(key, _)| key.1)
+                .collect();
+            expected.sort_unstable();
+            assert_eq!(positions(backup, name), expected, "seed {seed} step {step}: queue {name}");
+            if let Some(replica) = backup.queue(name) {
+                for (position, held) in replica.messages() {
+                    assert_eq!(*held, message(position.0));
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,917 @@
+//! The primary's side of one replication stream: one primary shard's queues, to one backup.
+//!
+//! Each shard of the primary streams its own queues to each backup over its own connection (our
+//! HA issue; the reference carried every queue of the broker over one connection per backup, and
+//! one core capped it, reference-internals §12). The shard feeds this stream what happens to its
+//! replicated queues (`all` level): queues created and deleted, messages enqueued at their
+//! queue-local `Position`, positions dequeued for any reason. The stream turns that into
+//! `Batch`es: consecutive enqueues of a queue merge into one `Enqueued` record, dequeues into
+//! ranges of one `Dequeued` record. Each batch has the next `StreamSeq`; the backup confirms
+//! cumulatively ("applied every batch up to N").
+//!
+//! Holds: a publish whose confirm must wait for this backup is named by a `Hold` passed with its
+//! enqueue. The stream gives the hold back (`poll_released`) on the first of:
+//! - the backup confirmed the batch that carried the message;
+//! - the message was dequeued on the primary before it was put in a batch: then neither the
+//!   enqueue nor the dequeue is ever sent ("a message consumed and acked on the primary before it
+//!   was replicated is not sent"), and the hold is released at once;
+//! - the queue was deleted before the message was put in a batch (the message is gone, as if
+//!   consumed);
+//! - the backup was lost (`handle_backup_lost`): a dropped backup stops holding publishers.
+//!
+//! A message dequeued *after* its batch was sent keeps its hold until that batch is confirmed:
+//! finding it in the in-flight window would need a per-message index on the hot path, and the
+//! confirm comes within one round trip anyway.
+//!
+//! Call contract (no clock: nothing here expires; heartbeats and `ha-backup-timeout` are the
+//! caller's, which calls `handle_backup_lost` when they fire):
+//! - `handle_queue_created`, `handle_queue_deleted`, `handle_enqueued`, `handle_dequeued` as the
+//!   shard changes its replicated queues, in the order it changes them;
+//! - `handle_confirm` for each confirm the backup sends;
+//! - then `poll_released` (hand each hold to the producer's shard) and `poll_batch` until it
+//!   returns `None` (encode and send each batch);
+//! - while `producers_must_pause()`, the shard stops reading producers (and consumers' settles)
+//!   until batches went out and confirms came back. This is the backpressure policy: the stream
+//!   always takes what the shard already did to its queues, so that the backup stays exact, up to
+//!   the hard bound `STREAM_PENDING_MAX`; past it `handle_enqueued` / `handle_dequeued` refuse with
+//!   `StreamOverflow` and the caller must drop the backup (`handle_backup_lost`), since the backup
+//!   can no longer be kept exact.
+//!
+//! Not here: catch-up of what queues held before the stream started (the `catch_up` work), the
+//! link's handshake and heartbeats, IO, exchanges and bindings.
+//!
+//! Invariants:
+//! - Batches go out with `StreamSeq` 1, 2, 3...: it only grows, by one per batch.
+//! - At most `BATCHES_UNCONFIRMED_MAX` batches are sent and unconfirmed; `poll_batch` returns
+//!   `None` while the window is full.
+//! - Every hold taken is released exactly once, and never before the batch carrying its message
+//!   was confirmed, unless the message was dequeued or deleted before it was batched, or the
+//!   backup was lost.
+//! - A message dequeued before it was batched is never sent, and neither is its dequeue.
+//! - Per queue, records go out in the order the shard made the changes, with queue creates and
+//!   deletes ordered before the data that follows them.
+//! - A confirm above the last sent seq, or below the previous confirm, is the peer's protocol
+//!   error: an `Err`, never a panic.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use ringmq_core::codec::message_bytes_len;
+use ringmq_core::epoch::Epoch;
+use ringmq_core::frame::{Message, QueueOptions};
+use ringmq_core::ids::{ConnId, Seq, ShardId};
+
+use crate::limits::{
+    BATCHES_UNCONFIRMED_MAX, BATCH_BYTES_MAX, BATCH_HEADER_BYTES, BATCH_MESSAGES_MAX, BATCH_RANGES_MAX,
+    BATCH_RECORDS_MAX, STREAM_PENDING_MAX, STREAM_PENDING_PAUSE,
+};
+use crate::record::{dequeued_header_bytes_len, enqueued_header_bytes_len, Batch, Position, Record, StreamSeq};
+
+/// A publish whose confirm waits for this backup: the producer's connection and the publish's
+/// sequence number. The producer may be on another shard than the queue, so the shard is named.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Hold {
+    /// The shard holding the producer's connection (and its completion tracker).
+    pub shard: ShardId,
+    /// The producer's connection on that shard.
+    pub conn: ConnId,
+    /// The publish's sequence number on that connection.
+    pub seq: Seq,
+}
+
+/// The stream to one backup of one primary shard's replicated queues.
+#[derive(Debug)]
+pub struct PrimaryStream {
+    /// The epoch of this primary, stamped on every batch.
+    epoch: Epoch,
+    /// The seq of the last batch sent; `StreamSeq(0)` before the first.
+    sent_last: StreamSeq,
+    /// The highest seq the backup confirmed.
+    confirmed: StreamSeq,
+    /// Queue creates and deletes not yet batched, in order; they go out before any queue data.
+    config: VecDeque<Record>,
+    /// Per queue with something pending (or just emptied): its unbatched enqueues and dequeues.
+    queues: BTreeMap<String, QueuePending>,
+    /// The names of `queues`' entries, each exactly once, in the order `poll_batch` serves them.
+    ready: VecDeque<String>,
+    /// Batches sent and not confirmed, oldest first, with the holds each carries.
+    inflight: VecDeque<InflightBatch>,
+    /// Holds released and not yet polled, in release order.
+    released: Vec<Hold>,
+    /// Pending records: live unbatched enqueues, pending dequeue ranges, queue creates and deletes.
+    pending: usize,
+    /// Set by `handle_backup_lost`: the stream is finished.
+    lost: bool,
+    /// What happened, for metrics.
+    counters: PrimaryCounters,
+}
+
+/// Counts of what a primary stream did, for metrics; nothing is dropped without being counted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PrimaryCounters {
+    /// Batches sent.
+    pub batches_sent: u64,
+    /// Messages sent in `Enqueued` records.
+    pub messages_sent: u64,
+    /// Messages dequeued before they were batched, so never sent (nor their dequeue).
+    pub messages_consumed_unsent: u64,
+    /// Messages whose queue was deleted before they were batched, so never sent.
+    pub messages_deleted_unsent: u64,
+    /// Holds released because the backup confirmed their batch.
+    pub holds_released_by_confirm: u64,
+    /// Holds released because their message was dequeued or deleted before it was batched.
+    pub holds_released_unsent: u64,
+    /// Holds released because the backup was lost.
+    pub holds_released_by_loss: u64,
+}
+
+/// The stream refused a record: `STREAM_PENDING_MAX` records are pending, so the shard did not
+/// pause its producers in time. The backup can no longer be kept exact; the caller drops it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "replication stream holds {pending} unsent records, the most allowed is {max}; the backup cannot keep up and \
+     must be dropped"
+)]
+pub struct StreamOverflow {
+    /// The hold that came with the refused enqueue, handed back: the stream did not take it.
+    pub hold: Option<Hold>,
+    /// Pending records.
+    pub pending: usize,
+    /// `STREAM_PENDING_MAX`.
+    pub max: usize,
+}
+
+/// A confirm the stream cannot accept: the backup broke the protocol, and the caller drops the
+/// link (and the backup, with `handle_backup_lost`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ConfirmError {
+    /// The backup confirmed a batch that was never sent.
+    #[error("backup confirmed batch {confirmed}, but only batches up to {sent_last} were sent")]
+    Ahead {
+        /// The seq confirmed.
+        confirmed: StreamSeq,
+        /// The last seq sent.
+        sent_last: StreamSeq,
+    },
+    /// The backup confirmed less than it had confirmed before; confirms are cumulative.
+    #[error("backup confirmed batch {confirmed} after confirming {previous}; confirms must not go backwards")]
+    Backwards {
+        /// The seq confirmed.
+        confirmed: StreamSeq,
+        /// The seq confirmed before.
+        previous: StreamSeq,
+    },
+    /// A confirm arrived after the backup was dropped.
+    #[error("confirm of batch {confirmed} arrived after the backup was dropped")]
+    AfterLoss {
+        /// The seq confirmed.
+        confirmed: StreamSeq,
+    },
+}
+
+impl PrimaryStream {
+    /// A stream from a primary in `epoch`, with nothing sent. It allocates only as records come.
+    pub fn new(epoch: Epoch) -> PrimaryStream {
+        PrimaryStream {
+            epoch,
+            sent_last: StreamSeq(0),
+            confirmed: StreamSeq(0),
+            config: VecDeque::new(),
+            queues: BTreeMap::new(),
+            ready: VecDeque::new(),
+            inflight: VecDeque::with_capacity(BATCHES_UNCONFIRMED_MAX),
+            released: Vec::new(),
+            pending: 0,
+            lost: false,
+            counters: PrimaryCounters::default(),
+        }
+    }
+
+    /// A replicated queue was created. Never refused: creates are rare and come from the
+    /// configuration coordinator, which the stream cannot push back on; they count toward the pause.
+    ///
+    /// # Panics
+    ///
+    /// If the backup was lost (the caller must drop the stream then).
+    pub fn handle_queue_created(&mut self, name: &str, options: QueueOptions) {
+        self.assert_alive();
+        self.config.push_back(Record::QueueCreated { name: name.to_string(), options });
+        self.pending += 1;
+    }
+
+    /// A replicated queue was deleted with its messages. Its unbatched enqueues are never sent and
+    /// their holds are released now; its unbatched dequeues are dropped (the delete covers them).
+    ///
+    /// # Panics
+    ///
+    /// If the backup was lost.
+    pub fn handle_queue_deleted(&mut self, name: &str) {
+        self.assert_alive();
+        if let Some(queue) = self.queues.get_mut(name) {
+            // The entry stays (empty) because its name is in `ready`; `poll_batch` removes it.
+            for enqueue in queue.enqueues.drain(..) {
+                if enqueue.message.is_some() {
+                    self.counters.messages_deleted_unsent += 1;
+                    if let Some(hold) = enqueue.hold {
+                        self.counters.holds_released_unsent += 1;
+                        self.released.push(hold);
+                    }
+                }
+            }
+            self.pending -= queue.live + queue.dequeues.len();
+            queue.live = 0;
+            queue.dequeues.clear();
+        }
+        self.config.push_back(Record::QueueDeleted { name: name.to_string() });
+        self.pending += 1;
+    }
+
+    /// `message` was enqueued on `queue` at `position`; `hold` names its publish if its confirm
+    /// must wait for this backup.
+    ///
+    /// # Errors
+    ///
+    /// `StreamOverflow` (with the hold handed back) when `STREAM_PENDING_MAX` records are pending;
+    /// nothing changed, and the caller drops the backup.
+    ///
+    /// # Panics
+    ///
+    /// If the backup was lost, or if `position` is not above the queue's last unbatched enqueue
+    /// (positions only grow).
+    pub fn handle_enqueued(
+        &mut self,
+        queue: &str,
+        position: Position,
+        message: Message,
+        hold: Option<Hold>,
+    ) -> Result<(), StreamOverflow> {
+        self.assert_alive();
+        if self.pending >= STREAM_PENDING_MAX {
+            return Err(StreamOverflow { hold, pending: self.pending, max: STREAM_PENDING_MAX });
+        }
+        let entry = self.entry(queue);
+        if let Some(last) = entry.enqueues.back() {
+            assert!(position > last.position, "queue {queue}: enqueue at {position} after {}", last.position);
+        }
+        entry.enqueues.push_back(PendingEnqueue { position, message: Some(message), hold });
+        entry.live += 1;
+        self.pending += 1;
+        Ok(())
+    }
+
+    /// The message at `position` of `queue` was removed (ack, reject, purge, expiry). If it was not
+    /// batched yet, neither record is sent and its hold is released now.
+    ///
+    /// # Errors
+    ///
+    /// `StreamOverflow` when the dequeue needs a new pending range and `STREAM_PENDING_MAX` records
+    /// are pending; the caller drops the backup.
+    ///
+    /// # Panics
+    ///
+    /// If the backup was lost, or if the same unbatched position is dequeued twice.
+    pub fn handle_dequeued(&mut self, queue: &str, position: Position) -> Result<(), StreamOverflow> {
+        self.assert_alive();
+        if let Some(entry) = self.queues.get_mut(queue) {
+            if let Ok(index) = entry.enqueues.binary_search_by_key(&position, |enqueue| enqueue.position) {
+                let enqueue = &mut entry.enqueues[index];
+                assert!(enqueue.message.is_some(), "queue {queue}: position {position} dequeued twice");
+                enqueue.message = None;
+                if let Some(hold) = enqueue.hold.take() {
+                    self.counters.holds_released_unsent += 1;
+                    self.released.push(hold);
+                }
+                entry.live -= 1;
+                entry.trim();
+                self.pending -= 1;
+                self.counters.messages_consumed_unsent += 1;
+                return Ok(());
+            }
+        }
+        let full = self.pending >= STREAM_PENDING_MAX;
+        let entry = self.entry(queue);
+        let ranges_before = entry.dequeues.len();
+        if !insert_position(&mut entry.dequeues, position.0, full) {
+            return Err(StreamOverflow { hold: None, pending: self.pending, max: STREAM_PENDING_MAX });
+        }
+        let ranges_after = entry.dequeues.len();
+        self.pending = self.pending + ranges_after - ranges_before;
+        Ok(())
+    }
+
+    /// The backup confirmed every batch up to `stream_seq`: the holds of those batches are
+    /// released (see `poll_released`), in batch order. A repeated confirm changes nothing.
+    ///
+    /// # Errors
+    ///
+    /// `ConfirmError` when the confirm is above the last batch sent, below the previous confirm,
+    /// or arrives after `handle_backup_lost`; nothing changed, and the caller drops the link.
+    pub fn handle_confirm(&mut self, stream_seq: StreamSeq) -> Result<(), ConfirmError> {
+        if self.lost {
+            return Err(ConfirmError::AfterLoss { confirmed: stream_seq });
+        }
+        if stream_seq > self.sent_last {
+            return Err(ConfirmError::Ahead { confirmed: stream_seq, sent_last: self.sent_last });
+        }
+        if stream_seq < self.confirmed {
+            return Err(ConfirmError::Backwards { confirmed: stream_seq, previous: self.confirmed });
+        }
+        while self.inflight.front().is_some_and(|batch| batch.seq <= stream_seq) {
+            let batch = self.inflight.pop_front().expect("front checked above");
+            self.counters.holds_released_by_confirm += batch.holds.len() as u64;
+            self.released.extend(batch.holds);
+        }
+        self.confirmed = stream_seq;
+        // Pair of the window check in `poll_batch`: what is in flight is exactly (confirmed, sent_last].
+        assert_eq!(self.inflight.len() as u64, self.sent_last.0 - self.confirmed.0);
+        assert!(self.inflight.front().is_none_or(|batch| batch.seq == self.confirmed.next()));
+        Ok(())
+    }
+
+    /// The backup is gone (heartbeat timeout, link error, protocol error, overflow): every hold
+    /// still waiting on it is released, and the stream is finished. The caller drops it after
+    /// polling the holds; a reconnecting backup gets a new stream (and catch-up).
+    pub fn handle_backup_lost(&mut self) {
+        for batch in self.inflight.drain(..) {
+            self.counters.holds_released_by_loss += batch.holds.len() as u64;
+            self.released.extend(batch.holds);
+        }
+        for queue in self.queues.values_mut() {
+            for enqueue in queue.enqueues.drain(..) {
+                if let (Some(_), Some(hold)) = (enqueue.message, enqueue.hold) {
+                    self.counters.holds_released_by_loss += 1;
+                    self.released.push(hold);
+                }
+            }
+        }
+        self.queues.clear();
+        self.ready.clear();
+        self.config.clear();
+        self.pending = 0;
+        self.lost = true;
+    }
+
+    /// The next batch to send: pending records drained in order, as many as fit `bytes_max`
+    /// bytes (length prefix included; a single record larger than that goes alone) and the count
+    /// limits. `None` when nothing is pending, the window of unconfirmed batches is full, or the
+    /// backup was lost.
+    ///
+    /// # Panics
+    ///
+    /// If `bytes_max` is above `BATCH_BYTES_MAX`.
+    pub fn poll_batch(&mut self, bytes_max: usize) -> Option<Batch> {
+        assert!(bytes_max <= BATCH_BYTES_MAX as usize, "bytes_max {bytes_max} above BATCH_BYTES_MAX");
+        if self.lost
+            || self.inflight.len() >= BATCHES_UNCONFIRMED_MAX
+            || self.ready.is_empty() && self.config.is_empty()
+        {
+            return None;
+        }
+        let mut builder = BatchBuilder { bytes_max, bytes: BATCH_HEADER_BYTES, ..BatchBuilder::default() };
+        // Creates and deletes first, and queue data only once all of them are in: data never
+        // overtakes the create of its queue.
+        while let Some(record) = self.config.front() {
+            if !builder.fits_record(record.encoded_len()) {
+                break;
+            }
+            builder.bytes += record.encoded_len();
+            builder.records.push(self.config.pop_front().expect("front checked above"));
+            self.pending -= 1;
+        }
+        if self.config.is_empty() {
+            for _ in 0..self.ready.len() {
+                if builder.exhausted {
+                    break;
+                }
+                let name = self.ready.pop_front().expect("ready holds one name per entry");
+                let queue = self.queues.get_mut(&name).expect("every ready name has an entry");
+                let taken = builder.take_from(&name, queue);
+                self.pending -= taken;
+                if queue.is_empty() {
+                    self.queues.remove(&name);
+                } else {
+                    self.ready.push_back(name);
+                }
+            }
+        }
+        assert_eq!(self.ready.len(), self.queues.len());
+        if builder.records.is_empty() {
+            return None;
+        }
+        let seq = self.sent_last.next();
+        assert!(seq > self.sent_last);
+        self.sent_last = seq;
+        self.counters.batches_sent += 1;
+        self.counters.messages_sent += builder.messages as u64;
+        self.inflight.push_back(InflightBatch { seq, holds: builder.holds });
+        assert!(self.inflight.len() <= BATCHES_UNCONFIRMED_MAX);
+        let batch = Batch { epoch: self.epoch, stream_seq: seq, records: builder.records };
+        assert!(batch.records.len() <= BATCH_RECORDS_MAX as usize);
+        Some(batch)
+    }
+
+    /// Appends the holds released since the last call, in release order; returns how many.
+    pub fn poll_released(&mut self, out: &mut Vec<Hold>) -> usize {
+        let count = self.released.len();
+        out.append(&mut self.released);
+        count
+    }
+
+    /// True while the shard must stop reading producers: `STREAM_PENDING_PAUSE` records or more
+    /// are pending. It turns false once batches went out (and confirms opened the window).
+    pub fn producers_must_pause(&self) -> bool {
+        self.pending >= STREAM_PENDING_PAUSE
+    }
+
+    /// Records pending (not yet in a batch).
+    pub fn pending_records(&self) -> usize {
+        self.pending
+    }
+
+    /// Batches sent and not confirmed.
+    pub fn unconfirmed_batches(&self) -> usize {
+        self.inflight.len()
+    }
+
+    /// The seq of the last batch sent (0 before the first).
+    pub fn sent_last(&self) -> StreamSeq {
+        self.sent_last
+    }
+
+    /// The highest seq the backup confirmed (0 before the first confirm).
+    pub fn confirmed(&self) -> StreamSeq {
+        self.confirmed
+    }
+
+    /// The epoch stamped on every batch.
+    pub fn epoch(&self) -> Epoch {
+        self.epoch
+    }
+
+    /// What the stream did, for metrics.
+    pub fn counters(&self) -> PrimaryCounters {
+        self.counters
+    }
+
+    fn assert_alive(&self) {
+        assert!(!self.lost, "replication stream used after its backup was lost");
+    }
+
+    /// The pending entry of `queue`, made (and put in `ready`) if it has none.
+    fn entry(&mut self, queue: &str) -> &mut QueuePending {
+        if !self.queues.contains_key(queue) {
+            self.queues.insert(queue.to_string(), QueuePending::default());
+            self.ready.push_back(queue.to_string());
+        }
+        self.queues.get_mut(queue).expect("inserted above")
+    }
+}
+
+// ----- helpers -----
+
+/// One queue's unbatched changes.
+#[derive(Debug, Default)]
+struct QueuePending {
+    /// Unbatched enqueues by increasing position. A dequeued one stays as a tombstone (`message`
+    /// is `None`) until it reaches an end; the front and back are always live.
+    enqueues: VecDeque<PendingEnqueue>,
+    /// Live entries of `enqueues`.
+    live: usize,
+    /// Positions dequeued after their enqueue was batched: inclusive ranges, first -> last,
+    /// neither overlapping nor adjacent.
+    dequeues: BTreeMap<u64, u64>,
+}
+
+/// An enqueue not yet in a batch.
+#[derive(Debug)]
+struct PendingEnqueue {
+    /// Its position in the queue.
+    position: Position,
+    /// The message; `None` once dequeued (a tombstone, never sent).
+    message: Option<Message>,
+    /// The publish waiting for this backup, if any.
+    hold: Option<Hold>,
+}
+
+/// A batch sent and not confirmed.
+#[derive(Debug)]
+struct InflightBatch {
+    /// Its seq.
+    seq: StreamSeq,
+    /// The holds of the messages it carries, in order.
+    holds: Vec<Hold>,
+}
+
+/// A batch being filled, with its budget.
+#[derive(Debug, Default)]
+struct BatchBuilder {
+    /// The most bytes, length prefix included (a first record may exceed it alone).
+    bytes_max: usize,
+    /// Bytes so far, header included.
+    bytes: usize,
+    /// Records so far.
+    records: Vec<Record>,
+    /// Messages so far.
+    messages: usize,
+    /// Dequeue ranges so far.
+    ranges: usize,
+    /// Holds of the messages so far.
+    holds: Vec<Hold>,
+    /// Set once something did not fit: later queues wait for the next batch.
+    exhausted: bool,
+}
+
+impl BatchBuilder {
+    /// Whether one more record of `bytes` fits; the first record always does.
+    fn fits_record(&mut self, bytes: usize) -> bool {
+        let fits = self.records.len() < BATCH_RECORDS_MAX as usize
+            && (self.records.is_empty() || self.bytes + bytes <= self.bytes_max);
+        self.exhausted |= !fits;
+        fits
+    }
+
+    /// Moves as much of `queue`'s pending data as fits into the batch: runs of consecutive
+    /// positions as `Enqueued` records, then ranges as one `Dequeued` record. Returns how many
+    /// pending records it took.
+    fn take_from(&mut self, name: &str, queue: &mut QueuePending) -> usize {
+        let mut taken = 0;
+        // Enqueues, one record per run of consecutive positions.
+        while let Some(front) = queue.enqueues.front() {
+            let message = front.message.as_ref().expect("the front of the pending enqueues is live");
+            if self.messages >= BATCH_MESSAGES_MAX as usize
+                || !self.fits_record(enqueued_header_bytes_len(name) + message_bytes_len(message))
+            {
+                self.exhausted = true;
+                return taken;
+            }
+            self.bytes += enqueued_header_bytes_len(name);
+            let first_position = front.position;
+            let mut next = first_position;
+            let mut messages = Vec::new();
+            while let Some(enqueue) = queue.enqueues.front() {
+                let Some(message) = enqueue.message.as_ref() else { break };
+                let bytes = message_bytes_len(message);
+                let room = messages.is_empty() || self.bytes + bytes <= self.bytes_max;
+                if enqueue.position != next || self.messages >= BATCH_MESSAGES_MAX as usize || !room {
+                    break;
+                }
+                let enqueue = queue.enqueues.pop_front().expect("front checked above");
+                self.bytes += bytes;
+                self.messages += 1;
+                messages.push(enqueue.message.expect("checked live above"));
+                if let Some(hold) = enqueue.hold {
+                    self.holds.push(hold);
+                }
+                next = next.next();
+            }
+            assert!(!messages.is_empty());
+            taken += messages.len();
+            queue.live -= messages.len();
+            let run_ended_by_gap = queue.enqueues.front().is_some_and(|e| e.message.is_none() || e.position != next);
+            queue.trim();
+            self.records.push(Record::Enqueued { queue: name.to_string(), first_position, messages });
+            if !run_ended_by_gap && !queue.enqueues.is_empty() {
+                // The run stopped on the budget, not on a hole in the positions.
+                self.exhausted = true;
+                return taken;
+            }
+        }
+        // Dequeues, as one record of ranges.
+        if !queue.dequeues.is_empty() {
+            if self.ranges >= BATCH_RANGES_MAX as usize
+                || !self.fits_record(dequeued_header_bytes_len(name) + RANGE_BYTES)
+            {
+                self.exhausted = true;
+                return taken;
+            }
+            self.bytes += dequeued_header_bytes_len(name);
+            let mut ranges = Vec::new();
+            while let Some((&first, &last)) = queue.dequeues.first_key_value() {
+                let room = ranges.is_empty() || self.bytes + RANGE_BYTES <= self.bytes_max;
+                if self.ranges >= BATCH_RANGES_MAX as usize || !room {
+                    self.exhausted = true;
+                    break;
+                }
+                queue.dequeues.pop_first();
+                self.bytes += RANGE_BYTES;
+                self.ranges += 1;
+                ranges.push((Position(first), Position(last)));
+            }
+            taken += ranges.len();
+            self.records.push(Record::Dequeued { queue: name.to_string(), ranges });
+        }
+        taken
+    }
+}
+
+impl QueuePending {
+    fn is_empty(&self) -> bool {
+        self.enqueues.is_empty() && self.dequeues.is_empty()
+    }
+
+    /// Drops tombstones at both ends, so that the front and back are live.
+    fn trim(&mut self) {
+        while self.enqueues.front().is_some_and(|e| e.message.is_none()) {
+            self.enqueues.pop_front();
+        }
+        while self.enqueues.back().is_some_and(|e| e.message.is_none()) {
+            self.enqueues.pop_back();
+        }
+        assert_eq!(self.live == 0, self.enqueues.is_empty());
+    }
+}
+
+/// Adds `position` to the ranges, merging with neighbours. Returns false, changing nothing, when
+/// it would need a new range and `full` is set. Adding a position already present changes nothing.
+fn insert_position(ranges: &mut BTreeMap<u64, u64>, position: u64, full: bool) -> bool {
+    let below = ranges.range(..=position).next_back().map(|(&first, &last)| (first, last));
+    if let Some((_, last)) = below {
+        if position <= last {
+            return true;
+        }
+    }
+    let joins_below = below.filter(|&(_, last)| last + 1 == position);
+    let above = position.checked_add(1).and_then(|next| ranges.get(&next).map(|&last| (next, last)));
+    match (joins_below, above) {
+        (Some((first, _)), Some((above_first, above_last))) => {
+            ranges.remove(&above_first);
+            ranges.insert(first, above_last);
+        }
+        (Some((first, _)), None) => {
+            ranges.insert(first, position);
+        }
+        (None, Some((above_first, above_last))) => {
+            ranges.remove(&above_first);
+            ranges.insert(position, above_last);
+        }
+        (None, None) => {
+            if full {
+                return false;
+            }
+            ranges.insert(position, position);
+        }
+    }
+    true
+}
+
+/// Bytes of one dequeue range on the wire.
+const RANGE_BYTES: usize = 16;
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+
+    use super::*;
+
+    fn message(body: u64) -> Message {
+        Message { body: Bytes::from(body.to_le_bytes().to_vec()), ..Message::default() }
+    }
+
+    fn hold(seq: u64) -> Option<Hold> {
+        Some(Hold { shard: ShardId(0), conn: ConnId(1), seq: Seq(seq) })
+    }
+
+    fn holds(seqs: &[u64]) -> Vec<Hold> {
+        seqs.iter().map(|&seq| hold(seq).unwrap()).collect()
+    }
+
+    fn released(stream: &mut PrimaryStream) -> Vec<Hold> {
+        let mut out = Vec::new();
+        stream.poll_released(&mut out);
+        out
+    }
+
+    fn enqueue(stream: &mut PrimaryStream, queue: &str, position: u64) {
+        stream.handle_enqueued(queue, Position(position), message(position), hold(position)).unwrap();
+    }
+
+    fn ranges(pairs: &[(u64, u64)]) -> Vec<(Position, Position)> {
+        pairs.iter().map(|&(first, last)| (Position(first), Position(last))).collect()
+    }
+
+    const BYTES: usize = 64 * 1024;
+
+    #[test]
+    fn batching_merges_consecutive_enqueues_and_range_compresses_dequeues() {
+        // Goal: many changes become few records: one Enqueued per run of positions per queue, one
+        // Dequeued per queue with merged ranges.
+        let mut stream = PrimaryStream::new(Epoch(2));
+        // Five messages to "a", three to "b", interleaved.
+        for position in 0..5 {
+            enqueue(&mut stream, "a", position);
+            if position < 3 {
+                enqueue(&mut stream, "b", 100 + position);
+            }
+        }
+        let batch = stream.poll_batch(BYTES).unwrap();
+        assert_eq!((batch.epoch, batch.stream_seq), (Epoch(2), StreamSeq(1)));
+        assert_eq!(batch.records.len(), 2);
+        assert_eq!(
+            batch.records[0],
+            Record::Enqueued {
+                queue: "a".into(),
+                first_position: Position(0),
+                messages: (0..5).map(message).collect()
+            }
+        );
+        assert!(
+            matches!(&batch.records[1], Record::Enqueued { queue, messages, .. } if queue == "b" && messages.len() == 3)
+        );
+        // Dequeues out of order: 3, 0, 1, 4 merge into 0..=1 and 3..=4.
+        for position in [3, 0, 1, 4] {
+            stream.handle_dequeued("a", Position(position)).unwrap();
+        }
+        assert_eq!(stream.pending_records(), 2);
+        // Then 2 joins them into one range.
+        stream.handle_dequeued("a", Position(2)).unwrap();
+        assert_eq!(stream.pending_records(), 1);
+        let batch = stream.poll_batch(BYTES).unwrap();
+        assert_eq!(batch.stream_seq, StreamSeq(2));
+        assert_eq!(batch.records, vec![Record::Dequeued { queue: "a".into(), ranges: ranges(&[(0, 4)]) }]);
+        assert_eq!(stream.poll_batch(BYTES), None);
+    }
+
+    #[test]
+    fn message_consumed_before_replication_is_never_sent_and_its_hold_is_released_at_once() {
+        // Goal: the issue's rule: consumed and acked before replicated means not sent at all.
+        let mut stream = PrimaryStream::new(Epoch(1));
+        for position in 0..4 {
+            enqueue(&mut stream, "q", position);
+        }
+        // Position 1 is consumed before any batch: its hold comes back now.
+        stream.handle_dequeued("q", Position(1)).unwrap();
+        assert_eq!(released(&mut stream), holds(&[1]));
+        // The batch has two runs (0, then 2..=3) and no dequeue.
+        let batch = stream.poll_batch(BYTES).unwrap();
+        assert_eq!(
+            batch.records,
+            vec![
+                Record::Enqueued { queue: "q".into(), first_position: Position(0), messages: vec![message(0)] },
+                Record::Enqueued {
+                    queue: "q".into(),
+                    first_position: Position(2),
+                    messages: vec![message(2), message(3)]
+                },
+            ]
+        );
+        // Consuming every pending message leaves nothing to send.
+        enqueue(&mut stream, "q", 4);
+        stream.handle_dequeued("q", Position(4)).unwrap();
+        assert_eq!(stream.poll_batch(BYTES), None);
+        assert_eq!(stream.sent_last(), StreamSeq(1));
+        assert_eq!(stream.counters().messages_consumed_unsent, 2);
+        // The confirm releases only the holds of the messages that were sent.
+        stream.handle_confirm(StreamSeq(1)).unwrap();
+        assert_eq!(released(&mut stream), holds(&[4, 0, 2, 3]));
+    }
+
+    #[test]
+    fn confirms_release_exactly_the_holds_of_confirmed_batches_in_order() {
+        // Goal: a cumulative confirm releases every hold of the batches it covers, oldest first,
+        // and nothing of later batches.
+        let mut stream = PrimaryStream::new(Epoch(1));
+        for seq in 1..=3 {
+            enqueue(&mut stream, "q", 2 * seq);
+            enqueue(&mut stream, "q", 2 * seq + 1);
+            assert_eq!(stream.poll_batch(BYTES).unwrap().stream_seq, StreamSeq(seq));
+        }
+        // Nothing is released before a confirm.
+        assert!(released(&mut stream).is_empty());
+        // Confirming 2 releases batches 1 and 2.
+        stream.handle_confirm(StreamSeq(2)).unwrap();
+        assert_eq!(released(&mut stream), holds(&[2, 3, 4, 5]));
+        // A repeated confirm releases nothing more.
+        stream.handle_confirm(StreamSeq(2)).unwrap();
+        assert!(released(&mut stream).is_empty());
+        stream.handle_confirm(StreamSeq(3)).unwrap();
+        assert_eq!(released(&mut stream), holds(&[6, 7]));
+        assert_eq!(stream.counters().holds_released_by_confirm, 6);
+    }
+
+    #[test]
+    fn confirm_above_the_last_sent_batch_or_going_backwards_is_an_error() {
+        // Goal: a misbehaving backup gets an error naming both seqs, never a panic.
+        let mut stream = PrimaryStream::new(Epoch(1));
+        enqueue(&mut stream, "q", 0);
+        stream.poll_batch(BYTES).unwrap();
+        enqueue(&mut stream, "q", 1);
+        stream.poll_batch(BYTES).unwrap();
+        let error = stream.handle_confirm(StreamSeq(3)).unwrap_err();
+        assert_eq!(error, ConfirmError::Ahead { confirmed: StreamSeq(3), sent_last: StreamSeq(2) });
+        assert_eq!(error.to_string(), "backup confirmed batch 3, but only batches up to 2 were sent");
+        stream.handle_confirm(StreamSeq(2)).unwrap();
+        assert_eq!(
+            stream.handle_confirm(StreamSeq(1)),
+            Err(ConfirmError::Backwards { confirmed: StreamSeq(1), previous: StreamSeq(2) })
+        );
+    }
+
+    #[test]
+    fn full_window_stops_batching_until_a_confirm_opens_it() {
+        // Goal: at most BATCHES_UNCONFIRMED_MAX batches in flight; records wait, then go.
+        let mut stream = PrimaryStream::new(Epoch(1));
+        for position in 0..BATCHES_UNCONFIRMED_MAX as u64 {
+            enqueue(&mut stream, "q", position);
+            assert!(stream.poll_batch(BYTES).is_some());
+        }
+        // The window is full: the next record waits.
+        enqueue(&mut stream, "q", 1000);
+        assert_eq!(stream.poll_batch(BYTES), None);
+        assert_eq!(stream.pending_records(), 1);
+        // One confirm opens one slot.
+        stream.handle_confirm(StreamSeq(1)).unwrap();
+        let batch = stream.poll_batch(BYTES).unwrap();
+        assert_eq!(batch.stream_seq, StreamSeq(BATCHES_UNCONFIRMED_MAX as u64 + 1));
+        assert_eq!(stream.poll_batch(BYTES), None);
+    }
+
+    #[test]
+    fn backup_lost_releases_every_hold_still_waiting() {
+        // Goal: a dropped backup stops holding publishers: holds of unconfirmed batches and of
+        // unbatched messages all come back, each once.
+        let mut stream = PrimaryStream::new(Epoch(1));
+        enqueue(&mut stream, "q", 0);
+        enqueue(&mut stream, "q", 1);
+        stream.poll_batch(BYTES).unwrap();
+        enqueue(&mut stream, "q", 2);
+        stream.poll_batch(BYTES).unwrap();
+        stream.handle_confirm(StreamSeq(1)).unwrap();
+        assert_eq!(released(&mut stream), holds(&[0, 1]));
+        // One message in flight (2), one unbatched (3), one unbatched without hold.
+        enqueue(&mut stream, "q", 3);
+        stream.handle_enqueued("q", Position(4), message(4), None).unwrap();
+        stream.handle_backup_lost();
+        assert_eq!(released(&mut stream), holds(&[2, 3]));
+        assert_eq!(stream.poll_batch(BYTES), None);
+        assert_eq!(stream.pending_records(), 0);
+        assert_eq!(stream.counters().holds_released_by_loss, 2);
+        // A late confirm from the dropped backup is refused, not applied.
+        assert_eq!(stream.handle_confirm(StreamSeq(2)), Err(ConfirmError::AfterLoss { confirmed: StreamSeq(2) }));
+    }
+
+    #[test]
+    fn queue_create_goes_before_its_data_and_a_delete_drops_unsent_messages() {
+        // Goal: creates and deletes keep their order with the data of their queue.
+        let mut stream = PrimaryStream::new(Epoch(1));
+        // An old queue "q" with an unsent message, deleted, then created again with a new message.
+        enqueue(&mut stream, "q", 7);
+        stream.handle_queue_deleted("q");
+        assert_eq!(released(&mut stream), holds(&[7]));
+        stream.handle_queue_created("q", QueueOptions::default());
+        enqueue(&mut stream, "q", 0);
+        let batch = stream.poll_batch(BYTES).unwrap();
+        assert_eq!(
+            batch.records,
+            vec![
+                Record::QueueDeleted { name: "q".into() },
+                Record::QueueCreated { name: "q".into(), options: QueueOptions::default() },
+                Record::Enqueued { queue: "q".into(), first_position: Position(0), messages: vec![message(0)] },
+            ]
+        );
+        assert_eq!(stream.counters().messages_deleted_unsent, 1);
+    }
+
+    #[test]
+    fn batches_keep_to_bytes_max_and_a_larger_message_goes_alone() {
+        // Goal: batches are cut by size without losing order, and no message is too big to send.
+        let mut stream = PrimaryStream::new(Epoch(1));
+        let big = Message { body: Bytes::from(vec![0u8; 4000]), ..Message::default() };
+        for position in 0..10 {
+            stream.handle_enqueued("q", Position(position), big.clone(), None).unwrap();
+        }
+        let mut next = 0;
+        while let Some(batch) = stream.poll_batch(10_000) {
+            assert!(batch.encoded_len() <= 10_000, "batch of {} bytes", batch.encoded_len());
+            let Record::Enqueued { first_position, messages, .. } = &batch.records[0] else { panic!() };
+            assert_eq!(first_position.0, next);
+            next += messages.len() as u64;
+            stream.handle_confirm(batch.stream_seq).unwrap();
+        }
+        assert_eq!(next, 10);
+        // A message larger than bytes_max goes in a batch of its own.
+        stream.handle_enqueued("q", Position(10), big.clone(), None).unwrap();
+        stream.handle_enqueued("q", Position(11), big, None).unwrap();
+        assert_eq!(stream.poll_batch(100).unwrap().records.len(), 1);
+        assert_eq!(stream.poll_batch(100).unwrap().records.len(), 1);
+    }
+
+    #[test]
+    fn stream_asks_producers_to_pause_then_refuses_past_its_bound_handing_the_hold_back() {
+        // Goal: the backpressure policy: pause at STREAM_PENDING_PAUSE, refuse at STREAM_PENDING_MAX.
+        let mut stream = PrimaryStream::new(Epoch(1));
+        for position in 0..STREAM_PENDING_PAUSE as u64 {
+            stream.handle_enqueued("q", Position(position), Message::default(), None).unwrap();
+        }
+        assert!(stream.producers_must_pause());
+        for position in STREAM_PENDING_PAUSE as u64..STREAM_PENDING_MAX as u64 {
+            stream.handle_enqueued("q", Position(position), Message::default(), None).unwrap();
+        }
+        let error = stream.handle_enqueued("q", Position(u64::MAX), Message::default(), hold(9)).unwrap_err();
+        assert_eq!(error, StreamOverflow { hold: hold(9), pending: STREAM_PENDING_MAX, max: STREAM_PENDING_MAX });
+        // Draining batches ends the pause.
+        while let Some(batch) = stream.poll_batch(BATCH_BYTES_MAX as usize) {
+            stream.handle_confirm(batch.stream_seq).unwrap();
+        }
+        assert!(!stream.producers_must_pause());
+        assert_eq!(stream.pending_records(), 0);
+    }
+}
