@@ -445,6 +445,35 @@ mod tests {
         assert!(backup.queue("q").is_none());
     }
 
+    #[test]
+    fn queue_deleted_with_messages_in_flight_leaves_the_backup_without_it() {
+        // Goal: a delete after some messages were batched and some not: the unbatched ones never
+        // go out (hold released at once), the batched ones keep their holds until the confirm, and
+        // the backup ends without the queue.
+        let mut primary = PrimaryStream::new(Epoch(1));
+        let mut backup = BackupStream::new(Epoch(1));
+        let hold = |seq| Some(Hold { shard: ShardId(1), conn: ConnId(2), seq: Seq(seq) });
+        primary.handle_queue_created("q", QueueOptions::default());
+        primary.handle_enqueued("q", Position(0), message(0), hold(0)).unwrap();
+        let first = primary.poll_batch(4096).unwrap();
+        primary.handle_enqueued("q", Position(1), message(1), hold(1)).unwrap();
+        primary.handle_queue_deleted("q");
+        let second = primary.poll_batch(4096).unwrap();
+        assert_eq!(second.records, vec![Record::QueueDeleted { name: "q".into() }]);
+        // The unbatched message's hold is back at once; the batched one waits.
+        let mut released = Vec::new();
+        primary.poll_released(&mut released);
+        assert_eq!(released, vec![hold(1).unwrap()]);
+        // The backup applies both; one confirm releases the batched message's hold.
+        backup.handle_batch(first).unwrap();
+        backup.handle_batch(second).unwrap();
+        assert!(backup.queue("q").is_none());
+        primary.handle_confirm(backup.poll_confirm().unwrap()).unwrap();
+        released.clear();
+        primary.poll_released(&mut released);
+        assert_eq!(released, vec![hold(0).unwrap()]);
+    }
+
     /// A seeded xorshift64 generator: deterministic, no crate.
     struct XorShift(u64);
 
