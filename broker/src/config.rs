@@ -11,7 +11,8 @@ use std::time::Duration;
 
 use ringmq_core::ha_view::HaSettings;
 use ringmq_core::limits::{FRAME_BYTES_CONFIGURABLE_MAX, FRAME_BYTES_DEFAULT, PUBLISH_INFLIGHT_MAX};
-use ringmq_ha::url::BrokerUrl;
+use ringmq_ha::limits::{LINK_HEARTBEAT_INTERVAL_MAX, LINK_HEARTBEAT_INTERVAL_MIN};
+use ringmq_ha::url::{BrokerUrl, Transport};
 
 /// A validated broker configuration.
 #[derive(Debug, Clone)]
@@ -40,6 +41,11 @@ pub struct BrokerConfig {
     pub ha_brokers_url: Option<BrokerUrl>,
     /// `ha-public-url`: the cluster's addresses as clients should use them.
     pub ha_public_url: Option<BrokerUrl>,
+    /// `link-maintenance-interval`: time between two dials of a backup's link to the primary.
+    pub link_maintenance_interval: Duration,
+    /// `link-heartbeat-interval`: heartbeat period of broker-to-broker links; a link silent for
+    /// twice this is closed.
+    pub link_heartbeat_interval: Duration,
 }
 
 /// A configuration error, naming the option and what was allowed.
@@ -124,6 +130,16 @@ const OPTIONS: &[OptionSpec] = &[
         default: "",
         help: "URL clients use for the cluster; shown to clients a backup refuses",
     },
+    OptionSpec {
+        name: "link-maintenance-interval",
+        default: "2s",
+        help: "how often a backup dials the next address of ha-brokers-url looking for the primary (0.1 = 100ms)",
+    },
+    OptionSpec {
+        name: "link-heartbeat-interval",
+        default: "120s",
+        help: "heartbeat period of broker-to-broker links; a link silent for twice this is closed",
+    },
 ];
 
 /// The option table as `(name, default, help)`, for `--help`.
@@ -193,6 +209,11 @@ impl BrokerConfig {
             ));
         }
         Ok(BrokerConfig {
+            link_maintenance_interval: parse_link_interval(
+                "link-maintenance-interval",
+                &get("link-maintenance-interval"),
+            )?,
+            link_heartbeat_interval: parse_link_interval("link-heartbeat-interval", &get("link-heartbeat-interval"))?,
             ha_cluster,
             ha_brokers_url,
             ha_public_url,
@@ -232,6 +253,34 @@ impl BrokerConfig {
     pub fn listen_addr(&self) -> SocketAddr {
         SocketAddr::new(self.host, self.port)
     }
+
+    /// The addresses of `ha-brokers-url` a backup dials looking for its primary, as `host:port`:
+    /// the TCP ones (TLS and RDMA links come with those transports), without this broker's own
+    /// address when `is_own` recognises it. Empty when the broker is not in a cluster. An own
+    /// address that is not recognised (a host name for a wildcard listener) costs one refused dial
+    /// per round: this broker, a backup, refuses its own backup link like any other.
+    pub fn link_addresses(&self, is_own: impl Fn(&str, u16) -> bool) -> Vec<String> {
+        let Some(url) = self.ha_brokers_url.as_ref().filter(|_| self.ha_cluster) else { return Vec::new() };
+        url.addresses()
+            .iter()
+            .filter(|address| address.transport() == Transport::Tcp && !is_own(address.host(), address.port()))
+            .map(|address| {
+                let host = address.host();
+                if host.contains(':') {
+                    format!("[{host}]:{}", address.port())
+                } else {
+                    format!("{host}:{}", address.port())
+                }
+            })
+            .collect()
+    }
+}
+
+/// Whether `ip:port` is `listen`: the same address, or a loopback or unspecified address on the
+/// same port when `listen` is a wildcard.
+pub fn is_listen_address(listen: SocketAddr, ip: IpAddr, port: u16) -> bool {
+    port == listen.port()
+        && (ip == listen.ip() || (listen.ip().is_unspecified() && (ip.is_loopback() || ip.is_unspecified())))
 }
 
 const _: () = assert!(FRAME_BYTES_DEFAULT == 1_048_576, "keep the option table's default in step");
@@ -331,8 +380,30 @@ pub fn parse_duration(name: &str, value: &str) -> Result<Duration, ConfigError> 
     };
     let allowed = "must be a duration: seconds as a number (0.1) or with a unit (10s, 10ms, 10us, 10ns)";
     match number.trim().parse::<f64>() {
-        Ok(n) if n.is_finite() && n >= 0.0 => Ok(Duration::from_secs_f64(n * scale)),
+        // `try_from`: a huge value is refused rather than overflowing `Duration` (a panic).
+        Ok(n) if n.is_finite() && n >= 0.0 => {
+            Duration::try_from_secs_f64(n * scale).map_err(|_| bad(name, allowed, value))
+        }
         _ => Err(bad(name, allowed, value)),
+    }
+}
+
+/// Parses a link interval: a duration (`parse_duration`) in
+/// `LINK_HEARTBEAT_INTERVAL_MIN..=LINK_HEARTBEAT_INTERVAL_MAX`. Sub-second values are kept exactly
+/// (the reference truncated them to whole seconds, which disabled heartbeats).
+fn parse_link_interval(name: &str, value: &str) -> Result<Duration, ConfigError> {
+    let duration = parse_duration(name, value)?;
+    if (LINK_HEARTBEAT_INTERVAL_MIN..=LINK_HEARTBEAT_INTERVAL_MAX).contains(&duration) {
+        Ok(duration)
+    } else {
+        Err(bad(
+            name,
+            format!(
+                "must be a duration from {:?} to {:?} (seconds as a number, or with a unit: 0.1, 100ms, 2s)",
+                LINK_HEARTBEAT_INTERVAL_MIN, LINK_HEARTBEAT_INTERVAL_MAX
+            ),
+            value,
+        ))
     }
 }
 
@@ -354,6 +425,51 @@ mod tests {
         let error = parse_duration("link-heartbeat-interval", "ten").unwrap_err();
         assert!(error.to_string().starts_with("option 'link-heartbeat-interval': must be a duration"), "{error}");
         assert!(parse_duration("d", "-1s").is_err());
+    }
+
+    #[test]
+    fn link_intervals_take_sub_second_values_and_refuse_zero() {
+        // Goal: the link options default to the reference's 2s and 120s, sub-second values are kept
+        // exactly, zero and absurd values are refused. Method: from_args on each case.
+        let config = BrokerConfig::from_args(&[]).unwrap();
+        assert_eq!(config.link_maintenance_interval, Duration::from_secs(2));
+        assert_eq!(config.link_heartbeat_interval, Duration::from_secs(120));
+        let config = BrokerConfig::from_args(&args(&[
+            "--link-maintenance-interval",
+            "0.1",
+            "--link-heartbeat-interval",
+            "200ms",
+        ]))
+        .unwrap();
+        assert_eq!(config.link_maintenance_interval, Duration::from_millis(100));
+        assert_eq!(config.link_heartbeat_interval, Duration::from_millis(200));
+        for bad_value in ["0", "1e300", "-1", "soon"] {
+            let error = BrokerConfig::from_args(&args(&["--link-heartbeat-interval", bad_value])).unwrap_err();
+            assert!(error.to_string().starts_with("option 'link-heartbeat-interval': must be a duration"), "{error}");
+        }
+    }
+
+    #[test]
+    fn link_addresses_leave_out_the_own_address() {
+        // Goal: a backup dials every other broker of ha-brokers-url, never itself. Method: a URL
+        // with this broker's address in the middle.
+        let config = BrokerConfig::from_args(&args(&[
+            "--ha-cluster",
+            "true",
+            "--ha-brokers-url",
+            "127.0.0.1:1,127.0.0.1:2,[::1]:3",
+            "--port",
+            "2",
+        ]))
+        .unwrap();
+        let listen = config.listen_addr();
+        let own = |host: &str, port: u16| host.parse().is_ok_and(|ip| is_listen_address(listen, ip, port));
+        assert_eq!(config.link_addresses(own), ["127.0.0.1:1", "[::1]:3"]);
+        let wildcard: SocketAddr = "0.0.0.0:5".parse().unwrap();
+        assert!(is_listen_address(wildcard, "127.0.0.1".parse().unwrap(), 5));
+        assert!(!is_listen_address(wildcard, "127.0.0.1".parse().unwrap(), 6));
+        // Not in a cluster: no link.
+        assert!(BrokerConfig::from_args(&[]).unwrap().link_addresses(|_, _| false).is_empty());
     }
 
     #[test]

@@ -6,9 +6,10 @@
 use std::process::ExitCode;
 
 use ringmq_core::shard::ShardConfig;
+use ringmq_transport::link::LinkConfig;
 use ringmq_transport::runtime::{start, TransportConfig};
 
-use crate::config::{option_table, BrokerConfig};
+use crate::config::{is_listen_address, option_table, BrokerConfig};
 
 /// Runs the broker with the raw option arguments that followed `ringmq broker`.
 pub fn run(args: &[String]) -> ExitCode {
@@ -24,11 +25,13 @@ pub fn run(args: &[String]) -> ExitCode {
         }
     };
     init_logging(&config.log);
-    let transport = TransportConfig {
-        listen: config.listen_addr(),
-        pin_cores: config.pin_cores,
-        ring_entries: config.ring_entries,
+    let listen = config.listen_addr();
+    let link = LinkConfig {
+        heartbeat_interval: config.link_heartbeat_interval,
+        maintenance_interval: config.link_maintenance_interval,
+        primary_addresses: config.link_addresses(|host, port| is_own_address(listen, host, port)),
     };
+    let transport = TransportConfig { listen, pin_cores: config.pin_cores, ring_entries: config.ring_entries, link };
     let shard_config = ShardConfig {
         shard_count: config.shards,
         frame_bytes_max: config.frame_bytes_max,
@@ -63,6 +66,16 @@ fn fatal(reason: &str) -> ExitCode {
     tracing::error!(reason, "fatal");
     eprintln!("ringmq broker: fatal: {reason}");
     std::process::exit(3)
+}
+
+/// Whether `host:port` of `ha-brokers-url` names this broker. A host name is resolved once, at
+/// startup; one that does not resolve is not ours (it is dialled, and fails, like any other).
+fn is_own_address(listen: std::net::SocketAddr, host: &str, port: u16) -> bool {
+    if let Ok(ip) = host.parse() {
+        return is_listen_address(listen, ip, port);
+    }
+    std::net::ToSocketAddrs::to_socket_addrs(&(host, port))
+        .is_ok_and(|mut resolved| resolved.any(|addr| is_listen_address(listen, addr.ip(), addr.port())))
 }
 
 fn init_logging(filter: &str) {

@@ -9,8 +9,8 @@
 //! the broker: it asks every other broker of the broker's `ha-brokers-url`, and refuses if one
 //! that answers is past `joining` (a primary or a backup already exists, so this broker is not the
 //! first primary of a new cluster). Brokers that do not answer are not counted, as in the
-//! reference. The broker itself cannot check yet: it has no links to its peers until replication
-//! exists.
+//! reference. The broker itself does not check yet: its only link to a peer is a backup's link to
+//! the primary, which carries heartbeats and nothing else until replication exists.
 
 use std::collections::HashSet;
 use std::net::{SocketAddr, ToSocketAddrs};

@@ -35,6 +35,9 @@ pub struct Preamble {
 
 /// Preamble flag: an administrative connection (`--ha-admin`), served even on a backup.
 pub const PREAMBLE_FLAG_ADMIN: u16 = 1;
+/// Preamble flag: a backup broker's link to the primary, served only by a primary (recovering or
+/// active); anything else answers `Error` `NotPrimary` and closes it.
+pub const PREAMBLE_FLAG_BACKUP: u16 = 2;
 
 /// One message as published and as delivered.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]

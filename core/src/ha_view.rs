@@ -21,7 +21,11 @@
 //! - on a backup, an admin connection is served for reading (queue and exchange lists, HA status,
 //!   passive declares), and every request that would change a replicated object (declare,
 //!   delete, bind, unbind, purge, publish, subscribe) is refused with `NotPrimary` and a reason;
-//! - a primary (recovering, active) and a standalone broker serve everyone.
+//! - a primary (recovering, active) and a standalone broker serve every client and admin;
+//! - a backup link (preamble flag `PREAMBLE_FLAG_BACKUP`, opened by a backup looking for its
+//!   primary) is not a client: it is served only by a primary (recovering, active); a backup and a
+//!   standalone broker answer it with an `Error` of code `NotPrimary` and close it, so the backup
+//!   moves on to the next address of its `ha-brokers-url`.
 //!
 //! Not here: replication, membership, heartbeats, recovering mode's expected backups (there are
 //! none until replication exists, so a promoted broker goes recovering -> active at once).
@@ -59,6 +63,31 @@ pub struct HaView {
     epoch: Epoch,
 }
 
+/// What a connection announced itself as in its preamble flags.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnectionKind {
+    /// No flag: a client.
+    Client,
+    /// `PREAMBLE_FLAG_ADMIN`: an administrative connection.
+    Admin,
+    /// `PREAMBLE_FLAG_BACKUP`: a backup's link to what it hopes is the primary (this flag wins
+    /// over the admin flag).
+    BackupLink,
+}
+
+impl ConnectionKind {
+    /// The kind a preamble's flags announce.
+    pub fn from_flags(flags: u16) -> ConnectionKind {
+        if flags & crate::frame::PREAMBLE_FLAG_BACKUP != 0 {
+            ConnectionKind::BackupLink
+        } else if flags & crate::frame::PREAMBLE_FLAG_ADMIN != 0 {
+            ConnectionKind::Admin
+        } else {
+            ConnectionKind::Client
+        }
+    }
+}
+
 /// Whether a new connection is served.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Admission {
@@ -88,9 +117,19 @@ impl HaView {
         self.epoch
     }
 
-    /// Whether a connection that sent its preamble is served; `admin` is its admin flag.
-    pub fn admission(&self, admin: bool) -> Admission {
-        if admin || !self.state.is_backup() {
+    /// Whether a connection of `kind` that sent its preamble is served.
+    pub fn admission(&self, kind: ConnectionKind) -> Admission {
+        if kind == ConnectionKind::BackupLink {
+            if self.state.is_primary() && self.state != BrokerState::Standalone {
+                return Admission::Served;
+            }
+            let message = format!(
+                "not primary: this broker is in HA state {} and accepts backup links only as the primary",
+                self.state
+            );
+            return Admission::RefusedNotPrimary { message };
+        }
+        if kind == ConnectionKind::Admin || !self.state.is_backup() {
             return Admission::Served;
         }
         let mut message = format!(
@@ -174,15 +213,17 @@ mod tests {
         // Goal: the admission rule of the module doc. Method: ask a joining view, then promote it.
         let mut view = cluster("amqp:tcp:vip:5672");
         assert_eq!(view.state(), BrokerState::Joining);
-        assert_eq!(view.admission(true), Admission::Served);
-        let Admission::RefusedNotPrimary { message } = view.admission(false) else { panic!("served a client") };
+        assert_eq!(view.admission(ConnectionKind::Admin), Admission::Served);
+        let Admission::RefusedNotPrimary { message } = view.admission(ConnectionKind::Client) else {
+            panic!("served a client")
+        };
         assert!(message.contains("backup in state joining"), "{message}");
         assert!(message.contains("amqp:tcp:vip:5672"), "{message}");
         assert!(view.refusal("queue-declare").is_some_and(|r| r.contains("queue-declare")));
         // Promoted: everyone is served, nothing is refused.
         view.handle_change(BrokerState::Recovering, Epoch(1), TransitionCause::Promoted);
         view.handle_change(BrokerState::Active, Epoch(1), TransitionCause::ExpectedBackupsSettled);
-        assert_eq!(view.admission(false), Admission::Served);
+        assert_eq!(view.admission(ConnectionKind::Client), Admission::Served);
         assert_eq!(view.refusal("publish"), None);
         assert_eq!(view.epoch(), Epoch(1));
     }
@@ -192,8 +233,32 @@ mod tests {
         // Goal: without ha-cluster nothing changes for clients. Method: ask a default view.
         let view = HaView::new(HaSettings::default());
         assert_eq!(view.state(), BrokerState::Standalone);
-        assert_eq!(view.admission(false), Admission::Served);
+        assert_eq!(view.admission(ConnectionKind::Client), Admission::Served);
         assert_eq!(view.refusal("queue-declare"), None);
+    }
+
+    #[test]
+    fn only_a_primary_accepts_a_backup_link() {
+        // Goal: a backup link is let in by a recovering or active primary only; a backup and a
+        // standalone broker refuse it with NotPrimary. Method: ask standalone, joining, then
+        // promote through recovering to active.
+        let refused =
+            |view: &HaView| matches!(view.admission(ConnectionKind::BackupLink), Admission::RefusedNotPrimary { .. });
+        assert!(refused(&HaView::new(HaSettings::default())));
+        let mut view = cluster("");
+        let Admission::RefusedNotPrimary { message } = view.admission(ConnectionKind::BackupLink) else {
+            panic!("a joining backup served a backup link")
+        };
+        assert!(message.contains("HA state joining"), "{message}");
+        view.handle_change(BrokerState::Recovering, Epoch(1), TransitionCause::Promoted);
+        assert_eq!(view.admission(ConnectionKind::BackupLink), Admission::Served);
+        view.handle_change(BrokerState::Active, Epoch(1), TransitionCause::ExpectedBackupsSettled);
+        assert_eq!(view.admission(ConnectionKind::BackupLink), Admission::Served);
+        // The backup flag wins over the admin flag.
+        let both = crate::frame::PREAMBLE_FLAG_ADMIN | crate::frame::PREAMBLE_FLAG_BACKUP;
+        assert_eq!(ConnectionKind::from_flags(both), ConnectionKind::BackupLink);
+        assert_eq!(ConnectionKind::from_flags(crate::frame::PREAMBLE_FLAG_ADMIN), ConnectionKind::Admin);
+        assert_eq!(ConnectionKind::from_flags(0), ConnectionKind::Client);
     }
 
     #[test]

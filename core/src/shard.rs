@@ -12,7 +12,9 @@
 //! coordinator's broadcast `ConfigChange::HaState`. While the broker is a backup, a connection
 //! without the admin flag gets an `Error` `NotPrimary` and is closed, and an admin connection's
 //! requests that would change a replicated object get `Failed` `NotPrimary` (a publish: a confirm
-//! with outcome `Rejected` `NotPrimary`).
+//! with outcome `Rejected` `NotPrimary`). A backup link (preamble flag `PREAMBLE_FLAG_BACKUP`) is
+//! admitted only by a primary, and may send only heartbeats until replication exists; the
+//! transport runs its heartbeats (`is_backup_link`).
 //!
 //! Not here: sockets, rings, threads; the transport carries bytes and messages in and out.
 //!
@@ -32,11 +34,8 @@ use bytes::BytesMut;
 use crate::codec::{self, ConfirmWriter, DecodeError, DeliverWriter};
 use crate::completion_tracker::CompletionTracker;
 use crate::config_coordinator::{ConfigCoordinator, Decision};
-use crate::frame::{
-    ConfirmOutcome, ConfirmRange, Delivered, ErrorCode, Frame, Message, QueueInfo, PREAMBLE_FLAG_ADMIN,
-    PROTOCOL_VERSION,
-};
-use crate::ha_view::{initial_state, Admission, HaSettings, HaView};
+use crate::frame::{ConfirmOutcome, ConfirmRange, Delivered, ErrorCode, Frame, Message, QueueInfo, PROTOCOL_VERSION};
+use crate::ha_view::{initial_state, Admission, ConnectionKind, HaSettings, HaView};
 use crate::ids::{ConnId, ConsumerId, RequestId, Seq, ShardId, Tag};
 use crate::limits::{DELIVER_FRAME_BYTES_TARGET, DELIVER_FRAME_OVERHEAD_BYTES};
 use crate::queue::{DeliveryBatch, Queue, SubscriberKey};
@@ -73,6 +72,8 @@ pub struct ShardCounters {
     pub refused_not_primary: u64,
     /// Requests refused on an admin connection because the broker is an HA backup.
     pub requests_refused_not_primary: u64,
+    /// Backup links refused because this broker is not a primary (a backup or standalone).
+    pub backup_links_refused_not_primary: u64,
 }
 
 /// Which queue a shard owns: a stable hash of the name.
@@ -128,6 +129,9 @@ struct Session {
     open: bool,
     /// Admin connection (`--ha-admin`).
     admin: bool,
+    /// A backup's link to us as its primary (`PREAMBLE_FLAG_BACKUP`); it may send only
+    /// heartbeats until replication exists.
+    backup_link: bool,
     /// Set once an `Error` went out; nothing more is read.
     closing: bool,
     /// Bytes waiting to be written.
@@ -188,6 +192,12 @@ impl Shard {
         &self.ha
     }
 
+    /// Whether `conn` is an admitted backup link (it opened with `PREAMBLE_FLAG_BACKUP` and this
+    /// broker is its primary). The transport runs the link's heartbeats for it.
+    pub fn is_backup_link(&self, conn: ConnId) -> bool {
+        self.sessions.get(&conn).is_some_and(|s| s.open && s.backup_link && !s.closing)
+    }
+
     /// A connection was accepted.
     ///
     /// # Panics
@@ -196,6 +206,7 @@ impl Shard {
         let session = Session {
             open: false,
             admin: false,
+            backup_link: false,
             closing: false,
             out: BytesMut::new(),
             dirty: false,
@@ -230,9 +241,15 @@ impl Shard {
                 Ok(Some(preamble)) => {
                     let _ = buf.split_to(crate::frame::PREAMBLE_LEN);
                     session.open = true;
-                    session.admin = preamble.flags & PREAMBLE_FLAG_ADMIN != 0;
-                    if let Admission::RefusedNotPrimary { message } = self.ha.admission(session.admin) {
-                        self.counters.refused_not_primary += 1;
+                    let kind = ConnectionKind::from_flags(preamble.flags);
+                    session.admin = kind == ConnectionKind::Admin;
+                    session.backup_link = kind == ConnectionKind::BackupLink;
+                    if let Admission::RefusedNotPrimary { message } = self.ha.admission(kind) {
+                        if kind == ConnectionKind::BackupLink {
+                            self.counters.backup_links_refused_not_primary += 1;
+                        } else {
+                            self.counters.refused_not_primary += 1;
+                        }
                         self.close_with_error(conn, ErrorCode::NotPrimary, message);
                         buf.clear();
                         return;
@@ -426,6 +443,12 @@ impl Shard {
 
     fn handle_frame(&mut self, conn: ConnId, frame: Frame) {
         let origin = self.conn_ref(conn);
+        if self.sessions.get(&conn).is_some_and(|s| s.backup_link) && frame != Frame::Heartbeat {
+            // No replication yet: a backup link carries heartbeats only.
+            let message = format!("a backup link may send only heartbeat; got {}", frame.name());
+            self.fail_connection(conn, ErrorCode::UnexpectedFrame, message);
+            return;
+        }
         if let Some(request) = changes_replicated_state(&frame) {
             if let Some(message) = self.ha.refusal(frame.name()) {
                 self.counters.requests_refused_not_primary += 1;

@@ -28,11 +28,15 @@
 //!   of unconfirmed batches, cumulative confirms, and the holds on publish confirms they release.
 //! - `backup_stream`: the backup's side of one stream: epoch and sequence checks, applying records
 //!   to its replica of the queues, coalesced confirms.
+//! - `backup_link`: a backup's outgoing link to the primary: which address of `ha-brokers-url` to
+//!   dial next and when (no replication on it yet).
+//! - `link_heartbeat`: heartbeats and dead-peer detection on a broker-to-broker link, either end.
 //!
 //! Planned, not yet written (our HA issue):
 //! - `primary`: the primary's whole replication state: the streams of every backup, recovering
 //!   mode and `ha-backup-timeout`, readiness.
-//! - `backup`: finding the primary, reconnecting, promotion of the replica.
+//! - `backup`: promotion of the replica, and the replication streams on the link `backup_link`
+//!   finds.
 //! - `membership`: the cluster's brokers and their states, as the primary decides them.
 //! - `catch_up`: bringing a joining or reconnecting backup up to date without stalling confirms of
 //!   new publishes.
@@ -50,8 +54,10 @@
 //! - A broker takes only the transitions in `broker_state`'s table.
 //! - A backup never applies a record from an epoch older than the highest it has seen.
 
+pub mod backup_link;
 pub mod backup_stream;
 pub mod limits;
+pub mod link_heartbeat;
 pub mod primary_stream;
 pub mod record;
 pub mod replication_level;

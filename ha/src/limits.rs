@@ -73,3 +73,19 @@ const _: () = assert!(BATCH_RECORDS_MAX >= 1 && BATCH_MESSAGES_MAX >= 1 && BATCH
 const _: () = assert!(STREAM_PENDING_PAUSE < STREAM_PENDING_MAX);
 // A paused shard still finishes the publish frame it is in: the slack must hold at least one.
 const _: () = assert!(STREAM_PENDING_MAX - STREAM_PENDING_PAUSE >= BATCH_MESSAGES_MAX as usize);
+
+// ----- broker-to-broker links (`backup_link`, `link_heartbeat`) -----
+
+/// Shortest `link-heartbeat-interval` and `link-maintenance-interval`. Sub-second intervals must
+/// work (the reference truncated to whole seconds and silently disabled heartbeats below 1 s);
+/// below a millisecond a heartbeat or a dial per interval is a busy loop, not a liveness check.
+pub const LINK_HEARTBEAT_INTERVAL_MIN: std::time::Duration = std::time::Duration::from_millis(1);
+/// Longest `link-heartbeat-interval` and `link-maintenance-interval`: one day. Longer would detect
+/// nothing useful, and it keeps `now + 2 * interval` far from `Instant`'s overflow.
+pub const LINK_HEARTBEAT_INTERVAL_MAX: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+/// Intervals without receiving anything after which a link's peer counts as dead (the
+/// reference's rule: two).
+pub const LINK_SILENT_INTERVALS_MAX: u32 = 2;
+
+const _: () = assert!(LINK_SILENT_INTERVALS_MAX >= 2, "one interval would race the peer's own heartbeat");
+const _: () = assert!(LINK_HEARTBEAT_INTERVAL_MIN.as_nanos() < LINK_HEARTBEAT_INTERVAL_MAX.as_nanos());

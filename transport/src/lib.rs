@@ -12,10 +12,13 @@
 //! - `shard_loop`: one shard's tasks (acceptor, connection readers and writers, inbox) and pump.
 //! - `shard_ring`: the ring mesh between shards.
 //! - `doorbell`: the cross-thread wakeup for a shard's inbox.
+//! - `link`: broker-to-broker links: a backup's link to its primary (dialling, handshake) and
+//!   both ends' heartbeats, driven by `ringmq_ha::backup_link` and `ringmq_ha::link_heartbeat`.
 //!
 //! Not here: any protocol or broker logic (see `ringmq-core`).
 
 pub mod doorbell;
+pub mod link;
 pub mod listener;
 pub mod runtime;
 pub mod shard_loop;

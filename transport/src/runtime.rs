@@ -9,6 +9,7 @@ use std::thread::JoinHandle;
 use ringmq_core::ids::ShardId;
 use ringmq_core::shard::{Shard, ShardConfig};
 
+use crate::link::LinkConfig;
 use crate::listener::bind_shared;
 use crate::shard_loop::run_shard;
 use crate::shard_ring::ShardRings;
@@ -22,6 +23,8 @@ pub struct TransportConfig {
     pub pin_cores: bool,
     /// io_uring submission queue entries per shard.
     pub ring_entries: u32,
+    /// Broker-to-broker links: heartbeats, and the primary's addresses when a backup.
+    pub link: LinkConfig,
 }
 
 /// A running broker: its address and its shard threads.
@@ -48,6 +51,7 @@ pub fn start(transport: &TransportConfig, shard_config: ShardConfig) -> io::Resu
         let shard = Shard::new(id, shard_config.clone());
         let pin = transport.pin_cores.then_some(index % cpus);
         let ring_entries = transport.ring_entries;
+        let link = transport.link.clone();
         let thread = std::thread::Builder::new().name(format!("ringmq-shard-{index}")).spawn(move || {
             let mut builder = compio::runtime::RuntimeBuilder::new();
             if let Some(cpu) = pin {
@@ -57,7 +61,7 @@ pub fn start(transport: &TransportConfig, shard_config: ShardConfig) -> io::Resu
             proactor.capacity(ring_entries);
             builder.with_proactor(proactor);
             let runtime = builder.build()?;
-            runtime.block_on(run_shard(shard, rings, listener))
+            runtime.block_on(run_shard(shard, rings, listener, link))
         })?;
         threads.push(thread);
     }

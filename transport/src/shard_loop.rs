@@ -9,6 +9,9 @@
 //! After every input the loop *pumps*: `Shard::drive`, then every `poll_transmit` goes to its
 //! connection's writer and every `poll_peer` batch into its ring.
 //!
+//! Broker-to-broker links (module `link`): on a primary, a connection the shard admitted as a
+//! backup link also gets a heartbeat task; on shard 0 of a backup, a link task dials the primary.
+//!
 //! Invariants:
 //! - Only this thread touches the shard, its connections and its ring ends.
 //! - A connection's writer writes buffers in the order `poll_transmit` produced them; after a
@@ -20,7 +23,7 @@ use std::future::poll_fn;
 use std::io;
 use std::rc::Rc;
 use std::task::{Poll, Waker};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use compio::buf::BufResult;
@@ -29,6 +32,7 @@ use compio::net::{TcpListener, TcpStream};
 use ringmq_core::ids::{ConnId, ShardId};
 use ringmq_core::shard::Shard;
 
+use crate::link::{backup_link_task, heartbeat_task, LinkConfig, LinkTimer};
 use crate::shard_ring::ShardRings;
 
 /// Bytes reserved in a connection's read buffer before each read. Large enough that one read
@@ -40,20 +44,24 @@ const OVERFLOW_RETRY: Duration = Duration::from_micros(50);
 const INBOX_BATCH_MAX: usize = 64;
 
 /// Everything the shard's tasks share.
-struct ShardContext {
+pub(crate) struct ShardContext {
     /// The state machine.
-    shard: RefCell<Shard>,
+    pub(crate) shard: RefCell<Shard>,
     /// This shard's ring ends.
     rings: RefCell<ShardRings>,
     /// Writers of the open connections.
     writers: RefCell<HashMap<ConnId, Rc<WriteQueue>>>,
     /// The next connection id.
     next_conn: Cell<u32>,
+    /// Heartbeat clocks of the admitted backup links (on a primary), by connection.
+    link_timers: RefCell<HashMap<ConnId, Rc<LinkTimer>>>,
+    /// Broker-to-broker link settings.
+    pub(crate) link: LinkConfig,
 }
 
 /// Buffers waiting for one connection's writer task.
 #[derive(Default)]
-struct WriteQueue {
+pub(crate) struct WriteQueue {
     /// Buffers in order.
     buffers: RefCell<VecDeque<BytesMut>>,
     /// Close the socket after the queued buffers.
@@ -63,7 +71,7 @@ struct WriteQueue {
 }
 
 impl WriteQueue {
-    fn push(&self, buffer: BytesMut, close: bool) {
+    pub(crate) fn push(&self, buffer: BytesMut, close: bool) {
         if !buffer.is_empty() {
             self.buffers.borrow_mut().push_back(buffer);
         }
@@ -80,15 +88,28 @@ impl WriteQueue {
 ///
 /// # Errors
 /// The listener could not be registered with the runtime.
-pub async fn run_shard(shard: Shard, rings: ShardRings, listener: std::net::TcpListener) -> io::Result<()> {
+pub async fn run_shard(
+    shard: Shard,
+    rings: ShardRings,
+    listener: std::net::TcpListener,
+    link: LinkConfig,
+) -> io::Result<()> {
     let listener = TcpListener::from_std(listener)?;
     let context = Rc::new(ShardContext {
         shard: RefCell::new(shard),
         rings: RefCell::new(rings),
         writers: RefCell::new(HashMap::new()),
         next_conn: Cell::new(0),
+        link_timers: RefCell::new(HashMap::new()),
+        link,
     });
     compio::runtime::spawn(inbox_task(context.clone())).detach();
+    // One outgoing link per backup broker, on shard 0 for now: once replication exists, each
+    // shard gets its own link to the primary's same shard, carrying that shard's streams.
+    let is_coordinator = context.shard.borrow().id() == ShardId(0);
+    if is_coordinator && !context.link.primary_addresses.is_empty() {
+        compio::runtime::spawn(backup_link_task(context.clone())).detach();
+    }
     loop {
         let (stream, _peer) = match listener.accept().await {
             Ok(accepted) => accepted,
@@ -116,6 +137,8 @@ pub async fn run_shard(shard: Shard, rings: ShardRings, listener: std::net::TcpL
 /// Reads a connection until it closes, feeding the shard.
 async fn reader_task(context: Rc<ShardContext>, stream: Rc<TcpStream>, conn: ConnId) {
     let mut buffer = BytesMut::with_capacity(READ_BUFFER_BYTES);
+    // Set once the shard admits this connection as a backup link.
+    let mut link_timer: Option<Rc<LinkTimer>> = None;
     loop {
         buffer.reserve(READ_BUFFER_BYTES);
         // `append` reads after the partial frame already in the buffer; `read` would overwrite it.
@@ -125,6 +148,13 @@ async fn reader_task(context: Rc<ShardContext>, stream: Rc<TcpStream>, conn: Con
             Ok(0) => break,
             Ok(_) => {
                 context.shard.borrow_mut().handle_read(conn, &mut buffer);
+                match &link_timer {
+                    Some(timer) => timer.heartbeat.borrow_mut().handle_received(Instant::now()),
+                    None if context.shard.borrow().is_backup_link(conn) => {
+                        link_timer = Some(start_link_heartbeat(&context, &stream, conn));
+                    }
+                    None => {}
+                }
                 pump(&context);
             }
             Err(error) => {
@@ -133,6 +163,11 @@ async fn reader_task(context: Rc<ShardContext>, stream: Rc<TcpStream>, conn: Con
             }
         }
     }
+    if let Some(timer) = link_timer {
+        timer.close();
+        context.link_timers.borrow_mut().remove(&conn);
+        tracing::info!(conn = conn.0, "backup link closed");
+    }
     context.shard.borrow_mut().handle_closed(conn);
     if let Some(queue) = context.writers.borrow_mut().remove(&conn) {
         queue.push(BytesMut::new(), true);
@@ -140,8 +175,21 @@ async fn reader_task(context: Rc<ShardContext>, stream: Rc<TcpStream>, conn: Con
     pump(&context);
 }
 
+/// A primary admitted `conn` as a backup link: starts its heartbeats.
+fn start_link_heartbeat(context: &Rc<ShardContext>, stream: &Rc<TcpStream>, conn: ConnId) -> Rc<LinkTimer> {
+    let timer = Rc::new(LinkTimer::new(Instant::now(), context.link.heartbeat_interval));
+    context.link_timers.borrow_mut().insert(conn, timer.clone());
+    let queue = context.writers.borrow().get(&conn).cloned();
+    if let Some(queue) = queue {
+        tracing::info!(conn = conn.0, "backup link accepted");
+        compio::runtime::spawn(heartbeat_task(stream.clone(), queue, timer.clone(), format!("backup link {}", conn.0)))
+            .detach();
+    }
+    timer
+}
+
 /// Writes a connection's buffers in order; shuts it down when told to close.
-async fn writer_task(stream: Rc<TcpStream>, queue: Rc<WriteQueue>) {
+pub(crate) async fn writer_task(stream: Rc<TcpStream>, queue: Rc<WriteQueue>) {
     loop {
         let next = poll_fn(|cx| {
             if let Some(buffer) = queue.buffers.borrow_mut().pop_front() {
@@ -222,8 +270,12 @@ fn pump(context: &ShardContext) {
     shard.drive();
     {
         let writers = context.writers.borrow();
+        let link_timers = context.link_timers.borrow();
         while let Some((conn, buffer, close)) = shard.poll_transmit() {
             if let Some(queue) = writers.get(&conn) {
+                if let Some(timer) = link_timers.get(&conn) {
+                    timer.heartbeat.borrow_mut().handle_sent(Instant::now());
+                }
                 queue.push(buffer, close);
             }
         }

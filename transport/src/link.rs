@@ -1,0 +1,307 @@
+//! Broker-to-broker links: the IO of a backup's link to its primary, and the heartbeats of both
+//! ends. Every decision is made by the sans-IO machines of `ringmq-ha`: `BackupLink` says which
+//! address to dial and when, `LinkHeartbeat` when to send a heartbeat and when the peer is dead.
+//! This module only dials, reads, writes, sleeps until their deadlines and closes sockets.
+//!
+//! The backup side runs on shard 0 only for now (`backup_link_task`): one link per broker. With
+//! replication, each shard gets its own link to the primary, carrying its own streams.
+//!
+//! A link, from the backup: dial (at most `2 x link-heartbeat-interval`), send the preamble with
+//! `PREAMBLE_FLAG_BACKUP`, wait (as long) for `hello` or `error`; after `hello`, heartbeats in both
+//! directions until one end hears nothing for twice the interval and shuts the socket down. No
+//! replication data travels yet, and link events change no HA state (see `ringmq_ha::backup_link`).
+//! The link's progress goes to the log (`link: trying ADDR (N attempts)`, `link: connected to
+//! ADDR`, `link: lost ADDR: ...`), with the link's totals.
+//!
+//! Invariants:
+//! - A heartbeat task ends when its link closes (woken by `LinkTimer::close`), or closes the link
+//!   itself when the peer went silent.
+//! - At most one outgoing link is open at a time.
+
+use std::cell::{Cell, RefCell};
+use std::future::{poll_fn, Future};
+use std::os::fd::AsFd;
+use std::pin::pin;
+use std::rc::Rc;
+use std::task::{Poll, Waker};
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use compio::buf::BufResult;
+use compio::io::{AsyncReadExt, AsyncWriteExt};
+use compio::net::TcpStream;
+use ringmq_core::codec;
+use ringmq_core::frame::{Frame, Preamble, PREAMBLE_FLAG_BACKUP, PROTOCOL_VERSION};
+use ringmq_core::limits::FRAME_BYTES_MAX;
+use ringmq_ha::backup_link::{BackupLink, LinkStatus};
+use ringmq_ha::limits::LINK_SILENT_INTERVALS_MAX;
+use ringmq_ha::link_heartbeat::{HeartbeatAction, LinkHeartbeat};
+
+use crate::shard_loop::{writer_task, ShardContext, WriteQueue};
+
+/// Broker-to-broker link settings.
+#[derive(Debug, Clone)]
+pub struct LinkConfig {
+    /// `link-heartbeat-interval`.
+    pub heartbeat_interval: Duration,
+    /// `link-maintenance-interval`: time between two dials of the backup's link.
+    pub maintenance_interval: Duration,
+    /// The addresses of `ha-brokers-url` a backup dials, `host:port`, its own left out; empty
+    /// when the broker is not in a cluster (no outgoing link).
+    pub primary_addresses: Vec<String>,
+}
+
+/// One link's heartbeat clock, shared by its reader and its heartbeat task.
+pub(crate) struct LinkTimer {
+    /// The sans-IO clock.
+    pub(crate) heartbeat: RefCell<LinkHeartbeat>,
+    /// Set when the link closed; the heartbeat task then ends.
+    closed: Cell<bool>,
+    /// Set by the heartbeat task when it closed the link because the peer went silent.
+    silent_for: Cell<Option<Duration>>,
+    /// The heartbeat task, while it sleeps.
+    waker: RefCell<Option<Waker>>,
+}
+
+impl LinkTimer {
+    pub(crate) fn new(now: Instant, interval: Duration) -> LinkTimer {
+        LinkTimer {
+            heartbeat: RefCell::new(LinkHeartbeat::new(now, interval)),
+            closed: Cell::new(false),
+            silent_for: Cell::new(None),
+            waker: RefCell::new(None),
+        }
+    }
+
+    /// The link closed: wake the heartbeat task so it ends now, not at its next deadline.
+    pub(crate) fn close(&self) {
+        self.closed.set(true);
+        if let Some(waker) = self.waker.borrow_mut().take() {
+            waker.wake();
+        }
+    }
+}
+
+/// Sends heartbeats on an idle link and closes it when the peer went silent, as `timer` decides.
+pub(crate) async fn heartbeat_task(stream: Rc<TcpStream>, queue: Rc<WriteQueue>, timer: Rc<LinkTimer>, name: String) {
+    loop {
+        let deadline = timer.heartbeat.borrow().poll_timeout();
+        let mut sleep = pin!(compio::runtime::time::sleep_until(deadline));
+        poll_fn(|cx| {
+            if timer.closed.get() {
+                return Poll::Ready(());
+            }
+            *timer.waker.borrow_mut() = Some(cx.waker().clone());
+            sleep.as_mut().poll(cx)
+        })
+        .await;
+        if timer.closed.get() {
+            return;
+        }
+        let action = timer.heartbeat.borrow_mut().handle_timeout(Instant::now());
+        match action {
+            None => {}
+            Some(HeartbeatAction::SendHeartbeat) => {
+                let mut buffer = BytesMut::new();
+                codec::encode(&Frame::Heartbeat, &mut buffer);
+                queue.push(buffer, false);
+            }
+            Some(HeartbeatAction::ClosePeerSilent { silent_for }) => {
+                tracing::warn!(link = %name, ?silent_for, "link peer silent for 2x link-heartbeat-interval; closing");
+                timer.silent_for.set(Some(silent_for));
+                // Both directions: the link's reader is woken with end-of-stream and cleans up,
+                // even though the silent peer will never send its own close.
+                if let Err(error) = socket2::SockRef::from(&stream.as_fd()).shutdown(std::net::Shutdown::Both) {
+                    tracing::debug!(%error, link = %name, "shutdown of a silent link failed");
+                }
+                return;
+            }
+        }
+    }
+}
+
+/// Shard 0 of a backup: keeps one link to the primary, trying each address in turn, until the
+/// broker is no longer a backup.
+pub(crate) async fn backup_link_task(context: Rc<ShardContext>) {
+    let config = context.link.clone();
+    let mut link = BackupLink::new(Instant::now(), config.primary_addresses.clone(), config.maintenance_interval);
+    loop {
+        if !context.shard.borrow().ha().state().is_backup() {
+            link.handle_stop();
+            tracing::info!("link: stopped: this broker is no longer a backup");
+            return;
+        }
+        let now = Instant::now();
+        let Some(address) = link.poll_connect(now).map(str::to_owned) else {
+            if let Some(deadline) = link.poll_timeout() {
+                compio::runtime::time::sleep_until(deadline).await;
+            }
+            continue;
+        };
+        if let LinkStatus::Trying { attempts, .. } = link.status() {
+            if attempts.is_power_of_two() {
+                tracing::info!("link: trying {address} ({attempts} attempts)");
+            } else {
+                tracing::debug!("link: trying {address} ({attempts} attempts)");
+            }
+        }
+        let end = run_link(&address, config.heartbeat_interval, &mut link).await;
+        let now = Instant::now();
+        let counters = link.counters();
+        match end {
+            LinkEnd::Refused { message } => {
+                link.handle_refused(now);
+                tracing::debug!(?counters, "link: {address} refused: {message}");
+            }
+            LinkEnd::Failed { reason } => {
+                link.handle_closed(now);
+                tracing::debug!(?counters, "link: {address} failed: {reason}");
+            }
+            LinkEnd::Lost { reason } => {
+                link.handle_closed(now);
+                tracing::warn!(?counters, "link: lost {address}: {reason}");
+            }
+        }
+    }
+}
+
+/// How one dial ended.
+enum LinkEnd {
+    /// The peer answered `error` (another backup: `NotPrimary`).
+    Refused {
+        /// Its message.
+        message: String,
+    },
+    /// Never connected: the dial, the preamble or the wait for `hello` failed.
+    Failed {
+        /// Why.
+        reason: String,
+    },
+    /// Connected, then lost.
+    Lost {
+        /// Why.
+        reason: String,
+    },
+}
+
+/// Dials `address`, opens a backup link and runs it until it ends. Calls
+/// `link.handle_connected` when the peer says `hello`.
+async fn run_link(address: &str, interval: Duration, link: &mut BackupLink) -> LinkEnd {
+    // Nothing from the peer for as long as its heartbeats may take counts as dead, before hello
+    // as after.
+    let silent_max = interval * LINK_SILENT_INTERVALS_MAX;
+    let stream = match compio::runtime::time::timeout(silent_max, TcpStream::connect(address)).await {
+        Ok(Ok(stream)) => Rc::new(stream),
+        Ok(Err(error)) => return LinkEnd::Failed { reason: format!("connect: {error}") },
+        Err(_) => return LinkEnd::Failed { reason: format!("connect: no answer within {silent_max:?}") },
+    };
+    if let Err(error) = stream.set_nodelay(true) {
+        tracing::debug!(%error, "TCP_NODELAY failed on a backup link");
+    }
+    let mut preamble = BytesMut::new();
+    codec::encode_preamble(Preamble { version: PROTOCOL_VERSION, flags: PREAMBLE_FLAG_BACKUP }, &mut preamble);
+    let BufResult(written, _) = (&*stream).write_all(preamble).await;
+    if let Err(error) = written {
+        return LinkEnd::Failed { reason: format!("preamble: {error}") };
+    }
+    let queue = Rc::new(WriteQueue::default());
+    compio::runtime::spawn(writer_task(stream.clone(), queue.clone())).detach();
+    let end = read_link(&stream, &queue, address, interval, link).await;
+    // Ends the writer (which shuts our side down) and any heartbeat task.
+    queue.push(BytesMut::new(), true);
+    end
+}
+
+/// Reads the link until it ends; see `run_link`.
+async fn read_link(
+    stream: &Rc<TcpStream>,
+    queue: &Rc<WriteQueue>,
+    address: &str,
+    interval: Duration,
+    link: &mut BackupLink,
+) -> LinkEnd {
+    let hello_deadline = Instant::now() + interval * LINK_SILENT_INTERVALS_MAX;
+    let mut buffer = BytesMut::with_capacity(LINK_READ_BUFFER_BYTES);
+    let mut timer: Option<Rc<LinkTimer>> = None;
+    let end = loop {
+        buffer.reserve(LINK_READ_BUFFER_BYTES);
+        let mut reader: &TcpStream = stream;
+        let read = reader.append(buffer);
+        let BufResult(result, returned) = if timer.is_some() {
+            read.await
+        } else {
+            // Before hello there is no heartbeat task: the wait itself is bounded. Losing the
+            // buffer to the cancelled read does not matter, the link is given up.
+            match compio::runtime::time::timeout_at(hello_deadline, read).await {
+                Ok(read) => read,
+                Err(_) => break LinkEnd::Failed { reason: "no hello within 2x link-heartbeat-interval".into() },
+            }
+        };
+        buffer = returned;
+        match result {
+            Ok(0) => break ended(&timer, "closed by the peer".into()),
+            Ok(_) => {}
+            Err(error) => break ended(&timer, format!("read: {error}")),
+        }
+        let now = Instant::now();
+        if let Some(timer) = &timer {
+            timer.heartbeat.borrow_mut().handle_received(now);
+        }
+        let mut outcome = None;
+        loop {
+            match codec::decode(&mut buffer, FRAME_BYTES_MAX) {
+                Ok(None) => break,
+                Ok(Some(Frame::Hello { .. })) if timer.is_none() => {
+                    link.handle_connected(now);
+                    tracing::info!(counters = ?link.counters(), "link: connected to {address}");
+                    let started = Rc::new(LinkTimer::new(now, interval));
+                    let name = format!("to {address}");
+                    compio::runtime::spawn(heartbeat_task(stream.clone(), queue.clone(), started.clone(), name))
+                        .detach();
+                    timer = Some(started);
+                }
+                Ok(Some(Frame::Heartbeat)) if timer.is_some() => {}
+                Ok(Some(Frame::Error { code, message })) => {
+                    outcome = Some(match timer {
+                        None => LinkEnd::Refused { message: format!("{code:?}: {message}") },
+                        Some(_) => LinkEnd::Lost { reason: format!("error {code:?}: {message}") },
+                    });
+                    break;
+                }
+                Ok(Some(other)) => {
+                    outcome = Some(ended(&timer, format!("unexpected {} on a backup link", other.name())));
+                    break;
+                }
+                Err(error) => {
+                    outcome = Some(ended(&timer, format!("undecodable frame: {error}")));
+                    break;
+                }
+            }
+        }
+        if let Some(outcome) = outcome {
+            break outcome;
+        }
+    };
+    if let Some(timer) = timer {
+        timer.close();
+    }
+    end
+}
+
+/// How a link ended for `reason`: lost when it had connected (silent when its heartbeat task
+/// closed it), failed when it never had.
+fn ended(timer: &Option<Rc<LinkTimer>>, reason: String) -> LinkEnd {
+    match timer {
+        Some(timer) => match timer.silent_for.get() {
+            Some(silent_for) => {
+                LinkEnd::Lost { reason: format!("nothing received for {silent_for:?} (2x link-heartbeat-interval)") }
+            }
+            None => LinkEnd::Lost { reason },
+        },
+        None => LinkEnd::Failed { reason },
+    }
+}
+
+/// Bytes reserved in a backup link's read buffer before each read: heartbeats and small frames
+/// only, until replication.
+const LINK_READ_BUFFER_BYTES: usize = 16 * 1024;
