@@ -4,16 +4,20 @@
 //! What is checked: a backup refuses plain clients and serves admin ones for reading; changes to
 //! replicated objects are refused on a backup; promotion goes through the coordinator, reaches
 //! every shard before its `Ok`, takes epoch 1, and then the broker serves everyone; the state
-//! table's refusals (standalone, already primary) come back as `Failed` with the reason.
+//! table's refusals (standalone, already primary) come back as `Failed` with the reason; a backup
+//! link is refused by a backup and a standalone broker and admitted by a primary, where it may
+//! send only heartbeats.
 
 mod support;
 
 use bytes::Bytes;
 use ringmq_core::broker_state::BrokerState;
 use ringmq_core::epoch::Epoch;
-use ringmq_core::frame::{ConfirmOutcome, ErrorCode, ExchangeKind, Frame, Message, QueueOptions, PREAMBLE_FLAG_ADMIN};
+use ringmq_core::frame::{
+    ConfirmOutcome, ErrorCode, ExchangeKind, Frame, Message, QueueOptions, PREAMBLE_FLAG_ADMIN, PREAMBLE_FLAG_BACKUP,
+};
 use ringmq_core::ha_view::HaSettings;
-use ringmq_core::ids::{ConsumerId, RequestId, Seq};
+use ringmq_core::ids::{ConnId, ConsumerId, RequestId, Seq};
 use support::Mesh;
 
 fn declare(request: u32, name: &str) -> Frame {
@@ -164,4 +168,38 @@ fn promotion_on_a_single_shard_broker_answers_at_once() {
     mesh.connect(0, 1, PREAMBLE_FLAG_ADMIN);
     assert_eq!(mesh.ask(0, 1, &Frame::HaPromote { request: RequestId(1) }), [Frame::Ok { request: RequestId(1) }]);
     assert_eq!(mesh.states(), [BrokerState::Active]);
+}
+
+#[test]
+fn only_a_primary_admits_a_backup_link_and_it_carries_only_heartbeats() {
+    // Goal: the admission rule for backup links, in the shard. Method: a backup-link preamble on
+    // a standalone broker, on a joining one, then on the same broker once promoted; on the
+    // admitted link a heartbeat is accepted and anything else is an UnexpectedFrame error.
+    let mut standalone = Mesh::standalone(2);
+    let frames = standalone.open(1, 1, PREAMBLE_FLAG_BACKUP);
+    assert!(matches!(frames.as_slice(), [Frame::Error { code: ErrorCode::NotPrimary, .. }]), "{frames:?}");
+    assert_eq!(standalone.shards[1].counters().backup_links_refused_not_primary, 1);
+    let mut mesh = Mesh::cluster(2);
+    // A joining backup refuses it, naming its state, and closes it.
+    let frames = mesh.open(1, 1, PREAMBLE_FLAG_BACKUP | PREAMBLE_FLAG_ADMIN);
+    let [Frame::Error { code: ErrorCode::NotPrimary, message }] = frames.as_slice() else {
+        panic!("expected one Error NotPrimary, got {frames:?}");
+    };
+    assert!(message.contains("HA state joining"), "{message}");
+    assert!(mesh.closed.contains(&(1, 1)));
+    assert_eq!(mesh.shards[1].counters().backup_links_refused_not_primary, 1);
+    assert_eq!(mesh.shards[1].counters().refused_not_primary, 0);
+    // Promoted: the link is admitted with hello, and marked for the transport's heartbeats.
+    mesh.connect(0, 2, PREAMBLE_FLAG_ADMIN);
+    assert_eq!(mesh.ask(0, 2, &Frame::HaPromote { request: RequestId(1) }), [Frame::Ok { request: RequestId(1) }]);
+    mesh.connect(1, 3, PREAMBLE_FLAG_BACKUP);
+    assert!(mesh.shards[1].is_backup_link(ConnId(3)));
+    assert!(!mesh.shards[0].is_backup_link(ConnId(2)));
+    // Heartbeats are accepted silently; a client request is not.
+    assert_eq!(mesh.ask(1, 3, &Frame::Heartbeat), []);
+    let frames = mesh.ask(1, 3, &declare(2, "q"));
+    let [Frame::Error { code: ErrorCode::UnexpectedFrame, message }] = frames.as_slice() else {
+        panic!("expected one Error UnexpectedFrame, got {frames:?}");
+    };
+    assert!(message.contains("a backup link may send only heartbeat; got queue-declare"), "{message}");
 }
