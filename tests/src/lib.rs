@@ -43,11 +43,10 @@ impl BrokerProcess {
     /// If the binary cannot be found or started, if it exits during startup, or if it does not
     /// accept connections within `STARTUP_TIMEOUT`; the message includes its output.
     pub fn start(args: &[&str]) -> BrokerProcess {
-        let binary = broker_binary();
         let mut last_failure = String::new();
         for _ in 0..START_ATTEMPTS_MAX {
             let port = free_port();
-            match BrokerProcess::try_start(&binary, port, args) {
+            match BrokerProcess::try_start(port, args) {
                 Ok(broker) => return broker,
                 // Another process may have taken the port between our probe and the bind.
                 Err(failure) => last_failure = failure,
@@ -84,26 +83,11 @@ impl BrokerProcess {
         let _ = self.child.wait();
     }
 
-    fn try_start(binary: &Path, port: u16, args: &[&str]) -> Result<BrokerProcess, String> {
-        let log_path = std::env::temp_dir().join(format!(
-            "ringmq-test-broker-{}-{port}-{}.log",
-            std::process::id(),
-            SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0)
-        ));
-        let log = File::create(&log_path).map_err(|e| format!("creating {}: {e}", log_path.display()))?;
-        let log_err = log.try_clone().map_err(|e| format!("cloning log handle: {e}"))?;
-        let child = Command::new(binary)
-            .args(["broker", "--host", "127.0.0.1", "--port"])
-            .arg(port.to_string())
-            .args(["--pin-cores", "false"])
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(log)
-            .stderr(log_err)
-            .spawn()
-            .map_err(|e| format!("spawning {}: {e}", binary.display()))?;
-        let broker = BrokerProcess { child, port, log_path };
-        broker.wait_until_serving()
+    fn try_start(port: u16, args: &[&str]) -> Result<BrokerProcess, String> {
+        let port_text = port.to_string();
+        let mut all = vec!["--host", "127.0.0.1", "--port", &port_text, "--pin-cores", "false"];
+        all.extend_from_slice(args);
+        BrokerProcess::start_exact(&all, port)
     }
 
     /// Waits until the broker says it listens and accepts a TCP connection on its port. The
@@ -362,4 +346,50 @@ pub fn assert_failed(error: &ringmq_client::ClientError, code: ringmq_core::fram
         }
         other => panic!("expected a Failed error with {code:?}, got {other:?}"),
     }
+}
+
+/// Attempts at starting a cluster on free ports (a port may be taken between probe and bind).
+const CLUSTER_ATTEMPTS_MAX: u32 = 3;
+
+/// Starts three brokers on free loopback ports, each with `--shards 2 --ha-cluster true`, an
+/// `--ha-brokers-url` listing all three, and `extra` arguments; returns them in URL order.
+///
+/// # Panics
+/// If the cluster does not start after `CLUSTER_ATTEMPTS_MAX` attempts.
+pub fn start_cluster(extra: &[&str]) -> Vec<BrokerProcess> {
+    let mut last_failure = String::new();
+    for _ in 0..CLUSTER_ATTEMPTS_MAX {
+        let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+        let url = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect::<Vec<_>>().join(",");
+        let mut brokers = Vec::new();
+        for &port in &ports {
+            let port_text = port.to_string();
+            let mut args = vec![
+                "--host",
+                "127.0.0.1",
+                "--port",
+                &port_text,
+                "--pin-cores",
+                "false",
+                "--shards",
+                "2",
+                "--ha-cluster",
+                "true",
+                "--ha-brokers-url",
+                &url,
+            ];
+            args.extend_from_slice(extra);
+            match BrokerProcess::start_exact(&args, port) {
+                Ok(broker) => brokers.push(broker),
+                Err(failure) => {
+                    last_failure = failure;
+                    break;
+                }
+            }
+        }
+        if brokers.len() == 3 {
+            return brokers;
+        }
+    }
+    panic!("cluster did not start after {CLUSTER_ATTEMPTS_MAX} attempts; last failure: {last_failure}");
 }

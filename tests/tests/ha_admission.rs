@@ -21,12 +21,10 @@ use bytes::{Bytes, BytesMut};
 use ringmq_client::{blocking, ClientError, ConnectOptions, ErrorCode, Message, QueueOptions};
 use ringmq_core::codec::{decode, encode_preamble};
 use ringmq_core::frame::{Frame, Preamble, PROTOCOL_VERSION};
-use ringmq_tests::{eventually, free_port, run_cli, BrokerProcess};
+use ringmq_tests::{eventually, run_cli, start_cluster, BrokerProcess};
 
 /// Longest a test waits for a broker's answer or for a connection to close.
 const WAIT: Duration = Duration::from_secs(10);
-/// Attempts at starting a cluster on free ports (a port may be taken between probe and bind).
-const CLUSTER_ATTEMPTS_MAX: u32 = 3;
 
 /// Three cluster brokers that know each other's addresses.
 struct Cluster {
@@ -35,43 +33,9 @@ struct Cluster {
 }
 
 impl Cluster {
-    /// Starts three brokers on free loopback ports, each with `--ha-cluster true` and an
-    /// `--ha-brokers-url` listing all three.
+    /// Starts three cluster brokers that know each other's addresses.
     fn start() -> Cluster {
-        let mut last_failure = String::new();
-        for _ in 0..CLUSTER_ATTEMPTS_MAX {
-            let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
-            let url = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect::<Vec<_>>().join(",");
-            let mut brokers = Vec::new();
-            for &port in &ports {
-                let port_text = port.to_string();
-                let args = [
-                    "--host",
-                    "127.0.0.1",
-                    "--port",
-                    &port_text,
-                    "--pin-cores",
-                    "false",
-                    "--shards",
-                    "2",
-                    "--ha-cluster",
-                    "true",
-                    "--ha-brokers-url",
-                    &url,
-                ];
-                match BrokerProcess::start_exact(&args, port) {
-                    Ok(broker) => brokers.push(broker),
-                    Err(failure) => {
-                        last_failure = failure;
-                        break;
-                    }
-                }
-            }
-            if brokers.len() == 3 {
-                return Cluster { brokers };
-            }
-        }
-        panic!("cluster did not start after {CLUSTER_ATTEMPTS_MAX} attempts; last failure: {last_failure}");
+        Cluster { brokers: start_cluster(&[]) }
     }
 
     fn addr(&self, index: usize) -> String {

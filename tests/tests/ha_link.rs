@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 use ringmq_core::codec::{decode, encode_preamble};
 use ringmq_core::frame::{ErrorCode, Frame, Preamble, PREAMBLE_FLAG_BACKUP, PROTOCOL_VERSION};
-use ringmq_tests::{eventually, free_port, run_cli, BrokerProcess};
+use ringmq_tests::{eventually, free_port, run_cli, start_cluster, BrokerProcess};
 
 /// `link-heartbeat-interval` of the test brokers.
 const HEARTBEAT: Duration = Duration::from_millis(200);
@@ -31,8 +31,6 @@ const CONNECT_WAIT: Duration = Duration::from_secs(5);
 /// Longest a silent peer may take to be detected: 2x the heartbeat interval, plus a margin for
 /// timers on a loaded machine (tests run in parallel) and the 10 ms polling of the log.
 const DETECT_WAIT: Duration = Duration::from_millis(2 * 200 + 1600);
-/// Attempts at starting a cluster on free ports (a port may be taken between probe and bind).
-const CLUSTER_ATTEMPTS_MAX: u32 = 3;
 
 /// Three cluster brokers that know each other's addresses.
 struct Cluster {
@@ -41,46 +39,9 @@ struct Cluster {
 }
 
 impl Cluster {
-    /// Starts three cluster brokers on free loopback ports with fast link intervals.
+    /// Starts three cluster brokers that know each other's addresses.
     fn start() -> Cluster {
-        let mut last_failure = String::new();
-        for _ in 0..CLUSTER_ATTEMPTS_MAX {
-            let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
-            let url = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect::<Vec<_>>().join(",");
-            let mut brokers = Vec::new();
-            for &port in &ports {
-                let port_text = port.to_string();
-                let args = [
-                    "--host",
-                    "127.0.0.1",
-                    "--port",
-                    &port_text,
-                    "--pin-cores",
-                    "false",
-                    "--shards",
-                    "2",
-                    "--ha-cluster",
-                    "true",
-                    "--ha-brokers-url",
-                    &url,
-                    "--link-maintenance-interval",
-                    "0.1",
-                    "--link-heartbeat-interval",
-                    "0.2",
-                ];
-                match BrokerProcess::start_exact(&args, port) {
-                    Ok(broker) => brokers.push(broker),
-                    Err(failure) => {
-                        last_failure = failure;
-                        break;
-                    }
-                }
-            }
-            if brokers.len() == 3 {
-                return Cluster { brokers };
-            }
-        }
-        panic!("cluster did not start after {CLUSTER_ATTEMPTS_MAX} attempts; last failure: {last_failure}");
+        Cluster { brokers: start_cluster(&["--link-maintenance-interval", "0.1", "--link-heartbeat-interval", "0.2"]) }
     }
 
     /// Promotes broker `index` (the others are all joining) and waits until both other brokers
