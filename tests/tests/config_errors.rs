@@ -139,13 +139,7 @@ fn config_file_options_are_honoured() {
     let broker = BrokerProcess::start_exact(&["--config", file.path()], port).unwrap();
     assert_eq!(broker.port(), port);
     let expected = format!("ringmq broker listening on 127.0.0.1:{port} with 2 shards");
-    eventually("the startup line", WAIT, || {
-        if broker.output().contains(&expected) {
-            Ok(())
-        } else {
-            Err(broker.output())
-        }
-    });
+    wait_for_line(&broker, &expected);
 
     // And serves clients there.
     assert_serves(&broker.addr());
@@ -164,13 +158,7 @@ fn flags_override_the_config_file() {
     let broker = BrokerProcess::start(&["--config", file.path(), "--shards", "2"]);
     assert_ne!(broker.port(), file_port);
     let expected = format!("ringmq broker listening on 127.0.0.1:{} with 2 shards", broker.port());
-    eventually("the startup line", WAIT, || {
-        if broker.output().contains(&expected) {
-            Ok(())
-        } else {
-            Err(broker.output())
-        }
-    });
+    wait_for_line(&broker, &expected);
 
     // The flag's port serves; nothing listens on the file's port.
     assert_serves(&broker.addr());
@@ -291,4 +279,9 @@ fn a_broker_restarted_at_once_gets_its_port_back() {
     // The restart gets the same port and serves.
     let second = BrokerProcess::start_exact(&args, port).unwrap();
     assert_serves(&second.addr());
+}
+
+/// Waits until `broker`'s output contains `line`.
+fn wait_for_line(broker: &BrokerProcess, line: &str) {
+    eventually(line, WAIT, || if broker.output().contains(line) { Ok(()) } else { Err(broker.output()) });
 }
