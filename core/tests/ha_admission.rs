@@ -14,20 +14,11 @@ use bytes::Bytes;
 use ringmq_core::broker_state::BrokerState;
 use ringmq_core::epoch::Epoch;
 use ringmq_core::frame::{
-    ConfirmOutcome, ErrorCode, ExchangeKind, Frame, Message, QueueOptions, PREAMBLE_FLAG_ADMIN, PREAMBLE_FLAG_BACKUP,
+    ConfirmOutcome, ErrorCode, ExchangeKind, Frame, Message, PREAMBLE_FLAG_ADMIN, PREAMBLE_FLAG_BACKUP,
 };
 use ringmq_core::ha_view::HaSettings;
 use ringmq_core::ids::{ConnId, ConsumerId, RequestId, Seq};
-use support::Mesh;
-
-fn declare(request: u32, name: &str) -> Frame {
-    Frame::QueueDeclare {
-        request: RequestId(request),
-        name: name.into(),
-        options: QueueOptions::default(),
-        arguments: vec![],
-    }
-}
+use support::{declare, Mesh};
 
 fn failed_not_primary(frames: &[Frame], what: &str) {
     match frames {

@@ -7,7 +7,7 @@ use bytes::Bytes;
 use ringmq_core::frame::{ConfirmOutcome, ErrorCode, Frame, Message, QueueOptions, Settlement, TagRange};
 use ringmq_core::ids::{ConnId, ConsumerId, RequestId, Seq, ShardId, Tag};
 use ringmq_core::shard::shard_of;
-use support::Mesh;
+use support::{declare, declare_with, Mesh};
 
 fn message(key: &str, body: &str) -> Message {
     Message { routing_key: Bytes::from(key.to_string()), body: Bytes::from(body.to_string()), ..Message::default() }
@@ -27,16 +27,7 @@ fn publish_on_one_shard_consume_on_another_through_a_third_shards_queue() {
     mesh.connect(0, 1, 0);
     mesh.connect(1, 1, 0);
     // Declare from the producer's shard; Ok comes after every shard applied it.
-    mesh.send(
-        0,
-        1,
-        &Frame::QueueDeclare {
-            request: RequestId(1),
-            name: queue.clone(),
-            options: QueueOptions::default(),
-            arguments: vec![],
-        },
-    );
+    mesh.send(0, 1, &declare(1, &queue));
     assert_eq!(mesh.take(0, 1), vec![Frame::Ok { request: RequestId(1) }]);
     // Subscribe from shard 1.
     mesh.send(
@@ -78,16 +69,7 @@ fn closing_a_consumer_connection_requeues_its_unsettled_deliveries() {
     let queue = queue_on(1, 2);
     mesh.connect(0, 1, 0);
     mesh.connect(0, 2, 0);
-    mesh.send(
-        0,
-        1,
-        &Frame::QueueDeclare {
-            request: RequestId(1),
-            name: queue.clone(),
-            options: QueueOptions::default(),
-            arguments: vec![],
-        },
-    );
+    mesh.send(0, 1, &declare(1, &queue));
     mesh.send(
         0,
         1,
@@ -153,16 +135,7 @@ fn deliveries_of_large_messages_are_cut_into_bounded_frames() {
     // against the 64 KiB frame target must arrive as three deliver frames with consecutive tags.
     let mut mesh = Mesh::standalone(1);
     mesh.connect(0, 1, 0);
-    mesh.send(
-        0,
-        1,
-        &Frame::QueueDeclare {
-            request: RequestId(1),
-            name: "big".into(),
-            options: QueueOptions::default(),
-            arguments: vec![],
-        },
-    );
+    mesh.send(0, 1, &declare(1, "big"));
     let body = "x".repeat(40 * 1024);
     let messages = (0..3).map(|_| message("big", &body)).collect();
     mesh.send(0, 1, &Frame::Publish { exchange: String::new(), first_seq: Seq(0), messages });
@@ -192,23 +165,10 @@ fn exclusive_queues_belong_to_one_connection_and_go_with_it() {
     mesh.connect(0, 1, 0);
     mesh.connect(1, 1, 0);
     let exclusive = QueueOptions { exclusive: true, ..QueueOptions::default() };
-    mesh.send(
-        0,
-        1,
-        &Frame::QueueDeclare {
-            request: RequestId(1),
-            name: queue.clone(),
-            options: exclusive.clone(),
-            arguments: vec![],
-        },
-    );
+    mesh.send(0, 1, &declare_with(1, &queue, exclusive.clone()));
     assert_eq!(mesh.take(0, 1), vec![Frame::Ok { request: RequestId(1) }]);
     // Another connection can neither redeclare nor consume it.
-    mesh.send(
-        1,
-        1,
-        &Frame::QueueDeclare { request: RequestId(2), name: queue.clone(), options: exclusive, arguments: vec![] },
-    );
+    mesh.send(1, 1, &declare_with(2, &queue, exclusive));
     mesh.send(
         1,
         1,
@@ -227,11 +187,7 @@ fn exclusive_queues_belong_to_one_connection_and_go_with_it() {
     mesh.shards[0].handle_closed(ConnId(1));
     mesh.settle();
     let passive = QueueOptions { passive: true, ..QueueOptions::default() };
-    mesh.send(
-        1,
-        1,
-        &Frame::QueueDeclare { request: RequestId(4), name: queue.clone(), options: passive, arguments: vec![] },
-    );
+    mesh.send(1, 1, &declare_with(4, &queue, passive));
     assert!(matches!(mesh.take(1, 1).as_slice(), [Frame::Failed { code: ErrorCode::NotFound, .. }]));
 }
 
@@ -242,11 +198,7 @@ fn auto_delete_queues_go_when_their_last_consumer_does() {
     let queue = queue_on(0, 2);
     mesh.connect(1, 1, 0);
     let auto_delete = QueueOptions { auto_delete: true, ..QueueOptions::default() };
-    mesh.send(
-        1,
-        1,
-        &Frame::QueueDeclare { request: RequestId(1), name: queue.clone(), options: auto_delete, arguments: vec![] },
-    );
+    mesh.send(1, 1, &declare_with(1, &queue, auto_delete));
     mesh.send(
         1,
         1,
@@ -261,24 +213,11 @@ fn auto_delete_queues_go_when_their_last_consumer_does() {
     // One consumer left: the queue stays.
     mesh.send(1, 1, &Frame::Cancel { request: RequestId(4), consumer: ConsumerId(1) });
     let passive = QueueOptions { passive: true, ..QueueOptions::default() };
-    mesh.send(
-        1,
-        1,
-        &Frame::QueueDeclare {
-            request: RequestId(5),
-            name: queue.clone(),
-            options: passive.clone(),
-            arguments: vec![],
-        },
-    );
+    mesh.send(1, 1, &declare_with(5, &queue, passive.clone()));
     assert_eq!(mesh.take(1, 1), vec![Frame::Ok { request: RequestId(4) }, Frame::Ok { request: RequestId(5) }]);
     // The last one goes: so does the queue.
     mesh.send(1, 1, &Frame::Cancel { request: RequestId(6), consumer: ConsumerId(2) });
-    mesh.send(
-        1,
-        1,
-        &Frame::QueueDeclare { request: RequestId(7), name: queue.clone(), options: passive, arguments: vec![] },
-    );
+    mesh.send(1, 1, &declare_with(7, &queue, passive));
     let frames = mesh.take(1, 1);
     assert_eq!(frames[0], Frame::Ok { request: RequestId(6) });
     assert!(matches!(frames[1], Frame::Failed { request: RequestId(7), code: ErrorCode::NotFound, .. }), "{frames:?}");

@@ -8,9 +8,9 @@
 use bytes::BytesMut;
 use ringmq_core::broker_state::BrokerState;
 use ringmq_core::codec::{decode, encode, encode_preamble};
-use ringmq_core::frame::{Frame, Preamble, PROTOCOL_VERSION};
+use ringmq_core::frame::{Frame, Preamble, QueueOptions, PROTOCOL_VERSION};
 use ringmq_core::ha_view::HaSettings;
-use ringmq_core::ids::{ConnId, ShardId};
+use ringmq_core::ids::{ConnId, RequestId, ShardId};
 use ringmq_core::shard::{Shard, ShardConfig};
 
 /// Shards wired together in memory.
@@ -126,4 +126,14 @@ impl Mesh {
     pub fn states(&self) -> Vec<BrokerState> {
         self.shards.iter().map(|s| s.ha().state()).collect()
     }
+}
+
+/// A declare of queue `name` with default options.
+pub fn declare(request: u32, name: &str) -> Frame {
+    declare_with(request, name, QueueOptions::default())
+}
+
+/// A declare of queue `name` with `options`.
+pub fn declare_with(request: u32, name: &str, options: QueueOptions) -> Frame {
+    Frame::QueueDeclare { request: RequestId(request), name: name.into(), options, arguments: vec![] }
 }
