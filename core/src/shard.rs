@@ -772,8 +772,11 @@ impl Shard {
         }
     }
 
+    /// Asks the coordinator to delete an auto-delete queue that lost its last consumer. The
+    /// broker itself asks, so no connection is answered: the request carries no id, and the
+    /// origin only fills the field.
     fn request_auto_delete(&mut self, name: String) {
-        let origin = self.conn_ref(ConnId(u32::MAX));
+        let origin = self.conn_ref(BROKER_ITSELF);
         let change = ConfigRequest::AutoDelete { name };
         self.send(ShardId(0), ShardMessage::ConfigRequest { origin, request: None, change });
     }
@@ -1022,6 +1025,9 @@ fn changes_replicated_state(frame: &Frame) -> Option<RequestId> {
         _ => None,
     }
 }
+
+/// The origin of requests the broker makes by itself; never answered, so never looked up.
+const BROKER_ITSELF: ConnId = ConnId(u32::MAX);
 
 fn not_found_queue(request: RequestId, queue: &str) -> Frame {
     Frame::Failed { request, code: ErrorCode::NotFound, message: format!("no queue '{queue}'") }
