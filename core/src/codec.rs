@@ -623,7 +623,8 @@ fn assert_confirm_range_follows(previous: Option<Seq>, range: &ConfirmRange) {
     }
 }
 
-fn put_name(out: &mut BytesMut, name: &str) {
+/// Writes a queue, exchange or binding name (`u16` length, at most `NAME_BYTES_MAX`).
+pub fn put_name(out: &mut BytesMut, name: &str) {
     assert!(
         name.len() <= NAME_BYTES_MAX as usize,
         "name of {} bytes exceeds NAME_BYTES_MAX {NAME_BYTES_MAX}",
@@ -636,23 +637,27 @@ fn put_text(out: &mut BytesMut, text: &str) {
     put_bytes16(out, text.as_bytes());
 }
 
-fn put_bytes16(out: &mut BytesMut, bytes: &[u8]) {
+/// Writes a byte field with a `u16` length prefix.
+pub fn put_bytes16(out: &mut BytesMut, bytes: &[u8]) {
     assert!(bytes.len() <= u16::MAX as usize, "field of {} bytes exceeds u16::MAX", bytes.len());
     out.put_u16_le(bytes.len() as u16);
     out.put_slice(bytes);
 }
 
-fn put_bool(out: &mut BytesMut, value: bool) {
+/// Writes a bool as one byte, 0 or 1.
+pub fn put_bool(out: &mut BytesMut, value: bool) {
     out.put_u8(u8::from(value));
 }
 
-fn put_option_u64(out: &mut BytesMut, value: Option<u64>) {
+/// Writes an optional `u64`: a presence byte, then the value (0 when absent).
+pub fn put_option_u64(out: &mut BytesMut, value: Option<u64>) {
     // An absent value is written as 0 and must be 0 on decode, so the encoding stays canonical.
     put_bool(out, value.is_some());
     out.put_u64_le(value.unwrap_or(0));
 }
 
-fn put_queue_options(out: &mut BytesMut, options: &QueueOptions) {
+/// Writes queue options: exclusive, auto-delete, passive, max-count, max-bytes.
+pub fn put_queue_options(out: &mut BytesMut, options: &QueueOptions) {
     put_bool(out, options.exclusive);
     put_bool(out, options.auto_delete);
     put_bool(out, options.passive);
@@ -674,7 +679,8 @@ fn put_binding(out: &mut BytesMut, binding: &Binding) {
     put_name(out, &binding.key);
 }
 
-fn put_message(out: &mut BytesMut, message: &Message) {
+/// Writes one message as publish and deliver frames carry it.
+pub fn put_message(out: &mut BytesMut, message: &Message) {
     put_bytes16(out, &message.routing_key);
     put_bytes16(out, &message.message_id);
     assert!(
@@ -868,7 +874,10 @@ fn decode_body(frame_type: FrameType, r: &mut Reader) -> Result<Frame, DecodeErr
 
 /// A cursor over one complete frame. Every read checks the bounds first, so no input can make it
 /// panic; byte fields come out as slices of the frame.
-struct Reader {
+/// A cursor over one complete frame, shared by every codec on the native framing (this one, and
+/// the replication records in `ringmq-ha`). Every read checks the bounds first, so no input can
+/// make it panic; errors name the frame and the field.
+pub struct Reader {
     /// The frame's name, for error messages.
     frame: &'static str,
     /// The whole frame, length prefix included.
@@ -878,8 +887,15 @@ struct Reader {
 }
 
 impl Reader {
+    /// A reader over `bytes` (a whole frame, length prefix included) for the frame named `frame`,
+    /// starting at `position`.
+    pub fn new(frame: &'static str, bytes: Bytes, position: usize) -> Reader {
+        Reader { frame, bytes, position }
+    }
+
+    /// Bytes not read yet.
     #[inline]
-    fn remaining(&self) -> usize {
+    pub fn remaining(&self) -> usize {
         self.bytes.len().saturating_sub(self.position)
     }
 
@@ -934,23 +950,23 @@ impl Reader {
     }
 
     #[inline]
-    fn u8(&mut self, field: &'static str) -> Result<u8, DecodeError> {
+    pub fn u8(&mut self, field: &'static str) -> Result<u8, DecodeError> {
         let [byte] = self.array(field)?;
         Ok(byte)
     }
 
     #[inline]
-    fn u16(&mut self, field: &'static str) -> Result<u16, DecodeError> {
+    pub fn u16(&mut self, field: &'static str) -> Result<u16, DecodeError> {
         self.array(field).map(u16::from_le_bytes)
     }
 
     #[inline]
-    fn u32(&mut self, field: &'static str) -> Result<u32, DecodeError> {
+    pub fn u32(&mut self, field: &'static str) -> Result<u32, DecodeError> {
         self.array(field).map(u32::from_le_bytes)
     }
 
     #[inline]
-    fn u64(&mut self, field: &'static str) -> Result<u64, DecodeError> {
+    pub fn u64(&mut self, field: &'static str) -> Result<u64, DecodeError> {
         self.array(field).map(u64::from_le_bytes)
     }
 
@@ -958,7 +974,7 @@ impl Reader {
         self.u32("request").map(RequestId)
     }
 
-    fn bool(&mut self, field: &'static str) -> Result<bool, DecodeError> {
+    pub fn bool(&mut self, field: &'static str) -> Result<bool, DecodeError> {
         match self.u8(field)? {
             0 => Ok(false),
             1 => Ok(true),
@@ -966,7 +982,7 @@ impl Reader {
         }
     }
 
-    fn option_u64(&mut self, field: &'static str) -> Result<Option<u64>, DecodeError> {
+    pub fn option_u64(&mut self, field: &'static str) -> Result<Option<u64>, DecodeError> {
         let present = self.bool(field)?;
         let value = self.u64(field)?;
         match (present, value) {
@@ -980,7 +996,7 @@ impl Reader {
 
     /// A `u16`-prefixed byte field, as a slice of the frame.
     #[inline]
-    fn bytes16(&mut self, field: &'static str) -> Result<Bytes, DecodeError> {
+    pub fn bytes16(&mut self, field: &'static str) -> Result<Bytes, DecodeError> {
         let len = self.u16(field)?;
         self.slice(field, usize::from(len))
     }
@@ -992,7 +1008,7 @@ impl Reader {
     }
 
     /// A `u16`-prefixed UTF-8 string of at most `NAME_BYTES_MAX` bytes.
-    fn name(&mut self, field: &'static str) -> Result<String, DecodeError> {
+    pub fn name(&mut self, field: &'static str) -> Result<String, DecodeError> {
         let len = usize::from(self.u16(field)?);
         if len > NAME_BYTES_MAX as usize {
             return Err(DecodeError::NameTooLong { frame: self.frame, field, len, max: NAME_BYTES_MAX });
@@ -1047,7 +1063,7 @@ impl Reader {
         Ok((first, last))
     }
 
-    fn message(&mut self) -> Result<Message, DecodeError> {
+    pub fn message(&mut self) -> Result<Message, DecodeError> {
         let routing_key = self.bytes16("routing key")?;
         let message_id = self.bytes16("message id")?;
         let header_count = self.u16("headers")?;
@@ -1121,7 +1137,7 @@ impl Reader {
     }
 
     /// Refuses bytes left over after the body: a frame is exactly as long as its length says.
-    fn finish(self) -> Result<(), DecodeError> {
+    pub fn finish(self) -> Result<(), DecodeError> {
         match self.remaining() {
             0 => Ok(()),
             trailing => Err(self.invalid(format!("trailing {trailing} bytes after frame body"))),

@@ -44,10 +44,9 @@
 use std::fmt;
 
 use bytes::{BufMut, Bytes, BytesMut};
-use ringmq_core::codec::message_bytes_len;
+use ringmq_core::codec::{message_bytes_len, put_message, put_name, put_queue_options, DecodeError, Reader};
 use ringmq_core::epoch::Epoch;
-use ringmq_core::frame::{Header, Message, QueueOptions};
-use ringmq_core::limits::{HEADERS_MAX, NAME_BYTES_MAX};
+use ringmq_core::frame::{Message, QueueOptions};
 
 use crate::limits::{BATCH_BYTES_MAX, BATCH_HEADER_BYTES, BATCH_MESSAGES_MAX, BATCH_RANGES_MAX, BATCH_RECORDS_MAX};
 
@@ -165,11 +164,7 @@ pub fn encode_batch(batch: &Batch, out: &mut BytesMut) {
             Record::QueueCreated { name, options } => {
                 out.put_u8(KIND_QUEUE_CREATED);
                 put_name(out, name);
-                put_bool(out, options.exclusive);
-                put_bool(out, options.auto_delete);
-                put_bool(out, options.passive);
-                put_option_u64(out, options.max_count);
-                put_option_u64(out, options.max_bytes);
+                put_queue_options(out, options);
             }
             Record::QueueDeleted { name } => {
                 out.put_u8(KIND_QUEUE_DELETED);
@@ -236,18 +231,18 @@ pub fn decode_batch(buf: &mut BytesMut, bytes_max: u32) -> Result<Option<Batch>,
     let Some(bytes) = take_frame(buf, bytes_max, TYPE_BATCH)? else {
         return Ok(None);
     };
-    let mut r = Reader { bytes, position: FRAME_HEADER_BYTES };
+    let mut r = Reader::new("replication-batch", bytes, FRAME_HEADER_BYTES);
     let epoch = Epoch(r.u64("epoch")?);
     let stream_seq = StreamSeq(r.u64("stream seq")?);
     if stream_seq.0 == 0 {
         return Err(RecordDecodeError::Invalid("stream seq must be at least 1; got 0".to_string()));
     }
-    let records_count = r.count("records", 1, BATCH_RECORDS_MAX)?;
+    let records_count = read_count(&mut r, "records", 1, BATCH_RECORDS_MAX)?;
     let mut records = Vec::with_capacity(records_count.min(r.remaining() / RECORD_BYTES_MIN));
     let (mut messages_total, mut ranges_total) = (0u64, 0u64);
     for _ in 0..records_count {
         let kind = r.u8("record kind")?;
-        let name = r.name()?;
+        let name = r.name("queue name")?;
         let record = match kind {
             KIND_QUEUE_CREATED => {
                 let options = QueueOptions {
@@ -262,7 +257,7 @@ pub fn decode_batch(buf: &mut BytesMut, bytes_max: u32) -> Result<Option<Batch>,
             KIND_QUEUE_DELETED => Record::QueueDeleted { name },
             KIND_ENQUEUED => {
                 let first_position = Position(r.u64("first position")?);
-                let count = r.count("messages", 1, BATCH_MESSAGES_MAX)?;
+                let count = read_count(&mut r, "messages", 1, BATCH_MESSAGES_MAX)?;
                 messages_total += count as u64;
                 check_total("messages", messages_total, BATCH_MESSAGES_MAX)?;
                 if first_position.0.checked_add(count as u64 - 1).is_none() {
@@ -278,7 +273,7 @@ pub fn decode_batch(buf: &mut BytesMut, bytes_max: u32) -> Result<Option<Batch>,
                 Record::Enqueued { queue: name, first_position, messages }
             }
             KIND_DEQUEUED => {
-                let count = r.count("ranges", 1, BATCH_RANGES_MAX)?;
+                let count = read_count(&mut r, "ranges", 1, BATCH_RANGES_MAX)?;
                 ranges_total += count as u64;
                 check_total("ranges", ranges_total, BATCH_RANGES_MAX)?;
                 let mut ranges = Vec::with_capacity(count.min(r.remaining() / RANGE_BYTES));
@@ -331,10 +326,18 @@ pub fn decode_confirm(buf: &mut BytesMut) -> Result<Option<StreamSeq>, RecordDec
     let Some(bytes) = take_frame(buf, CONFIRM_BYTES as u32, TYPE_CONFIRM)? else {
         return Ok(None);
     };
-    let mut r = Reader { bytes, position: FRAME_HEADER_BYTES };
+    let mut r = Reader::new("replication-confirm", bytes, FRAME_HEADER_BYTES);
     let seq = StreamSeq(r.u64("stream seq")?);
     r.finish()?;
     Ok(Some(seq))
+}
+
+impl From<DecodeError> for RecordDecodeError {
+    /// A field-level failure read with the native codec's reader (truncated, not UTF-8, a bad
+    /// bool, too many headers): its message names the frame and the field.
+    fn from(error: DecodeError) -> RecordDecodeError {
+        RecordDecodeError::Invalid(error.to_string())
+    }
 }
 
 impl Batch {
@@ -439,175 +442,6 @@ fn check_total(what: &'static str, total: u64, max: u32) -> Result<(), RecordDec
     Ok(())
 }
 
-fn put_name(out: &mut BytesMut, name: &str) {
-    assert!(name.len() <= NAME_BYTES_MAX as usize, "name of {} bytes exceeds NAME_BYTES_MAX", name.len());
-    put_bytes16(out, name.as_bytes());
-}
-
-fn put_bytes16(out: &mut BytesMut, bytes: &[u8]) {
-    assert!(bytes.len() <= u16::MAX as usize, "field of {} bytes exceeds u16::MAX", bytes.len());
-    out.put_u16_le(bytes.len() as u16);
-    out.put_slice(bytes);
-}
-
-fn put_bool(out: &mut BytesMut, value: bool) {
-    out.put_u8(u8::from(value));
-}
-
-fn put_option_u64(out: &mut BytesMut, value: Option<u64>) {
-    // An absent value is written as 0 and must be 0 on decode, so the encoding stays canonical.
-    put_bool(out, value.is_some());
-    out.put_u64_le(value.unwrap_or(0));
-}
-
-/// The same layout as a message in a native publish frame, so the bytes a producer sent can be
-/// forwarded as they are.
-fn put_message(out: &mut BytesMut, message: &Message) {
-    put_bytes16(out, &message.routing_key);
-    put_bytes16(out, &message.message_id);
-    assert!(message.headers.len() <= HEADERS_MAX as usize, "message has {} headers", message.headers.len());
-    out.put_u16_le(message.headers.len() as u16);
-    for header in &message.headers {
-        put_bytes16(out, &header.name);
-        put_bytes16(out, &header.value);
-    }
-    assert!(message.body.len() <= u32::MAX as usize, "body of {} bytes", message.body.len());
-    out.put_u32_le(message.body.len() as u32);
-    out.put_slice(&message.body);
-}
-
-/// A cursor over one complete frame; every read checks the bounds first, so no input can make
-/// it panic.
-struct Reader {
-    /// The whole frame, length prefix included.
-    bytes: Bytes,
-    /// Offset of the next unread byte.
-    position: usize,
-}
-
-impl Reader {
-    fn remaining(&self) -> usize {
-        self.bytes.len().saturating_sub(self.position)
-    }
-
-    fn slice(&mut self, field: &'static str, len: usize) -> Result<Bytes, RecordDecodeError> {
-        if len > self.remaining() {
-            return Err(RecordDecodeError::Invalid(format!(
-                "truncated: {field} needs {len} bytes, {} remain",
-                self.remaining()
-            )));
-        }
-        let start = self.position;
-        self.position += len;
-        Ok(self.bytes.slice(start..self.position))
-    }
-
-    fn array<const N: usize>(&mut self, field: &'static str) -> Result<[u8; N], RecordDecodeError> {
-        let slice = self.slice(field, N)?;
-        let mut array = [0u8; N];
-        array.copy_from_slice(&slice);
-        Ok(array)
-    }
-
-    fn u8(&mut self, field: &'static str) -> Result<u8, RecordDecodeError> {
-        let [byte] = self.array(field)?;
-        Ok(byte)
-    }
-
-    fn u16(&mut self, field: &'static str) -> Result<u16, RecordDecodeError> {
-        self.array(field).map(u16::from_le_bytes)
-    }
-
-    fn u32(&mut self, field: &'static str) -> Result<u32, RecordDecodeError> {
-        self.array(field).map(u32::from_le_bytes)
-    }
-
-    fn u64(&mut self, field: &'static str) -> Result<u64, RecordDecodeError> {
-        self.array(field).map(u64::from_le_bytes)
-    }
-
-    fn bool(&mut self, field: &'static str) -> Result<bool, RecordDecodeError> {
-        match self.u8(field)? {
-            0 => Ok(false),
-            1 => Ok(true),
-            other => Err(RecordDecodeError::Invalid(format!("{field} is {other}, a bool must be 0 or 1"))),
-        }
-    }
-
-    fn option_u64(&mut self, field: &'static str) -> Result<Option<u64>, RecordDecodeError> {
-        let present = self.bool(field)?;
-        match (present, self.u64(field)?) {
-            (true, value) => Ok(Some(value)),
-            (false, 0) => Ok(None),
-            (false, value) => Err(RecordDecodeError::Invalid(format!(
-                "{field} is absent but carries {value}; an absent value must be 0"
-            ))),
-        }
-    }
-
-    fn bytes16(&mut self, field: &'static str) -> Result<Bytes, RecordDecodeError> {
-        let len = self.u16(field)?;
-        self.slice(field, usize::from(len))
-    }
-
-    /// A queue name: `u16`-prefixed UTF-8 of at most `NAME_BYTES_MAX` bytes.
-    fn name(&mut self) -> Result<String, RecordDecodeError> {
-        let len = usize::from(self.u16("queue name")?);
-        if len > NAME_BYTES_MAX as usize {
-            return Err(RecordDecodeError::Invalid(format!(
-                "queue name is {len} bytes, at most {NAME_BYTES_MAX} allowed"
-            )));
-        }
-        let bytes = self.slice("queue name", len)?;
-        match std::str::from_utf8(&bytes) {
-            Ok(text) => Ok(text.to_string()),
-            Err(error) => Err(RecordDecodeError::Invalid(format!("queue name is not UTF-8: {error}"))),
-        }
-    }
-
-    /// A `u32` count that must be in `min..=max`.
-    fn count(&mut self, what: &'static str, min: u32, max: u32) -> Result<usize, RecordDecodeError> {
-        let count = self.u32(what)?;
-        if !(min..=max).contains(&count) {
-            return Err(RecordDecodeError::BadCount {
-                what,
-                count: u64::from(count),
-                min: u64::from(min),
-                max: u64::from(max),
-            });
-        }
-        Ok(count as usize)
-    }
-
-    fn message(&mut self) -> Result<Message, RecordDecodeError> {
-        let routing_key = self.bytes16("routing key")?;
-        let message_id = self.bytes16("message id")?;
-        let header_count = self.u16("headers")?;
-        if u32::from(header_count) > HEADERS_MAX {
-            return Err(RecordDecodeError::BadCount {
-                what: "headers",
-                count: u64::from(header_count),
-                min: 0,
-                max: u64::from(HEADERS_MAX),
-            });
-        }
-        let mut headers = Vec::with_capacity(usize::from(header_count).min(self.remaining() / HEADER_BYTES_MIN));
-        for _ in 0..header_count {
-            headers.push(Header { name: self.bytes16("header name")?, value: self.bytes16("header value")? });
-        }
-        let body_len = self.u32("body")?;
-        let body = self.slice("body", body_len as usize)?;
-        Ok(Message { routing_key, message_id, headers, body })
-    }
-
-    fn finish(self) -> Result<(), RecordDecodeError> {
-        match self.remaining() {
-            0 => Ok(()),
-            trailing => Err(RecordDecodeError::Invalid(format!("trailing {trailing} bytes after the last field"))),
-        }
-    }
-}
-
 /// Type byte of a batch frame (primary to backup).
 const TYPE_BATCH: u8 = 0x50;
 /// Type byte of a confirm frame (backup to primary).
@@ -624,14 +458,27 @@ const CONFIRM_BYTES: usize = FRAME_HEADER_BYTES + 8;
 const RECORD_BYTES_MIN: usize = 1 + 2;
 /// The smallest message: three empty fields and an empty body.
 const MESSAGE_BYTES_MIN: usize = 2 + 2 + 2 + 4;
-/// The smallest header: two empty fields.
-const HEADER_BYTES_MIN: usize = 2 + 2;
 /// One dequeue range.
 const RANGE_BYTES: usize = 16;
+
+/// A `u32` count checked against `min..=max` before anything is allocated for it.
+fn read_count(r: &mut Reader, what: &'static str, min: u32, max: u32) -> Result<usize, RecordDecodeError> {
+    let count = r.u32(what)?;
+    if !(min..=max).contains(&count) {
+        return Err(RecordDecodeError::BadCount {
+            what,
+            count: u64::from(count),
+            min: u64::from(min),
+            max: u64::from(max),
+        });
+    }
+    Ok(count as usize)
+}
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ringmq_core::frame::Header;
 
     fn message(body: &'static str) -> Message {
         Message {
