@@ -225,7 +225,7 @@ async fn produce(
     while number < max {
         // The deadline is checked every 1024 messages: a clock read per message costs the
         // generator several percent.
-        if number % 1024 == 0 && deadline.is_some_and(|d| Instant::now() >= d) {
+        if number.is_multiple_of(1024) && deadline.is_some_and(|d| Instant::now() >= d) {
             break;
         }
         if let Some(interval) = interval_ns {
