@@ -393,3 +393,39 @@ pub fn start_cluster(extra: &[&str]) -> Vec<BrokerProcess> {
     }
     panic!("cluster did not start after {CLUSTER_ATTEMPTS_MAX} attempts; last failure: {last_failure}");
 }
+
+/// Opens a raw socket to `addr`, sends a preamble with `flags`, and returns every frame the broker
+/// sent before it closed the connection (a reset after the last frame also ends it).
+///
+/// # Panics
+/// If the broker does not close the connection within `wait`, or a read fails otherwise.
+pub fn frames_until_closed(addr: &str, flags: u16, wait: Duration) -> Vec<ringmq_core::frame::Frame> {
+    use std::io::{Read, Write};
+    let mut stream = TcpStream::connect(addr).unwrap_or_else(|error| panic!("connecting to {addr}: {error}"));
+    let deadline = Instant::now() + wait;
+    stream.set_read_timeout(Some(Duration::from_millis(100))).expect("read timeout");
+    let mut preamble = bytes::BytesMut::new();
+    let version = ringmq_core::frame::PROTOCOL_VERSION;
+    ringmq_core::codec::encode_preamble(ringmq_core::frame::Preamble { version, flags }, &mut preamble);
+    stream.write_all(&preamble).expect("sending the preamble");
+    let mut received = bytes::BytesMut::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        match stream.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => received.extend_from_slice(&chunk[..n]),
+            Err(error) if matches!(error.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+                assert!(Instant::now() < deadline, "connection not closed within {wait:?}; got {received:?}");
+            }
+            Err(error) if error.kind() == std::io::ErrorKind::ConnectionReset => break,
+            Err(error) => panic!("reading from {addr}: {error}"),
+        }
+    }
+    let mut frames = Vec::new();
+    while let Some(frame) =
+        ringmq_core::codec::decode(&mut received, ringmq_core::limits::FRAME_BYTES_MAX).expect("broker output decodes")
+    {
+        frames.push(frame);
+    }
+    frames
+}

@@ -13,15 +13,12 @@
 //! poll with deadlines (`eventually`), never fixed sleeps. Build the broker first:
 //! `cargo build -p ringmq`.
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use ringmq_client::{blocking, ClientError, ConnectOptions, ErrorCode, Message, QueueOptions};
-use ringmq_core::codec::{decode, encode_preamble};
-use ringmq_core::frame::{Frame, Preamble, PROTOCOL_VERSION};
-use ringmq_tests::{eventually, run_cli, start_cluster, BrokerProcess};
+use ringmq_core::frame::Frame;
+use ringmq_tests::{eventually, frames_until_closed, run_cli, start_cluster, BrokerProcess};
 
 /// Longest a test waits for a broker's answer or for a connection to close.
 const WAIT: Duration = Duration::from_secs(10);
@@ -62,38 +59,6 @@ fn client(addr: &str) -> Result<blocking::Connection, ClientError> {
     blocking::Connection::connect(addr, ConnectOptions::default())
 }
 
-/// Sends a plain (non-admin) preamble on a raw socket and returns every frame the broker sent
-/// before it closed the connection.
-///
-/// # Panics
-/// If the broker does not close the connection within `WAIT`.
-fn plain_preamble_until_closed(addr: &str) -> Vec<Frame> {
-    let mut stream = TcpStream::connect(addr).unwrap();
-    let deadline = Instant::now() + WAIT;
-    stream.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
-    let mut preamble = BytesMut::new();
-    encode_preamble(Preamble { version: PROTOCOL_VERSION, flags: 0 }, &mut preamble);
-    stream.write_all(&preamble).unwrap();
-    let mut received = BytesMut::new();
-    let mut chunk = [0u8; 4096];
-    loop {
-        match stream.read(&mut chunk) {
-            Ok(0) => break,
-            Ok(n) => received.extend_from_slice(&chunk[..n]),
-            Err(error) if matches!(error.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
-                assert!(Instant::now() < deadline, "connection not closed within {WAIT:?}; got {received:?}");
-            }
-            // A reset after the Error frame also ends the connection.
-            Err(_) => break,
-        }
-    }
-    let mut frames = Vec::new();
-    while let Some(frame) = decode(&mut received, 1 << 24).expect("broker output decodes") {
-        frames.push(frame);
-    }
-    frames
-}
-
 fn assert_not_primary(result: Result<(), ClientError>, what: &str) {
     match result {
         Err(ClientError::Failed { code: ErrorCode::NotPrimary, message }) => {
@@ -126,7 +91,7 @@ fn a_new_cluster_starts_joining_and_promotes_its_first_primary() {
         }
         other => panic!("expected a NotPrimary refusal, got {:?}", other.map(|_| "a connection")),
     }
-    let frames = plain_preamble_until_closed(&a0);
+    let frames = frames_until_closed(&a0, 0, WAIT);
     assert!(
         matches!(frames.as_slice(), [Frame::Error { code: ErrorCode::NotPrimary, .. }]),
         "expected one Error NotPrimary before the close, got {frames:?}"

@@ -14,15 +14,11 @@
 //! with fixed sleeps. A stopped broker is continued by a guard on drop, so a failing test leaves
 //! no stopped process behind. Build the broker first: `cargo build -p ringmq`.
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use bytes::BytesMut;
-use ringmq_core::codec::{decode, encode_preamble};
-use ringmq_core::frame::{ErrorCode, Frame, Preamble, PREAMBLE_FLAG_BACKUP, PROTOCOL_VERSION};
-use ringmq_tests::{eventually, free_port, run_cli, start_cluster, BrokerProcess};
+use ringmq_core::frame::{ErrorCode, Frame, PREAMBLE_FLAG_BACKUP};
+use ringmq_tests::{eventually, frames_until_closed, free_port, run_cli, start_cluster, BrokerProcess};
 
 /// `link-heartbeat-interval` of the test brokers.
 const HEARTBEAT: Duration = Duration::from_millis(200);
@@ -173,41 +169,9 @@ fn backups_and_standalone_brokers_refuse_a_backup_link() {
     let backup =
         BrokerProcess::start(&["--ha-cluster", "true", "--ha-brokers-url", &format!("127.0.0.1:{}", free_port())]);
     for (broker, state) in [(&standalone, "standalone"), (&backup, "joining")] {
-        let frames = backup_preamble_until_closed(&broker.addr());
+        let frames = frames_until_closed(&broker.addr(), PREAMBLE_FLAG_BACKUP, CONNECT_WAIT);
         let [Frame::Error { code, message }] = frames.as_slice() else { panic!("{state}: got {frames:?}") };
         assert_eq!(*code, ErrorCode::NotPrimary, "{message}");
         assert!(message.contains(&format!("HA state {state}")), "{message}");
     }
-}
-
-/// Sends a backup-link preamble on a raw socket and returns every frame the broker sent before
-/// it closed the connection.
-///
-/// # Panics
-/// If the broker does not close the connection within `CONNECT_WAIT`.
-fn backup_preamble_until_closed(addr: &str) -> Vec<Frame> {
-    let mut stream = TcpStream::connect(addr).unwrap();
-    let deadline = Instant::now() + CONNECT_WAIT;
-    stream.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
-    let mut preamble = BytesMut::new();
-    encode_preamble(Preamble { version: PROTOCOL_VERSION, flags: PREAMBLE_FLAG_BACKUP }, &mut preamble);
-    stream.write_all(&preamble).unwrap();
-    let mut received = BytesMut::new();
-    let mut chunk = [0u8; 4096];
-    loop {
-        match stream.read(&mut chunk) {
-            Ok(0) => break,
-            Ok(n) => received.extend_from_slice(&chunk[..n]),
-            Err(error) if matches!(error.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
-                assert!(Instant::now() < deadline, "connection not closed within {CONNECT_WAIT:?}; got {received:?}");
-            }
-            Err(error) if error.kind() == std::io::ErrorKind::ConnectionReset => break,
-            Err(error) => panic!("reading from {addr}: {error}"),
-        }
-    }
-    let mut frames = Vec::new();
-    while let Some(frame) = decode(&mut received, ringmq_core::limits::FRAME_BYTES_MAX).unwrap() {
-        frames.push(frame);
-    }
-    frames
 }
