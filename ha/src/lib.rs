@@ -60,7 +60,6 @@ pub mod limits;
 pub mod link_heartbeat;
 pub mod primary_stream;
 pub mod record;
-pub mod replication_level;
 pub mod url;
 
-pub use ringmq_core::{broker_state, epoch};
+pub use ringmq_core::{broker_state, epoch, replication_level};

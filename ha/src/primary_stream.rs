@@ -58,25 +58,15 @@ use std::collections::{BTreeMap, VecDeque};
 use ringmq_core::codec::message_bytes_len;
 use ringmq_core::epoch::Epoch;
 use ringmq_core::frame::{Message, QueueOptions};
-use ringmq_core::ids::{ConnId, Seq, ShardId};
 
 use crate::limits::{
     BATCHES_UNCONFIRMED_MAX, BATCH_BYTES_MAX, BATCH_HEADER_BYTES, BATCH_MESSAGES_MAX, BATCH_RANGES_MAX,
     BATCH_RECORDS_MAX, STREAM_PENDING_MAX, STREAM_PENDING_PAUSE,
 };
-use crate::record::{dequeued_header_bytes_len, enqueued_header_bytes_len, Batch, Position, Record, StreamSeq};
-
-/// A publish whose confirm waits for this backup: the producer's connection and the publish's
-/// sequence number. The producer may be on another shard than the queue, so the shard is named.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Hold {
-    /// The shard holding the producer's connection (and its completion tracker).
-    pub shard: ShardId,
-    /// The producer's connection on that shard.
-    pub conn: ConnId,
-    /// The publish's sequence number on that connection.
-    pub seq: Seq,
-}
+use crate::record::{
+    dequeued_header_bytes_len, enqueued_header_bytes_len, record_encoded_len, Batch, Position, Record, StreamSeq,
+};
+pub use ringmq_core::replication::Hold;
 
 /// The stream to one backup of one primary shard's replicated queues.
 #[derive(Debug)]
@@ -370,10 +360,10 @@ impl PrimaryStream {
         // Creates and deletes first, and queue data only once all of them are in: data never
         // overtakes the create of its queue.
         while let Some(record) = self.config.front() {
-            if !builder.fits_record(record.encoded_len()) {
+            if !builder.fits_record(record_encoded_len(&record)) {
                 break;
             }
-            builder.bytes += record.encoded_len();
+            builder.bytes += record_encoded_len(&record);
             builder.records.push(self.config.pop_front().expect("front checked above"));
             self.pending -= 1;
         }
@@ -661,6 +651,7 @@ mod tests {
     use bytes::Bytes;
 
     use super::*;
+    use ringmq_core::ids::{ConnId, Seq, ShardId};
 
     fn message(body: u64) -> Message {
         Message { body: Bytes::from(body.to_le_bytes().to_vec()), ..Message::default() }

@@ -46,51 +46,15 @@ use std::fmt;
 use bytes::{BufMut, Bytes, BytesMut};
 use ringmq_core::codec::{message_bytes_len, put_message, put_name, put_queue_options, DecodeError, Reader};
 use ringmq_core::epoch::Epoch;
-use ringmq_core::frame::{Message, QueueOptions};
+use ringmq_core::frame::QueueOptions;
+pub use ringmq_core::replication::{Position, Record};
 
 use crate::limits::{BATCH_BYTES_MAX, BATCH_HEADER_BYTES, BATCH_MESSAGES_MAX, BATCH_RANGES_MAX, BATCH_RECORDS_MAX};
-
-/// A message's place in one queue of the primary: +1 per enqueued message, never reused.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
-pub struct Position(pub u64);
 
 /// A batch's number in its stream: the first batch is 1, and each next one is +1. `StreamSeq(0)`
 /// means "no batch yet", as in a confirm of nothing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
 pub struct StreamSeq(pub u64);
-
-/// One change to one queue of the primary.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Record {
-    /// A queue was created (or is announced to a backup that does not know it yet).
-    QueueCreated {
-        /// Queue name.
-        name: String,
-        /// Its options as declared.
-        options: QueueOptions,
-    },
-    /// A queue was deleted, with every message it held.
-    QueueDeleted {
-        /// Queue name.
-        name: String,
-    },
-    /// Messages enqueued at consecutive positions.
-    Enqueued {
-        /// Queue name.
-        queue: String,
-        /// The position of the first message; the rest follow, +1 each.
-        first_position: Position,
-        /// The messages, at least one.
-        messages: Vec<Message>,
-    },
-    /// Messages removed from the queue, for any reason.
-    Dequeued {
-        /// Queue name.
-        queue: String,
-        /// Inclusive position ranges, increasing, neither overlapping nor adjacent; at least one.
-        ranges: Vec<(Position, Position)>,
-    },
-}
 
 /// What one replication frame carries: records of one primary shard, in order.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -343,14 +307,14 @@ impl From<DecodeError> for RecordDecodeError {
 impl Batch {
     /// The bytes `encode_batch` writes for this batch, length prefix included.
     pub fn encoded_len(&self) -> usize {
-        BATCH_HEADER_BYTES + self.records.iter().map(Record::encoded_len).sum::<usize>()
+        BATCH_HEADER_BYTES + self.records.iter().map(record_encoded_len).sum::<usize>()
     }
 }
 
-impl Record {
-    /// The bytes this record adds to a batch.
-    pub fn encoded_len(&self) -> usize {
-        match self {
+/// The bytes `record` adds to a batch.
+pub fn record_encoded_len(record: &Record) -> usize {
+    {
+        match record {
             Record::QueueCreated { name, .. } => queue_created_bytes_len(name),
             Record::QueueDeleted { name } => queue_deleted_bytes_len(name),
             Record::Enqueued { queue, messages, .. } => {
@@ -361,23 +325,10 @@ impl Record {
     }
 }
 
-impl Position {
-    /// The next position.
-    pub fn next(self) -> Position {
-        Position(self.0 + 1)
-    }
-}
-
 impl StreamSeq {
     /// The next batch's number.
     pub fn next(self) -> StreamSeq {
         StreamSeq(self.0 + 1)
-    }
-}
-
-impl fmt::Display for Position {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.0)
     }
 }
 
@@ -478,7 +429,7 @@ fn read_count(r: &mut Reader, what: &'static str, min: u32, max: u32) -> Result<
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ringmq_core::frame::Header;
+    use ringmq_core::frame::{Header, Message};
 
     fn message(body: &'static str) -> Message {
         Message {

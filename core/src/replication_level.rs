@@ -32,7 +32,7 @@
 use std::fmt;
 use std::str::FromStr;
 
-use ringmq_core::routing_table::{DEFAULT_EXCHANGE, RESERVED_PREFIX};
+use crate::routing_table::{DEFAULT_EXCHANGE, RESERVED_PREFIX};
 
 /// How much of an object is replicated. Ordered from least to most.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]

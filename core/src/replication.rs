@@ -1,0 +1,78 @@
+//! What a primary shard tells replication about its replicated queues, and what a backup shard
+//! applies: the vocabulary shared by the shard (`shard`) and the replication streams of
+//! `ringmq-ha`, which encode these on the wire.
+//!
+//! - `Position`: a message's place in one queue, +1 per enqueue, never reused; a backup holds a
+//!   replicated message at the primary's position, so dequeues name the same message everywhere.
+//! - `Hold`: a publish whose confirm waits for one backup's confirm of the message.
+//! - `Record`: one change to one replicated queue, as a backup applies it.
+//!
+//! Invariants:
+//! - Within one queue, positions only grow: every enqueue takes a position above every earlier one.
+
+use std::fmt;
+
+use crate::frame::{Message, QueueOptions};
+use crate::ids::{ConnId, Seq, ShardId};
+
+/// A message's place in one queue of the primary: +1 per enqueued message, never reused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub struct Position(pub u64);
+
+impl Position {
+    /// The next position.
+    pub fn next(self) -> Position {
+        Position(self.0 + 1)
+    }
+}
+
+impl fmt::Display for Position {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+/// A publish whose confirm waits for a backup: the producer's connection and the publish's
+/// sequence number. The producer may be on another shard than the queue, so the shard is named.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Hold {
+    /// The shard holding the producer's connection (and its completion tracker).
+    pub shard: ShardId,
+    /// The producer's connection on that shard.
+    pub conn: ConnId,
+    /// The publish's sequence number on that connection.
+    pub seq: Seq,
+}
+
+/// One change to one queue of the primary.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Record {
+    /// A queue was created (or is announced to a backup that does not know it yet).
+    QueueCreated {
+        /// Queue name.
+        name: String,
+        /// Its options as declared.
+        options: QueueOptions,
+    },
+    /// A queue was deleted, with every message it held.
+    QueueDeleted {
+        /// Queue name.
+        name: String,
+    },
+    /// Messages enqueued at consecutive positions.
+    Enqueued {
+        /// Queue name.
+        queue: String,
+        /// The position of the first message; the rest follow, +1 each.
+        first_position: Position,
+        /// The messages, at least one.
+        messages: Vec<Message>,
+    },
+    /// Messages removed from the queue, for any reason.
+    Dequeued {
+        /// Queue name.
+        queue: String,
+        /// Inclusive position ranges, increasing, neither overlapping nor adjacent; at least one.
+        ranges: Vec<(Position, Position)>,
+    },
+}
