@@ -57,6 +57,7 @@
 pub mod backup_link;
 pub mod backup_stream;
 pub mod limits;
+pub mod link_frame;
 pub mod link_heartbeat;
 pub mod primary_stream;
 pub mod record;

@@ -89,3 +89,11 @@ pub const LINK_SILENT_INTERVALS_MAX: u32 = 2;
 
 const _: () = assert!(LINK_SILENT_INTERVALS_MAX >= 2, "one interval would race the peer's own heartbeat");
 const _: () = assert!(LINK_HEARTBEAT_INTERVAL_MIN.as_nanos() < LINK_HEARTBEAT_INTERVAL_MAX.as_nanos());
+
+// ----- the replication link's own frames (`link_frame`) -----
+
+/// Longest backup address in a `LinkOpen` frame (`host:port`), in bytes: the longest host name
+/// plus `:65535`. A bracketed IPv6 literal is shorter than the longest host name (asserted above).
+pub const LINK_ADDRESS_BYTES_MAX: usize = HOST_NAME_BYTES_MAX + ":65535".len();
+
+const _: () = assert!(LINK_ADDRESS_BYTES_MAX <= u16::MAX as usize, "the address travels with a u16 length");

@@ -360,10 +360,10 @@ impl PrimaryStream {
         // Creates and deletes first, and queue data only once all of them are in: data never
         // overtakes the create of its queue.
         while let Some(record) = self.config.front() {
-            if !builder.fits_record(record_encoded_len(&record)) {
+            if !builder.fits_record(record_encoded_len(record)) {
                 break;
             }
-            builder.bytes += record_encoded_len(&record);
+            builder.bytes += record_encoded_len(record);
             builder.records.push(self.config.pop_front().expect("front checked above"));
             self.pending -= 1;
         }

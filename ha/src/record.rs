@@ -394,15 +394,15 @@ fn check_total(what: &'static str, total: u64, max: u32) -> Result<(), RecordDec
 }
 
 /// Type byte of a batch frame (primary to backup).
-const TYPE_BATCH: u8 = 0x50;
+pub(crate) const TYPE_BATCH: u8 = 0x50;
 /// Type byte of a confirm frame (backup to primary).
-const TYPE_CONFIRM: u8 = 0x51;
+pub(crate) const TYPE_CONFIRM: u8 = 0x51;
 const KIND_QUEUE_CREATED: u8 = 1;
 const KIND_QUEUE_DELETED: u8 = 2;
 const KIND_ENQUEUED: u8 = 3;
 const KIND_DEQUEUED: u8 = 4;
 /// Length prefix and type byte.
-const FRAME_HEADER_BYTES: usize = 5;
+pub(crate) const FRAME_HEADER_BYTES: usize = 5;
 /// A whole confirm frame: length, type, stream seq.
 const CONFIRM_BYTES: usize = FRAME_HEADER_BYTES + 8;
 /// The smallest record: kind and an empty name.
