@@ -1,10 +1,11 @@
-//! The backup's side of one replication stream: applying one primary shard's batches, in order,
-//! to the backup's copy of those queues, and confirming them cumulatively.
+//! The backup's side of one replication stream: checking one primary shard's batches, handing
+//! their records back in order for the shard to apply, and confirming them cumulatively.
 //!
-//! A backup shard has one `BackupStream` per primary shard it follows. It keeps the replicated
-//! queues of that stream (`ReplicaQueue`: options and messages by position, in order), since a
-//! backup serves no client: the replica *is* the backup's copy of those queues, readable by admin
-//! connections and turned into real queues when the backup is promoted (`take_queues`).
+//! A backup shard has one `BackupStream` per link to the primary (one per shard: backup shard N
+//! follows primary shard N). The stream does not hold the replicated queues: the backup's core
+//! `Shard` stores replicated messages in its real queues (`Shard::apply_replica`), so that a
+//! promotion finds them in place. This module decides only *whether* a batch is applied, and in
+//! which order its records go.
 //!
 //! Rules for a batch (checked in this order):
 //! - from an epoch older than the highest this stream has seen: ignored, `StaleEpoch`; a killed
@@ -14,35 +15,33 @@
 //! - with a seq beyond the next one: ignored, `Gap`; the link lost a batch, and the caller must
 //!   drop the link and reconnect (a new stream, `handle_connected`) since nothing here can recover
 //!   the missing batch;
-//! - otherwise applied, record by record.
-//!
-//! Applying is idempotent, so that a primary may re-send after a reconnect: an enqueue at a
-//! position already held is ignored, a dequeue of a position not held is ignored (a message
-//! consumed on the primary before it was replicated is never sent, so its dequeue may name
-//! nothing), a create of a queue already held keeps its messages and takes the new options. Each
-//! is counted. Note that an enqueue *below* positions already dequeued is applied again: a re-send
-//! after a reconnect must come after catch-up has reconciled what the backup holds (catch-up's job,
-//! not built yet).
+//! - otherwise accepted: its records come back in `Applied`, in the batch's order, and the batch
+//!   counts as applied (it is confirmed by the next `poll_confirm`).
 //!
 //! Call contract: `handle_connected` when a link to the primary shard is (re)established, then
-//! `handle_batch` for each decoded batch, in arrival order, then `poll_confirm` after a read (one
-//! confirm covers every batch applied since the last one). `handle_epoch_observed` whenever the
-//! broker learns of a newer epoch from elsewhere (another stream, the coordinator).
+//! `handle_batch` for each decoded batch, in arrival order; the caller applies every record of an
+//! `Applied`, in order, *before* it calls `poll_confirm` (a confirm tells the primary the records
+//! are stored, and releases its publishers' confirms). `poll_confirm` after a read: one confirm
+//! covers every batch applied since the last one. `handle_epoch_observed` whenever the broker
+//! learns of a newer epoch from elsewhere (another stream, the coordinator).
 //!
-//! Not here: IO, heartbeats, catch-up, exchanges and bindings.
+//! Applying must be idempotent (that is the shard's part): an enqueue at a position already held
+//! is ignored, a dequeue of a position not held is ignored (a message consumed on the primary
+//! before it was replicated is never sent, so its dequeue may name nothing), a create of a queue
+//! already held keeps its messages.
+//!
+//! Not here: IO, heartbeats, storing the records, exchanges and bindings.
 //!
 //! Invariants:
-//! - `applied` only grows within a connection, by exactly one per applied batch.
-//! - A batch is applied only if its epoch is not older than the highest seen.
+//! - `applied` only grows within a connection, by exactly one per accepted batch.
+//! - A batch is accepted only if its epoch is not older than the highest seen, and only if it is
+//!   the next in the stream; its records are handed back exactly once, in order.
 //! - Confirms only grow within a connection, and never exceed `applied`.
-//! - Every ignored batch and every ignored record part has a named reason and a counter.
-
-use std::collections::BTreeMap;
+//! - Every ignored batch has a named reason and a counter.
 
 use ringmq_core::epoch::{Epoch, EpochClock, StaleEpoch};
-use ringmq_core::frame::{Message, QueueOptions};
 
-use crate::record::{Batch, Position, Record, StreamSeq};
+use crate::record::{Batch, Record, StreamSeq};
 
 /// The backup side of one stream from one primary shard.
 #[derive(Debug)]
@@ -55,30 +54,17 @@ pub struct BackupStream {
     confirmed: StreamSeq,
     /// Set by a duplicate batch: confirm `applied` again even if it was confirmed already.
     confirm_due: bool,
-    /// The replicated queues of this stream, by name.
-    queues: BTreeMap<String, ReplicaQueue>,
-    /// What was applied and ignored, for metrics.
+    /// What was accepted and ignored, for metrics.
     counters: BackupCounters,
 }
 
-/// One replicated queue as the backup holds it.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct ReplicaQueue {
-    /// Its options as the primary declared them.
-    options: QueueOptions,
-    /// Its messages by position, in order.
-    messages: BTreeMap<Position, Message>,
-}
-
-/// A batch was applied.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// A batch was accepted: the caller applies its records, in this order, then confirms.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Applied {
     /// Its seq, now the highest applied.
     pub stream_seq: StreamSeq,
-    /// Messages it added.
-    pub messages_added: u64,
-    /// Messages it removed (by dequeues and queue deletes).
-    pub messages_removed: u64,
+    /// Its records, in the batch's order.
+    pub records: Vec<Record>,
 }
 
 /// A batch was not applied, and why.
@@ -113,31 +99,23 @@ pub enum IgnoreReason {
     },
 }
 
-/// Counts of what a backup stream applied and ignored, for metrics.
+/// Counts of what a backup stream accepted and ignored, for metrics.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct BackupCounters {
-    /// Batches applied.
+    /// Batches accepted (their records handed back to be applied).
     pub batches_applied: u64,
+    /// Records handed back to be applied.
+    pub records_applied: u64,
     /// Batches ignored as from an older epoch.
     pub batches_stale: u64,
     /// Batches ignored as already applied.
     pub batches_duplicate: u64,
     /// Batches ignored because one before them is missing.
     pub batches_gap: u64,
-    /// Enqueued messages ignored because their position was already held.
-    pub enqueues_already_held: u64,
-    /// Dequeued positions that were not held.
-    pub dequeues_not_held: u64,
-    /// Enqueue and dequeue records for a queue the backup does not have (ignored).
-    pub records_for_unknown_queue: u64,
-    /// Creates of a queue already held (options replaced, messages kept).
-    pub creates_of_held_queue: u64,
-    /// Deletes of a queue not held.
-    pub deletes_of_unknown_queue: u64,
 }
 
 impl BackupStream {
-    /// A stream with no queues, for a backup that has seen epochs up to `highest_seen`.
+    /// A stream for a backup that has seen epochs up to `highest_seen`, with nothing applied.
     pub fn new(highest_seen: Epoch) -> BackupStream {
         let mut clock = EpochClock::new();
         clock.observe(highest_seen);
@@ -146,12 +124,12 @@ impl BackupStream {
             applied: StreamSeq(0),
             confirmed: StreamSeq(0),
             confirm_due: false,
-            queues: BTreeMap::new(),
             counters: BackupCounters::default(),
         }
     }
 
-    /// A new link to the primary shard: its batches start again at seq 1. The queues are kept.
+    /// A new link to the primary shard: its batches start again at seq 1. The highest epoch seen
+    /// and the counters are kept.
     pub fn handle_connected(&mut self) {
         self.applied = StreamSeq(0);
         self.confirmed = StreamSeq(0);
@@ -163,12 +141,13 @@ impl BackupStream {
         self.clock.observe(epoch);
     }
 
-    /// Applies `batch` if it is from a current epoch and is the next in the stream.
+    /// Accepts `batch` if it is from a current epoch and is the next in the stream, and hands its
+    /// records back, in order, for the caller to apply before the next `poll_confirm`.
     ///
     /// # Errors
     ///
-    /// `Ignored` with its reason, nothing applied. On `Gap` the caller drops the link and
-    /// reconnects; on `StaleEpoch` it drops the link to that (fenced) primary.
+    /// `Ignored` with its reason; the batch counts for nothing. On `Gap` the caller drops the link
+    /// and reconnects; on `StaleEpoch` it drops the link to that (fenced) primary.
     pub fn handle_batch(&mut self, batch: Batch) -> Result<Applied, Ignored> {
         if let Err(stale) = self.clock.accepts(batch.epoch) {
             self.counters.batches_stale += 1;
@@ -184,14 +163,11 @@ impl BackupStream {
             self.counters.batches_gap += 1;
             return Err(Ignored { reason: IgnoreReason::Gap { expected, got: batch.stream_seq } });
         }
-        let mut applied = Applied { stream_seq: batch.stream_seq, messages_added: 0, messages_removed: 0 };
-        for record in batch.records {
-            self.apply(record, &mut applied);
-        }
         self.applied = batch.stream_seq;
         self.counters.batches_applied += 1;
+        self.counters.records_applied += batch.records.len() as u64;
         assert!(self.confirmed <= self.applied);
-        Ok(applied)
+        Ok(Applied { stream_seq: batch.stream_seq, records: batch.records })
     }
 
     /// The confirm to send, "every batch up to this seq is applied", if there is news (or a
@@ -217,121 +193,24 @@ impl BackupStream {
         self.clock.highest()
     }
 
-    /// One replicated queue, if held.
-    pub fn queue(&self, name: &str) -> Option<&ReplicaQueue> {
-        self.queues.get(name)
-    }
-
-    /// Every replicated queue, by name.
-    pub fn queues(&self) -> impl Iterator<Item = (&str, &ReplicaQueue)> + '_ {
-        self.queues.iter().map(|(name, queue)| (name.as_str(), queue))
-    }
-
-    /// Hands over every replicated queue, leaving none: for a promotion, when the shard turns them
-    /// into real queues (in position order).
-    pub fn take_queues(&mut self) -> BTreeMap<String, ReplicaQueue> {
-        std::mem::take(&mut self.queues)
-    }
-
-    /// What was applied and ignored, for metrics.
+    /// What was accepted and ignored, for metrics.
     pub fn counters(&self) -> BackupCounters {
         self.counters
-    }
-
-    fn apply(&mut self, record: Record, applied: &mut Applied) {
-        match record {
-            Record::QueueCreated { name, options } => match self.queues.get_mut(&name) {
-                Some(queue) => {
-                    self.counters.creates_of_held_queue += 1;
-                    queue.options = options;
-                }
-                None => {
-                    self.queues.insert(name, ReplicaQueue { options, messages: BTreeMap::new() });
-                }
-            },
-            Record::QueueDeleted { name } => match self.queues.remove(&name) {
-                Some(queue) => applied.messages_removed += queue.messages.len() as u64,
-                None => self.counters.deletes_of_unknown_queue += 1,
-            },
-            Record::Enqueued { queue, first_position, messages } => {
-                let Some(replica) = self.queues.get_mut(&queue) else {
-                    self.counters.records_for_unknown_queue += 1;
-                    return;
-                };
-                let mut position = first_position;
-                for message in messages {
-                    match replica.messages.entry(position) {
-                        std::collections::btree_map::Entry::Occupied(_) => self.counters.enqueues_already_held += 1,
-                        std::collections::btree_map::Entry::Vacant(slot) => {
-                            slot.insert(message);
-                            applied.messages_added += 1;
-                        }
-                    }
-                    // The decoder refused batches whose positions overflow, so this cannot wrap.
-                    position = position.next();
-                }
-            }
-            Record::Dequeued { queue, ranges } => {
-                let Some(replica) = self.queues.get_mut(&queue) else {
-                    self.counters.records_for_unknown_queue += 1;
-                    return;
-                };
-                for (first, last) in ranges {
-                    let removed = replica.remove_range(first, last);
-                    applied.messages_removed += removed;
-                    self.counters.dequeues_not_held += (last.0 - first.0 + 1) - removed;
-                }
-            }
-        }
-    }
-}
-
-impl ReplicaQueue {
-    /// Its options as the primary declared them.
-    pub fn options(&self) -> &QueueOptions {
-        &self.options
-    }
-
-    /// Messages held.
-    pub fn len(&self) -> usize {
-        self.messages.len()
-    }
-
-    /// True when it holds no message.
-    pub fn is_empty(&self) -> bool {
-        self.messages.is_empty()
-    }
-
-    /// Its messages with their positions, in order.
-    pub fn messages(&self) -> impl Iterator<Item = (Position, &Message)> + '_ {
-        self.messages.iter().map(|(&position, message)| (position, message))
-    }
-
-    /// Removes the messages at `first..=last`; returns how many were held. Splits the map rather
-    /// than visiting each position, so a purge of a huge range costs what it removes.
-    fn remove_range(&mut self, first: Position, last: Position) -> u64 {
-        let mut middle = self.messages.split_off(&first);
-        let mut after = match last.0.checked_add(1) {
-            Some(end) => middle.split_off(&Position(end)),
-            None => BTreeMap::new(),
-        };
-        let removed = middle.len() as u64;
-        self.messages.append(&mut after);
-        removed
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use std::collections::{HashMap, HashSet, VecDeque};
+    use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 
     use bytes::{Bytes, BytesMut};
+    use ringmq_core::frame::{Message, QueueOptions};
     use ringmq_core::ids::{ConnId, Seq, ShardId};
 
     use super::*;
     use crate::limits::BATCH_BYTES_MAX;
     use crate::primary_stream::{Hold, PrimaryStream};
-    use crate::record::{decode_batch, encode_batch};
+    use crate::record::{decode_batch, encode_batch, Position};
 
     fn message(body: u64) -> Message {
         Message { body: Bytes::from(body.to_le_bytes().to_vec()), ..Message::default() }
@@ -357,24 +236,61 @@ mod tests {
         Record::Dequeued { queue: queue.into(), ranges: vec![(Position(first), Position(last))] }
     }
 
-    fn positions(backup: &BackupStream, queue: &str) -> Vec<u64> {
-        backup.queue(queue).map(|q| q.messages().map(|(p, _)| p.0).collect()).unwrap_or_default()
+    /// The test's stand-in for the backup shard's queues: applies records idempotently, as
+    /// `Shard::apply_replica` does.
+    #[derive(Debug, Default)]
+    struct Replica {
+        queues: BTreeMap<String, BTreeMap<u64, Message>>,
+    }
+
+    impl Replica {
+        fn apply(&mut self, applied: Applied) -> StreamSeq {
+            for record in applied.records {
+                match record {
+                    Record::QueueCreated { name, .. } => {
+                        self.queues.entry(name).or_default();
+                    }
+                    Record::QueueDeleted { name } => {
+                        self.queues.remove(&name);
+                    }
+                    Record::Enqueued { queue, first_position, messages } => {
+                        if let Some(held) = self.queues.get_mut(&queue) {
+                            for (offset, message) in messages.into_iter().enumerate() {
+                                held.entry(first_position.0 + offset as u64).or_insert(message);
+                            }
+                        }
+                    }
+                    Record::Dequeued { queue, ranges } => {
+                        if let Some(held) = self.queues.get_mut(&queue) {
+                            held.retain(|position, _| !ranges.iter().any(|(f, l)| (f.0..=l.0).contains(position)));
+                        }
+                    }
+                }
+            }
+            applied.stream_seq
+        }
+
+        fn positions(&self, queue: &str) -> Vec<u64> {
+            self.queues.get(queue).map(|held| held.keys().copied().collect()).unwrap_or_default()
+        }
     }
 
     #[test]
-    fn backup_applies_batches_in_order_and_confirms_once_for_many() {
-        // Goal: records change the replica as the primary's queue changed; one confirm covers
-        // every batch applied since the last.
+    fn backup_hands_back_records_of_batches_in_order_and_confirms_once_for_many() {
+        // Goal: an accepted batch's records come back exactly as sent, in order; one confirm covers
+        // every batch accepted since the last.
         let mut backup = BackupStream::new(Epoch(1));
         assert_eq!(backup.poll_confirm(), None);
-        let applied = backup.handle_batch(batch(1, 1, vec![created("q"), enqueued("q", 0, 5)])).unwrap();
-        assert_eq!(applied, Applied { stream_seq: StreamSeq(1), messages_added: 5, messages_removed: 0 });
+        let first = vec![created("q"), enqueued("q", 0, 5)];
+        let applied = backup.handle_batch(batch(1, 1, first.clone())).unwrap();
+        assert_eq!(applied, Applied { stream_seq: StreamSeq(1), records: first });
         let applied = backup.handle_batch(batch(1, 2, vec![dequeued("q", 1, 3)])).unwrap();
-        assert_eq!(applied.messages_removed, 3);
-        assert_eq!(positions(&backup, "q"), vec![0, 4]);
-        // One confirm for both batches, then nothing until more is applied.
+        assert_eq!(applied.records, vec![dequeued("q", 1, 3)]);
+        // One confirm for both batches, then nothing until more is accepted.
         assert_eq!(backup.poll_confirm(), Some(StreamSeq(2)));
         assert_eq!(backup.poll_confirm(), None);
+        let counters = backup.counters();
+        assert_eq!((counters.batches_applied, counters.records_applied), (2, 3));
     }
 
     #[test]
@@ -385,7 +301,6 @@ mod tests {
         // An epoch-2 primary comes back with the next seq: refused, naming both epochs.
         let ignored = backup.handle_batch(batch(2, 2, vec![enqueued("q", 0, 1)])).unwrap_err();
         assert_eq!(ignored.reason, IgnoreReason::StaleEpoch(StaleEpoch { ours: Epoch(3), theirs: Epoch(2) }));
-        assert!(positions(&backup, "q").is_empty());
         // An epoch learnt elsewhere fences too.
         backup.handle_epoch_observed(Epoch(4));
         assert!(matches!(
@@ -394,19 +309,22 @@ mod tests {
         ));
         assert_eq!(backup.counters().batches_stale, 2);
         assert_eq!(backup.applied(), StreamSeq(1));
+        assert_eq!(backup.epoch_highest(), Epoch(4));
+        // The newer primary's batch with the next seq is accepted.
+        assert!(backup.handle_batch(batch(4, 2, vec![enqueued("q", 0, 1)])).is_ok());
     }
 
     #[test]
     fn duplicate_batch_is_ignored_and_the_confirm_is_sent_again() {
-        // Goal: a re-sent batch changes nothing, and the primary hears the confirm again.
+        // Goal: a re-sent batch hands back nothing, and the primary hears the confirm again.
         let mut backup = BackupStream::new(Epoch(1));
         backup.handle_batch(batch(1, 1, vec![created("q"), enqueued("q", 0, 2)])).unwrap();
         assert_eq!(backup.poll_confirm(), Some(StreamSeq(1)));
         let ignored = backup.handle_batch(batch(1, 1, vec![dequeued("q", 0, 1)])).unwrap_err();
         assert_eq!(ignored.reason, IgnoreReason::Duplicate { got: StreamSeq(1), applied: StreamSeq(1) });
-        assert_eq!(positions(&backup, "q"), vec![0, 1]);
         assert_eq!(backup.poll_confirm(), Some(StreamSeq(1)));
         assert_eq!(backup.poll_confirm(), None);
+        assert_eq!(backup.counters().records_applied, 2);
     }
 
     #[test]
@@ -417,32 +335,14 @@ mod tests {
         let ignored = backup.handle_batch(batch(1, 3, vec![enqueued("q", 0, 1)])).unwrap_err();
         assert_eq!(ignored.reason, IgnoreReason::Gap { expected: StreamSeq(2), got: StreamSeq(3) });
         assert_eq!(ignored.to_string(), "batch ignored: batch 3 leaves a gap: batch 2 was expected next");
-        assert!(positions(&backup, "q").is_empty());
-        // After a reconnect the stream starts again at 1 and the replica is kept.
+        assert_eq!(backup.applied(), StreamSeq(1));
+        // After a reconnect the stream starts again at 1.
         backup.handle_connected();
-        backup.handle_batch(batch(1, 1, vec![enqueued("q", 0, 1)])).unwrap();
-        assert_eq!(positions(&backup, "q"), vec![0]);
-    }
-
-    #[test]
-    fn re_sent_enqueues_and_dequeues_of_positions_not_held_are_ignored_and_counted() {
-        // Goal: applying is idempotent, and every ignored part is counted.
-        let mut backup = BackupStream::new(Epoch(1));
-        backup.handle_batch(batch(1, 1, vec![created("q"), enqueued("q", 0, 3)])).unwrap();
-        // Positions 1..=4 re-sent: 1 and 2 are held already, 3 and 4 are new.
-        let applied = backup.handle_batch(batch(1, 2, vec![enqueued("q", 1, 4)])).unwrap();
-        assert_eq!(applied.messages_added, 2);
-        // Dequeue 3..=9: 3 and 4 held, 5..=9 not.
-        let applied = backup.handle_batch(batch(1, 3, vec![dequeued("q", 3, 9), enqueued("gone", 0, 1)])).unwrap();
-        assert_eq!(applied.messages_removed, 2);
-        assert_eq!(positions(&backup, "q"), vec![0, 1, 2]);
-        let counters = backup.counters();
-        assert_eq!((counters.enqueues_already_held, counters.dequeues_not_held), (2, 5));
-        assert_eq!(counters.records_for_unknown_queue, 1);
-        // A delete removes the queue with its messages.
-        let applied = backup.handle_batch(batch(1, 4, vec![Record::QueueDeleted { name: "q".into() }])).unwrap();
-        assert_eq!(applied.messages_removed, 3);
-        assert!(backup.queue("q").is_none());
+        assert_eq!(backup.poll_confirm(), None);
+        let applied = backup.handle_batch(batch(1, 1, vec![enqueued("q", 0, 1)])).unwrap();
+        assert_eq!(applied.records, vec![enqueued("q", 0, 1)]);
+        assert_eq!(backup.poll_confirm(), Some(StreamSeq(1)));
+        assert_eq!(backup.counters().batches_gap, 1);
     }
 
     #[test]
@@ -452,6 +352,7 @@ mod tests {
         // the backup ends without the queue.
         let mut primary = PrimaryStream::new(Epoch(1));
         let mut backup = BackupStream::new(Epoch(1));
+        let mut replica = Replica::default();
         let hold = |seq| Some(Hold { shard: ShardId(1), conn: ConnId(2), seq: Seq(seq) });
         primary.handle_queue_created("q", QueueOptions::default());
         primary.handle_enqueued("q", Position(0), message(0), hold(0)).unwrap();
@@ -465,9 +366,10 @@ mod tests {
         primary.poll_released(&mut released);
         assert_eq!(released, vec![hold(1).unwrap()]);
         // The backup applies both; one confirm releases the batched message's hold.
-        backup.handle_batch(first).unwrap();
-        backup.handle_batch(second).unwrap();
-        assert!(backup.queue("q").is_none());
+        replica.apply(backup.handle_batch(first).unwrap());
+        assert_eq!(replica.positions("q"), vec![0]);
+        replica.apply(backup.handle_batch(second).unwrap());
+        assert!(!replica.queues.contains_key("q"));
         primary.handle_confirm(backup.poll_confirm().unwrap()).unwrap();
         released.clear();
         primary.poll_released(&mut released);
@@ -524,6 +426,7 @@ mod tests {
         let queues = ["a", "b", "c"];
         let mut primary = PrimaryStream::new(Epoch(1));
         let mut backup = BackupStream::new(Epoch(1));
+        let mut replica = Replica::default();
         let mut fates: HashMap<(usize, u64), Fate> = HashMap::new();
         let mut live: Vec<(usize, u64)> = Vec::new();
         let mut next_position = [0u64; 3];
@@ -584,7 +487,7 @@ mod tests {
                     while to_backup.front().is_some_and(|(due, _)| *due <= step || draining) {
                         let (_, mut bytes) = to_backup.pop_front().unwrap();
                         let batch = decode_batch(&mut bytes, BATCH_BYTES_MAX).unwrap().unwrap();
-                        delivered = backup.handle_batch(batch).unwrap().stream_seq;
+                        delivered = replica.apply(backup.handle_batch(batch).unwrap());
                     }
                     if let Some(confirm) = backup.poll_confirm() {
                         to_primary.push_back((step + rng.below(6), confirm));
@@ -611,7 +514,7 @@ mod tests {
                     primary.confirmed()
                 );
             }
-            check_backup(seed, step, &backup, &fates, delivered, queues);
+            check_backup(seed, step, &replica, &fates, delivered, queues);
         }
         // Drained: everything sent, delivered and confirmed.
         assert_eq!(primary.pending_records(), 0, "seed {seed}");
@@ -621,7 +524,7 @@ mod tests {
         for (q, name) in queues.iter().enumerate() {
             let mut on_primary: Vec<u64> = live.iter().filter(|key| key.0 == q).map(|key| key.1).collect();
             on_primary.sort_unstable();
-            assert_eq!(positions(&backup, name), on_primary, "seed {seed}: queue {name}");
+            assert_eq!(replica.positions(name), on_primary, "seed {seed}: queue {name}");
         }
         assert!(primary.counters().messages_consumed_unsent > 0, "seed {seed}: the workload never cancelled");
     }
@@ -677,7 +580,7 @@ mod tests {
     fn check_backup(
         seed: u64,
         step: u64,
-        backup: &BackupStream,
+        replica: &Replica,
         fates: &HashMap<(usize, u64), Fate>,
         delivered: StreamSeq,
         queues: [&str; 3],
@@ -693,11 +596,9 @@ mod tests {
                 .map(|(key, _)| key.1)
                 .collect();
             expected.sort_unstable();
-            assert_eq!(positions(backup, name), expected, "seed {seed} step {step}: queue {name}");
-            if let Some(replica) = backup.queue(name) {
-                for (position, held) in replica.messages() {
-                    assert_eq!(*held, message(position.0));
-                }
+            assert_eq!(replica.positions(name), expected, "seed {seed} step {step}: queue {name}");
+            for (position, held) in replica.queues.get(*name).into_iter().flatten() {
+                assert_eq!(*held, message(*position));
             }
         }
     }
