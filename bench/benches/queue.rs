@@ -45,7 +45,12 @@ fn queue_throughput(c: &mut Criterion) {
         let mut group = c.benchmark_group(format!("queue/enqueue_deliver_ack/{size}B"));
         group.throughput(Throughput::Elements(MESSAGES));
         let key = SubscriberKey { shard: ShardId(0), conn: ConnId(0), consumer: ConsumerId(0) };
-        let mut queue = Queue::new("q".into(), QueueOptions::default(), None);
+        let mut queue = Queue::new(
+            "q".into(),
+            QueueOptions::default(),
+            None,
+            ringmq_core::replication_level::ReplicationLevel::None,
+        );
         queue.subscribe(key, PREFETCH).expect("subscribe");
         let body = Bytes::from(vec![7u8; size]);
         let mut next_tag = 0;

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use ringmq_core::ha_view::HaSettings;
 use ringmq_core::limits::{FRAME_BYTES_CONFIGURABLE_MAX, FRAME_BYTES_DEFAULT, PUBLISH_INFLIGHT_MAX};
+use ringmq_core::replication_level::ReplicationLevel;
 use ringmq_ha::limits::{LINK_HEARTBEAT_INTERVAL_MAX, LINK_HEARTBEAT_INTERVAL_MIN};
 use ringmq_ha::url::{BrokerUrl, Transport};
 
@@ -41,6 +42,9 @@ pub struct BrokerConfig {
     pub ha_brokers_url: Option<BrokerUrl>,
     /// `ha-public-url`: the cluster's addresses as clients should use them.
     pub ha_public_url: Option<BrokerUrl>,
+    /// `ha-replicate`: the replication level of queues and exchanges declared without a
+    /// `qpid.replicate` argument.
+    pub ha_replicate: ReplicationLevel,
     /// `link-maintenance-interval`: time between two dials of a backup's link to the primary.
     pub link_maintenance_interval: Duration,
     /// `link-heartbeat-interval`: heartbeat period of broker-to-broker links; a link silent for
@@ -131,6 +135,11 @@ const OPTIONS: &[OptionSpec] = &[
         help: "URL clients use for the cluster; shown to clients a backup refuses",
     },
     OptionSpec {
+        name: "ha-replicate",
+        default: "none",
+        help: "replication level of queues and exchanges declared without qpid.replicate: none, configuration, all",
+    },
+    OptionSpec {
         name: "link-maintenance-interval",
         default: "2s",
         help: "how often a backup dials the next address of ha-brokers-url looking for the primary (0.1 = 100ms)",
@@ -217,6 +226,7 @@ impl BrokerConfig {
             ha_cluster,
             ha_brokers_url,
             ha_public_url,
+            ha_replicate: parse_level("ha-replicate", &get("ha-replicate"))?,
             host: parse_ip("host", &get("host"))?,
             port: parse_int("port", &get("port"), 0, u64::from(u16::MAX))? as u16,
             shards,
@@ -246,6 +256,7 @@ impl BrokerConfig {
             cluster: self.ha_cluster,
             brokers_url: text(&self.ha_brokers_url),
             public_url: text(&self.ha_public_url),
+            replicate: self.ha_replicate,
         }
     }
 
@@ -339,6 +350,10 @@ fn parse_bool(name: &str, value: &str) -> Result<bool, ConfigError> {
         "false" | "no" | "off" | "0" => Ok(false),
         _ => Err(bad(name, "must be true/false (or yes/no, on/off, 1/0)", value)),
     }
+}
+
+fn parse_level(name: &str, value: &str) -> Result<ReplicationLevel, ConfigError> {
+    value.trim().parse().map_err(|_| bad(name, "must be one of none, configuration, all", value))
 }
 
 fn parse_ip(name: &str, value: &str) -> Result<IpAddr, ConfigError> {
@@ -513,6 +528,24 @@ mod tests {
         assert!(error.to_string().starts_with("option 'ha-cluster': must be true/false"), "{error}");
         // Without ha-cluster the broker is standalone.
         assert!(!BrokerConfig::from_args(&[]).unwrap().ha_settings().cluster);
+    }
+
+    #[test]
+    fn ha_replicate_takes_the_three_levels_and_names_them_when_bad() {
+        // Goal: ha-replicate reaches the shards' settings, defaults to none, and a bad value names
+        // the allowed levels and what came. Method: from_args on each level and on bad values.
+        assert_eq!(BrokerConfig::from_args(&[]).unwrap().ha_settings().replicate, ReplicationLevel::None);
+        for level in ReplicationLevel::ALL {
+            let config = BrokerConfig::from_args(&args(&["--ha-replicate", level.name()])).unwrap();
+            assert_eq!(config.ha_settings().replicate, level);
+        }
+        for bad_value in ["All", "yes", ""] {
+            let error = BrokerConfig::from_args(&args(&["--ha-replicate", bad_value])).unwrap_err();
+            assert_eq!(
+                error.to_string(),
+                format!("option 'ha-replicate': must be one of none, configuration, all; got '{bad_value}'")
+            );
+        }
     }
 
     #[test]

@@ -13,6 +13,17 @@
 //! exists a new primary has no expected backups, so a promotion is two changes applied in order:
 //! `recovering` (cause `promoted`) then `active` (cause `expected-backups-settled`).
 //!
+//! Replication levels are decided here, at declare (`replication_level`): from the declare's
+//! `qpid.replicate` argument, the `ha-replicate` default and the temporary-queue rule. A bad level
+//! fails the declare with `InvalidArgument`; nothing is created.
+//!
+//! On a backup, the replication link's changes come as the broker's own requests (no request id,
+//! nobody answered) and are accepted in every HA state: the owner of a replica queue asks to add
+//! or remove its name in routing (`ReplicaQueueCreated`, `ReplicaQueueDeleted`), and shard 0 asks
+//! for the link's state transitions (`HaTransition`: joining -> catchup, catchup -> ready, ready
+//! -> catchup), checked against the state table like a promotion. `observe_epoch` lets the clock
+//! learn the primary's epoch, so that a later promotion takes an epoch above it.
+//!
 //! Not here: the routing table itself, or the queues' messages.
 //!
 //! Invariants:
@@ -25,9 +36,10 @@
 use std::collections::HashMap;
 
 use crate::broker_state::{transition, BrokerState, TransitionCause};
-use crate::epoch::{Epoch, EpochClock};
+use crate::epoch::{Epoch, EpochClock, Observed};
 use crate::frame::{ErrorCode, Frame, QueueOptions};
 use crate::ids::RequestId;
+use crate::replication_level::{effective_level, exchange_level, ReplicationLevel};
 use crate::shard_message::{ConfigChange, ConfigRequest, ConnRef};
 
 /// Shard 0's bookkeeping for configuration changes.
@@ -39,6 +51,10 @@ pub struct ConfigCoordinator {
     epochs: EpochClock,
     /// Every queue with the options it was created with and its exclusive owner.
     queues: HashMap<String, (QueueOptions, Option<ConnRef>)>,
+    /// `ha-replicate`: the level of objects declared without a `qpid.replicate` argument.
+    replicate_default: ReplicationLevel,
+    /// The replication level of every exchange declared since start (not the built-ins).
+    exchange_levels: HashMap<String, ReplicationLevel>,
     /// The next change id.
     next_id: u64,
     /// Changes broadcast and not yet applied everywhere.
@@ -67,12 +83,15 @@ pub enum Decision {
 }
 
 impl ConfigCoordinator {
-    /// A coordinator for a broker starting in HA state `ha_state` (`standalone` or `joining`).
-    pub fn new(ha_state: BrokerState) -> ConfigCoordinator {
+    /// A coordinator for a broker starting in HA state `ha_state` (`standalone` or `joining`),
+    /// with `replicate_default` from `ha-replicate`.
+    pub fn new(ha_state: BrokerState, replicate_default: ReplicationLevel) -> ConfigCoordinator {
         ConfigCoordinator {
             ha_state,
             epochs: EpochClock::new(),
             queues: HashMap::new(),
+            replicate_default,
+            exchange_levels: HashMap::new(),
             next_id: 0,
             pending: HashMap::new(),
         }
@@ -83,12 +102,29 @@ impl ConfigCoordinator {
         self.ha_state
     }
 
+    /// The highest epoch seen (0 before any promotion or primary was seen).
+    pub fn highest_epoch(&self) -> Epoch {
+        self.epochs.highest()
+    }
+
+    /// Takes in the epoch of the primary a backup replicates from, so that a later promotion of
+    /// this broker takes an epoch above it.
+    pub fn observe_epoch(&mut self, epoch: Epoch) -> Observed {
+        self.epochs.observe(epoch)
+    }
+
+    /// The replication level an exchange was declared with; `None` for an unknown or built-in
+    /// exchange.
+    pub fn exchange_level(&self, name: &str) -> Option<ReplicationLevel> {
+        self.exchange_levels.get(name).copied()
+    }
+
     /// Decides what a request means.
     pub fn decide(&self, origin: ConnRef, request: Option<RequestId>, change: ConfigRequest) -> Decision {
         let request_id = request.unwrap_or_default();
         let failed = |code, message: String| Decision::Reply(Frame::Failed { request: request_id, code, message });
         match change {
-            ConfigRequest::DeclareQueue { name, options } => {
+            ConfigRequest::DeclareQueue { name, options, arguments } => {
                 let max = crate::limits::NAME_BYTES_MAX as usize;
                 if name.is_empty() || name.len() > max {
                     return failed(
@@ -96,12 +132,17 @@ impl ConfigCoordinator {
                         format!("queue name must be 1..={max} bytes; got {}", name.len()),
                     );
                 }
+                let level =
+                    match effective_level(self.replicate_default, &arguments, options.exclusive, options.auto_delete) {
+                        Ok(level) => level,
+                        Err(error) => return failed(ErrorCode::InvalidArgument, error.to_string()),
+                    };
                 match self.queues.get(&name) {
                     None if options.passive => failed(ErrorCode::NotFound, format!("no queue '{name}'")),
                     None => {
                         let exclusive_owner = options.exclusive.then_some(origin);
                         let options = QueueOptions { passive: false, ..options };
-                        Decision::Apply(vec![ConfigChange::CreateQueue { name, options, exclusive_owner }])
+                        Decision::Apply(vec![ConfigChange::CreateQueue { name, options, exclusive_owner, level }])
                     }
                     Some((_, Some(owner))) if *owner != origin => {
                         failed(ErrorCode::ResourceLocked, format!("queue '{name}' is exclusive to another connection"))
@@ -124,8 +165,16 @@ impl ConfigCoordinator {
                     }
                 }
             }
-            ConfigRequest::DeclareExchange { name, kind, passive } => {
-                Decision::Apply(if passive { Vec::new() } else { vec![ConfigChange::CreateExchange { name, kind }] })
+            ConfigRequest::DeclareExchange { name, kind, passive, arguments } => {
+                let level = match exchange_level(self.replicate_default, &name, &arguments) {
+                    Ok(level) => level,
+                    Err(error) => return failed(ErrorCode::InvalidArgument, error.to_string()),
+                };
+                Decision::Apply(if passive {
+                    Vec::new()
+                } else {
+                    vec![ConfigChange::CreateExchange { name, kind, level }]
+                })
             }
             ConfigRequest::Change(change) => Decision::Apply(vec![change]),
             ConfigRequest::ConnectionClosed => Decision::Apply(
@@ -144,7 +193,38 @@ impl ConfigCoordinator {
                 Ok(changes) => Decision::Apply(changes),
                 Err(reason) => failed(ErrorCode::PreconditionFailed, reason),
             },
+            ConfigRequest::ReplicaQueueCreated { name, options } => Decision::Apply(match self.queues.get(&name) {
+                Some((existing, _)) if *existing == options => Vec::new(),
+                // Recreated on the primary with other options while the old name was still here.
+                Some(_) => vec![
+                    ConfigChange::RemoveReplicaQueue { name: name.clone() },
+                    ConfigChange::AddReplicaQueue { name, options },
+                ],
+                None => vec![ConfigChange::AddReplicaQueue { name, options }],
+            }),
+            ConfigRequest::ReplicaQueueDeleted { name } => Decision::Apply(if self.queues.contains_key(&name) {
+                vec![ConfigChange::RemoveReplicaQueue { name }]
+            } else {
+                Vec::new()
+            }),
+            ConfigRequest::HaTransition { to, cause } => match self.decide_transition(to, cause) {
+                Ok(change) => Decision::Apply(vec![change]),
+                Err(reason) => failed(ErrorCode::PreconditionFailed, reason),
+            },
         }
+    }
+
+    /// The change a transition asked by the replication link makes, or why it is refused (off the
+    /// state table, or a promotion, which only `HaPromote` makes since it takes an epoch).
+    pub fn decide_transition(&self, to: BrokerState, cause: TransitionCause) -> Result<ConfigChange, String> {
+        if cause == TransitionCause::Promoted {
+            return Err(format!(
+                "HA state transition {} -> {to} ({cause}) is a promotion: only ha promote makes one",
+                self.ha_state
+            ));
+        }
+        let state = transition(self.ha_state, to, cause).map_err(|error| error.to_string())?;
+        Ok(ConfigChange::HaState { state, epoch: self.epochs.promoted().unwrap_or_default(), cause })
     }
 
     /// The changes a promotion makes, or why it is refused. Whether the other brokers allow a
@@ -183,11 +263,20 @@ impl ConfigCoordinator {
     /// broadcast it with.
     pub fn record_applied(&mut self, change: &ConfigChange) -> u64 {
         match change {
-            ConfigChange::CreateQueue { name, options, exclusive_owner } => {
+            ConfigChange::CreateQueue { name, options, exclusive_owner, .. } => {
                 self.queues.insert(name.clone(), (options.clone(), *exclusive_owner));
             }
-            ConfigChange::DeleteQueue { name } => {
+            ConfigChange::AddReplicaQueue { name, options } => {
+                self.queues.insert(name.clone(), (options.clone(), None));
+            }
+            ConfigChange::DeleteQueue { name } | ConfigChange::RemoveReplicaQueue { name } => {
                 self.queues.remove(name);
+            }
+            ConfigChange::CreateExchange { name, level, .. } => {
+                self.exchange_levels.insert(name.clone(), *level);
+            }
+            ConfigChange::DeleteExchange { name } => {
+                self.exchange_levels.remove(name);
             }
             ConfigChange::HaState { state, epoch, cause } => {
                 self.ha_state = transition(self.ha_state, *state, *cause)

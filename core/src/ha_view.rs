@@ -40,6 +40,7 @@ use crate::broker_state::{transition, BrokerState, TransitionCause};
 use crate::epoch::Epoch;
 use crate::frame::Frame;
 use crate::ids::RequestId;
+use crate::replication_level::ReplicationLevel;
 
 /// The HA options a shard needs, validated by the broker.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -50,6 +51,9 @@ pub struct HaSettings {
     pub brokers_url: String,
     /// `ha-public-url` in canonical form with credentials hidden; empty when unset.
     pub public_url: String,
+    /// `ha-replicate`: the replication level of queues and exchanges declared without a
+    /// `qpid.replicate` argument (see `replication_level`).
+    pub replicate: ReplicationLevel,
 }
 
 /// One shard's copy of the broker's HA state.
@@ -205,6 +209,7 @@ mod tests {
             cluster: true,
             brokers_url: "amqp:tcp:127.0.0.1:1,tcp:127.0.0.1:2".into(),
             public_url: public_url.into(),
+            replicate: ReplicationLevel::None,
         })
     }
 

@@ -7,17 +7,36 @@
 //!
 //! Not here: routing (see `routing_table`), confirms (see `completion_tracker`), sockets.
 //!
+//! Replication (see `replication`): every held message, ready or unsettled, carries its
+//! `Position`, assigned by `enqueue` (+1 each) and kept through deliveries, releases and cancels.
+//! A queue of level `all` logs the position of every message it removes for good (ack or reject
+//! settle, purge) for the shard to drain with `take_dequeued`; deleting the whole queue logs
+//! nothing (the queue's deletion says it all). A backup's replica queue is fed with `enqueue_at`
+//! (the primary's positions, no limits: the primary checked them) and `dequeue_at`, which log
+//! nothing either: a backup replicates nothing onwards.
+//!
 //! Invariants:
 //! - `held_count` = ready messages + unsettled deliveries, and `held_bytes` the same in body
-//!   bytes; both stay within `max-count` / `max-bytes` (checked at enqueue, the only way in).
+//!   bytes; both stay within `max-count` / `max-bytes` when checked at `enqueue` (the client's way
+//!   in; a replica's `enqueue_at` trusts the primary's checks).
+//! - Positions are unique within the queue and `enqueue` only takes positions above every position
+//!   the queue ever held or assigned (`next_position > highest_position`).
+//! - `dequeued_log` is empty unless the level is `all`.
 //! - A subscription never holds more than `prefetch` unsettled deliveries.
 //! - Tags of a subscription are consecutive from 0; a message released or returned by a cancel
 //!   goes back to the head of the queue, flagged redelivered, in its original order.
 
 use std::collections::VecDeque;
 
+use crate::epoch::Epoch;
 use crate::frame::{Delivered, ErrorCode, Message, QueueInfo, QueueOptions, Settlement, TagRange};
 use crate::ids::{ConnId, ConsumerId, ShardId, Tag};
+use crate::replication::Position;
+use crate::replication_level::ReplicationLevel;
+
+/// How many positions one epoch owns: a primary of epoch `e` starts its queues' positions at
+/// `e << EPOCH_POSITION_SHIFT` (see `Queue::begin_epoch`).
+pub const EPOCH_POSITION_SHIFT: u32 = 40;
 
 /// Who a subscription belongs to: a consumer on a connection on a shard.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -111,8 +130,16 @@ pub struct Queue {
     options: QueueOptions,
     /// The connection that owns an exclusive queue.
     exclusive_owner: Option<(ShardId, ConnId)>,
-    /// Messages waiting for a consumer, oldest first.
-    ready: VecDeque<Delivered>,
+    /// How much of this queue is replicated.
+    level: ReplicationLevel,
+    /// Messages waiting for a consumer, oldest first (a released message goes back to the front).
+    ready: VecDeque<Held>,
+    /// The position `enqueue` gives the next message.
+    next_position: Position,
+    /// The highest position this queue ever held or assigned; `Position(0)` for none.
+    highest_position: Position,
+    /// Level `all`: positions removed for good since the last `take_dequeued`, in removal order.
+    dequeued_log: Vec<Position>,
     /// Subscriptions in round-robin order.
     subscriptions: Vec<Subscription>,
     /// Index into `subscriptions` where the next delivery round starts.
@@ -137,23 +164,42 @@ struct Subscription {
     /// Tag of `unsettled[0]`.
     base_tag: Tag,
     /// Delivered, indexed by `tag - base_tag`; `None` once settled. The front is never `None`.
-    unsettled: VecDeque<Option<Delivered>>,
+    unsettled: VecDeque<Option<Held>>,
     /// `Some` entries in `unsettled`.
     unsettled_count: u32,
 }
 
+/// One held message with its position.
+#[derive(Debug, Clone)]
+struct Held {
+    /// Its place in the queue.
+    position: Position,
+    /// The message and its redelivered flag.
+    delivered: Delivered,
+}
+
 impl Queue {
-    /// A new, empty queue. `exclusive_owner` must be given for exclusive queues.
+    /// A new, empty queue of replication level `level`. `exclusive_owner` must be given for
+    /// exclusive queues. Its first position is 1 (see `begin_epoch` for a primary's).
     ///
     /// # Panics
     /// If `options.exclusive` and `exclusive_owner` disagree.
-    pub fn new(name: String, options: QueueOptions, exclusive_owner: Option<(ShardId, ConnId)>) -> Queue {
+    pub fn new(
+        name: String,
+        options: QueueOptions,
+        exclusive_owner: Option<(ShardId, ConnId)>,
+        level: ReplicationLevel,
+    ) -> Queue {
         assert_eq!(options.exclusive, exclusive_owner.is_some());
         Queue {
             name,
             options,
             exclusive_owner,
+            level,
             ready: VecDeque::new(),
+            next_position: Position(1),
+            highest_position: Position(0),
+            dequeued_log: Vec::new(),
             subscriptions: Vec::new(),
             next_subscription: 0,
             held_count: 0,
@@ -176,6 +222,11 @@ impl Queue {
     /// The connection owning an exclusive queue.
     pub fn exclusive_owner(&self) -> Option<(ShardId, ConnId)> {
         self.exclusive_owner
+    }
+
+    /// How much of this queue is replicated.
+    pub fn level(&self) -> ReplicationLevel {
+        self.level
     }
 
     /// Messages ready for delivery.
@@ -201,11 +252,13 @@ impl Queue {
         }
     }
 
-    /// Appends a message, or refuses it when a limit would be exceeded.
+    /// Appends a message at the next position, or refuses it when a limit would be exceeded.
+    /// Returns the message's position.
     ///
     /// # Errors
-    /// `EnqueueError` naming the limit, when the queue is full; the message is not stored.
-    pub fn enqueue(&mut self, message: Message) -> Result<(), EnqueueError> {
+    /// `EnqueueError` naming the limit, when the queue is full; the message is not stored and no
+    /// position is taken.
+    pub fn enqueue(&mut self, message: Message) -> Result<Position, EnqueueError> {
         if let Some(max) = self.options.max_count {
             if self.held_count >= max {
                 return Err(EnqueueError::CountFull { queue: self.name.clone(), max, held: self.held_count });
@@ -217,22 +270,139 @@ impl Queue {
                 return Err(EnqueueError::BytesFull { queue: self.name.clone(), max, held: self.held_bytes, size });
             }
         }
-        self.held_count += 1;
-        self.held_bytes += size;
-        self.enqueued_total += 1;
-        self.ready.push_back(Delivered { redelivered: false, message });
-        Ok(())
+        let position = self.next_position;
+        assert!(position > self.highest_position, "position {position} reused");
+        self.next_position = position.0.checked_add(1).map(Position).expect("positions exhausted");
+        self.highest_position = position;
+        self.store(position, message);
+        Ok(position)
     }
 
-    /// Drops every ready message (not the unsettled ones) and returns how many.
-    pub fn purge(&mut self) -> u64 {
-        let purged = self.ready.len() as u64;
-        for queued in self.ready.drain(..) {
-            self.held_bytes -= queued.message.size();
+    /// Backup: appends a message the primary enqueued at `position`, ignoring `max-count` and
+    /// `max-bytes` (the primary checked them). Returns false, storing nothing, unless `position`
+    /// is above every position this queue ever held or assigned (a record applied twice, or out
+    /// of order).
+    pub fn enqueue_at(&mut self, position: Position, message: Message) -> bool {
+        if position <= self.highest_position {
+            return false;
         }
-        self.held_count -= purged;
-        self.dequeued_total += purged;
-        purged
+        self.highest_position = position;
+        self.next_position = self.next_position.max(Position(position.0.saturating_add(1)));
+        self.store(position, message);
+        true
+    }
+
+    /// Counts and stores a message at the back.
+    fn store(&mut self, position: Position, message: Message) {
+        self.held_count += 1;
+        self.held_bytes += message.size();
+        self.enqueued_total += 1;
+        self.ready.push_back(Held { position, delivered: Delivered { redelivered: false, message } });
+    }
+
+    /// Counts a message removed for good, and logs its position on a queue of level `all`.
+    fn removed(&mut self, held: &Held) {
+        self.held_count -= 1;
+        self.held_bytes -= held.delivered.message.size();
+        self.dequeued_total += 1;
+        if self.level == ReplicationLevel::All {
+            self.dequeued_log.push(held.position);
+        }
+    }
+
+    /// Drops every ready message (not the unsettled ones) and returns how many. On a queue of
+    /// level `all`, their positions go to the dequeued log.
+    pub fn purge(&mut self) -> u64 {
+        let purged = std::mem::take(&mut self.ready);
+        for held in &purged {
+            self.removed(held);
+        }
+        purged.len() as u64
+    }
+
+    /// Appends to `out` the positions removed for good (ack, reject, purge) since the last call,
+    /// in removal order, and forgets them. Always empty unless the level is `all`.
+    pub fn take_dequeued(&mut self, out: &mut Vec<Position>) {
+        out.append(&mut self.dequeued_log);
+    }
+
+    /// Backup: removes the ready messages at positions in `ranges` (inclusive, increasing) and
+    /// returns how many. Nothing is logged (a backup replicates nothing onwards). An unsettled
+    /// message in a range is left with its subscription: a backup has no consumers, so this does
+    /// not arise there, and a message a consumer holds is not ours to take back.
+    ///
+    /// Cost: the front of the queue is checked first (the usual case, the primary's consumers
+    /// take from the front); a range not found there costs one pass over the ready messages.
+    pub fn dequeue_at(&mut self, ranges: &[(Position, Position)]) -> u64 {
+        let in_ranges = |position: Position| {
+            let index = ranges.partition_point(|&(_, last)| last < position);
+            ranges.get(index).is_some_and(|&(first, _)| first <= position)
+        };
+        let wanted: u64 = ranges.iter().map(|&(first, last)| (last.0 + 1).saturating_sub(first.0)).sum();
+        let mut removed = 0u64;
+        while let Some(held) = self.ready.front() {
+            if !in_ranges(held.position) {
+                break;
+            }
+            let held = self.ready.pop_front().expect("front present");
+            self.removed_by_replica(&held);
+            removed += 1;
+        }
+        if removed < wanted {
+            let mut kept = VecDeque::with_capacity(self.ready.len());
+            for held in std::mem::take(&mut self.ready) {
+                if in_ranges(held.position) {
+                    self.removed_by_replica(&held);
+                    removed += 1;
+                } else {
+                    kept.push_back(held);
+                }
+            }
+            self.ready = kept;
+        }
+        removed
+    }
+
+    /// Counts a message removed by the primary's order, without logging it.
+    fn removed_by_replica(&mut self, held: &Held) {
+        self.held_count -= 1;
+        self.held_bytes -= held.delivered.message.size();
+        self.dequeued_total += 1;
+    }
+
+    /// Backup: drops every ready message, before a full resync, and returns how many. Nothing is
+    /// logged, and the position high-water mark falls back to the highest unsettled position (0
+    /// when none), so that the resync's `enqueue_at` may reuse the primary's positions.
+    pub fn clear_messages(&mut self) -> u64 {
+        let cleared = std::mem::take(&mut self.ready);
+        for held in &cleared {
+            self.removed_by_replica(held);
+        }
+        self.highest_position = self.unsettled().map(|h| h.position).max().unwrap_or_default();
+        cleared.len() as u64
+    }
+
+    /// A primary: positions continue at `max(next, Position(epoch << 40))`, so that a new primary
+    /// never reuses a position that an older primary (of a lower epoch, which started at most at
+    /// `(epoch - 1) << 40`) may have assigned and a backup may still hold. That holds while one
+    /// epoch assigns fewer than 2^40 positions per queue; epochs of 2^24 and above saturate.
+    pub fn begin_epoch(&mut self, epoch: Epoch) {
+        let start = Position(epoch.0.saturating_mul(1 << EPOCH_POSITION_SHIFT));
+        self.next_position = self.next_position.max(start);
+    }
+
+    /// Visits every held message (ready and unsettled) in position order, for a catch-up snapshot.
+    pub fn for_each_held(&self, mut f: impl FnMut(Position, &Message)) {
+        let mut held: Vec<&Held> = self.ready.iter().chain(self.unsettled()).collect();
+        held.sort_unstable_by_key(|h| h.position);
+        for h in held {
+            f(h.position, &h.delivered.message);
+        }
+    }
+
+    /// Every unsettled delivery of every subscription.
+    fn unsettled(&self) -> impl Iterator<Item = &Held> + '_ {
+        self.subscriptions.iter().flat_map(|s| s.unsettled.iter().flatten())
     }
 
     /// Adds a subscription.
@@ -267,8 +437,9 @@ impl Queue {
         if self.next_subscription > index {
             self.next_subscription -= 1;
         }
-        for queued in subscription.unsettled.into_iter().rev().flatten() {
-            self.ready.push_front(Delivered { redelivered: true, message: queued.message });
+        for mut held in subscription.unsettled.into_iter().rev().flatten() {
+            held.delivered.redelivered = true;
+            self.ready.push_front(held);
         }
         true
     }
@@ -300,16 +471,20 @@ impl Queue {
             while tag <= range.last.0 {
                 let offset = tag - subscription.base_tag.0;
                 match subscription.unsettled.get_mut(offset as usize).and_then(Option::take) {
-                    Some(queued) => {
+                    Some(held) => {
                         outcome.settled += 1;
                         subscription.unsettled_count -= 1;
                         match settlement {
                             Settlement::Ack | Settlement::Reject => {
+                                // Inline `removed`: `subscription` borrows `self.subscriptions`.
                                 self.held_count -= 1;
-                                self.held_bytes -= queued.message.size();
+                                self.held_bytes -= held.delivered.message.size();
                                 self.dequeued_total += 1;
+                                if self.level == ReplicationLevel::All {
+                                    self.dequeued_log.push(held.position);
+                                }
                             }
-                            Settlement::Release => released.push(queued.message),
+                            Settlement::Release => released.push(held),
                         }
                     }
                     None => {
@@ -328,8 +503,9 @@ impl Queue {
             subscription.unsettled.pop_front();
             subscription.base_tag = subscription.base_tag.next();
         }
-        for message in released.into_iter().rev() {
-            self.ready.push_front(Delivered { redelivered: true, message });
+        for mut held in released.into_iter().rev() {
+            held.delivered.redelivered = true;
+            self.ready.push_front(held);
         }
         Some(outcome)
     }
@@ -353,9 +529,9 @@ impl Queue {
                 idle_rounds = 0;
                 let first_tag = Tag(subscription.base_tag.0 + subscription.unsettled.len() as u64);
                 let mut messages = Vec::with_capacity(take);
-                for queued in self.ready.drain(..take) {
-                    subscription.unsettled.push_back(Some(queued.clone()));
-                    messages.push(queued);
+                for held in self.ready.drain(..take) {
+                    messages.push(held.delivered.clone());
+                    subscription.unsettled.push_back(Some(held));
                 }
                 subscription.unsettled_count += take as u32;
                 assert!(subscription.unsettled_count <= subscription.prefetch);
@@ -402,7 +578,7 @@ mod tests {
     #[test]
     fn delivers_in_fifo_order_within_prefetch() {
         // Goal: FIFO order and the credit bound. Method: 5 messages, prefetch 3, ack, poll again.
-        let mut queue = Queue::new("q".into(), QueueOptions::default(), None);
+        let mut queue = Queue::new("q".into(), QueueOptions::default(), None, ReplicationLevel::None);
         for body in ["a", "b", "c", "d", "e"] {
             queue.enqueue(message(body)).unwrap();
         }
@@ -426,7 +602,7 @@ mod tests {
     #[test]
     fn cancel_returns_unsettled_to_head_flagged_redelivered() {
         // Goal: redelivery after a consumer goes away keeps order and flags the messages.
-        let mut queue = Queue::new("q".into(), QueueOptions::default(), None);
+        let mut queue = Queue::new("q".into(), QueueOptions::default(), None, ReplicationLevel::None);
         for body in ["a", "b", "c"] {
             queue.enqueue(message(body)).unwrap();
         }
@@ -442,7 +618,7 @@ mod tests {
 
     #[test]
     fn release_requeues_and_unknown_tags_are_counted() {
-        let mut queue = Queue::new("q".into(), QueueOptions::default(), None);
+        let mut queue = Queue::new("q".into(), QueueOptions::default(), None, ReplicationLevel::None);
         queue.enqueue(message("a")).unwrap();
         queue.enqueue(message("b")).unwrap();
         queue.subscribe(key(1), 1).unwrap();
@@ -464,7 +640,7 @@ mod tests {
     #[test]
     fn full_queue_rejects_with_the_limit_named() {
         let options = QueueOptions { max_count: Some(2), max_bytes: Some(5), ..QueueOptions::default() };
-        let mut queue = Queue::new("small".into(), options, None);
+        let mut queue = Queue::new("small".into(), options, None, ReplicationLevel::None);
         queue.enqueue(message("ab")).unwrap();
         let too_big = queue.enqueue(message("abcd")).unwrap_err();
         assert_eq!(too_big.to_string(), "queue 'small' is full: max-bytes is 5, it holds 2 and the message has 4");
@@ -482,7 +658,7 @@ mod tests {
 
     #[test]
     fn round_robin_between_consumers_and_purge_keeps_unacked() {
-        let mut queue = Queue::new("q".into(), QueueOptions::default(), None);
+        let mut queue = Queue::new("q".into(), QueueOptions::default(), None, ReplicationLevel::None);
         queue.subscribe(key(1), 1).unwrap();
         queue.subscribe(key(2), 1).unwrap();
         for body in ["a", "b", "c"] {

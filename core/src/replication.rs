@@ -6,14 +6,21 @@
 //!   replicated message at the primary's position, so dequeues name the same message everywhere.
 //! - `Hold`: a publish whose confirm waits for one backup's confirm of the message.
 //! - `Record`: one change to one replicated queue, as a backup applies it.
+//! - `ReplicationEvent`: one change a primary shard made to one replicated queue, as the shard
+//!   reports it (`Shard::poll_replication`, `Shard::replication_snapshot`); the replication stream
+//!   turns these into `Record`s.
 //!
 //! Invariants:
 //! - Within one queue, positions only grow: every enqueue takes a position above every earlier one.
+//! - A shard reports the events of one queue in the order it made the changes: `QueueCreated`,
+//!   then enqueues and dequeues as they happened, then `QueueDeleted`.
 
 use std::fmt;
+use std::sync::Arc;
 
 use crate::frame::{Message, QueueOptions};
 use crate::ids::{ConnId, Seq, ShardId};
+use crate::replication_level::ReplicationLevel;
 
 /// A message's place in one queue of the primary: +1 per enqueued message, never reused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
@@ -74,5 +81,44 @@ pub enum Record {
         queue: String,
         /// Inclusive position ranges, increasing, neither overlapping nor adjacent; at least one.
         ranges: Vec<(Position, Position)>,
+    },
+}
+
+/// One change a primary shard made to one replicated queue, reported in the order it was made.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReplicationEvent {
+    /// A queue of level `configuration` or `all` was created (on its owner shard only).
+    QueueCreated {
+        /// Queue name.
+        name: Arc<str>,
+        /// Its options as created.
+        options: QueueOptions,
+        /// Its level, `configuration` or `all`.
+        level: ReplicationLevel,
+    },
+    /// A queue of level `configuration` or `all` was deleted, with every message it held.
+    QueueDeleted {
+        /// Queue name.
+        name: Arc<str>,
+    },
+    /// A message was stored in a queue of level `all`.
+    Enqueued {
+        /// Queue name.
+        queue: Arc<str>,
+        /// The message's position.
+        position: Position,
+        /// The message.
+        message: Message,
+        /// The publish whose confirm waits for this backup stream's confirm of the message; `None`
+        /// when no stream held it (no stream then, or a catch-up snapshot). Each stream of the
+        /// shard must release it once (`Shard::handle_holds_released`).
+        hold: Option<Hold>,
+    },
+    /// A message was removed for good (acked, rejected, purged) from a queue of level `all`.
+    Dequeued {
+        /// Queue name.
+        queue: Arc<str>,
+        /// The message's position.
+        position: Position,
     },
 }

@@ -179,6 +179,13 @@ impl ReplicationLevel {
     }
 }
 
+impl Default for ReplicationLevel {
+    /// `none`, the default of `ha-replicate`.
+    fn default() -> ReplicationLevel {
+        ReplicationLevel::None
+    }
+}
+
 impl fmt::Display for ReplicationLevel {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.name())

@@ -16,6 +16,25 @@
 //! admitted only by a primary, and may send only heartbeats until replication exists; the
 //! transport runs its heartbeats (`is_backup_link`).
 //!
+//! Replication (see `replication`, `replication_level`): every queue has a level, decided by the
+//! coordinator at declare. While this broker is a primary (`recovering`, `active`; never
+//! standalone, never a backup), the owner of a replicated queue reports each change it makes to
+//! it, in order, through `poll_replication`: creation and deletion for levels `configuration` and
+//! `all`, each stored and each removed message (ack, reject, purge) for `all`. A message stored
+//! in an `all` queue while the transport has backup streams on this shard (`set_replica_holds`)
+//! holds its publish's confirm: the producer's tracker takes that many holds before the target is
+//! counted, and each is released by `handle_holds_released` once a stream's backup confirmed it.
+//! `replication_snapshot` describes every replicated queue this shard owns, for a catch-up.
+//!
+//! On a backup, `apply_replica` applies the primary's records to the queues this shard owns: a
+//! `QueueCreated` record makes the `Queue` here at once (level `all`), so the records after it
+//! apply, and asks the coordinator to add the name to every shard's routing; `QueueDeleted` drops
+//! it here and asks the coordinator to remove the name. These requests are the broker's own and
+//! are accepted in any HA state, although clients' changes are refused on a backup. Shard 0 takes
+//! the link's state transitions (`handle_ha_transition`) and the primary's epoch
+//! (`observe_epoch`). A promotion (`recovering`) makes every owned queue continue its positions in
+//! the new epoch (`Queue::begin_epoch`).
+//!
 //! Not here: sockets, rings, threads; the transport carries bytes and messages in and out.
 //!
 //! Invariants:
@@ -25,22 +44,31 @@
 //! - A publish is confirmed only through the connection's completion tracker, after every target
 //!   queue reported.
 //! - On shard 0, the `HaView`'s state equals the coordinator's after every applied change.
+//! - Replication events exist only while the state is `recovering` or `active`, and per queue they
+//!   are in the order of the changes; a hold is taken on the producer's tracker before the
+//!   target's report, and its release reaches that tracker after it (same ring, later message).
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
 use bytes::BytesMut;
 
+use crate::broker_state::{BrokerState, TransitionCause};
 use crate::codec::{self, ConfirmWriter, DecodeError, DeliverWriter};
 use crate::completion_tracker::CompletionTracker;
 use crate::config_coordinator::{ConfigCoordinator, Decision};
-use crate::frame::{ConfirmOutcome, ConfirmRange, Delivered, ErrorCode, Frame, Message, QueueInfo, PROTOCOL_VERSION};
+use crate::epoch::{Epoch, Observed};
+use crate::frame::{
+    ConfirmOutcome, ConfirmRange, Delivered, ErrorCode, Frame, Message, QueueInfo, QueueOptions, PROTOCOL_VERSION,
+};
 use crate::ha_view::{initial_state, Admission, ConnectionKind, HaSettings, HaView};
 use crate::ids::{ConnId, ConsumerId, RequestId, Seq, ShardId, Tag};
 use crate::limits::{DELIVER_FRAME_BYTES_TARGET, DELIVER_FRAME_OVERHEAD_BYTES};
 use crate::queue::{DeliveryBatch, Queue, SubscriberKey};
+use crate::replication::{Hold, Position, Record, ReplicationEvent};
+use crate::replication_level::ReplicationLevel;
 use crate::routing_table::RoutingTable;
-use crate::shard_message::{ConfigChange, ConfigRequest, ConnRef, EnqueueItem, ShardMessage};
+use crate::shard_message::{ConfigChange, ConfigRequest, ConnRef, EnqueueItem, EnqueueResult, ShardMessage};
 
 /// Settings a shard needs from the broker's configuration.
 #[derive(Debug, Clone)]
@@ -55,7 +83,7 @@ pub struct ShardConfig {
     pub deliver_batch_max: usize,
     /// The broker's name for `Hello`.
     pub broker_name: String,
-    /// `ha-cluster`, `ha-brokers-url`, `ha-public-url`.
+    /// `ha-cluster`, `ha-brokers-url`, `ha-public-url`, `ha-replicate`.
     pub ha: HaSettings,
 }
 
@@ -74,6 +102,14 @@ pub struct ShardCounters {
     pub requests_refused_not_primary: u64,
     /// Backup links refused because this broker is not a primary (a backup or standalone).
     pub backup_links_refused_not_primary: u64,
+    /// Hold releases for publishes of connections that had closed.
+    pub holds_released_to_closed_connection: u64,
+    /// Replication records for queues this shard does not own or does not hold.
+    pub replica_records_ignored: u64,
+    /// Replicated messages not stored: their position was not above the queue's highest.
+    pub replica_messages_ignored: u64,
+    /// HA transitions asked by the replication link and refused by the state table.
+    pub ha_transitions_refused: u64,
 }
 
 /// Which queue a shard owns: a stable hash of the name.
@@ -120,6 +156,12 @@ pub struct Shard {
     route_scratch: Vec<Arc<str>>,
     /// Drop counters.
     counters: ShardCounters,
+    /// Replication events not yet polled, in the order of the changes.
+    replication: Vec<ReplicationEvent>,
+    /// Backup streams on this shard: holds each replicated enqueue takes.
+    replica_holds: u32,
+    /// Scratch for positions drained from a queue's dequeued log.
+    dequeued_scratch: Vec<Position>,
 }
 
 /// A client connection's state on the shard that accepted it.
@@ -163,7 +205,7 @@ impl Shard {
             routing: RoutingTable::new(),
             queues: HashMap::new(),
             sessions: HashMap::new(),
-            coordinator: (id.0 == 0).then(|| ConfigCoordinator::new(initial_state(&config.ha))),
+            coordinator: (id.0 == 0).then(|| ConfigCoordinator::new(initial_state(&config.ha), config.ha.replicate)),
             ha: HaView::new(config.ha.clone()),
             outbox: (0..count).map(|_| Vec::new()).collect(),
             loopback: VecDeque::new(),
@@ -173,6 +215,9 @@ impl Shard {
             pending_enqueues: (0..count).map(|_| Vec::new()).collect(),
             route_scratch: Vec::new(),
             counters: ShardCounters::default(),
+            replication: Vec::new(),
+            replica_holds: 0,
+            dequeued_scratch: Vec::new(),
             config,
         }
     }
@@ -304,8 +349,13 @@ impl Shard {
         match message {
             ShardMessage::Enqueue { origin, items } => self.enqueue_batch(origin, items),
             ShardMessage::Enqueued { conn, results } => {
-                for range in results {
-                    self.record_enqueued(conn, range);
+                for result in results {
+                    self.record_enqueued(conn, result);
+                }
+            }
+            ShardMessage::HoldsReleased { conn, seqs } => {
+                for seq in seqs {
+                    self.release_hold(conn, seq);
                 }
             }
             ShardMessage::Subscribe { origin, request, consumer, queue, prefetch } => {
@@ -338,6 +388,7 @@ impl Shard {
                     if let Some(outcome) = entry.settle(key, settlement, &ranges) {
                         self.counters.settle_unknown_tags += outcome.unknown;
                         self.mark_queue(&queue);
+                        self.report_dequeued(&queue);
                     }
                 }
             }
@@ -345,6 +396,7 @@ impl Shard {
                 let reply = match self.queues.get_mut(queue.as_str()) {
                     Some(entry) => {
                         entry.purge();
+                        self.report_dequeued(&queue);
                         Frame::Ok { request }
                     }
                     None => not_found_queue(request, &queue),
@@ -395,6 +447,151 @@ impl Shard {
                 }
             }
         }
+    }
+
+    /// Drains the replication events made since the last call, in the order of the changes
+    /// (per queue: created, enqueues and dequeues as they happened, deleted). Events are made only
+    /// while this broker is a primary of an HA cluster (`recovering`, `active`).
+    pub fn poll_replication(&mut self, out: &mut Vec<ReplicationEvent>) {
+        out.append(&mut self.replication);
+    }
+
+    /// How many backup streams on this shard hold each new enqueue's confirm; the transport keeps
+    /// it equal to its number of streams here. Each of them must release each hold once.
+    pub fn set_replica_holds(&mut self, holds: u32) {
+        self.replica_holds = holds;
+    }
+
+    /// Releases one hold per entry, on the producer's tracker: here, or through the producer's
+    /// shard (`ShardMessage::HoldsReleased`). Must be called on the shard whose events carried
+    /// the holds, so that each release follows the `Enqueued` result that took the hold on the
+    /// same ring. A release for a connection that closed is counted. Confirms go out at `drive`.
+    pub fn handle_holds_released(&mut self, holds: &[Hold]) {
+        let mut remote: Vec<(ShardId, ConnId, Vec<Seq>)> = Vec::new();
+        for hold in holds {
+            if hold.shard == self.id {
+                self.release_hold(hold.conn, hold.seq);
+                continue;
+            }
+            match remote.iter_mut().find(|(shard, conn, _)| *shard == hold.shard && *conn == hold.conn) {
+                Some((_, _, seqs)) => seqs.push(hold.seq),
+                None => remote.push((hold.shard, hold.conn, vec![hold.seq])),
+            }
+        }
+        for (shard, conn, seqs) in remote {
+            self.send(shard, ShardMessage::HoldsReleased { conn, seqs });
+        }
+    }
+
+    /// Appends a catch-up description of every replicated queue this shard owns, by name: its
+    /// `QueueCreated`, then for level `all` an `Enqueued` (no hold) per held message, ready or
+    /// unsettled, in position order.
+    pub fn replication_snapshot(&self, out: &mut Vec<ReplicationEvent>) {
+        let mut names: Vec<&Arc<str>> =
+            self.queues.iter().filter(|(_, q)| q.level().replicates_configuration()).map(|(name, _)| name).collect();
+        names.sort();
+        for name in names {
+            let queue = &self.queues[name];
+            let level = queue.level();
+            out.push(ReplicationEvent::QueueCreated { name: name.clone(), options: queue.options().clone(), level });
+            if level.replicates_messages() {
+                queue.for_each_held(|position, message| {
+                    let message = message.clone();
+                    out.push(ReplicationEvent::Enqueued { queue: name.clone(), position, message, hold: None });
+                });
+            }
+        }
+    }
+
+    /// Backup: applies one record of the primary's to the queues this shard owns. A queue created
+    /// by a record has level `all` and is not exclusive here (its owner is on the primary). Records
+    /// for queues this shard does not own or hold are counted and ignored, and so are messages at
+    /// positions not above the queue's highest. Called only while this broker is a backup.
+    pub fn apply_replica(&mut self, record: Record) {
+        match record {
+            Record::QueueCreated { name, options } => {
+                if shard_of(&name, self.config.shard_count) != self.id {
+                    self.counters.replica_records_ignored += 1;
+                    return;
+                }
+                if self.queues.contains_key(name.as_str()) {
+                    // Announced again (a reconnect): it is here with its messages.
+                    return;
+                }
+                let options = QueueOptions { passive: false, exclusive: false, ..options };
+                let queue = Queue::new(name.clone(), options.clone(), None, ReplicationLevel::All);
+                self.queues.insert(Arc::from(name.as_str()), queue);
+                self.request_replica_change(ConfigRequest::ReplicaQueueCreated { name, options });
+            }
+            Record::QueueDeleted { name } => {
+                let Some(queue) = self.queues.remove(name.as_str()) else {
+                    self.counters.replica_records_ignored += 1;
+                    return;
+                };
+                self.dirty_queues.remove(name.as_str());
+                for key in queue.subscribers().collect::<Vec<_>>() {
+                    let reason = format!("queue '{name}' was deleted");
+                    let frame = Frame::ConsumerCancelled { consumer: key.consumer, reason };
+                    self.send(key.shard, ShardMessage::Reply { conn: key.conn, frame });
+                }
+                self.request_replica_change(ConfigRequest::ReplicaQueueDeleted { name });
+            }
+            Record::Enqueued { queue, first_position, messages } => {
+                let Some(entry) = self.queues.get_mut(queue.as_str()) else {
+                    self.counters.replica_records_ignored += 1;
+                    return;
+                };
+                let mut position = first_position;
+                for message in messages {
+                    if !entry.enqueue_at(position, message) {
+                        self.counters.replica_messages_ignored += 1;
+                    }
+                    position = position.next();
+                }
+            }
+            Record::Dequeued { queue, ranges } => match self.queues.get_mut(queue.as_str()) {
+                Some(entry) => {
+                    entry.dequeue_at(&ranges);
+                }
+                None => self.counters.replica_records_ignored += 1,
+            },
+        }
+    }
+
+    /// Backup: drops every ready message of every `all` queue this shard owns, before a full
+    /// resync; returns how many.
+    pub fn clear_replicas(&mut self) -> u64 {
+        self.queues.values_mut().filter(|q| q.level() == ReplicationLevel::All).map(Queue::clear_messages).sum()
+    }
+
+    /// Shard 0: moves the broker to HA state `to` for `cause`, as the replication link found
+    /// (joining -> catchup, catchup -> ready, ready -> catchup), and broadcasts it to every shard
+    /// like a promotion, in the current epoch.
+    ///
+    /// # Errors
+    /// The state table's refusal (or that a promotion is not made here), counted in
+    /// `ha_transitions_refused`; nothing changes.
+    ///
+    /// # Panics
+    /// On a shard other than 0.
+    pub fn handle_ha_transition(&mut self, to: BrokerState, cause: TransitionCause) -> Result<(), String> {
+        let coordinator = self.coordinator.as_ref().expect("handle_ha_transition is for shard 0, the coordinator");
+        if let Err(reason) = coordinator.decide_transition(to, cause) {
+            self.counters.ha_transitions_refused += 1;
+            return Err(reason);
+        }
+        let origin = self.conn_ref(BROKER_ITSELF);
+        self.coordinate(origin, None, ConfigRequest::HaTransition { to, cause });
+        Ok(())
+    }
+
+    /// Shard 0: learns the epoch of the primary this backup replicates from, so that a later
+    /// promotion takes an epoch above it. Returns how it compares with the highest seen.
+    ///
+    /// # Panics
+    /// On a shard other than 0.
+    pub fn observe_epoch(&mut self, epoch: Epoch) -> Observed {
+        self.coordinator.as_mut().expect("observe_epoch is for shard 0, the coordinator").observe_epoch(epoch)
     }
 
     /// Runs loopback messages and delivers from changed queues, until nothing moves.
@@ -467,16 +664,16 @@ impl Shard {
                 let message = ShardMessage::Settle { origin, consumer, queue: queue.to_string(), settlement, ranges };
                 self.send(shard_of(&queue, self.config.shard_count), message);
             }
-            Frame::QueueDeclare { request, name, options, arguments: _ } => {
-                let change = ConfigRequest::DeclareQueue { name, options };
+            Frame::QueueDeclare { request, name, options, arguments } => {
+                let change = ConfigRequest::DeclareQueue { name, options, arguments };
                 self.send(ShardId(0), ShardMessage::ConfigRequest { origin, request: Some(request), change });
             }
             Frame::QueueDelete { request, name } => {
                 let change = ConfigRequest::Change(ConfigChange::DeleteQueue { name });
                 self.send(ShardId(0), ShardMessage::ConfigRequest { origin, request: Some(request), change });
             }
-            Frame::ExchangeDeclare { request, name, kind, passive, arguments: _ } => {
-                let change = ConfigRequest::DeclareExchange { name, kind, passive };
+            Frame::ExchangeDeclare { request, name, kind, passive, arguments } => {
+                let change = ConfigRequest::DeclareExchange { name, kind, passive, arguments };
                 self.send(ShardId(0), ShardMessage::ConfigRequest { origin, request: Some(request), change });
             }
             Frame::ExchangeDelete { request, name } => {
@@ -619,9 +816,13 @@ impl Shard {
         }
     }
 
-    /// Stores a batch of enqueues and reports the outcomes to the producer's shard.
+    /// Stores a batch of enqueues and reports the outcomes to the producer's shard. On a primary,
+    /// a message stored in an `all` queue is reported to replication, holding its confirm for
+    /// every backup stream of this shard.
     fn enqueue_batch(&mut self, origin: ConnRef, items: Vec<EnqueueItem>) {
-        let mut results: Vec<ConfirmRange> = Vec::new();
+        let replicating = self.replicating();
+        let stream_holds = if replicating { self.replica_holds } else { 0 };
+        let mut results: Vec<EnqueueResult> = Vec::new();
         let mut items = items.into_iter().peekable();
         while let Some(first) = items.next() {
             // A run of items for the same queue costs one lookup.
@@ -629,11 +830,34 @@ impl Shard {
             let mut queue = self.queues.get_mut(&queue_name);
             let mut item = Some(first);
             while let Some(current) = item.take() {
+                let mut holds = 0;
                 let outcome = match queue.as_deref_mut() {
-                    Some(queue) => match queue.enqueue(current.message) {
-                        Ok(()) => ConfirmOutcome::Stored,
-                        Err(error) => ConfirmOutcome::Rejected { code: error.code(), reason: error.to_string() },
-                    },
+                    Some(queue) => {
+                        // A clone costs reference counts, not bytes; only replicated messages pay it.
+                        let replicated =
+                            (replicating && queue.level().replicates_messages()).then(|| current.message.clone());
+                        match queue.enqueue(current.message) {
+                            Ok(position) => {
+                                if let Some(message) = replicated {
+                                    let hold = (stream_holds > 0).then_some(Hold {
+                                        shard: origin.shard,
+                                        conn: origin.conn,
+                                        seq: current.seq,
+                                    });
+                                    holds = if hold.is_some() { stream_holds } else { 0 };
+                                    let queue = queue_name.clone();
+                                    self.replication.push(ReplicationEvent::Enqueued {
+                                        queue,
+                                        position,
+                                        message,
+                                        hold,
+                                    });
+                                }
+                                ConfirmOutcome::Stored
+                            }
+                            Err(error) => ConfirmOutcome::Rejected { code: error.code(), reason: error.to_string() },
+                        }
+                    }
                     // Deleted between routing and arrival.
                     None => ConfirmOutcome::Rejected {
                         code: ErrorCode::NotFound,
@@ -641,10 +865,17 @@ impl Shard {
                     },
                 };
                 match results.last_mut() {
-                    Some(range) if range.last.next() == current.seq && range.outcome == outcome => {
-                        range.last = current.seq
+                    Some(result)
+                        if result.range.last.next() == current.seq
+                            && result.range.outcome == outcome
+                            && result.holds == holds =>
+                    {
+                        result.range.last = current.seq
                     }
-                    _ => results.push(ConfirmRange { first: current.seq, last: current.seq, outcome }),
+                    _ => results.push(EnqueueResult {
+                        range: ConfirmRange { first: current.seq, last: current.seq, outcome },
+                        holds,
+                    }),
                 }
                 item = items.next_if(|next| Arc::ptr_eq(&next.queue, &queue_name) || next.queue == queue_name);
             }
@@ -653,23 +884,28 @@ impl Shard {
             }
         }
         if origin.shard == self.id {
-            for range in results {
-                self.record_enqueued(origin.conn, range);
+            for result in results {
+                self.record_enqueued(origin.conn, result);
             }
         } else {
             self.send(origin.shard, ShardMessage::Enqueued { conn: origin.conn, results });
         }
     }
 
-    /// One target of each seq in `range` reported.
-    fn record_enqueued(&mut self, conn: ConnId, range: ConfirmRange) {
+    /// One target of each seq in the result's range reported, after its holds were taken.
+    fn record_enqueued(&mut self, conn: ConnId, result: EnqueueResult) {
         let Some(session) = self.sessions.get_mut(&conn) else {
             self.counters.to_closed_connection += 1;
             return;
         };
         let tracker = session.tracker.as_mut().expect("enqueue result for a connection that never published");
+        let EnqueueResult { range, holds } = result;
         let mut seq = range.first;
         while seq <= range.last {
+            if holds > 0 {
+                // Before the report, so the confirm cannot be released without the backups.
+                tracker.handle_hold(seq, holds);
+            }
             tracker.handle_enqueued(seq, range.outcome.clone());
             seq = seq.next();
         }
@@ -677,6 +913,40 @@ impl Shard {
             session.confirms_due = true;
             self.confirms_due.push(conn);
         }
+    }
+
+    /// One hold on publish `seq` of local connection `conn` is released.
+    fn release_hold(&mut self, conn: ConnId, seq: Seq) {
+        let Some(tracker) = self.sessions.get_mut(&conn).and_then(|s| s.tracker.as_mut()) else {
+            self.counters.holds_released_to_closed_connection += 1;
+            return;
+        };
+        tracker.handle_hold_released(seq);
+        self.mark_confirms_due(conn);
+    }
+
+    /// Whether this shard reports replication events: the broker is a primary of an HA cluster.
+    fn replicating(&self) -> bool {
+        matches!(self.ha.state(), BrokerState::Recovering | BrokerState::Active)
+    }
+
+    /// Drains the dequeued log of queue `name` after a change, into `Dequeued` events while
+    /// replicating (the log is drained, and dropped, on a standalone broker too).
+    fn report_dequeued(&mut self, name: &str) {
+        let Some((key, queue)) = self.queues.get_key_value(name) else { return };
+        let key = key.clone();
+        if queue.level() != ReplicationLevel::All {
+            return;
+        }
+        let mut positions = std::mem::take(&mut self.dequeued_scratch);
+        self.queues.get_mut(name).expect("queue present").take_dequeued(&mut positions);
+        if self.replicating() {
+            for position in positions.drain(..) {
+                self.replication.push(ReplicationEvent::Dequeued { queue: key.clone(), position });
+            }
+        }
+        positions.clear();
+        self.dequeued_scratch = positions;
     }
 
     fn mark_confirms_due(&mut self, conn: ConnId) {
@@ -770,6 +1040,13 @@ impl Shard {
                 self.request_auto_delete(queue.to_string());
             }
         }
+    }
+
+    /// Asks the coordinator for a routing change that a replication record made; nobody is
+    /// answered.
+    fn request_replica_change(&mut self, change: ConfigRequest) {
+        let origin = self.conn_ref(BROKER_ITSELF);
+        self.send(ShardId(0), ShardMessage::ConfigRequest { origin, request: None, change });
     }
 
     /// Asks the coordinator to delete an auto-delete queue that lost its last consumer. The
@@ -905,17 +1182,35 @@ impl Shard {
     fn apply_config(&mut self, change: ConfigChange) -> Result<(), (ErrorCode, String)> {
         let routing_error = |e: crate::routing_table::RoutingError| (e.code(), e.to_string());
         match change {
-            ConfigChange::CreateQueue { name, options, exclusive_owner } => {
+            ConfigChange::CreateQueue { name, options, exclusive_owner, level } => {
                 self.routing.add_queue(&name).map_err(routing_error)?;
-                if shard_of(&name, self.config.shard_count) == self.id {
+                // A queue held here already is kept, with its messages.
+                if shard_of(&name, self.config.shard_count) == self.id && !self.queues.contains_key(name.as_str()) {
                     let owner = exclusive_owner.map(|c| (c.shard, c.conn));
-                    self.queues.insert(Arc::from(name.as_str()), Queue::new(name, options, owner));
+                    let key: Arc<str> = Arc::from(name.as_str());
+                    let mut queue = Queue::new(name, options.clone(), owner, level);
+                    if self.replicating() {
+                        queue.begin_epoch(self.ha.epoch());
+                        if level.replicates_configuration() {
+                            self.replication.push(ReplicationEvent::QueueCreated { name: key.clone(), options, level });
+                        }
+                    }
+                    self.queues.insert(key, queue);
                 }
                 Ok(())
             }
+            ConfigChange::AddReplicaQueue { name, options: _ } => {
+                self.routing.add_queue(&name).map(|_| ()).map_err(routing_error)
+            }
+            ConfigChange::RemoveReplicaQueue { name } => {
+                self.routing.remove_queue(&name).map(|_| ()).map_err(routing_error)
+            }
             ConfigChange::DeleteQueue { name } => {
                 self.routing.remove_queue(&name).map_err(routing_error)?;
-                if let Some(queue) = self.queues.remove(name.as_str()) {
+                if let Some((key, queue)) = self.queues.remove_entry(name.as_str()) {
+                    if self.replicating() && queue.level().replicates_configuration() {
+                        self.replication.push(ReplicationEvent::QueueDeleted { name: key });
+                    }
                     self.dirty_queues.remove(name.as_str());
                     let subscribers: Vec<SubscriberKey> = queue.subscribers().collect();
                     for key in subscribers {
@@ -926,7 +1221,7 @@ impl Shard {
                 }
                 Ok(())
             }
-            ConfigChange::CreateExchange { name, kind } => {
+            ConfigChange::CreateExchange { name, kind, level: _ } => {
                 self.routing.declare_exchange(&name, kind).map(|_| ()).map_err(routing_error)
             }
             ConfigChange::DeleteExchange { name } => {
@@ -936,6 +1231,11 @@ impl Shard {
             ConfigChange::Unbind(binding) => self.routing.unbind(&binding).map(|_| ()).map_err(routing_error),
             ConfigChange::HaState { state, epoch, cause } => {
                 self.ha.handle_change(state, epoch, cause);
+                if state == BrokerState::Recovering {
+                    for queue in self.queues.values_mut() {
+                        queue.begin_epoch(epoch);
+                    }
+                }
                 Ok(())
             }
         }

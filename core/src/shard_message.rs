@@ -18,6 +18,7 @@ use crate::frame::{
     Binding, ConfirmRange, Delivered, ErrorCode, ExchangeKind, Frame, QueueInfo, QueueOptions, Settlement, TagRange,
 };
 use crate::ids::{ConnId, ConsumerId, RequestId, Seq, ShardId, Tag};
+use crate::replication_level::ReplicationLevel;
 
 /// A connection somewhere in the broker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -51,6 +52,8 @@ pub enum ConfigChange {
         options: QueueOptions,
         /// The owning connection, for exclusive queues.
         exclusive_owner: Option<ConnRef>,
+        /// How much of it is replicated, decided at declare.
+        level: ReplicationLevel,
     },
     /// Delete a queue and its bindings; cancel its consumers.
     DeleteQueue {
@@ -63,6 +66,24 @@ pub enum ConfigChange {
         name: String,
         /// Its type.
         kind: ExchangeKind,
+        /// How much of it is replicated, decided at declare (stored by the coordinator only).
+        level: ReplicationLevel,
+    },
+    /// Backup: add a replica queue's name to the routing table. Its owner shard created the
+    /// `Queue` itself when the `QueueCreated` record came, and keeps it: this change never creates
+    /// or replaces a `Queue`, so records applied meanwhile are not lost.
+    AddReplicaQueue {
+        /// Queue name.
+        name: String,
+        /// Its options, as the owner created it.
+        options: QueueOptions,
+    },
+    /// Backup: remove a replica queue's name (and its bindings) from the routing table. Its owner
+    /// shard dropped the `Queue` when the `QueueDeleted` record came; a `Queue` of the same name
+    /// held now is a newer replica and stays.
+    RemoveReplicaQueue {
+        /// Queue name.
+        name: String,
     },
     /// Delete an exchange and its bindings.
     DeleteExchange {
@@ -93,6 +114,8 @@ pub enum ConfigRequest {
         name: String,
         /// Declare options.
         options: QueueOptions,
+        /// Declare arguments (`qpid.replicate`).
+        arguments: Vec<(String, String)>,
     },
     /// Declare an exchange.
     DeclareExchange {
@@ -102,6 +125,8 @@ pub enum ConfigRequest {
         kind: ExchangeKind,
         /// Only check that it exists.
         passive: bool,
+        /// Declare arguments (`qpid.replicate`).
+        arguments: Vec<(String, String)>,
     },
     /// Any change that needs no further validation than the routing table's.
     Change(ConfigChange),
@@ -114,6 +139,39 @@ pub enum ConfigRequest {
     },
     /// Promote the broker to primary (`ringmq ha promote --cluster-manager`).
     HaPromote,
+    /// Backup: a replica queue's owner created it from a `QueueCreated` record; add its name to
+    /// every shard's routing table. Asked by the broker itself, in any HA state.
+    ReplicaQueueCreated {
+        /// Queue name.
+        name: String,
+        /// Its options.
+        options: QueueOptions,
+    },
+    /// Backup: a replica queue's owner dropped it for a `QueueDeleted` record; remove its name
+    /// from every shard's routing table. Asked by the broker itself, in any HA state.
+    ReplicaQueueDeleted {
+        /// Queue name.
+        name: String,
+    },
+    /// Backup: the replication link moved the broker to another HA state (checked against the
+    /// state table; never a promotion).
+    HaTransition {
+        /// The state asked for.
+        to: BrokerState,
+        /// Why.
+        cause: TransitionCause,
+    },
+}
+
+/// How the enqueues of a run of consecutive seqs on one queue ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EnqueueResult {
+    /// The seqs and their outcome; each seq counts as one target done.
+    pub range: ConfirmRange,
+    /// Holds to take on each seq of the range before its target is counted (the backup streams
+    /// that replicate the message and must confirm it); 0 for rejected messages and queues not
+    /// replicated.
+    pub holds: u32,
 }
 
 /// Everything one shard sends another.
@@ -126,13 +184,22 @@ pub enum ShardMessage {
         /// The messages, in the producer's order.
         items: Vec<EnqueueItem>,
     },
-    /// To the producer's shard: how the enqueues of one `Enqueue` ended, one range per
-    /// (queue, run of equal outcomes); each seq in a range counts as one target done.
+    /// To the producer's shard: how the enqueues of one `Enqueue` ended, one result per
+    /// (queue, run of equal outcomes and holds).
     Enqueued {
         /// The producer's connection.
         conn: ConnId,
         /// Outcomes.
-        results: Vec<ConfirmRange>,
+        results: Vec<EnqueueResult>,
+    },
+    /// To the producer's shard: one hold is released on each of these publishes (a backup
+    /// confirmed the message). Sent by the queue's owner after the `Enqueued` that took the hold,
+    /// so the rings' order keeps every release after its hold.
+    HoldsReleased {
+        /// The producer's connection.
+        conn: ConnId,
+        /// The publishes, one release each (a seq may repeat).
+        seqs: Vec<Seq>,
     },
     /// To a queue's owner: add a subscription.
     Subscribe {

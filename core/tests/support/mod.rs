@@ -11,6 +11,7 @@ use ringmq_core::codec::{decode, encode, encode_preamble};
 use ringmq_core::frame::{Frame, Preamble, QueueOptions, PROTOCOL_VERSION};
 use ringmq_core::ha_view::HaSettings;
 use ringmq_core::ids::{ConnId, RequestId, ShardId};
+use ringmq_core::replication_level::ReplicationLevel;
 use ringmq_core::shard::{Shard, ShardConfig};
 
 /// Shards wired together in memory.
@@ -50,6 +51,7 @@ impl Mesh {
                 cluster: true,
                 brokers_url: "amqp:tcp:127.0.0.1:1,tcp:127.0.0.1:2".into(),
                 public_url: "amqp:tcp:vip:5672".into(),
+                replicate: ReplicationLevel::None,
             },
         )
     }
