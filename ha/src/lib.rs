@@ -59,6 +59,7 @@ pub mod backup_stream;
 pub mod limits;
 pub mod link_frame;
 pub mod link_heartbeat;
+pub mod primary_replication;
 pub mod primary_stream;
 pub mod record;
 pub mod url;

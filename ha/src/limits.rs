@@ -58,6 +58,11 @@ pub const STREAM_PENDING_PAUSE: usize = 64 * 1024;
 /// shard did not pause; the stream then cannot keep its backup exact and the backup is dropped.
 pub const STREAM_PENDING_MAX: usize = STREAM_PENDING_PAUSE + 64 * BATCH_MESSAGES_MAX as usize;
 
+/// Pending records up to which a catching-up stream is fed from its backlog (the snapshot, and
+/// the changes queued behind it): half the pause point, so that catch-up alone, however deep the
+/// queues, never pauses producers nor overflows the stream, while a batch's worth stays ready.
+pub const CATCH_UP_FEED_MAX: usize = STREAM_PENDING_PAUSE / 2;
+
 /// Bytes of a batch that are not records: length, type, epoch, stream seq, record count.
 pub const BATCH_HEADER_BYTES: usize = 4 + 1 + 8 + 8 + 4;
 /// Bytes of an `Enqueued` record that are not messages, with the longest queue name: kind, name,
@@ -71,6 +76,7 @@ const _: () = assert!(
 const _: () = assert!(BATCHES_UNCONFIRMED_MAX >= 1);
 const _: () = assert!(BATCH_RECORDS_MAX >= 1 && BATCH_MESSAGES_MAX >= 1 && BATCH_RANGES_MAX >= 1);
 const _: () = assert!(STREAM_PENDING_PAUSE < STREAM_PENDING_MAX);
+const _: () = assert!(CATCH_UP_FEED_MAX >= BATCH_RECORDS_MAX as usize && CATCH_UP_FEED_MAX < STREAM_PENDING_PAUSE);
 // A paused shard still finishes the publish frame it is in: the slack must hold at least one.
 const _: () = assert!(STREAM_PENDING_MAX - STREAM_PENDING_PAUSE >= BATCH_MESSAGES_MAX as usize);
 

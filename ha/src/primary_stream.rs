@@ -37,8 +37,12 @@
 //!   `StreamOverflow` and the caller must drop the backup (`handle_backup_lost`), since the backup
 //!   can no longer be kept exact.
 //!
-//! Not here: catch-up of what queues held before the stream started (the `catch_up` work), the
-//! link's handshake and heartbeats, IO, exchanges and bindings.
+//! Catch-up: the caller feeds the stream a snapshot of what its queues hold (as creates and
+//! enqueues) before any later change, then calls `mark_fed`; `mark_confirmed` turns true once every
+//! marked record is in a batch the backup confirmed (see `primary_replication`).
+//!
+//! Not here: taking the snapshot (the shard's), the link's handshake and heartbeats, IO, exchanges
+//! and bindings.
 //!
 //! Invariants:
 //! - Batches go out with `StreamSeq` 1, 2, 3...: it only grows, by one per batch.
@@ -91,6 +95,12 @@ pub struct PrimaryStream {
     pending: usize,
     /// Set by `handle_backup_lost`: the stream is finished.
     lost: bool,
+    /// Queue creates and deletes ever fed, and ever put in a batch: `config` holds the difference.
+    config_fed: u64,
+    /// See `config_fed`.
+    config_batched: u64,
+    /// The mark set by `mark_fed`, if any.
+    mark: Option<Mark>,
     /// What happened, for metrics.
     counters: PrimaryCounters,
 }
@@ -172,6 +182,9 @@ impl PrimaryStream {
             released: Vec::new(),
             pending: 0,
             lost: false,
+            config_fed: 0,
+            config_batched: 0,
+            mark: None,
             counters: PrimaryCounters::default(),
         }
     }
@@ -185,6 +198,7 @@ impl PrimaryStream {
     pub fn handle_queue_created(&mut self, name: &str, options: QueueOptions) {
         self.assert_alive();
         self.config.push_back(Record::QueueCreated { name: name.to_string(), options });
+        self.config_fed += 1;
         self.pending += 1;
     }
 
@@ -212,6 +226,7 @@ impl PrimaryStream {
             queue.dequeues.clear();
         }
         self.config.push_back(Record::QueueDeleted { name: name.to_string() });
+        self.config_fed += 1;
         self.pending += 1;
     }
 
@@ -349,6 +364,54 @@ impl PrimaryStream {
     ///
     /// If `bytes_max` is above `BATCH_BYTES_MAX`.
     pub fn poll_batch(&mut self, bytes_max: usize) -> Option<Batch> {
+        let batch = self.next_batch(bytes_max);
+        self.update_mark();
+        batch
+    }
+
+    /// Sets the mark on every record fed so far (queue creates and deletes, enqueues, dequeues):
+    /// `mark_confirmed` turns true once each of them is in a batch the backup confirmed (or was
+    /// dropped unsent: dequeued or deleted before it was batched). Records fed later do not delay
+    /// it. A new mark replaces the previous one. Used for catch-up: the snapshot is fed, then marked.
+    pub fn mark_fed(&mut self) {
+        let mut queues = BTreeMap::new();
+        for (name, queue) in &self.queues {
+            let enqueued = queue.enqueues.back().map(|enqueue| enqueue.position);
+            let dequeued = queue.dequeues.last_key_value().map(|(_, &last)| last);
+            if enqueued.is_some() || dequeued.is_some() {
+                queues.insert(name.clone(), (enqueued, dequeued));
+            }
+        }
+        self.mark = Some(Mark { config_fed: self.config_fed, queues, batched_by: None });
+        self.update_mark();
+    }
+
+    /// True once every record fed before `mark_fed` is in a confirmed batch (or was dropped
+    /// unsent). False without a mark, and after the backup was lost.
+    pub fn mark_confirmed(&self) -> bool {
+        !self.lost && self.mark.as_ref().and_then(|mark| mark.batched_by).is_some_and(|seq| seq <= self.confirmed)
+    }
+
+    /// Notes, once every marked record is batched, the batch that carried the last of them.
+    fn update_mark(&mut self) {
+        let Some(mark) = self.mark.as_mut() else { return };
+        if mark.batched_by.is_some() {
+            return;
+        }
+        let queues = &self.queues;
+        mark.queues.retain(|name, (enqueued, dequeued)| {
+            let Some(queue) = queues.get(name) else { return false };
+            // Enqueues leave in position order, front first; dequeue ranges lowest first.
+            let enqueues_left = enqueued.is_some_and(|p| queue.enqueues.front().is_some_and(|e| e.position <= p));
+            let dequeues_left = dequeued.is_some_and(|p| queue.dequeues.range(..=p).next().is_some());
+            enqueues_left || dequeues_left
+        });
+        if self.config_batched >= mark.config_fed && mark.queues.is_empty() {
+            mark.batched_by = Some(self.sent_last);
+        }
+    }
+
+    fn next_batch(&mut self, bytes_max: usize) -> Option<Batch> {
         assert!(bytes_max <= BATCH_BYTES_MAX as usize, "bytes_max {bytes_max} above BATCH_BYTES_MAX");
         if self.lost
             || self.inflight.len() >= BATCHES_UNCONFIRMED_MAX
@@ -365,6 +428,7 @@ impl PrimaryStream {
             }
             builder.bytes += record_encoded_len(record);
             builder.records.push(self.config.pop_front().expect("front checked above"));
+            self.config_batched += 1;
             self.pending -= 1;
         }
         if self.config.is_empty() {
@@ -480,6 +544,18 @@ struct PendingEnqueue {
     message: Option<Message>,
     /// The publish waiting for this backup, if any.
     hold: Option<Hold>,
+}
+
+/// What `mark_fed` marked, and how far it got.
+#[derive(Debug)]
+struct Mark {
+    /// `config_fed` at the mark: every create and delete up to it must be batched.
+    config_fed: u64,
+    /// Per queue with pending data at the mark: the highest pending enqueue position and the
+    /// highest pending dequeued position. An entry leaves once nothing at or below them is pending.
+    queues: BTreeMap<String, (Option<Position>, Option<u64>)>,
+    /// Once every marked record is batched: the last batch sent at that moment.
+    batched_by: Option<StreamSeq>,
 }
 
 /// A batch sent and not confirmed.
@@ -904,5 +980,67 @@ mod tests {
         }
         assert!(!stream.producers_must_pause());
         assert_eq!(stream.pending_records(), 0);
+    }
+
+    #[test]
+    fn mark_turns_confirmed_once_every_record_fed_before_it_is_in_a_confirmed_batch() {
+        // Goal: the catch-up rule: records fed after the mark do not delay it, and records fed
+        // before it count once batched and confirmed, or dropped unsent.
+        let mut stream = PrimaryStream::new(Epoch(1));
+        // An empty mark is confirmed at once.
+        stream.mark_fed();
+        assert!(stream.mark_confirmed());
+        // A snapshot: two queues, three messages; one of them is consumed before it is batched.
+        stream.handle_queue_created("a", QueueOptions::default());
+        stream.handle_queue_created("b", QueueOptions::default());
+        stream.handle_enqueued("a", Position(0), message(0), None).unwrap();
+        stream.handle_enqueued("a", Position(1), message(1), None).unwrap();
+        stream.handle_enqueued("b", Position(5), message(5), None).unwrap();
+        stream.mark_fed();
+        assert!(!stream.mark_confirmed());
+        stream.handle_dequeued("a", Position(1)).unwrap();
+        // Live records after the mark, on both queues.
+        stream.handle_enqueued("a", Position(2), message(2), hold(2)).unwrap();
+        stream.handle_enqueued("b", Position(6), message(6), hold(6)).unwrap();
+        // Small batches: the creates, then one message at a time.
+        let mut seqs = Vec::new();
+        while let Some(batch) = stream.poll_batch(BATCH_HEADER_BYTES + 40) {
+            seqs.push(batch.stream_seq);
+        }
+        assert!(seqs.len() >= 3, "{seqs:?}");
+        // Confirming all but the last batch may or may not cover the mark; confirming everything does.
+        for &seq in &seqs {
+            stream.handle_confirm(seq).unwrap();
+        }
+        assert!(stream.mark_confirmed());
+        // Losing the backup un-confirms nothing, but a lost stream is never caught up.
+        stream.handle_backup_lost();
+        assert!(!stream.mark_confirmed());
+    }
+
+    #[test]
+    fn mark_waits_for_the_batch_carrying_the_last_marked_record_not_for_later_ones() {
+        // Goal: exactly the batch that carried the last marked record must be confirmed.
+        let mut stream = PrimaryStream::new(Epoch(1));
+        stream.handle_queue_created("q", QueueOptions::default());
+        stream.handle_enqueued("q", Position(0), message(0), None).unwrap();
+        stream.mark_fed();
+        let first = stream.poll_batch(BYTES).unwrap();
+        // A later record in a later batch.
+        stream.handle_enqueued("q", Position(1), message(1), hold(1)).unwrap();
+        let second = stream.poll_batch(BYTES).unwrap();
+        assert!(!stream.mark_confirmed());
+        stream.handle_confirm(first.stream_seq).unwrap();
+        assert!(stream.mark_confirmed(), "the later batch does not delay the mark");
+        stream.handle_confirm(second.stream_seq).unwrap();
+        assert!(stream.mark_confirmed());
+        // A pending dequeue is covered by a new mark.
+        stream.handle_dequeued("q", Position(0)).unwrap();
+        stream.mark_fed();
+        assert!(!stream.mark_confirmed());
+        let third = stream.poll_batch(BYTES).unwrap();
+        assert!(!stream.mark_confirmed());
+        stream.handle_confirm(third.stream_seq).unwrap();
+        assert!(stream.mark_confirmed());
     }
 }

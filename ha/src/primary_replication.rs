@@ -1,0 +1,541 @@
+//! One primary shard's replication to all its backups: a `PrimaryStream` per backup link, fed the
+//! shard's `ReplicationEvent`s, with each backup's catch-up and the holds on publish confirms.
+//!
+//! Each backup opens one link per shard (backup shard N to primary shard N); the primary shard keeps
+//! one `PrimaryReplication`, and in it one stream per open link, keyed by the transport's `LinkId`.
+//!
+//! Catch-up: a link opens with the shard's snapshot (`Shard::replication_snapshot`: every
+//! replicated queue as `QueueCreated`, then every held message as `Enqueued` without a hold). The
+//! snapshot is the link's *backlog*: it is fed to the stream as the stream has room (up to
+//! `CATCH_UP_FEED_MAX` pending records, so a deep queue neither overflows the stream nor pauses
+//! producers), and every
+//! later event for that link queues behind it until the backlog is empty, so per queue the backup
+//! sees the snapshot, then the changes after it, in order. Once the last snapshot event is fed the
+//! stream is marked (`PrimaryStream::mark_fed`), and the link is *caught up* when every marked
+//! record is in a confirmed batch (`poll_caught_up`, once per link). An empty snapshot is caught up
+//! at the first poll.
+//!
+//! Holds: an `Enqueued` event's hold goes to every stream, and each stream releases it once
+//! (`poll_released` yields it once per stream), so the shard counts `holding_streams()` releases
+//! per publish (`Shard::set_replica_holds`). A stream that overflowed (`StreamOverflow`: its backup
+//! cannot keep up) is finished at once, its holds released, and reported by `poll_overflowed`; until
+//! the transport closes the link and calls `handle_link_lost`, it still counts in
+//! `holding_streams()`, and every hold that comes for it is released at once, so the count the
+//! shard uses and the releases it gets always agree.
+//!
+//! Call contract (single-threaded, on the shard's thread):
+//! - feed every event the shard reports (`Shard::poll_replication`) to `handle_event`, in order;
+//! - drain those events *before* `handle_link_opened` and `handle_link_lost`, and right after
+//!   either call `Shard::set_replica_holds(holding_streams())`: every event is then fed to exactly
+//!   the streams its hold was counted for;
+//! - `handle_confirm` for each confirm a backup sends; on `Err`, close the link and call
+//!   `handle_link_lost`;
+//! - then `poll_released` (hand the holds to the shard), `poll_overflowed` (close those links and
+//!   call `handle_link_lost`), `poll_caught_up` (tell membership), and `poll_batch` for each of
+//!   `links()` until it returns `None` (encode and send);
+//! - while `producers_must_pause()`, the shard stops reading producers.
+//!
+//! Not here: IO, the link's handshake (`link_frame`) and heartbeats (`link_heartbeat`), which
+//! backups are ready (`membership`), exchanges and bindings.
+//!
+//! Invariants:
+//! - Every hold an event brings is released exactly once per stream counted in
+//!   `holding_streams()` when the event came (by a confirm, by being dropped unsent, or by the
+//!   stream's loss or overflow).
+//! - Per link, the stream receives the snapshot's events first, then later events, each in order.
+//! - A link is reported caught up at most once, and only after every snapshot record was
+//!   confirmed by its backup; an overflowed or lost link never is.
+//! - Only backlog events wait in memory outside a stream; their later (non-snapshot) part is bounded
+//!   by the producers' pause at `STREAM_PENDING_PAUSE`, as a stream's pending records are.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use ringmq_core::epoch::Epoch;
+pub use ringmq_core::replication::ReplicationEvent;
+
+use crate::limits::{BATCHES_UNCONFIRMED_MAX, CATCH_UP_FEED_MAX, STREAM_PENDING_PAUSE};
+use crate::primary_stream::{ConfirmError, Hold, PrimaryStream, StreamOverflow};
+use crate::record::{Batch, StreamSeq};
+
+/// The transport's id of one link connection.
+pub type LinkId = u64;
+
+/// One primary shard's replication streams, one per backup link.
+#[derive(Debug)]
+pub struct PrimaryReplication {
+    /// The primary's epoch, stamped on every batch.
+    epoch: Epoch,
+    /// Every link opened and not yet lost, overflowed ones included.
+    links: BTreeMap<LinkId, Link>,
+    /// Holds released and not yet polled.
+    released: Vec<Hold>,
+    /// Links that overflowed, not yet polled.
+    overflowed: VecDeque<LinkId>,
+}
+
+/// One backup's link to this shard.
+#[derive(Debug)]
+struct Link {
+    /// The backup's address, as its `LinkOpen` named it.
+    backup: String,
+    /// The stream to it.
+    stream: PrimaryStream,
+    /// Events not fed to the stream yet: the snapshot's, then later ones, in order.
+    backlog: VecDeque<ReplicationEvent>,
+    /// Snapshot events still in `backlog` (they are its front).
+    snapshot_left: usize,
+    /// Set when its stream overflowed: finished, waiting for `handle_link_lost`.
+    overflowed: bool,
+    /// Set once `poll_caught_up` reported it.
+    caught_up_reported: bool,
+}
+
+impl PrimaryReplication {
+    /// A shard's replication for a primary in `epoch`, with no link.
+    pub fn new(epoch: Epoch) -> Self {
+        PrimaryReplication { epoch, links: BTreeMap::new(), released: Vec::new(), overflowed: VecDeque::new() }
+    }
+
+    /// A backup's link for this shard opened: a new `PrimaryStream`, whose catch-up backlog is
+    /// `snapshot` (from `Shard::replication_snapshot`), fed before any later event.
+    ///
+    /// # Panics
+    ///
+    /// If `link` is already open (the transport reuses no id), or a snapshot event carries a hold.
+    pub fn handle_link_opened(&mut self, link: LinkId, backup: &str, snapshot: Vec<ReplicationEvent>) {
+        assert!(!self.links.contains_key(&link), "link {link} opened twice");
+        assert!(
+            snapshot.iter().all(|event| !matches!(event, ReplicationEvent::Enqueued { hold: Some(_), .. })),
+            "a snapshot's enqueues carry no hold"
+        );
+        let mut entry = Link {
+            backup: backup.to_string(),
+            stream: PrimaryStream::new(self.epoch),
+            snapshot_left: snapshot.len(),
+            backlog: snapshot.into(),
+            overflowed: false,
+            caught_up_reported: false,
+        };
+        if entry.snapshot_left == 0 {
+            entry.stream.mark_fed();
+        }
+        entry.feed_backlog(&mut self.released, &mut self.overflowed, link);
+        self.links.insert(link, entry);
+    }
+
+    /// A change to this shard's replicated queues: fed to every stream (behind its backlog, if it
+    /// has one). An `Enqueued` event's hold goes to every stream, and each releases it once.
+    pub fn handle_event(&mut self, event: ReplicationEvent) {
+        let hold = match &event {
+            ReplicationEvent::Enqueued { hold, .. } => *hold,
+            _ => None,
+        };
+        let links = self.links.len();
+        let mut event = Some(event);
+        for (index, (&id, link)) in self.links.iter_mut().enumerate() {
+            if link.overflowed {
+                // Counted by the shard, but finished: its share of the hold comes back now.
+                self.released.extend(hold);
+                continue;
+            }
+            // The last stream takes the event itself, the others a clone (message bodies are
+            // shared, not copied).
+            let Some(event) = (if index + 1 == links { event.take() } else { event.clone() }) else { break };
+            if link.backlog.is_empty() {
+                link.feed(event, &mut self.released, &mut self.overflowed, id);
+            } else {
+                link.backlog.push_back(event);
+            }
+        }
+    }
+
+    /// How many streams hold each new enqueue (the shard's `set_replica_holds`): every link not
+    /// yet lost, overflowed ones included (they release their share at once).
+    pub fn holding_streams(&self) -> u32 {
+        self.links.len() as u32
+    }
+
+    /// The backup of `link` confirmed every batch up to `seq`: holds released, backlog fed on.
+    ///
+    /// # Errors
+    ///
+    /// `ConfirmError` when the confirm is above the last batch sent, goes backwards, or the link is
+    /// unknown or overflowed (`AfterLoss`); nothing changed, and the caller drops the link.
+    pub fn handle_confirm(&mut self, link: LinkId, seq: StreamSeq) -> Result<(), ConfirmError> {
+        let Some(entry) = self.links.get_mut(&link) else {
+            return Err(ConfirmError::AfterLoss { confirmed: seq });
+        };
+        entry.stream.handle_confirm(seq)?;
+        entry.stream.poll_released(&mut self.released);
+        entry.feed_backlog(&mut self.released, &mut self.overflowed, link);
+        Ok(())
+    }
+
+    /// The link closed, its heartbeat expired, or it overflowed and the transport closed it: every
+    /// hold it still has is released, and it no longer counts in `holding_streams()`. Unknown links
+    /// are ignored (a link lost twice).
+    pub fn handle_link_lost(&mut self, link: LinkId) {
+        let Some(mut entry) = self.links.remove(&link) else { return };
+        entry.finish(&mut self.released);
+        self.overflowed.retain(|&id| id != link);
+    }
+
+    /// The next batch to send on `link`: `None` when nothing is ready, the window is full, or the
+    /// link is unknown or overflowed.
+    ///
+    /// # Panics
+    ///
+    /// If `bytes_max` is above `BATCH_BYTES_MAX`.
+    pub fn poll_batch(&mut self, link: LinkId, bytes_max: usize) -> Option<Batch> {
+        let entry = self.links.get_mut(&link)?;
+        if entry.overflowed {
+            return None;
+        }
+        entry.feed_backlog(&mut self.released, &mut self.overflowed, link);
+        let batch = entry.stream.poll_batch(bytes_max);
+        entry.stream.poll_released(&mut self.released);
+        batch
+    }
+
+    /// Links that may have a batch to send: not overflowed, with records pending or a backlog,
+    /// and room in their window. The transport need not ask the others.
+    pub fn links(&self) -> impl Iterator<Item = LinkId> + '_ {
+        self.links
+            .iter()
+            .filter(|(_, link)| {
+                !link.overflowed
+                    && (link.stream.pending_records() > 0 || !link.backlog.is_empty())
+                    && link.stream.unconfirmed_batches() < BATCHES_UNCONFIRMED_MAX
+            })
+            .map(|(&id, _)| id)
+    }
+
+    /// Appends the holds released since the last call (one per stream for each publish); returns
+    /// how many.
+    pub fn poll_released(&mut self, out: &mut Vec<Hold>) -> usize {
+        let count = self.released.len();
+        out.append(&mut self.released);
+        count
+    }
+
+    /// A link whose catch-up backlog has been fully confirmed since the last poll (each reported
+    /// once), with the backup's name.
+    pub fn poll_caught_up(&mut self) -> Option<(LinkId, String)> {
+        let (&id, link) = self.links.iter_mut().find(|(_, link)| {
+            !link.caught_up_reported && !link.overflowed && link.snapshot_left == 0 && link.stream.mark_confirmed()
+        })?;
+        link.caught_up_reported = true;
+        Some((id, link.backup.clone()))
+    }
+
+    /// A link whose stream overflowed (`StreamOverflow`), each reported once: the transport closes
+    /// it, then calls `handle_link_lost`.
+    pub fn poll_overflowed(&mut self) -> Option<LinkId> {
+        self.overflowed.pop_front()
+    }
+
+    /// True while the shard must stop reading producers: a stream has `STREAM_PENDING_PAUSE`
+    /// records pending, or a link's backlog holds that many events beyond its snapshot.
+    pub fn producers_must_pause(&self) -> bool {
+        self.links.values().any(|link| {
+            !link.overflowed
+                && (link.stream.producers_must_pause()
+                    || link.backlog.len() - link.snapshot_left >= STREAM_PENDING_PAUSE)
+        })
+    }
+
+    /// The epoch stamped on every batch.
+    pub fn epoch(&self) -> Epoch {
+        self.epoch
+    }
+
+    /// The stream of `link`, for metrics and status (`None` if unknown).
+    pub fn stream(&self, link: LinkId) -> Option<&PrimaryStream> {
+        self.links.get(&link).map(|link| &link.stream)
+    }
+}
+
+impl Link {
+    /// Feeds backlog events to the stream while it is below `CATCH_UP_FEED_MAX`; marks the stream when
+    /// the last snapshot event went in.
+    fn feed_backlog(&mut self, released: &mut Vec<Hold>, overflowed: &mut VecDeque<LinkId>, id: LinkId) {
+        while !self.overflowed && self.stream.pending_records() < CATCH_UP_FEED_MAX {
+            let Some(event) = self.backlog.pop_front() else { break };
+            let snapshot = self.snapshot_left > 0;
+            self.feed(event, released, overflowed, id);
+            if self.overflowed {
+                break;
+            }
+            if snapshot {
+                self.snapshot_left -= 1;
+                if self.snapshot_left == 0 {
+                    self.stream.mark_fed();
+                }
+            }
+        }
+    }
+
+    /// Feeds one event to the stream; on overflow, finishes the link.
+    fn feed(
+        &mut self,
+        event: ReplicationEvent,
+        released: &mut Vec<Hold>,
+        overflowed: &mut VecDeque<LinkId>,
+        id: LinkId,
+    ) {
+        let result = match event {
+            ReplicationEvent::QueueCreated { name, options, .. } => {
+                self.stream.handle_queue_created(&name, options);
+                Ok(())
+            }
+            ReplicationEvent::QueueDeleted { name } => {
+                self.stream.handle_queue_deleted(&name);
+                Ok(())
+            }
+            ReplicationEvent::Enqueued { queue, position, message, hold } => {
+                self.stream.handle_enqueued(&queue, position, message, hold)
+            }
+            ReplicationEvent::Dequeued { queue, position } => self.stream.handle_dequeued(&queue, position),
+        };
+        self.stream.poll_released(released);
+        if let Err(StreamOverflow { hold, .. }) = result {
+            released.extend(hold);
+            self.finish(released);
+            self.overflowed = true;
+            overflowed.push_back(id);
+        }
+    }
+
+    /// Releases every hold the link still has: in its stream and in its backlog.
+    fn finish(&mut self, released: &mut Vec<Hold>) {
+        if !self.overflowed {
+            self.stream.handle_backup_lost();
+            self.stream.poll_released(released);
+        }
+        for event in self.backlog.drain(..) {
+            if let ReplicationEvent::Enqueued { hold: Some(hold), .. } = event {
+                released.push(hold);
+            }
+        }
+        self.snapshot_left = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use bytes::Bytes;
+    use ringmq_core::frame::{Message, QueueOptions};
+    use ringmq_core::ids::{ConnId, Seq, ShardId};
+    use ringmq_core::replication_level::ReplicationLevel;
+
+    use super::*;
+    use crate::limits::STREAM_PENDING_MAX;
+    use crate::record::{Position, Record};
+
+    const BYTES: usize = 64 * 1024;
+
+    fn hold(seq: u64) -> Hold {
+        Hold { shard: ShardId(0), conn: ConnId(1), seq: Seq(seq) }
+    }
+
+    fn created(name: &str) -> ReplicationEvent {
+        ReplicationEvent::QueueCreated {
+            name: Arc::from(name),
+            options: QueueOptions::default(),
+            level: ReplicationLevel::All,
+        }
+    }
+
+    fn enqueued(queue: &str, position: u64, hold_seq: Option<u64>) -> ReplicationEvent {
+        ReplicationEvent::Enqueued {
+            queue: Arc::from(queue),
+            position: Position(position),
+            message: Message { body: Bytes::from(position.to_le_bytes().to_vec()), ..Message::default() },
+            hold: hold_seq.map(hold),
+        }
+    }
+
+    fn released(replication: &mut PrimaryReplication) -> Vec<Hold> {
+        let mut out = Vec::new();
+        replication.poll_released(&mut out);
+        out
+    }
+
+    /// Sends every ready batch of `link` and confirms it at once; returns the records sent.
+    fn drain(replication: &mut PrimaryReplication, link: LinkId) -> Vec<Record> {
+        let mut records = Vec::new();
+        while let Some(batch) = replication.poll_batch(link, BYTES) {
+            replication.handle_confirm(link, batch.stream_seq).unwrap();
+            records.extend(batch.records);
+        }
+        records
+    }
+
+    /// The positions of `queue`'s enqueues among `records`, in order.
+    fn positions(records: &[Record], queue: &str) -> Vec<u64> {
+        records
+            .iter()
+            .filter_map(|record| match record {
+                Record::Enqueued { queue: name, first_position, messages } if name == queue => {
+                    Some((first_position.0..first_position.0 + messages.len() as u64).collect::<Vec<_>>())
+                }
+                _ => None,
+            })
+            .flatten()
+            .collect()
+    }
+
+    #[test]
+    fn every_stream_gets_every_event_and_releases_each_hold_once() {
+        // Goal: with two backups, a publish's hold comes back twice, once per stream, each after
+        // that backup confirmed the batch carrying the message.
+        let mut replication = PrimaryReplication::new(Epoch(3));
+        replication.handle_link_opened(1, "b1:5672", Vec::new());
+        replication.handle_link_opened(2, "b2:5672", Vec::new());
+        assert_eq!(replication.holding_streams(), 2);
+        replication.handle_event(created("q"));
+        replication.handle_event(enqueued("q", 0, Some(10)));
+        assert_eq!(replication.links().collect::<Vec<_>>(), vec![1, 2]);
+        let first = replication.poll_batch(1, BYTES).unwrap();
+        let second = replication.poll_batch(2, BYTES).unwrap();
+        assert_eq!(first, second);
+        assert_eq!(first.epoch, Epoch(3));
+        assert!(released(&mut replication).is_empty());
+        replication.handle_confirm(1, first.stream_seq).unwrap();
+        assert_eq!(released(&mut replication), vec![hold(10)]);
+        replication.handle_confirm(2, second.stream_seq).unwrap();
+        assert_eq!(released(&mut replication), vec![hold(10)]);
+        // Nothing left to send: no link is listed.
+        assert_eq!(replication.links().count(), 0);
+        // Dequeued events reach the backups too.
+        replication.handle_event(ReplicationEvent::Dequeued { queue: Arc::from("q"), position: Position(0) });
+        assert_eq!(
+            drain(&mut replication, 1),
+            vec![Record::Dequeued { queue: "q".into(), ranges: vec![(Position(0), Position(0))] }]
+        );
+        // A confirm on an unknown link is the backup's error, not a panic.
+        assert_eq!(
+            replication.handle_confirm(9, StreamSeq(1)),
+            Err(ConfirmError::AfterLoss { confirmed: StreamSeq(1) })
+        );
+    }
+
+    #[test]
+    fn snapshot_goes_first_and_the_link_is_caught_up_once_it_is_confirmed() {
+        // Goal: catch-up: the snapshot's records precede later events, and the link is reported
+        // caught up once, when the batch carrying the last snapshot record is confirmed.
+        let mut replication = PrimaryReplication::new(Epoch(1));
+        // An empty snapshot is caught up at the first poll, and reported once.
+        replication.handle_link_opened(7, "empty:1", Vec::new());
+        assert_eq!(replication.poll_caught_up(), Some((7, "empty:1".to_string())));
+        assert_eq!(replication.poll_caught_up(), None);
+        // A snapshot of two queues; a later event comes before any batch.
+        let snapshot = vec![created("a"), created("b"), enqueued("a", 0, None), enqueued("b", 4, None)];
+        replication.handle_link_opened(8, "full:1", snapshot);
+        replication.handle_event(enqueued("a", 1, Some(1)));
+        assert_eq!(replication.poll_caught_up(), None);
+        // One batch carries the snapshot and the later enqueue; until it is confirmed, no catch-up.
+        let batch = replication.poll_batch(8, BYTES).unwrap();
+        assert_eq!(positions(&batch.records, "a"), vec![0, 1]);
+        assert_eq!(positions(&batch.records, "b"), vec![4]);
+        assert!(matches!(&batch.records[0], Record::QueueCreated { name, .. } if name == "a"));
+        assert_eq!(replication.poll_caught_up(), None);
+        replication.handle_confirm(8, batch.stream_seq).unwrap();
+        assert_eq!(replication.poll_caught_up(), Some((8, "full:1".to_string())));
+        assert_eq!(replication.poll_caught_up(), None);
+        // Link 7 got the later event but no snapshot; the holds: once per stream.
+        assert_eq!(positions(&drain(&mut replication, 7), "a"), vec![1]);
+        assert_eq!(released(&mut replication), vec![hold(1), hold(1)]);
+    }
+
+    #[test]
+    fn a_snapshot_deeper_than_the_stream_bound_is_fed_as_room_allows_and_later_events_wait_behind_it() {
+        // Goal: a deep queue never overflows a catching-up stream, and per queue the backup sees
+        // the snapshot then the later changes, in position order.
+        let depth = STREAM_PENDING_MAX as u64 + 1000;
+        let mut snapshot = vec![created("deep")];
+        snapshot.extend((0..depth).map(|position| enqueued("deep", position, None)));
+        let mut replication = PrimaryReplication::new(Epoch(1));
+        replication.handle_link_opened(1, "b:1", snapshot);
+        // A later event with a hold, and a dequeue of a snapshot message not yet sent.
+        replication.handle_event(enqueued("deep", depth, Some(5)));
+        replication
+            .handle_event(ReplicationEvent::Dequeued { queue: Arc::from("deep"), position: Position(depth - 1) });
+        assert!(!replication.producers_must_pause(), "one later event does not pause producers");
+        assert_eq!(replication.poll_overflowed(), None);
+        let records = drain(&mut replication, 1);
+        let sent = positions(&records, "deep");
+        assert_eq!(sent.len() as u64, depth, "every position but the dequeued one, once");
+        assert!(sent.windows(2).all(|pair| pair[0] < pair[1]));
+        assert_eq!(*sent.last().unwrap(), depth);
+        assert!(!sent.contains(&(depth - 1)));
+        assert_eq!(replication.poll_caught_up(), Some((1, "b:1".to_string())));
+        assert_eq!(released(&mut replication), vec![hold(5)]);
+        assert_eq!(replication.poll_overflowed(), None);
+    }
+
+    #[test]
+    fn an_overflowed_stream_is_reported_once_and_every_hold_for_it_comes_back() {
+        // Goal: a backup that never confirms makes its stream overflow; the link is reported for
+        // dropping, its holds are released, holds arriving before `handle_link_lost` are released
+        // at once, and the other backup is not affected.
+        let mut replication = PrimaryReplication::new(Epoch(1));
+        replication.handle_link_opened(1, "fast:1", Vec::new());
+        replication.handle_link_opened(2, "stuck:1", Vec::new());
+        replication.handle_event(created("q"));
+        let mut holds_out = 0u64;
+        let mut position = 0u64;
+        while replication.poll_overflowed().is_none() {
+            replication.handle_event(enqueued("q", position, Some(position)));
+            holds_out += 2;
+            position += 1;
+            if position.is_multiple_of(4096) {
+                drain(&mut replication, 1);
+            }
+            assert!(position <= STREAM_PENDING_MAX as u64 + 10, "never overflowed");
+        }
+        assert_eq!(replication.poll_overflowed(), None, "reported once");
+        // Still counted until the transport closes it; its share of new holds comes back at once.
+        assert_eq!(replication.holding_streams(), 2);
+        assert_eq!(replication.poll_batch(2, BYTES), None);
+        assert!(!replication.links().any(|link| link == 2));
+        replication.handle_event(enqueued("q", position, Some(position)));
+        holds_out += 2;
+        assert_eq!(
+            replication.handle_confirm(2, StreamSeq(1)),
+            Err(ConfirmError::AfterLoss { confirmed: StreamSeq(1) })
+        );
+        replication.handle_link_lost(2);
+        assert_eq!(replication.holding_streams(), 1);
+        drain(&mut replication, 1);
+        // Every hold came back: once from each stream.
+        assert_eq!(released(&mut replication).len() as u64, holds_out);
+        assert!(!replication.producers_must_pause());
+        assert_eq!(replication.poll_caught_up(), Some((1, "fast:1".to_string())));
+        assert_eq!(replication.poll_caught_up(), None, "an overflowed link is never caught up");
+    }
+
+    #[test]
+    fn a_lost_link_releases_the_holds_in_its_stream_and_its_backlog() {
+        // Goal: a closed link stops holding publishers at once, wherever its holds were.
+        let mut replication = PrimaryReplication::new(Epoch(1));
+        let mut snapshot = vec![created("q")];
+        snapshot.extend((0..STREAM_PENDING_PAUSE as u64 + 10).map(|position| enqueued("q", position, None)));
+        replication.handle_link_opened(1, "b:1", snapshot);
+        let first = STREAM_PENDING_PAUSE as u64 + 10;
+        // These wait in the backlog behind the snapshot.
+        replication.handle_event(enqueued("q", first, Some(1)));
+        replication.handle_event(enqueued("q", first + 1, Some(2)));
+        assert!(released(&mut replication).is_empty());
+        replication.handle_link_lost(1);
+        assert_eq!(released(&mut replication), vec![hold(1), hold(2)]);
+        assert_eq!(replication.holding_streams(), 0);
+        assert_eq!(replication.poll_batch(1, BYTES), None);
+        assert_eq!(replication.poll_caught_up(), None);
+        // Losing it again changes nothing.
+        replication.handle_link_lost(1);
+        assert!(released(&mut replication).is_empty());
+    }
+}
