@@ -26,20 +26,21 @@
 //!   dequeued position ranges) and the batches that carry them, with their binary encoding.
 //! - `primary_stream`: one primary shard's replication stream to one backup: batching, the window
 //!   of unconfirmed batches, cumulative confirms, and the holds on publish confirms they release.
-//! - `backup_stream`: the backup's side of one stream: epoch and sequence checks, applying records
-//!   to its replica of the queues, coalesced confirms.
+//! - `primary_replication`: one primary shard's replication to all its backups: a stream per backup
+//!   link fed the shard's `ReplicationEvent`s, the catch-up of a link from the shard's snapshot,
+//!   holds released once per stream, overflowed links.
+//! - `backup_stream`: the backup's side of one stream: epoch and sequence checks, handing records
+//!   back in order for the backup shard to store, coalesced confirms.
+//! - `link_frame`: every frame of a replication link (native `hello`/`heartbeat`/`error`, batches,
+//!   confirms, link-open, link-accepted, marked-ready) and one decoder for the mixed stream.
 //! - `backup_link`: a backup's outgoing link to the primary: which address of `ha-brokers-url` to
-//!   dial next and when (no replication on it yet).
+//!   dial next and when.
 //! - `link_heartbeat`: heartbeats and dead-peer detection on a broker-to-broker link, either end.
 //!
 //! Planned, not yet written (our HA issue):
-//! - `primary`: the primary's whole replication state: the streams of every backup, recovering
-//!   mode and `ha-backup-timeout`, readiness.
-//! - `backup`: promotion of the replica, and the replication streams on the link `backup_link`
-//!   finds.
+//! - `primary`: recovering mode and `ha-backup-timeout` across the shards.
+//! - `backup`: promotion of the replica.
 //! - `membership`: the cluster's brokers and their states, as the primary decides them.
-//! - `catch_up`: bringing a joining or reconnecting backup up to date without stalling confirms of
-//!   new publishes.
 //!
 //! `broker_state` and `epoch` live in `ringmq-core` because the configuration coordinator (shard 0
 //! of `ringmq-core`) owns the broker's HA state and promotes it, and `ringmq-core` cannot depend
