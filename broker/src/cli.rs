@@ -101,6 +101,10 @@ pub enum QueueCommand {
         /// Delete it when its last consumer goes away.
         #[arg(long)]
         auto_delete: bool,
+        /// HA replication level (none, configuration, all), sent as the declare argument
+        /// `qpid.replicate`; without it the broker's `ha-replicate` applies.
+        #[arg(long)]
+        replicate: Option<ringmq_core::replication_level::ReplicationLevel>,
     },
     /// Delete a queue.
     Del {

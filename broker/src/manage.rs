@@ -7,15 +7,18 @@ use std::process::ExitCode;
 use ringmq_client::blocking::Connection;
 use ringmq_client::{ClientError, ConnectOptions};
 use ringmq_core::frame::{ExchangeKind, QueueOptions};
+use ringmq_core::replication_level::REPLICATE_ARGUMENT;
 
 use crate::cli::{BindingArgs, BrokerArgs, ExchangeCommand, ExchangeType, QueueCommand};
 
 /// `ringmq queue ...`
 pub fn queue(broker: &BrokerArgs, command: QueueCommand) -> ExitCode {
     run(broker, |connection| match command {
-        QueueCommand::Add { name, max_count, max_bytes, auto_delete } => {
+        QueueCommand::Add { name, max_count, max_bytes, auto_delete, replicate } => {
             let options = QueueOptions { auto_delete, max_count, max_bytes, ..QueueOptions::default() };
-            connection.declare_queue(&name, options, &[])?;
+            let arguments: Vec<(&str, &str)> =
+                replicate.iter().map(|level| (REPLICATE_ARGUMENT, level.name())).collect();
+            connection.declare_queue(&name, options, &arguments)?;
             println!("queue '{name}' declared");
             Ok(())
         }

@@ -675,4 +675,170 @@ mod tests {
             Err(SubscribeError::BadPrefetch { max: crate::limits::PREFETCH_MAX, got: 0 })
         );
     }
+
+    fn replicated() -> Queue {
+        Queue::new("r".into(), QueueOptions::default(), None, ReplicationLevel::All)
+    }
+
+    fn held(queue: &Queue) -> Vec<(u64, Vec<u8>)> {
+        let mut out = Vec::new();
+        queue.for_each_held(|position, message| out.push((position.0, message.body.to_vec())));
+        out
+    }
+
+    #[test]
+    fn positions_grow_by_one_and_survive_release_and_cancel() {
+        // Goal: enqueue assigns 1, 2, 3...; a refused message takes no position; released and
+        // cancelled deliveries keep theirs. Method: enqueue, deliver, release, cancel, list held.
+        let options = QueueOptions { max_count: Some(3), ..QueueOptions::default() };
+        let mut queue = Queue::new("q".into(), options, None, ReplicationLevel::All);
+        assert_eq!(queue.level(), ReplicationLevel::All);
+        let positions: Vec<u64> = ["a", "b", "c"].map(|b| queue.enqueue(message(b)).unwrap().0).to_vec();
+        assert_eq!(positions, [1, 2, 3]);
+        assert!(queue.enqueue(message("full")).is_err());
+        queue.subscribe(key(1), 2).unwrap();
+        drain(&mut queue);
+        queue.settle(key(1), Settlement::Release, &[range(1, 1)]).unwrap();
+        assert!(queue.cancel(key(1)));
+        // Ready again: a, b (redelivered) and c, each at its first position.
+        assert_eq!(held(&queue), [(1, b"a".to_vec()), (2, b"b".to_vec()), (3, b"c".to_vec())]);
+        queue.purge();
+        assert_eq!(queue.enqueue(message("d")).unwrap(), Position(4));
+        // Released and cancelled messages are not dequeues: only the purge logged positions.
+        let mut dequeued = Vec::new();
+        queue.take_dequeued(&mut dequeued);
+        assert_eq!(dequeued, [Position(1), Position(2), Position(3)]);
+    }
+
+    #[test]
+    fn ack_reject_and_purge_log_their_positions_only_at_level_all() {
+        // Goal: the dequeued log holds exactly the removed positions, in removal order, and is
+        // empty below level all. Method: same steps on an `all` and a `configuration` queue.
+        for level in [ReplicationLevel::All, ReplicationLevel::Configuration] {
+            let mut queue = Queue::new("q".into(), QueueOptions::default(), None, level);
+            for body in ["a", "b", "c", "d", "e"] {
+                queue.enqueue(message(body)).unwrap();
+            }
+            queue.subscribe(key(1), 3).unwrap();
+            drain(&mut queue);
+            queue.settle(key(1), Settlement::Ack, &[range(1, 1)]).unwrap();
+            queue.settle(key(1), Settlement::Reject, &[range(0, 0)]).unwrap();
+            queue.settle(key(1), Settlement::Release, &[range(2, 2)]).unwrap();
+            queue.purge();
+            let mut dequeued = Vec::new();
+            queue.take_dequeued(&mut dequeued);
+            let expected: Vec<Position> =
+                if level == ReplicationLevel::All { [2, 1, 3, 4, 5].map(Position).to_vec() } else { Vec::new() };
+            assert_eq!(dequeued, expected, "{level}");
+            // Drained: a second take is empty.
+            dequeued.clear();
+            queue.take_dequeued(&mut dequeued);
+            assert!(dequeued.is_empty());
+            let info = queue.info();
+            assert_eq!((info.enqueued, info.dequeued, info.bytes, info.depth), (5, 5, 0, 0));
+        }
+    }
+
+    #[test]
+    fn enqueue_at_ignores_limits_and_refuses_positions_not_above_the_highest() {
+        // Goal: a replica stores the primary's positions without limits, once each, in order.
+        let options = QueueOptions { max_count: Some(1), max_bytes: Some(1), ..QueueOptions::default() };
+        let mut queue = Queue::new("q".into(), options, None, ReplicationLevel::All);
+        assert!(queue.enqueue_at(Position(10), message("ab")));
+        assert!(queue.enqueue_at(Position(12), message("cd")));
+        assert!(!queue.enqueue_at(Position(12), message("again")));
+        assert!(!queue.enqueue_at(Position(11), message("late")));
+        assert_eq!(held(&queue), [(10, b"ab".to_vec()), (12, b"cd".to_vec())]);
+        let info = queue.info();
+        assert_eq!((info.depth, info.bytes, info.enqueued), (2, 4, 2));
+        // A primary's enqueue after them continues above the highest.
+        let mut fresh = replicated();
+        fresh.enqueue_at(Position(7), message("x"));
+        assert_eq!(fresh.enqueue(message("y")).unwrap(), Position(8));
+        assert!(!fresh.enqueue_at(Position(8), message("z")));
+    }
+
+    #[test]
+    fn dequeue_at_removes_ready_messages_in_ranges_and_logs_nothing() {
+        // Goal: ranges name positions inclusively, at the front or in the middle; unknown
+        // positions are skipped; counters follow; nothing is logged on a replica.
+        let mut queue = replicated();
+        for position in 1..=8 {
+            assert!(queue.enqueue_at(Position(position), message("m")));
+        }
+        assert_eq!(queue.dequeue_at(&[(Position(1), Position(2))]), 2);
+        assert_eq!(queue.dequeue_at(&[(Position(4), Position(5)), (Position(7), Position(9))]), 4);
+        assert_eq!(queue.dequeue_at(&[(Position(1), Position(1))]), 0);
+        let remaining: Vec<u64> = held(&queue).into_iter().map(|(p, _)| p).collect();
+        assert_eq!(remaining, [3, 6]);
+        let info = queue.info();
+        assert_eq!((info.depth, info.bytes, info.dequeued), (2, 2, 6));
+        let mut dequeued = Vec::new();
+        queue.take_dequeued(&mut dequeued);
+        assert!(dequeued.is_empty());
+    }
+
+    #[test]
+    fn dequeue_at_leaves_unsettled_messages_with_their_subscription() {
+        // Goal: the documented rule: only ready messages are removed.
+        let mut queue = replicated();
+        for position in 1..=3 {
+            queue.enqueue_at(Position(position), message("m"));
+        }
+        queue.subscribe(key(1), 1).unwrap();
+        drain(&mut queue);
+        assert_eq!(queue.dequeue_at(&[(Position(1), Position(3))]), 2);
+        assert_eq!(queue.info().unacked, 1);
+        assert_eq!(held(&queue).len(), 1);
+    }
+
+    #[test]
+    fn clear_messages_drops_ready_and_lets_a_resync_reuse_positions() {
+        // Goal: a full resync after clear_messages stores the primary's positions again.
+        let mut queue = replicated();
+        for position in 5..=7 {
+            queue.enqueue_at(Position(position), message("m"));
+        }
+        assert_eq!(queue.clear_messages(), 3);
+        assert_eq!((queue.depth(), queue.info().bytes), (0, 0));
+        assert!(queue.enqueue_at(Position(6), message("m")));
+        assert_eq!(held(&queue).len(), 1);
+        let mut dequeued = Vec::new();
+        queue.take_dequeued(&mut dequeued);
+        assert!(dequeued.is_empty());
+    }
+
+    #[test]
+    fn begin_epoch_moves_positions_above_every_older_epoch() {
+        // Goal: a new primary of epoch e assigns from e << 40, or above what it holds if higher.
+        let mut queue = replicated();
+        queue.enqueue_at(Position(3), message("m"));
+        queue.begin_epoch(Epoch(2));
+        assert_eq!(queue.enqueue(message("m")).unwrap(), Position(2 << 40));
+        assert_eq!(queue.enqueue(message("m")).unwrap(), Position((2 << 40) + 1));
+        // An older epoch never moves positions back.
+        queue.begin_epoch(Epoch(1));
+        assert_eq!(queue.enqueue(message("m")).unwrap(), Position((2 << 40) + 2));
+        // Held above the epoch's start: positions continue above the highest.
+        let mut ahead = replicated();
+        ahead.enqueue_at(Position((3 << 40) + 5), message("m"));
+        ahead.begin_epoch(Epoch(3));
+        assert_eq!(ahead.enqueue(message("m")).unwrap(), Position((3 << 40) + 6));
+    }
+
+    #[test]
+    fn for_each_held_visits_ready_and_unsettled_in_position_order() {
+        // Goal: a snapshot sees every held message once, by position, wherever it sits.
+        let mut queue = replicated();
+        for body in ["a", "b", "c", "d"] {
+            queue.enqueue(message(body)).unwrap();
+        }
+        queue.subscribe(key(1), 2).unwrap();
+        queue.subscribe(key(2), 1).unwrap();
+        drain(&mut queue);
+        // Consumer 2 releases c: ready is now c (redelivered) then d; a and b are unsettled.
+        queue.settle(key(2), Settlement::Release, &[range(0, 0)]).unwrap();
+        let bodies: Vec<(u64, Vec<u8>)> = held(&queue);
+        assert_eq!(bodies, [(1, b"a".to_vec()), (2, b"b".to_vec()), (3, b"c".to_vec()), (4, b"d".to_vec())]);
+    }
 }
