@@ -36,11 +36,12 @@
 //! - `backup_link`: a backup's outgoing link to the primary: which address of `ha-brokers-url` to
 //!   dial next and when.
 //! - `link_heartbeat`: heartbeats and dead-peer detection on a broker-to-broker link, either end.
+//! - `membership`: the primary's view of its backups: which shards of each caught up, which
+//!   backups are ready.
 //!
 //! Planned, not yet written (our HA issue):
 //! - `primary`: recovering mode and `ha-backup-timeout` across the shards.
 //! - `backup`: promotion of the replica.
-//! - `membership`: the cluster's brokers and their states, as the primary decides them.
 //!
 //! `broker_state` and `epoch` live in `ringmq-core` because the configuration coordinator (shard 0
 //! of `ringmq-core`) owns the broker's HA state and promotes it, and `ringmq-core` cannot depend
@@ -60,6 +61,7 @@ pub mod backup_stream;
 pub mod limits;
 pub mod link_frame;
 pub mod link_heartbeat;
+pub mod membership;
 pub mod primary_replication;
 pub mod primary_stream;
 pub mod record;

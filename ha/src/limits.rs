@@ -103,3 +103,9 @@ const _: () = assert!(LINK_HEARTBEAT_INTERVAL_MIN.as_nanos() < LINK_HEARTBEAT_IN
 pub const LINK_ADDRESS_BYTES_MAX: usize = HOST_NAME_BYTES_MAX + ":65535".len();
 
 const _: () = assert!(LINK_ADDRESS_BYTES_MAX <= u16::MAX as usize, "the address travels with a u16 length");
+
+// ----- the primary's view of its backups (`membership`) -----
+
+/// Most backups a primary tracks at once: one per address a cluster's `ha-brokers-url` may list.
+/// A peer inventing new names cannot grow the primary's membership past it.
+pub const BACKUPS_MAX: usize = URL_ADDRESSES_MAX;
