@@ -30,6 +30,7 @@ pub fn run(args: &[String]) -> ExitCode {
         heartbeat_interval: config.link_heartbeat_interval,
         maintenance_interval: config.link_maintenance_interval,
         primary_addresses: config.link_addresses(|host, port| is_own_address(listen, host, port)),
+        own_address: listen.to_string(),
     };
     let transport = TransportConfig { listen, pin_cores: config.pin_cores, ring_entries: config.ring_entries, link };
     let shard_config = ShardConfig {

@@ -32,6 +32,8 @@ pub struct BrokerProcess {
     port: u16,
     /// Where its stdout and stderr go, for the failure message.
     log_path: PathBuf,
+    /// The arguments after `ringmq broker`, to restart it the same way.
+    args: Vec<String>,
 }
 
 impl BrokerProcess {
@@ -73,6 +75,18 @@ impl BrokerProcess {
     /// Everything the broker wrote to stdout and stderr so far.
     pub fn output(&self) -> String {
         std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// Kills the broker (SIGKILL) and starts it again with the same arguments on the same port.
+    ///
+    /// # Errors
+    /// As `start_exact`.
+    pub fn restart(&mut self) -> Result<(), String> {
+        self.kill();
+        let args = self.args.clone();
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        *self = BrokerProcess::start_exact(&args, self.port)?;
+        Ok(())
     }
 
     /// Kills the broker now (SIGKILL) and waits for it to exit.
@@ -306,7 +320,8 @@ impl BrokerProcess {
             .stderr(log_err)
             .spawn()
             .map_err(|e| format!("spawning {}: {e}", binary.display()))?;
-        let broker = BrokerProcess { child, port, log_path };
+        let args = args.iter().map(|a| (*a).to_owned()).collect();
+        let broker = BrokerProcess { child, port, log_path, args };
         broker.wait_until_serving()
     }
 }

@@ -12,14 +12,21 @@
 //! - `shard_loop`: one shard's tasks (acceptor, connection readers and writers, inbox) and pump.
 //! - `shard_ring`: the ring mesh between shards.
 //! - `doorbell`: the cross-thread wakeup for a shard's inbox.
-//! - `link`: broker-to-broker links: a backup's link to its primary (dialling, handshake) and
-//!   both ends' heartbeats, driven by `ringmq_ha::backup_link` and `ringmq_ha::link_heartbeat`.
+//! - `link`: a backup's replication links to its primary, one per shard (dialling, handshake,
+//!   applying batches, confirming), and both ends' heartbeats, driven by `ringmq_ha`'s
+//!   `backup_link`, `backup_stream` and `link_heartbeat`.
+//! - `link_server`: the primary's end of those links: handing each to the shard it names,
+//!   catch-up, confirms, driven by `ringmq_ha::primary_replication`.
+//! - `shard_control`: rare messages between the shards' IO shells (a link handed over, a backup's
+//!   catch-up progress).
 //!
 //! Not here: any protocol or broker logic (see `ringmq-core`).
 
 pub mod doorbell;
 pub mod link;
+mod link_server;
 pub mod listener;
 pub mod runtime;
+mod shard_control;
 pub mod shard_loop;
 pub mod shard_ring;

@@ -3,20 +3,28 @@
 //! address to dial and when, `LinkHeartbeat` when to send a heartbeat and when the peer is dead.
 //! This module only dials, reads, writes, sleeps until their deadlines and closes sockets.
 //!
-//! The backup side runs on shard 0 only for now (`backup_link_task`): one link per broker. With
-//! replication, each shard gets its own link to the primary, carrying its own streams.
+//! Every shard of a backup keeps its own link (`backup_link_task`) to the primary's shard of the
+//! same number, which streams that shard's replicated queues. A link, from the backup: dial (at
+//! most `2 x link-heartbeat-interval`), send the preamble with `PREAMBLE_FLAG_BACKUP`, wait (as
+//! long) for `hello` or `error`; send `link-open` (this shard, the shard count, the highest epoch
+//! seen), wait for `link-accepted`; then apply the primary's batches to the shard's queues in order
+//! (`BackupStream` checks epochs and sequence numbers), confirm them cumulatively after each read,
+//! and exchange heartbeats until one end hears nothing for twice the interval and shuts the socket
+//! down. Shard 0 also takes the broker's HA transitions: catch-up when the primary accepts,
+//! ready when it says `marked-ready`.
 //!
-//! A link, from the backup: dial (at most `2 x link-heartbeat-interval`), send the preamble with
-//! `PREAMBLE_FLAG_BACKUP`, wait (as long) for `hello` or `error`; after `hello`, heartbeats in both
-//! directions until one end hears nothing for twice the interval and shuts the socket down. No
-//! replication data travels yet, and link events change no HA state (see `ringmq_ha::backup_link`).
+//! Catch-up is a full resync: when the primary accepts a link, the shard drops the replicated
+//! messages it held and the primary sends everything it holds. Downloading only what is missing
+//! after a failover is not built yet.
+//!
 //! The link's progress goes to the log (`link: trying ADDR (N attempts)`, `link: connected to
 //! ADDR`, `link: lost ADDR: ...`), with the link's totals.
 //!
 //! Invariants:
 //! - A heartbeat task ends when its link closes (woken by `LinkTimer::close`), or closes the link
 //!   itself when the peer went silent.
-//! - At most one outgoing link is open at a time.
+//! - At most one outgoing link per shard is open at a time, and none once the broker is not a
+//!   backup (the pump closes it on promotion).
 
 use std::cell::{Cell, RefCell};
 use std::future::{poll_fn, Future};
@@ -30,14 +38,18 @@ use bytes::BytesMut;
 use compio::buf::BufResult;
 use compio::io::{AsyncReadExt, AsyncWriteExt};
 use compio::net::TcpStream;
+use ringmq_core::broker_state::{BrokerState, TransitionCause};
 use ringmq_core::codec;
 use ringmq_core::frame::{Frame, Preamble, PREAMBLE_FLAG_BACKUP, PROTOCOL_VERSION};
-use ringmq_core::limits::FRAME_BYTES_MAX;
 use ringmq_ha::backup_link::{BackupLink, LinkStatus};
-use ringmq_ha::limits::LINK_SILENT_INTERVALS_MAX;
+use ringmq_ha::backup_stream::{BackupStream, IgnoreReason};
+use ringmq_ha::limits::{BATCH_BYTES_MAX, LINK_SILENT_INTERVALS_MAX};
+use ringmq_ha::link_frame::{decode_link_frame, encode_link_frame, LinkFrame, LinkOpen};
 use ringmq_ha::link_heartbeat::{HeartbeatAction, LinkHeartbeat};
+use ringmq_ha::record::{encode_confirm, Batch};
 
-use crate::shard_loop::{writer_task, ShardContext, WriteQueue};
+use crate::link_server::frame_name;
+use crate::shard_loop::{pump, writer_task, ShardContext, WriteQueue};
 
 /// Broker-to-broker link settings.
 #[derive(Debug, Clone)]
@@ -49,6 +61,8 @@ pub struct LinkConfig {
     /// The addresses of `ha-brokers-url` a backup dials, `host:port`, its own left out; empty
     /// when the broker is not in a cluster (no outgoing link).
     pub primary_addresses: Vec<String>,
+    /// This broker's own address, `host:port`: its name to the primary (`link-open`).
+    pub own_address: String,
 }
 
 /// One link's heartbeat clock, shared by its reader and its heartbeat task.
@@ -71,6 +85,11 @@ impl LinkTimer {
             silent_for: Cell::new(None),
             waker: RefCell::new(None),
         }
+    }
+
+    /// Set when the heartbeat task closed the link because the peer went silent: for how long.
+    pub(crate) fn silent_for(&self) -> Option<Duration> {
+        self.silent_for.get()
     }
 
     /// The link closed: wake the heartbeat task so it ends now, not at its next deadline.
@@ -120,11 +139,12 @@ pub(crate) async fn heartbeat_task(stream: Rc<TcpStream>, queue: Rc<WriteQueue>,
     }
 }
 
-/// Shard 0 of a backup: keeps one link to the primary, trying each address in turn, until the
-/// broker is no longer a backup.
+/// A shard of a backup: keeps its link to the primary's same-numbered shard, trying each address
+/// in turn, until the broker is no longer a backup.
 pub(crate) async fn backup_link_task(context: Rc<ShardContext>) {
     let config = context.link.clone();
     let mut link = BackupLink::new(Instant::now(), config.primary_addresses.clone(), config.maintenance_interval);
+    let mut replica = BackupStream::new(context.shard.borrow().ha().epoch());
     loop {
         if !context.shard.borrow().ha().state().is_backup() {
             link.handle_stop();
@@ -145,7 +165,7 @@ pub(crate) async fn backup_link_task(context: Rc<ShardContext>) {
                 tracing::debug!("link: trying {address} ({attempts} attempts)");
             }
         }
-        let end = run_link(&address, config.heartbeat_interval, &mut link).await;
+        let end = run_link(&context, &address, &mut link, &mut replica).await;
         let now = Instant::now();
         let counters = link.counters();
         match end {
@@ -159,7 +179,7 @@ pub(crate) async fn backup_link_task(context: Rc<ShardContext>) {
             }
             LinkEnd::Lost { reason } => {
                 link.handle_closed(now);
-                tracing::warn!(?counters, "link: lost {address}: {reason}");
+                tracing::warn!(?counters, replica = ?replica.counters(), "link: lost {address}: {reason}");
             }
         }
     }
@@ -167,7 +187,7 @@ pub(crate) async fn backup_link_task(context: Rc<ShardContext>) {
 
 /// How one dial ended.
 enum LinkEnd {
-    /// The peer answered `error` (another backup: `NotPrimary`).
+    /// The peer answered `error` before accepting (another backup: `NotPrimary`).
     Refused {
         /// Its message.
         message: String,
@@ -184,12 +204,17 @@ enum LinkEnd {
     },
 }
 
-/// Dials `address`, opens a backup link and runs it until it ends. Calls
-/// `link.handle_connected` when the peer says `hello`.
-async fn run_link(address: &str, interval: Duration, link: &mut BackupLink) -> LinkEnd {
+/// Dials `address`, opens this shard's replication link and runs it until it ends. Calls
+/// `link.handle_connected` when the primary accepts it.
+async fn run_link(
+    context: &Rc<ShardContext>,
+    address: &str,
+    link: &mut BackupLink,
+    replica: &mut BackupStream,
+) -> LinkEnd {
     // Nothing from the peer for as long as its heartbeats may take counts as dead, before hello
     // as after.
-    let silent_max = interval * LINK_SILENT_INTERVALS_MAX;
+    let silent_max = context.link.heartbeat_interval * LINK_SILENT_INTERVALS_MAX;
     let stream = match compio::runtime::time::timeout(silent_max, TcpStream::connect(address)).await {
         Ok(Ok(stream)) => Rc::new(stream),
         Ok(Err(error)) => return LinkEnd::Failed { reason: format!("connect: {error}") },
@@ -206,23 +231,39 @@ async fn run_link(address: &str, interval: Duration, link: &mut BackupLink) -> L
     }
     let queue = Rc::new(WriteQueue::default());
     compio::runtime::spawn(writer_task(stream.clone(), queue.clone())).detach();
-    let end = read_link(&stream, &queue, address, interval, link).await;
+    *context.outgoing_link.borrow_mut() = Some(stream.clone());
+    let end = read_link(context, &stream, &queue, address, link, replica).await;
+    context.outgoing_link.borrow_mut().take();
     // Ends the writer (which shuts our side down) and any heartbeat task.
     queue.push(BytesMut::new(), true);
     end
 }
 
+/// Where a link is in its handshake.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Handshake {
+    /// Waiting for the primary's `hello`.
+    Hello,
+    /// `link-open` sent, waiting for `link-accepted`.
+    Accepted,
+    /// Replicating.
+    Open,
+}
+
 /// Reads the link until it ends; see `run_link`.
 async fn read_link(
+    context: &Rc<ShardContext>,
     stream: &Rc<TcpStream>,
     queue: &Rc<WriteQueue>,
     address: &str,
-    interval: Duration,
     link: &mut BackupLink,
+    replica: &mut BackupStream,
 ) -> LinkEnd {
-    let hello_deadline = Instant::now() + interval * LINK_SILENT_INTERVALS_MAX;
+    let interval = context.link.heartbeat_interval;
+    let handshake_deadline = Instant::now() + interval * LINK_SILENT_INTERVALS_MAX;
     let mut buffer = BytesMut::with_capacity(LINK_READ_BUFFER_BYTES);
     let mut timer: Option<Rc<LinkTimer>> = None;
+    let mut handshake = Handshake::Hello;
     let end = loop {
         buffer.reserve(LINK_READ_BUFFER_BYTES);
         let mut reader: &TcpStream = stream;
@@ -230,11 +271,13 @@ async fn read_link(
         let BufResult(result, returned) = if timer.is_some() {
             read.await
         } else {
-            // Before hello there is no heartbeat task: the wait itself is bounded. Losing the
-            // buffer to the cancelled read does not matter, the link is given up.
-            match compio::runtime::time::timeout_at(hello_deadline, read).await {
+            // Before the primary accepts there is no heartbeat task: the wait itself is bounded.
+            // Losing the buffer to the cancelled read does not matter, the link is given up.
+            match compio::runtime::time::timeout_at(handshake_deadline, read).await {
                 Ok(read) => read,
-                Err(_) => break LinkEnd::Failed { reason: "no hello within 2x link-heartbeat-interval".into() },
+                Err(_) => {
+                    break LinkEnd::Failed { reason: "no link-accepted within 2x link-heartbeat-interval".into() }
+                }
             }
         };
         buffer = returned;
@@ -249,35 +292,64 @@ async fn read_link(
         }
         let mut outcome = None;
         loop {
-            match codec::decode(&mut buffer, FRAME_BYTES_MAX) {
+            let frame = match decode_link_frame(&mut buffer, BATCH_BYTES_MAX) {
                 Ok(None) => break,
-                Ok(Some(Frame::Hello { .. })) if timer.is_none() => {
+                Ok(Some(frame)) => frame,
+                Err(error) => {
+                    outcome = Some(ended(&timer, format!("undecodable frame: {error}")));
+                    break;
+                }
+            };
+            match (handshake, frame) {
+                (Handshake::Hello, LinkFrame::Native(Frame::Hello { .. })) => {
+                    send_link_open(context, queue, replica);
+                    handshake = Handshake::Accepted;
+                }
+                (Handshake::Accepted, LinkFrame::Accepted(accepted)) => {
                     link.handle_connected(now);
-                    tracing::info!(counters = ?link.counters(), "link: connected to {address}");
+                    replica.handle_connected();
+                    replica.handle_epoch_observed(accepted.epoch);
+                    begin_catch_up(context);
+                    tracing::info!(counters = ?link.counters(), epoch = %accepted.epoch, "link: connected to {address}");
                     let started = Rc::new(LinkTimer::new(now, interval));
                     let name = format!("to {address}");
                     compio::runtime::spawn(heartbeat_task(stream.clone(), queue.clone(), started.clone(), name))
                         .detach();
                     timer = Some(started);
+                    handshake = Handshake::Open;
                 }
-                Ok(Some(Frame::Heartbeat)) if timer.is_some() => {}
-                Ok(Some(Frame::Error { code, message })) => {
+                (Handshake::Open, LinkFrame::Batch(batch)) => {
+                    if let Err(reason) = apply_batch(context, replica, batch) {
+                        outcome = Some(ended(&timer, reason));
+                        break;
+                    }
+                }
+                (Handshake::Open, LinkFrame::MarkedReady) => {
+                    transition(context, BrokerState::Ready, TransitionCause::MarkedReadyByPrimary);
+                }
+                (_, LinkFrame::Native(Frame::Heartbeat)) if timer.is_some() => {}
+                (_, LinkFrame::Native(Frame::Error { code, message })) => {
                     outcome = Some(match timer {
                         None => LinkEnd::Refused { message: format!("{code:?}: {message}") },
                         Some(_) => LinkEnd::Lost { reason: format!("error {code:?}: {message}") },
                     });
                     break;
                 }
-                Ok(Some(other)) => {
-                    outcome = Some(ended(&timer, format!("unexpected {} on a backup link", other.name())));
-                    break;
-                }
-                Err(error) => {
-                    outcome = Some(ended(&timer, format!("undecodable frame: {error}")));
+                (_, other) => {
+                    outcome = Some(ended(&timer, format!("unexpected {} on a backup link", frame_name(&other))));
                     break;
                 }
             }
         }
+        if let Some(confirmed) = replica.poll_confirm() {
+            let mut buffer = BytesMut::new();
+            encode_confirm(confirmed, &mut buffer);
+            if let Some(timer) = &timer {
+                timer.heartbeat.borrow_mut().handle_sent(now);
+            }
+            queue.push(buffer, false);
+        }
+        pump(context);
         if let Some(outcome) = outcome {
             break outcome;
         }
@@ -288,11 +360,70 @@ async fn read_link(
     end
 }
 
+/// Asks the primary for this shard's stream.
+fn send_link_open(context: &ShardContext, queue: &WriteQueue, replica: &BackupStream) {
+    let shard = context.shard.borrow();
+    let open = LinkOpen {
+        backup: context.link.own_address.clone(),
+        shard: shard.id().0,
+        shard_count: context.shard_count(),
+        epoch_highest: replica.epoch_highest().max(shard.ha().epoch()),
+    };
+    let mut buffer = BytesMut::new();
+    encode_link_frame(&LinkFrame::Open(open), &mut buffer);
+    queue.push(buffer, false);
+}
+
+/// The primary accepted this shard's link: what this shard held of its queues is dropped, since
+/// the primary sends everything it holds first (a full resync; see the module doc), and shard 0
+/// moves the broker to catch-up.
+fn begin_catch_up(context: &ShardContext) {
+    let dropped = context.shard.borrow_mut().clear_replicas();
+    if dropped > 0 {
+        tracing::info!(dropped, "link: replicated messages dropped before the primary's resync");
+    }
+    let state = context.shard.borrow().ha().state();
+    match state {
+        BrokerState::Joining => transition(context, BrokerState::CatchUp, TransitionCause::PrimaryContacted),
+        BrokerState::Ready => transition(context, BrokerState::CatchUp, TransitionCause::ReconnectedBehindPrimary),
+        _ => {}
+    }
+}
+
+/// Applies one batch from the primary to the shard's queues. An `Err` ends the link: a gap (a
+/// batch went missing) or a primary of an older epoch cannot be followed.
+fn apply_batch(context: &ShardContext, replica: &mut BackupStream, batch: Batch) -> Result<(), String> {
+    match replica.handle_batch(batch) {
+        Ok(applied) => {
+            let mut shard = context.shard.borrow_mut();
+            for record in applied.records {
+                shard.apply_replica(record);
+            }
+            Ok(())
+        }
+        Err(ignored) => match ignored.reason {
+            IgnoreReason::Duplicate { .. } => Ok(()),
+            IgnoreReason::StaleEpoch(_) | IgnoreReason::Gap { .. } => Err(ignored.to_string()),
+        },
+    }
+}
+
+/// Shard 0 takes an HA transition the link decided; other shards learn it from shard 0.
+fn transition(context: &ShardContext, to: BrokerState, cause: TransitionCause) {
+    let mut shard = context.shard.borrow_mut();
+    if shard.id().0 != 0 {
+        return;
+    }
+    if let Err(error) = shard.handle_ha_transition(to, cause) {
+        tracing::debug!(%error, "link: HA transition not taken");
+    }
+}
+
 /// How a link ended for `reason`: lost when it had connected (silent when its heartbeat task
 /// closed it), failed when it never had.
 fn ended(timer: &Option<Rc<LinkTimer>>, reason: String) -> LinkEnd {
     match timer {
-        Some(timer) => match timer.silent_for.get() {
+        Some(timer) => match timer.silent_for() {
             Some(silent_for) => {
                 LinkEnd::Lost { reason: format!("nothing received for {silent_for:?} (2x link-heartbeat-interval)") }
             }
@@ -302,6 +433,6 @@ fn ended(timer: &Option<Rc<LinkTimer>>, reason: String) -> LinkEnd {
     }
 }
 
-/// Bytes reserved in a backup link's read buffer before each read: heartbeats and small frames
-/// only, until replication.
-const LINK_READ_BUFFER_BYTES: usize = 16 * 1024;
+/// Bytes reserved in a backup link's read buffer before each read: large enough for several
+/// batches per read.
+const LINK_READ_BUFFER_BYTES: usize = 256 * 1024;

@@ -11,6 +11,7 @@ use ringmq_core::shard::{Shard, ShardConfig};
 
 use crate::link::LinkConfig;
 use crate::listener::bind_shared;
+use crate::shard_control::ShardControls;
 use crate::shard_loop::run_shard;
 use crate::shard_ring::ShardRings;
 
@@ -46,12 +47,15 @@ pub fn start(transport: &TransportConfig, shard_config: ShardConfig) -> io::Resu
     let local_addr = listeners[0].local_addr()?;
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mut threads = Vec::with_capacity(usize::from(count));
-    for ((index, listener), rings) in listeners.into_iter().enumerate().zip(ShardRings::mesh(count)) {
+    let mesh = ShardRings::mesh(count);
+    let controls = ShardControls::new(mesh[0].doorbells.clone());
+    for ((index, listener), rings) in listeners.into_iter().enumerate().zip(mesh) {
         let id = ShardId(index as u16);
         let shard = Shard::new(id, shard_config.clone());
         let pin = transport.pin_cores.then_some(index % cpus);
         let ring_entries = transport.ring_entries;
         let link = transport.link.clone();
+        let controls = controls.clone();
         let thread = std::thread::Builder::new().name(format!("ringmq-shard-{index}")).spawn(move || {
             let mut builder = compio::runtime::RuntimeBuilder::new();
             if let Some(cpu) = pin {
@@ -61,7 +65,7 @@ pub fn start(transport: &TransportConfig, shard_config: ShardConfig) -> io::Resu
             proactor.capacity(ring_entries);
             builder.with_proactor(proactor);
             let runtime = builder.build()?;
-            runtime.block_on(run_shard(shard, rings, listener, link))
+            runtime.block_on(run_shard(shard, rings, listener, link, controls))
         })?;
         threads.push(thread);
     }

@@ -21,6 +21,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
 use std::future::poll_fn;
 use std::io;
+use std::os::fd::AsFd;
 use std::rc::Rc;
 use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
@@ -32,12 +33,21 @@ use compio::net::{TcpListener, TcpStream};
 use ringmq_core::ids::{ConnId, ShardId};
 use ringmq_core::shard::Shard;
 
-use crate::link::{backup_link_task, heartbeat_task, LinkConfig, LinkTimer};
+use ringmq_core::replication::{Hold, ReplicationEvent};
+use ringmq_ha::limits::BATCH_BYTES_MAX;
+use ringmq_ha::link_frame::{encode_link_frame, LinkFrame};
+use ringmq_ha::membership::Membership;
+use ringmq_ha::primary_replication::PrimaryReplication;
+use ringmq_ha::record::encode_batch;
+
+use crate::link::{backup_link_task, LinkConfig, LinkTimer};
+use crate::link_server::{accept_backup_link, adopt_backup_link};
+use crate::shard_control::{Control, ShardControls};
 use crate::shard_ring::ShardRings;
 
 /// Bytes reserved in a connection's read buffer before each read. Large enough that one read
 /// takes several 64 KiB publish frames at once.
-const READ_BUFFER_BYTES: usize = 256 * 1024;
+pub(crate) const READ_BUFFER_BYTES: usize = 256 * 1024;
 /// How long the inbox task waits before retrying a full ring.
 const OVERFLOW_RETRY: Duration = Duration::from_micros(50);
 /// Most messages taken from one inbound ring before looking at the others, for fairness.
@@ -49,14 +59,56 @@ pub(crate) struct ShardContext {
     pub(crate) shard: RefCell<Shard>,
     /// This shard's ring ends.
     rings: RefCell<ShardRings>,
-    /// Writers of the open connections.
-    writers: RefCell<HashMap<ConnId, Rc<WriteQueue>>>,
+    /// Writers of the open connections, backup links served here included.
+    pub(crate) writers: RefCell<HashMap<ConnId, Rc<WriteQueue>>>,
     /// The next connection id.
     next_conn: Cell<u32>,
-    /// Heartbeat clocks of the admitted backup links (on a primary), by connection.
-    link_timers: RefCell<HashMap<ConnId, Rc<LinkTimer>>>,
+    /// Heartbeat clocks of the backup links served here (on a primary), by connection.
+    pub(crate) link_timers: RefCell<HashMap<ConnId, Rc<LinkTimer>>>,
+    /// Sockets of the backup links served here, to close one whose stream overflowed.
+    pub(crate) link_streams: RefCell<HashMap<ConnId, Rc<TcpStream>>>,
+    /// This shard's replication streams to its backups (on a primary, from the first link on).
+    pub(crate) replication: RefCell<Option<PrimaryReplication>>,
+    /// Shard 0 of a primary: which backups hold everything, and the link of each backup's
+    /// shard 0 (where `marked-ready` goes).
+    membership: RefCell<MembershipLinks>,
+    /// The control queues between the shards' IO shells.
+    pub(crate) controls: ShardControls,
+    /// On a backup: this shard's link to the primary, to close it when the broker is promoted.
+    pub(crate) outgoing_link: RefCell<Option<Rc<TcpStream>>>,
+    /// Client readers waiting for the replication streams to drain (`producers_must_pause`).
+    paused_readers: RefCell<Vec<Waker>>,
+    /// Scratch for `pump`: replication events and released holds.
+    scratch: RefCell<(Vec<ReplicationEvent>, Vec<Hold>)>,
     /// Broker-to-broker link settings.
     pub(crate) link: LinkConfig,
+}
+
+/// Shard 0's view of the backups linked to it.
+struct MembershipLinks {
+    /// Which shards of which backup caught up.
+    membership: Membership,
+    /// Each backup's shard-0 link, by backup name.
+    shard0_links: HashMap<String, ConnId>,
+}
+
+impl ShardContext {
+    /// A fresh connection id.
+    pub(crate) fn new_conn(&self) -> ConnId {
+        let conn = ConnId(self.next_conn.get());
+        self.next_conn.set(conn.0.wrapping_add(1));
+        conn
+    }
+
+    /// Shards in this broker.
+    pub(crate) fn shard_count(&self) -> u16 {
+        self.controls.len()
+    }
+
+    /// Registers the shard-0 link of `backup` (on shard 0), where `marked-ready` goes.
+    pub(crate) fn register_shard0_link(&self, backup: &str, conn: ConnId) {
+        self.membership.borrow_mut().shard0_links.insert(backup.to_owned(), conn);
+    }
 }
 
 /// Buffers waiting for one connection's writer task.
@@ -66,6 +118,8 @@ pub(crate) struct WriteQueue {
     buffers: RefCell<VecDeque<BytesMut>>,
     /// Close the socket after the queued buffers.
     close: Cell<bool>,
+    /// End without shutting the socket down: it was handed to another shard.
+    detached: Cell<bool>,
     /// The writer task, when parked.
     waker: RefCell<Option<Waker>>,
 }
@@ -82,32 +136,49 @@ impl WriteQueue {
             waker.wake();
         }
     }
+
+    /// Ends the writer once its buffers are written, leaving the socket open (it was handed over).
+    pub(crate) fn detach(&self) {
+        self.detached.set(true);
+        self.push(BytesMut::new(), true);
+    }
 }
 
 /// Runs shard `rings.id` on the current thread until the listener fails.
 ///
 /// # Errors
 /// The listener could not be registered with the runtime.
-pub async fn run_shard(
+pub(crate) async fn run_shard(
     shard: Shard,
     rings: ShardRings,
     listener: std::net::TcpListener,
     link: LinkConfig,
+    controls: ShardControls,
 ) -> io::Result<()> {
     let listener = TcpListener::from_std(listener)?;
+    let shard_count = controls.len();
     let context = Rc::new(ShardContext {
         shard: RefCell::new(shard),
         rings: RefCell::new(rings),
         writers: RefCell::new(HashMap::new()),
         next_conn: Cell::new(0),
         link_timers: RefCell::new(HashMap::new()),
+        link_streams: RefCell::new(HashMap::new()),
+        replication: RefCell::new(None),
+        membership: RefCell::new(MembershipLinks {
+            membership: Membership::new(shard_count),
+            shard0_links: HashMap::new(),
+        }),
+        controls,
+        outgoing_link: RefCell::new(None),
+        paused_readers: RefCell::new(Vec::new()),
+        scratch: RefCell::new((Vec::new(), Vec::new())),
         link,
     });
     compio::runtime::spawn(inbox_task(context.clone())).detach();
-    // One outgoing link per backup broker, on shard 0 for now: once replication exists, each
-    // shard gets its own link to the primary's same shard, carrying that shard's streams.
-    let is_coordinator = context.shard.borrow().id() == ShardId(0);
-    if is_coordinator && !context.link.primary_addresses.is_empty() {
+    // On a backup, every shard keeps its own link to the primary's same-numbered shard, which
+    // streams that shard's queues.
+    if !context.link.primary_addresses.is_empty() {
         compio::runtime::spawn(backup_link_task(context.clone())).detach();
     }
     loop {
@@ -123,8 +194,7 @@ pub async fn run_shard(
         if let Err(error) = stream.set_nodelay(true) {
             tracing::warn!(%error, "TCP_NODELAY failed");
         }
-        let conn = ConnId(context.next_conn.get());
-        context.next_conn.set(conn.0.wrapping_add(1));
+        let conn = context.new_conn();
         let queue = Rc::new(WriteQueue::default());
         context.writers.borrow_mut().insert(conn, queue.clone());
         context.shard.borrow_mut().handle_accept(conn);
@@ -137,9 +207,8 @@ pub async fn run_shard(
 /// Reads a connection until it closes, feeding the shard.
 async fn reader_task(context: Rc<ShardContext>, stream: Rc<TcpStream>, conn: ConnId) {
     let mut buffer = BytesMut::with_capacity(READ_BUFFER_BYTES);
-    // Set once the shard admits this connection as a backup link.
-    let mut link_timer: Option<Rc<LinkTimer>> = None;
     loop {
+        wait_for_replication(&context).await;
         buffer.reserve(READ_BUFFER_BYTES);
         // `append` reads after the partial frame already in the buffer; `read` would overwrite it.
         let BufResult(result, returned) = (&*stream).append(buffer).await;
@@ -148,25 +217,24 @@ async fn reader_task(context: Rc<ShardContext>, stream: Rc<TcpStream>, conn: Con
             Ok(0) => break,
             Ok(_) => {
                 context.shard.borrow_mut().handle_read(conn, &mut buffer);
-                match &link_timer {
-                    Some(timer) => timer.heartbeat.borrow_mut().handle_received(Instant::now()),
-                    None if context.shard.borrow().is_backup_link(conn) => {
-                        link_timer = Some(start_link_heartbeat(&context, &stream, conn));
-                    }
-                    None => {}
-                }
                 pump(&context);
+                if context.shard.borrow().is_backup_link(conn) {
+                    // Past `hello`, a backup link speaks the replication link protocol, which
+                    // the transport serves (module `link_server`); the core forgets it.
+                    context.shard.borrow_mut().handle_closed(conn);
+                    let queue = context.writers.borrow_mut().remove(&conn);
+                    pump(&context);
+                    if let Some(queue) = queue {
+                        accept_backup_link(context, stream, conn, queue, buffer).await;
+                    }
+                    return;
+                }
             }
             Err(error) => {
                 tracing::debug!(%error, conn = conn.0, "read failed");
                 break;
             }
         }
-    }
-    if let Some(timer) = link_timer {
-        timer.close();
-        context.link_timers.borrow_mut().remove(&conn);
-        tracing::info!(conn = conn.0, "backup link closed");
     }
     context.shard.borrow_mut().handle_closed(conn);
     if let Some(queue) = context.writers.borrow_mut().remove(&conn) {
@@ -175,17 +243,20 @@ async fn reader_task(context: Rc<ShardContext>, stream: Rc<TcpStream>, conn: Con
     pump(&context);
 }
 
-/// A primary admitted `conn` as a backup link: starts its heartbeats.
-fn start_link_heartbeat(context: &Rc<ShardContext>, stream: &Rc<TcpStream>, conn: ConnId) -> Rc<LinkTimer> {
-    let timer = Rc::new(LinkTimer::new(Instant::now(), context.link.heartbeat_interval));
-    context.link_timers.borrow_mut().insert(conn, timer.clone());
-    let queue = context.writers.borrow().get(&conn).cloned();
-    if let Some(queue) = queue {
-        tracing::info!(conn = conn.0, "backup link accepted");
-        compio::runtime::spawn(heartbeat_task(stream.clone(), queue, timer.clone(), format!("backup link {}", conn.0)))
-            .detach();
-    }
-    timer
+/// Backpressure: while a replication stream of this shard holds too many unsent records, client
+/// connections are not read (neither publishes nor acks, which both add records) until batches
+/// went out and confirms came back. Backup links are read on, since their confirms end the wait.
+async fn wait_for_replication(context: &ShardContext) {
+    poll_fn(|cx| {
+        let paused = context.replication.borrow().as_ref().is_some_and(PrimaryReplication::producers_must_pause);
+        if paused {
+            context.paused_readers.borrow_mut().push(cx.waker().clone());
+            Poll::Pending
+        } else {
+            Poll::Ready(())
+        }
+    })
+    .await;
 }
 
 /// Writes a connection's buffers in order; shuts it down when told to close.
@@ -208,6 +279,9 @@ pub(crate) async fn writer_task(stream: Rc<TcpStream>, queue: Rc<WriteQueue>) {
             tracing::debug!(%error, "write failed");
             break;
         }
+    }
+    if queue.detached.get() {
+        return;
     }
     // Shutting down the write side makes the peer see the end; our reader then sees EOF or an
     // error and cleans up the session.
@@ -239,6 +313,11 @@ async fn inbox_task(context: Rc<ShardContext>) {
                 }
             }
         }
+        let own = context.shard.borrow().id().0;
+        for control in context.controls.take(own) {
+            handle_control(&context, control);
+            moved = true;
+        }
         if moved {
             pump(&context);
             // Let connection tasks run between inbox batches.
@@ -252,7 +331,7 @@ async fn inbox_task(context: Rc<ShardContext>) {
         }
         poll_fn(|cx| {
             doorbell.prepare_sleep(cx.waker());
-            if context.rings.borrow().has_inbound() {
+            if context.rings.borrow().has_inbound() || context.controls.has_pending(own) {
                 doorbell.awake();
                 Poll::Ready(())
             } else {
@@ -264,10 +343,15 @@ async fn inbox_task(context: Rc<ShardContext>) {
     }
 }
 
-/// Runs the shard until nothing moves and carries its outputs out.
-fn pump(context: &ShardContext) {
+/// Runs the shard and its replication streams until nothing moves and carries their outputs out.
+pub(crate) fn pump(context: &ShardContext) {
     let mut shard = context.shard.borrow_mut();
-    shard.drive();
+    loop {
+        shard.drive();
+        if !replicate(context, &mut shard) {
+            break;
+        }
+    }
     {
         let writers = context.writers.borrow();
         let link_timers = context.link_timers.borrow();
@@ -278,6 +362,14 @@ fn pump(context: &ShardContext) {
                 }
                 queue.push(buffer, close);
             }
+        }
+    }
+    send_batches(context, shard.id().0);
+    resume_paused_readers(context);
+    if !shard.ha().state().is_backup() {
+        if let Some(link) = context.outgoing_link.borrow_mut().take() {
+            // Promoted: the link to the old primary ends; its task sees the end and stops.
+            shutdown(&link);
         }
     }
     if !shard.has_peer_output() {
@@ -298,6 +390,118 @@ fn pump(context: &ShardContext) {
         if wake {
             rings.doorbells[index].ring();
         }
+    }
+}
+
+/// Feeds the shard's replication events to its streams and hands released holds back to the
+/// shard. Returns whether holds were released (the shard has confirms to drive).
+fn replicate(context: &ShardContext, shard: &mut Shard) -> bool {
+    let mut scratch = context.scratch.borrow_mut();
+    let (events, holds) = &mut *scratch;
+    shard.poll_replication(events);
+    let mut replication = context.replication.borrow_mut();
+    let Some(replication) = replication.as_mut() else {
+        // No backup has linked to this shard yet: there is nobody to tell.
+        events.clear();
+        return false;
+    };
+    for event in events.drain(..) {
+        replication.handle_event(event);
+    }
+    holds.clear();
+    if replication.poll_released(holds) == 0 {
+        return false;
+    }
+    shard.handle_holds_released(holds);
+    true
+}
+
+/// Writes every batch the streams have ready to their links, reports caught-up backups to shard
+/// 0, and closes links whose stream overflowed.
+fn send_batches(context: &ShardContext, own: u16) {
+    let mut replication = context.replication.borrow_mut();
+    let Some(replication) = replication.as_mut() else { return };
+    let writers = context.writers.borrow();
+    let link_timers = context.link_timers.borrow();
+    let links: Vec<u64> = replication.links().collect();
+    for link in links {
+        let conn = ConnId(link as u32);
+        let mut buffer = BytesMut::new();
+        while let Some(batch) = replication.poll_batch(link, BATCH_BYTES_MAX as usize) {
+            encode_batch(&batch, &mut buffer);
+        }
+        if buffer.is_empty() {
+            continue;
+        }
+        if let Some(queue) = writers.get(&conn) {
+            if let Some(timer) = link_timers.get(&conn) {
+                timer.heartbeat.borrow_mut().handle_sent(Instant::now());
+            }
+            queue.push(buffer, false);
+        }
+    }
+    while let Some((_, backup)) = replication.poll_caught_up() {
+        context.controls.send(0, Control::CaughtUp { backup, shard: own });
+    }
+    while let Some(link) = replication.poll_overflowed() {
+        tracing::warn!(link, "a backup fell too far behind its replication stream; dropping its link");
+        if let Some(stream) = context.link_streams.borrow().get(&ConnId(link as u32)) {
+            shutdown(stream);
+        }
+    }
+}
+
+/// Wakes the client readers `wait_for_replication` parked, once the streams no longer ask for a
+/// pause.
+fn resume_paused_readers(context: &ShardContext) {
+    if context.paused_readers.borrow().is_empty() {
+        return;
+    }
+    let paused = context.replication.borrow().as_ref().is_some_and(PrimaryReplication::producers_must_pause);
+    if !paused {
+        for waker in context.paused_readers.borrow_mut().drain(..) {
+            waker.wake();
+        }
+    }
+}
+
+/// Carries out a control message from another shard (or this one).
+fn handle_control(context: &Rc<ShardContext>, control: Control) {
+    match control {
+        Control::AdoptLink { stream, pending, open } => adopt_backup_link(context, stream, pending, open),
+        Control::LinkOpened { backup, shard } => {
+            if let Err(error) = context.membership.borrow_mut().membership.handle_shard_opened(&backup, shard) {
+                tracing::warn!(%error, "backup not tracked");
+            }
+        }
+        Control::CaughtUp { backup, shard } => {
+            let mut links = context.membership.borrow_mut();
+            if !links.membership.handle_shard_caught_up(&backup, shard) {
+                return;
+            }
+            tracing::info!(%backup, "backup holds everything: marked ready");
+            let conn = links.shard0_links.get(&backup).copied();
+            let queue = conn.and_then(|conn| context.writers.borrow().get(&conn).cloned());
+            if let Some(queue) = queue {
+                let mut buffer = BytesMut::new();
+                encode_link_frame(&LinkFrame::MarkedReady, &mut buffer);
+                queue.push(buffer, false);
+            }
+        }
+        Control::LinkLost { backup, shard } => {
+            let mut links = context.membership.borrow_mut();
+            links.membership.handle_shard_lost(&backup, shard);
+            if shard == 0 {
+                links.shard0_links.remove(&backup);
+            }
+        }
+    }
+}
+
+/// Shuts a socket down in both directions, so that its reader sees the end.
+pub(crate) fn shutdown(stream: &TcpStream) {
+    if let Err(error) = socket2::SockRef::from(&stream.as_fd()).shutdown(std::net::Shutdown::Both) {
+        tracing::debug!(%error, "shutdown failed");
     }
 }
 
