@@ -72,6 +72,23 @@ pub enum Command {
     Receive(ReceiveArgs),
     /// Load generator: throughput and latency percentiles.
     Bench(ringmq_bench::BenchArgs),
+    /// Start a local HA cluster on loopback (for trying it out): N brokers, the first promoted,
+    /// the others ready; prints the client URL and how to stop them.
+    Cluster(ClusterArgs),
+}
+
+/// `ringmq cluster`.
+#[derive(Debug, Args, Clone)]
+pub struct ClusterArgs {
+    /// Number of brokers.
+    #[arg(long, default_value_t = 3)]
+    pub nodes: u16,
+    /// Port of the first broker; the others take the next ones.
+    #[arg(long, default_value_t = 5672)]
+    pub base_port: u16,
+    /// Shards per broker (every member of a cluster has the same number).
+    #[arg(long, default_value_t = 2)]
+    pub shards: u16,
 }
 
 /// How to reach the broker.

@@ -5,8 +5,10 @@
 //! - `ha status`, `ha promote`: HA state and promotion (`ha`).
 //! - `send`, `receive`: messages from the shell (`shell`).
 //! - `bench`: the load generator (`ringmq-bench`).
+//! - `cluster`: a local HA cluster on loopback, for trying it out (`cluster`).
 
 mod cli;
+mod cluster;
 mod config;
 mod daemon;
 mod ha;
@@ -32,5 +34,6 @@ fn main() -> ExitCode {
         cli::Command::Send(args) => shell::send(args),
         cli::Command::Receive(args) => shell::receive(args),
         cli::Command::Bench(args) => shell::bench(args),
+        cli::Command::Cluster(args) => cluster::run(&args),
     }
 }

@@ -132,6 +132,46 @@ impl BrokerProcess {
     }
 }
 
+/// A broker stopped with SIGSTOP (a hung peer); continued with SIGCONT on `resume` or on drop, so
+/// a failing test leaves no stopped process behind.
+pub struct Stopped {
+    /// The stopped process.
+    pid: u32,
+    /// Whether it was continued already.
+    resumed: bool,
+}
+
+impl Stopped {
+    /// Stops `broker` with SIGSTOP.
+    ///
+    /// # Panics
+    /// If `kill` fails.
+    pub fn stop(broker: &BrokerProcess) -> Stopped {
+        signal("-STOP", broker.pid());
+        Stopped { pid: broker.pid(), resumed: false }
+    }
+
+    /// Continues it with SIGCONT.
+    pub fn resume(mut self) {
+        self.resumed = true;
+        signal("-CONT", self.pid);
+    }
+}
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        if !self.resumed {
+            signal("-CONT", self.pid);
+        }
+    }
+}
+
+/// Sends signal `which` (`-STOP`, `-CONT`) to `pid` with `kill`.
+fn signal(which: &str, pid: u32) {
+    let status = Command::new("kill").args([which, &pid.to_string()]).status().expect("running kill");
+    assert!(status.success(), "kill {which} {pid}: {status}");
+}
+
 /// What the broker prints once its listeners are bound.
 const LISTENING_LINE: &str = "ringmq broker listening on";
 

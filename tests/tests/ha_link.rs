@@ -14,11 +14,10 @@
 //! with fixed sleeps. A stopped broker is continued by a guard on drop, so a failing test leaves
 //! no stopped process behind. Build the broker first: `cargo build -p ringmq`.
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use ringmq_core::frame::{ErrorCode, Frame, PREAMBLE_FLAG_BACKUP};
-use ringmq_tests::{eventually, frames_until_closed, free_port, run_cli, start_cluster, BrokerProcess};
+use ringmq_tests::{eventually, frames_until_closed, free_port, run_cli, start_cluster, BrokerProcess, Stopped};
 
 /// `link-heartbeat-interval` of the test brokers.
 const HEARTBEAT: Duration = Duration::from_millis(200);
@@ -66,39 +65,6 @@ fn count_or_log(broker: &BrokerProcess, line: &str, count: usize) -> Result<(), 
     } else {
         Err(output)
     }
-}
-
-/// A broker stopped with SIGSTOP; continued with SIGCONT on `resume` or on drop.
-struct Stopped {
-    /// The stopped process.
-    pid: u32,
-    /// Whether it was continued already.
-    resumed: bool,
-}
-
-impl Stopped {
-    fn stop(broker: &BrokerProcess) -> Stopped {
-        signal("-STOP", broker.pid());
-        Stopped { pid: broker.pid(), resumed: false }
-    }
-
-    fn resume(mut self) {
-        self.resumed = true;
-        signal("-CONT", self.pid);
-    }
-}
-
-impl Drop for Stopped {
-    fn drop(&mut self) {
-        if !self.resumed {
-            signal("-CONT", self.pid);
-        }
-    }
-}
-
-fn signal(which: &str, pid: u32) {
-    let status = Command::new("kill").args([which, &pid.to_string()]).status().expect("running kill");
-    assert!(status.success(), "kill {which} {pid}: {status}");
 }
 
 #[test]

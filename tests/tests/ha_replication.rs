@@ -19,15 +19,15 @@ use std::time::Duration;
 use bytes::Bytes;
 use ringmq_client::{blocking, ConnectOptions};
 use ringmq_core::frame::{Message, QueueInfo, QueueOptions};
-use ringmq_tests::{eventually, run_cli, start_cluster, BrokerProcess};
+use ringmq_tests::{eventually, run_cli, start_cluster, BrokerProcess, Stopped};
 
 /// Longest wait for a cluster to settle (links, catch-up, ready).
 const SETTLE_WAIT: Duration = Duration::from_secs(15);
 /// Longest wait for one message or one confirm.
 const MESSAGE_WAIT: Duration = Duration::from_secs(10);
 
-/// Starts a three-broker cluster with `extra` options, promotes broker 0 and waits until both
-/// others are ready.
+/// Starts a three-broker cluster with `extra` options (later ones win), promotes broker 0 and
+/// waits until both others are ready.
 fn ready_cluster(extra: &[&str]) -> Vec<BrokerProcess> {
     let mut options = vec!["--link-maintenance-interval", "0.1", "--link-heartbeat-interval", "0.2"];
     options.extend_from_slice(extra);
@@ -192,4 +192,54 @@ fn replication_levels_decide_what_a_backup_holds() {
         assert!(queue_info(backup, "local").is_none(), "a queue replicated at level none is on a backup");
         assert!(queue_info(backup, "bad").is_none());
     }
+}
+
+#[test]
+fn a_stopped_backup_holds_confirms_until_it_is_dropped() {
+    // Goal: a confirm waits for every backup; a hung (SIGSTOPped) backup holds publishers only
+    // until the primary drops it after 2x link-heartbeat-interval (0.5 s here), then the held
+    // confirms are released; the dropped backup reconnects and catches up once continued.
+    // Method: stop backup 2, publish 100; the confirms must come only after the primary logged
+    // the loss of that backup's links, and within the detection bound.
+    let brokers = ready_cluster(&["--ha-replicate", "all", "--link-heartbeat-interval", "0.5"]);
+    client(&brokers[0]).declare_queue("held", QueueOptions::default(), &[]).unwrap();
+    send(&brokers[0], "held", 0..10);
+    let stopped = Stopped::stop(&brokers[2]);
+    let lost = format!("backup={}", brokers[2].addr());
+    let dropped = |log: &str| log.lines().any(|line| line.contains("backup link lost") && line.contains(&lost));
+    assert!(!dropped(&plain_log(&brokers[0])), "backup 2 lost before it was stopped");
+    let connection = client(&brokers[0]);
+    let publisher = connection.publisher().unwrap();
+    for index in 10..110 {
+        publisher.publish("", numbered("held", index)).unwrap();
+    }
+    let summary = publisher.wait_for_confirms().unwrap();
+    assert_eq!(summary.stored, 100);
+    let log = plain_log(&brokers[0]);
+    assert!(dropped(&log), "confirmed before the stopped backup was dropped:\n{log}");
+    // Backup 1 kept up all along; backup 2 catches up once continued.
+    wait_depth(&brokers[1], "held", 110);
+    stopped.resume();
+    wait_state(&brokers[2], "ready");
+    wait_depth(&brokers[2], "held", 110);
+}
+
+/// A broker's log without terminal colour codes.
+fn plain_log(broker: &BrokerProcess) -> String {
+    let output = broker.output();
+    let mut plain = String::with_capacity(output.len());
+    let mut chars = output.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            // Skip an escape sequence: ESC [ ... letter.
+            for next in chars.by_ref() {
+                if next.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            plain.push(c);
+        }
+    }
+    plain
 }
