@@ -109,3 +109,10 @@ const _: () = assert!(LINK_ADDRESS_BYTES_MAX <= u16::MAX as usize, "the address 
 /// Most backups a primary tracks at once: one per address a cluster's `ha-brokers-url` may list.
 /// A peer inventing new names cannot grow the primary's membership past it.
 pub const BACKUPS_MAX: usize = URL_ADDRESSES_MAX;
+
+/// Bytes of the largest `members` frame (`link_frame`): length, type, count, then `BACKUPS_MAX`
+/// addresses of the longest length, each with its `u16` length.
+pub const MEMBERS_FRAME_BYTES_MAX: usize = 4 + 1 + 2 + BACKUPS_MAX * (2 + LINK_ADDRESS_BYTES_MAX);
+
+const _: () = assert!(BACKUPS_MAX <= u16::MAX as usize, "the members count travels as a u16");
+const _: () = assert!(MEMBERS_FRAME_BYTES_MAX <= BATCH_BYTES_MAX as usize, "a members frame fits any link read");

@@ -4,7 +4,7 @@
 //! A replication link is a native-protocol connection opened by a backup shard with the backup
 //! preamble flag (`PROTOCOL.md`, "Broker-to-broker replication link"). Native frames (`hello`,
 //! `heartbeat`, `error`) and replication frames share it. Both are `u32 length, u8 type, body`, and
-//! the type byte tells them apart: the replication frames use 0x50..=0x54, which the native
+//! the type byte tells them apart: the replication frames use 0x50..=0x55, which the native
 //! protocol leaves unused.
 //!
 //! | type | frame          | direction          | body                                              |
@@ -14,8 +14,9 @@
 //! | 0x52 | link-open      | backup -> primary  | `bytes16 backup, u16 shard, u16 shard_count, u64 epoch_highest` |
 //! | 0x53 | link-accepted  | primary -> backup  | `u64 epoch, u16 shard_count`                      |
 //! | 0x54 | marked-ready   | primary -> backup  | nothing                                           |
+//! | 0x55 | members        | primary -> backup  | `u16 count, count x bytes16 address`              |
 //!
-//! Owns: the link-only frames (`LinkOpen`, `LinkAccepted`, marked-ready), their bytes, and the
+//! Owns: the link-only frames (`LinkOpen`, `LinkAccepted`, marked-ready, members), their bytes, and the
 //! dispatch of a mixed stream to the native codec (`ringmq_core::codec`) or the record codec
 //! (`record`). Not here: which frame may come when (the link's state machine, in the transport),
 //! what a batch means (`primary_stream`, `backup_stream`).
@@ -39,7 +40,7 @@ use ringmq_core::codec::{self, put_bytes16, DecodeError, Reader};
 use ringmq_core::epoch::Epoch;
 use ringmq_core::frame::{ErrorCode, Frame};
 
-use crate::limits::{BATCH_BYTES_MAX, LINK_ADDRESS_BYTES_MAX};
+use crate::limits::{BACKUPS_MAX, BATCH_BYTES_MAX, LINK_ADDRESS_BYTES_MAX};
 use crate::record::{
     decode_batch, decode_confirm, encode_batch, encode_confirm, Batch, RecordDecodeError, StreamSeq,
     FRAME_HEADER_BYTES, TYPE_BATCH, TYPE_CONFIRM,
@@ -51,6 +52,8 @@ pub const TYPE_LINK_OPEN: u8 = 0x52;
 pub const TYPE_LINK_ACCEPTED: u8 = 0x53;
 /// Type byte of marked-ready (primary to backup).
 pub const TYPE_MARKED_READY: u8 = 0x54;
+/// Type byte of members (primary to backup).
+pub const TYPE_MEMBERS: u8 = 0x55;
 
 /// Any frame of a replication link.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -68,6 +71,12 @@ pub enum LinkFrame {
     /// The backup now holds everything the primary holds and is `ready` (primary to backup, on the
     /// backup's shard-0 link, once every shard of that backup caught up).
     MarkedReady,
+    /// The addresses of every `ready` backup of the primary (primary to backup, on each backup's
+    /// shard-0 link, right after `marked-ready` and whenever that set changes): at most
+    /// `BACKUPS_MAX`, each 1..=`LINK_ADDRESS_BYTES_MAX` bytes of UTF-8, sent sorted. A backup keeps
+    /// the last list it got; when promoted, the other addresses in it are its expected backups
+    /// (`PrimaryReplication::expect_backups`).
+    Members(Vec<String>),
 }
 
 /// A backup shard asks the primary for its shard's replication stream.
@@ -110,10 +119,10 @@ pub enum LinkDecodeError {
     /// A batch or confirm that the record codec refused.
     #[error(transparent)]
     Replication(#[from] RecordDecodeError),
-    /// A `link-open`, `link-accepted` or `marked-ready` frame that is not valid.
+    /// A `link-open`, `link-accepted`, `marked-ready` or `members` frame that is not valid.
     #[error("{frame}: {reason}")]
     Invalid {
-        /// The frame's name (`link-open`, `link-accepted`, `marked-ready`, or `link frame`).
+        /// The frame's name (`link-open`, `link-accepted`, `marked-ready`, `members`, or `link frame`).
         frame: &'static str,
         /// What was allowed and what came.
         reason: String,
@@ -139,18 +148,15 @@ impl LinkDecodeError {
 ///
 /// When the frame breaks a rule the decoder checks (see `codec::encode` and `encode_batch`; for a
 /// `LinkOpen`: an empty or too long address, `shard >= shard_count`; for a `LinkAccepted`: a shard
-/// count of 0): sending it would be a bug.
+/// count of 0; for `Members`: more than `BACKUPS_MAX` addresses, an empty or too long one): sending
+/// it would be a bug.
 pub fn encode_link_frame(frame: &LinkFrame, out: &mut BytesMut) {
     match frame {
         LinkFrame::Native(frame) => codec::encode(frame, out),
         LinkFrame::Batch(batch) => encode_batch(batch, out),
         LinkFrame::Confirm(seq) => encode_confirm(*seq, out),
         LinkFrame::Open(open) => {
-            assert!(
-                (1..=LINK_ADDRESS_BYTES_MAX).contains(&open.backup.len()),
-                "backup address of {} bytes, 1..={LINK_ADDRESS_BYTES_MAX} allowed",
-                open.backup.len()
-            );
+            assert_address(&open.backup);
             assert!(open.shard < open.shard_count, "shard {} of {} shards", open.shard, open.shard_count);
             let start = begin(out, TYPE_LINK_OPEN);
             put_bytes16(out, open.backup.as_bytes());
@@ -168,6 +174,16 @@ pub fn encode_link_frame(frame: &LinkFrame, out: &mut BytesMut) {
         }
         LinkFrame::MarkedReady => {
             let start = begin(out, TYPE_MARKED_READY);
+            finish(out, start);
+        }
+        LinkFrame::Members(members) => {
+            assert!(members.len() <= BACKUPS_MAX, "{} members, at most {BACKUPS_MAX} allowed", members.len());
+            let start = begin(out, TYPE_MEMBERS);
+            out.put_u16_le(members.len() as u16);
+            for member in members {
+                assert_address(member);
+                put_bytes16(out, member.as_bytes());
+            }
             finish(out, start);
         }
     }
@@ -209,7 +225,7 @@ pub fn decode_link_frame(buf: &mut BytesMut, bytes_max: u32) -> Result<Option<Li
     match type_byte {
         TYPE_BATCH => Ok(decode_batch(buf, bytes_max)?.map(LinkFrame::Batch)),
         TYPE_CONFIRM => Ok(decode_confirm(buf)?.map(LinkFrame::Confirm)),
-        TYPE_LINK_OPEN | TYPE_LINK_ACCEPTED | TYPE_MARKED_READY => {
+        TYPE_LINK_OPEN | TYPE_LINK_ACCEPTED | TYPE_MARKED_READY | TYPE_MEMBERS => {
             // `size <= bytes_max <= BATCH_BYTES_MAX`, so it fits a `usize`.
             if buf.len() < size as usize {
                 return Ok(None);
@@ -218,6 +234,7 @@ pub fn decode_link_frame(buf: &mut BytesMut, bytes_max: u32) -> Result<Option<Li
             let frame = match type_byte {
                 TYPE_LINK_OPEN => decode_open(Reader::new("link-open", bytes, FRAME_HEADER_BYTES))?,
                 TYPE_LINK_ACCEPTED => decode_accepted(Reader::new("link-accepted", bytes, FRAME_HEADER_BYTES))?,
+                TYPE_MEMBERS => decode_members(Reader::new("members", bytes, FRAME_HEADER_BYTES))?,
                 _ => {
                     Reader::new("marked-ready", bytes, FRAME_HEADER_BYTES).finish()?;
                     LinkFrame::MarkedReady
@@ -233,14 +250,7 @@ pub fn decode_link_frame(buf: &mut BytesMut, bytes_max: u32) -> Result<Option<Li
 
 fn decode_open(mut r: Reader) -> Result<LinkFrame, LinkDecodeError> {
     let invalid = |reason: String| LinkDecodeError::Invalid { frame: "link-open", reason };
-    let backup = r.bytes16("backup")?;
-    if !(1..=LINK_ADDRESS_BYTES_MAX).contains(&backup.len()) {
-        return Err(invalid(format!("backup is {} bytes, 1..={LINK_ADDRESS_BYTES_MAX} allowed", backup.len())));
-    }
-    let backup = match std::str::from_utf8(&backup) {
-        Ok(text) => text.to_string(),
-        Err(error) => return Err(invalid(format!("backup is not UTF-8: {error}"))),
-    };
+    let backup = decode_address(&mut r, "link-open", "backup")?;
     let shard = r.u16("shard")?;
     let shard_count = r.u16("shard count")?;
     if shard >= shard_count {
@@ -262,6 +272,45 @@ fn decode_accepted(mut r: Reader) -> Result<LinkFrame, LinkDecodeError> {
     }
     r.finish()?;
     Ok(LinkFrame::Accepted(LinkAccepted { epoch, shard_count }))
+}
+
+fn decode_members(mut r: Reader) -> Result<LinkFrame, LinkDecodeError> {
+    let count = r.u16("count")?;
+    if usize::from(count) > BACKUPS_MAX {
+        return Err(LinkDecodeError::Invalid {
+            frame: "members",
+            reason: format!("count must be at most {BACKUPS_MAX}; got {count}"),
+        });
+    }
+    // At most `BACKUPS_MAX` addresses, each bounded: the vector's size is bounded whatever the bytes.
+    let mut members = Vec::with_capacity(usize::from(count));
+    for _ in 0..count {
+        members.push(decode_address(&mut r, "members", "address")?);
+    }
+    r.finish()?;
+    Ok(LinkFrame::Members(members))
+}
+
+/// Reads a broker address: `bytes16`, 1..=`LINK_ADDRESS_BYTES_MAX` bytes of UTF-8.
+fn decode_address(r: &mut Reader, frame: &'static str, field: &'static str) -> Result<String, LinkDecodeError> {
+    let invalid = |reason: String| LinkDecodeError::Invalid { frame, reason };
+    let bytes = r.bytes16(field)?;
+    if !(1..=LINK_ADDRESS_BYTES_MAX).contains(&bytes.len()) {
+        return Err(invalid(format!("{field} is {} bytes, 1..={LINK_ADDRESS_BYTES_MAX} allowed", bytes.len())));
+    }
+    match std::str::from_utf8(&bytes) {
+        Ok(text) => Ok(text.to_string()),
+        Err(error) => Err(invalid(format!("{field} is not UTF-8: {error}"))),
+    }
+}
+
+/// Asserts what `decode_address` checks (UTF-8 is given by `String`).
+fn assert_address(address: &str) {
+    assert!(
+        (1..=LINK_ADDRESS_BYTES_MAX).contains(&address.len()),
+        "address of {} bytes, 1..={LINK_ADDRESS_BYTES_MAX} allowed",
+        address.len()
+    );
 }
 
 /// Writes a placeholder length and the type; returns where the frame starts.
@@ -309,6 +358,8 @@ mod tests {
             }),
             LinkFrame::Accepted(LinkAccepted { epoch: Epoch(5), shard_count: 4 }),
             LinkFrame::MarkedReady,
+            LinkFrame::Members(Vec::new()),
+            LinkFrame::Members(vec!["b1.example:5672".to_string(), "[::1]:5673".to_string()]),
         ]
     }
 
@@ -337,6 +388,9 @@ mod tests {
     fn marked_ready_and_link_frames_have_the_documented_bytes() {
         // Goal: the layouts in PROTOCOL.md, byte for byte.
         assert_eq!(&encoded(&LinkFrame::MarkedReady)[..], &[1, 0, 0, 0, 0x54]);
+        let members = encoded(&LinkFrame::Members(vec!["a:1".to_string(), "bc:2".to_string()]));
+        assert_eq!(&members[..], &[14, 0, 0, 0, 0x55, 2, 0, 3, 0, b'a', b':', b'1', 4, 0, b'b', b'c', b':', b'2']);
+        assert_eq!(&encoded(&LinkFrame::Members(Vec::new()))[..], &[3, 0, 0, 0, 0x55, 0, 0]);
         let accepted = encoded(&LinkFrame::Accepted(LinkAccepted { epoch: Epoch(2), shard_count: 3 }));
         assert_eq!(&accepted[..], &[11, 0, 0, 0, 0x53, 2, 0, 0, 0, 0, 0, 0, 0, 3, 0]);
         let open = encoded(&LinkFrame::Open(LinkOpen {
@@ -365,9 +419,9 @@ mod tests {
     fn bad_frames_are_errors_that_name_what_was_allowed_and_what_came() {
         // Goal: each broken rule is an error (not "incomplete"), with a message and an error code.
         // An unknown type byte, judged as soon as it arrives.
-        let mut unknown = BytesMut::from(&[9, 0, 0, 0, 0x55][..]);
+        let mut unknown = BytesMut::from(&[9, 0, 0, 0, 0x56][..]);
         let error = decode_link_frame(&mut unknown, BATCH_BYTES_MAX).unwrap_err();
-        assert_eq!(error, LinkDecodeError::Native(DecodeError::UnknownFrameType(0x55)));
+        assert_eq!(error, LinkDecodeError::Native(DecodeError::UnknownFrameType(0x56)));
         assert_eq!(error.code(), ErrorCode::Malformed);
         // Too large, judged from the length alone.
         let mut large = BytesMut::from(&[100, 0, 0, 0][..]);
@@ -411,9 +465,46 @@ mod tests {
         let mut ready = BytesMut::from(&[2, 0, 0, 0, 0x54, 0][..]);
         let error = decode_link_frame(&mut ready, 64).unwrap_err();
         assert_eq!(error.to_string(), "marked-ready: trailing 1 bytes after frame body");
+        // members: too many addresses, an empty one, one not UTF-8, fewer than counted, a trailing byte.
+        let mut members = BytesMut::from(&[3, 0, 0, 0, 0x55, 65, 0][..]);
+        let error = decode_link_frame(&mut members, 64).unwrap_err();
+        assert_eq!(error.to_string(), "members: count must be at most 64; got 65");
+        assert_eq!(error.code(), ErrorCode::Malformed);
+        let mut members = BytesMut::from(&[5, 0, 0, 0, 0x55, 1, 0, 0, 0][..]);
+        assert_eq!(
+            decode_link_frame(&mut members, 64).unwrap_err().to_string(),
+            "members: address is 0 bytes, 1..=259 allowed"
+        );
+        let mut members = BytesMut::from(&[6, 0, 0, 0, 0x55, 1, 0, 1, 0, 0xc3][..]);
+        assert!(decode_link_frame(&mut members, 64).unwrap_err().to_string().contains("address is not UTF-8"));
+        let mut members = BytesMut::from(&[6, 0, 0, 0, 0x55, 2, 0, 1, 0, b'a'][..]);
+        assert!(matches!(decode_link_frame(&mut members, 64), Err(LinkDecodeError::Native(_))));
+        assert!(members.is_empty(), "a complete frame is consumed, even when invalid");
+        let mut members = BytesMut::from(&[4, 0, 0, 0, 0x55, 0, 0, 9][..]);
+        assert_eq!(
+            decode_link_frame(&mut members, 64).unwrap_err().to_string(),
+            "members: trailing 1 bytes after frame body"
+        );
         // A confirm of the wrong length comes from the record codec, named as such.
         let mut confirm = BytesMut::from(&[20, 0, 0, 0, 0x51][..]);
         assert!(decode_link_frame(&mut confirm, 64).unwrap_err().to_string().starts_with("replication frame"));
+    }
+
+    #[test]
+    fn the_largest_members_frame_round_trips_and_one_more_address_is_refused() {
+        // Goal: `BACKUPS_MAX` addresses of the longest length fit a link frame; the encoder refuses
+        // to send more, as the decoder would.
+        let longest = |index: usize| format!("{index:0>width$}", width = LINK_ADDRESS_BYTES_MAX);
+        let frame = LinkFrame::Members((0..BACKUPS_MAX).map(longest).collect());
+        let mut bytes = encoded(&frame);
+        assert_eq!(bytes.len(), crate::limits::MEMBERS_FRAME_BYTES_MAX);
+        assert_eq!(decode_link_frame(&mut bytes, BATCH_BYTES_MAX), Ok(Some(frame)));
+        let too_many = std::panic::catch_unwind(|| {
+            encoded(&LinkFrame::Members((0..=BACKUPS_MAX).map(|index| format!("b{index}:1")).collect()))
+        });
+        assert!(too_many.is_err());
+        let too_long = std::panic::catch_unwind(|| encoded(&LinkFrame::Members(vec![longest(0) + "0"])));
+        assert!(too_long.is_err());
     }
 
     /// A seeded xorshift64 generator: deterministic, no crate.
@@ -445,7 +536,7 @@ mod tests {
             let len = 5 + (xorshift(&mut state) % 40) as usize;
             let mut bytes: Vec<u8> = (0..len).map(|_| xorshift(&mut state) as u8).collect();
             bytes[..4].copy_from_slice(&((len - 4) as u32).to_le_bytes());
-            bytes[4] = [0x01, 0x50, 0x51, 0x52, 0x53, 0x54, 0x80, 0x83][(xorshift(&mut state) % 8) as usize];
+            bytes[4] = [0x01, 0x50, 0x51, 0x52, 0x53, 0x54, 0x55, 0x80, 0x83][(xorshift(&mut state) % 9) as usize];
             inputs.push(BytesMut::from(&bytes[..]));
         }
         let mut decoded = 0;

@@ -10,7 +10,10 @@
 //!
 //! Call contract: `handle_shard_opened` when a primary shard accepted a backup's `LinkOpen`,
 //! `handle_shard_caught_up` when that link is caught up (it returns true exactly when the backup
-//! just became ready: send `marked-ready`), `handle_shard_lost` when the link closed.
+//! just became ready: send `marked-ready`), `handle_shard_lost` when the link closed. Whenever the
+//! set of ready backups changed (a backup became ready, or a ready one lost a link), send
+//! `ready_list()` as a `members` frame on every ready backup's shard-0 link, the one just marked
+//! ready included (after its `marked-ready`).
 //!
 //! Invariants:
 //! - A backup is ready if and only if every one of the `shard_count` shards has caught up on its
@@ -142,6 +145,12 @@ impl Membership {
         self.backups().filter(|(_, state)| *state == BackupState::Ready).map(|(backup, _)| backup)
     }
 
+    /// The ready backups' addresses, sorted: the body of the `members` frame
+    /// (`link_frame::LinkFrame::Members`) sent to each backup whenever this list changes.
+    pub fn ready_list(&self) -> Vec<String> {
+        self.ready_backups().map(str::to_string).collect()
+    }
+
     /// Every known backup with its state, by address (for `ha status --all`).
     pub fn backups(&self) -> impl Iterator<Item = (&str, BackupState)> + '_ {
         self.backups.iter().map(|(backup, entry)| (backup.as_str(), self.state_of(entry)))
@@ -188,6 +197,7 @@ mod tests {
         assert!(membership.is_ready("b1:5672"));
         assert!(!membership.handle_shard_caught_up("b1:5672", 1), "told once");
         assert_eq!(membership.ready_backups().collect::<Vec<_>>(), vec!["b1:5672"]);
+        assert_eq!(membership.ready_list(), vec!["b1:5672".to_string()]);
     }
 
     #[test]
@@ -229,6 +239,10 @@ mod tests {
         membership.handle_shard_opened("a:1", 0).unwrap();
         assert!(membership.handle_shard_caught_up("c:1", 0));
         assert_eq!(states(&membership), vec![("a:1", BackupState::CatchUp), ("c:1", BackupState::Ready)]);
+        membership.handle_shard_opened("b:1", 0).unwrap();
+        assert!(membership.handle_shard_caught_up("b:1", 0));
+        assert_eq!(membership.ready_list(), vec!["b:1".to_string(), "c:1".to_string()], "sorted, ready only");
+        membership.handle_shard_lost("b:1", 0);
         for index in membership.backups().count()..BACKUPS_MAX {
             membership.handle_shard_opened(&format!("x{index}:1"), 0).unwrap();
         }
