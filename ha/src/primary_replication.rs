@@ -23,11 +23,28 @@
 //! `holding_streams()`, and every hold that comes for it is released at once, so the count the
 //! shard uses and the releases it gets always agree.
 //!
+//! Recovering mode (`PROTOCOL.md`, "Recovering"; the reference's expected backups and
+//! `ha-backup-timeout`): a newly promoted primary calls `expect_backups` with every backup that was
+//! ready under the previous primary, before any client is served. Until such an *expected backup*
+//! has a link on this shard, it *collects* the hold of every new `Enqueued` event, one each, as a
+//! stream would, and counts in `holding_streams()`. When its link opens here it stops collecting
+//! (the new stream takes the holds from then on, so the count is unchanged), and once that link is
+//! caught up everything it collected is released, because all those messages were in the snapshot
+//! the backup just confirmed; it is then no longer expected on this shard. If the link is lost
+//! before that, the collected holds stay held and the backup collects again until a new link of
+//! its catches up. `handle_expected_timed_out` (the timeout passed, or the backup is known lost for
+//! good) releases everything it collected and stops it. A collected hold is also released when its
+//! message is dequeued (or its queue deleted) first: the publish is then confirmed as consumed, as
+//! the reference confirms a message every backup confirmed *or* that was consumed. The collected
+//! holds are kept per queue and position; they are bounded by the producers' unconfirmed publishes
+//! (`PUBLISH_INFLIGHT_MAX` per connection) and, in time, by `ha-backup-timeout`.
+//!
 //! Call contract (single-threaded, on the shard's thread):
 //! - feed every event the shard reports (`Shard::poll_replication`) to `handle_event`, in order;
-//! - drain those events *before* `handle_link_opened` and `handle_link_lost`, and right after
-//!   either call `Shard::set_replica_holds(holding_streams())`: every event is then fed to exactly
-//!   the streams its hold was counted for;
+//! - drain those events *before* `handle_link_opened`, `handle_link_lost`, `expect_backups` and
+//!   `handle_expected_timed_out`, and right after any of them call
+//!   `Shard::set_replica_holds(holding_streams())`: every event is then fed to exactly the streams
+//!   (and expected backups) its hold was counted for;
 //! - `handle_confirm` for each confirm a backup sends; on `Err`, close the link and call
 //!   `handle_link_lost`;
 //! - then `poll_released` (hand the holds to the shard), `poll_overflowed` (close those links and
@@ -35,25 +52,36 @@
 //!   `links()` until it returns `None` (encode and send);
 //! - while `producers_must_pause()`, the shard stops reading producers.
 //!
-//! Not here: IO, the link's handshake (`link_frame`) and heartbeats (`link_heartbeat`), which
+//! - while recovering, the broker-wide rule is the caller's: the primary is `recovering` until no
+//!   shard has `expected_pending()` left; the `ha-backup-timeout` timer, measured by the transport,
+//!   ends in `handle_expected_timed_out` on every shard for each backup still pending (the reference
+//!   times out only backups that are not connected; either is safe here).
+//!
+//! Not here: IO, time, the link's handshake (`link_frame`) and heartbeats (`link_heartbeat`), which
 //! backups are ready (`membership`), exchanges and bindings.
 //!
 //! Invariants:
-//! - Every hold an event brings is released exactly once per stream counted in
-//!   `holding_streams()` when the event came (by a confirm, by being dropped unsent, or by the
-//!   stream's loss or overflow).
+//! - Every hold an event brings is released exactly once per stream or collecting expected backup
+//!   counted in `holding_streams()` when the event came (by a confirm, by being dropped unsent, or
+//!   by the stream's loss or overflow; for an expected backup, by the catch-up of its link, its
+//!   timeout, or the message's dequeue).
+//! - An expected backup collects exactly while it has no link on this shard; it is released (and
+//!   forgotten) only by the catch-up of a link opened after everything it collected, or by its
+//!   timeout.
 //! - Per link, the stream receives the snapshot's events first, then later events, each in order.
 //! - A link is reported caught up at most once, and only after every snapshot record was
 //!   confirmed by its backup; an overflowed or lost link never is.
 //! - Only backlog events wait in memory outside a stream; their later (non-snapshot) part is bounded
 //!   by the producers' pause at `STREAM_PENDING_PAUSE`, as a stream's pending records are.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::Arc;
 
 use ringmq_core::epoch::Epoch;
+use ringmq_core::replication::Position;
 pub use ringmq_core::replication::ReplicationEvent;
 
-use crate::limits::{BATCHES_UNCONFIRMED_MAX, CATCH_UP_FEED_MAX, STREAM_PENDING_PAUSE};
+use crate::limits::{BACKUPS_MAX, BATCHES_UNCONFIRMED_MAX, CATCH_UP_FEED_MAX, STREAM_PENDING_PAUSE};
 use crate::primary_stream::{ConfirmError, Hold, PrimaryStream, StreamOverflow};
 use crate::record::{Batch, StreamSeq};
 
@@ -71,6 +99,17 @@ pub struct PrimaryReplication {
     released: Vec<Hold>,
     /// Links that overflowed, not yet polled.
     overflowed: VecDeque<LinkId>,
+    /// Backups expected back after promotion and still pending here, by address (recovering mode).
+    expected: BTreeMap<String, Expected>,
+}
+
+/// One expected backup on this shard (recovering mode).
+#[derive(Debug, Default)]
+struct Expected {
+    /// Its links open on this shard; while there is none, it collects holds.
+    links: BTreeSet<LinkId>,
+    /// The holds it collected, by queue and message position.
+    collected: BTreeMap<Arc<str>, BTreeMap<Position, Hold>>,
 }
 
 /// One backup's link to this shard.
@@ -93,7 +132,13 @@ struct Link {
 impl PrimaryReplication {
     /// A shard's replication for a primary in `epoch`, with no link.
     pub fn new(epoch: Epoch) -> Self {
-        PrimaryReplication { epoch, links: BTreeMap::new(), released: Vec::new(), overflowed: VecDeque::new() }
+        PrimaryReplication {
+            epoch,
+            links: BTreeMap::new(),
+            released: Vec::new(),
+            overflowed: VecDeque::new(),
+            expected: BTreeMap::new(),
+        }
     }
 
     /// A backup's link for this shard opened: a new `PrimaryStream`, whose catch-up backlog is
@@ -121,11 +166,22 @@ impl PrimaryReplication {
         }
         entry.feed_backlog(&mut self.released, &mut self.overflowed, link);
         self.links.insert(link, entry);
+        if let Some(expected) = self.expected.get_mut(backup) {
+            // It stops collecting: the new stream takes the holds from now on.
+            expected.links.insert(link);
+            self.settle_expected();
+        }
     }
 
     /// A change to this shard's replicated queues: fed to every stream (behind its backlog, if it
     /// has one). An `Enqueued` event's hold goes to every stream, and each releases it once.
+    ///
+    /// While recovering, each expected backup without a link collects the hold too, and a
+    /// `Dequeued` (or `QueueDeleted`) event releases the holds collected for its message (queue).
     pub fn handle_event(&mut self, event: ReplicationEvent) {
+        if !self.expected.is_empty() {
+            self.collect_for_expected(&event);
+        }
         let hold = match &event {
             ReplicationEvent::Enqueued { hold, .. } => *hold,
             _ => None,
@@ -147,12 +203,65 @@ impl PrimaryReplication {
                 link.backlog.push_back(event);
             }
         }
+        if !self.expected.is_empty() {
+            self.settle_expected();
+        }
     }
 
-    /// How many streams hold each new enqueue (the shard's `set_replica_holds`): every link not
-    /// yet lost, overflowed ones included (they release their share at once).
+    /// How many holds each new enqueue takes (the shard's `set_replica_holds`): one per link not
+    /// yet lost, overflowed ones included (they release their share at once), plus one per expected
+    /// backup without a link on this shard (it collects them).
     pub fn holding_streams(&self) -> u32 {
-        self.links.len() as u32
+        let collecting = self.expected.values().filter(|expected| expected.links.is_empty()).count();
+        (self.links.len() + collecting) as u32
+    }
+
+    /// Recovering mode: on promotion, before any client is served, every backup that was ready
+    /// under the previous primary (the last `members` frame, without this broker). Each collects
+    /// the hold of every new enqueue until a link of its on this shard is caught up, or
+    /// `handle_expected_timed_out`. A backup already expected is left as it is; one with a link
+    /// open here already does not collect.
+    ///
+    /// # Panics
+    ///
+    /// If that makes more than `BACKUPS_MAX` backups expected (the list comes from a decoded
+    /// `members` frame, which holds at most that many).
+    pub fn expect_backups(&mut self, backups: &[String]) {
+        for backup in backups {
+            if self.expected.contains_key(backup) {
+                continue;
+            }
+            let links = self.links.iter().filter(|(_, link)| link.backup == *backup).map(|(&id, _)| id).collect();
+            self.expected.insert(backup.clone(), Expected { links, collected: BTreeMap::new() });
+        }
+        assert!(
+            self.expected.len() <= BACKUPS_MAX,
+            "{} expected backups, at most {BACKUPS_MAX} allowed",
+            self.expected.len()
+        );
+        self.settle_expected();
+    }
+
+    /// The expected `backup` was given up on (`ha-backup-timeout` passed) or is known lost for
+    /// good: every hold it collected is released, and it collects no more. Its links, if any, go on
+    /// as ordinary streams. A backup not expected (caught up here already, timed out before, or
+    /// never expected) is ignored.
+    pub fn handle_expected_timed_out(&mut self, backup: &str) {
+        if let Some(expected) = self.expected.remove(backup) {
+            expected.release(&mut self.released);
+        }
+    }
+
+    /// The expected backups still pending on this shard (neither caught up here nor timed out),
+    /// by address. The primary stays `recovering` while any shard has one.
+    pub fn expected_pending(&self) -> impl Iterator<Item = &str> + '_ {
+        self.expected.keys().map(String::as_str)
+    }
+
+    /// How many holds the expected `backup` has collected and not released (0 if not expected),
+    /// for status and metrics.
+    pub fn expected_held(&self, backup: &str) -> usize {
+        self.expected.get(backup).map_or(0, |expected| expected.collected.values().map(BTreeMap::len).sum())
     }
 
     /// The backup of `link` confirmed every batch up to `seq`: holds released, backlog fed on.
@@ -168,16 +277,23 @@ impl PrimaryReplication {
         entry.stream.handle_confirm(seq)?;
         entry.stream.poll_released(&mut self.released);
         entry.feed_backlog(&mut self.released, &mut self.overflowed, link);
+        if !self.expected.is_empty() {
+            self.settle_expected();
+        }
         Ok(())
     }
 
     /// The link closed, its heartbeat expired, or it overflowed and the transport closed it: every
     /// hold it still has is released, and it no longer counts in `holding_streams()`. Unknown links
-    /// are ignored (a link lost twice).
+    /// are ignored (a link lost twice). If its backup is expected and has no other link here, the
+    /// backup collects again (and counts instead), keeping what it collected before.
     pub fn handle_link_lost(&mut self, link: LinkId) {
         let Some(mut entry) = self.links.remove(&link) else { return };
         entry.finish(&mut self.released);
         self.overflowed.retain(|&id| id != link);
+        if let Some(expected) = self.expected.get_mut(&entry.backup) {
+            expected.links.remove(&link);
+        }
     }
 
     /// The next batch to send on `link`: `None` when nothing is ready, the window is full, or the
@@ -194,6 +310,9 @@ impl PrimaryReplication {
         entry.feed_backlog(&mut self.released, &mut self.overflowed, link);
         let batch = entry.stream.poll_batch(bytes_max);
         entry.stream.poll_released(&mut self.released);
+        if !self.expected.is_empty() {
+            self.settle_expected();
+        }
         batch
     }
 
@@ -219,11 +338,10 @@ impl PrimaryReplication {
     }
 
     /// A link whose catch-up backlog has been fully confirmed since the last poll (each reported
-    /// once), with the backup's name.
+    /// once), with the backup's name. (An expected backup's collected holds were released as soon
+    /// as its link caught up, before this report.)
     pub fn poll_caught_up(&mut self) -> Option<(LinkId, String)> {
-        let (&id, link) = self.links.iter_mut().find(|(_, link)| {
-            !link.caught_up_reported && !link.overflowed && link.snapshot_left == 0 && link.stream.mark_confirmed()
-        })?;
+        let (&id, link) = self.links.iter_mut().find(|(_, link)| !link.caught_up_reported && link.is_caught_up())?;
         link.caught_up_reported = true;
         Some((id, link.backup.clone()))
     }
@@ -253,9 +371,69 @@ impl PrimaryReplication {
     pub fn stream(&self, link: LinkId) -> Option<&PrimaryStream> {
         self.links.get(&link).map(|link| &link.stream)
     }
+
+    /// Recovering mode, before `event` goes to the streams: expected backups without a link
+    /// collect its hold; a dequeue or a queue's deletion releases what they collected for it.
+    fn collect_for_expected(&mut self, event: &ReplicationEvent) {
+        match event {
+            ReplicationEvent::Enqueued { queue, position, hold: Some(hold), .. } => {
+                for expected in self.expected.values_mut().filter(|expected| expected.links.is_empty()) {
+                    let held = expected.collected.entry(queue.clone()).or_default();
+                    // Positions are never reused within a queue; should one be, the earlier hold
+                    // is released rather than lost, so that no publisher waits forever.
+                    self.released.extend(held.insert(*position, *hold));
+                }
+            }
+            ReplicationEvent::Dequeued { queue, position } => {
+                for expected in self.expected.values_mut() {
+                    let Some(held) = expected.collected.get_mut(queue) else { continue };
+                    self.released.extend(held.remove(position));
+                    if held.is_empty() {
+                        expected.collected.remove(queue);
+                    }
+                }
+            }
+            ReplicationEvent::QueueDeleted { name } => {
+                for expected in self.expected.values_mut() {
+                    if let Some(held) = expected.collected.remove(name) {
+                        self.released.extend(held.into_values());
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Recovering mode: every expected backup with a caught-up link here releases what it
+    /// collected and is no longer expected on this shard.
+    fn settle_expected(&mut self) {
+        let links = &self.links;
+        let released = &mut self.released;
+        self.expected.retain(|_, expected| {
+            let caught_up = expected.links.iter().any(|id| links.get(id).is_some_and(Link::is_caught_up));
+            if caught_up {
+                std::mem::take(expected).release(released);
+            }
+            !caught_up
+        });
+    }
+}
+
+impl Expected {
+    /// Releases every hold collected.
+    fn release(self, released: &mut Vec<Hold>) {
+        for held in self.collected.into_values() {
+            released.extend(held.into_values());
+        }
+    }
 }
 
 impl Link {
+    /// True once every snapshot event was fed and confirmed by the backup (never when overflowed).
+    fn is_caught_up(&self) -> bool {
+        !self.overflowed && self.snapshot_left == 0 && self.stream.mark_confirmed()
+    }
+
     /// Feeds backlog events to the stream while it is below `CATCH_UP_FEED_MAX`; marks the stream when
     /// the last snapshot event went in.
     fn feed_backlog(&mut self, released: &mut Vec<Hold>, overflowed: &mut VecDeque<LinkId>, id: LinkId) {
@@ -323,6 +501,7 @@ impl Link {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeSet;
     use std::sync::Arc;
 
     use bytes::Bytes;
@@ -537,5 +716,281 @@ mod tests {
         // Losing it again changes nothing.
         replication.handle_link_lost(1);
         assert!(released(&mut replication).is_empty());
+    }
+
+    fn dequeued(queue: &str, position: u64) -> ReplicationEvent {
+        ReplicationEvent::Dequeued { queue: Arc::from(queue), position: Position(position) }
+    }
+
+    fn names(list: &[&str]) -> Vec<String> {
+        list.iter().map(|name| name.to_string()).collect()
+    }
+
+    fn pending(replication: &PrimaryReplication) -> Vec<&str> {
+        replication.expected_pending().collect()
+    }
+
+    #[test]
+    fn an_expected_backup_holds_confirms_until_its_link_opens_and_catches_up() {
+        // Goal: recovering mode: publishes made before the expected backup reconnects are confirmed
+        // only once its new link caught up (their messages are in its snapshot), not before.
+        let mut replication = PrimaryReplication::new(Epoch(2));
+        replication.expect_backups(&names(&["b1:1"]));
+        assert_eq!(pending(&replication), vec!["b1:1"]);
+        assert_eq!(replication.holding_streams(), 1, "it collects like a stream");
+        replication.handle_event(created("q"));
+        replication.handle_event(enqueued("q", 0, Some(1)));
+        replication.handle_event(enqueued("q", 1, Some(2)));
+        assert!(released(&mut replication).is_empty());
+        assert_eq!(replication.expected_held("b1:1"), 2);
+        // It reconnects: the stream takes the holds from now on, the count is unchanged.
+        replication.handle_link_opened(1, "b1:1", vec![created("q"), enqueued("q", 0, None), enqueued("q", 1, None)]);
+        assert_eq!(replication.holding_streams(), 1);
+        replication.handle_event(enqueued("q", 2, Some(3)));
+        assert_eq!(replication.expected_held("b1:1"), 2, "the stream holds the new one");
+        // Sent, not confirmed: still held.
+        let batch = replication.poll_batch(1, BYTES).unwrap();
+        assert_eq!(positions(&batch.records, "q"), vec![0, 1, 2]);
+        assert!(released(&mut replication).is_empty());
+        assert_eq!(pending(&replication), vec!["b1:1"]);
+        // Confirmed: caught up; the collected holds and the stream's come back, once each.
+        replication.handle_confirm(1, batch.stream_seq).unwrap();
+        let mut holds = released(&mut replication);
+        holds.sort();
+        assert_eq!(holds, vec![hold(1), hold(2), hold(3)]);
+        assert!(pending(&replication).is_empty());
+        assert_eq!(replication.poll_caught_up(), Some((1, "b1:1".to_string())));
+        assert_eq!(replication.holding_streams(), 1);
+        // A timeout after the catch-up changes nothing.
+        replication.handle_expected_timed_out("b1:1");
+        assert!(released(&mut replication).is_empty());
+    }
+
+    #[test]
+    fn the_timeout_releases_what_an_expected_backup_collected_and_it_collects_no_more() {
+        // Goal: `ha-backup-timeout`: a backup that does not come back stops holding publishers.
+        let mut replication = PrimaryReplication::new(Epoch(2));
+        replication.expect_backups(&names(&["gone:1"]));
+        replication.handle_event(created("q"));
+        replication.handle_event(enqueued("q", 0, Some(1)));
+        replication.handle_event(enqueued("q", 1, Some(2)));
+        assert!(released(&mut replication).is_empty());
+        replication.handle_expected_timed_out("gone:1");
+        assert_eq!(released(&mut replication), vec![hold(1), hold(2)]);
+        assert_eq!(replication.holding_streams(), 0);
+        assert!(pending(&replication).is_empty());
+        assert_eq!(replication.expected_held("gone:1"), 0);
+        // Timed out twice, or a backup never expected: ignored.
+        replication.handle_expected_timed_out("gone:1");
+        replication.handle_expected_timed_out("never:1");
+        assert!(released(&mut replication).is_empty());
+        // When it does come back, it is an ordinary link.
+        replication.handle_link_opened(1, "gone:1", vec![created("q")]);
+        assert_eq!(replication.holding_streams(), 1);
+        assert!(pending(&replication).is_empty());
+    }
+
+    #[test]
+    fn a_dequeue_or_a_queue_deletion_releases_the_holds_collected_for_its_messages() {
+        // Goal: a message consumed before the expected backup came back no longer holds its publish.
+        let mut replication = PrimaryReplication::new(Epoch(2));
+        replication.expect_backups(&names(&["b1:1"]));
+        replication.handle_event(created("q"));
+        replication.handle_event(created("r"));
+        replication.handle_event(enqueued("q", 0, Some(1)));
+        replication.handle_event(enqueued("q", 1, Some(2)));
+        replication.handle_event(enqueued("r", 0, Some(3)));
+        replication.handle_event(dequeued("q", 1));
+        assert_eq!(released(&mut replication), vec![hold(2)]);
+        // A dequeue of a message with no collected hold, or of an unknown queue: nothing.
+        replication.handle_event(dequeued("q", 7));
+        replication.handle_event(dequeued("nowhere", 0));
+        assert!(released(&mut replication).is_empty());
+        replication.handle_event(ReplicationEvent::QueueDeleted { name: Arc::from("r") });
+        assert_eq!(released(&mut replication), vec![hold(3)]);
+        assert_eq!(replication.expected_held("b1:1"), 1);
+        assert_eq!(pending(&replication), vec!["b1:1"], "still expected");
+        replication.handle_expected_timed_out("b1:1");
+        assert_eq!(released(&mut replication), vec![hold(1)]);
+    }
+
+    #[test]
+    fn the_holding_count_follows_links_opening_and_closing_and_a_link_lost_before_catch_up_keeps_the_holds() {
+        // Goal: the count the shard uses always matches who holds; an expected backup whose link is
+        // lost before its catch-up collects again and keeps what it had.
+        let mut replication = PrimaryReplication::new(Epoch(2));
+        replication.expect_backups(&names(&["b1:1", "b2:1"]));
+        assert_eq!(replication.holding_streams(), 2);
+        replication.handle_event(created("q"));
+        replication.handle_event(enqueued("q", 0, Some(1)));
+        // A backup that was not expected adds a stream.
+        replication.handle_link_opened(3, "new:1", vec![created("q"), enqueued("q", 0, None)]);
+        assert_eq!(replication.holding_streams(), 3);
+        // b1's link replaces its collecting: unchanged.
+        replication.handle_link_opened(1, "b1:1", vec![created("q"), enqueued("q", 0, None)]);
+        assert_eq!(replication.holding_streams(), 3);
+        replication.handle_event(enqueued("q", 1, Some(2)));
+        assert_eq!((replication.expected_held("b1:1"), replication.expected_held("b2:1")), (1, 2));
+        // b1's link is lost before its catch-up: its stream's hold comes back, the collected stays.
+        replication.handle_link_lost(1);
+        assert_eq!(replication.holding_streams(), 3);
+        assert_eq!(released(&mut replication), vec![hold(2)]);
+        assert_eq!(pending(&replication), vec!["b1:1", "b2:1"]);
+        replication.handle_event(enqueued("q", 2, Some(3)));
+        assert_eq!(replication.expected_held("b1:1"), 2, "collecting again");
+        // b1 reconnects and catches up: everything it collected comes back.
+        replication.handle_link_opened(
+            4,
+            "b1:1",
+            vec![created("q"), enqueued("q", 0, None), enqueued("q", 1, None), enqueued("q", 2, None)],
+        );
+        assert_eq!(positions(&drain(&mut replication, 4), "q"), vec![0, 1, 2]);
+        let mut holds = released(&mut replication);
+        holds.sort();
+        assert_eq!(holds, vec![hold(1), hold(3)]);
+        assert_eq!(pending(&replication), vec!["b2:1"]);
+        // The unexpected backup and b2 still hold 1, 2 and 3 (b2 collected them).
+        assert_eq!(replication.expected_held("b2:1"), 3);
+        drain(&mut replication, 3);
+        let mut holds = released(&mut replication);
+        holds.sort();
+        assert_eq!(holds, vec![hold(2), hold(3)], "the unexpected link's stream held 2 and 3");
+        replication.handle_link_lost(3);
+        assert_eq!(replication.holding_streams(), 2, "b1's link and b2 collecting");
+        replication.handle_expected_timed_out("b2:1");
+        let mut holds = released(&mut replication);
+        holds.sort();
+        assert_eq!(holds, vec![hold(1), hold(2), hold(3)]);
+        assert_eq!(replication.holding_streams(), 1);
+    }
+
+    #[test]
+    fn two_expected_backups_each_hold_until_their_own_catch_up_or_timeout() {
+        // Goal: with two expected backups every publish comes back twice, once per backup, each
+        // when that backup caught up or timed out; and an expected backup already linked and caught
+        // up is not pending.
+        let mut replication = PrimaryReplication::new(Epoch(2));
+        replication.handle_link_opened(9, "early:1", Vec::new());
+        replication.expect_backups(&names(&["early:1", "b1:1", "b2:1"]));
+        assert_eq!(pending(&replication), vec!["b1:1", "b2:1"], "early:1 caught up here already");
+        assert_eq!(replication.holding_streams(), 3);
+        replication.handle_link_lost(9);
+        // Expecting again is a no-op for those already expected.
+        replication.expect_backups(&names(&["b1:1"]));
+        assert_eq!(replication.holding_streams(), 2);
+        replication.handle_event(created("q"));
+        replication.handle_event(enqueued("q", 0, Some(1)));
+        assert!(released(&mut replication).is_empty());
+        replication.handle_link_opened(1, "b1:1", vec![created("q"), enqueued("q", 0, None)]);
+        drain(&mut replication, 1);
+        assert_eq!(released(&mut replication), vec![hold(1)]);
+        assert_eq!(pending(&replication), vec!["b2:1"]);
+        replication.handle_event(enqueued("q", 1, Some(2)));
+        drain(&mut replication, 1);
+        assert_eq!(released(&mut replication), vec![hold(2)], "b1's stream only; b2 holds it");
+        replication.handle_expected_timed_out("b2:1");
+        assert_eq!(released(&mut replication), vec![hold(1), hold(2)]);
+        assert!(pending(&replication).is_empty());
+        assert_eq!(replication.holding_streams(), 1);
+    }
+
+    #[test]
+    fn an_expected_backup_whose_link_overflows_keeps_its_holds_until_its_timeout() {
+        // Goal: an overflowed link never counts as caught up, so it releases no collected hold.
+        let mut replication = PrimaryReplication::new(Epoch(2));
+        replication.expect_backups(&names(&["b1:1"]));
+        replication.handle_event(created("q"));
+        replication.handle_event(enqueued("q", 0, Some(1)));
+        replication.handle_link_opened(1, "b1:1", vec![created("q"), enqueued("q", 0, None)]);
+        let mut position = 1;
+        while replication.poll_overflowed().is_none() {
+            replication.handle_event(enqueued("q", position, None));
+            position += 1;
+        }
+        assert_eq!(replication.expected_held("b1:1"), 1);
+        replication.handle_link_lost(1);
+        assert_eq!(replication.holding_streams(), 1, "collecting again");
+        replication.handle_expected_timed_out("b1:1");
+        assert_eq!(released(&mut replication), vec![hold(1)]);
+    }
+
+    #[test]
+    fn random_links_events_and_timeouts_release_every_hold_once_per_counted_holder() {
+        // Goal: the accounting invariant under any interleaving: each publish's hold comes back
+        // exactly as many times as `holding_streams()` said when it was made.
+        // Method: a seeded sequence of enqueues, dequeues, link opens (with the shard's snapshot),
+        // losses, confirms and timeouts over two expected backups and one other; at the end every
+        // link is lost and every expected backup timed out.
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move |bound: u64| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state % bound
+        };
+        let backups = ["b1:1", "b2:1", "other:1"];
+        for round in 0..20 {
+            let mut replication = PrimaryReplication::new(Epoch(2));
+            replication.expect_backups(&names(&backups[..2]));
+            replication.handle_event(created("q"));
+            let mut held: BTreeMap<u64, u32> = BTreeMap::new();
+            let mut stored: BTreeSet<u64> = BTreeSet::new();
+            let mut open: Vec<LinkId> = Vec::new();
+            let (mut position, mut next_link) = (0u64, 1 as LinkId);
+            let mut out = Vec::new();
+            for _ in 0..400 {
+                match next(8) {
+                    0..=2 => {
+                        let count = replication.holding_streams();
+                        let hold_seq = (count > 0).then_some(position);
+                        if count > 0 {
+                            held.insert(position, count);
+                        }
+                        replication.handle_event(enqueued("q", position, hold_seq));
+                        stored.insert(position);
+                        position += 1;
+                    }
+                    3 => {
+                        if let Some(&first) = stored.iter().nth(next(stored.len() as u64 + 1) as usize) {
+                            stored.remove(&first);
+                            replication.handle_event(dequeued("q", first));
+                        }
+                    }
+                    4 => {
+                        let mut snapshot = vec![created("q")];
+                        snapshot.extend(stored.iter().map(|&p| enqueued("q", p, None)));
+                        replication.handle_link_opened(next_link, backups[next(3) as usize], snapshot);
+                        open.push(next_link);
+                        next_link += 1;
+                    }
+                    5 if !open.is_empty() => {
+                        let link = open.swap_remove(next(open.len() as u64) as usize);
+                        replication.handle_link_lost(link);
+                    }
+                    6 if !open.is_empty() => {
+                        drain(&mut replication, open[next(open.len() as u64) as usize]);
+                    }
+                    7 if round % 2 == 0 && next(8) == 0 => {
+                        replication.handle_expected_timed_out(backups[next(2) as usize])
+                    }
+                    _ => {}
+                }
+                replication.poll_released(&mut out);
+                while replication.poll_caught_up().is_some() {}
+            }
+            for link in open {
+                replication.handle_link_lost(link);
+            }
+            for backup in &backups[..2] {
+                replication.handle_expected_timed_out(backup);
+            }
+            replication.poll_released(&mut out);
+            let mut counts: BTreeMap<u64, u32> = BTreeMap::new();
+            for hold in out {
+                *counts.entry(hold.seq.0).or_default() += 1;
+            }
+            assert_eq!(counts, held, "round {round}");
+            assert_eq!(replication.holding_streams(), 0);
+        }
     }
 }
