@@ -28,19 +28,22 @@
 //!   of unconfirmed batches, cumulative confirms, and the holds on publish confirms they release.
 //! - `primary_replication`: one primary shard's replication to all its backups: a stream per backup
 //!   link fed the shard's `ReplicationEvent`s, the catch-up of a link from the shard's snapshot,
-//!   holds released once per stream, overflowed links.
+//!   holds released once per stream, overflowed links, and recovering mode's expected backups,
+//!   which hold publishes until their link caught up or `ha-backup-timeout` passed.
 //! - `backup_stream`: the backup's side of one stream: epoch and sequence checks, handing records
 //!   back in order for the backup shard to store, coalesced confirms.
 //! - `link_frame`: every frame of a replication link (native `hello`/`heartbeat`/`error`, batches,
-//!   confirms, link-open, link-accepted, marked-ready) and one decoder for the mixed stream.
+//!   confirms, link-open, link-accepted, marked-ready, members) and one decoder for the mixed
+//!   stream.
 //! - `backup_link`: a backup's outgoing link to the primary: which address of `ha-brokers-url` to
 //!   dial next and when.
 //! - `link_heartbeat`: heartbeats and dead-peer detection on a broker-to-broker link, either end.
 //! - `membership`: the primary's view of its backups: which shards of each caught up, which
-//!   backups are ready.
+//!   backups are ready, and their list for the `members` frame.
 //!
 //! Planned, not yet written (our HA issue):
-//! - `primary`: recovering mode and `ha-backup-timeout` across the shards.
+//! - `primary`: recovering mode across the shards: the `ha-backup-timeout` timer, and `recovering`
+//!   to `active` once no shard expects a backup (each shard's part is in `primary_replication`).
 //! - `backup`: promotion of the replica.
 //!
 //! `broker_state` and `epoch` live in `ringmq-core` because the configuration coordinator (shard 0
