@@ -17,19 +17,33 @@
 //! `qpid.replicate` argument, the `ha-replicate` default and the temporary-queue rule. A bad level
 //! fails the declare with `InvalidArgument`; nothing is created.
 //!
+//! On a primary, the coordinator's records of every queue's and exchange's level let shard 0
+//! report the replicated configuration in its one order (`replication`): `queue_level`,
+//! `exchange_level`, and for a catch-up snapshot `replicated_queues`, `replicated_exchanges`.
+//!
 //! On a backup, the replication link's changes come as the broker's own requests (no request id,
-//! nobody answered) and are accepted in every HA state: the owner of a replica queue asks to add
-//! or remove its name in routing (`ReplicaQueueCreated`, `ReplicaQueueDeleted`), and shard 0 asks
-//! for the link's state transitions (`HaTransition`: joining -> catchup, catchup -> ready, ready
-//! -> catchup), checked against the state table like a promotion. `observe_epoch` lets the clock
-//! learn the primary's epoch, so that a later promotion takes an epoch above it.
+//! nobody answered) and are accepted in every HA state. Shard 0 applies the primary's
+//! configuration records, in the primary coordinator's order, by asking for the routing changes
+//! they imply (`ReplicaQueueCreated`, `ReplicaQueueDeleted`, `ReplicaExchangeCreated`,
+//! `ReplicaExchangeDeleted`, `ReplicaBind`, `ReplicaUnbind`); since only shard 0's ordered stream
+//! changes the backup's routing, a binding always finds its queue and exchange (the owner of a
+//! replica queue creates and drops the `Queue` itself, from its own stream). Before a full resync
+//! shard 0 asks `ReplicaConfigurationCleared`: every replicated exchange (so every replicated
+//! binding) is deleted, and the snapshot that follows re-creates exactly the primary's. Objects
+//! created from records get level `all`, as if declared so: a promoted backup replicates them on.
+//! Shard 0 also asks for the link's state transitions (`HaTransition`: joining -> catchup,
+//! catchup -> ready, ready -> catchup), checked against the state table like a promotion.
+//! `observe_epoch` lets the clock learn the primary's epoch, so that a later promotion takes an
+//! epoch above it.
 //!
 //! Not here: the routing table itself, or the queues' messages.
 //!
 //! Invariants:
 //! - Change ids only grow; a change is answered exactly once, after `shard_count - 1` applied
 //!   notices.
-//! - `queues` mirrors the routing table's queue names on the coordinator shard.
+//! - `queues` mirrors the routing table's queue names, and `exchanges` its declared exchanges, on
+//!   the coordinator shard.
+//! - An exchange's level is the one of the declare that created it; a redeclare does not change it.
 //! - `ha_state` changes only along the state table; `epochs` is asked for a promotion epoch
 //!   exactly once, when `recovering` is recorded, and that epoch is the one `decide` broadcast.
 
@@ -37,7 +51,7 @@ use std::collections::HashMap;
 
 use crate::broker_state::{transition, BrokerState, TransitionCause};
 use crate::epoch::{Epoch, EpochClock, Observed};
-use crate::frame::{ErrorCode, Frame, QueueOptions};
+use crate::frame::{ErrorCode, ExchangeKind, Frame, QueueOptions};
 use crate::ids::RequestId;
 use crate::replication_level::{effective_level, exchange_level, ReplicationLevel};
 use crate::shard_message::{ConfigChange, ConfigRequest, ConnRef};
@@ -49,12 +63,12 @@ pub struct ConfigCoordinator {
     ha_state: BrokerState,
     /// The highest epoch seen and the one this broker was promoted in.
     epochs: EpochClock,
-    /// Every queue with the options it was created with and its exclusive owner.
-    queues: HashMap<String, (QueueOptions, Option<ConnRef>)>,
+    /// Every queue with the options it was created with, its exclusive owner and its level.
+    queues: HashMap<String, (QueueOptions, Option<ConnRef>, ReplicationLevel)>,
     /// `ha-replicate`: the level of objects declared without a `qpid.replicate` argument.
     replicate_default: ReplicationLevel,
-    /// The replication level of every exchange declared since start (not the built-ins).
-    exchange_levels: HashMap<String, ReplicationLevel>,
+    /// The kind and replication level of every exchange declared since start (not the built-ins).
+    exchanges: HashMap<String, (ExchangeKind, ReplicationLevel)>,
     /// The next change id.
     next_id: u64,
     /// Changes broadcast and not yet applied everywhere.
@@ -91,7 +105,7 @@ impl ConfigCoordinator {
             epochs: EpochClock::new(),
             queues: HashMap::new(),
             replicate_default,
-            exchange_levels: HashMap::new(),
+            exchanges: HashMap::new(),
             next_id: 0,
             pending: HashMap::new(),
         }
@@ -116,7 +130,36 @@ impl ConfigCoordinator {
     /// The replication level an exchange was declared with; `None` for an unknown or built-in
     /// exchange.
     pub fn exchange_level(&self, name: &str) -> Option<ReplicationLevel> {
-        self.exchange_levels.get(name).copied()
+        self.exchanges.get(name).map(|&(_, level)| level)
+    }
+
+    /// The replication level a queue was created with; `None` for an unknown queue.
+    pub fn queue_level(&self, name: &str) -> Option<ReplicationLevel> {
+        self.queues.get(name).map(|&(_, _, level)| level)
+    }
+
+    /// Every queue replicated at all (`configuration` or `all`), by name, with its options and level.
+    pub fn replicated_queues(&self) -> Vec<(&str, &QueueOptions, ReplicationLevel)> {
+        let mut queues: Vec<_> = self
+            .queues
+            .iter()
+            .filter(|(_, (_, _, level))| level.replicates_configuration())
+            .map(|(name, (options, _, level))| (name.as_str(), options, *level))
+            .collect();
+        queues.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        queues
+    }
+
+    /// Every exchange replicated at all (`configuration` or `all`), by name, with its kind.
+    pub fn replicated_exchanges(&self) -> Vec<(&str, ExchangeKind)> {
+        let mut exchanges: Vec<_> = self
+            .exchanges
+            .iter()
+            .filter(|(_, (_, level))| level.replicates_configuration())
+            .map(|(name, &(kind, _))| (name.as_str(), kind))
+            .collect();
+        exchanges.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        exchanges
     }
 
     /// Decides what a request means.
@@ -144,11 +187,11 @@ impl ConfigCoordinator {
                         let options = QueueOptions { passive: false, ..options };
                         Decision::Apply(vec![ConfigChange::CreateQueue { name, options, exclusive_owner, level }])
                     }
-                    Some((_, Some(owner))) if *owner != origin => {
+                    Some((_, Some(owner), _)) if *owner != origin => {
                         failed(ErrorCode::ResourceLocked, format!("queue '{name}' is exclusive to another connection"))
                     }
                     Some(_) if options.passive => Decision::Apply(Vec::new()),
-                    Some((existing, _)) => {
+                    Some((existing, _, _)) => {
                         let declared = QueueOptions { passive: false, ..options };
                         if *existing == declared {
                             Decision::Apply(Vec::new())
@@ -180,7 +223,7 @@ impl ConfigCoordinator {
             ConfigRequest::ConnectionClosed => Decision::Apply(
                 self.queues
                     .iter()
-                    .filter(|(_, (_, owner))| *owner == Some(origin))
+                    .filter(|(_, (_, owner, _))| *owner == Some(origin))
                     .map(|(name, _)| ConfigChange::DeleteQueue { name: name.clone() })
                     .collect(),
             ),
@@ -194,7 +237,7 @@ impl ConfigCoordinator {
                 Err(reason) => failed(ErrorCode::PreconditionFailed, reason),
             },
             ConfigRequest::ReplicaQueueCreated { name, options } => Decision::Apply(match self.queues.get(&name) {
-                Some((existing, _)) if *existing == options => Vec::new(),
+                Some((existing, _, _)) if *existing == options => Vec::new(),
                 // Recreated on the primary with other options while the old name was still here.
                 Some(_) => vec![
                     ConfigChange::RemoveReplicaQueue { name: name.clone() },
@@ -207,6 +250,29 @@ impl ConfigCoordinator {
             } else {
                 Vec::new()
             }),
+            ConfigRequest::ReplicaExchangeCreated { name, kind } => Decision::Apply(match self.exchanges.get(&name) {
+                Some(&(existing, _)) if existing == kind => Vec::new(),
+                // Re-created on the primary with another kind while the old one was still here.
+                Some(_) => vec![
+                    ConfigChange::DeleteExchange { name: name.clone() },
+                    ConfigChange::CreateExchange { name, kind, level: ReplicationLevel::All },
+                ],
+                None => vec![ConfigChange::CreateExchange { name, kind, level: ReplicationLevel::All }],
+            }),
+            ConfigRequest::ReplicaExchangeDeleted { name } => Decision::Apply(if self.exchanges.contains_key(&name) {
+                vec![ConfigChange::DeleteExchange { name }]
+            } else {
+                Vec::new()
+            }),
+            // The routing table validates both ends; shard 0's order guarantees they exist.
+            ConfigRequest::ReplicaBind(binding) => Decision::Apply(vec![ConfigChange::Bind(binding)]),
+            ConfigRequest::ReplicaUnbind(binding) => Decision::Apply(vec![ConfigChange::Unbind(binding)]),
+            ConfigRequest::ReplicaConfigurationCleared => Decision::Apply(
+                self.replicated_exchanges()
+                    .into_iter()
+                    .map(|(name, _)| ConfigChange::DeleteExchange { name: name.to_owned() })
+                    .collect(),
+            ),
             ConfigRequest::HaTransition { to, cause } => match self.decide_transition(to, cause) {
                 Ok(change) => Decision::Apply(vec![change]),
                 Err(reason) => failed(ErrorCode::PreconditionFailed, reason),
@@ -263,20 +329,21 @@ impl ConfigCoordinator {
     /// broadcast it with.
     pub fn record_applied(&mut self, change: &ConfigChange) -> u64 {
         match change {
-            ConfigChange::CreateQueue { name, options, exclusive_owner, .. } => {
-                self.queues.insert(name.clone(), (options.clone(), *exclusive_owner));
+            ConfigChange::CreateQueue { name, options, exclusive_owner, level } => {
+                self.queues.insert(name.clone(), (options.clone(), *exclusive_owner, *level));
             }
             ConfigChange::AddReplicaQueue { name, options } => {
-                self.queues.insert(name.clone(), (options.clone(), None));
+                self.queues.insert(name.clone(), (options.clone(), None, ReplicationLevel::All));
             }
             ConfigChange::DeleteQueue { name } | ConfigChange::RemoveReplicaQueue { name } => {
                 self.queues.remove(name);
             }
-            ConfigChange::CreateExchange { name, level, .. } => {
-                self.exchange_levels.insert(name.clone(), *level);
+            ConfigChange::CreateExchange { name, kind, level } => {
+                // A redeclare (same kind, or the routing table refused it) keeps the first level.
+                self.exchanges.entry(name.clone()).or_insert((*kind, *level));
             }
             ConfigChange::DeleteExchange { name } => {
-                self.exchange_levels.remove(name);
+                self.exchanges.remove(name);
             }
             ConfigChange::HaState { state, epoch, cause } => {
                 self.ha_state = transition(self.ha_state, *state, *cause)

@@ -5,20 +5,30 @@
 //! - `Position`: a message's place in one queue, +1 per enqueue, never reused; a backup holds a
 //!   replicated message at the primary's position, so dequeues name the same message everywhere.
 //! - `Hold`: a publish whose confirm waits for one backup's confirm of the message.
-//! - `Record`: one change to one replicated queue, as a backup applies it.
-//! - `ReplicationEvent`: one change a primary shard made to one replicated queue, as the shard
+//! - `Record`: one change to one replicated queue, exchange or binding, as a backup applies it.
+//! - `ReplicationEvent`: one change a primary shard made to one replicated object, as the shard
 //!   reports it (`Shard::poll_replication`, `Shard::replication_snapshot`); the replication stream
 //!   turns these into `Record`s.
+//!
+//! Two kinds of stream carry them. Every shard reports the queues it owns (creation, deletion,
+//! messages). Shard 0, the configuration coordinator, also reports the whole replicated
+//! configuration in the one order the coordinator decided it: every replicated queue's creation
+//! and deletion (whichever shard owns it), every replicated exchange's, every replicated binding
+//! and unbinding. So shard 0's stream alone orders a binding after its queue and its exchange; a
+//! queue owned by shard 0 is reported once, serving both.
 //!
 //! Invariants:
 //! - Within one queue, positions only grow: every enqueue takes a position above every earlier one.
 //! - A shard reports the events of one queue in the order it made the changes: `QueueCreated`,
 //!   then enqueues and dequeues as they happened, then `QueueDeleted`.
+//! - Shard 0 reports configuration events in the coordinator's order: a `Bound` follows the
+//!   `QueueCreated` of its queue and the `ExchangeCreated` of its exchange, and precedes their
+//!   deletion.
 
 use std::fmt;
 use std::sync::Arc;
 
-use crate::frame::{Message, QueueOptions};
+use crate::frame::{ExchangeKind, Message, QueueOptions};
 use crate::ids::{ConnId, Seq, ShardId};
 use crate::replication_level::ReplicationLevel;
 
@@ -51,7 +61,7 @@ pub struct Hold {
     pub seq: Seq,
 }
 
-/// One change to one queue of the primary.
+/// One change to one replicated queue, exchange or binding of the primary.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Record {
     /// A queue was created (or is announced to a backup that does not know it yet).
@@ -82,12 +92,43 @@ pub enum Record {
         /// Inclusive position ranges, increasing, neither overlapping nor adjacent; at least one.
         ranges: Vec<(Position, Position)>,
     },
+    /// An exchange was created (or is announced to a backup that does not know it yet).
+    ExchangeCreated {
+        /// Exchange name (never a built-in one).
+        name: String,
+        /// Its type.
+        kind: ExchangeKind,
+    },
+    /// An exchange was deleted, with its bindings.
+    ExchangeDeleted {
+        /// Exchange name.
+        name: String,
+    },
+    /// A queue was bound to an exchange (or the binding is announced again).
+    Bound {
+        /// Exchange name.
+        exchange: String,
+        /// Queue name.
+        queue: String,
+        /// Binding key.
+        key: String,
+    },
+    /// A binding was removed.
+    Unbound {
+        /// Exchange name.
+        exchange: String,
+        /// Queue name.
+        queue: String,
+        /// Binding key.
+        key: String,
+    },
 }
 
-/// One change a primary shard made to one replicated queue, reported in the order it was made.
+/// One change a primary shard made to one replicated object, reported in the order it was made.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ReplicationEvent {
-    /// A queue of level `configuration` or `all` was created (on its owner shard only).
+    /// A queue of level `configuration` or `all` was created (on its owner shard, and on shard 0
+    /// for every such queue).
     QueueCreated {
         /// Queue name.
         name: Arc<str>,
@@ -96,10 +137,41 @@ pub enum ReplicationEvent {
         /// Its level, `configuration` or `all`.
         level: ReplicationLevel,
     },
-    /// A queue of level `configuration` or `all` was deleted, with every message it held.
+    /// A queue of level `configuration` or `all` was deleted, with every message it held (on its
+    /// owner shard, and on shard 0 for every such queue).
     QueueDeleted {
         /// Queue name.
         name: Arc<str>,
+    },
+    /// Shard 0 only: an exchange of level `configuration` or `all` was created.
+    ExchangeCreated {
+        /// Exchange name.
+        name: Arc<str>,
+        /// Its type.
+        kind: ExchangeKind,
+    },
+    /// Shard 0 only: an exchange of level `configuration` or `all` was deleted, with its bindings.
+    ExchangeDeleted {
+        /// Exchange name.
+        name: Arc<str>,
+    },
+    /// Shard 0 only: a binding between a replicated exchange and a replicated queue was made.
+    Bound {
+        /// Exchange name.
+        exchange: Arc<str>,
+        /// Queue name.
+        queue: Arc<str>,
+        /// Binding key.
+        key: Arc<str>,
+    },
+    /// Shard 0 only: a binding between a replicated exchange and a replicated queue was removed.
+    Unbound {
+        /// Exchange name.
+        exchange: Arc<str>,
+        /// Queue name.
+        queue: Arc<str>,
+        /// Binding key.
+        key: Arc<str>,
     },
     /// A message was stored in a queue of level `all`.
     Enqueued {

@@ -381,6 +381,24 @@ impl RoutingTable {
         self.exchanges.get(name).map(Exchange::kind)
     }
 
+    /// Every binding, by queue name, then in bind order: for catch-up snapshots, which must not
+    /// depend on hash order. Keys are held as the UTF-8 bytes of a `Binding`'s key, so they
+    /// convert back exactly.
+    pub fn bindings(&self) -> Vec<Binding> {
+        let mut queues: Vec<(&Arc<str>, &Vec<QueueBinding>)> = self.queues.iter().collect();
+        queues.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        queues
+            .into_iter()
+            .flat_map(|(queue, list)| {
+                list.iter().map(move |held| Binding {
+                    exchange: held.exchange.to_string(),
+                    queue: queue.to_string(),
+                    key: String::from_utf8_lossy(&held.key).into_owned(),
+                })
+            })
+            .collect()
+    }
+
     /// True when a queue of that name exists.
     pub fn queue_exists(&self, name: &str) -> bool {
         self.queues.contains_key(name)

@@ -24,13 +24,19 @@
 //! in an `all` queue while the transport has backup streams on this shard (`set_replica_holds`)
 //! holds its publish's confirm: the producer's tracker takes that many holds before the target is
 //! counted, and each is released by `handle_holds_released` once a stream's backup confirmed it.
-//! `replication_snapshot` describes every replicated queue this shard owns, for a catch-up.
+//! Shard 0 also reports the replicated configuration, in the coordinator's order: the creation and
+//! deletion of every replicated queue (whichever shard owns it), of every replicated exchange, and
+//! every bind and unbind between a replicated exchange and a replicated queue
+//! (`replication_level::binding_replicated`). `replication_snapshot` describes every replicated
+//! queue this shard owns, for a catch-up, and on shard 0 the rest of the configuration.
 //!
-//! On a backup, `apply_replica` applies the primary's records to the queues this shard owns: a
-//! `QueueCreated` record makes the `Queue` here at once (level `all`), so the records after it
-//! apply, and asks the coordinator to add the name to every shard's routing; `QueueDeleted` drops
-//! it here and asks the coordinator to remove the name. These requests are the broker's own and
-//! are accepted in any HA state, although clients' changes are refused on a backup. Shard 0 takes
+//! On a backup, `apply_replica` applies the primary's records: the owner of a queue keeps its
+//! `Queue` (a `QueueCreated` record makes it at once, level `all`, so the records after it apply;
+//! `QueueDeleted` drops it), and shard 0 alone changes the routing tables, asking the coordinator
+//! for what its configuration records imply (queue names, exchanges, bindings), in their order.
+//! These requests are the broker's own and are accepted in any HA state, although clients'
+//! changes are refused on a backup. Before a resync, `clear_replicas` drops messages, and on
+//! shard 0 every replicated exchange and binding, which the snapshot then re-creates. Shard 0 takes
 //! the link's state transitions (`handle_ha_transition`) and the primary's epoch
 //! (`observe_epoch`). A promotion (`recovering`) makes every owned queue continue its positions in
 //! the new epoch (`Queue::begin_epoch`).
@@ -44,8 +50,8 @@
 //! - A publish is confirmed only through the connection's completion tracker, after every target
 //!   queue reported.
 //! - On shard 0, the `HaView`'s state equals the coordinator's after every applied change.
-//! - Replication events exist only while the state is `recovering` or `active`, and per queue they
-//!   are in the order of the changes; a hold is taken on the producer's tracker before the
+//! - Replication events exist only while the state is `recovering` or `active`, per queue they
+//!   are in the order of the changes, and shard 0's configuration events in the coordinator's; a hold is taken on the producer's tracker before the
 //!   target's report, and its release reaches that tracker after it (same ring, later message).
 
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -58,16 +64,18 @@ use crate::codec::{self, ConfirmWriter, DecodeError, DeliverWriter};
 use crate::completion_tracker::CompletionTracker;
 use crate::config_coordinator::{ConfigCoordinator, Decision};
 use crate::epoch::{Epoch, Observed};
+use crate::exchange::Bound;
 use crate::frame::{
-    ConfirmOutcome, ConfirmRange, Delivered, ErrorCode, Frame, Message, QueueInfo, QueueOptions, PROTOCOL_VERSION,
+    Binding, ConfirmOutcome, ConfirmRange, Delivered, ErrorCode, Frame, Message, QueueInfo, QueueOptions,
+    PROTOCOL_VERSION,
 };
 use crate::ha_view::{initial_state, Admission, ConnectionKind, HaSettings, HaView};
 use crate::ids::{ConnId, ConsumerId, RequestId, Seq, ShardId, Tag};
 use crate::limits::{DELIVER_FRAME_BYTES_TARGET, DELIVER_FRAME_OVERHEAD_BYTES};
 use crate::queue::{DeliveryBatch, Queue, SubscriberKey};
 use crate::replication::{Hold, Position, Record, ReplicationEvent};
-use crate::replication_level::ReplicationLevel;
-use crate::routing_table::RoutingTable;
+use crate::replication_level::{binding_replicated, ReplicationLevel};
+use crate::routing_table::{Declared, RoutingTable};
 use crate::shard_message::{ConfigChange, ConfigRequest, ConnRef, EnqueueItem, EnqueueResult, ShardMessage};
 
 /// Settings a shard needs from the broker's configuration.
@@ -110,6 +118,9 @@ pub struct ShardCounters {
     pub replica_messages_ignored: u64,
     /// HA transitions asked by the replication link and refused by the state table.
     pub ha_transitions_refused: u64,
+    /// Changes the broker asked of itself (replication records, auto-deletes) that the routing
+    /// table refused; nobody was waiting for them.
+    pub own_changes_refused: u64,
 }
 
 /// Which queue a shard owns: a stable hash of the name.
@@ -485,7 +496,11 @@ impl Shard {
 
     /// Appends a catch-up description of every replicated queue this shard owns, by name: its
     /// `QueueCreated`, then for level `all` an `Enqueued` (no hold) per held message, ready or
-    /// unsettled, in position order.
+    /// unsettled, in position order. Shard 0 then appends the rest of the replicated
+    /// configuration: a `QueueCreated` for every replicated queue another shard owns, an
+    /// `ExchangeCreated` for every replicated exchange, then a `Bound` for every replicated
+    /// binding (by queue, in bind order), each list by name; a backup's routing is then exactly
+    /// the primary's replicated configuration (see `clear_replicas`).
     pub fn replication_snapshot(&self, out: &mut Vec<ReplicationEvent>) {
         let mut names: Vec<&Arc<str>> =
             self.queues.iter().filter(|(_, q)| q.level().replicates_configuration()).map(|(name, _)| name).collect();
@@ -501,41 +516,95 @@ impl Shard {
                 });
             }
         }
+        let Some(coordinator) = self.coordinator.as_ref() else { return };
+        for (name, options, level) in coordinator.replicated_queues() {
+            if shard_of(name, self.config.shard_count) != self.id {
+                out.push(ReplicationEvent::QueueCreated { name: Arc::from(name), options: options.clone(), level });
+            }
+        }
+        for (name, kind) in coordinator.replicated_exchanges() {
+            out.push(ReplicationEvent::ExchangeCreated { name: Arc::from(name), kind });
+        }
+        for binding in self.routing.bindings() {
+            if self.binding_replicated(&binding) {
+                out.push(ReplicationEvent::Bound {
+                    exchange: Arc::from(binding.exchange),
+                    queue: Arc::from(binding.queue),
+                    key: Arc::from(binding.key),
+                });
+            }
+        }
     }
 
-    /// Backup: applies one record of the primary's to the queues this shard owns. A queue created
-    /// by a record has level `all` and is not exclusive here (its owner is on the primary). Records
-    /// for queues this shard does not own or hold are counted and ignored, and so are messages at
-    /// positions not above the queue's highest. Called only while this broker is a backup.
+    /// Backup: applies one record of the primary's.
+    ///
+    /// Two streams meet here (see `replication`). The owner of a queue applies its stream's
+    /// records to the `Queue`: a `QueueCreated` makes it at once (level `all`, not exclusive here:
+    /// its owner is on the primary), so the records after it apply; a `QueueDeleted` drops it.
+    /// Shard 0 applies the configuration stream to the routing tables, through its coordinator,
+    /// as the broker's own requests (accepted in any HA state, though clients' changes are refused
+    /// on a backup): queue names, exchanges, bindings, in the primary coordinator's order. Only
+    /// that one ordered stream changes a backup's routing, so a `Bound` always finds its queue and
+    /// exchange (the primary reported both before it), and a late record of another stream cannot
+    /// undo a newer change. Every record is idempotent: applying it again changes nothing.
+    ///
+    /// Records for queues this shard neither owns nor (as shard 0) routes are counted and ignored,
+    /// and so are configuration records on other shards than 0, and messages at positions not
+    /// above the queue's highest. Called only while this broker is a backup.
     pub fn apply_replica(&mut self, record: Record) {
+        let coordinator = self.coordinator.is_some();
         match record {
             Record::QueueCreated { name, options } => {
-                if shard_of(&name, self.config.shard_count) != self.id {
+                let owner = shard_of(&name, self.config.shard_count) == self.id;
+                if !owner && !coordinator {
                     self.counters.replica_records_ignored += 1;
-                    return;
-                }
-                if self.queues.contains_key(name.as_str()) {
-                    // Announced again (a reconnect): it is here with its messages.
                     return;
                 }
                 let options = QueueOptions { passive: false, exclusive: false, ..options };
-                let queue = Queue::new(name.clone(), options.clone(), None, ReplicationLevel::All);
-                self.queues.insert(Arc::from(name.as_str()), queue);
-                self.request_replica_change(ConfigRequest::ReplicaQueueCreated { name, options });
+                // Announced again (a reconnect): the queue here keeps its messages.
+                if owner && !self.queues.contains_key(name.as_str()) {
+                    let queue = Queue::new(name.clone(), options.clone(), None, ReplicationLevel::All);
+                    self.queues.insert(Arc::from(name.as_str()), queue);
+                }
+                if coordinator {
+                    self.request_replica_change(ConfigRequest::ReplicaQueueCreated { name, options });
+                }
             }
             Record::QueueDeleted { name } => {
-                let Some(queue) = self.queues.remove(name.as_str()) else {
+                let owner = shard_of(&name, self.config.shard_count) == self.id;
+                let held = if owner { self.queues.remove(name.as_str()) } else { None };
+                if held.is_none() && !coordinator {
                     self.counters.replica_records_ignored += 1;
                     return;
-                };
-                self.dirty_queues.remove(name.as_str());
-                for key in queue.subscribers().collect::<Vec<_>>() {
-                    let reason = format!("queue '{name}' was deleted");
-                    let frame = Frame::ConsumerCancelled { consumer: key.consumer, reason };
-                    self.send(key.shard, ShardMessage::Reply { conn: key.conn, frame });
                 }
-                self.request_replica_change(ConfigRequest::ReplicaQueueDeleted { name });
+                if let Some(queue) = held {
+                    self.dirty_queues.remove(name.as_str());
+                    for key in queue.subscribers().collect::<Vec<_>>() {
+                        let reason = format!("queue '{name}' was deleted");
+                        let frame = Frame::ConsumerCancelled { consumer: key.consumer, reason };
+                        self.send(key.shard, ShardMessage::Reply { conn: key.conn, frame });
+                    }
+                }
+                if coordinator {
+                    self.request_replica_change(ConfigRequest::ReplicaQueueDeleted { name });
+                }
             }
+            Record::ExchangeCreated { name, kind } if coordinator => {
+                self.request_replica_change(ConfigRequest::ReplicaExchangeCreated { name, kind });
+            }
+            Record::ExchangeDeleted { name } if coordinator => {
+                self.request_replica_change(ConfigRequest::ReplicaExchangeDeleted { name });
+            }
+            Record::Bound { exchange, queue, key } if coordinator => {
+                self.request_replica_change(ConfigRequest::ReplicaBind(Binding { exchange, queue, key }));
+            }
+            Record::Unbound { exchange, queue, key } if coordinator => {
+                self.request_replica_change(ConfigRequest::ReplicaUnbind(Binding { exchange, queue, key }));
+            }
+            Record::ExchangeCreated { .. }
+            | Record::ExchangeDeleted { .. }
+            | Record::Bound { .. }
+            | Record::Unbound { .. } => self.counters.replica_records_ignored += 1,
             Record::Enqueued { queue, first_position, messages } => {
                 let Some(entry) = self.queues.get_mut(queue.as_str()) else {
                     self.counters.replica_records_ignored += 1;
@@ -559,8 +628,16 @@ impl Shard {
     }
 
     /// Backup: drops every ready message of every `all` queue this shard owns, before a full
-    /// resync; returns how many.
+    /// resync; returns how many. On shard 0 it also asks the coordinator to delete every
+    /// replicated exchange, and with them every replicated binding, before the records that
+    /// follow (the request goes to the coordinator first, and a ring keeps order): the snapshot
+    /// then re-creates exactly the primary's, so exchanges and bindings deleted on the primary
+    /// while this backup was away are gone. Queues are not cleared: their owners keep them, with
+    /// messages, across the resync.
     pub fn clear_replicas(&mut self) -> u64 {
+        if self.coordinator.is_some() {
+            self.request_replica_change(ConfigRequest::ReplicaConfigurationCleared);
+        }
         self.queues.values_mut().filter(|q| q.level() == ReplicationLevel::All).map(Queue::clear_messages).sum()
     }
 
@@ -930,6 +1007,24 @@ impl Shard {
         matches!(self.ha.state(), BrokerState::Recovering | BrokerState::Active)
     }
 
+    /// Shard 0 of a primary: reports a configuration event, in the coordinator's order. Other
+    /// shards, and shard 0 of a broker not replicating, report nothing (`event` is not built).
+    fn report_configuration(&mut self, event: impl FnOnce() -> ReplicationEvent) {
+        if self.coordinator.is_some() && self.replicating() {
+            self.replication.push(event());
+        }
+    }
+
+    /// Shard 0: whether a binding is replicated, both its exchange and its queue being
+    /// replicated at all, as the coordinator recorded their levels (built-ins have none). False on
+    /// other shards.
+    fn binding_replicated(&self, binding: &Binding) -> bool {
+        let Some(coordinator) = self.coordinator.as_ref() else { return false };
+        let exchange = coordinator.exchange_level(&binding.exchange).unwrap_or(ReplicationLevel::None);
+        let queue = coordinator.queue_level(&binding.queue).unwrap_or(ReplicationLevel::None);
+        binding_replicated(exchange, queue)
+    }
+
     /// Drains the dequeued log of queue `name` after a change, into `Dequeued` events while
     /// replicating (the log is drained, and dropped, on a standalone broker too).
     fn report_dequeued(&mut self, name: &str) {
@@ -1155,8 +1250,10 @@ impl Shard {
             // Only the last change answers the request.
             let answer = if index + 1 == count { request } else { None };
             if let Err((code, message)) = self.apply_config(change.clone()) {
-                if let Some(request) = answer {
-                    self.reply(origin, Frame::Failed { request, code, message });
+                match answer {
+                    Some(request) => self.reply(origin, Frame::Failed { request, code, message }),
+                    None if request.is_none() => self.counters.own_changes_refused += 1,
+                    None => {}
                 }
                 continue;
             }
@@ -1183,9 +1280,16 @@ impl Shard {
         let routing_error = |e: crate::routing_table::RoutingError| (e.code(), e.to_string());
         match change {
             ConfigChange::CreateQueue { name, options, exclusive_owner, level } => {
-                self.routing.add_queue(&name).map_err(routing_error)?;
+                let declared = self.routing.add_queue(&name).map_err(routing_error)?;
+                let owner = shard_of(&name, self.config.shard_count) == self.id;
+                if !owner && declared == Declared::Created && level.replicates_configuration() {
+                    // Shard 0's configuration stream; an owner reports its own queues below.
+                    let name: Arc<str> = Arc::from(name.as_str());
+                    self.report_configuration(|| ReplicationEvent::QueueCreated { name, options, level });
+                    return Ok(());
+                }
                 // A queue held here already is kept, with its messages.
-                if shard_of(&name, self.config.shard_count) == self.id && !self.queues.contains_key(name.as_str()) {
+                if owner && !self.queues.contains_key(name.as_str()) {
                     let owner = exclusive_owner.map(|c| (c.shard, c.conn));
                     let key: Arc<str> = Arc::from(name.as_str());
                     let mut queue = Queue::new(name, options.clone(), owner, level);
@@ -1206,7 +1310,15 @@ impl Shard {
                 self.routing.remove_queue(&name).map(|_| ()).map_err(routing_error)
             }
             ConfigChange::DeleteQueue { name } => {
+                // Asked before the coordinator forgets the queue (it records after applying).
+                let level = self.coordinator.as_ref().and_then(|c| c.queue_level(&name));
                 self.routing.remove_queue(&name).map_err(routing_error)?;
+                if shard_of(&name, self.config.shard_count) != self.id
+                    && level.is_some_and(ReplicationLevel::replicates_configuration)
+                {
+                    let name: Arc<str> = Arc::from(name.as_str());
+                    self.report_configuration(|| ReplicationEvent::QueueDeleted { name });
+                }
                 if let Some((key, queue)) = self.queues.remove_entry(name.as_str()) {
                     if self.replicating() && queue.level().replicates_configuration() {
                         self.replication.push(ReplicationEvent::QueueDeleted { name: key });
@@ -1221,14 +1333,46 @@ impl Shard {
                 }
                 Ok(())
             }
-            ConfigChange::CreateExchange { name, kind, level: _ } => {
-                self.routing.declare_exchange(&name, kind).map(|_| ()).map_err(routing_error)
+            ConfigChange::CreateExchange { name, kind, level } => {
+                let declared = self.routing.declare_exchange(&name, kind).map_err(routing_error)?;
+                if declared == Declared::Created && level.replicates_configuration() {
+                    let name: Arc<str> = Arc::from(name.as_str());
+                    self.report_configuration(|| ReplicationEvent::ExchangeCreated { name, kind });
+                }
+                Ok(())
             }
             ConfigChange::DeleteExchange { name } => {
-                self.routing.delete_exchange(&name).map(|_| ()).map_err(routing_error)
+                // Asked before the coordinator forgets the exchange (it records after applying).
+                let level = self.coordinator.as_ref().and_then(|c| c.exchange_level(&name));
+                self.routing.delete_exchange(&name).map_err(routing_error)?;
+                if level.is_some_and(ReplicationLevel::replicates_configuration) {
+                    let name: Arc<str> = Arc::from(name.as_str());
+                    self.report_configuration(|| ReplicationEvent::ExchangeDeleted { name });
+                }
+                Ok(())
             }
-            ConfigChange::Bind(binding) => self.routing.bind(&binding).map(|_| ()).map_err(routing_error),
-            ConfigChange::Unbind(binding) => self.routing.unbind(&binding).map(|_| ()).map_err(routing_error),
+            ConfigChange::Bind(binding) => {
+                let bound = self.routing.bind(&binding).map_err(routing_error)?;
+                if bound == Bound::Created && self.binding_replicated(&binding) {
+                    self.report_configuration(|| ReplicationEvent::Bound {
+                        exchange: Arc::from(binding.exchange.as_str()),
+                        queue: Arc::from(binding.queue.as_str()),
+                        key: Arc::from(binding.key.as_str()),
+                    });
+                }
+                Ok(())
+            }
+            ConfigChange::Unbind(binding) => {
+                self.routing.unbind(&binding).map_err(routing_error)?;
+                if self.binding_replicated(&binding) {
+                    self.report_configuration(|| ReplicationEvent::Unbound {
+                        exchange: Arc::from(binding.exchange.as_str()),
+                        queue: Arc::from(binding.queue.as_str()),
+                        key: Arc::from(binding.key.as_str()),
+                    });
+                }
+                Ok(())
+            }
             ConfigChange::HaState { state, epoch, cause } => {
                 self.ha.handle_change(state, epoch, cause);
                 if state == BrokerState::Recovering {
@@ -1236,8 +1380,25 @@ impl Shard {
                         queue.begin_epoch(epoch);
                     }
                 }
+                if cause == TransitionCause::SupersededByNewerEpoch {
+                    self.close_clients_superseded();
+                }
                 Ok(())
             }
+        }
+    }
+
+    /// A newer primary exists: every client connection (not admin ones) gets `NotPrimary` and is
+    /// closed, so that nothing more is published to or consumed from this broker's copy.
+    fn close_clients_superseded(&mut self) {
+        let clients: Vec<ConnId> =
+            self.sessions.iter().filter(|(_, s)| s.open && !s.admin && !s.closing).map(|(conn, _)| *conn).collect();
+        for conn in clients {
+            let message = "this broker was a primary and another broker was promoted in a newer epoch; connect to the \
+                           new primary"
+                .to_string();
+            self.counters.refused_not_primary += 1;
+            self.close_with_error(conn, ErrorCode::NotPrimary, message);
         }
     }
 

@@ -69,18 +69,19 @@ pub enum ConfigChange {
         /// How much of it is replicated, decided at declare (stored by the coordinator only).
         level: ReplicationLevel,
     },
-    /// Backup: add a replica queue's name to the routing table. Its owner shard created the
-    /// `Queue` itself when the `QueueCreated` record came, and keeps it: this change never creates
-    /// or replaces a `Queue`, so records applied meanwhile are not lost.
+    /// Backup: add a replica queue's name to the routing table (shard 0's stream asked). Its owner
+    /// shard creates the `Queue` itself when its own stream's `QueueCreated` record comes, and
+    /// keeps it: this change never creates or replaces a `Queue`, so records applied meanwhile are
+    /// not lost.
     AddReplicaQueue {
         /// Queue name.
         name: String,
         /// Its options, as the owner created it.
         options: QueueOptions,
     },
-    /// Backup: remove a replica queue's name (and its bindings) from the routing table. Its owner
-    /// shard dropped the `Queue` when the `QueueDeleted` record came; a `Queue` of the same name
-    /// held now is a newer replica and stays.
+    /// Backup: remove a replica queue's name (and its bindings) from the routing table (shard 0's
+    /// stream asked). Its owner shard drops the `Queue` when its own stream's `QueueDeleted`
+    /// record comes; a `Queue` of the same name held now is a newer replica and stays.
     RemoveReplicaQueue {
         /// Queue name.
         name: String,
@@ -139,20 +140,45 @@ pub enum ConfigRequest {
     },
     /// Promote the broker to primary (`ringmq ha promote --cluster-manager`).
     HaPromote,
-    /// Backup: a replica queue's owner created it from a `QueueCreated` record; add its name to
-    /// every shard's routing table. Asked by the broker itself, in any HA state.
+    /// Backup: shard 0 applied a `QueueCreated` record (its stream carries every replicated
+    /// queue); add the name to every shard's routing table. The queue's owner creates the `Queue`
+    /// from its own stream's record. Asked by the broker itself, in any HA state.
     ReplicaQueueCreated {
         /// Queue name.
         name: String,
         /// Its options.
         options: QueueOptions,
     },
-    /// Backup: a replica queue's owner dropped it for a `QueueDeleted` record; remove its name
-    /// from every shard's routing table. Asked by the broker itself, in any HA state.
+    /// Backup: shard 0 applied a `QueueDeleted` record; remove the name (and its bindings) from
+    /// every shard's routing table. The owner drops the `Queue` for its own stream's record.
+    /// Asked by the broker itself, in any HA state.
     ReplicaQueueDeleted {
         /// Queue name.
         name: String,
     },
+    /// Backup: shard 0 applied an `ExchangeCreated` record; create the exchange (level `all`) on
+    /// every shard, or re-create it if it exists with another kind. Asked by the broker itself, in
+    /// any HA state, like every `Replica*` request.
+    ReplicaExchangeCreated {
+        /// Exchange name.
+        name: String,
+        /// Its type.
+        kind: ExchangeKind,
+    },
+    /// Backup: shard 0 applied an `ExchangeDeleted` record; delete the exchange and its bindings
+    /// if it exists.
+    ReplicaExchangeDeleted {
+        /// Exchange name.
+        name: String,
+    },
+    /// Backup: shard 0 applied a `Bound` record; add the binding (a no-op if it exists).
+    ReplicaBind(Binding),
+    /// Backup: shard 0 applied an `Unbound` record; remove the binding if it exists.
+    ReplicaUnbind(Binding),
+    /// Backup: shard 0's link is about to resynchronise from the primary's snapshot; delete every
+    /// replicated exchange, and with them every replicated binding, so that the snapshot leaves
+    /// exactly the primary's.
+    ReplicaConfigurationCleared,
     /// Backup: the replication link moved the broker to another HA state (checked against the
     /// state table; never a promotion).
     HaTransition {

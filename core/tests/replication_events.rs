@@ -144,6 +144,8 @@ fn events_come_only_from_a_primary_of_an_ha_cluster() {
 
     let mut mesh = backup(2);
     let name = name_on(1, 2, "r");
+    // The owner's stream and shard 0's configuration stream both announce the queue.
+    mesh.shards[0].apply_replica(Record::QueueCreated { name: name.clone(), options: QueueOptions::default() });
     mesh.shards[1].apply_replica(Record::QueueCreated { name: name.clone(), options: QueueOptions::default() });
     let messages = vec![message(&name, "a")];
     mesh.shards[1].apply_replica(Record::Enqueued { queue: name.clone(), first_position: Position(1), messages });
@@ -347,14 +349,15 @@ fn the_snapshot_describes_every_replicated_queue_and_its_held_messages() {
 
 #[test]
 fn a_backup_applies_records_and_a_promotion_continues_in_the_new_epoch() {
-    // Goal: a QueueCreated record makes the queue on its owner at once and in every shard's
-    // routing; messages land at the primary's positions; dequeues, duplicates, foreign records,
+    // Goal: a QueueCreated record makes the queue on its owner at once, and (from shard 0's
+    // configuration stream) in every shard's routing; messages land at the primary's positions; dequeues, duplicates, foreign records,
     // a delete followed by a re-create, and clear_replicas behave; promoted, the queue takes
     // publishes from every shard at positions of epoch 1. Method: a joining broker of 3 shards.
     let mut mesh = backup(3);
     let name = name_on(2, 3, "replica");
     let exclusive = QueueOptions { exclusive: true, ..QueueOptions::default() };
-    mesh.shards[2].apply_replica(Record::QueueCreated { name: name.clone(), options: exclusive });
+    mesh.shards[2].apply_replica(Record::QueueCreated { name: name.clone(), options: exclusive.clone() });
+    mesh.shards[0].apply_replica(Record::QueueCreated { name: name.clone(), options: exclusive });
     let messages = vec![message(&name, "a"), message(&name, "b"), message(&name, "c")];
     mesh.shards[2].apply_replica(Record::Enqueued { queue: name.clone(), first_position: Position(5), messages });
     // Applied twice: ignored and counted.
@@ -384,9 +387,13 @@ fn a_backup_applies_records_and_a_promotion_continues_in_the_new_epoch() {
     );
     // Deleted and re-created before the coordinator ran: the new queue survives, in routing.
     let other = name_on(1, 3, "gone");
-    mesh.shards[1].apply_replica(Record::QueueCreated { name: other.clone(), options: QueueOptions::default() });
-    mesh.shards[1].apply_replica(Record::QueueDeleted { name: other.clone() });
-    mesh.shards[1].apply_replica(Record::QueueCreated { name: other.clone(), options: QueueOptions::default() });
+    for shard in [1, 0] {
+        mesh.shards[shard]
+            .apply_replica(Record::QueueCreated { name: other.clone(), options: QueueOptions::default() });
+        mesh.shards[shard].apply_replica(Record::QueueDeleted { name: other.clone() });
+        mesh.shards[shard]
+            .apply_replica(Record::QueueCreated { name: other.clone(), options: QueueOptions::default() });
+    }
     let messages = vec![message(&other, "new")];
     mesh.shards[1].apply_replica(Record::Enqueued { queue: other.clone(), first_position: Position(1), messages });
     mesh.settle();

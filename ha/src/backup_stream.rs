@@ -265,6 +265,11 @@ mod tests {
                             held.retain(|position, _| !ranges.iter().any(|(f, l)| (f.0..=l.0).contains(position)));
                         }
                     }
+                    // Configuration records change no queue's messages.
+                    Record::ExchangeCreated { .. }
+                    | Record::ExchangeDeleted { .. }
+                    | Record::Bound { .. }
+                    | Record::Unbound { .. } => {}
                 }
             }
             applied.stream_seq
@@ -570,7 +575,12 @@ mod tests {
                         }
                     }
                 }
-                Record::QueueCreated { .. } | Record::QueueDeleted { .. } => {}
+                Record::QueueCreated { .. }
+                | Record::QueueDeleted { .. }
+                | Record::ExchangeCreated { .. }
+                | Record::ExchangeDeleted { .. }
+                | Record::Bound { .. }
+                | Record::Unbound { .. } => {}
             }
         }
     }

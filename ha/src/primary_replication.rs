@@ -474,6 +474,22 @@ impl Link {
                 self.stream.handle_enqueued(&queue, position, message, hold)
             }
             ReplicationEvent::Dequeued { queue, position } => self.stream.handle_dequeued(&queue, position),
+            ReplicationEvent::ExchangeCreated { name, kind } => {
+                self.stream.handle_exchange_created(&name, kind);
+                Ok(())
+            }
+            ReplicationEvent::ExchangeDeleted { name } => {
+                self.stream.handle_exchange_deleted(&name);
+                Ok(())
+            }
+            ReplicationEvent::Bound { exchange, queue, key } => {
+                self.stream.handle_bound(&exchange, &queue, &key);
+                Ok(())
+            }
+            ReplicationEvent::Unbound { exchange, queue, key } => {
+                self.stream.handle_unbound(&exchange, &queue, &key);
+                Ok(())
+            }
         };
         self.stream.poll_released(released);
         if let Err(StreamOverflow { hold, .. }) = result {

@@ -23,10 +23,17 @@
 //! finding it in the in-flight window would need a per-message index on the hot path, and the
 //! confirm comes within one round trip anyway.
 //!
+//! Configuration: shard 0's stream also carries the replicated configuration (queues other shards
+//! own, exchanges, bindings; see `ringmq_core::replication`). Exchange creates and deletes, binds
+//! and unbinds are batched like queue creates and deletes: in one queue with them, in the order
+//! fed, and before any queue data.
+//!
 //! Call contract (no clock: nothing here expires; heartbeats and `ha-backup-timeout` are the
 //! caller's, which calls `handle_backup_lost` when they fire):
 //! - `handle_queue_created`, `handle_queue_deleted`, `handle_enqueued`, `handle_dequeued` as the
-//!   shard changes its replicated queues, in the order it changes them;
+//!   shard changes its replicated queues, in the order it changes them, and on shard 0
+//!   `handle_exchange_created`, `handle_exchange_deleted`, `handle_bound`, `handle_unbound` in
+//!   the same order;
 //! - `handle_confirm` for each confirm the backup sends;
 //! - then `poll_released` (hand each hold to the producer's shard) and `poll_batch` until it
 //!   returns `None` (encode and send each batch);
@@ -41,8 +48,8 @@
 //! enqueues) before any later change, then calls `mark_fed`; `mark_confirmed` turns true once every
 //! marked record is in a batch the backup confirmed (see `primary_replication`).
 //!
-//! Not here: taking the snapshot (the shard's), the link's handshake and heartbeats, IO, exchanges
-//! and bindings.
+//! Not here: taking the snapshot (the shard's), the link's handshake and heartbeats, IO, which
+//! exchanges and bindings are replicated (the shard's).
 //!
 //! Invariants:
 //! - Batches go out with `StreamSeq` 1, 2, 3...: it only grows, by one per batch.
@@ -54,6 +61,8 @@
 //! - A message dequeued before it was batched is never sent, and neither is its dequeue.
 //! - Per queue, records go out in the order the shard made the changes, with queue creates and
 //!   deletes ordered before the data that follows them.
+//! - Configuration records (queue, exchange and binding creates and deletes) go out in exactly the
+//!   order they were fed.
 //! - A confirm above the last sent seq, or below the previous confirm, is the peer's protocol
 //!   error: an `Err`, never a panic.
 
@@ -61,7 +70,7 @@ use std::collections::{BTreeMap, VecDeque};
 
 use ringmq_core::codec::message_bytes_len;
 use ringmq_core::epoch::Epoch;
-use ringmq_core::frame::{Message, QueueOptions};
+use ringmq_core::frame::{ExchangeKind, Message, QueueOptions};
 
 use crate::limits::{
     BATCHES_UNCONFIRMED_MAX, BATCH_BYTES_MAX, BATCH_HEADER_BYTES, BATCH_MESSAGES_MAX, BATCH_RANGES_MAX,
@@ -81,7 +90,8 @@ pub struct PrimaryStream {
     sent_last: StreamSeq,
     /// The highest seq the backup confirmed.
     confirmed: StreamSeq,
-    /// Queue creates and deletes not yet batched, in order; they go out before any queue data.
+    /// Configuration records (queue and exchange creates and deletes, binds, unbinds) not yet
+    /// batched, in order; they go out before any queue data.
     config: VecDeque<Record>,
     /// Per queue with something pending (or just emptied): its unbatched enqueues and dequeues.
     queues: BTreeMap<String, QueuePending>,
@@ -91,11 +101,11 @@ pub struct PrimaryStream {
     inflight: VecDeque<InflightBatch>,
     /// Holds released and not yet polled, in release order.
     released: Vec<Hold>,
-    /// Pending records: live unbatched enqueues, pending dequeue ranges, queue creates and deletes.
+    /// Pending records: live unbatched enqueues, pending dequeue ranges, configuration records.
     pending: usize,
     /// Set by `handle_backup_lost`: the stream is finished.
     lost: bool,
-    /// Queue creates and deletes ever fed, and ever put in a batch: `config` holds the difference.
+    /// Configuration records ever fed, and ever put in a batch: `config` holds the difference.
     config_fed: u64,
     /// See `config_fed`.
     config_batched: u64,
@@ -226,6 +236,55 @@ impl PrimaryStream {
             queue.dequeues.clear();
         }
         self.config.push_back(Record::QueueDeleted { name: name.to_string() });
+        self.config_fed += 1;
+        self.pending += 1;
+    }
+
+    /// A replicated exchange was created (shard 0). Never refused, like a queue create.
+    ///
+    /// # Panics
+    ///
+    /// If the backup was lost.
+    pub fn handle_exchange_created(&mut self, name: &str, kind: ExchangeKind) {
+        self.push_config(Record::ExchangeCreated { name: name.to_string(), kind });
+    }
+
+    /// A replicated exchange was deleted with its bindings (shard 0). Never refused.
+    ///
+    /// # Panics
+    ///
+    /// If the backup was lost.
+    pub fn handle_exchange_deleted(&mut self, name: &str) {
+        self.push_config(Record::ExchangeDeleted { name: name.to_string() });
+    }
+
+    /// A replicated binding was made (shard 0). Never refused.
+    ///
+    /// # Panics
+    ///
+    /// If the backup was lost.
+    pub fn handle_bound(&mut self, exchange: &str, queue: &str, key: &str) {
+        self.push_config(Record::Bound {
+            exchange: exchange.to_string(),
+            queue: queue.to_string(),
+            key: key.to_string(),
+        });
+    }
+
+    /// A replicated binding was removed (shard 0). Never refused.
+    ///
+    /// # Panics
+    ///
+    /// If the backup was lost.
+    pub fn handle_unbound(&mut self, exchange: &str, queue: &str, key: &str) {
+        let record = Record::Unbound { exchange: exchange.to_string(), queue: queue.to_string(), key: key.to_string() };
+        self.push_config(record);
+    }
+
+    /// Queues a configuration record behind the others.
+    fn push_config(&mut self, record: Record) {
+        self.assert_alive();
+        self.config.push_back(record);
         self.config_fed += 1;
         self.pending += 1;
     }
@@ -549,7 +608,7 @@ struct PendingEnqueue {
 /// What `mark_fed` marked, and how far it got.
 #[derive(Debug)]
 struct Mark {
-    /// `config_fed` at the mark: every create and delete up to it must be batched.
+    /// `config_fed` at the mark: every configuration record up to it must be batched.
     config_fed: u64,
     /// Per queue with pending data at the mark: the highest pending enqueue position and the
     /// highest pending dequeued position. An entry leaves once nothing at or below them is pending.

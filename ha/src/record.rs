@@ -1,4 +1,5 @@
-//! Replication records and batches: what a primary shard sends a backup about its queues, as Rust
+//! Replication records and batches: what a primary shard sends a backup about its queues (and,
+//! from shard 0, about the whole replicated configuration: queues, exchanges, bindings), as Rust
 //! values and as bytes.
 //!
 //! A primary shard streams its queues' changes to each backup as *batches* of *records*. A batch
@@ -14,22 +15,29 @@
 //! ```text
 //! batch   = u32 length (bytes after it), u8 type 0x50, u64 epoch, u64 stream_seq,
 //!           u32 record count (1..=BATCH_RECORDS_MAX), records
-//! record  = u8 kind, name16 queue, then by kind:
-//!           1 queue-created: bool exclusive, bool auto_delete, bool passive,
-//!                            option_u64 max_count, option_u64 max_bytes
-//!           2 queue-deleted: nothing
-//!           3 enqueued:      u64 first_position, u32 count (>= 1), messages as in a publish frame
-//!           4 dequeued:      u32 range count (>= 1), (u64 first, u64 last) per range, increasing,
-//!                            neither overlapping nor adjacent
+//! record  = u8 kind, name16 name (kinds 1..=4: the queue; 5..=8: the exchange), then by kind:
+//!           1 queue-created:    bool exclusive, bool auto_delete, bool passive,
+//!                               option_u64 max_count, option_u64 max_bytes
+//!           2 queue-deleted:    nothing
+//!           3 enqueued:         u64 first_position, u32 count (>= 1), messages as in a publish frame
+//!           4 dequeued:         u32 range count (>= 1), (u64 first, u64 last) per range, increasing,
+//!                               neither overlapping nor adjacent
+//!           5 exchange-created: u8 exchange kind (0 direct, 1 fanout, 2 topic, as in the native
+//!                               protocol)
+//!           6 exchange-deleted: nothing
+//!           7 bound:            name16 queue, name16 key
+//!           8 unbound:          name16 queue, name16 key
 //! confirm = u32 length, u8 type 0x51, u64 stream_seq
 //! name16 = u16 length, UTF-8 bytes (at most NAME_BYTES_MAX); option_u64 = bool, u64 (0 if absent)
 //! ```
 //! The type bytes 0x50 and 0x51 are unused by the client protocol, so a link that mixes these
 //! with native frames (heartbeats) cannot confuse them.
 //!
-//! Not here: exchanges and bindings (configuration replication comes separately), heartbeats and
-//! the link handshake, which batches to build (see `primary_stream`) or how to apply them (see
-//! `backup_stream`).
+//! Kinds 5 to 8 come only on shard 0's stream, which carries the configuration in the primary
+//! coordinator's order (see `ringmq_core::replication`).
+//!
+//! Not here: heartbeats and the link handshake, which batches to build (see `primary_stream`) or
+//! how to apply them (see `backup_stream`, `Shard::apply_replica`).
 //!
 //! Invariants:
 //! - `decode_batch` never panics, whatever the bytes, and consumes bytes only when it returns a
@@ -46,7 +54,7 @@ use std::fmt;
 use bytes::{BufMut, Bytes, BytesMut};
 use ringmq_core::codec::{message_bytes_len, put_message, put_name, put_queue_options, DecodeError, Reader};
 use ringmq_core::epoch::Epoch;
-use ringmq_core::frame::QueueOptions;
+use ringmq_core::frame::{ExchangeKind, QueueOptions};
 pub use ringmq_core::replication::{Position, Record};
 
 use crate::limits::{BATCH_BYTES_MAX, BATCH_HEADER_BYTES, BATCH_MESSAGES_MAX, BATCH_RANGES_MAX, BATCH_RECORDS_MAX};
@@ -169,6 +177,22 @@ pub fn encode_batch(batch: &Batch, out: &mut BytesMut) {
                     previous = Some(last);
                 }
             }
+            Record::ExchangeCreated { name, kind } => {
+                out.put_u8(KIND_EXCHANGE_CREATED);
+                put_name(out, name);
+                out.put_u8(exchange_kind_byte(*kind));
+            }
+            Record::ExchangeDeleted { name } => {
+                out.put_u8(KIND_EXCHANGE_DELETED);
+                put_name(out, name);
+            }
+            Record::Bound { exchange, queue, key } | Record::Unbound { exchange, queue, key } => {
+                let kind = if matches!(record, Record::Bound { .. }) { KIND_BOUND } else { KIND_UNBOUND };
+                out.put_u8(kind);
+                put_name(out, exchange);
+                put_name(out, queue);
+                put_name(out, key);
+            }
         }
     }
     assert!(messages_total <= BATCH_MESSAGES_MAX as usize, "batch of {messages_total} messages");
@@ -206,7 +230,16 @@ pub fn decode_batch(buf: &mut BytesMut, bytes_max: u32) -> Result<Option<Batch>,
     let (mut messages_total, mut ranges_total) = (0u64, 0u64);
     for _ in 0..records_count {
         let kind = r.u8("record kind")?;
-        let name = r.name("queue name")?;
+        let name = match kind {
+            KIND_QUEUE_CREATED..=KIND_DEQUEUED => r.name("queue name")?,
+            KIND_EXCHANGE_CREATED..=KIND_UNBOUND => r.name("exchange name")?,
+            other => {
+                return Err(RecordDecodeError::Invalid(format!(
+                    "record kind is {other}, must be 1 (queue-created), 2 (queue-deleted), 3 (enqueued), 4 \
+                     (dequeued), 5 (exchange-created), 6 (exchange-deleted), 7 (bound) or 8 (unbound)"
+                )))
+            }
+        };
         let record = match kind {
             KIND_QUEUE_CREATED => {
                 let options = QueueOptions {
@@ -261,12 +294,10 @@ pub fn decode_batch(buf: &mut BytesMut, bytes_max: u32) -> Result<Option<Batch>,
                 }
                 Record::Dequeued { queue: name, ranges }
             }
-            other => {
-                return Err(RecordDecodeError::Invalid(format!(
-                    "record kind is {other}, must be 1 (queue-created), 2 (queue-deleted), 3 (enqueued) or 4 \
-                     (dequeued)"
-                )))
-            }
+            KIND_EXCHANGE_CREATED => Record::ExchangeCreated { name, kind: read_exchange_kind(&mut r)? },
+            KIND_EXCHANGE_DELETED => Record::ExchangeDeleted { name },
+            KIND_BOUND => Record::Bound { exchange: name, queue: r.name("queue name")?, key: r.name("binding key")? },
+            _ => Record::Unbound { exchange: name, queue: r.name("queue name")?, key: r.name("binding key")? },
         };
         records.push(record);
     }
@@ -321,6 +352,11 @@ pub fn record_encoded_len(record: &Record) -> usize {
                 enqueued_header_bytes_len(queue) + messages.iter().map(message_bytes_len).sum::<usize>()
             }
             Record::Dequeued { queue, ranges } => dequeued_header_bytes_len(queue) + RANGE_BYTES * ranges.len(),
+            Record::ExchangeCreated { name, .. } => 1 + 2 + name.len() + 1,
+            Record::ExchangeDeleted { name } => 1 + 2 + name.len(),
+            Record::Bound { exchange, queue, key } | Record::Unbound { exchange, queue, key } => {
+                1 + 2 + exchange.len() + 2 + queue.len() + 2 + key.len()
+            }
         }
     }
 }
@@ -401,6 +437,10 @@ const KIND_QUEUE_CREATED: u8 = 1;
 const KIND_QUEUE_DELETED: u8 = 2;
 const KIND_ENQUEUED: u8 = 3;
 const KIND_DEQUEUED: u8 = 4;
+const KIND_EXCHANGE_CREATED: u8 = 5;
+const KIND_EXCHANGE_DELETED: u8 = 6;
+const KIND_BOUND: u8 = 7;
+const KIND_UNBOUND: u8 = 8;
 /// Length prefix and type byte.
 pub(crate) const FRAME_HEADER_BYTES: usize = 5;
 /// A whole confirm frame: length, type, stream seq.
@@ -411,6 +451,27 @@ const RECORD_BYTES_MIN: usize = 1 + 2;
 const MESSAGE_BYTES_MIN: usize = 2 + 2 + 2 + 4;
 /// One dequeue range.
 const RANGE_BYTES: usize = 16;
+
+/// An exchange kind's byte, as the native protocol writes it.
+fn exchange_kind_byte(kind: ExchangeKind) -> u8 {
+    match kind {
+        ExchangeKind::Direct => 0,
+        ExchangeKind::Fanout => 1,
+        ExchangeKind::Topic => 2,
+    }
+}
+
+/// Reads an exchange kind's byte.
+fn read_exchange_kind(r: &mut Reader) -> Result<ExchangeKind, RecordDecodeError> {
+    match r.u8("exchange kind")? {
+        0 => Ok(ExchangeKind::Direct),
+        1 => Ok(ExchangeKind::Fanout),
+        2 => Ok(ExchangeKind::Topic),
+        other => Err(RecordDecodeError::Invalid(format!(
+            "exchange kind is {other}, must be 0 (direct), 1 (fanout) or 2 (topic)"
+        ))),
+    }
+}
 
 /// A `u32` count checked against `min..=max` before anything is allocated for it.
 fn read_count(r: &mut Reader, what: &'static str, min: u32, max: u32) -> Result<usize, RecordDecodeError> {
