@@ -50,6 +50,9 @@ pub struct BrokerConfig {
     /// `link-heartbeat-interval`: heartbeat period of broker-to-broker links; a link silent for
     /// twice this is closed.
     pub link_heartbeat_interval: Duration,
+    /// `ha-backup-timeout`: how long a newly promoted primary holds confirms for a backup that was
+    /// ready under the previous primary and has not come back ready.
+    pub ha_backup_timeout: Duration,
 }
 
 /// A configuration error, naming the option and what was allowed.
@@ -140,6 +143,11 @@ const OPTIONS: &[OptionSpec] = &[
         help: "replication level of queues and exchanges declared without qpid.replicate: none, configuration, all",
     },
     OptionSpec {
+        name: "ha-backup-timeout",
+        default: "10s",
+        help: "how long a new primary waits for the backups that were ready under the old one before it drops them",
+    },
+    OptionSpec {
         name: "link-maintenance-interval",
         default: "2s",
         help: "how often a backup dials the next address of ha-brokers-url looking for the primary (0.1 = 100ms)",
@@ -223,6 +231,7 @@ impl BrokerConfig {
                 &get("link-maintenance-interval"),
             )?,
             link_heartbeat_interval: parse_link_interval("link-heartbeat-interval", &get("link-heartbeat-interval"))?,
+            ha_backup_timeout: parse_duration("ha-backup-timeout", &get("ha-backup-timeout"))?,
             ha_cluster,
             ha_brokers_url,
             ha_public_url,
@@ -449,6 +458,7 @@ mod tests {
         let config = BrokerConfig::from_args(&[]).unwrap();
         assert_eq!(config.link_maintenance_interval, Duration::from_secs(2));
         assert_eq!(config.link_heartbeat_interval, Duration::from_secs(120));
+        assert_eq!(config.ha_backup_timeout, Duration::from_secs(10));
         let config = BrokerConfig::from_args(&args(&[
             "--link-maintenance-interval",
             "0.1",

@@ -31,6 +31,7 @@ pub fn run(args: &[String]) -> ExitCode {
         maintenance_interval: config.link_maintenance_interval,
         primary_addresses: config.link_addresses(|host, port| is_own_address(listen, host, port)),
         own_address: listen.to_string(),
+        backup_timeout: config.ha_backup_timeout,
     };
     let transport = TransportConfig { listen, pin_cores: config.pin_cores, ring_entries: config.ring_entries, link };
     let shard_config = ShardConfig {

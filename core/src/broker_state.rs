@@ -18,10 +18,12 @@
 //! | ready      | catchup    | `reconnected-behind-primary`: its new primary has more than it     |
 //! | ready      | ready      | `primary-lost`: the link to the primary dropped (issue, below)     |
 //! | recovering | active     | `expected-backups-settled`: every expected backup is ready or timed out |
+//! | recovering | joining    | `superseded-by-newer-epoch`: another broker was promoted later     |
+//! | active     | joining    | `superseded-by-newer-epoch` (issue, below)                         |
 //!
-//! Everything else is illegal, including every other pair of a state with itself: `active` is
-//! terminal, `standalone` only ever joins, `recovering` only becomes `active`, and a `catchup`
-//! backup cannot be promoted (the reference refuses with "still catching up").
+//! Everything else is illegal, including every other pair of a state with itself: `active` only
+//! steps down, `standalone` only ever joins, `recovering` only becomes `active` or steps down, and
+//! a `catchup` backup cannot be promoted (the reference refuses with "still catching up").
 //!
 //! The `primary-lost` rows come from our HA issue, not the reference's table: a backup whose
 //! primary is gone keeps its state and its data and reconnects (the reference does the same
@@ -33,9 +35,11 @@
 //! Not here: the conditions behind a cause. Whether no other broker is past `joining` (so a
 //! joining broker may be promoted), whether a backup's catch-up queues are all ready, and the
 //! `ha-backup-timeout` are decided by the membership and primary state machines; this module only
-//! says whether the step they ask for is in the table. A primary that learns of a newer epoch
-//! stops serving clients (see `crate::epoch`), but that is not a transition here: the reference has
-//! no demotion, so there is no row to take.
+//! says whether the step they ask for is in the table.
+//!
+//! The `superseded-by-newer-epoch` rows are ours too: the reference has no demotion and trusted
+//! the cluster manager never to leave two primaries. A primary that learns of a newer epoch (see
+//! `crate::epoch`) stops serving clients by becoming a joining backup of the newer primary.
 //!
 //! Invariants:
 //! - `transition` returns `Ok(to)` exactly for the rows above, and `allowed_targets` lists exactly
@@ -82,6 +86,9 @@ pub enum TransitionCause {
     ReconnectedBehindPrimary,
     /// Every backup a recovering primary expected is ready or has timed out (or there were none).
     ExpectedBackupsSettled,
+    /// A primary learned that another broker was promoted in a newer epoch: it stops serving
+    /// clients and becomes a backup (beyond the reference, which relied on the cluster manager).
+    SupersededByNewerEpoch,
 }
 
 /// A transition that the table does not allow; the broker must not take it.
@@ -157,6 +164,7 @@ pub fn allowed_causes(from: BrokerState, to: BrokerState) -> &'static [Transitio
         (Ready, CatchUp) => &[ExpectedBackupTimedOut, ReconnectedBehindPrimary],
         (Ready, Ready) => &[PrimaryLost],
         (Recovering, Active) => &[ExpectedBackupsSettled],
+        (Recovering, Joining) | (Active, Joining) => &[SupersededByNewerEpoch],
         _ => &[],
     }
 }
@@ -196,7 +204,7 @@ impl BrokerState {
     }
 
     /// The states `transition` may move this one to, for some cause, in the order of `ALL`;
-    /// empty for `active`.
+    /// never empty.
     pub fn allowed_targets(self) -> &'static [BrokerState] {
         use BrokerState::*;
         match self {
@@ -204,15 +212,15 @@ impl BrokerState {
             Joining => &[CatchUp, Recovering],
             CatchUp => &[CatchUp, Ready],
             Ready => &[CatchUp, Ready, Recovering],
-            Recovering => &[Active],
-            Active => &[],
+            Recovering => &[Joining, Active],
+            Active => &[Joining],
         }
     }
 }
 
 impl TransitionCause {
     /// Every cause.
-    pub const ALL: [TransitionCause; 8] = [
+    pub const ALL: [TransitionCause; 9] = [
         TransitionCause::HaClusterEnabled,
         TransitionCause::PrimaryContacted,
         TransitionCause::Promoted,
@@ -221,6 +229,7 @@ impl TransitionCause {
         TransitionCause::ExpectedBackupTimedOut,
         TransitionCause::ReconnectedBehindPrimary,
         TransitionCause::ExpectedBackupsSettled,
+        TransitionCause::SupersededByNewerEpoch,
     ];
 
     /// The cause as a word, for messages and logs.
@@ -234,6 +243,7 @@ impl TransitionCause {
             TransitionCause::ExpectedBackupTimedOut => "expected-backup-timed-out",
             TransitionCause::ReconnectedBehindPrimary => "reconnected-behind-primary",
             TransitionCause::ExpectedBackupsSettled => "expected-backups-settled",
+            TransitionCause::SupersededByNewerEpoch => "superseded-by-newer-epoch",
         }
     }
 }
@@ -302,7 +312,7 @@ mod tests {
 
     /// The table of the module doc, written out again independently of `allowed_causes`, so that a
     /// change to either one fails the pair tests.
-    const EXPECTED: [(BrokerState, BrokerState, &[TransitionCause]); 9] = [
+    const EXPECTED: [(BrokerState, BrokerState, &[TransitionCause]); 11] = [
         (Standalone, Joining, &[HaClusterEnabled]),
         (Joining, CatchUp, &[PrimaryContacted]),
         (Joining, Recovering, &[Promoted]),
@@ -312,6 +322,8 @@ mod tests {
         (Ready, CatchUp, &[ExpectedBackupTimedOut, ReconnectedBehindPrimary]),
         (Ready, Ready, &[PrimaryLost]),
         (Recovering, Active, &[ExpectedBackupsSettled]),
+        (Recovering, Joining, &[SupersededByNewerEpoch]),
+        (Active, Joining, &[SupersededByNewerEpoch]),
     ];
 
     /// The causes the expected table gives for a pair; empty when the pair is illegal.
@@ -321,7 +333,7 @@ mod tests {
 
     #[test]
     fn every_legal_pair_passes_with_each_of_its_causes() {
-        // Goal: the 9 legal rows of the table are accepted, each for every cause it lists.
+        // Goal: the 11 legal rows of the table are accepted, each for every cause it lists.
         // Method: walk all 36 pairs; for the legal ones, call transition with each listed cause.
         let mut legal_pairs = 0;
         for from in BrokerState::ALL {
@@ -336,12 +348,12 @@ mod tests {
                 }
             }
         }
-        assert_eq!(legal_pairs, 9);
+        assert_eq!(legal_pairs, 11);
     }
 
     #[test]
     fn every_illegal_pair_fails_naming_from_to_and_allowed_targets() {
-        // Goal: the 27 pairs outside the table are refused for every cause, and the message names
+        // Goal: the 25 pairs outside the table are refused for every cause, and the message names
         // the state the broker is in, the state asked for, and every allowed target.
         // Method: walk all 36 pairs; for the illegal ones, try every cause and read the message.
         let mut illegal_pairs = 0;
@@ -366,7 +378,7 @@ mod tests {
                 }
             }
         }
-        assert_eq!(illegal_pairs, 27);
+        assert_eq!(illegal_pairs, 25);
     }
 
     #[test]
@@ -421,11 +433,12 @@ mod tests {
     }
 
     #[test]
-    fn active_is_terminal() {
-        // Goal: nothing leaves active, and the message says so.
-        assert!(Active.allowed_targets().is_empty());
+    fn active_only_steps_down_for_a_newer_epoch() {
+        // Goal: active leaves only to joining, only when superseded, and the message says so.
+        assert_eq!(Active.allowed_targets(), &[Joining]);
+        assert_eq!(transition(Active, Joining, SupersededByNewerEpoch), Ok(Joining));
         let error = transition(Active, Joining, PrimaryLost).unwrap_err();
-        assert!(error.to_string().ends_with("from active the allowed targets are none (terminal)"));
+        assert!(error.to_string().ends_with("allowed causes: superseded-by-newer-epoch"), "{error}");
     }
 
     #[test]

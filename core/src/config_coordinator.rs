@@ -73,6 +73,9 @@ pub struct ConfigCoordinator {
     next_id: u64,
     /// Changes broadcast and not yet applied everywhere.
     pending: HashMap<u64, PendingChange>,
+    /// Backups this broker would expect if promoted now (those the current primary last said
+    /// were ready, itself left out): a promotion with none goes straight to `active`.
+    expected_backups: usize,
 }
 
 /// A broadcast change waiting for the other shards.
@@ -108,7 +111,13 @@ impl ConfigCoordinator {
             exchanges: HashMap::new(),
             next_id: 0,
             pending: HashMap::new(),
+            expected_backups: 0,
         }
+    }
+
+    /// How many backups a promotion would wait for in `recovering` (see the field).
+    pub fn set_expected_backups(&mut self, count: usize) {
+        self.expected_backups = count;
     }
 
     /// The broker's HA state as the coordinator holds it.
@@ -316,13 +325,15 @@ impl ConfigCoordinator {
                 )))
             }
         };
+        let promoted = ConfigChange::HaState { state: recovering, epoch, cause: TransitionCause::Promoted };
+        if self.expected_backups > 0 {
+            // Recovering until the expected backups are ready again or time out (the transport
+            // decides, with `HaTransition`).
+            return Ok(vec![promoted]);
+        }
         let active = transition(recovering, BrokerState::Active, TransitionCause::ExpectedBackupsSettled)
             .expect("recovering -> active is in the table");
-        // No expected backups exist before replication does, so recovering ends at once.
-        Ok(vec![
-            ConfigChange::HaState { state: recovering, epoch, cause: TransitionCause::Promoted },
-            ConfigChange::HaState { state: active, epoch, cause: TransitionCause::ExpectedBackupsSettled },
-        ])
+        Ok(vec![promoted, ConfigChange::HaState { state: active, epoch, cause: TransitionCause::ExpectedBackupsSettled }])
     }
 
     /// Records a change the coordinator applied on its own shard, and returns the id to

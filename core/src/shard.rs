@@ -662,6 +662,16 @@ impl Shard {
         Ok(())
     }
 
+    /// Shard 0: how many backups a promotion of this broker would wait for in `recovering` (the
+    /// current primary's ready backups, this broker left out); with none, a promotion makes the
+    /// broker `active` at once.
+    ///
+    /// # Panics
+    /// On a shard other than 0.
+    pub fn set_expected_backups(&mut self, count: usize) {
+        self.coordinator.as_mut().expect("set_expected_backups is for shard 0, the coordinator").set_expected_backups(count);
+    }
+
     /// Shard 0: learns the epoch of the primary this backup replicates from, so that a later
     /// promotion takes an epoch above it. Returns how it compares with the highest seen.
     ///

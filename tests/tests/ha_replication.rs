@@ -243,3 +243,66 @@ fn plain_log(broker: &BrokerProcess) -> String {
     }
     plain
 }
+
+#[test]
+fn a_paused_primary_that_comes_back_steps_down_and_follows_the_new_one() {
+    // Goal: epochs fence a superseded primary: one that was stopped while another broker was
+    // promoted stops serving clients when it continues, becomes a backup of the new primary and
+    // resynchronises from it, so the two never diverge.
+    // Method: SIGSTOP the primary, promote a ready backup (epoch 2), SIGCONT the old primary;
+    // it must leave the primary states, refuse clients, and become ready with the new data.
+    let brokers = ready_cluster(&["--ha-replicate", "all"]);
+    client(&brokers[0]).declare_queue("fenced", QueueOptions::default(), &[]).unwrap();
+    send(&brokers[0], "fenced", 0..20);
+    wait_depth(&brokers[1], "fenced", 20);
+    let stopped = Stopped::stop(&brokers[0]);
+    promote(&brokers[1]);
+    send(&brokers[1], "fenced", 20..30);
+    wait_state(&brokers[2], "ready");
+    stopped.resume();
+    wait_state(&brokers[0], "ready");
+    wait_depth(&brokers[0], "fenced", 30);
+    let refused = blocking::Connection::connect(brokers[0].addr().as_str(), ConnectOptions::default());
+    let Err(error) = refused else { panic!("the old primary accepted a client") };
+    let error = error.to_string();
+    assert!(error.contains("not") && error.contains("primary"), "{error}");
+}
+
+#[test]
+fn a_new_primary_recovers_until_its_expected_backup_is_ready_again() {
+    // Goal: recovering mode ends by reconnection: a promoted backup waits (recovering) for the
+    // other backup that was ready under the old primary, and becomes active once that one caught
+    // up with it, long before ha-backup-timeout (60 s here).
+    let mut brokers = ready_cluster(&["--ha-replicate", "all", "--ha-backup-timeout", "60"]);
+    client(&brokers[0]).declare_queue("recovered", QueueOptions::default(), &[]).unwrap();
+    send(&brokers[0], "recovered", 0..50);
+    wait_depth(&brokers[2], "recovered", 50);
+    brokers[0].kill();
+    promote(&brokers[1]);
+    wait_state(&brokers[2], "ready");
+    wait_state(&brokers[1], "active");
+    let log = plain_log(&brokers[1]);
+    assert!(log.contains("recovering: waiting for the backups that were ready"), "{log}");
+    assert!(log.contains("every expected backup is ready or timed out: active"), "{log}");
+    assert!(!log.contains("ha-backup-timeout passed"), "{log}");
+    assert_eq!(receive(&brokers[1], "recovered", 50), (0..50).collect::<Vec<_>>());
+}
+
+#[test]
+fn a_new_primary_stops_waiting_for_a_dead_backup_after_ha_backup_timeout() {
+    // Goal: recovering mode ends by timeout: a promoted backup holds confirms for the other
+    // backup that was ready under the old primary; that backup is dead, so after
+    // ha-backup-timeout the confirms are released and the primary becomes active. Clients are
+    // served while it recovers.
+    let mut brokers = ready_cluster(&["--ha-replicate", "all", "--ha-backup-timeout", "1"]);
+    client(&brokers[0]).declare_queue("timed", QueueOptions::default(), &[]).unwrap();
+    brokers[2].kill();
+    brokers[0].kill();
+    promote(&brokers[1]);
+    let status = run_cli(&["ha", "status", "-b", &brokers[1].addr()]);
+    assert_eq!(String::from_utf8_lossy(&status.stdout).trim(), "recovering");
+    send(&brokers[1], "timed", 0..10);
+    let log = plain_log(&brokers[1]);
+    assert!(log.contains("ha-backup-timeout passed"), "confirmed while still waiting for the dead backup:\n{log}");
+    wait_state(&brokers[1], "active");
+}

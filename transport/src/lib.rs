@@ -17,15 +17,21 @@
 //!   `backup_link`, `backup_stream` and `link_heartbeat`.
 //! - `link_server`: the primary's end of those links: handing each to the shard it names,
 //!   catch-up, confirms, driven by `ringmq_ha::primary_replication`.
+//! - `primary_role`: shard 0 of a primary: its backups' readiness, `members`, recovering mode and
+//!   `ha-backup-timeout`.
+//! - `epoch_watch`: a primary's probe of its peers; it steps down when another broker is a
+//!   primary of a newer epoch.
 //! - `shard_control`: rare messages between the shards' IO shells (a link handed over, a backup's
 //!   catch-up progress).
 //!
 //! Not here: any protocol or broker logic (see `ringmq-core`).
 
 pub mod doorbell;
+mod epoch_watch;
 pub mod link;
 mod link_server;
 pub mod listener;
+mod primary_role;
 pub mod runtime;
 mod shard_control;
 pub mod shard_loop;

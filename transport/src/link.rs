@@ -49,6 +49,7 @@ use ringmq_ha::link_heartbeat::{HeartbeatAction, LinkHeartbeat};
 use ringmq_ha::record::{encode_confirm, Batch};
 
 use crate::link_server::frame_name;
+use crate::shard_control::Control;
 use crate::shard_loop::{pump, writer_task, ShardContext, WriteQueue};
 
 /// Broker-to-broker link settings.
@@ -63,6 +64,9 @@ pub struct LinkConfig {
     pub primary_addresses: Vec<String>,
     /// This broker's own address, `host:port`: its name to the primary (`link-open`).
     pub own_address: String,
+    /// `ha-backup-timeout`: how long a newly promoted primary holds confirms for each backup that
+    /// was ready under the previous primary, waiting for it to come back ready.
+    pub backup_timeout: Duration,
 }
 
 /// One link's heartbeat clock, shared by its reader and its heartbeat task.
@@ -142,6 +146,12 @@ pub(crate) async fn heartbeat_task(stream: Rc<TcpStream>, queue: Rc<WriteQueue>,
 /// A shard of a backup: keeps its link to the primary's same-numbered shard, trying each address
 /// in turn, until the broker is no longer a backup.
 pub(crate) async fn backup_link_task(context: Rc<ShardContext>) {
+    run_backup_link(&context).await;
+    context.link_task_running.set(false);
+}
+
+/// The loop of `backup_link_task`.
+async fn run_backup_link(context: &Rc<ShardContext>) {
     let config = context.link.clone();
     let mut link = BackupLink::new(Instant::now(), config.primary_addresses.clone(), config.maintenance_interval);
     let mut replica = BackupStream::new(context.shard.borrow().ha().epoch());
@@ -165,7 +175,7 @@ pub(crate) async fn backup_link_task(context: Rc<ShardContext>) {
                 tracing::debug!("link: trying {address} ({attempts} attempts)");
             }
         }
-        let end = run_link(&context, &address, &mut link, &mut replica).await;
+        let end = run_link(context, &address, &mut link, &mut replica).await;
         let now = Instant::now();
         let counters = link.counters();
         match end {
@@ -309,6 +319,10 @@ async fn read_link(
                     link.handle_connected(now);
                     replica.handle_connected();
                     replica.handle_epoch_observed(accepted.epoch);
+                    if context.shard.borrow().id().0 == 0 {
+                        // A later promotion of this broker takes an epoch above the primary's.
+                        context.shard.borrow_mut().observe_epoch(accepted.epoch);
+                    }
                     begin_catch_up(context);
                     tracing::info!(counters = ?link.counters(), epoch = %accepted.epoch, "link: connected to {address}");
                     let started = Rc::new(LinkTimer::new(now, interval));
@@ -326,6 +340,14 @@ async fn read_link(
                 }
                 (Handshake::Open, LinkFrame::MarkedReady) => {
                     transition(context, BrokerState::Ready, TransitionCause::MarkedReadyByPrimary);
+                }
+                (Handshake::Open, LinkFrame::Members(ready)) => {
+                    // The primary's ready backups: expected by this broker if it is promoted.
+                    for shard in 1..context.shard_count() {
+                        context.controls.send(shard, Control::Members { ready: ready.clone() });
+                    }
+                    context.shard.borrow_mut().set_expected_backups(expected_count(context, &ready));
+                    *context.ready_members.borrow_mut() = ready;
                 }
                 (_, LinkFrame::Native(Frame::Heartbeat)) if timer.is_some() => {}
                 (_, LinkFrame::Native(Frame::Error { code, message })) => {
@@ -406,6 +428,11 @@ fn apply_batch(context: &ShardContext, replica: &mut BackupStream, batch: Batch)
             IgnoreReason::StaleEpoch(_) | IgnoreReason::Gap { .. } => Err(ignored.to_string()),
         },
     }
+}
+
+/// How many of the primary's ready backups this broker would expect if promoted: all but itself.
+fn expected_count(context: &ShardContext, ready: &[String]) -> usize {
+    ready.iter().filter(|name| **name != context.link.own_address).count()
 }
 
 /// Shard 0 takes an HA transition the link decided; other shards learn it from shard 0.

@@ -133,12 +133,12 @@ async fn serve_backup_link(
 ) {
     if let Err((code, message)) = open_stream(&context, conn, &queue, &open) {
         tracing::warn!(backup = %open.backup, shard = open.shard, "backup link refused: {message}");
+        if open.epoch_highest > context.shard.borrow().ha().epoch() && code == ErrorCode::NotPrimary {
+            context.controls.send(0, Control::Superseded { epoch: open.epoch_highest });
+        }
         return refuse(&queue, code, message);
     }
     tracing::info!(backup = %open.backup, shard = open.shard, "backup link accepted");
-    if open.shard == 0 {
-        context.register_shard0_link(&open.backup, conn);
-    }
     let timer = Rc::new(LinkTimer::new(Instant::now(), context.link.heartbeat_interval));
     context.link_timers.borrow_mut().insert(conn, timer.clone());
     context.link_streams.borrow_mut().insert(conn, stream.clone());
@@ -208,7 +208,8 @@ fn open_stream(
     replication.handle_link_opened(u64::from(conn.0), &open.backup, snapshot);
     shard.set_replica_holds(replication.holding_streams());
     context.writers.borrow_mut().insert(conn, queue.clone());
-    context.controls.send(0, Control::LinkOpened { backup: open.backup.clone(), shard: open.shard });
+    let shard0_conn = (open.shard == 0).then_some(conn);
+    context.controls.send(0, Control::LinkOpened { backup: open.backup.clone(), shard: open.shard, conn: shard0_conn });
     let mut accepted = BytesMut::new();
     encode_link_frame(&LinkFrame::Accepted(LinkAccepted { epoch, shard_count }), &mut accepted);
     queue.push(accepted, false);
@@ -274,5 +275,6 @@ pub(crate) fn frame_name(frame: &LinkFrame) -> &'static str {
         LinkFrame::Open(_) => "link-open",
         LinkFrame::Accepted(_) => "link-accepted",
         LinkFrame::MarkedReady => "marked-ready",
+        LinkFrame::Members(_) => "members",
     }
 }

@@ -35,6 +35,19 @@ pub(crate) enum Control {
         backup: String,
         /// The primary shard it links to.
         shard: u16,
+        /// For a shard-0 link, its connection on shard 0 (where `marked-ready` and `members` go).
+        conn: Option<ringmq_core::ids::ConnId>,
+    },
+    /// From a backup's shard 0 to its other shards: the primary's ready backups (`members`).
+    Members {
+        /// Their addresses.
+        ready: Vec<String>,
+    },
+    /// From shard 0 of a recovering primary: `ha-backup-timeout` passed for these expected
+    /// backups; stop holding confirms for them.
+    ExpectedTimedOut {
+        /// Their addresses.
+        backups: Vec<String>,
     },
     /// To shard 0: a backup's link on `shard` holds everything that shard had when it opened.
     CaughtUp {
@@ -42,6 +55,11 @@ pub(crate) enum Control {
         backup: String,
         /// The primary shard whose backlog it holds.
         shard: u16,
+    },
+    /// To shard 0: a backup linked with a newer epoch than ours: another primary exists.
+    Superseded {
+        /// The newer epoch.
+        epoch: ringmq_core::epoch::Epoch,
     },
     /// To shard 0: a backup's link on `shard` ended.
     LinkLost {

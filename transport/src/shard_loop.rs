@@ -22,7 +22,7 @@ use std::collections::{HashMap, VecDeque};
 use std::future::poll_fn;
 use std::io;
 use std::os::fd::AsFd;
-use std::rc::Rc;
+use std::rc::{Rc, Weak};
 use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
 
@@ -30,18 +30,21 @@ use bytes::BytesMut;
 use compio::buf::BufResult;
 use compio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use compio::net::{TcpListener, TcpStream};
+use ringmq_core::broker_state::BrokerState;
 use ringmq_core::ids::{ConnId, ShardId};
 use ringmq_core::shard::Shard;
 
 use ringmq_core::replication::{Hold, ReplicationEvent};
 use ringmq_ha::limits::BATCH_BYTES_MAX;
-use ringmq_ha::link_frame::{encode_link_frame, LinkFrame};
-use ringmq_ha::membership::Membership;
 use ringmq_ha::primary_replication::PrimaryReplication;
 use ringmq_ha::record::encode_batch;
 
+use crate::epoch_watch::{epoch_watch_task, step_down};
 use crate::link::{backup_link_task, LinkConfig, LinkTimer};
 use crate::link_server::{accept_backup_link, adopt_backup_link};
+use crate::primary_role::{
+    begin_recovery, handle_caught_up, handle_expected_timed_out, handle_link_lost, handle_link_opened, PrimaryRole,
+};
 use crate::shard_control::{Control, ShardControls};
 use crate::shard_ring::ShardRings;
 
@@ -69,11 +72,19 @@ pub(crate) struct ShardContext {
     pub(crate) link_streams: RefCell<HashMap<ConnId, Rc<TcpStream>>>,
     /// This shard's replication streams to its backups (on a primary, from the first link on).
     pub(crate) replication: RefCell<Option<PrimaryReplication>>,
-    /// Shard 0 of a primary: which backups hold everything, and the link of each backup's
-    /// shard 0 (where `marked-ready` goes).
-    membership: RefCell<MembershipLinks>,
+    /// Shard 0 of a primary: its backups, and recovering mode (module `primary_role`).
+    pub(crate) primary_role: RefCell<PrimaryRole>,
+    /// The HA state as of the last pump, to act on changes (promotion, stepping down).
+    seen_state: Cell<BrokerState>,
+    /// This context itself, for spawning tasks from `pump`.
+    this: Weak<ShardContext>,
     /// The control queues between the shards' IO shells.
     pub(crate) controls: ShardControls,
+    /// On a backup's shard 0: the primary's ready backups as it last said (`members`); the
+    /// others are this broker's expected backups if it is promoted.
+    pub(crate) ready_members: RefCell<Vec<String>>,
+    /// Whether this shard's `backup_link_task` runs.
+    pub(crate) link_task_running: Cell<bool>,
     /// On a backup: this shard's link to the primary, to close it when the broker is promoted.
     pub(crate) outgoing_link: RefCell<Option<Rc<TcpStream>>>,
     /// Client readers waiting for the replication streams to drain (`producers_must_pause`).
@@ -82,14 +93,6 @@ pub(crate) struct ShardContext {
     scratch: RefCell<(Vec<ReplicationEvent>, Vec<Hold>)>,
     /// Broker-to-broker link settings.
     pub(crate) link: LinkConfig,
-}
-
-/// Shard 0's view of the backups linked to it.
-struct MembershipLinks {
-    /// Which shards of which backup caught up.
-    membership: Membership,
-    /// Each backup's shard-0 link, by backup name.
-    shard0_links: HashMap<String, ConnId>,
 }
 
 impl ShardContext {
@@ -103,11 +106,6 @@ impl ShardContext {
     /// Shards in this broker.
     pub(crate) fn shard_count(&self) -> u16 {
         self.controls.len()
-    }
-
-    /// Registers the shard-0 link of `backup` (on shard 0), where `marked-ready` goes.
-    pub(crate) fn register_shard0_link(&self, backup: &str, conn: ConnId) {
-        self.membership.borrow_mut().shard0_links.insert(backup.to_owned(), conn);
     }
 }
 
@@ -157,7 +155,8 @@ pub(crate) async fn run_shard(
 ) -> io::Result<()> {
     let listener = TcpListener::from_std(listener)?;
     let shard_count = controls.len();
-    let context = Rc::new(ShardContext {
+    let state = shard.ha().state();
+    let context = Rc::new_cyclic(|this| ShardContext {
         shard: RefCell::new(shard),
         rings: RefCell::new(rings),
         writers: RefCell::new(HashMap::new()),
@@ -165,11 +164,12 @@ pub(crate) async fn run_shard(
         link_timers: RefCell::new(HashMap::new()),
         link_streams: RefCell::new(HashMap::new()),
         replication: RefCell::new(None),
-        membership: RefCell::new(MembershipLinks {
-            membership: Membership::new(shard_count),
-            shard0_links: HashMap::new(),
-        }),
+        primary_role: RefCell::new(PrimaryRole::new(shard_count)),
+        seen_state: Cell::new(state),
+        this: this.clone(),
         controls,
+        ready_members: RefCell::new(Vec::new()),
+        link_task_running: Cell::new(false),
         outgoing_link: RefCell::new(None),
         paused_readers: RefCell::new(Vec::new()),
         scratch: RefCell::new((Vec::new(), Vec::new())),
@@ -177,9 +177,10 @@ pub(crate) async fn run_shard(
     });
     compio::runtime::spawn(inbox_task(context.clone())).detach();
     // On a backup, every shard keeps its own link to the primary's same-numbered shard, which
-    // streams that shard's queues.
-    if !context.link.primary_addresses.is_empty() {
-        compio::runtime::spawn(backup_link_task(context.clone())).detach();
+    // streams that shard's queues. Shard 0 of a primary watches for a newer primary.
+    ensure_backup_links(&context);
+    if context.shard.borrow().id() == ShardId(0) && !context.link.primary_addresses.is_empty() {
+        compio::runtime::spawn(epoch_watch_task(context.clone())).detach();
     }
     loop {
         let (stream, _peer) = match listener.accept().await {
@@ -320,6 +321,7 @@ async fn inbox_task(context: Rc<ShardContext>) {
         }
         if moved {
             pump(&context);
+            ensure_backup_links(&context);
             // Let connection tasks run between inbox batches.
             yield_now().await;
             continue;
@@ -366,10 +368,23 @@ pub(crate) fn pump(context: &ShardContext) {
     }
     send_batches(context, shard.id().0);
     resume_paused_readers(context);
-    if !shard.ha().state().is_backup() {
-        if let Some(link) = context.outgoing_link.borrow_mut().take() {
-            // Promoted: the link to the old primary ends; its task sees the end and stops.
-            shutdown(&link);
+    if shard.ha().state().is_backup() {
+        if context.replication.borrow_mut().take().is_some() {
+            // Stepped down: the streams to our former backups end, and with them their links.
+            shard.set_replica_holds(0);
+            for stream in context.link_streams.borrow().values() {
+                shutdown(stream);
+            }
+        }
+    } else if let Some(link) = context.outgoing_link.borrow_mut().take() {
+        // Promoted: the link to the old primary ends; its task sees the end and stops.
+        shutdown(&link);
+    }
+    let state = shard.ha().state();
+    if state != context.seen_state.replace(state) {
+        // Acted on once this pump is done with the shard.
+        if let Some(context) = context.this.upgrade() {
+            compio::runtime::spawn(async move { on_state_change(&context, state) }).detach();
         }
     }
     if !shard.has_peer_output() {
@@ -465,36 +480,38 @@ fn resume_paused_readers(context: &ShardContext) {
     }
 }
 
+/// The broker's HA state changed: a promoted shard opens its replication for the expected
+/// backups; a backup (again) links to the primary.
+fn on_state_change(context: &Rc<ShardContext>, state: BrokerState) {
+    if state == BrokerState::Recovering {
+        begin_recovery(context);
+    }
+    ensure_backup_links(context);
+}
+
+/// Starts this shard's link to the primary if the broker is a backup of a cluster and none runs
+/// (at startup, and after a primary stepped down).
+pub(crate) fn ensure_backup_links(context: &Rc<ShardContext>) {
+    if context.link.primary_addresses.is_empty() || context.link_task_running.get() {
+        return;
+    }
+    if !context.shard.borrow().ha().state().is_backup() {
+        return;
+    }
+    context.link_task_running.set(true);
+    compio::runtime::spawn(backup_link_task(context.clone())).detach();
+}
+
 /// Carries out a control message from another shard (or this one).
 fn handle_control(context: &Rc<ShardContext>, control: Control) {
     match control {
         Control::AdoptLink { stream, pending, open } => adopt_backup_link(context, stream, pending, open),
-        Control::LinkOpened { backup, shard } => {
-            if let Err(error) = context.membership.borrow_mut().membership.handle_shard_opened(&backup, shard) {
-                tracing::warn!(%error, "backup not tracked");
-            }
-        }
-        Control::CaughtUp { backup, shard } => {
-            let mut links = context.membership.borrow_mut();
-            if !links.membership.handle_shard_caught_up(&backup, shard) {
-                return;
-            }
-            tracing::info!(%backup, "backup holds everything: marked ready");
-            let conn = links.shard0_links.get(&backup).copied();
-            let queue = conn.and_then(|conn| context.writers.borrow().get(&conn).cloned());
-            if let Some(queue) = queue {
-                let mut buffer = BytesMut::new();
-                encode_link_frame(&LinkFrame::MarkedReady, &mut buffer);
-                queue.push(buffer, false);
-            }
-        }
-        Control::LinkLost { backup, shard } => {
-            let mut links = context.membership.borrow_mut();
-            links.membership.handle_shard_lost(&backup, shard);
-            if shard == 0 {
-                links.shard0_links.remove(&backup);
-            }
-        }
+        Control::LinkOpened { backup, shard, conn } => handle_link_opened(context, &backup, shard, conn),
+        Control::CaughtUp { backup, shard } => handle_caught_up(context, &backup, shard),
+        Control::LinkLost { backup, shard } => handle_link_lost(context, &backup, shard),
+        Control::Superseded { epoch } => step_down(context, epoch),
+        Control::Members { ready } => *context.ready_members.borrow_mut() = ready,
+        Control::ExpectedTimedOut { backups } => handle_expected_timed_out(context, &backups),
     }
 }
 
