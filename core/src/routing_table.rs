@@ -500,6 +500,30 @@ mod tests {
         Ok(out.iter().map(|queue| queue.to_string()).collect())
     }
 
+    #[test]
+    fn bindings_list_every_binding_by_queue_then_bind_order() {
+        // Goal: `bindings` lists what was bound, by queue name, each queue's in bind order, without
+        // what was unbound or removed with its exchange, whatever the hash order.
+        let mut table = RoutingTable::new();
+        for queue in ["b", "a", "c"] {
+            table.add_queue(queue).unwrap();
+        }
+        table.declare_exchange("x", ExchangeKind::Topic).unwrap();
+        table.declare_exchange("y", ExchangeKind::Fanout).unwrap();
+        for (exchange, queue, key) in
+            [("x", "b", "k.*"), ("amq.direct", "b", "k"), ("y", "a", ""), ("x", "a", "#"), ("y", "c", "")]
+        {
+            table.bind(&binding(exchange, queue, key)).unwrap();
+        }
+        table.unbind(&binding("x", "a", "#")).unwrap();
+        table.delete_exchange("y").unwrap();
+        table.bind(&binding("x", "a", "z")).unwrap();
+        assert_eq!(
+            table.bindings(),
+            [binding("x", "a", "z"), binding("x", "b", "k.*"), binding("amq.direct", "b", "k")]
+        );
+    }
+
     // Goal: a new table has the four built-ins, and the default exchange routes by queue name
     // to existing queues only.
     #[test]

@@ -817,6 +817,56 @@ mod tests {
     const BYTES: usize = 64 * 1024;
 
     #[test]
+    fn configuration_records_go_out_in_the_order_fed_before_queue_data() {
+        // Goal: exchange creates and deletes, binds and unbinds are batched in one order with
+        // queue creates and deletes, exactly as fed, and ahead of the data of any queue; a batch
+        // too small for all of them keeps that order across batches; they count as pending.
+        let mut stream = PrimaryStream::new(Epoch(1));
+        stream.handle_exchange_created("x", ExchangeKind::Topic);
+        stream.handle_queue_created("q", QueueOptions::default());
+        stream.handle_enqueued("q", Position(0), message(0), None).unwrap();
+        stream.handle_bound("x", "q", "a.*");
+        stream.handle_unbound("x", "q", "a.*");
+        stream.handle_queue_deleted("old");
+        stream.handle_exchange_deleted("x");
+        assert_eq!(stream.pending_records(), 7);
+        let config = vec![
+            Record::ExchangeCreated { name: "x".into(), kind: ExchangeKind::Topic },
+            Record::QueueCreated { name: "q".into(), options: QueueOptions::default() },
+            Record::Bound { exchange: "x".into(), queue: "q".into(), key: "a.*".into() },
+            Record::Unbound { exchange: "x".into(), queue: "q".into(), key: "a.*".into() },
+            Record::QueueDeleted { name: "old".into() },
+            Record::ExchangeDeleted { name: "x".into() },
+        ];
+        let data = Record::Enqueued { queue: "q".into(), first_position: Position(0), messages: vec![message(0)] };
+        let batch = stream.poll_batch(BATCH_BYTES_MAX as usize).unwrap();
+        let mut expected = config.clone();
+        expected.push(data.clone());
+        assert_eq!(batch.records, expected);
+        assert_eq!(stream.pending_records(), 0);
+
+        // Room for only a few records a batch: the same order, cut in several batches.
+        let mut small = PrimaryStream::new(Epoch(1));
+        small.handle_exchange_created("x", ExchangeKind::Topic);
+        small.handle_queue_created("q", QueueOptions::default());
+        small.handle_enqueued("q", Position(0), message(0), None).unwrap();
+        small.handle_bound("x", "q", "a.*");
+        small.handle_unbound("x", "q", "a.*");
+        small.handle_queue_deleted("old");
+        small.handle_exchange_deleted("x");
+        let budget = BATCH_HEADER_BYTES + record_encoded_len(&config[0]) + record_encoded_len(&config[1]);
+        let mut sent = Vec::new();
+        let mut batches = 0;
+        while let Some(batch) = small.poll_batch(budget) {
+            small.handle_confirm(batch.stream_seq).unwrap();
+            sent.extend(batch.records);
+            batches += 1;
+        }
+        assert!(batches >= 3, "{batches} batches");
+        assert_eq!(sent, expected);
+    }
+
+    #[test]
     fn batching_merges_consecutive_enqueues_and_range_compresses_dequeues() {
         // Goal: many changes become few records: one Enqueued per run of positions per queue, one
         // Dequeued per queue with merged ranges.

@@ -520,8 +520,23 @@ mod tests {
                     ranges: vec![(Position(1), Position(2)), (Position(4), Position(4))],
                 },
                 Record::QueueDeleted { name: "old".to_string() },
+                Record::ExchangeCreated { name: "orders".to_string(), kind: ExchangeKind::Topic },
+                Record::Bound { exchange: "orders".to_string(), queue: "q".to_string(), key: "eu.*".to_string() },
+                Record::Unbound { exchange: "orders".to_string(), queue: "q".to_string(), key: String::new() },
+                Record::ExchangeDeleted { name: "orders".to_string() },
             ],
         }
+    }
+
+    /// A batch of configuration records only, one of each kind 5..=8.
+    fn configuration() -> Batch {
+        let records = vec![
+            Record::ExchangeCreated { name: "x".to_string(), kind: ExchangeKind::Fanout },
+            Record::Bound { exchange: "x".to_string(), queue: "q".to_string(), key: "k".to_string() },
+            Record::Unbound { exchange: "x".to_string(), queue: "q".to_string(), key: "k".to_string() },
+            Record::ExchangeDeleted { name: "x".to_string() },
+        ];
+        Batch { epoch: Epoch(1), stream_seq: StreamSeq(1), records }
     }
 
     fn encoded(batch: &Batch) -> BytesMut {
@@ -596,6 +611,56 @@ mod tests {
         let length = (trailing.len() - 4) as u32;
         trailing[..4].copy_from_slice(&length.to_le_bytes());
         assert!(decode_batch(&mut trailing, BATCH_BYTES_MAX).unwrap_err().to_string().contains("trailing 1 bytes"));
+    }
+
+    #[test]
+    fn configuration_records_round_trip_with_the_documented_layout() {
+        // Goal: kinds 5..=8 encode as the module doc and PROTOCOL.md say, byte for byte, and every
+        // exchange kind round-trips.
+        let batch = configuration();
+        let bytes = encoded(&batch);
+        assert_eq!(bytes.len(), batch.encoded_len());
+        let mut expected = Vec::new();
+        expected.extend_from_slice(&[5, 1, 0, b'x', 1]);
+        for kind in [7u8, 8] {
+            expected.extend_from_slice(&[kind, 1, 0, b'x', 1, 0, b'q', 1, 0, b'k']);
+        }
+        expected.extend_from_slice(&[6, 1, 0, b'x']);
+        assert_eq!(&bytes[BATCH_HEADER_BYTES..], &expected[..]);
+        assert_eq!(decode_batch(&mut bytes.clone(), BATCH_BYTES_MAX), Ok(Some(batch)));
+        for kind in [ExchangeKind::Direct, ExchangeKind::Fanout, ExchangeKind::Topic] {
+            let record = Record::ExchangeCreated { name: "e".to_string(), kind };
+            let batch = Batch { epoch: Epoch(1), stream_seq: StreamSeq(1), records: vec![record] };
+            assert_eq!(decode_batch(&mut encoded(&batch), BATCH_BYTES_MAX), Ok(Some(batch)));
+        }
+    }
+
+    #[test]
+    fn bad_configuration_records_are_errors_naming_what_was_allowed() {
+        // Goal: an exchange kind above 2, a kind byte above 8 and a truncated binding are errors
+        // (never panics, never a batch), and their messages say what was allowed and what came.
+        let whole = encoded(&configuration());
+        let record = BATCH_HEADER_BYTES;
+        // exchange-created of "x": kind byte, name length (2), 'x', exchange kind.
+        let mut kind = whole.clone();
+        kind[record + 4] = 3;
+        let error = decode_batch(&mut kind, BATCH_BYTES_MAX).unwrap_err().to_string();
+        assert!(error.contains("exchange kind is 3, must be 0 (direct), 1 (fanout) or 2 (topic)"), "{error}");
+        let mut unknown = whole.clone();
+        unknown[record] = 9;
+        let error = decode_batch(&mut unknown, BATCH_BYTES_MAX).unwrap_err().to_string();
+        assert!(error.contains("record kind is 9, must be 1 (queue-created)") && error.contains("8 (unbound)"));
+        // A bound record whose key runs past the frame: the announced length is cut by one byte.
+        let bound = Batch {
+            records: vec![Record::Bound { exchange: "x".into(), queue: "q".into(), key: "k".into() }],
+            ..configuration()
+        };
+        let mut short = encoded(&bound);
+        short.truncate(short.len() - 1);
+        let length = (short.len() - 4) as u32;
+        short[..4].copy_from_slice(&length.to_le_bytes());
+        let error = decode_batch(&mut short, BATCH_BYTES_MAX).unwrap_err().to_string();
+        assert!(error.contains("binding key"), "{error}");
     }
 
     #[test]
