@@ -12,9 +12,10 @@
 //!   `exchange`, `topic` and `topic_trie` (routing), `routing_table` (what every shard knows of
 //!   exchanges, bindings and queue names; which shard owns a queue is a hash, see `shard`).
 //! - `completion_tracker`: the one place that decides when publish confirms are released.
-//! - `replication`: positions, holds, records and the shard's replication events, shared with
-//!   `ringmq-ha`'s replication streams; `replication_level`: which objects are replicated
-//!   (re-exported by `ringmq-ha`).
+//! - `replication`: positions, holds, records and the shard's replication events (queues on their
+//!   owner shard; the whole replicated configuration, exchanges and bindings included, on shard 0),
+//!   shared with `ringmq-ha`'s replication streams; `replication_level`: which objects are
+//!   replicated (re-exported by `ringmq-ha`).
 //! - `shard`: one shard's whole state machine, composed of the above.
 //! - `config_coordinator`: shard 0's ordering of configuration changes, HA promotion included.
 //! - `broker_state`, `epoch`: the HA state table and leadership epochs (re-exported by

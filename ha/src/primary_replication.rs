@@ -58,7 +58,8 @@
 //!   times out only backups that are not connected; either is safe here).
 //!
 //! Not here: IO, time, the link's handshake (`link_frame`) and heartbeats (`link_heartbeat`), which
-//! backups are ready (`membership`), exchanges and bindings.
+//! backups are ready (`membership`), which exchanges and bindings are replicated (shard 0 reports
+//! them as events like any other; they reach the stream in order).
 //!
 //! Invariants:
 //! - Every hold an event brings is released exactly once per stream or collecting expected backup
