@@ -29,7 +29,8 @@
 //! changes the backup's routing, a binding always finds its queue and exchange (the owner of a
 //! replica queue creates and drops the `Queue` itself, from its own stream). Before a full resync
 //! shard 0 asks `ReplicaConfigurationCleared`: every replicated exchange (so every replicated
-//! binding) is deleted, and the snapshot that follows re-creates exactly the primary's. Objects
+//! binding) is deleted and every replicated queue name leaves routing (its owner keeps the
+//! `Queue`), and the snapshot that follows re-creates exactly the primary's. Objects
 //! created from records get level `all`, as if declared so: a promoted backup replicates them on.
 //! Shard 0 also asks for the link's state transitions (`HaTransition`: joining -> catchup,
 //! catchup -> ready, ready -> catchup), checked against the state table like a promotion.
@@ -276,10 +277,17 @@ impl ConfigCoordinator {
             // The routing table validates both ends; shard 0's order guarantees they exist.
             ConfigRequest::ReplicaBind(binding) => Decision::Apply(vec![ConfigChange::Bind(binding)]),
             ConfigRequest::ReplicaUnbind(binding) => Decision::Apply(vec![ConfigChange::Unbind(binding)]),
+            // Exchanges first: deleting them takes their bindings, and the queue names after them
+            // take the rest. Owners keep their `Queue`s: `RemoveReplicaQueue` never drops one.
             ConfigRequest::ReplicaConfigurationCleared => Decision::Apply(
                 self.replicated_exchanges()
                     .into_iter()
                     .map(|(name, _)| ConfigChange::DeleteExchange { name: name.to_owned() })
+                    .chain(
+                        self.replicated_queues()
+                            .into_iter()
+                            .map(|(name, ..)| ConfigChange::RemoveReplicaQueue { name: name.to_owned() }),
+                    )
                     .collect(),
             ),
             ConfigRequest::HaTransition { to, cause } => match self.decide_transition(to, cause) {
@@ -333,7 +341,10 @@ impl ConfigCoordinator {
         }
         let active = transition(recovering, BrokerState::Active, TransitionCause::ExpectedBackupsSettled)
             .expect("recovering -> active is in the table");
-        Ok(vec![promoted, ConfigChange::HaState { state: active, epoch, cause: TransitionCause::ExpectedBackupsSettled }])
+        Ok(vec![
+            promoted,
+            ConfigChange::HaState { state: active, epoch, cause: TransitionCause::ExpectedBackupsSettled },
+        ])
     }
 
     /// Records a change the coordinator applied on its own shard, and returns the id to

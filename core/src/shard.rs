@@ -629,11 +629,12 @@ impl Shard {
 
     /// Backup: drops every ready message of every `all` queue this shard owns, before a full
     /// resync; returns how many. On shard 0 it also asks the coordinator to delete every
-    /// replicated exchange, and with them every replicated binding, before the records that
-    /// follow (the request goes to the coordinator first, and a ring keeps order): the snapshot
-    /// then re-creates exactly the primary's, so exchanges and bindings deleted on the primary
-    /// while this backup was away are gone. Queues are not cleared: their owners keep them, with
-    /// messages, across the resync.
+    /// replicated exchange, and with them every replicated binding, and to remove every replicated
+    /// queue's name from routing, before the records that follow (the request goes to the
+    /// coordinator first, and a ring keeps order): the snapshot then re-creates exactly the
+    /// primary's routing, so queues, exchanges and bindings deleted on the primary while this
+    /// backup was away are gone from it. The owners keep their `Queue`s, with messages, across the
+    /// resync (dropping one the primary deleted is the owner stream's business).
     pub fn clear_replicas(&mut self) -> u64 {
         if self.coordinator.is_some() {
             self.request_replica_change(ConfigRequest::ReplicaConfigurationCleared);
@@ -669,7 +670,10 @@ impl Shard {
     /// # Panics
     /// On a shard other than 0.
     pub fn set_expected_backups(&mut self, count: usize) {
-        self.coordinator.as_mut().expect("set_expected_backups is for shard 0, the coordinator").set_expected_backups(count);
+        self.coordinator
+            .as_mut()
+            .expect("set_expected_backups is for shard 0, the coordinator")
+            .set_expected_backups(count);
     }
 
     /// Shard 0: learns the epoch of the primary this backup replicates from, so that a later

@@ -176,8 +176,9 @@ pub enum ConfigRequest {
     /// Backup: shard 0 applied an `Unbound` record; remove the binding if it exists.
     ReplicaUnbind(Binding),
     /// Backup: shard 0's link is about to resynchronise from the primary's snapshot; delete every
-    /// replicated exchange, and with them every replicated binding, so that the snapshot leaves
-    /// exactly the primary's.
+    /// replicated exchange, and with them every replicated binding, and remove every replicated
+    /// queue's name from routing (owners keep their `Queue`s), so that the snapshot leaves exactly
+    /// the primary's routing.
     ReplicaConfigurationCleared,
     /// Backup: the replication link moved the broker to another HA state (checked against the
     /// state table; never a promotion).

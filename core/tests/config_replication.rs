@@ -299,6 +299,8 @@ fn a_backup_applies_configuration_on_every_shard_and_a_resync_leaves_exactly_the
     ok(&mut primary, bind("x", &queue, "eu.#"));
     ok(&mut primary, bind("x", &queue, "old"));
     ok(&mut primary, bind("gone", &queue, "k"));
+    ok(&mut primary, declare_queue("stale", &[]));
+    ok(&mut primary, bind("x", "stale", "s"));
     let all = events(&mut primary);
     let mut backup = backup(3);
     // The owner's stream and shard 0's stream, each applied twice (a reconnect resends).
@@ -313,7 +315,7 @@ fn a_backup_applies_configuration_on_every_shard_and_a_resync_leaves_exactly_the
     }
     assert_eq!(
         exchanges_everywhere(&mut backup),
-        [("gone".to_string(), ExchangeKind::Direct, 1), ("x".to_string(), ExchangeKind::Topic, 2)]
+        [("gone".to_string(), ExchangeKind::Direct, 1), ("x".to_string(), ExchangeKind::Topic, 3)]
     );
     // A client's change is refused on a backup.
     let refused = backup.ask(0, ADMIN, &bind("x", &queue, "us"));
@@ -332,6 +334,7 @@ fn a_backup_applies_configuration_on_every_shard_and_a_resync_leaves_exactly_the
     ok(&mut primary, unbind("x", &queue, "old"));
     ok(&mut primary, declare_exchange("new", ExchangeKind::Fanout, &[]));
     ok(&mut primary, bind("new", &queue, ""));
+    ok(&mut primary, Frame::QueueDelete { request: RequestId(1), name: "stale".into() });
     events(&mut primary);
     // The resync: clear, then the primary's snapshot.
     backup.shards[0].clear_replicas();
@@ -345,6 +348,10 @@ fn a_backup_applies_configuration_on_every_shard_and_a_resync_leaves_exactly_the
         exchanges_everywhere(&mut backup),
         [("new".to_string(), ExchangeKind::Fanout, 1), ("x".to_string(), ExchangeKind::Topic, 1)]
     );
+    // The queue deleted while away left routing: a bind to it is refused.
+    backup.shards[0].apply_replica(Record::Bound { exchange: "x".into(), queue: "stale".into(), key: "s".into() });
+    backup.settle();
+    assert_eq!(backup.shards[0].counters().own_changes_refused, 2);
 
     // Promoted: a publish from any shard routes through the replicated binding.
     promote(&mut backup);
