@@ -443,6 +443,8 @@ fn send_batches(context: &ShardContext, own: u16) {
         let conn = ConnId(link as u32);
         let mut buffer = BytesMut::new();
         while let Some(batch) = replication.poll_batch(link, BATCH_BYTES_MAX as usize) {
+            // One allocation per batch: growing the buffer while encoding copied it again and again.
+            buffer.reserve(batch.encoded_len());
             encode_batch(&batch, &mut buffer);
         }
         if buffer.is_empty() {
