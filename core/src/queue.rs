@@ -21,6 +21,8 @@
 //!   in; a replica's `enqueue_at` trusts the primary's checks).
 //! - Positions are unique within the queue and `enqueue` only takes positions above every position
 //!   the queue ever held or assigned (`next_position > highest_position`).
+//! - On a backup (fed only by `enqueue_at` and `dequeue_at`), the ready list is sorted by position:
+//!   `enqueue_at` below the highest position inserts in order.
 //! - `dequeued_log` is empty unless the level is `all`.
 //! - A subscription never holds more than `prefetch` unsettled deliveries.
 //! - Tags of a subscription are consecutive from 0; a message released or returned by a cancel
@@ -278,18 +280,69 @@ impl Queue {
         Ok(position)
     }
 
-    /// Backup: appends a message the primary enqueued at `position`, ignoring `max-count` and
-    /// `max-bytes` (the primary checked them). Returns false, storing nothing, unless `position`
-    /// is above every position this queue ever held or assigned (a record applied twice, or out
-    /// of order).
+    /// Backup: stores a message the primary enqueued at `position`, ignoring `max-count` and
+    /// `max-bytes` (the primary checked them). Above every position this queue ever held or
+    /// assigned it goes to the back (the usual case); below, it is inserted in position order
+    /// among the ready messages (a catch-up sends a message the backup lacks in the middle, or a
+    /// live enqueue overtook older catch-up positions). Returns false, storing nothing, when the
+    /// queue holds `position` already (ready or unsettled: a record applied twice).
+    ///
+    /// The ready list stays sorted by position as long as the queue is fed only by `enqueue_at`
+    /// and `dequeue_at`, as on a backup (no consumer releases messages to the front there).
+    /// Cost: O(1) at the back; O(log n) to find the place below, plus the move of the shorter side.
     pub fn enqueue_at(&mut self, position: Position, message: Message) -> bool {
-        if position <= self.highest_position {
+        if position > self.highest_position {
+            self.highest_position = position;
+            self.next_position = self.next_position.max(Position(position.0.saturating_add(1)));
+            self.store(position, message);
+            return true;
+        }
+        let index = match self.ready.binary_search_by_key(&position, |held| held.position) {
+            Ok(_) => return false,
+            Err(index) => index,
+        };
+        if self.unsettled().any(|held| held.position == position) {
             return false;
         }
-        self.highest_position = position;
-        self.next_position = self.next_position.max(Position(position.0.saturating_add(1)));
-        self.store(position, message);
+        self.held_count += 1;
+        self.held_bytes += message.size();
+        self.enqueued_total += 1;
+        self.ready.insert(index, Held { position, delivered: Delivered { redelivered: false, message } });
         true
+    }
+
+    /// Backup: appends every held position (ready and unsettled) to `out` as inclusive ranges,
+    /// increasing, neither overlapping nor adjacent; returns how many ranges it appended. Stops
+    /// (returning `None`, `out` partly filled) once more than `ranges_max` would be needed.
+    pub fn held_ranges(&self, ranges_max: usize, out: &mut Vec<(Position, Position)>) -> Option<usize> {
+        let mut positions: Vec<Position> = self.ready.iter().chain(self.unsettled()).map(|h| h.position).collect();
+        positions.sort_unstable();
+        let start = out.len();
+        for position in positions {
+            let extends = out.len() > start;
+            match out.last_mut() {
+                Some((_, last)) if extends && last.0.checked_add(1) == Some(position.0) => *last = position,
+                _ => {
+                    if out.len() - start >= ranges_max {
+                        return None;
+                    }
+                    out.push((position, position));
+                }
+            }
+        }
+        Some(out.len() - start)
+    }
+
+    /// The position `enqueue` gives the next message.
+    pub fn next_position(&self) -> Position {
+        self.next_position
+    }
+
+    /// A primary: positions continue at `max(next, position)`. A queue re-created under the name
+    /// of a deleted one continues above the deleted one's positions, so that a backup that missed
+    /// the deletion never takes a new message for one it holds.
+    pub fn continue_from(&mut self, position: Position) {
+        self.next_position = self.next_position.max(position);
     }
 
     /// Counts and stores a message at the back.
@@ -740,22 +793,90 @@ mod tests {
     }
 
     #[test]
-    fn enqueue_at_ignores_limits_and_refuses_positions_not_above_the_highest() {
-        // Goal: a replica stores the primary's positions without limits, once each, in order.
+    fn enqueue_at_ignores_limits_and_refuses_positions_held_already() {
+        // Goal: a replica stores the primary's positions without limits, once each, in order; a
+        // position below the highest that is not held is inserted in its place.
         let options = QueueOptions { max_count: Some(1), max_bytes: Some(1), ..QueueOptions::default() };
         let mut queue = Queue::new("q".into(), options, None, ReplicationLevel::All);
         assert!(queue.enqueue_at(Position(10), message("ab")));
         assert!(queue.enqueue_at(Position(12), message("cd")));
         assert!(!queue.enqueue_at(Position(12), message("again")));
-        assert!(!queue.enqueue_at(Position(11), message("late")));
-        assert_eq!(held(&queue), [(10, b"ab".to_vec()), (12, b"cd".to_vec())]);
+        assert!(queue.enqueue_at(Position(11), message("late")));
+        assert!(!queue.enqueue_at(Position(11), message("late again")));
+        assert_eq!(held(&queue), [(10, b"ab".to_vec()), (11, b"late".to_vec()), (12, b"cd".to_vec())]);
         let info = queue.info();
-        assert_eq!((info.depth, info.bytes, info.enqueued), (2, 4, 2));
+        assert_eq!((info.depth, info.bytes, info.enqueued), (3, 8, 3));
         // A primary's enqueue after them continues above the highest.
         let mut fresh = replicated();
         fresh.enqueue_at(Position(7), message("x"));
         assert_eq!(fresh.enqueue(message("y")).unwrap(), Position(8));
         assert!(!fresh.enqueue_at(Position(8), message("z")));
+    }
+
+    /// The ready messages' positions and bodies, in delivery order.
+    fn ready_order(queue: &mut Queue) -> Vec<(u64, Vec<u8>)> {
+        queue.ready.iter().map(|h| (h.position.0, h.delivered.message.body.to_vec())).collect()
+    }
+
+    #[test]
+    fn enqueue_at_below_the_highest_inserts_in_position_order_and_keeps_counters() {
+        // Goal: a catch-up that sends what a backup lacks in the middle, or a live enqueue that
+        // overtook older catch-up positions, leaves the ready list sorted by position, so that a
+        // consumer after promotion gets the primary's order; counters count each message once.
+        // Method: back, front, middle and duplicate inserts; then dequeues and an unsettled one.
+        let mut queue = replicated();
+        for position in [5, 9] {
+            assert!(queue.enqueue_at(Position(position), message("m")));
+        }
+        assert!(queue.enqueue_at(Position(1), message("front")));
+        assert!(queue.enqueue_at(Position(7), message("middle")));
+        assert!(queue.enqueue_at(Position(6), message("six")));
+        assert!(!queue.enqueue_at(Position(6), message("dup")));
+        assert!(queue.enqueue_at(Position(12), message("back")));
+        let order: Vec<u64> = ready_order(&mut queue).into_iter().map(|(p, _)| p).collect();
+        assert_eq!(order, [1, 5, 6, 7, 9, 12]);
+        let info = queue.info();
+        assert_eq!((info.depth, info.enqueued, info.bytes), (6, 6, 5 + 1 + 6 + 3 + 1 + 4));
+        // Dequeues after inserts find them; a re-sent position already dequeued is stored again
+        // (the primary still holds it: its view wins).
+        assert_eq!(queue.dequeue_at(&[(Position(5), Position(7))]), 3);
+        assert!(queue.enqueue_at(Position(6), message("six")));
+        let order: Vec<u64> = ready_order(&mut queue).into_iter().map(|(p, _)| p).collect();
+        assert_eq!(order, [1, 6, 9, 12]);
+        // An unsettled message counts as held: not stored twice.
+        queue.subscribe(key(1), 1).unwrap();
+        drain(&mut queue);
+        assert!(!queue.enqueue_at(Position(1), message("front")));
+        assert_eq!(queue.info().enqueued, 7);
+        // The next primary position is still above the highest.
+        assert_eq!(queue.enqueue(message("n")).unwrap(), Position(13));
+    }
+
+    #[test]
+    fn held_ranges_lists_ready_and_unsettled_positions_as_ranges_within_the_bound() {
+        // Goal: holdings for a reconnecting backup: merged runs, in order, bounded.
+        let mut queue = replicated();
+        for position in [1, 2, 3, 7, 9, 10] {
+            queue.enqueue_at(Position(position), message("m"));
+        }
+        queue.subscribe(key(1), 2).unwrap();
+        drain(&mut queue);
+        let mut out = vec![(Position(100), Position(100))];
+        assert_eq!(queue.held_ranges(3, &mut out), Some(3));
+        let ranges: Vec<(u64, u64)> = out[1..].iter().map(|&(a, b)| (a.0, b.0)).collect();
+        assert_eq!(ranges, [(1, 3), (7, 7), (9, 10)]);
+        let mut out = Vec::new();
+        assert_eq!(queue.held_ranges(2, &mut out), None);
+        assert_eq!(replicated().held_ranges(0, &mut Vec::new()), Some(0));
+    }
+
+    #[test]
+    fn continue_from_moves_positions_up_only() {
+        let mut queue = replicated();
+        queue.continue_from(Position(50));
+        queue.continue_from(Position(20));
+        assert_eq!(queue.next_position(), Position(50));
+        assert_eq!(queue.enqueue(message("m")).unwrap(), Position(50));
     }
 
     #[test]

@@ -9,6 +9,10 @@
 //! - `ReplicationEvent`: one change a primary shard made to one replicated object, as the shard
 //!   reports it (`Shard::poll_replication`, `Shard::replication_snapshot`); the replication stream
 //!   turns these into `Record`s.
+//! - `QueueHoldings`: what a reconnecting backup shard holds of one queue (positions as ranges),
+//!   so that its catch-up carries only the difference (`CatchUpDiff` counts it). Positions
+//!   identify a message cluster-wide: each queue's positions are assigned once, by one primary
+//!   (a new primary continues at `epoch << 40`, a re-created queue above the deleted one's).
 //!
 //! Two kinds of stream carry them. Every shard reports the queues it owns (creation, deletion,
 //! messages). Shard 0, the configuration coordinator, also reports the whole replicated
@@ -193,4 +197,37 @@ pub enum ReplicationEvent {
         /// The message's position.
         position: Position,
     },
+    /// Catch-up only (`Shard::replication_snapshot_for`): the backup holds messages at these
+    /// positions that this primary no longer holds; the backup drops them. Never fed a hold.
+    DequeuedRanges {
+        /// Queue name.
+        queue: Arc<str>,
+        /// Inclusive position ranges, increasing, neither overlapping nor adjacent; at least one.
+        ranges: Vec<(Position, Position)>,
+    },
+}
+
+/// What a backup shard holds of one queue it owns, sent with its link-open so that the primary
+/// sends only the difference (`Shard::replica_holdings`, `Shard::replication_snapshot_for`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueHoldings {
+    /// Queue name.
+    pub name: String,
+    /// Held positions as inclusive ranges, increasing, neither overlapping nor adjacent.
+    pub ranges: Vec<(Position, Position)>,
+}
+
+/// What a catch-up diff found, for the primary's log: messages the backup lacked (sent),
+/// positions it held that the primary no longer holds (dequeued), messages it held already
+/// (not sent), and queues it held that the primary does not replicate (deleted).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CatchUpDiff {
+    /// Messages put in the snapshot as `Enqueued`.
+    pub sent: u64,
+    /// Positions the backup holds and the primary does not, sent as `DequeuedRanges`.
+    pub dequeued: u64,
+    /// Messages the backup holds already: not sent.
+    pub held: u64,
+    /// Queues the backup holds and the primary does not replicate: sent as `QueueDeleted`.
+    pub queues_deleted: u64,
 }

@@ -73,7 +73,7 @@ use crate::ha_view::{initial_state, Admission, ConnectionKind, HaSettings, HaVie
 use crate::ids::{ConnId, ConsumerId, RequestId, Seq, ShardId, Tag};
 use crate::limits::{DELIVER_FRAME_BYTES_TARGET, DELIVER_FRAME_OVERHEAD_BYTES};
 use crate::queue::{DeliveryBatch, Queue, SubscriberKey};
-use crate::replication::{Hold, Position, Record, ReplicationEvent};
+use crate::replication::{CatchUpDiff, Hold, Position, QueueHoldings, Record, ReplicationEvent};
 use crate::replication_level::{binding_replicated, ReplicationLevel};
 use crate::routing_table::{Declared, RoutingTable};
 use crate::shard_message::{ConfigChange, ConfigRequest, ConnRef, EnqueueItem, EnqueueResult, ShardMessage};
@@ -173,6 +173,9 @@ pub struct Shard {
     replica_holds: u32,
     /// Scratch for positions drained from a queue's dequeued log.
     dequeued_scratch: Vec<Position>,
+    /// The highest `next_position` of any queue deleted here: a queue created later continues
+    /// above it, so that positions stay unique per queue name across a delete and re-create.
+    deleted_positions_high: Position,
 }
 
 /// A client connection's state on the shard that accepted it.
@@ -229,6 +232,7 @@ impl Shard {
             replication: Vec::new(),
             replica_holds: 0,
             dequeued_scratch: Vec::new(),
+            deleted_positions_high: Position(0),
             config,
         }
     }
@@ -502,6 +506,32 @@ impl Shard {
     /// binding (by queue, in bind order), each list by name; a backup's routing is then exactly
     /// the primary's replicated configuration (see `clear_replicas`).
     pub fn replication_snapshot(&self, out: &mut Vec<ReplicationEvent>) {
+        self.replication_snapshot_for(None, out);
+    }
+
+    /// `replication_snapshot`, or with `holdings` (what the backup shard holds, from its
+    /// link-open: `replica_holdings`) only the difference: first a `QueueDeleted` for every held
+    /// queue this shard owns no replicated queue of, then per replicated queue its
+    /// `QueueCreated`, then for level `all` an `Enqueued` (no hold) for every held message the
+    /// backup lacks, in position order, and one `DequeuedRanges` for the positions the backup
+    /// holds that this queue does not (of a `configuration` queue: every position it holds).
+    /// Shard 0's configuration part is the same either way. Returns what the diff found.
+    pub fn replication_snapshot_for(
+        &self,
+        holdings: Option<&[QueueHoldings]>,
+        out: &mut Vec<ReplicationEvent>,
+    ) -> CatchUpDiff {
+        let mut diff = CatchUpDiff::default();
+        let mut held: HashMap<&str, &[(Position, Position)]> = HashMap::new();
+        for queue in holdings.unwrap_or_default() {
+            let replicated = self.queues.get(queue.name.as_str()).is_some_and(|q| q.level().replicates_configuration());
+            if replicated {
+                held.insert(queue.name.as_str(), &queue.ranges);
+            } else {
+                diff.queues_deleted += 1;
+                out.push(ReplicationEvent::QueueDeleted { name: Arc::from(queue.name.as_str()) });
+            }
+        }
         let mut names: Vec<&Arc<str>> =
             self.queues.iter().filter(|(_, q)| q.level().replicates_configuration()).map(|(name, _)| name).collect();
         names.sort();
@@ -509,13 +539,58 @@ impl Shard {
             let queue = &self.queues[name];
             let level = queue.level();
             out.push(ReplicationEvent::QueueCreated { name: name.clone(), options: queue.options().clone(), level });
+            let backup: &[(Position, Position)] = held.get(&**name).copied().unwrap_or_default();
+            let backup_holds = |position: Position| {
+                let index = backup.partition_point(|&(_, last)| last < position);
+                backup.get(index).is_some_and(|&(first, _)| first <= position)
+            };
+            let mut primary: Vec<Position> = Vec::new();
             if level.replicates_messages() {
                 queue.for_each_held(|position, message| {
-                    let message = message.clone();
-                    out.push(ReplicationEvent::Enqueued { queue: name.clone(), position, message, hold: None });
+                    primary.push(position);
+                    if backup_holds(position) {
+                        diff.held += 1;
+                    } else {
+                        diff.sent += 1;
+                        let message = message.clone();
+                        out.push(ReplicationEvent::Enqueued { queue: name.clone(), position, message, hold: None });
+                    }
                 });
             }
+            let ranges = ranges_without(backup, &primary);
+            if !ranges.is_empty() {
+                let positions = ranges.iter().map(|&(first, last)| (last.0 - first.0).saturating_add(1));
+                diff.dequeued = positions.fold(diff.dequeued, u64::saturating_add);
+                out.push(ReplicationEvent::DequeuedRanges { queue: name.clone(), ranges });
+            }
         }
+        self.snapshot_configuration(out);
+        diff
+    }
+
+    /// Backup: what this shard holds of the queues it owns, for its link-open: per queue whose
+    /// level replicates configuration (every replica queue), by name, its held positions as
+    /// ranges (`Queue::held_ranges`). `None` when that takes more than `queues_max` queues or
+    /// `ranges_max` ranges in all: the caller then asks for a full resync.
+    pub fn replica_holdings(&self, queues_max: usize, ranges_max: usize) -> Option<Vec<QueueHoldings>> {
+        let mut names: Vec<&Arc<str>> =
+            self.queues.iter().filter(|(_, q)| q.level().replicates_configuration()).map(|(name, _)| name).collect();
+        if names.len() > queues_max {
+            return None;
+        }
+        names.sort();
+        let mut left = ranges_max;
+        let mut holdings = Vec::with_capacity(names.len());
+        for name in names {
+            let mut ranges = Vec::new();
+            left -= self.queues[name].held_ranges(left, &mut ranges)?;
+            holdings.push(QueueHoldings { name: name.to_string(), ranges });
+        }
+        Some(holdings)
+    }
+
+    /// Shard 0's part of a snapshot: the replicated configuration (see `replication_snapshot`).
+    fn snapshot_configuration(&self, out: &mut Vec<ReplicationEvent>) {
         let Some(coordinator) = self.coordinator.as_ref() else { return };
         for (name, options, level) in coordinator.replicated_queues() {
             if shard_of(name, self.config.shard_count) != self.id {
@@ -636,10 +711,17 @@ impl Shard {
     /// backup was away are gone from it. The owners keep their `Queue`s, with messages, across the
     /// resync (dropping one the primary deleted is the owner stream's business).
     pub fn clear_replicas(&mut self) -> u64 {
+        self.clear_replica_configuration();
+        self.queues.values_mut().filter(|q| q.level() == ReplicationLevel::All).map(Queue::clear_messages).sum()
+    }
+
+    /// Backup, before a catch-up that sends only the difference (the messages stay): on shard 0,
+    /// the configuration part of `clear_replicas` (the request to the coordinator, made before
+    /// the records that follow); nothing on other shards.
+    pub fn clear_replica_configuration(&mut self) {
         if self.coordinator.is_some() {
             self.request_replica_change(ConfigRequest::ReplicaConfigurationCleared);
         }
-        self.queues.values_mut().filter(|q| q.level() == ReplicationLevel::All).map(Queue::clear_messages).sum()
     }
 
     /// Shard 0: moves the broker to HA state `to` for `cause`, as the replication link found
@@ -1307,6 +1389,7 @@ impl Shard {
                     let owner = exclusive_owner.map(|c| (c.shard, c.conn));
                     let key: Arc<str> = Arc::from(name.as_str());
                     let mut queue = Queue::new(name, options.clone(), owner, level);
+                    queue.continue_from(self.deleted_positions_high);
                     if self.replicating() {
                         queue.begin_epoch(self.ha.epoch());
                         if level.replicates_configuration() {
@@ -1334,6 +1417,7 @@ impl Shard {
                     self.report_configuration(|| ReplicationEvent::QueueDeleted { name });
                 }
                 if let Some((key, queue)) = self.queues.remove_entry(name.as_str()) {
+                    self.deleted_positions_high = self.deleted_positions_high.max(queue.next_position());
                     if self.replicating() && queue.level().replicates_configuration() {
                         self.replication.push(ReplicationEvent::QueueDeleted { name: key });
                     }
@@ -1503,6 +1587,25 @@ fn changes_replicated_state(frame: &Frame) -> Option<RequestId> {
 
 /// The origin of requests the broker makes by itself; never answered, so never looked up.
 const BROKER_ITSELF: ConnId = ConnId(u32::MAX);
+
+/// The positions of `ranges` (increasing, disjoint) not in `held` (increasing), as ranges.
+fn ranges_without(ranges: &[(Position, Position)], held: &[Position]) -> Vec<(Position, Position)> {
+    let mut out = Vec::new();
+    for &(first, last) in ranges {
+        let mut from = first.0;
+        let start = held.partition_point(|&p| p < first);
+        for &position in held[start..].iter().take_while(|&&p| p <= last) {
+            if position.0 > from {
+                out.push((Position(from), Position(position.0 - 1)));
+            }
+            from = position.0 + 1;
+        }
+        if from <= last.0 {
+            out.push((Position(from), last));
+        }
+    }
+    out
+}
 
 fn not_found_queue(request: RequestId, queue: &str) -> Frame {
     Frame::Failed { request, code: ErrorCode::NotFound, message: format!("no queue '{queue}'") }

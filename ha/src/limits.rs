@@ -58,11 +58,6 @@ pub const STREAM_PENDING_PAUSE: usize = 64 * 1024;
 /// shard did not pause; the stream then cannot keep its backup exact and the backup is dropped.
 pub const STREAM_PENDING_MAX: usize = STREAM_PENDING_PAUSE + 64 * BATCH_MESSAGES_MAX as usize;
 
-/// Pending records up to which a catching-up stream is fed from its backlog (the snapshot, and
-/// the changes queued behind it): half the pause point, so that catch-up alone, however deep the
-/// queues, never pauses producers nor overflows the stream, while a batch's worth stays ready.
-pub const CATCH_UP_FEED_MAX: usize = STREAM_PENDING_PAUSE / 2;
-
 /// Bytes of a batch that are not records: length, type, epoch, stream seq, record count.
 pub const BATCH_HEADER_BYTES: usize = 4 + 1 + 8 + 8 + 4;
 /// Bytes of an `Enqueued` record that are not messages, with the longest queue name: kind, name,
@@ -76,7 +71,8 @@ const _: () = assert!(
 const _: () = assert!(BATCHES_UNCONFIRMED_MAX >= 1);
 const _: () = assert!(BATCH_RECORDS_MAX >= 1 && BATCH_MESSAGES_MAX >= 1 && BATCH_RANGES_MAX >= 1);
 const _: () = assert!(STREAM_PENDING_PAUSE < STREAM_PENDING_MAX);
-const _: () = assert!(CATCH_UP_FEED_MAX >= BATCH_RECORDS_MAX as usize && CATCH_UP_FEED_MAX < STREAM_PENDING_PAUSE);
+// A catching-up stream is fed one batch's worth of its backlog at a time (`primary_replication`).
+const _: () = assert!(BATCH_MESSAGES_MAX as usize <= STREAM_PENDING_PAUSE);
 // A paused shard still finishes the publish frame it is in: the slack must hold at least one.
 const _: () = assert!(STREAM_PENDING_MAX - STREAM_PENDING_PAUSE >= BATCH_MESSAGES_MAX as usize);
 
@@ -103,6 +99,32 @@ const _: () = assert!(LINK_HEARTBEAT_INTERVAL_MIN.as_nanos() < LINK_HEARTBEAT_IN
 pub const LINK_ADDRESS_BYTES_MAX: usize = HOST_NAME_BYTES_MAX + ":65535".len();
 
 const _: () = assert!(LINK_ADDRESS_BYTES_MAX <= u16::MAX as usize, "the address travels with a u16 length");
+
+/// Most queues in the holdings of one `LinkOpen` (what a reconnecting backup shard holds). A
+/// shard that owns more replica queues sends no holdings and gets a full resync.
+pub const HOLDINGS_QUEUES_MAX: usize = 16 * 1024;
+/// Most position ranges in the holdings of one `LinkOpen`, across its queues. A backup's queue is
+/// one range unless messages in its middle were consumed on the primary, so this is far above
+/// the usual; a shard whose holdings need more gets a full resync. It bounds the frame (1 MiB of
+/// ranges) and the primary's diff work.
+pub const HOLDINGS_RANGES_MAX: usize = 64 * 1024;
+/// Bytes of the largest `LinkOpen`: length, type, address, shard, shard count, epoch, holdings
+/// flag and queue count, then every queue with the longest name and its range count, then every
+/// range.
+pub const LINK_OPEN_BYTES_MAX: usize = 4
+    + 1
+    + (2 + LINK_ADDRESS_BYTES_MAX)
+    + 2
+    + 2
+    + 8
+    + 1
+    + 4
+    + HOLDINGS_QUEUES_MAX * (2 + ringmq_core::limits::NAME_BYTES_MAX as usize + 4)
+    + HOLDINGS_RANGES_MAX * 16;
+
+const _: () = assert!(LINK_OPEN_BYTES_MAX <= BATCH_BYTES_MAX as usize, "a link-open fits any link read");
+const _: () = assert!(HOLDINGS_QUEUES_MAX <= u32::MAX as usize, "the queue count travels as a u32");
+const _: () = assert!(HOLDINGS_RANGES_MAX <= u32::MAX as usize, "range counts travel as u32s");
 
 // ----- the primary's view of its backups (`membership`) -----
 

@@ -11,7 +11,7 @@
 //! |------|----------------|--------------------|---------------------------------------------------|
 //! | 0x50 | batch          | primary -> backup  | see `record`                                      |
 //! | 0x51 | confirm        | backup -> primary  | `u64 stream_seq`                                  |
-//! | 0x52 | link-open      | backup -> primary  | `bytes16 backup, u16 shard, u16 shard_count, u64 epoch_highest` |
+//! | 0x52 | link-open      | backup -> primary  | `bytes16 backup, u16 shard, u16 shard_count, u64 epoch_highest, u8 has_holdings`, then if 1: `u32 count, count x (name, u32 ranges, ranges x (u64 first, u64 last))` |
 //! | 0x53 | link-accepted  | primary -> backup  | `u64 epoch, u16 shard_count`                      |
 //! | 0x54 | marked-ready   | primary -> backup  | nothing                                           |
 //! | 0x55 | members        | primary -> backup  | `u16 count, count x bytes16 address`              |
@@ -36,11 +36,12 @@
 //!   a link (a `publish`, say) is the link state machine's decision, as on a client connection.
 
 use bytes::{BufMut, BytesMut};
-use ringmq_core::codec::{self, put_bytes16, DecodeError, Reader};
+use ringmq_core::codec::{self, put_bytes16, put_name, DecodeError, Reader};
 use ringmq_core::epoch::Epoch;
 use ringmq_core::frame::{ErrorCode, Frame};
+use ringmq_core::replication::{Position, QueueHoldings};
 
-use crate::limits::{BACKUPS_MAX, BATCH_BYTES_MAX, LINK_ADDRESS_BYTES_MAX};
+use crate::limits::{BACKUPS_MAX, BATCH_BYTES_MAX, HOLDINGS_QUEUES_MAX, HOLDINGS_RANGES_MAX, LINK_ADDRESS_BYTES_MAX};
 use crate::record::{
     decode_batch, decode_confirm, encode_batch, encode_confirm, Batch, RecordDecodeError, StreamSeq,
     FRAME_HEADER_BYTES, TYPE_BATCH, TYPE_CONFIRM,
@@ -91,6 +92,12 @@ pub struct LinkOpen {
     pub shard_count: u16,
     /// The highest epoch the backup has seen; the primary refuses the link if it is above its own.
     pub epoch_highest: Epoch,
+    /// What the backup shard holds of the queues it owns (`Shard::replica_holdings`): the primary
+    /// then sends only the difference, and the backup keeps its messages. `None` asks for a full
+    /// resync (the backup drops its replicated messages first), as when the holdings would exceed
+    /// `HOLDINGS_QUEUES_MAX` queues or `HOLDINGS_RANGES_MAX` ranges. Queues sorted by name, each
+    /// once; ranges increasing, `first <= last`, neither overlapping nor adjacent.
+    pub holdings: Option<Vec<QueueHoldings>>,
 }
 
 /// The primary accepted a `LinkOpen`.
@@ -163,6 +170,7 @@ pub fn encode_link_frame(frame: &LinkFrame, out: &mut BytesMut) {
             out.put_u16_le(open.shard);
             out.put_u16_le(open.shard_count);
             out.put_u64_le(open.epoch_highest.0);
+            put_holdings(out, open.holdings.as_deref());
             finish(out, start);
         }
         LinkFrame::Accepted(accepted) => {
@@ -257,8 +265,91 @@ fn decode_open(mut r: Reader) -> Result<LinkFrame, LinkDecodeError> {
         return Err(invalid(format!("shard must be below the shard count {shard_count}; got {shard}")));
     }
     let epoch_highest = Epoch(r.u64("epoch highest")?);
+    let holdings = match r.u8("has holdings")? {
+        0 => None,
+        1 => Some(decode_holdings(&mut r)?),
+        other => return Err(invalid(format!("has holdings must be 0 or 1; got {other}"))),
+    };
     r.finish()?;
-    Ok(LinkFrame::Open(LinkOpen { backup, shard, shard_count, epoch_highest }))
+    Ok(LinkFrame::Open(LinkOpen { backup, shard, shard_count, epoch_highest, holdings }))
+}
+
+/// Reads a link-open's holdings (after its flag): bounded by `HOLDINGS_QUEUES_MAX` queues and
+/// `HOLDINGS_RANGES_MAX` ranges in all, names strictly increasing, ranges increasing with gaps.
+fn decode_holdings(r: &mut Reader) -> Result<Vec<QueueHoldings>, LinkDecodeError> {
+    let invalid = |reason: String| LinkDecodeError::Invalid { frame: "link-open", reason };
+    let count = r.u32("holdings count")?;
+    if count as usize > HOLDINGS_QUEUES_MAX {
+        return Err(invalid(format!("holdings count must be at most {HOLDINGS_QUEUES_MAX}; got {count}")));
+    }
+    // Each entry grows the vectors only after its bytes were read: memory follows the frame's size.
+    let mut holdings: Vec<QueueHoldings> = Vec::new();
+    let mut ranges_total = 0usize;
+    for _ in 0..count {
+        let name = r.name("holdings queue")?;
+        if let Some(previous) = holdings.last() {
+            if name <= previous.name {
+                return Err(invalid(format!(
+                    "holdings queues must be sorted by name, each once; got '{name}' after '{}'",
+                    previous.name
+                )));
+            }
+        }
+        let ranges_count = r.u32("holdings ranges")? as usize;
+        ranges_total = ranges_total.saturating_add(ranges_count);
+        if ranges_total > HOLDINGS_RANGES_MAX {
+            return Err(invalid(format!(
+                "holdings must have at most {HOLDINGS_RANGES_MAX} ranges in all; got at least {ranges_total}"
+            )));
+        }
+        let mut ranges: Vec<(Position, Position)> = Vec::new();
+        for _ in 0..ranges_count {
+            let (first, last) = (r.u64("range first")?, r.u64("range last")?);
+            if first > last {
+                return Err(invalid(format!("queue '{name}': range first must be at most last {last}; got {first}")));
+            }
+            if let Some(&(_, previous)) = ranges.last() {
+                if first <= previous.0.saturating_add(1) {
+                    return Err(invalid(format!(
+                        "queue '{name}': ranges must increase with a gap; got first {first} after last {}",
+                        previous.0
+                    )));
+                }
+            }
+            ranges.push((Position(first), Position(last)));
+        }
+        holdings.push(QueueHoldings { name, ranges });
+    }
+    Ok(holdings)
+}
+
+/// Writes a link-open's holdings flag and holdings.
+///
+/// # Panics
+///
+/// When they break a rule `decode_holdings` checks.
+fn put_holdings(out: &mut BytesMut, holdings: Option<&[QueueHoldings]>) {
+    let Some(holdings) = holdings else {
+        out.put_u8(0);
+        return;
+    };
+    out.put_u8(1);
+    assert!(holdings.len() <= HOLDINGS_QUEUES_MAX, "{} holdings queues", holdings.len());
+    let ranges: usize = holdings.iter().map(|queue| queue.ranges.len()).sum();
+    assert!(ranges <= HOLDINGS_RANGES_MAX, "{ranges} holdings ranges");
+    assert!(holdings.windows(2).all(|pair| pair[0].name < pair[1].name), "holdings queues not sorted");
+    out.put_u32_le(holdings.len() as u32);
+    for queue in holdings {
+        put_name(out, &queue.name);
+        out.put_u32_le(queue.ranges.len() as u32);
+        let mut previous: Option<Position> = None;
+        for &(first, last) in &queue.ranges {
+            assert!(first <= last && previous.is_none_or(|p| first.0 > p.0.saturating_add(1)), "bad holdings range");
+            previous = Some(last);
+            out.put_u64_le(first.0);
+            out.put_u64_le(last.0);
+        }
+    }
 }
 
 fn decode_accepted(mut r: Reader) -> Result<LinkFrame, LinkDecodeError> {
@@ -355,6 +446,20 @@ mod tests {
                 shard: 2,
                 shard_count: 4,
                 epoch_highest: Epoch(3),
+                holdings: None,
+            }),
+            LinkFrame::Open(LinkOpen {
+                backup: "b:1".to_string(),
+                shard: 0,
+                shard_count: 1,
+                epoch_highest: Epoch(2),
+                holdings: Some(vec![
+                    QueueHoldings { name: "a".to_string(), ranges: Vec::new() },
+                    QueueHoldings {
+                        name: "q".to_string(),
+                        ranges: vec![(Position(1), Position(3)), (Position(5), Position(5))],
+                    },
+                ]),
             }),
             LinkFrame::Accepted(LinkAccepted { epoch: Epoch(5), shard_count: 4 }),
             LinkFrame::MarkedReady,
@@ -398,8 +503,21 @@ mod tests {
             shard: 1,
             shard_count: 2,
             epoch_highest: Epoch(7),
+            holdings: None,
         }));
-        assert_eq!(&open[..], &[18, 0, 0, 0, 0x52, 3, 0, b'h', b':', b'1', 1, 0, 2, 0, 7, 0, 0, 0, 0, 0, 0, 0]);
+        assert_eq!(&open[..], &[19, 0, 0, 0, 0x52, 3, 0, b'h', b':', b'1', 1, 0, 2, 0, 7, 0, 0, 0, 0, 0, 0, 0, 0]);
+        // With holdings: queue "q" holds positions 2..=3.
+        let open = encoded(&LinkFrame::Open(LinkOpen {
+            backup: "h:1".to_string(),
+            shard: 1,
+            shard_count: 2,
+            epoch_highest: Epoch(7),
+            holdings: Some(vec![QueueHoldings { name: "q".to_string(), ranges: vec![(Position(2), Position(3))] }]),
+        }));
+        let mut expected = vec![46, 0, 0, 0, 0x52, 3, 0, b'h', b':', b'1', 1, 0, 2, 0, 7, 0, 0, 0, 0, 0, 0, 0, 1];
+        expected.extend_from_slice(&[1, 0, 0, 0, 1, 0, b'q', 1, 0, 0, 0]);
+        expected.extend_from_slice(&[2, 0, 0, 0, 0, 0, 0, 0, 3, 0, 0, 0, 0, 0, 0, 0]);
+        assert_eq!(&open[..], &expected[..]);
     }
 
     #[test]
@@ -437,6 +555,7 @@ mod tests {
             shard: 1,
             shard_count: 2,
             epoch_highest: Epoch(7),
+            holdings: None,
         }));
         open[10] = 2;
         assert_eq!(
@@ -444,16 +563,45 @@ mod tests {
             "link-open: shard must be below the shard count 2; got 2"
         );
         // An empty backup address.
-        let mut open = BytesMut::from(&[17, 0, 0, 0, 0x52, 0, 0, 0, 0, 1, 0, 7, 0, 0, 0, 0, 0, 0, 0][..]);
+        let mut open = BytesMut::from(&[17, 0, 0, 0, 0x52, 0, 0, 0, 0, 1, 0, 7, 0, 0, 0, 0, 0, 0, 0, 0][..]);
         open[0] = (open.len() - 4) as u8;
         assert_eq!(
             decode_link_frame(&mut open, 64).unwrap_err().to_string(),
             "link-open: backup is 0 bytes, 1..=259 allowed"
         );
         // An address that is not UTF-8.
-        let mut open = BytesMut::from(&[0, 0, 0, 0, 0x52, 1, 0, 0xff, 0, 0, 1, 0, 7, 0, 0, 0, 0, 0, 0, 0][..]);
+        let mut open = BytesMut::from(&[0, 0, 0, 0, 0x52, 1, 0, 0xff, 0, 0, 1, 0, 7, 0, 0, 0, 0, 0, 0, 0, 0][..]);
         open[0] = (open.len() - 4) as u8;
         assert!(decode_link_frame(&mut open, 64).unwrap_err().to_string().contains("backup is not UTF-8"));
+        // Holdings: a bad flag, names out of order, a range backwards, ranges touching, too many.
+        let holdings_open = |tail: &[u8]| {
+            let mut bytes = vec![0, 0, 0, 0, 0x52, 3, 0, b'h', b':', b'1', 1, 0, 2, 0, 7, 0, 0, 0, 0, 0, 0, 0];
+            bytes.extend_from_slice(tail);
+            let length = (bytes.len() - 4) as u32;
+            bytes[..4].copy_from_slice(&length.to_le_bytes());
+            let error = decode_link_frame(&mut BytesMut::from(&bytes[..]), BATCH_BYTES_MAX).unwrap_err();
+            assert_eq!(error.code(), ErrorCode::Malformed);
+            error.to_string()
+        };
+        assert_eq!(holdings_open(&[2]), "link-open: has holdings must be 0 or 1; got 2");
+        let two = [1, 2, 0, 0, 0, 1, 0, b'q', 0, 0, 0, 0, 1, 0, b'a', 0, 0, 0, 0];
+        assert_eq!(
+            holdings_open(&two),
+            "link-open: holdings queues must be sorted by name, each once; got 'a' after 'q'"
+        );
+        let mut backwards = vec![1, 1, 0, 0, 0, 1, 0, b'q', 1, 0, 0, 0];
+        backwards.extend_from_slice(&[5, 0, 0, 0, 0, 0, 0, 0, 4, 0, 0, 0, 0, 0, 0, 0]);
+        assert_eq!(holdings_open(&backwards), "link-open: queue 'q': range first must be at most last 4; got 5");
+        let mut touching = vec![1, 1, 0, 0, 0, 1, 0, b'q', 2, 0, 0, 0];
+        touching.extend_from_slice(&[1, 0, 0, 0, 0, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0]);
+        touching.extend_from_slice(&[3, 0, 0, 0, 0, 0, 0, 0, 3, 0, 0, 0, 0, 0, 0, 0]);
+        assert!(holdings_open(&touching).contains("ranges must increase with a gap; got first 3 after last 2"));
+        assert_eq!(
+            holdings_open(&[1, 0xff, 0xff, 0, 0]),
+            format!("link-open: holdings count must be at most {HOLDINGS_QUEUES_MAX}; got 65535")
+        );
+        assert!(holdings_open(&[1, 1, 0, 0, 0, 1, 0, b'q', 0xff, 0xff, 0xff, 0xff])
+            .contains(&format!("at most {HOLDINGS_RANGES_MAX} ranges in all")));
         // A shard count of 0 in link-accepted.
         let mut accepted = encoded(&LinkFrame::Accepted(LinkAccepted { epoch: Epoch(2), shard_count: 3 }));
         accepted[13] = 0;

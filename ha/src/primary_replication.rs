@@ -4,16 +4,24 @@
 //! Each backup opens one link per shard (backup shard N to primary shard N); the primary shard keeps
 //! one `PrimaryReplication`, and in it one stream per open link, keyed by the transport's `LinkId`.
 //!
-//! Catch-up: a link opens with the shard's snapshot (`Shard::replication_snapshot`: every
-//! replicated queue as `QueueCreated`, then every held message as `Enqueued` without a hold). The
-//! snapshot is the link's *backlog*: it is fed to the stream as the stream has room (up to
-//! `CATCH_UP_FEED_MAX` pending records, so a deep queue neither overflows the stream nor pauses
-//! producers), and every
-//! later event for that link queues behind it until the backlog is empty, so per queue the backup
-//! sees the snapshot, then the changes after it, in order. Once the last snapshot event is fed the
-//! stream is marked (`PrimaryStream::mark_fed`), and the link is *caught up* when every marked
-//! record is in a confirmed batch (`poll_caught_up`, once per link). An empty snapshot is caught up
-//! at the first poll.
+//! Catch-up: a link opens with the shard's snapshot (`Shard::replication_snapshot_for`: with the
+//! backup's holdings only the difference; every replicated queue as `QueueCreated`, the messages
+//! the backup lacks as `Enqueued` without a hold, what it holds and the primary no longer does as
+//! `DequeuedRanges` or `QueueDeleted`). Everything but the messages goes to the stream at once
+//! (it is bounded by the queues and the holdings' ranges). The messages are the link's *backlog*,
+//! kept per queue by position, and live events do not wait behind it: they go to the stream as
+//! they come, and the backlog is fed one batch's worth at a time, only when the stream has nothing
+//! else pending (`poll_batch`). So live records and catch-up batches interleave: a publish made
+//! during the copy of a deep queue is confirmed after at most the batches already in flight, not
+//! after the whole copy. Per queue this stays exact: a live `Enqueued` takes a position above every
+//! backlog one and may reach the backup first (the backup inserts in position order,
+//! `Queue::enqueue_at`); a live `Dequeued` of a position still in the backlog removes it there, and
+//! neither is sent (as a message consumed before it was replicated); one of a position already fed
+//! goes through the stream (dropped unsent or sent as a dequeue); a live `QueueDeleted` drops the
+//! queue's backlog. Once the backlog is empty (fed or dropped) the stream is marked
+//! (`PrimaryStream::mark_fed`), and the link is *caught up* when every marked record is in a
+//! confirmed batch (`poll_caught_up`, once per link): every snapshot record is then confirmed. An
+//! empty backlog is marked at once.
 //!
 //! Holds: an `Enqueued` event's hold goes to every stream, and each stream releases it once
 //! (`poll_released` yields it once per stream), so the shard counts `holding_streams()` releases
@@ -69,20 +77,25 @@
 //! - An expected backup collects exactly while it has no link on this shard; it is released (and
 //!   forgotten) only by the catch-up of a link opened after everything it collected, or by its
 //!   timeout.
-//! - Per link, the stream receives the snapshot's events first, then later events, each in order.
+//! - Per link, the stream receives the snapshot's non-message events first, then later events in
+//!   order, with backlog messages fed between them only while the stream has nothing pending; per
+//!   queue, every backlog position is below every live one.
 //! - A link is reported caught up at most once, and only after every snapshot record was
 //!   confirmed by its backup; an overflowed or lost link never is.
-//! - Only backlog events wait in memory outside a stream; their later (non-snapshot) part is bounded
-//!   by the producers' pause at `STREAM_PENDING_PAUSE`, as a stream's pending records are.
+//! - Only snapshot messages wait in memory outside a stream (the backlog, no larger than the
+//!   snapshot); live events are bounded by the producers' pause at `STREAM_PENDING_PAUSE`, as a
+//!   stream's pending records are.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 
+use ringmq_core::codec::message_bytes_len;
 use ringmq_core::epoch::Epoch;
+use ringmq_core::frame::Message;
 use ringmq_core::replication::Position;
 pub use ringmq_core::replication::ReplicationEvent;
 
-use crate::limits::{BACKUPS_MAX, BATCHES_UNCONFIRMED_MAX, CATCH_UP_FEED_MAX, STREAM_PENDING_PAUSE};
+use crate::limits::{BACKUPS_MAX, BATCHES_UNCONFIRMED_MAX, BATCH_HEADER_BYTES, BATCH_MESSAGES_MAX};
 use crate::primary_stream::{ConfirmError, Hold, PrimaryStream, StreamOverflow};
 use crate::record::{Batch, StreamSeq};
 
@@ -120,10 +133,12 @@ struct Link {
     backup: String,
     /// The stream to it.
     stream: PrimaryStream,
-    /// Events not fed to the stream yet: the snapshot's, then later ones, in order.
-    backlog: VecDeque<ReplicationEvent>,
-    /// Snapshot events still in `backlog` (they are its front).
-    snapshot_left: usize,
+    /// Snapshot messages not fed to the stream yet, per queue by position.
+    backlog: BTreeMap<Arc<str>, BTreeMap<Position, Message>>,
+    /// Messages in `backlog`.
+    backlog_len: usize,
+    /// Set once the backlog is empty and the stream was marked.
+    marked: bool,
     /// Set when its stream overflowed: finished, waiting for `handle_link_lost`.
     overflowed: bool,
     /// Set once `poll_caught_up` reported it.
@@ -142,30 +157,36 @@ impl PrimaryReplication {
         }
     }
 
-    /// A backup's link for this shard opened: a new `PrimaryStream`, whose catch-up backlog is
-    /// `snapshot` (from `Shard::replication_snapshot`), fed before any later event.
+    /// A backup's link for this shard opened: a new `PrimaryStream` with the catch-up `snapshot`
+    /// (from `Shard::replication_snapshot_for`): its messages become the link's backlog, the rest
+    /// goes to the stream now, in order (see the module doc).
     ///
     /// # Panics
     ///
     /// If `link` is already open (the transport reuses no id), or a snapshot event carries a hold.
     pub fn handle_link_opened(&mut self, link: LinkId, backup: &str, snapshot: Vec<ReplicationEvent>) {
         assert!(!self.links.contains_key(&link), "link {link} opened twice");
-        assert!(
-            snapshot.iter().all(|event| !matches!(event, ReplicationEvent::Enqueued { hold: Some(_), .. })),
-            "a snapshot's enqueues carry no hold"
-        );
         let mut entry = Link {
             backup: backup.to_string(),
             stream: PrimaryStream::new(self.epoch),
-            snapshot_left: snapshot.len(),
-            backlog: snapshot.into(),
+            backlog: BTreeMap::new(),
+            backlog_len: 0,
+            marked: false,
             overflowed: false,
             caught_up_reported: false,
         };
-        if entry.snapshot_left == 0 {
-            entry.stream.mark_fed();
+        for event in snapshot {
+            match event {
+                ReplicationEvent::Enqueued { queue, position, message, hold } => {
+                    assert!(hold.is_none(), "a snapshot's enqueues carry no hold");
+                    if entry.backlog.entry(queue).or_default().insert(position, message).is_none() {
+                        entry.backlog_len += 1;
+                    }
+                }
+                event => entry.feed(event, &mut self.released, &mut self.overflowed, link),
+            }
         }
-        entry.feed_backlog(&mut self.released, &mut self.overflowed, link);
+        entry.mark_if_fed();
         self.links.insert(link, entry);
         if let Some(expected) = self.expected.get_mut(backup) {
             // It stops collecting: the new stream takes the holds from now on.
@@ -174,8 +195,9 @@ impl PrimaryReplication {
         }
     }
 
-    /// A change to this shard's replicated queues: fed to every stream (behind its backlog, if it
-    /// has one). An `Enqueued` event's hold goes to every stream, and each releases it once.
+    /// A change to this shard's replicated queues: fed to every stream at once, not behind its
+    /// catch-up backlog (see the module doc). An `Enqueued` event's hold goes to every stream, and
+    /// each releases it once.
     ///
     /// While recovering, each expected backup without a link collects the hold too, and a
     /// `Dequeued` (or `QueueDeleted`) event releases the holds collected for its message (queue).
@@ -198,11 +220,13 @@ impl PrimaryReplication {
             // The last stream takes the event itself, the others a clone (message bodies are
             // shared, not copied).
             let Some(event) = (if index + 1 == links { event.take() } else { event.clone() }) else { break };
-            if link.backlog.is_empty() {
-                link.feed(event, &mut self.released, &mut self.overflowed, id);
-            } else {
-                link.backlog.push_back(event);
+            if link.take_from_backlog(&event) {
+                // Dequeued before it was fed: neither is sent.
+                link.mark_if_fed();
+                continue;
             }
+            link.feed(event, &mut self.released, &mut self.overflowed, id);
+            link.mark_if_fed();
         }
         if !self.expected.is_empty() {
             self.settle_expected();
@@ -265,7 +289,8 @@ impl PrimaryReplication {
         self.expected.get(backup).map_or(0, |expected| expected.collected.values().map(BTreeMap::len).sum())
     }
 
-    /// The backup of `link` confirmed every batch up to `seq`: holds released, backlog fed on.
+    /// The backup of `link` confirmed every batch up to `seq`: holds released (the backlog is fed
+    /// on by `poll_batch`).
     ///
     /// # Errors
     ///
@@ -277,7 +302,6 @@ impl PrimaryReplication {
         };
         entry.stream.handle_confirm(seq)?;
         entry.stream.poll_released(&mut self.released);
-        entry.feed_backlog(&mut self.released, &mut self.overflowed, link);
         if !self.expected.is_empty() {
             self.settle_expected();
         }
@@ -308,7 +332,7 @@ impl PrimaryReplication {
         if entry.overflowed {
             return None;
         }
-        entry.feed_backlog(&mut self.released, &mut self.overflowed, link);
+        entry.feed_backlog(bytes_max, &mut self.released, &mut self.overflowed, link);
         let batch = entry.stream.poll_batch(bytes_max);
         entry.stream.poll_released(&mut self.released);
         if !self.expected.is_empty() {
@@ -324,7 +348,7 @@ impl PrimaryReplication {
             .iter()
             .filter(|(_, link)| {
                 !link.overflowed
-                    && (link.stream.pending_records() > 0 || !link.backlog.is_empty())
+                    && (link.stream.pending_records() > 0 || link.backlog_len > 0)
                     && link.stream.unconfirmed_batches() < BATCHES_UNCONFIRMED_MAX
             })
             .map(|(&id, _)| id)
@@ -354,13 +378,14 @@ impl PrimaryReplication {
     }
 
     /// True while the shard must stop reading producers: a stream has `STREAM_PENDING_PAUSE`
-    /// records pending, or a link's backlog holds that many events beyond its snapshot.
+    /// records pending (a catch-up backlog never counts: it is fed one batch at a time).
     pub fn producers_must_pause(&self) -> bool {
-        self.links.values().any(|link| {
-            !link.overflowed
-                && (link.stream.producers_must_pause()
-                    || link.backlog.len() - link.snapshot_left >= STREAM_PENDING_PAUSE)
-        })
+        self.links.values().any(|link| !link.overflowed && link.stream.producers_must_pause())
+    }
+
+    /// Catch-up messages of `link` not yet fed to its stream (0 if unknown), for status and tests.
+    pub fn backlog_len(&self, link: LinkId) -> usize {
+        self.links.get(&link).map_or(0, |link| link.backlog_len)
     }
 
     /// The epoch stamped on every batch.
@@ -432,26 +457,86 @@ impl Expected {
 impl Link {
     /// True once every snapshot event was fed and confirmed by the backup (never when overflowed).
     fn is_caught_up(&self) -> bool {
-        !self.overflowed && self.snapshot_left == 0 && self.stream.mark_confirmed()
+        !self.overflowed && self.marked && self.stream.mark_confirmed()
     }
 
-    /// Feeds backlog events to the stream while it is below `CATCH_UP_FEED_MAX`; marks the stream when
-    /// the last snapshot event went in.
-    fn feed_backlog(&mut self, released: &mut Vec<Hold>, overflowed: &mut VecDeque<LinkId>, id: LinkId) {
-        while !self.overflowed && self.stream.pending_records() < CATCH_UP_FEED_MAX {
-            let Some(event) = self.backlog.pop_front() else { break };
-            let snapshot = self.snapshot_left > 0;
-            self.feed(event, released, overflowed, id);
-            if self.overflowed {
+    /// Marks the stream once the backlog is empty (each link once).
+    fn mark_if_fed(&mut self) {
+        if !self.marked && !self.overflowed && self.backlog_len == 0 {
+            self.stream.mark_fed();
+            self.marked = true;
+        }
+    }
+
+    /// Removes the backlog's part that `event` makes moot: a `Dequeued` position still in the
+    /// backlog (returns true: the event must not be fed, neither record is sent), or the whole
+    /// backlog of a deleted queue (returns false: the deletion is fed).
+    fn take_from_backlog(&mut self, event: &ReplicationEvent) -> bool {
+        if self.backlog_len == 0 {
+            return false;
+        }
+        match event {
+            ReplicationEvent::Dequeued { queue, position } => {
+                let Some(messages) = self.backlog.get_mut(queue) else { return false };
+                if messages.remove(position).is_none() {
+                    return false;
+                }
+                if messages.is_empty() {
+                    self.backlog.remove(queue);
+                }
+                self.backlog_len -= 1;
+                true
+            }
+            ReplicationEvent::QueueDeleted { name } => {
+                if let Some(messages) = self.backlog.remove(name) {
+                    self.backlog_len -= messages.len();
+                }
+                false
+            }
+            _ => false,
+        }
+    }
+
+    /// Feeds one batch's worth of the backlog (at most `BATCH_MESSAGES_MAX` messages and about
+    /// `bytes_max` bytes; a larger first message goes alone), lowest positions of the first queue
+    /// first, but only while the stream has nothing else pending: live records go out first, and
+    /// a live enqueue is never queued behind catch-up messages in the stream. Marks the stream when
+    /// the backlog is empty.
+    fn feed_backlog(
+        &mut self,
+        bytes_max: usize,
+        released: &mut Vec<Hold>,
+        overflowed: &mut VecDeque<LinkId>,
+        id: LinkId,
+    ) {
+        if self.overflowed || self.backlog_len == 0 || self.stream.pending_records() > 0 {
+            return;
+        }
+        let mut bytes = BATCH_HEADER_BYTES;
+        let mut messages = 0usize;
+        while messages < BATCH_MESSAGES_MAX as usize {
+            let Some(mut entry) = self.backlog.first_entry() else { break };
+            let queue = entry.key().clone();
+            let Some((&position, message)) = entry.get().first_key_value() else { unreachable!("no empty queue") };
+            // Name, position, count: an Enqueued header, counted per message to stay on the safe side.
+            let size = message_bytes_len(message) + queue.len() + 14;
+            if messages > 0 && bytes + size > bytes_max {
                 break;
             }
-            if snapshot {
-                self.snapshot_left -= 1;
-                if self.snapshot_left == 0 {
-                    self.stream.mark_fed();
-                }
+            let message = entry.get_mut().remove(&position).expect("first key present");
+            if entry.get().is_empty() {
+                entry.remove();
+            }
+            self.backlog_len -= 1;
+            bytes += size;
+            messages += 1;
+            let event = ReplicationEvent::Enqueued { queue, position, message, hold: None };
+            self.feed(event, released, overflowed, id);
+            if self.overflowed {
+                return;
             }
         }
+        self.mark_if_fed();
     }
 
     /// Feeds one event to the stream; on overflow, finishes the link.
@@ -475,6 +560,7 @@ impl Link {
                 self.stream.handle_enqueued(&queue, position, message, hold)
             }
             ReplicationEvent::Dequeued { queue, position } => self.stream.handle_dequeued(&queue, position),
+            ReplicationEvent::DequeuedRanges { queue, ranges } => self.stream.handle_dequeued_ranges(&queue, &ranges),
             ReplicationEvent::ExchangeCreated { name, kind } => {
                 self.stream.handle_exchange_created(&name, kind);
                 Ok(())
@@ -501,18 +587,15 @@ impl Link {
         }
     }
 
-    /// Releases every hold the link still has: in its stream and in its backlog.
+    /// Releases every hold the link still has (all in its stream: the backlog holds none) and
+    /// drops its backlog.
     fn finish(&mut self, released: &mut Vec<Hold>) {
         if !self.overflowed {
             self.stream.handle_backup_lost();
             self.stream.poll_released(released);
         }
-        for event in self.backlog.drain(..) {
-            if let ReplicationEvent::Enqueued { hold: Some(hold), .. } = event {
-                released.push(hold);
-            }
-        }
-        self.snapshot_left = 0;
+        self.backlog.clear();
+        self.backlog_len = 0;
     }
 }
 
@@ -527,7 +610,7 @@ mod tests {
     use ringmq_core::replication_level::ReplicationLevel;
 
     use super::*;
-    use crate::limits::STREAM_PENDING_MAX;
+    use crate::limits::{STREAM_PENDING_MAX, STREAM_PENDING_PAUSE};
     use crate::record::{Position, Record};
 
     const BYTES: usize = 64 * 1024;
@@ -619,9 +702,10 @@ mod tests {
     }
 
     #[test]
-    fn snapshot_goes_first_and_the_link_is_caught_up_once_it_is_confirmed() {
-        // Goal: catch-up: the snapshot's records precede later events, and the link is reported
-        // caught up once, when the batch carrying the last snapshot record is confirmed.
+    fn queue_creates_go_first_live_records_do_not_wait_and_the_link_is_caught_up_once_confirmed() {
+        // Goal: catch-up: the snapshot's queue creates precede everything, a later event goes out
+        // before the snapshot's messages, and the link is reported caught up once, when the batch
+        // carrying the last snapshot message is confirmed.
         let mut replication = PrimaryReplication::new(Epoch(1));
         // An empty snapshot is caught up at the first poll, and reported once.
         replication.handle_link_opened(7, "empty:1", Vec::new());
@@ -632,44 +716,110 @@ mod tests {
         replication.handle_link_opened(8, "full:1", snapshot);
         replication.handle_event(enqueued("a", 1, Some(1)));
         assert_eq!(replication.poll_caught_up(), None);
-        // One batch carries the snapshot and the later enqueue; until it is confirmed, no catch-up.
+        // The first batch: the creates and the live enqueue; its hold comes back on its confirm.
         let batch = replication.poll_batch(8, BYTES).unwrap();
-        assert_eq!(positions(&batch.records, "a"), vec![0, 1]);
-        assert_eq!(positions(&batch.records, "b"), vec![4]);
         assert!(matches!(&batch.records[0], Record::QueueCreated { name, .. } if name == "a"));
+        assert_eq!(positions(&batch.records, "a"), vec![1]);
+        assert!(positions(&batch.records, "b").is_empty());
+        replication.handle_confirm(8, batch.stream_seq).unwrap();
+        assert_eq!(released(&mut replication), vec![hold(1)]);
+        assert_eq!(replication.poll_caught_up(), None);
+        // The second: the snapshot's messages; until it is confirmed, no catch-up.
+        let batch = replication.poll_batch(8, BYTES).unwrap();
+        assert_eq!(positions(&batch.records, "a"), vec![0]);
+        assert_eq!(positions(&batch.records, "b"), vec![4]);
         assert_eq!(replication.poll_caught_up(), None);
         replication.handle_confirm(8, batch.stream_seq).unwrap();
         assert_eq!(replication.poll_caught_up(), Some((8, "full:1".to_string())));
         assert_eq!(replication.poll_caught_up(), None);
-        // Link 7 got the later event but no snapshot; the holds: once per stream.
+        // Link 7 got the later event but no snapshot; the hold: once per stream.
         assert_eq!(positions(&drain(&mut replication, 7), "a"), vec![1]);
-        assert_eq!(released(&mut replication), vec![hold(1), hold(1)]);
+        assert_eq!(released(&mut replication), vec![hold(1)]);
     }
 
     #[test]
-    fn a_snapshot_deeper_than_the_stream_bound_is_fed_as_room_allows_and_later_events_wait_behind_it() {
-        // Goal: a deep queue never overflows a catching-up stream, and per queue the backup sees
-        // the snapshot then the later changes, in position order.
+    fn a_deep_backlog_interleaves_with_live_records_and_a_live_hold_is_released_before_it_ends() {
+        // Goal: a deep queue never overflows a catching-up stream nor pauses producers; a live
+        // enqueue (same queue and another) goes out with the next batch and its hold comes back
+        // while most of the backlog is still unsent; a live dequeue of a backlog position is
+        // never sent, nor its message; every other position is sent once; caught up at the end.
         let depth = STREAM_PENDING_MAX as u64 + 1000;
-        let mut snapshot = vec![created("deep")];
+        let mut snapshot = vec![created("deep"), created("other")];
         snapshot.extend((0..depth).map(|position| enqueued("deep", position, None)));
         let mut replication = PrimaryReplication::new(Epoch(1));
         replication.handle_link_opened(1, "b:1", snapshot);
-        // A later event with a hold, and a dequeue of a snapshot message not yet sent.
+        assert_eq!(replication.backlog_len(1), depth as usize);
+        // A few backlog batches go out (and are confirmed) first.
+        let mut records = Vec::new();
+        for _ in 0..3 {
+            let batch = replication.poll_batch(1, BYTES).unwrap();
+            replication.handle_confirm(1, batch.stream_seq).unwrap();
+            records.extend(batch.records);
+        }
+        // Live: an enqueue to the deep queue and one to another, each with a hold, and a dequeue
+        // of a snapshot message not yet sent.
         replication.handle_event(enqueued("deep", depth, Some(5)));
-        replication
-            .handle_event(ReplicationEvent::Dequeued { queue: Arc::from("deep"), position: Position(depth - 1) });
-        assert!(!replication.producers_must_pause(), "one later event does not pause producers");
-        assert_eq!(replication.poll_overflowed(), None);
-        let records = drain(&mut replication, 1);
-        let sent = positions(&records, "deep");
-        assert_eq!(sent.len() as u64, depth, "every position but the dequeued one, once");
-        assert!(sent.windows(2).all(|pair| pair[0] < pair[1]));
-        assert_eq!(*sent.last().unwrap(), depth);
-        assert!(!sent.contains(&(depth - 1)));
+        replication.handle_event(enqueued("other", 0, Some(6)));
+        replication.handle_event(dequeued("deep", depth - 1));
+        assert!(!replication.producers_must_pause(), "live events do not pause producers");
+        let batch = replication.poll_batch(1, BYTES).unwrap();
+        assert_eq!(positions(&batch.records, "deep"), vec![depth], "the live enqueue is not behind the backlog");
+        assert_eq!(positions(&batch.records, "other"), vec![0]);
+        replication.handle_confirm(1, batch.stream_seq).unwrap();
+        records.extend(batch.records);
+        let mut holds = released(&mut replication);
+        holds.sort();
+        assert_eq!(holds, vec![hold(5), hold(6)], "released before the backlog finished");
+        assert!(replication.backlog_len(1) > depth as usize / 2, "most of the backlog is unsent");
+        assert_eq!(replication.poll_caught_up(), None);
+        records.extend(drain(&mut replication, 1));
+        let mut sent = positions(&records, "deep");
+        assert!(!sent.contains(&(depth - 1)), "a dequeued backlog message is not sent");
+        assert!(!records.iter().any(|record| matches!(record, Record::Dequeued { .. })), "nor its dequeue");
+        sent.sort_unstable();
+        let expected: Vec<u64> = (0..=depth).filter(|&position| position != depth - 1).collect();
+        assert_eq!(sent, expected, "every other position once");
         assert_eq!(replication.poll_caught_up(), Some((1, "b:1".to_string())));
-        assert_eq!(released(&mut replication), vec![hold(5)]);
+        assert_eq!(replication.backlog_len(1), 0);
         assert_eq!(replication.poll_overflowed(), None);
+    }
+
+    #[test]
+    fn live_dequeues_and_deletes_take_from_the_backlog_and_the_catch_up_diff_goes_first() {
+        // Goal: a live dequeue of a position already fed is sent as a dequeue; a queue deleted
+        // during catch-up drops its backlog (and the link is still caught up); the diff's
+        // `DequeuedRanges` and `QueueDeleted` go out with the creates, before any message.
+        let mut replication = PrimaryReplication::new(Epoch(1));
+        let mut snapshot = vec![
+            ReplicationEvent::QueueDeleted { name: Arc::from("gone") },
+            created("q"),
+            created("r"),
+            ReplicationEvent::DequeuedRanges { queue: Arc::from("q"), ranges: vec![(Position(10), Position(12))] },
+        ];
+        snapshot.extend((0..3).map(|position| enqueued("q", position, None)));
+        snapshot.extend((0..5000).map(|position| enqueued("r", position, None)));
+        replication.handle_link_opened(1, "b:1", snapshot);
+        let batch = replication.poll_batch(1, BYTES).unwrap();
+        assert!(matches!(&batch.records[0], Record::QueueDeleted { name } if name == "gone"));
+        let ranges: Vec<&Record> = batch.records.iter().filter(|r| matches!(r, Record::Dequeued { .. })).collect();
+        assert_eq!(ranges, [&Record::Dequeued { queue: "q".to_string(), ranges: vec![(Position(10), Position(12))] }]);
+        assert!(positions(&batch.records, "q").is_empty(), "the diff's records go alone first");
+        replication.handle_confirm(1, batch.stream_seq).unwrap();
+        // The next batch carries q's three messages and the start of r's.
+        let batch = replication.poll_batch(1, BYTES).unwrap();
+        assert_eq!(positions(&batch.records, "q"), vec![0, 1, 2]);
+        replication.handle_confirm(1, batch.stream_seq).unwrap();
+        // q:1 was sent: its dequeue goes out. r is deleted: its backlog goes, the delete is sent.
+        replication.handle_event(dequeued("q", 1));
+        replication.handle_event(ReplicationEvent::QueueDeleted { name: Arc::from("r") });
+        assert_eq!(replication.backlog_len(1), 0);
+        let records = drain(&mut replication, 1);
+        assert!(
+            records.contains(&Record::Dequeued { queue: "q".to_string(), ranges: vec![(Position(1), Position(1))] })
+        );
+        assert!(records.contains(&Record::QueueDeleted { name: "r".to_string() }));
+        assert!(positions(&records, "r").is_empty());
+        assert_eq!(replication.poll_caught_up(), Some((1, "b:1".to_string())));
     }
 
     #[test]
@@ -721,7 +871,7 @@ mod tests {
         snapshot.extend((0..STREAM_PENDING_PAUSE as u64 + 10).map(|position| enqueued("q", position, None)));
         replication.handle_link_opened(1, "b:1", snapshot);
         let first = STREAM_PENDING_PAUSE as u64 + 10;
-        // These wait in the backlog behind the snapshot.
+        // These go to the stream, the snapshot's messages stay in the backlog.
         replication.handle_event(enqueued("q", first, Some(1)));
         replication.handle_event(enqueued("q", first + 1, Some(2)));
         assert!(released(&mut replication).is_empty());
@@ -765,16 +915,22 @@ mod tests {
         assert_eq!(replication.holding_streams(), 1);
         replication.handle_event(enqueued("q", 2, Some(3)));
         assert_eq!(replication.expected_held("b1:1"), 2, "the stream holds the new one");
-        // Sent, not confirmed: still held.
+        // Sent, not confirmed: still held. The live enqueue goes first, then the snapshot's.
+        let live = replication.poll_batch(1, BYTES).unwrap();
+        assert_eq!(positions(&live.records, "q"), vec![2]);
         let batch = replication.poll_batch(1, BYTES).unwrap();
-        assert_eq!(positions(&batch.records, "q"), vec![0, 1, 2]);
+        assert_eq!(positions(&batch.records, "q"), vec![0, 1]);
         assert!(released(&mut replication).is_empty());
         assert_eq!(pending(&replication), vec!["b1:1"]);
-        // Confirmed: caught up; the collected holds and the stream's come back, once each.
+        // The live batch confirmed: its hold only.
+        replication.handle_confirm(1, live.stream_seq).unwrap();
+        assert_eq!(released(&mut replication), vec![hold(3)]);
+        assert_eq!(pending(&replication), vec!["b1:1"]);
+        // Confirmed: caught up; the collected holds come back, once each.
         replication.handle_confirm(1, batch.stream_seq).unwrap();
         let mut holds = released(&mut replication);
         holds.sort();
-        assert_eq!(holds, vec![hold(1), hold(2), hold(3)]);
+        assert_eq!(holds, vec![hold(1), hold(2)]);
         assert!(pending(&replication).is_empty());
         assert_eq!(replication.poll_caught_up(), Some((1, "b1:1".to_string())));
         assert_eq!(replication.holding_streams(), 1);

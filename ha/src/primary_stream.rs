@@ -362,6 +362,45 @@ impl PrimaryStream {
         Ok(())
     }
 
+    /// Catch-up: the backup holds messages at the positions of `ranges` (inclusive, increasing)
+    /// that the primary no longer holds; they go out as dequeue ranges. No position in them may be
+    /// an unbatched enqueue of this stream (the primary does not hold them, so it fed none).
+    ///
+    /// # Errors
+    ///
+    /// `StreamOverflow` when a new pending range is needed and `STREAM_PENDING_MAX` records are
+    /// pending; ranges before the refused one stay; the caller drops the backup.
+    ///
+    /// # Panics
+    ///
+    /// If the backup was lost, a range is backwards, or it covers an unbatched enqueue.
+    pub fn handle_dequeued_ranges(
+        &mut self,
+        queue: &str,
+        ranges: &[(Position, Position)],
+    ) -> Result<(), StreamOverflow> {
+        self.assert_alive();
+        for &(first, last) in ranges {
+            assert!(first <= last, "queue {queue}: dequeue range {first}..={last} backwards");
+            if let Some(entry) = self.queues.get(queue) {
+                let index = entry.enqueues.partition_point(|enqueue| enqueue.position < first);
+                assert!(
+                    entry.enqueues.get(index).is_none_or(|enqueue| enqueue.position > last),
+                    "queue {queue}: dequeue range {first}..={last} covers an unbatched enqueue"
+                );
+            }
+            let full = self.pending >= STREAM_PENDING_MAX;
+            let entry = self.entry(queue);
+            let ranges_before = entry.dequeues.len();
+            if !insert_range(&mut entry.dequeues, first.0, last.0, full) {
+                return Err(StreamOverflow { hold: None, pending: self.pending, max: STREAM_PENDING_MAX });
+            }
+            let ranges_after = entry.dequeues.len();
+            self.pending = self.pending + ranges_after - ranges_before;
+        }
+        Ok(())
+    }
+
     /// The backup confirmed every batch up to `stream_seq`: the holds of those batches are
     /// released (see `poll_released`), in batch order. A repeated confirm changes nothing.
     ///
@@ -775,6 +814,29 @@ fn insert_position(ranges: &mut BTreeMap<u64, u64>, position: u64, full: bool) -
             ranges.insert(position, position);
         }
     }
+    true
+}
+
+/// Adds `first..=last` to the ranges, merging every range it overlaps or touches. Returns false,
+/// changing nothing, when it would need a new range and `full` is set.
+fn insert_range(ranges: &mut BTreeMap<u64, u64>, first: u64, last: u64, full: bool) -> bool {
+    let mut merged = (first, last);
+    let mut absorbed = Vec::new();
+    // Ranges starting at or below `last + 1` that end at or above `first - 1` touch it.
+    for (&start, &end) in ranges.range(..=last.saturating_add(1)).rev() {
+        if end.saturating_add(1) < first {
+            break;
+        }
+        absorbed.push(start);
+        merged = (merged.0.min(start), merged.1.max(end));
+    }
+    if absorbed.is_empty() && full {
+        return false;
+    }
+    for start in absorbed {
+        ranges.remove(&start);
+    }
+    ranges.insert(merged.0, merged.1);
     true
 }
 

@@ -13,9 +13,12 @@
 //! down. Shard 0 also takes the broker's HA transitions: catch-up when the primary accepts,
 //! ready when it says `marked-ready`.
 //!
-//! Catch-up is a full resync: when the primary accepts a link, the shard drops the replicated
-//! messages it held and the primary sends everything it holds. Downloading only what is missing
-//! after a failover is not built yet.
+//! Catch-up sends only the difference: `link-open` carries what the shard holds of its queues
+//! (`Shard::replica_holdings`, positions as ranges), and the primary sends the messages it lacks,
+//! drops those the primary no longer holds and deletes the queues the primary no longer has; the
+//! shard keeps its messages. When the holdings exceed `HOLDINGS_QUEUES_MAX` queues or
+//! `HOLDINGS_RANGES_MAX` ranges none are sent, and catch-up is a full resync: the shard drops the
+//! replicated messages it held and the primary sends everything it holds.
 //!
 //! The link's progress goes to the log (`link: trying ADDR (N attempts)`, `link: connected to
 //! ADDR`, `link: lost ADDR: ...`), with the link's totals.
@@ -43,7 +46,7 @@ use ringmq_core::codec;
 use ringmq_core::frame::{Frame, Preamble, PREAMBLE_FLAG_BACKUP, PROTOCOL_VERSION};
 use ringmq_ha::backup_link::{BackupLink, LinkStatus};
 use ringmq_ha::backup_stream::{BackupStream, IgnoreReason};
-use ringmq_ha::limits::{BATCH_BYTES_MAX, LINK_SILENT_INTERVALS_MAX};
+use ringmq_ha::limits::{BATCH_BYTES_MAX, HOLDINGS_QUEUES_MAX, HOLDINGS_RANGES_MAX, LINK_SILENT_INTERVALS_MAX};
 use ringmq_ha::link_frame::{decode_link_frame, encode_link_frame, LinkFrame, LinkOpen};
 use ringmq_ha::link_heartbeat::{HeartbeatAction, LinkHeartbeat};
 use ringmq_ha::record::{encode_confirm, Batch};
@@ -274,6 +277,8 @@ async fn read_link(
     let mut buffer = BytesMut::with_capacity(LINK_READ_BUFFER_BYTES);
     let mut timer: Option<Rc<LinkTimer>> = None;
     let mut handshake = Handshake::Hello;
+    // Whether the link-open carried this shard's holdings (else the catch-up is a full resync).
+    let mut holdings_sent = false;
     let end = loop {
         buffer.reserve(LINK_READ_BUFFER_BYTES);
         let mut reader: &TcpStream = stream;
@@ -312,7 +317,7 @@ async fn read_link(
             };
             match (handshake, frame) {
                 (Handshake::Hello, LinkFrame::Native(Frame::Hello { .. })) => {
-                    send_link_open(context, queue, replica);
+                    holdings_sent = send_link_open(context, queue, replica);
                     handshake = Handshake::Accepted;
                 }
                 (Handshake::Accepted, LinkFrame::Accepted(accepted)) => {
@@ -323,7 +328,7 @@ async fn read_link(
                         // A later promotion of this broker takes an epoch above the primary's.
                         context.shard.borrow_mut().observe_epoch(accepted.epoch);
                     }
-                    begin_catch_up(context);
+                    begin_catch_up(context, holdings_sent);
                     tracing::info!(counters = ?link.counters(), epoch = %accepted.epoch, "link: connected to {address}");
                     let started = Rc::new(LinkTimer::new(now, interval));
                     let name = format!("to {address}");
@@ -382,27 +387,44 @@ async fn read_link(
     end
 }
 
-/// Asks the primary for this shard's stream.
-fn send_link_open(context: &ShardContext, queue: &WriteQueue, replica: &BackupStream) {
+/// Asks the primary for this shard's stream, with what the shard holds of its queues (nothing
+/// changes them until the link is accepted: only this link feeds them). Returns whether the
+/// holdings were sent (false: they exceed the bounds, and the catch-up is a full resync).
+fn send_link_open(context: &ShardContext, queue: &WriteQueue, replica: &BackupStream) -> bool {
     let shard = context.shard.borrow();
+    let holdings = shard.replica_holdings(HOLDINGS_QUEUES_MAX, HOLDINGS_RANGES_MAX);
+    if holdings.is_none() {
+        tracing::info!(
+            "link: holdings exceed {HOLDINGS_QUEUES_MAX} queues or {HOLDINGS_RANGES_MAX} ranges: asking for a full resync"
+        );
+    }
+    let sent = holdings.is_some();
     let open = LinkOpen {
         backup: context.link.own_address.clone(),
         shard: shard.id().0,
         shard_count: context.shard_count(),
         epoch_highest: replica.epoch_highest().max(shard.ha().epoch()),
+        holdings,
     };
     let mut buffer = BytesMut::new();
     encode_link_frame(&LinkFrame::Open(open), &mut buffer);
     queue.push(buffer, false);
+    sent
 }
 
-/// The primary accepted this shard's link: what this shard held of its queues is dropped, since
-/// the primary sends everything it holds first (a full resync; see the module doc), and shard 0
-/// moves the broker to catch-up.
-fn begin_catch_up(context: &ShardContext) {
-    let dropped = context.shard.borrow_mut().clear_replicas();
-    if dropped > 0 {
-        tracing::info!(dropped, "link: replicated messages dropped before the primary's resync");
+/// The primary accepted this shard's link. With holdings sent, the shard keeps its messages (the
+/// primary sends the difference) and shard 0 only clears the replicated configuration its snapshot
+/// re-creates; without, what this shard held of its queues is dropped, since the primary sends
+/// everything it holds first (a full resync; see the module doc). Shard 0 moves the broker to
+/// catch-up.
+fn begin_catch_up(context: &ShardContext, holdings_sent: bool) {
+    if holdings_sent {
+        context.shard.borrow_mut().clear_replica_configuration();
+    } else {
+        let dropped = context.shard.borrow_mut().clear_replicas();
+        if dropped > 0 {
+            tracing::info!(dropped, "link: replicated messages dropped before the primary's resync");
+        }
     }
     let state = context.shard.borrow().ha().state();
     match state {

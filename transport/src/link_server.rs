@@ -7,8 +7,10 @@
 //! (`Control::AdoptLink`) unless it is that shard. The serving shard then:
 //! - checks the request (same shard count, this broker a primary, the backup's epoch not newer)
 //!   and answers `link-accepted` or an `error`;
-//! - opens a replication stream whose backlog is the shard's snapshot of its replicated queues,
-//!   taken in the same step, so that every later change follows it on the stream;
+//! - opens a replication stream whose catch-up is the shard's snapshot of its replicated queues
+//!   (only the difference from the holdings the backup's `link-open` carried, when it did), taken
+//!   in the same step, so that every later change follows it on the stream (its messages
+//!   interleave with the live changes: `PrimaryReplication`);
 //! - reads confirms and heartbeats until the link ends, then drops the stream, which releases
 //!   the confirms it held, and tells shard 0 (`Control::LinkLost`).
 //!
@@ -202,7 +204,21 @@ fn open_stream(
     pump(context);
     let mut shard = context.shard.borrow_mut();
     let mut snapshot = Vec::new();
-    shard.replication_snapshot(&mut snapshot);
+    let diff = shard.replication_snapshot_for(open.holdings.as_deref(), &mut snapshot);
+    match open.holdings {
+        Some(_) => tracing::info!(
+            backup = %open.backup,
+            shard = open.shard,
+            "catch-up: {} messages sent, {} dequeued, {} already held, {} queues deleted",
+            diff.sent,
+            diff.dequeued,
+            diff.held,
+            diff.queues_deleted
+        ),
+        None => {
+            tracing::info!(backup = %open.backup, shard = open.shard, "catch-up: full resync of {} messages", diff.sent)
+        }
+    }
     let mut replication = context.replication.borrow_mut();
     let replication = replication.get_or_insert_with(|| PrimaryReplication::new(epoch));
     replication.handle_link_opened(u64::from(conn.0), &open.backup, snapshot);
