@@ -879,6 +879,22 @@ mod tests {
     const BYTES: usize = 64 * 1024;
 
     #[test]
+    fn catch_up_dequeue_ranges_merge_with_pending_ones_and_go_out_as_one_record() {
+        // Goal: the diff's ranges of positions the primary no longer holds merge with each other
+        // and with pending dequeues (overlapping or touching), and count one pending record each.
+        let mut stream = PrimaryStream::new(Epoch(1));
+        stream.handle_dequeued("q", Position(20)).unwrap();
+        let ranges = [(Position(1), Position(3)), (Position(10), Position(19)), (Position(30), Position(30))];
+        stream.handle_dequeued_ranges("q", &ranges).unwrap();
+        assert_eq!(stream.pending_records(), 3, "1..=3, 10..=20, 30");
+        stream.handle_dequeued_ranges("q", &[(Position(2), Position(12)), (Position(21), Position(29))]).unwrap();
+        assert_eq!(stream.pending_records(), 1);
+        let batch = stream.poll_batch(64 * 1024).unwrap();
+        assert_eq!(batch.records, [Record::Dequeued { queue: "q".into(), ranges: vec![(Position(1), Position(30))] }]);
+        assert_eq!(stream.pending_records(), 0);
+    }
+
+    #[test]
     fn configuration_records_go_out_in_the_order_fed_before_queue_data() {
         // Goal: exchange creates and deletes, binds and unbinds are batched in one order with
         // queue creates and deletes, exactly as fed, and ahead of the data of any queue; a batch

@@ -306,3 +306,115 @@ fn a_new_primary_stops_waiting_for_a_dead_backup_after_ha_backup_timeout() {
     assert!(log.contains("ha-backup-timeout passed"), "confirmed while still waiting for the dead backup:\n{log}");
     wait_state(&brokers[1], "active");
 }
+
+/// The `catch-up:` lines the primary `broker` logged for `backup`'s links, as (sent, dequeued,
+/// already held) per line.
+fn catch_up_lines(broker: &BrokerProcess, backup: &BrokerProcess) -> Vec<(u64, u64, u64)> {
+    let tag = format!("backup={}", backup.addr());
+    let number_before = |line: &str, word: &str| -> u64 {
+        let end = line.find(word).unwrap_or_else(|| panic!("no '{word}' in {line}"));
+        line[..end].trim_end().rsplit(' ').next().unwrap().parse().unwrap()
+    };
+    plain_log(broker)
+        .lines()
+        .filter(|line| line.contains("catch-up:") && line.contains(&tag) && line.contains("already held"))
+        .map(|line| {
+            (
+                number_before(line, " messages sent"),
+                number_before(line, " dequeued"),
+                number_before(line, " already held"),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn after_a_failover_the_surviving_backup_downloads_only_what_it_lacks() {
+    // Goal: a backup that reconnects to a new primary keeps what it holds: the new primary sends
+    // only the messages it lacks and drops those the new primary no longer holds, and the backup
+    // ends with exactly the new primary's messages, in order.
+    // Method: 200 sent and 50 received on the old primary; backup 2 is stopped (SIGSTOP), the
+    // primary killed, backup 1 promoted (ha-backup-timeout 1 s: the stopped backup does not hold
+    // confirms for long); on the new primary 20 more are received (dequeued) and 30 sent; then
+    // backup 2 resumes and links to the new primary. The new primary's log must show the diff
+    // (30 sent, 20 dequeued, 130 already held). Finally backup 2 is promoted in turn and must
+    // deliver 70..230 in order.
+    let mut brokers = ready_cluster(&["--ha-replicate", "all", "--ha-backup-timeout", "1"]);
+    client(&brokers[0]).declare_queue("kept", QueueOptions::default(), &[]).unwrap();
+    send(&brokers[0], "kept", 0..200);
+    assert_eq!(receive(&brokers[0], "kept", 50), (0..50).collect::<Vec<_>>());
+    for backup in &brokers[1..] {
+        wait_depth(backup, "kept", 150);
+    }
+    let stopped = Stopped::stop(&brokers[2]);
+    brokers[0].kill();
+    promote(&brokers[1]);
+    assert_eq!(receive(&brokers[1], "kept", 20), (50..70).collect::<Vec<_>>());
+    send(&brokers[1], "kept", 200..230);
+    stopped.resume();
+    wait_state(&brokers[2], "ready");
+    wait_depth(&brokers[2], "kept", 160);
+    let lines = catch_up_lines(&brokers[1], &brokers[2]);
+    assert!(lines.contains(&(30, 20, 130)), "expected a catch-up of 30 sent, 20 dequeued, 130 held: {lines:?}");
+    assert!(lines.iter().all(|&(sent, _, _)| sent <= 30), "something was downloaded again: {lines:?}");
+    let log = plain_log(&brokers[1]);
+    assert!(!log.lines().any(|l| l.contains("full resync") && l.contains(&brokers[2].addr())), "{log}");
+    // Backup 2 holds exactly the new primary's messages, in the primary's order.
+    let tag = format!("backup={}", brokers[2].addr());
+    eventually("the new primary marked backup 2 ready", SETTLE_WAIT, || {
+        let log = plain_log(&brokers[1]);
+        if log.lines().any(|l| l.contains("marked ready") && l.contains(&tag)) {
+            Ok(())
+        } else {
+            Err(())
+        }
+    });
+    brokers[1].kill();
+    promote(&brokers[2]);
+    assert_eq!(receive(&brokers[2], "kept", 160), (70..230).collect::<Vec<_>>());
+    assert_eq!(queue_info(&brokers[2], "kept").map(|info| info.depth), Some(0));
+}
+
+#[test]
+fn a_backup_copying_a_deep_queue_does_not_hold_up_new_publishes() {
+    // Goal: catch-up and live changes interleave: while a restarted backup downloads a deep queue,
+    // publishes to another queue and to the deep queue itself are confirmed (every linked backup,
+    // the catching-up one included, stored them) before that backup holds everything.
+    // Method: backup 2 is killed, 300k small messages are sent to "deep", backup 2 restarts; once
+    // the primary logged its catch-up of "deep", one message to "other" and one to "deep" are
+    // published and their confirms awaited; the primary must not have marked backup 2 ready yet
+    // (ordering, not timing). Then backup 2 becomes ready with every message.
+    const DEEP: u64 = 300_000;
+    let mut brokers = ready_cluster(&["--ha-replicate", "all", "--link-heartbeat-interval", "2"]);
+    let primary = client(&brokers[0]);
+    primary.declare_queue("deep", QueueOptions::default(), &[]).unwrap();
+    primary.declare_queue("other", QueueOptions::default(), &[]).unwrap();
+    brokers[2].kill();
+    let count = DEEP.to_string();
+    let sent = run_cli(&["send", "-b", &brokers[0].addr(), "-k", "deep", "--count", &count, "--size", "8"]);
+    assert!(sent.status.success(), "send: {}", String::from_utf8_lossy(&sent.stderr));
+    wait_depth(&brokers[1], "deep", DEEP);
+    let ready = format!("backup={}", brokers[2].addr());
+    let marked_ready = |log: &str| log.lines().filter(|l| l.contains("marked ready") && l.contains(&ready)).count();
+    let marked_before = marked_ready(&plain_log(&brokers[0]));
+    brokers[2].restart().expect("restart on the same port");
+    // The deep queue's catch-up started: its link's diff sends every message.
+    eventually("the catch-up of deep started", SETTLE_WAIT, || {
+        let lines = catch_up_lines(&brokers[0], &brokers[2]);
+        if lines.iter().any(|&(sent, _, _)| sent == DEEP) {
+            Ok(())
+        } else {
+            Err(lines)
+        }
+    });
+    let publisher = primary.publisher().unwrap();
+    publisher.publish("", numbered("other", 1)).unwrap();
+    publisher.publish("", numbered("deep", DEEP)).unwrap();
+    let summary = publisher.wait_for_confirms().unwrap();
+    assert_eq!((summary.stored, summary.rejected), (2, 0), "{summary:?}");
+    let log = plain_log(&brokers[0]);
+    assert_eq!(marked_ready(&log), marked_before, "the publishes were confirmed only after the whole copy:\n{log}");
+    wait_state(&brokers[2], "ready");
+    wait_depth(&brokers[2], "deep", DEEP + 1);
+    wait_depth(&brokers[2], "other", 1);
+}
