@@ -28,18 +28,22 @@
 //! deletion of every replicated queue (whichever shard owns it), of every replicated exchange, and
 //! every bind and unbind between a replicated exchange and a replicated queue
 //! (`replication_level::binding_replicated`). `replication_snapshot` describes every replicated
-//! queue this shard owns, for a catch-up, and on shard 0 the rest of the configuration.
+//! queue this shard owns, for a catch-up, and on shard 0 the rest of the configuration;
+//! `replication_snapshot_for` only the difference from a backup shard's holdings
+//! (`replica_holdings`, sent with its link-open).
 //!
 //! On a backup, `apply_replica` applies the primary's records: the owner of a queue keeps its
 //! `Queue` (a `QueueCreated` record makes it at once, level `all`, so the records after it apply;
 //! `QueueDeleted` drops it), and shard 0 alone changes the routing tables, asking the coordinator
 //! for what its configuration records imply (queue names, exchanges, bindings), in their order.
 //! These requests are the broker's own and are accepted in any HA state, although clients'
-//! changes are refused on a backup. Before a resync, `clear_replicas` drops messages, and on
-//! shard 0 every replicated exchange and binding, which the snapshot then re-creates. Shard 0 takes
+//! changes are refused on a backup. Before a full resync, `clear_replicas` drops messages, and on
+//! shard 0 every replicated exchange and binding, which the snapshot then re-creates; before a
+//! catch-up by difference only the latter (`clear_replica_configuration`), and messages stay. Shard 0 takes
 //! the link's state transitions (`handle_ha_transition`) and the primary's epoch
 //! (`observe_epoch`). A promotion (`recovering`) makes every owned queue continue its positions in
-//! the new epoch (`Queue::begin_epoch`).
+//! the new epoch (`Queue::begin_epoch`), and a queue created under a deleted one's name continues
+//! above its positions: a position names one message of a queue name cluster-wide.
 //!
 //! Not here: sockets, rings, threads; the transport carries bytes and messages in and out.
 //!

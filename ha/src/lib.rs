@@ -27,14 +27,15 @@
 //! - `primary_stream`: one primary shard's replication stream to one backup: batching, the window
 //!   of unconfirmed batches, cumulative confirms, and the holds on publish confirms they release.
 //! - `primary_replication`: one primary shard's replication to all its backups: a stream per backup
-//!   link fed the shard's `ReplicationEvent`s, the catch-up of a link from the shard's snapshot,
+//!   link fed the shard's `ReplicationEvent`s, the catch-up of a link from the shard's snapshot
+//!   (only the difference from the backup's holdings, interleaved with the live changes),
 //!   holds released once per stream, overflowed links, and recovering mode's expected backups,
 //!   which hold publishes until their link caught up or `ha-backup-timeout` passed.
 //! - `backup_stream`: the backup's side of one stream: epoch and sequence checks, handing records
 //!   back in order for the backup shard to store, coalesced confirms.
 //! - `link_frame`: every frame of a replication link (native `hello`/`heartbeat`/`error`, batches,
-//!   confirms, link-open, link-accepted, marked-ready, members) and one decoder for the mixed
-//!   stream.
+//!   confirms, link-open with the backup shard's holdings, link-accepted, marked-ready, members)
+//!   and one decoder for the mixed stream.
 //! - `backup_link`: a backup's outgoing link to the primary: which address of `ha-brokers-url` to
 //!   dial next and when.
 //! - `link_heartbeat`: heartbeats and dead-peer detection on a broker-to-broker link, either end.
