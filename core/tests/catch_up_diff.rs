@@ -14,27 +14,17 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use ringmq_core::frame::{Frame, Message, QueueOptions, PREAMBLE_FLAG_ADMIN};
-use ringmq_core::ha_view::HaSettings;
 use ringmq_core::ids::{RequestId, Seq};
 use ringmq_core::replication::{CatchUpDiff, Position, QueueHoldings, Record, ReplicationEvent};
 use ringmq_core::replication_level::ReplicationLevel;
-use support::{declare, Mesh};
+use support::{declare, ha_settings, Mesh};
 
 /// The first position of a queue created in epoch 1.
 const E1: u64 = 1 << 40;
 
-fn settings(replicate: ReplicationLevel) -> HaSettings {
-    HaSettings {
-        cluster: true,
-        brokers_url: "amqp:tcp:127.0.0.1:1,tcp:127.0.0.1:2".into(),
-        public_url: String::new(),
-        replicate,
-    }
-}
-
 /// An active primary of one shard replicating everything, with a client on connection 1.
 fn primary() -> Mesh {
-    let mut mesh = Mesh::new(1, settings(ReplicationLevel::All));
+    let mut mesh = Mesh::new(1, ha_settings(true, ReplicationLevel::All));
     mesh.connect(0, 99, PREAMBLE_FLAG_ADMIN);
     let frames = mesh.ask(0, 99, &Frame::HaPromote { request: RequestId(9000) });
     assert_eq!(frames, [Frame::Ok { request: RequestId(9000) }]);
@@ -61,7 +51,7 @@ fn ranges(list: &[(u64, u64)]) -> Vec<(Position, Position)> {
 
 /// A joining backup of one shard holding `queue` at `positions` (bodies "old<position>").
 fn backup_holding(queue: &str, positions: &[u64]) -> Mesh {
-    let mut mesh = Mesh::new(1, settings(ReplicationLevel::None));
+    let mut mesh = Mesh::new(1, ha_settings(true, ReplicationLevel::None));
     mesh.shards[0].apply_replica(Record::QueueCreated { name: queue.to_string(), options: QueueOptions::default() });
     for &position in positions {
         let body: &'static str = Box::leak(format!("old{position}").into_boxed_str());

@@ -22,65 +22,33 @@ use ringmq_core::frame::{
     PREAMBLE_FLAG_ADMIN,
 };
 use ringmq_core::ha_view::HaSettings;
-use ringmq_core::ids::{RequestId, Seq, ShardId};
+use ringmq_core::ids::{RequestId, Seq};
 use ringmq_core::replication::{Record, ReplicationEvent};
 use ringmq_core::replication_level::ReplicationLevel::{self, All, Configuration};
-use ringmq_core::shard::shard_of;
-use support::Mesh;
+use support::{ha_settings, name_on, promote, replication_events, Mesh};
 
 /// The admin connection on every shard.
 const ADMIN: u32 = 99;
 /// A client connection.
 const CLIENT: u32 = 1;
 
-fn settings(replicate: ReplicationLevel) -> HaSettings {
-    HaSettings {
-        cluster: true,
-        brokers_url: "amqp:tcp:127.0.0.1:1,tcp:127.0.0.1:2".into(),
-        public_url: String::new(),
-        replicate,
-    }
-}
-
 /// A joining backup of `count` shards with an admin connection on every shard.
 fn backup(count: u16) -> Mesh {
-    let mut mesh = Mesh::new(count, settings(ReplicationLevel::None));
+    let mut mesh = Mesh::new(count, ha_settings(true, ReplicationLevel::None));
     for shard in 0..count {
         mesh.connect(shard, ADMIN, PREAMBLE_FLAG_ADMIN);
     }
     mesh
 }
 
-fn promote(mesh: &mut Mesh) {
-    let frames = mesh.ask(0, ADMIN, &Frame::HaPromote { request: RequestId(9000) });
-    assert_eq!(frames, [Frame::Ok { request: RequestId(9000) }]);
-}
-
 /// A promoted primary of `count` shards with `ha-replicate` = `replicate` and a client on shard 0.
 fn primary(count: u16, replicate: ReplicationLevel) -> Mesh {
-    let mut mesh = Mesh::new(count, settings(replicate));
+    let mut mesh = Mesh::new(count, ha_settings(true, replicate));
     mesh.connect(0, ADMIN, PREAMBLE_FLAG_ADMIN);
-    promote(&mut mesh);
+    promote(&mut mesh, ADMIN);
     assert_eq!(mesh.states(), vec![BrokerState::Active; usize::from(count)]);
     mesh.connect(0, CLIENT, 0);
     mesh
-}
-
-/// Every shard's replication events, by shard.
-fn events(mesh: &mut Mesh) -> Vec<Vec<ReplicationEvent>> {
-    mesh.shards
-        .iter_mut()
-        .map(|shard| {
-            let mut out = Vec::new();
-            shard.poll_replication(&mut out);
-            out
-        })
-        .collect()
-}
-
-/// A queue name owned by `shard` of `count`.
-fn name_on(shard: u16, count: u16, prefix: &str) -> String {
-    (0..).map(|i| format!("{prefix}{i}")).find(|name| shard_of(name, count) == ShardId(shard)).expect("a name")
 }
 
 /// Sends `frame` from the client on shard 0; it must be answered `Ok`.
@@ -207,7 +175,7 @@ fn shard_0_reports_the_replicated_configuration_in_the_coordinators_order() {
     ok(&mut mesh, Frame::QueueDelete { request: RequestId(1), name: queue.clone() });
     ok(&mut mesh, Frame::ExchangeDelete { request: RequestId(1), name: "x".into() });
     ok(&mut mesh, Frame::ExchangeDelete { request: RequestId(1), name: "local-x".into() });
-    let [shard_0, shard_1] = <[_; 2]>::try_from(events(&mut mesh)).unwrap();
+    let [shard_0, shard_1] = <[_; 2]>::try_from(replication_events(&mut mesh)).unwrap();
     assert_eq!(
         shard_0,
         [
@@ -233,7 +201,7 @@ fn a_queue_shard_0_owns_is_reported_once_and_nothing_comes_from_a_backup() {
     ok(&mut mesh, declare_exchange("x", ExchangeKind::Fanout, &[]));
     ok(&mut mesh, bind("x", &queue, ""));
     assert_eq!(
-        events(&mut mesh),
+        replication_events(&mut mesh),
         [vec![queue_created(&queue, All), exchange_created("x", ExchangeKind::Fanout), bound("x", &queue, "")], vec![]]
     );
 
@@ -242,7 +210,7 @@ fn a_queue_shard_0_owns_is_reported_once_and_nothing_comes_from_a_backup() {
     ok(&mut standalone, declare_queue("q", &[]));
     ok(&mut standalone, declare_exchange("x", ExchangeKind::Fanout, &[]));
     ok(&mut standalone, bind("x", "q", ""));
-    assert!(events(&mut standalone).iter().all(Vec::is_empty));
+    assert!(replication_events(&mut standalone).iter().all(Vec::is_empty));
 }
 
 #[test]
@@ -301,7 +269,7 @@ fn a_backup_applies_configuration_on_every_shard_and_a_resync_leaves_exactly_the
     ok(&mut primary, bind("gone", &queue, "k"));
     ok(&mut primary, declare_queue("stale", &[]));
     ok(&mut primary, bind("x", "stale", "s"));
-    let all = events(&mut primary);
+    let all = replication_events(&mut primary);
     let mut backup = backup(3);
     // The owner's stream and shard 0's stream, each applied twice (a reconnect resends).
     for _ in 0..2 {
@@ -335,7 +303,7 @@ fn a_backup_applies_configuration_on_every_shard_and_a_resync_leaves_exactly_the
     ok(&mut primary, declare_exchange("new", ExchangeKind::Fanout, &[]));
     ok(&mut primary, bind("new", &queue, ""));
     ok(&mut primary, Frame::QueueDelete { request: RequestId(1), name: "stale".into() });
-    events(&mut primary);
+    replication_events(&mut primary);
     // The resync: clear, then the primary's snapshot.
     backup.shards[0].clear_replicas();
     let mut snapshot = Vec::new();
@@ -354,8 +322,8 @@ fn a_backup_applies_configuration_on_every_shard_and_a_resync_leaves_exactly_the
     assert_eq!(backup.shards[0].counters().own_changes_refused, 2);
 
     // Promoted: a publish from any shard routes through the replicated binding.
-    promote(&mut backup);
-    events(&mut backup);
+    promote(&mut backup, ADMIN);
+    replication_events(&mut backup);
     backup.connect(1, CLIENT, 0);
     let publish = Frame::Publish { exchange: "x".into(), first_seq: Seq(0), messages: vec![message("eu.fr")] };
     let confirm = backup.ask(1, CLIENT, &publish);
@@ -364,7 +332,7 @@ fn a_backup_applies_configuration_on_every_shard_and_a_resync_leaves_exactly_the
     // Replicated objects stay replicated on the new primary: a new binding is reported.
     let frames = backup.ask(1, CLIENT, &bind("x", &queue, "us"));
     assert_eq!(frames, [Frame::Ok { request: RequestId(1) }]);
-    assert_eq!(events(&mut backup)[0], [bound("x", &queue, "us")]);
+    assert_eq!(replication_events(&mut backup)[0], [bound("x", &queue, "us")]);
 }
 
 #[test]

@@ -20,12 +20,10 @@ use ringmq_core::frame::{
     ConfirmOutcome, ConfirmRange, ErrorCode, ExchangeKind, Frame, Message, QueueOptions, Settlement, TagRange,
     PREAMBLE_FLAG_ADMIN,
 };
-use ringmq_core::ha_view::HaSettings;
 use ringmq_core::ids::{ConnId, ConsumerId, RequestId, Seq, ShardId, Tag};
 use ringmq_core::replication::{Hold, Position, Record, ReplicationEvent};
 use ringmq_core::replication_level::ReplicationLevel::{self, All, Configuration};
-use ringmq_core::shard::shard_of;
-use support::{declare_with, Mesh};
+use support::{declare_with, ha_settings, name_on, promote, replication_events, Mesh};
 
 /// The admin connection used to promote, on shard 0.
 const ADMIN: u32 = 99;
@@ -33,51 +31,20 @@ const ADMIN: u32 = 99;
 /// The first position of a queue created or promoted in epoch 1.
 const EPOCH_1: u64 = 1 << 40;
 
-fn settings(cluster: bool, replicate: ReplicationLevel) -> HaSettings {
-    HaSettings {
-        cluster,
-        brokers_url: if cluster { "amqp:tcp:127.0.0.1:1,tcp:127.0.0.1:2".into() } else { String::new() },
-        public_url: String::new(),
-        replicate,
-    }
-}
-
 /// A joining backup of `count` shards with an admin connection on shard 0.
 fn backup(count: u16) -> Mesh {
-    let mut mesh = Mesh::new(count, settings(true, ReplicationLevel::None));
+    let mut mesh = Mesh::new(count, ha_settings(true, ReplicationLevel::None));
     mesh.connect(0, ADMIN, PREAMBLE_FLAG_ADMIN);
     mesh
-}
-
-fn promote(mesh: &mut Mesh) {
-    let frames = mesh.ask(0, ADMIN, &Frame::HaPromote { request: RequestId(9000) });
-    assert_eq!(frames, [Frame::Ok { request: RequestId(9000) }]);
 }
 
 /// A promoted (active) primary of `count` shards with `ha-replicate` = `replicate`.
 fn primary(count: u16, replicate: ReplicationLevel) -> Mesh {
-    let mut mesh = Mesh::new(count, settings(true, replicate));
+    let mut mesh = Mesh::new(count, ha_settings(true, replicate));
     mesh.connect(0, ADMIN, PREAMBLE_FLAG_ADMIN);
-    promote(&mut mesh);
+    promote(&mut mesh, ADMIN);
     assert_eq!(mesh.states(), vec![BrokerState::Active; usize::from(count)]);
     mesh
-}
-
-/// Every shard's replication events, by shard.
-fn events(mesh: &mut Mesh) -> Vec<Vec<ReplicationEvent>> {
-    mesh.shards
-        .iter_mut()
-        .map(|shard| {
-            let mut out = Vec::new();
-            shard.poll_replication(&mut out);
-            out
-        })
-        .collect()
-}
-
-/// A queue name owned by `shard` of `count`.
-fn name_on(shard: u16, count: u16, prefix: &str) -> String {
-    (0..).map(|i| format!("{prefix}{i}")).find(|name| shard_of(name, count) == ShardId(shard)).expect("a name")
 }
 
 fn declare_args(request: u32, name: &str, options: QueueOptions, arguments: &[(&str, &str)]) -> Frame {
@@ -136,11 +103,11 @@ fn events_come_only_from_a_primary_of_an_ha_cluster() {
     // Goal: a standalone broker (even with ha-replicate=all and the argument) and a backup make
     // no events; the same steps on a promoted primary do. Method: declare and publish on a
     // standalone broker; apply records on a backup; then promote it and publish.
-    let mut standalone = Mesh::new(2, settings(false, All));
+    let mut standalone = Mesh::new(2, ha_settings(false, All));
     standalone.connect(1, 1, 0);
     declare_ok(&mut standalone, 1, 1, "q", &[("qpid.replicate", "all")]);
     assert_eq!(publish(&mut standalone, 1, 1, 0, "q", &["a"]), [stored(0, 0)]);
-    assert!(events(&mut standalone).iter().all(Vec::is_empty));
+    assert!(replication_events(&mut standalone).iter().all(Vec::is_empty));
 
     let mut mesh = backup(2);
     let name = name_on(1, 2, "r");
@@ -150,12 +117,12 @@ fn events_come_only_from_a_primary_of_an_ha_cluster() {
     let messages = vec![message(&name, "a")];
     mesh.shards[1].apply_replica(Record::Enqueued { queue: name.clone(), first_position: Position(1), messages });
     mesh.settle();
-    assert!(events(&mut mesh).iter().all(Vec::is_empty));
+    assert!(replication_events(&mut mesh).iter().all(Vec::is_empty));
     // Promoted: a publish to the replica queue (level all) is reported by its owner.
-    promote(&mut mesh);
+    promote(&mut mesh, ADMIN);
     mesh.connect(0, 1, 0);
     assert_eq!(publish(&mut mesh, 0, 1, 0, &name, &["b"]), [stored(0, 0)]);
-    assert_eq!(events(&mut mesh), [vec![], vec![enqueued(&name, EPOCH_1, "b", None)]]);
+    assert_eq!(replication_events(&mut mesh), [vec![], vec![enqueued(&name, EPOCH_1, "b", None)]]);
 }
 
 #[test]
@@ -173,7 +140,10 @@ fn levels_come_from_the_argument_the_default_and_the_temporary_rule() {
     let asked = declare_args(1, "temp-all", temporary.clone(), &[("qpid.replicate", "all")]);
     assert_eq!(mesh.ask(0, 1, &asked), [Frame::Ok { request: RequestId(1) }]);
     let expected_temp = ReplicationEvent::QueueCreated { name: Arc::from("temp-all"), options: temporary, level: All };
-    assert_eq!(events(&mut mesh), [vec![created("plain", Configuration), created("all", All), expected_temp]]);
+    assert_eq!(
+        replication_events(&mut mesh),
+        [vec![created("plain", Configuration), created("all", All), expected_temp]]
+    );
     // Only the `all` queue reports its messages.
     for queue in ["plain", "none", "all"] {
         publish(
@@ -185,7 +155,7 @@ fn levels_come_from_the_argument_the_default_and_the_temporary_rule() {
             &["m"],
         );
     }
-    assert_eq!(events(&mut mesh), [vec![enqueued("all", EPOCH_1, "m", None)]]);
+    assert_eq!(replication_events(&mut mesh), [vec![enqueued("all", EPOCH_1, "m", None)]]);
     // A bad value and a conflict are refused, naming the problem; nothing is created.
     for (arguments, text) in [
         (
@@ -201,7 +171,7 @@ fn levels_come_from_the_argument_the_default_and_the_temporary_rule() {
         assert!(message.starts_with(text), "{message}");
     }
     assert_eq!(depth(&mut mesh, 0, 1, "bad"), None);
-    assert!(events(&mut mesh).iter().all(Vec::is_empty));
+    assert!(replication_events(&mut mesh).iter().all(Vec::is_empty));
     // Exchanges: a bad level is refused too; a good one is accepted.
     let exchange = |request, value: &str| Frame::ExchangeDeclare {
         request: RequestId(request),
@@ -225,13 +195,13 @@ fn a_replicated_enqueue_holds_its_confirm_until_every_stream_released_it() {
     mesh.connect(1, 1, 0);
     mesh.connect(0, 2, 0);
     declare_ok(&mut mesh, 1, 1, &name, &[]);
-    assert_eq!(events(&mut mesh)[1], [created(&name, All)]);
+    assert_eq!(replication_events(&mut mesh)[1], [created(&name, All)]);
     mesh.shards[1].set_replica_holds(2);
     for (shard, conn) in [(1u16, 1u32), (0, 2)] {
         let frames = publish(&mut mesh, shard, conn, 10, &name, &["a", "b"]);
         assert_eq!(frames, [], "confirm released before the backups confirmed");
         let hold = |seq| Some(Hold { shard: ShardId(shard), conn: ConnId(conn), seq: Seq(seq) });
-        let all = events(&mut mesh);
+        let all = replication_events(&mut mesh);
         assert!(all[0].is_empty());
         let [ReplicationEvent::Enqueued { position: first, .. }, ReplicationEvent::Enqueued { position: second, .. }] =
             all[1].as_slice()
@@ -255,7 +225,7 @@ fn a_replicated_enqueue_holds_its_confirm_until_every_stream_released_it() {
     assert_eq!(frames, []);
     let gone = Hold { shard: ShardId(0), conn: ConnId(2), seq: Seq(12) };
     assert!(
-        matches!(events(&mut mesh)[1].as_slice(), [ReplicationEvent::Enqueued { hold: Some(h), .. }] if *h == gone)
+        matches!(replication_events(&mut mesh)[1].as_slice(), [ReplicationEvent::Enqueued { hold: Some(h), .. }] if *h == gone)
     );
     mesh.shards[0].handle_closed(ConnId(2));
     mesh.settle();
@@ -265,7 +235,7 @@ fn a_replicated_enqueue_holds_its_confirm_until_every_stream_released_it() {
     // Without streams, no hold: the confirm goes out at once.
     mesh.shards[1].set_replica_holds(0);
     assert_eq!(publish(&mut mesh, 1, 1, 12, &name, &["d"]), [stored(12, 12)]);
-    assert!(matches!(events(&mut mesh)[1].as_slice(), [ReplicationEvent::Enqueued { hold: None, .. }]));
+    assert!(matches!(replication_events(&mut mesh)[1].as_slice(), [ReplicationEvent::Enqueued { hold: None, .. }]));
 }
 
 #[test]
@@ -315,7 +285,7 @@ fn acks_and_purges_report_dequeues_at_the_messages_positions_in_order() {
         dequeued(&name, p + 3),
         ReplicationEvent::QueueDeleted { name: Arc::from(name.as_str()) },
     ];
-    assert_eq!(events(&mut mesh), [expected, vec![]]);
+    assert_eq!(replication_events(&mut mesh), [expected, vec![]]);
 }
 
 #[test]
@@ -401,15 +371,15 @@ fn a_backup_applies_records_and_a_promotion_continues_in_the_new_epoch() {
     // clear_replicas drops the messages of the queues a shard owns.
     assert_eq!(mesh.shards[1].clear_replicas(), 1);
     assert_eq!(depth(&mut mesh, 0, ADMIN, &other), Some(0));
-    assert!(events(&mut mesh).iter().all(Vec::is_empty));
+    assert!(replication_events(&mut mesh).iter().all(Vec::is_empty));
 
-    promote(&mut mesh);
+    promote(&mut mesh, ADMIN);
     for shard in 0..3 {
         mesh.connect(shard, 10, 0);
         assert_eq!(publish(&mut mesh, shard, 10, 0, &name, &["p"]), [stored(0, 0)], "publish from shard {shard}");
     }
     assert_eq!(depth(&mut mesh, 0, ADMIN, &name), Some(5));
-    let all = events(&mut mesh);
+    let all = replication_events(&mut mesh);
     let expected: Vec<ReplicationEvent> = (0..3).map(|i| enqueued(&name, EPOCH_1 + i, "p", None)).collect();
     assert_eq!(all[2], expected);
 }
@@ -437,6 +407,6 @@ fn the_replication_link_moves_the_backup_through_the_state_table() {
     mesh.settle();
     assert_eq!(mesh.states(), [BrokerState::Ready; 2]);
     mesh.shards[0].observe_epoch(Epoch(5));
-    promote(&mut mesh);
+    promote(&mut mesh, ADMIN);
     assert!(mesh.shards.iter().all(|s| s.ha().epoch() == Epoch(6)));
 }

@@ -11,8 +11,9 @@ use ringmq_core::codec::{decode, encode, encode_preamble};
 use ringmq_core::frame::{Frame, Preamble, QueueOptions, PROTOCOL_VERSION};
 use ringmq_core::ha_view::HaSettings;
 use ringmq_core::ids::{ConnId, RequestId, ShardId};
+use ringmq_core::replication::ReplicationEvent;
 use ringmq_core::replication_level::ReplicationLevel;
-use ringmq_core::shard::{Shard, ShardConfig};
+use ringmq_core::shard::{shard_of, Shard, ShardConfig};
 
 /// Shards wired together in memory.
 pub struct Mesh {
@@ -128,6 +129,40 @@ impl Mesh {
     pub fn states(&self) -> Vec<BrokerState> {
         self.shards.iter().map(|s| s.ha().state()).collect()
     }
+}
+
+/// HA settings of a cluster member (`cluster`) or a standalone broker, with `ha-replicate` =
+/// `replicate`.
+pub fn ha_settings(cluster: bool, replicate: ReplicationLevel) -> HaSettings {
+    HaSettings {
+        cluster,
+        brokers_url: if cluster { "amqp:tcp:127.0.0.1:1,tcp:127.0.0.1:2".into() } else { String::new() },
+        public_url: String::new(),
+        replicate,
+    }
+}
+
+/// Promotes the mesh through the admin connection `admin` on shard 0; the promotion must succeed.
+pub fn promote(mesh: &mut Mesh, admin: u32) {
+    let frames = mesh.ask(0, admin, &Frame::HaPromote { request: RequestId(9000) });
+    assert_eq!(frames, [Frame::Ok { request: RequestId(9000) }]);
+}
+
+/// Every shard's replication events since the last call, by shard.
+pub fn replication_events(mesh: &mut Mesh) -> Vec<Vec<ReplicationEvent>> {
+    mesh.shards
+        .iter_mut()
+        .map(|shard| {
+            let mut out = Vec::new();
+            shard.poll_replication(&mut out);
+            out
+        })
+        .collect()
+}
+
+/// A queue name starting with `prefix` that shard `shard` of `count` owns.
+pub fn name_on(shard: u16, count: u16, prefix: &str) -> String {
+    (0..).map(|i| format!("{prefix}{i}")).find(|name| shard_of(name, count) == ShardId(shard)).expect("a name")
 }
 
 /// A declare of queue `name` with default options.
