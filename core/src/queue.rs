@@ -311,6 +311,13 @@ impl Queue {
         true
     }
 
+    /// Backup, before a catch-up by difference: puts the ready messages in position order, the
+    /// order `enqueue_at` keeps. Only a broker that was a primary (consumers released messages to
+    /// the front) can hold them otherwise. Linear when they are in order already.
+    pub fn sort_ready_by_position(&mut self) {
+        self.ready.make_contiguous().sort_by_key(|held| held.position);
+    }
+
     /// Backup: appends every held position (ready and unsettled) to `out` as inclusive ranges,
     /// increasing, neither overlapping nor adjacent; returns how many ranges it appended. Stops
     /// (returning `None`, `out` partly filled) once more than `ranges_max` would be needed.
@@ -850,6 +857,29 @@ mod tests {
         assert_eq!(queue.info().enqueued, 7);
         // The next primary position is still above the highest.
         assert_eq!(queue.enqueue(message("n")).unwrap(), Position(13));
+    }
+
+    #[test]
+    fn a_former_primarys_ready_messages_are_sorted_before_inserts() {
+        // Goal: releases by two consumers leave the ready list out of position order on a primary;
+        // once sorted, inserts below the highest find their place and duplicates are refused.
+        let mut queue = replicated();
+        for body in ["a", "b", "c", "d", "e"] {
+            queue.enqueue(message(body)).unwrap();
+        }
+        queue.subscribe(key(1), 2).unwrap();
+        queue.subscribe(key(2), 2).unwrap();
+        drain(&mut queue);
+        queue.cancel(key(1));
+        queue.cancel(key(2));
+        let before: Vec<u64> = ready_order(&mut queue).into_iter().map(|(p, _)| p).collect();
+        assert_ne!(before, [1, 2, 3, 4, 5]);
+        queue.sort_ready_by_position();
+        queue.dequeue_at(&[(Position(2), Position(2))]);
+        assert!(!queue.enqueue_at(Position(4), message("dup")));
+        assert!(queue.enqueue_at(Position(2), message("b")));
+        let after: Vec<u64> = ready_order(&mut queue).into_iter().map(|(p, _)| p).collect();
+        assert_eq!(after, [1, 2, 3, 4, 5]);
     }
 
     #[test]

@@ -721,10 +721,15 @@ impl Shard {
 
     /// Backup, before a catch-up that sends only the difference (the messages stay): on shard 0,
     /// the configuration part of `clear_replicas` (the request to the coordinator, made before
-    /// the records that follow); nothing on other shards.
+    /// the records that follow); on every shard, each owned queue's ready messages put in
+    /// position order (`Queue::sort_ready_by_position`: a broker that was a primary may hold them
+    /// otherwise), so that the catch-up's messages are inserted in their place.
     pub fn clear_replica_configuration(&mut self) {
         if self.coordinator.is_some() {
             self.request_replica_change(ConfigRequest::ReplicaConfigurationCleared);
+        }
+        for queue in self.queues.values_mut() {
+            queue.sort_ready_by_position();
         }
     }
 
