@@ -39,7 +39,8 @@ pub struct BenchArgs {
     /// Producer connections.
     #[arg(long, default_value_t = 1)]
     pub producers: u32,
-    /// Consumer connections.
+    /// Consumer connections. With 0, publish only: the run then checks that the queue holds
+    /// every message confirmed (counted as received), and purges it.
     #[arg(long, default_value_t = 1)]
     pub consumers: u32,
     /// Body size in bytes (at least 16: the stamp).
@@ -97,8 +98,8 @@ pub fn run(args: &BenchArgs) -> Result<Report, BenchError> {
     if args.size < STAMP_BYTES {
         return Err(BenchError::Options(format!("--size must be at least {STAMP_BYTES}; got {}", args.size)));
     }
-    if args.producers == 0 || args.consumers == 0 {
-        return Err(BenchError::Options("--producers and --consumers must be at least 1".into()));
+    if args.producers == 0 {
+        return Err(BenchError::Options("--producers must be at least 1; got 0".into()));
     }
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -174,6 +175,9 @@ async fn run_async(args: BenchArgs) -> Result<Report, BenchError> {
         return Err(error.into());
     }
     let sent: u64 = state.published.borrow().iter().map(|p| p.unwrap_or(0)).sum();
+    if args.consumers == 0 {
+        return publish_only_report(&args, admin, &state, sent, publish_end).await;
+    }
     // Wait for the consumers to see everything, or to stall.
     loop {
         let received = *state.received.borrow();
@@ -203,6 +207,23 @@ async fn run_async(args: BenchArgs) -> Result<Report, BenchError> {
         &state.end_to_end_ns.borrow(),
     );
     Ok(report)
+}
+
+/// The end of a run without consumers: every confirmed message must be in the queue (it is then
+/// counted as received), and the queue is purged.
+async fn publish_only_report(
+    args: &BenchArgs,
+    admin: Connection,
+    state: &RunState,
+    sent: u64,
+    publish_end: Duration,
+) -> Result<Report, BenchError> {
+    let queues = admin.list_queues().await?;
+    let held = queues.iter().find(|q| q.name == args.queue).map_or(0, |q| q.depth);
+    admin.purge_queue(&args.queue).await?;
+    admin.close().await?;
+    let no_receives = state.end_to_end_ns.borrow();
+    Ok(Report::new(args, sent, held.min(sent), 0, publish_end, publish_end, &state.confirm_ns.borrow(), &no_receives))
 }
 
 /// One producer: publishes numbered, stamped messages and records confirm latency.
