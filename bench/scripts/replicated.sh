@@ -25,6 +25,7 @@ workloads() {
   }
   run --count 2000000 --size 1024
   run --count 2000000 --size 1024 --window 4000
+  run --count 2000000 --size 1024 --consumers 0
   run --count 25000 --rate 5000 --size 1024
 }
 
