@@ -151,6 +151,11 @@ fn consumed_messages_leave_backups_and_the_rest_survive_a_failover() {
     wait_depth(&brokers[2], "orders", 0);
     send(&brokers[1], "orders", 1000..1005);
     wait_depth(&brokers[2], "orders", 5);
+    // The killed primary, restarted, does not become a second primary: it joins as a backup of the
+    // new one and holds what that one holds.
+    brokers[0].restart().expect("restart on the same port");
+    wait_state(&brokers[0], "ready");
+    wait_depth(&brokers[0], "orders", 5);
 }
 
 #[test]
@@ -379,7 +384,8 @@ fn after_a_failover_the_surviving_backup_downloads_only_what_it_lacks() {
 fn a_backup_copying_a_deep_queue_does_not_hold_up_new_publishes() {
     // Goal: catch-up and live changes interleave: while a restarted backup downloads a deep queue,
     // publishes to another queue and to the deep queue itself are confirmed (every linked backup,
-    // the catching-up one included, stored them) before that backup holds everything.
+    // the catching-up one included, stored them) before that backup holds everything. And a
+    // backup in catch-up refuses promotion.
     // Method: backup 2 is killed, 300k small messages are sent to "deep", backup 2 restarts; once
     // the primary logged its catch-up of "deep", one message to "other" and one to "deep" are
     // published and their confirms awaited; the primary must not have marked backup 2 ready yet
@@ -407,6 +413,14 @@ fn a_backup_copying_a_deep_queue_does_not_hold_up_new_publishes() {
             Err(lines)
         }
     });
+    // A backup in catch-up cannot be promoted. The primary is held still (SIGSTOP) meanwhile, so
+    // that the copy cannot finish between the state check and the promotion.
+    wait_state(&brokers[2], "catchup");
+    let stopped = Stopped::stop(&brokers[0]);
+    let refused = run_cli(&["ha", "promote", "-b", &brokers[2].addr(), "--cluster-manager"]);
+    stopped.resume();
+    let stderr = String::from_utf8_lossy(&refused.stderr).to_string();
+    assert!(!refused.status.success() && stderr.contains("still catching up"), "promote in catch-up: {stderr}");
     let publisher = primary.publisher().unwrap();
     publisher.publish("", numbered("other", 1)).unwrap();
     publisher.publish("", numbered("deep", DEEP)).unwrap();
