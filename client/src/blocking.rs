@@ -18,7 +18,6 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::ToSocketAddrs;
 use tokio::runtime::Runtime;
 
 use crate::confirm_queue::ConfirmSummary;
@@ -48,7 +47,7 @@ impl Connection {
     /// When called from inside a tokio runtime.
     pub fn connect<A>(addr: A, options: ConnectOptions) -> Result<Connection, ClientError>
     where
-        A: ToSocketAddrs + fmt::Display,
+        A: fmt::Display,
     {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
@@ -181,9 +180,14 @@ impl Connection {
         }
     }
 
-    /// The broker's name and version, as its `Hello` gave them.
+    /// The broker's name and version, as its first `Hello` gave them.
     pub fn broker(&self) -> &str {
         self.inner().broker()
+    }
+
+    /// See `crate::Connection::peer`.
+    pub fn peer(&self) -> String {
+        self.inner().peer()
     }
 
     /// Why the connection ended, once it has.

@@ -1,8 +1,11 @@
 //! A connection to a broker: the handshake, management requests, and the handles to publish and
 //! consume.
 //!
-//! `connect` opens TCP (no Nagle), sends the preamble, waits for `Hello`, then splits the socket
-//! between a writer task (`writer.rs`) and a reader task (`reader.rs`). Every method takes `&self`
+//! `connect` takes a URL list in the reference grammar (`[amqp:][user[/password]@]addr(,addr)*`,
+//! `tcp:` addresses; `broker_list.rs`), dials the addresses in turn until one accepts (a backup
+//! refuses with `NotPrimary`), then hands the socket to a supervisor task (`supervisor.rs`) that
+//! splits it between a writer task (`writer.rs`) and a reader task (`reader.rs`), and, with
+//! `ConnectOptions::reconnect`, dials again when the socket is lost. Every method takes `&self`
 //! and may be called from many tasks at once; replies are matched by request id.
 //!
 //! The connection closes when `close` is called or the `Connection` is dropped: what was queued
@@ -20,40 +23,31 @@ use std::fmt;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use bytes::BytesMut;
-use ringmq_core::codec;
-use ringmq_core::frame::{
-    Binding, ExchangeInfo, ExchangeKind, Frame, Preamble, QueueInfo, QueueOptions, PREAMBLE_FLAG_ADMIN,
-    PROTOCOL_VERSION,
-};
+use ringmq_core::frame::{Binding, ExchangeInfo, ExchangeKind, Frame, QueueInfo, QueueOptions};
 use ringmq_core::ids::Tag;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpStream, ToSocketAddrs};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::argument_check::{check_arguments, check_name, check_prefetch};
+use crate::broker_list::parse_broker_list;
 use crate::consumer::{Consumer, ConsumerSlot};
 use crate::error::ClientError;
-use crate::limits::READ_BUFFER_BYTES;
+use crate::failover::Failover;
 use crate::options::ConnectOptions;
 use crate::publisher::Publisher;
-use crate::reader::run_reader;
 use crate::request_table::Reply;
 use crate::shared::{locked, Shared};
-use crate::writer::run_writer;
+use crate::supervisor::{dial_any, supervise};
 
 /// An open connection to a broker.
 #[derive(Debug)]
 pub struct Connection {
     /// State shared with the handles and the background tasks.
     shared: Arc<Shared>,
-    /// The broker's name and version from `Hello`.
+    /// The broker's name and version from the first `Hello`.
     broker: String,
-    /// The writer task; awaited by `close`.
-    writer: Option<JoinHandle<()>>,
-    /// The reader task; awaited by `close`.
-    reader: Option<JoinHandle<()>>,
+    /// The supervisor task (which runs the reader and writer); awaited by `close`.
+    supervisor: Option<JoinHandle<()>>,
 }
 
 /// Counters of things the connection ignored, each with its reason.
@@ -69,6 +63,11 @@ pub struct ConnectionStats {
     pub confirm_ranges_dropped: u64,
     /// Publishes sent or queued and not yet confirmed.
     pub unconfirmed: u64,
+    /// Times the connection was re-established after a loss (`reconnect`).
+    pub reconnects: u64,
+    /// Settlements dropped because their deliveries came on a socket that was lost: the broker
+    /// redelivers those messages.
+    pub settlements_stale: u64,
 }
 
 /// A broker's HA state, as `HaStatusReply` carries it.
@@ -85,32 +84,33 @@ pub struct HaStatus {
 }
 
 impl Connection {
-    /// Connects to the broker at `addr` (`"host:port"` or a `SocketAddr`) and completes the
-    /// handshake. Must run inside a tokio runtime: it spawns the connection's two tasks.
+    /// Connects to the first broker of `url` that accepts as primary and completes the
+    /// handshake. `url` is `host:port`, a `SocketAddr`, or a list in the reference grammar
+    /// (`[amqp:][user[/password]@]addr(,addr)*`, `addr` = `[tcp:]host[:port]`; credentials are
+    /// ignored). Without `reconnect` each address is tried once, in order; with it, passes over
+    /// the list repeat (with back-off) until `reconnect_timeout`. Must run inside a tokio
+    /// runtime: it spawns the connection's tasks.
     ///
     /// # Errors
-    /// `InvalidArgument` for options out of bounds; `Connect` when TCP fails; `Refused` with the
-    /// broker's code and text when it answers with `Error` (unsupported version, not primary);
-    /// `ConnectTimeout` when no `Hello` came within `connect_timeout`; `Protocol` for anything
-    /// else than `Hello`.
-    pub async fn connect<A>(addr: A, options: ConnectOptions) -> Result<Connection, ClientError>
+    /// `InvalidArgument` for options out of bounds or a URL outside the grammar (`ssl:` included,
+    /// until TLS exists). Otherwise the last address's error: `Connect` when TCP fails; `Refused`
+    /// with the broker's code and text when it answers with `Error` (unsupported version, not
+    /// primary); `ConnectTimeout` when no `Hello` came within `connect_timeout`, or `Silent`
+    /// within twice `heartbeat_interval`; `Protocol` for anything else than `Hello`. With
+    /// `reconnect`: `ReconnectFailed` once `reconnect_timeout` passed.
+    pub async fn connect<A>(url: A, options: ConnectOptions) -> Result<Connection, ClientError>
     where
-        A: ToSocketAddrs + fmt::Display,
+        A: fmt::Display,
     {
         options.validate()?;
-        let addr_text = addr.to_string();
-        let timeout = options.connect_timeout;
-        let handshake = tokio::time::timeout(timeout, handshake(addr, &addr_text, &options)).await;
-        let (stream, buf, broker) = handshake.map_err(|_elapsed| ClientError::ConnectTimeout {
-            addr: addr_text.clone(),
-            timeout_ms: timeout.as_millis(),
-        })??;
-        let (read_half, write_half) = stream.into_split();
-        let shared = Arc::new(Shared::new(options));
-        let writer = tokio::spawn(run_writer(Arc::clone(&shared), write_half));
-        let reader = tokio::spawn(run_reader(Arc::clone(&shared), read_half, buf));
-        tracing::debug!(addr = %addr_text, %broker, "ringmq connection open");
-        Ok(Connection { shared, broker, writer: Some(writer), reader: Some(reader) })
+        let addresses = parse_broker_list(&url.to_string())?;
+        let mut failover = Failover::new(addresses, options.reconnect_interval, options.reconnect_timeout);
+        let dialled = dial_any(&mut failover, &options, None).await?;
+        let broker = dialled.broker.clone();
+        tracing::debug!(addr = %dialled.addr, %broker, "ringmq connection open");
+        let shared = Arc::new(Shared::new(options, dialled.addr.clone()));
+        let supervisor = tokio::spawn(supervise(Arc::clone(&shared), failover, dialled));
+        Ok(Connection { shared, broker, supervisor: Some(supervisor) })
     }
 
     /// Creates queue `name`, or checks that an equal one exists (`options.passive`: only checks).
@@ -277,11 +277,13 @@ impl Connection {
         check_prefetch(prefetch)?;
         let consumer = self.shared.next_consumer_id();
         let (events, receiver) = mpsc::unbounded_channel();
+        let session = self.shared.session();
         {
             // Registered before the request goes out: deliveries may follow the `Ok` at once.
             let mut consumers = locked(&self.shared.consumers);
             self.shared.check_open()?;
-            let previous = consumers.insert(consumer, ConsumerSlot { events, next_tag: Tag(0) });
+            let slot = ConsumerSlot { events, next_tag: Tag(0), queue: queue.to_owned(), prefetch, active: true };
+            let previous = consumers.insert(consumer, slot);
             assert!(previous.is_none(), "consumer id {} reused", consumer.0);
         }
         let queue_name = queue.to_owned();
@@ -290,11 +292,15 @@ impl Connection {
             .request("subscribe", |request| Frame::Subscribe { request, consumer, queue: queue_name, prefetch })
             .await
             .and_then(|reply| reply.expect_done("subscribe"));
-        if let Err(err) = result {
-            locked(&self.shared.consumers).remove(&consumer);
-            return Err(err);
+        match result {
+            // The socket was lost: the slot is active, so the reconnect subscribes it again.
+            Ok(()) | Err(ClientError::Reconnecting { .. }) => {}
+            Err(err) => {
+                locked(&self.shared.consumers).remove(&consumer);
+                return Err(err);
+            }
         }
-        Ok(Consumer::new(Arc::clone(&self.shared), consumer, queue.to_owned(), prefetch, receiver))
+        Ok(Consumer::new(Arc::clone(&self.shared), consumer, queue.to_owned(), prefetch, receiver, session))
     }
 
     /// Closes the connection: what was queued is sent, the socket is shut down, and the call
@@ -306,8 +312,8 @@ impl Connection {
     pub async fn close(mut self) -> Result<(), ClientError> {
         let earlier = self.shared.closed.get().cloned();
         self.shared.close(ClientError::Closed);
-        for task in [self.writer.take(), self.reader.take()].into_iter().flatten() {
-            // A task ends by itself once closed; a panic inside it was an assertion, already
+        if let Some(task) = self.supervisor.take() {
+            // It ends by itself once closed; a panic inside it was an assertion, already
             // reported by the panic hook, and the connection is closed either way.
             let _ = task.await;
         }
@@ -317,9 +323,14 @@ impl Connection {
         }
     }
 
-    /// The broker's name and version, as its `Hello` gave them.
+    /// The broker's name and version, as its first `Hello` gave them.
     pub fn broker(&self) -> &str {
         &self.broker
+    }
+
+    /// The address (`host:port`) of the broker the connection uses now (the last one reached).
+    pub fn peer(&self) -> String {
+        locked(&self.shared.peer).clone()
     }
 
     /// Why the connection ended, once it has.
@@ -334,6 +345,8 @@ impl Connection {
             deliveries_after_cancel: self.shared.deliveries_after_cancel.load(Ordering::Relaxed),
             confirm_ranges_dropped: locked(&self.shared.confirms).ranges_dropped(),
             unconfirmed: locked(&self.shared.outbox).window().inflight(),
+            reconnects: self.shared.reconnects.load(Ordering::Relaxed),
+            settlements_stale: self.shared.settlements_stale.load(Ordering::Relaxed),
         }
     }
 }
@@ -342,46 +355,6 @@ impl Drop for Connection {
     /// Starts a graceful close; the tasks finish sending what was queued on their own.
     fn drop(&mut self) {
         self.shared.close(ClientError::Closed);
-    }
-}
-
-/// TCP connect, preamble, `Hello`. Returns the stream, the bytes read after `Hello`, and the
-/// broker's name.
-async fn handshake<A: ToSocketAddrs>(
-    addr: A,
-    addr_text: &str,
-    options: &ConnectOptions,
-) -> Result<(TcpStream, BytesMut, String), ClientError> {
-    let connect_error =
-        |err: std::io::Error| ClientError::Connect { addr: addr_text.to_string(), source: Arc::new(err) };
-    let mut stream = TcpStream::connect(addr).await.map_err(connect_error)?;
-    // Frames are batched by the writer already; Nagle would only add latency.
-    stream.set_nodelay(true).map_err(connect_error)?;
-    let mut preamble = BytesMut::new();
-    let flags = if options.admin { PREAMBLE_FLAG_ADMIN } else { 0 };
-    codec::encode_preamble(Preamble { version: PROTOCOL_VERSION, flags }, &mut preamble);
-    stream.write_all(&preamble).await.map_err(|err| ClientError::lost("sending the preamble", &err))?;
-    let mut buf = BytesMut::with_capacity(READ_BUFFER_BYTES);
-    let frame = loop {
-        match codec::decode(&mut buf, options.frame_bytes_max) {
-            Ok(Some(frame)) => break frame,
-            Ok(None) => {}
-            Err(err) => return Err(ClientError::Protocol { reason: format!("handshake: {err}") }),
-        }
-        let read = stream.read_buf(&mut buf).await.map_err(|err| ClientError::lost("waiting for Hello", &err))?;
-        if read == 0 {
-            return Err(ClientError::ConnectionLost {
-                reason: "the broker closed the connection before sending Hello".to_string(),
-            });
-        }
-    };
-    match frame {
-        Frame::Hello { version, broker } if version == PROTOCOL_VERSION => Ok((stream, buf, broker)),
-        Frame::Hello { version, .. } => Err(ClientError::Protocol {
-            reason: format!("handshake: broker must speak protocol version {PROTOCOL_VERSION}; it speaks {version}"),
-        }),
-        Frame::Error { code, message } => Err(ClientError::Refused { code, message }),
-        other => Err(ClientError::Protocol { reason: format!("handshake: expected Hello or Error; got {other:?}") }),
     }
 }
 

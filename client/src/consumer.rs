@@ -15,6 +15,12 @@
 //!   unsettled, and the broker keeps at most `prefetch` unsettled per subscription.
 //! - After the subscription ended, `recv` returns what arrived before the end and then `None` (or
 //!   the error the connection failed with); settlements are refused with the reason.
+//! - Across a reconnect (`ConnectOptions::reconnect`) the subscription is made again on the new
+//!   socket (same queue, same prefetch) and tags keep increasing: the new session's broker tag 0
+//!   is the next tag `recv` returns. Deliveries of the lost session that were not settled are
+//!   forgotten (the broker redelivers them); settling one of their tags, or a settlement still
+//!   pending from that session, does nothing (counted in `ConnectionStats::settlements_stale`),
+//!   so it can never settle another delivery of the new session.
 
 use std::sync::Arc;
 
@@ -55,6 +61,10 @@ pub struct Consumer {
     batch: std::vec::IntoIter<Delivered>,
     /// The tag the next message `recv` returns gets; every tag below was returned.
     next_tag: Tag,
+    /// The tag the current socket session's broker tag 0 maps to; tags below are stale.
+    session_base: u64,
+    /// The socket session the pending settlements belong to.
+    session: u64,
     /// Settlements not sent yet.
     settlements: SettlementBatch,
     /// Pending settled tags that trigger a flush.
@@ -131,7 +141,7 @@ impl Consumer {
         }
         for chunk in self.settlements.drain() {
             let frame = Frame::Settle { consumer: self.id, settlement: chunk.settlement, ranges: chunk.ranges };
-            self.shared.send_frame("settle", &frame)?;
+            self.shared.send_in_session(&frame, self.session)?;
         }
         Ok(())
     }
@@ -157,7 +167,11 @@ impl Consumer {
         locked(&self.shared.consumers).remove(&self.id);
         self.batch = Vec::new().into_iter();
         self.end = Some(ConsumerEnd::Cancelled { reason: "cancelled by this client".to_string() });
-        result?.expect_done("cancel")
+        match result {
+            // The lost socket took the subscription with it, and it is no longer re-made.
+            Err(ClientError::Reconnecting { .. }) => Ok(()),
+            other => other?.expect_done("cancel"),
+        }
     }
 
     /// The subscription's id on its connection.
@@ -198,6 +212,7 @@ impl Consumer {
         queue: String,
         prefetch: u32,
         events: mpsc::UnboundedReceiver<ConsumerEvent>,
+        session: u64,
     ) -> Consumer {
         Consumer {
             shared,
@@ -207,6 +222,8 @@ impl Consumer {
             events,
             batch: Vec::new().into_iter(),
             next_tag: Tag(0),
+            session_base: 0,
+            session,
             settlements: SettlementBatch::default(),
             flush_tags_threshold: u64::from(prefetch / SETTLE_FLUSH_PREFETCH_DIVISOR).max(1),
             end: None,
@@ -224,10 +241,15 @@ impl Consumer {
         if tag >= self.next_tag {
             return Err(ClientError::unknown_tag(tag, self.next_tag));
         }
+        if tag.0 < self.session_base {
+            // Delivered on a socket that was lost: the broker redelivers it on the new one.
+            self.shared.settlements_stale.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            return Ok(());
+        }
         if self.settlements.is_full() {
             self.flush()?;
         }
-        self.settlements.add(settlement, tag);
+        self.settlements.add(settlement, Tag(tag.0 - self.session_base));
         if self.settlements.tags_pending() >= self.flush_tags_threshold {
             self.flush()?;
         }
@@ -237,7 +259,7 @@ impl Consumer {
     fn handle_event(&mut self, event: ConsumerEvent) {
         match event {
             ConsumerEvent::Deliveries { first_tag, messages } => {
-                assert_eq!(first_tag, self.next_tag, "the reader checks tags are consecutive");
+                assert_eq!(first_tag.0 + self.session_base, self.next_tag.0, "the reader checks tags are consecutive");
                 assert_eq!(self.batch.len(), 0, "a new frame is taken only when the last is used up");
                 self.batch = messages.into_iter();
             }
@@ -245,6 +267,14 @@ impl Consumer {
                 self.end = Some(ConsumerEnd::Cancelled { reason: format!("cancelled by the broker: {reason}") });
             }
             ConsumerEvent::Closed(cause) => self.end = Some(ConsumerEnd::Failed(cause)),
+            ConsumerEvent::Resubscribed { session } => {
+                // What the lost session delivered and `recv` did not return yet is redelivered;
+                // its pending settlements would name other deliveries now.
+                self.batch = Vec::new().into_iter();
+                self.settlements = SettlementBatch::default();
+                self.session_base = self.next_tag.0;
+                self.session = session;
+            }
         }
     }
 }
@@ -281,6 +311,12 @@ pub(crate) enum ConsumerEvent {
     },
     /// The connection ended.
     Closed(ClientError),
+    /// The connection was re-established and the subscription made again on socket session
+    /// `session`; its broker tags start at 0 again.
+    Resubscribed {
+        /// The new session.
+        session: u64,
+    },
 }
 
 /// The reader task's side of a subscription.
@@ -288,8 +324,14 @@ pub(crate) enum ConsumerEvent {
 pub(crate) struct ConsumerSlot {
     /// Where events go.
     pub(crate) events: mpsc::UnboundedSender<ConsumerEvent>,
-    /// The tag the next `Deliver` frame must start at.
+    /// The broker tag the next `Deliver` frame must start at (0 again on each socket session).
     pub(crate) next_tag: Tag,
+    /// The queue, to subscribe again after a reconnect.
+    pub(crate) queue: String,
+    /// The prefetch, to subscribe again after a reconnect.
+    pub(crate) prefetch: u32,
+    /// True once the broker accepted the subscription: only active ones are re-sent.
+    pub(crate) active: bool,
 }
 
 /// How a subscription ended.

@@ -126,6 +126,38 @@ pub enum ClientError {
         /// One past the highest tag delivered so far.
         delivered_end: u64,
     },
+    /// Nothing came from the broker for twice `heartbeat_interval` (on an open connection, or
+    /// while waiting for its `Hello`): it is dead or stalled, and the connection was closed.
+    #[error("no frame from {addr} for {silent_ms} ms (allowed: twice heartbeat_interval of {heartbeat_ms} ms) while {during}: the broker is dead or stalled")]
+    Silent {
+        /// The broker's address.
+        addr: String,
+        /// What the client was waiting for: `the handshake` or `the connection was open`.
+        during: &'static str,
+        /// How long nothing came, in milliseconds.
+        silent_ms: u128,
+        /// `heartbeat_interval`, in milliseconds.
+        heartbeat_ms: u128,
+    },
+    /// With `reconnect`, no address accepted as primary within `reconnect_timeout`.
+    #[error("reconnect gave up after {tried_ms} ms (reconnect_timeout {timeout_ms} ms) over {addresses}; last failure: {last}")]
+    ReconnectFailed {
+        /// How long it tried, in milliseconds.
+        tried_ms: u128,
+        /// `reconnect_timeout`, in milliseconds.
+        timeout_ms: u128,
+        /// The addresses it tried, comma-separated.
+        addresses: String,
+        /// The last attempt's error.
+        last: String,
+    },
+    /// With `reconnect`, the connection was lost and is being re-established: this request was
+    /// not sent, or its reply was lost with the connection (its outcome is unknown). Retry it.
+    #[error("connection lost and reconnecting ({cause}); the request was not sent or its outcome is unknown")]
+    Reconnecting {
+        /// Why the connection was lost.
+        cause: String,
+    },
     /// `Connection::publisher` was called a second time; a connection has one publish stream.
     #[error("this connection already has its publisher; open another connection for a second one")]
     PublisherTaken,

@@ -48,10 +48,12 @@
 
 mod argument_check;
 pub mod blocking;
+mod broker_list;
 mod confirm_queue;
 mod connection;
 mod consumer;
 mod error;
+mod failover;
 pub mod limits;
 mod options;
 mod outbox;
@@ -61,6 +63,7 @@ mod reader;
 mod request_table;
 mod settlement_batch;
 mod shared;
+mod supervisor;
 mod writer;
 
 pub use confirm_queue::{ConfirmSummary, Rejection};
@@ -68,6 +71,7 @@ pub use connection::{Connection, ConnectionStats, HaStatus};
 pub use consumer::{Consumer, Delivery};
 pub use error::ClientError;
 pub use options::ConnectOptions;
+pub use outbox::DEDUP_HEADER;
 pub use publisher::Publisher;
 pub use ringmq_core::frame::{
     ConfirmOutcome, ConfirmRange, ErrorCode, ExchangeInfo, ExchangeKind, Header, Message, QueueInfo, QueueOptions,

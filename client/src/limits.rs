@@ -54,6 +54,18 @@ pub const CLOSE_LINGER: Duration = Duration::from_secs(2);
 /// Default time allowed for TCP connect plus the preamble/`Hello` handshake.
 pub const CONNECT_TIMEOUT_DEFAULT: Duration = Duration::from_secs(10);
 
+/// Default `reconnect_interval`: the first wait between two passes over the address list.
+pub const RECONNECT_INTERVAL_DEFAULT: Duration = Duration::from_millis(100);
+/// Longest wait between two passes over the address list: the interval doubles after every
+/// failed pass up to this. Also the largest `reconnect_interval` a caller may choose.
+pub const RECONNECT_INTERVAL_MAX: Duration = Duration::from_secs(10);
+/// Most addresses a connection keeps: the ones given plus the ones learned from brokers'
+/// `ha-public-url`; more are ignored (the URL grammar allows as many in one URL).
+pub const FAILOVER_ADDRESSES_MAX: usize = 64;
+/// Longest `producer_id`, in bytes: with `/` and a 20-digit sequence number the
+/// `x-ringmq-dedup` header value stays far below a `u16` field.
+pub const PRODUCER_ID_BYTES_MAX: usize = 200;
+
 const _: () = assert!(PUBLISH_FRAME_BYTES_DEFAULT <= FRAME_BYTES_MAX_MIN);
 const _: () = assert!(FRAME_BYTES_MAX_MIN <= FRAME_BYTES_MAX_DEFAULT);
 const _: () = assert!(FRAME_BYTES_MAX_DEFAULT <= FRAME_BYTES_MAX_LIMIT);
@@ -64,3 +76,6 @@ const _: () = assert!(WRITE_CHUNK_BYTES >= PUBLISH_FRAME_BYTES_DEFAULT as usize)
 const _: () = assert!(SETTLE_RANGES_MAX >= 2);
 const _: () = assert!(SETTLE_FLUSH_PREFETCH_DIVISOR >= 1);
 const _: () = assert!(CONFIRM_RANGES_QUEUED_MAX >= 2);
+const _: () = assert!(RECONNECT_INTERVAL_DEFAULT.as_nanos() <= RECONNECT_INTERVAL_MAX.as_nanos());
+const _: () = assert!(FAILOVER_ADDRESSES_MAX >= 1);
+const _: () = assert!(PRODUCER_ID_BYTES_MAX + 21 <= u16::MAX as usize);

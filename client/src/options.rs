@@ -8,7 +8,8 @@ use std::time::Duration;
 use crate::error::ClientError;
 use crate::limits::{
     CONNECT_TIMEOUT_DEFAULT, FRAME_BYTES_MAX_DEFAULT, FRAME_BYTES_MAX_LIMIT, FRAME_BYTES_MAX_MIN,
-    PUBLISH_FRAME_BYTES_DEFAULT, PUBLISH_WINDOW_DEFAULT, PUBLISH_WINDOW_MAX,
+    PRODUCER_ID_BYTES_MAX, PUBLISH_FRAME_BYTES_DEFAULT, PUBLISH_WINDOW_DEFAULT, PUBLISH_WINDOW_MAX,
+    RECONNECT_INTERVAL_DEFAULT, RECONNECT_INTERVAL_MAX,
 };
 
 /// Options of `Connection::connect`.
@@ -22,12 +23,31 @@ pub struct ConnectOptions {
     /// size while the socket is busy; a single larger message still goes, alone, if it fits
     /// `frame_bytes_max`.
     pub publish_frame_bytes: u32,
-    /// Most unconfirmed publishes before `Publisher::publish` waits.
+    /// Most unconfirmed publishes before `Publisher::publish` waits. With `reconnect` this is
+    /// also the capacity of the publishes kept for re-sending: every unconfirmed publish is kept,
+    /// so a full window is the backpressure.
     pub publish_window: u64,
     /// Time allowed for TCP connect plus handshake.
     pub connect_timeout: Duration,
-    /// Send a `Heartbeat` when nothing was written for this long; `None` sends none.
+    /// Send a `Heartbeat` every interval (the broker echoes it), and treat a broker that sent
+    /// nothing for twice the interval as dead or stalled: the connection (or the handshake, or a
+    /// reconnect attempt) fails with `ClientError::Silent`. `None`: no heartbeats, no detection.
     pub heartbeat_interval: Option<Duration>,
+    /// When the connection is lost (socket error, end of stream, silence, a primary that stepped
+    /// down), connect again: try every address in turn until one accepts as primary, re-send the
+    /// unconfirmed publishes, re-subscribe. Off: a lost connection is an error to every caller.
+    pub reconnect: bool,
+    /// With `reconnect`, give up (`ClientError::ReconnectFailed`) after trying for this long;
+    /// `None` tries forever. Also bounds the first connect when `reconnect` is on.
+    pub reconnect_timeout: Option<Duration>,
+    /// With `reconnect`, the wait after a pass over every address failed; it doubles after each
+    /// failed pass up to `RECONNECT_INTERVAL_MAX`, and starts again after a success.
+    pub reconnect_interval: Duration,
+    /// When set, every published message carries the header `x-ringmq-dedup` =
+    /// `<producer_id>/<seq>` (the publisher's sequence number, which continues across
+    /// reconnects), so a broker can drop a re-send it already holds. At most
+    /// `PRODUCER_ID_BYTES_MAX` bytes, not empty.
+    pub producer_id: Option<String>,
 }
 
 impl Default for ConnectOptions {
@@ -39,6 +59,10 @@ impl Default for ConnectOptions {
             publish_window: PUBLISH_WINDOW_DEFAULT,
             connect_timeout: CONNECT_TIMEOUT_DEFAULT,
             heartbeat_interval: None,
+            reconnect: false,
+            reconnect_timeout: None,
+            reconnect_interval: RECONNECT_INTERVAL_DEFAULT,
+            producer_id: None,
         }
     }
 }
@@ -85,7 +109,39 @@ impl ConnectOptions {
                 got: format!("{:?}", self.heartbeat_interval),
             });
         }
+        if self.reconnect_interval.is_zero() || self.reconnect_interval > RECONNECT_INTERVAL_MAX {
+            return Err(ClientError::InvalidArgument {
+                name: "reconnect_interval",
+                allowed: format!("a positive duration up to {RECONNECT_INTERVAL_MAX:?}"),
+                got: format!("{:?}", self.reconnect_interval),
+            });
+        }
+        if self.reconnect_timeout.is_some_and(|d| d.is_zero()) {
+            return Err(ClientError::InvalidArgument {
+                name: "reconnect_timeout",
+                allowed: "a positive duration or none (forever)".to_string(),
+                got: format!("{:?}", self.reconnect_timeout),
+            });
+        }
+        if let Some(id) = &self.producer_id {
+            if id.is_empty() || id.len() > PRODUCER_ID_BYTES_MAX {
+                return Err(ClientError::InvalidArgument {
+                    name: "producer_id",
+                    allowed: format!("1..={PRODUCER_ID_BYTES_MAX} bytes"),
+                    got: format!("{} bytes", id.len()),
+                });
+            }
+        }
         Ok(())
+    }
+
+    /// How long the handshake may take: `connect_timeout`, or less with heartbeats (a broker
+    /// silent for twice the interval is stalled).
+    pub(crate) fn handshake_timeout(&self) -> Duration {
+        match self.heartbeat_interval {
+            Some(interval) => self.connect_timeout.min(interval * 2),
+            None => self.connect_timeout,
+        }
     }
 }
 
@@ -111,5 +167,10 @@ mod tests {
 
         let options = ConnectOptions { publish_frame_bytes: FRAME_BYTES_MAX_DEFAULT + 1, ..ConnectOptions::default() };
         assert!(options.validate().unwrap_err().to_string().contains("publish_frame_bytes"));
+
+        let options = ConnectOptions { reconnect_interval: Duration::ZERO, ..ConnectOptions::default() };
+        assert!(options.validate().unwrap_err().to_string().contains("reconnect_interval"));
+        let options = ConnectOptions { producer_id: Some(String::new()), ..ConnectOptions::default() };
+        assert!(options.validate().unwrap_err().to_string().contains("producer_id"));
     }
 }

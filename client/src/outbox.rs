@@ -16,16 +16,27 @@
 //! - Every queued publish holds a reservation in `window`, so the outbox never holds more
 //!   messages than the publish window.
 //! - Nothing is pushed after the outbox stopped accepting (`Draining` or `Stopped`).
+//! - With `retain` (the connection reconnects), every publish stays in `retained` until its
+//!   confirm, in sequence order: `retained` holds exactly the seqs `confirmed_next..next` of the
+//!   window. While `Suspended` (the socket was lost, a reconnect is under way) publishes are
+//!   accepted into `retained` only and encoded frames are refused; `resume` starts a new session
+//!   whose items are the given frames followed by every retained publish, in order.
+//! - With a producer id, every publish carries the header `x-ringmq-dedup` = `<id>/<seq>`.
+
+use std::collections::VecDeque;
 
 use bytes::{Bytes, BytesMut};
 use ringmq_core::codec::{self, message_bytes_len};
-use ringmq_core::frame::{Frame, Message};
+use ringmq_core::frame::{Frame, Header, Message};
 use ringmq_core::ids::Seq;
 
 use crate::argument_check::{check_message, check_name};
 use crate::error::ClientError;
 use crate::limits::SPARE_MESSAGE_VECS_MAX;
-use crate::publish_window::PublishWindow;
+use crate::publish_window::{ConfirmRangeError, PublishWindow};
+
+/// The header that carries `<producer-id>/<seq>` when `ConnectOptions::producer_id` is set.
+pub const DEDUP_HEADER: &str = "x-ringmq-dedup";
 
 /// One thing to send.
 #[derive(Debug)]
@@ -48,6 +59,9 @@ pub(crate) enum OutItem {
 pub(crate) enum OutboxState {
     /// Accepting items.
     Open,
+    /// The socket was lost and a reconnect is under way: publishes are kept for the next
+    /// session, encoded frames are refused, the writer of the lost session stops.
+    Suspended,
     /// Closing gracefully: no new items; the writer sends what is queued, then shuts down.
     Draining,
     /// Failed: nothing more is sent.
@@ -85,11 +99,44 @@ pub(crate) struct Outbox {
     publish_head_bytes: usize,
     /// Message vectors the writer emptied, reused for new publish groups.
     spare_messages: Vec<Vec<Message>>,
+    /// Keep every publish until confirmed, for re-sending after a reconnect.
+    retain: bool,
+    /// Unconfirmed publishes in sequence order (only with `retain`).
+    retained: VecDeque<RetainedRun>,
+    /// The id put in every publish's `x-ringmq-dedup` header.
+    producer_id: Option<String>,
+    /// The socket session: 0 for the first, +1 per `resume`.
+    session: u64,
+    /// Why the outbox is `Suspended`.
+    suspended_cause: String,
+}
+
+/// Consecutive unconfirmed publishes to one exchange.
+#[derive(Debug)]
+struct RetainedRun {
+    /// Exchange name.
+    exchange: String,
+    /// Sequence number of the first message.
+    first_seq: Seq,
+    /// The messages, in sequence order.
+    messages: VecDeque<Message>,
 }
 
 impl Outbox {
-    /// An open, empty outbox.
+    /// An open, empty outbox, without retention or producer id.
+    #[cfg(test)]
     pub(crate) fn new(publish_window: u64, frame_bytes_max: u32) -> Outbox {
+        Outbox::with_failover(publish_window, frame_bytes_max, false, None)
+    }
+
+    /// An open, empty outbox; `retain` keeps unconfirmed publishes for re-sending, `producer_id`
+    /// stamps every publish with the dedup header.
+    pub(crate) fn with_failover(
+        publish_window: u64,
+        frame_bytes_max: u32,
+        retain: bool,
+        producer_id: Option<String>,
+    ) -> Outbox {
         let mut head = BytesMut::new();
         codec::encode(&Frame::Publish { exchange: String::new(), first_seq: Seq(0), messages: Vec::new() }, &mut head);
         Outbox {
@@ -100,6 +147,11 @@ impl Outbox {
             frame_bytes_max,
             publish_head_bytes: head.len(),
             spare_messages: Vec::new(),
+            retain,
+            retained: VecDeque::new(),
+            producer_id,
+            session: 0,
+            suspended_cause: String::new(),
         }
     }
 
@@ -111,23 +163,42 @@ impl Outbox {
     pub(crate) fn push_publish(
         &mut self,
         exchange: &str,
-        message: Message,
+        mut message: Message,
     ) -> Result<Result<PublishPush, OutboxClosed>, ClientError> {
-        if self.state != OutboxState::Open {
+        if !matches!(self.state, OutboxState::Open | OutboxState::Suspended) {
             return Ok(Err(OutboxClosed));
         }
-        let same_group = matches!(self.items.last(), Some(OutItem::Publish { exchange: tail, .. }) if tail == exchange);
+        let same_group = self.state == OutboxState::Open
+            && matches!(self.items.last(), Some(OutItem::Publish { exchange: tail, .. }) if tail == exchange);
         if !same_group {
             check_name("exchange name", exchange)?;
         }
+        let stamped = match &self.producer_id {
+            Some(id) => {
+                let value = format!("{id}/{}", self.window.next().0);
+                message.headers.push(Header { name: Bytes::from_static(DEDUP_HEADER.as_bytes()), value: value.into() });
+                true
+            }
+            None => false,
+        };
         check_message(&message)?;
         let encoded_bytes = self.publish_head_bytes + exchange.len() + message_bytes_len(&message);
         if encoded_bytes > self.frame_bytes_max as usize {
             return Err(ClientError::MessageTooLarge { encoded_bytes, frame_bytes_max: self.frame_bytes_max });
         }
         let Some(seq) = self.window.try_reserve() else {
+            if stamped {
+                // The seq in the stamp may not be this message's when it comes back.
+                message.headers.pop();
+            }
             return Ok(Ok(PublishPush::WindowFull(message)));
         };
+        if self.retain {
+            self.retain_publish(exchange, seq, message.clone());
+        }
+        if self.state == OutboxState::Suspended {
+            return Ok(Ok(PublishPush::Queued(seq)));
+        }
         match self.items.last_mut() {
             Some(OutItem::Publish { first_seq, messages, .. }) if same_group => {
                 assert_eq!(first_seq.0 + messages.len() as u64, seq.0, "publish group has a gap");
@@ -141,6 +212,95 @@ impl Outbox {
             }
         }
         Ok(Ok(PublishPush::Queued(seq)))
+    }
+
+    /// Keeps publish `seq` until its confirm.
+    fn retain_publish(&mut self, exchange: &str, seq: Seq, message: Message) {
+        match self.retained.back_mut() {
+            Some(run) if run.exchange == exchange => {
+                assert_eq!(run.first_seq.0 + run.messages.len() as u64, seq.0, "retained publishes have a gap");
+                run.messages.push_back(message);
+            }
+            _ => self.retained.push_back(RetainedRun {
+                exchange: exchange.to_owned(),
+                first_seq: seq,
+                messages: VecDeque::from([message]),
+            }),
+        }
+    }
+
+    /// Releases the confirmed range `first..=last` from the window and from the retained
+    /// publishes; returns how many it released.
+    ///
+    /// # Errors
+    /// As `PublishWindow::handle_confirm`; nothing is released then.
+    pub(crate) fn handle_confirm(&mut self, first: Seq, last: Seq) -> Result<u64, ConfirmRangeError> {
+        let released = self.window.handle_confirm(first, last)?;
+        let mut left = released;
+        while left > 0 && self.retain {
+            let run = self.retained.front_mut().expect("every unconfirmed publish is retained");
+            assert_eq!(run.first_seq.0, last.0 + 1 - left, "retained publishes follow the window");
+            let take = left.min(run.messages.len() as u64);
+            run.messages.drain(..take as usize);
+            run.first_seq.0 += take;
+            left -= take;
+            if run.messages.is_empty() {
+                self.retained.pop_front();
+            }
+        }
+        Ok(released)
+    }
+
+    /// The socket was lost (`cause`): drop what was queued for it and keep accepting publishes
+    /// for the next session. Does nothing unless `Open`.
+    pub(crate) fn suspend(&mut self, cause: String) {
+        if self.state != OutboxState::Open {
+            return;
+        }
+        self.state = OutboxState::Suspended;
+        self.suspended_cause = cause;
+        self.items.clear();
+    }
+
+    /// Why the outbox is suspended.
+    pub(crate) fn suspended_cause(&self) -> &str {
+        &self.suspended_cause
+    }
+
+    /// Starts the next session: `frames` first, then every retained publish in order. Returns the
+    /// new session number, or `None` when the outbox was closed meanwhile (not `Suspended`).
+    pub(crate) fn resume(&mut self, frames: Vec<Bytes>) -> Option<u64> {
+        if self.state != OutboxState::Suspended {
+            return None;
+        }
+        self.session += 1;
+        self.state = OutboxState::Open;
+        self.items.clear();
+        self.writer_idle = false;
+        self.items.extend(frames.into_iter().map(OutItem::Encoded));
+        for run in &self.retained {
+            self.items.push(OutItem::Publish {
+                exchange: run.exchange.clone(),
+                first_seq: run.first_seq,
+                messages: run.messages.iter().cloned().collect(),
+            });
+        }
+        Some(self.session)
+    }
+
+    /// The current socket session.
+    pub(crate) fn session(&self) -> u64 {
+        self.session
+    }
+
+    /// Queues an encoded frame that belongs to socket session `session` (a settlement: its tags
+    /// are that session's); drops it, returning `Ok(false)`, when that session is over.
+    pub(crate) fn push_in_session(&mut self, frame: Bytes, session: u64) -> Result<bool, OutboxClosed> {
+        match self.state {
+            OutboxState::Open if self.session == session => self.push_encoded(frame).map(|()| true),
+            OutboxState::Open | OutboxState::Suspended => Ok(false),
+            OutboxState::Draining | OutboxState::Stopped => Err(OutboxClosed),
+        }
     }
 
     /// Queues an encoded frame.
@@ -202,7 +362,7 @@ impl Outbox {
         }
     }
 
-    /// The publish window, for confirms.
+    /// The publish window.
     pub(crate) fn window(&mut self) -> &mut PublishWindow {
         &mut self.window
     }
@@ -294,5 +454,50 @@ mod tests {
         // Stopped is final.
         outbox.close(OutboxState::Draining);
         assert_eq!(outbox.state(), OutboxState::Stopped);
+    }
+
+    #[test]
+    fn retained_publishes_are_resent_in_order_after_resume_and_released_by_confirms() {
+        // Goal: a reconnect re-sends exactly the unconfirmed publishes, in order, with their own
+        // seqs and dedup stamps, after the frames of the new session; publishes made while
+        // suspended join them.
+        let mut outbox = Outbox::with_failover(10, 1 << 20, true, Some("p1".into()));
+        for body in [b"a", b"b", b"c"] {
+            queued(outbox.push_publish("x", message(body)));
+        }
+        assert_eq!(outbox.handle_confirm(Seq(0), Seq(0)), Ok(1));
+        outbox.suspend("lost".into());
+        assert!(outbox.is_empty());
+        assert!(outbox.push_encoded(Bytes::from_static(b"f")).is_err());
+        assert_eq!(outbox.push_in_session(Bytes::from_static(b"s"), 0), Ok(false));
+        assert_eq!(queued(outbox.push_publish("y", message(b"d"))), Seq(3));
+        assert_eq!(outbox.resume(vec![Bytes::from_static(b"subscribe")]), Some(1));
+        let mut items = Vec::new();
+        outbox.take_items(&mut items);
+        let shape: Vec<(String, u64, Vec<String>)> = items
+            .iter()
+            .map(|item| match item {
+                OutItem::Publish { exchange, first_seq, messages } => (
+                    exchange.clone(),
+                    first_seq.0,
+                    messages.iter().map(|m| String::from_utf8_lossy(&m.headers[0].value).into_owned()).collect(),
+                ),
+                OutItem::Encoded(_) => ("<frame>".to_string(), 0, Vec::new()),
+            })
+            .collect();
+        assert_eq!(
+            shape,
+            vec![
+                ("<frame>".to_string(), 0, vec![]),
+                ("x".to_string(), 1, vec!["p1/1".to_string(), "p1/2".to_string()]),
+                ("y".to_string(), 3, vec!["p1/3".to_string()]),
+            ]
+        );
+        // Old-session settlements are dropped, new ones go.
+        assert_eq!(outbox.push_in_session(Bytes::from_static(b"s"), 0), Ok(false));
+        assert_eq!(outbox.push_in_session(Bytes::from_static(b"s"), 1), Ok(true));
+        // Confirms release the retained ones across runs.
+        assert_eq!(outbox.handle_confirm(Seq(1), Seq(3)), Ok(3));
+        assert!(outbox.retained.is_empty());
     }
 }

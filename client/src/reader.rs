@@ -9,8 +9,9 @@
 //! Invariants:
 //! - Any frame the broker may not send, a `Deliver` whose first tag is not the subscription's
 //!   next tag, or a confirm out of sequence order ends the connection with `Protocol`; an `Error`
-//!   frame ends it with `BrokerClosed`; end of stream or a read error with `ConnectionLost`.
-//!   Whatever ends it, `Shared::close` completes every waiter.
+//!   frame ends it with `BrokerClosed`; end of stream or a read error with `ConnectionLost`;
+//!   with heartbeats, nothing received for twice `heartbeat_interval` with `Silent`. The cause is
+//!   returned to the supervisor, which closes the connection or reconnects.
 //! - After the connection started closing the reader keeps reading (so the broker's last frames
 //!   and its end of stream are consumed and the close is clean) for at most `CLOSE_LINGER`.
 
@@ -30,14 +31,22 @@ use crate::limits::{CLOSE_LINGER, READ_BUFFER_BYTES, READ_CHUNK_BYTES_MIN};
 use crate::request_table::Reply;
 use crate::shared::{locked, Shared};
 
-/// Runs until the connection ends; `buf` holds bytes already read after the handshake.
-pub(crate) async fn run_reader(shared: Arc<Shared>, mut socket: OwnedReadHalf, mut buf: BytesMut) {
-    let cause = read_until_end(&shared, &mut socket, &mut buf).await;
-    shared.close(cause);
+/// Runs until the socket session ends and returns why; `buf` holds bytes already read after the
+/// handshake, `addr` is the broker's address (for the silence error).
+pub(crate) async fn run_reader(
+    shared: Arc<Shared>,
+    mut socket: OwnedReadHalf,
+    mut buf: BytesMut,
+    addr: String,
+) -> ClientError {
+    read_until_end(&shared, &mut socket, &mut buf, &addr).await
 }
 
-async fn read_until_end(shared: &Shared, socket: &mut OwnedReadHalf, buf: &mut BytesMut) -> ClientError {
+async fn read_until_end(shared: &Shared, socket: &mut OwnedReadHalf, buf: &mut BytesMut, addr: &str) -> ClientError {
     let frame_bytes_max = shared.options.frame_bytes_max;
+    // With heartbeats the broker echoes ours at least once per interval; twice that in silence
+    // means it is dead or stalled.
+    let silence_max = shared.options.heartbeat_interval.map(|interval| interval * 2);
     let mut confirms: Vec<ConfirmRange> = Vec::new();
     let mut linger_until: Option<Instant> = None;
     loop {
@@ -62,10 +71,27 @@ async fn read_until_end(shared: &Shared, socket: &mut OwnedReadHalf, buf: &mut B
                 Ok(read) => read,
                 Err(_elapsed) => return ClientError::Closed,
             },
-            None => tokio::select! {
-                read = socket.read_buf(buf) => read,
-                _ = shared.closing.notified() => continue,
-            },
+            None => {
+                let silence = async {
+                    match silence_max {
+                        Some(max) => tokio::time::sleep(max).await,
+                        None => std::future::pending().await,
+                    }
+                };
+                tokio::select! {
+                    read = socket.read_buf(buf) => read,
+                    _ = shared.closing.notified() => continue,
+                    () = silence => {
+                        let max = silence_max.expect("silence only fires with heartbeats");
+                        return ClientError::Silent {
+                            addr: addr.to_string(),
+                            during: "the connection was open",
+                            silent_ms: max.as_millis(),
+                            heartbeat_ms: (max / 2).as_millis(),
+                        };
+                    }
+                }
+            }
         };
         match read {
             Ok(0) if buf.is_empty() => {
@@ -184,7 +210,7 @@ fn apply_confirms(shared: &Shared, confirms: &mut Vec<ConfirmRange>) -> Result<(
     {
         let mut outbox = locked(&shared.outbox);
         for range in confirms.iter() {
-            if let Err(err) = outbox.window().handle_confirm(range.first, range.last) {
+            if let Err(err) = outbox.handle_confirm(range.first, range.last) {
                 refused = Some(ClientError::Protocol { reason: err.to_string() });
                 break;
             }

@@ -14,15 +14,19 @@
 //!   registered after `close` drained the tables.
 //! - A graceful close (`ClientError::Closed`) lets the writer send what was queued before it;
 //!   any other cause stops the writer at once.
+//! - With `reconnect`, a lost socket is not a close: `suspend` fails the requests in flight with
+//!   `Reconnecting` (their outcome is unknown) and keeps publishes and subscriptions; `resume`
+//!   starts the next socket session with every active subscription re-sent, then every
+//!   unconfirmed publish. `closed` is set only when the caller closes or reconnecting gives up.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, OnceLock};
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use ringmq_core::codec;
 use ringmq_core::frame::Frame;
-use ringmq_core::ids::{ConsumerId, RequestId};
+use ringmq_core::ids::{ConsumerId, RequestId, Tag};
 use tokio::sync::{oneshot, Notify};
 
 use crate::confirm_queue::ConfirmQueue;
@@ -64,13 +68,36 @@ pub(crate) struct Shared {
     /// Deliveries for a subscription this client already cancelled; the broker returns them to
     /// the queue when it processes the cancel.
     pub(crate) deliveries_after_cancel: AtomicU64,
+    /// Settle frames dropped because their tags belonged to a socket session that was lost.
+    pub(crate) settlements_stale: AtomicU64,
+    /// Times the connection was re-established after a loss.
+    pub(crate) reconnects: AtomicU64,
+    /// The address of the broker of the current session.
+    pub(crate) peer: Mutex<String>,
+    /// Addresses learned from the primary's `ha-public-url`, for the supervisor to add.
+    pub(crate) learned: Mutex<Vec<String>>,
+}
+
+/// A subscription to re-establish on a new socket session, and the wait for its reply.
+#[derive(Debug)]
+pub(crate) struct Resubscription {
+    /// The subscription.
+    pub(crate) consumer: ConsumerId,
+    /// The broker's reply to the new `Subscribe`.
+    pub(crate) reply: oneshot::Receiver<Result<Reply, ClientError>>,
 }
 
 impl Shared {
     /// Fresh state for a connection with these (validated) options.
-    pub(crate) fn new(options: ConnectOptions) -> Shared {
+    pub(crate) fn new(options: ConnectOptions, peer: String) -> Shared {
+        let outbox = Outbox::with_failover(
+            options.publish_window,
+            options.frame_bytes_max,
+            options.reconnect,
+            options.producer_id.clone(),
+        );
         Shared {
-            outbox: Mutex::new(Outbox::new(options.publish_window, options.frame_bytes_max)),
+            outbox: Mutex::new(outbox),
             options,
             writer_wake: Notify::new(),
             confirms: Mutex::new(ConfirmQueue::default()),
@@ -83,7 +110,93 @@ impl Shared {
             publisher_taken: AtomicBool::new(false),
             replies_unmatched: AtomicU64::new(0),
             deliveries_after_cancel: AtomicU64::new(0),
+            settlements_stale: AtomicU64::new(0),
+            reconnects: AtomicU64::new(0),
+            peer: Mutex::new(peer),
+            learned: Mutex::new(Vec::new()),
         }
+    }
+
+    /// The socket was lost with `cause` and a reconnect begins: requests in flight fail with
+    /// `Reconnecting`, publishes are kept, the writer of the lost session stops.
+    pub(crate) fn suspend(&self, cause: &ClientError) {
+        let text = cause.to_string();
+        tracing::debug!(cause = %text, "ringmq connection lost; reconnecting");
+        locked(&self.outbox).suspend(text.clone());
+        self.writer_wake.notify_one();
+        locked(&self.requests).fail_all(&ClientError::Reconnecting { cause: text });
+    }
+
+    /// A new socket session begins (to `peer`): queues a `Subscribe` for every active
+    /// subscription, then every unconfirmed publish, and tells each subscription its tags start
+    /// again. Returns the replies to wait for, or `None` when the connection was closed meanwhile.
+    pub(crate) fn resume(&self, peer: String) -> Option<Vec<Resubscription>> {
+        *locked(&self.peer) = peer;
+        let subscriptions: Vec<(ConsumerId, String, u32)> = {
+            let mut consumers = locked(&self.consumers);
+            consumers
+                .iter_mut()
+                .filter(|(_, slot)| slot.active)
+                .map(|(id, slot)| {
+                    slot.next_tag = Tag(0);
+                    (*id, slot.queue.clone(), slot.prefetch)
+                })
+                .collect()
+        };
+        let mut frames: Vec<Bytes> = Vec::with_capacity(subscriptions.len());
+        let mut waits = Vec::with_capacity(subscriptions.len());
+        for (consumer, queue, prefetch) in &subscriptions {
+            let (waiter, reply) = oneshot::channel();
+            let request = locked(&self.requests).register(waiter);
+            let frame = Frame::Subscribe { request, consumer: *consumer, queue: queue.clone(), prefetch: *prefetch };
+            let mut bytes = BytesMut::new();
+            codec::encode(&frame, &mut bytes);
+            frames.push(bytes.freeze());
+            waits.push(Resubscription { consumer: *consumer, reply });
+        }
+        let session = locked(&self.outbox).resume(frames)?;
+        self.reconnects.fetch_add(1, Ordering::Relaxed);
+        let consumers = locked(&self.consumers);
+        for (consumer, _, _) in &subscriptions {
+            if let Some(slot) = consumers.get(consumer) {
+                // A consumer that was dropped has nobody to tell.
+                let _ = slot.events.send(ConsumerEvent::Resubscribed { session });
+            }
+        }
+        Some(waits)
+    }
+
+    /// Queues a settle frame of socket session `session`; drops it (counted) when that session
+    /// is over, since its tags would name other deliveries on the new one.
+    ///
+    /// # Errors
+    /// The close cause when closed.
+    pub(crate) fn send_in_session(&self, frame: &Frame, session: u64) -> Result<(), ClientError> {
+        let mut bytes = BytesMut::new();
+        codec::encode(frame, &mut bytes);
+        let wake = {
+            let mut outbox = locked(&self.outbox);
+            match outbox.push_in_session(bytes.freeze(), session) {
+                Ok(true) => outbox.take_writer_wake(),
+                Ok(false) => {
+                    self.settlements_stale.fetch_add(1, Ordering::Relaxed);
+                    false
+                }
+                Err(_closed) => {
+                    drop(outbox);
+                    return Err(self.closed_error());
+                }
+            }
+        };
+        if wake {
+            self.writer_wake.notify_one();
+        }
+        Ok(())
+    }
+
+    /// The current socket session.
+    pub(crate) fn session(&self) -> u64 {
+        locked(&self.outbox).session()
     }
 
     /// Ends the connection with `cause` (the first cause wins) and completes every waiter.
@@ -145,6 +258,9 @@ impl Shared {
         let wake = {
             let mut outbox = locked(&self.outbox);
             if outbox.push_encoded(bytes.freeze()).is_err() {
+                if outbox.state() == OutboxState::Suspended {
+                    return Err(ClientError::Reconnecting { cause: outbox.suspended_cause().to_string() });
+                }
                 drop(outbox);
                 return Err(self.closed_error());
             }

@@ -5,16 +5,20 @@
 //! and writes with `write_all` whenever `WRITE_CHUNK_BYTES` have accumulated and at the end of the
 //! round. While it writes, publishers fill the next round: that is the batching. When the outbox
 //! is empty it marks itself idle and sleeps until a push wakes it (or the heartbeat interval
-//! passes, when heartbeats are on).
+//! passes, when heartbeats are on). With heartbeats, a `Heartbeat` goes out once per interval
+//! whether or not other frames do: the broker echoes it, and the reader counts on that echo to
+//! tell a live broker from a stalled one.
 //!
 //! Invariants:
 //! - Frames reach the socket in outbox order; a publish group's frames carry consecutive
 //!   sequence numbers.
-//! - A write error ends the connection with that error; nothing is retried.
+//! - A write error ends the socket session with that error (returned to the supervisor);
+//!   nothing is retried here. A suspended outbox (the reader lost the socket) stops the writer.
 //! - On a graceful close the writer sends everything queued before the close, then shuts the
 //!   socket's write side down; on a failed one it stops at once.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::BytesMut;
 use ringmq_core::codec::{self, message_bytes_len, PublishWriter};
@@ -22,15 +26,18 @@ use ringmq_core::frame::{Frame, Message};
 use ringmq_core::ids::Seq;
 use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::OwnedWriteHalf;
+use tokio::time::Instant;
 
 use crate::error::ClientError;
 use crate::limits::{PUBLISH_BATCH_MESSAGES_MAX, WRITE_CHUNK_BYTES};
 use crate::outbox::{OutItem, OutboxState};
 use crate::shared::{locked, Shared};
 
-/// Runs until the connection ends.
-pub(crate) async fn run_writer(shared: Arc<Shared>, mut socket: OwnedWriteHalf) {
+/// Runs until the socket session ends; returns the write error that ended it, if one did.
+pub(crate) async fn run_writer(shared: Arc<Shared>, mut socket: OwnedWriteHalf) -> Option<ClientError> {
     let publish_frame_bytes = shared.options.publish_frame_bytes as usize;
+    let heartbeat_interval = shared.options.heartbeat_interval;
+    let mut heartbeat_last = Instant::now();
     let mut items: Vec<OutItem> = Vec::new();
     let mut emptied: Vec<Vec<Message>> = Vec::new();
     let mut buf = BytesMut::with_capacity(WRITE_CHUNK_BYTES + publish_frame_bytes);
@@ -41,7 +48,7 @@ pub(crate) async fn run_writer(shared: Arc<Shared>, mut socket: OwnedWriteHalf) 
                 outbox.recycle(messages);
             }
             let state = outbox.state();
-            if state != OutboxState::Stopped {
+            if state != OutboxState::Stopped && state != OutboxState::Suspended {
                 if outbox.is_empty() {
                     outbox.set_writer_idle();
                 } else {
@@ -50,22 +57,27 @@ pub(crate) async fn run_writer(shared: Arc<Shared>, mut socket: OwnedWriteHalf) 
             }
             state
         };
-        if state == OutboxState::Stopped {
-            return;
+        if state == OutboxState::Stopped || state == OutboxState::Suspended {
+            return None;
         }
-        if items.is_empty() {
+        let heartbeat_due = heartbeat_interval.is_some_and(|interval| heartbeat_last.elapsed() >= interval);
+        if items.is_empty() && !heartbeat_due {
             if state == OutboxState::Draining {
                 // Everything queued before the close is written; tell the broker we are done.
                 // A failure here changes nothing: the connection is closing either way.
                 let _ = socket.shutdown().await;
-                return;
+                return None;
             }
-            wait_for_items(&shared).await;
+            let wait = heartbeat_interval.map(|interval| interval.saturating_sub(heartbeat_last.elapsed()));
+            wait_for_items(&shared, wait).await;
             continue;
         }
+        if heartbeat_due {
+            codec::encode(&Frame::Heartbeat, &mut buf);
+            heartbeat_last = Instant::now();
+        }
         if let Err(err) = write_items(&mut socket, &mut items, &mut emptied, &mut buf, publish_frame_bytes).await {
-            shared.close(ClientError::lost("writing to the broker", &err));
-            return;
+            return Some(ClientError::lost("writing to the broker", &err));
         }
     }
 }
@@ -96,21 +108,13 @@ pub(crate) fn encode_publish_frame(
     count
 }
 
-/// Sleeps until the outbox has items; queues a heartbeat if the interval passes first.
-async fn wait_for_items(shared: &Shared) {
-    let Some(interval) = shared.options.heartbeat_interval else {
-        shared.writer_wake.notified().await;
-        return;
-    };
-    if tokio::time::timeout(interval, shared.writer_wake.notified()).await.is_ok() {
-        return;
+/// Sleeps until the outbox has items, or at most `wait` (the time left to the next heartbeat).
+async fn wait_for_items(shared: &Shared, wait: Option<Duration>) {
+    match wait {
+        // The idle mark is left set: a push during the write that follows still wakes us.
+        Some(wait) => drop(tokio::time::timeout(wait, shared.writer_wake.notified()).await),
+        None => shared.writer_wake.notified().await,
     }
-    let mut heartbeat = BytesMut::new();
-    codec::encode(&Frame::Heartbeat, &mut heartbeat);
-    let mut outbox = locked(&shared.outbox);
-    // Refused only when closing, and then no heartbeat is needed.
-    let _ = outbox.push_encoded(heartbeat.freeze());
-    outbox.take_writer_wake();
 }
 
 /// Encodes and writes every item, in order; returns emptied message vectors in `emptied`.

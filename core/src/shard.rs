@@ -910,7 +910,13 @@ impl Shard {
                 let change = ConfigRequest::HaPromote;
                 self.send(ShardId(0), ShardMessage::ConfigRequest { origin, request: Some(request), change });
             }
-            Frame::Heartbeat => {}
+            Frame::Heartbeat => {
+                // Echoed so that a client detects a dead or stalled broker by the silence
+                // (PROTOCOL.md 1.3); a backup link's heartbeats are its own business.
+                if !self.sessions.get(&conn).is_some_and(|s| s.backup_link) {
+                    self.write_frame(conn, &Frame::Heartbeat);
+                }
+            }
             other => {
                 let message = format!("a client may not send {}", other.name());
                 self.fail_connection(conn, ErrorCode::UnexpectedFrame, message);
