@@ -9,6 +9,9 @@
 //! `target/release/ringmq` under the workspace's target directory (`CARGO_TARGET_DIR` when set).
 //! Build it first: `cargo build -p ringmq`.
 //!
+//! `BrokerProcess::start_in_namespace(ns, addr, args)` runs it through `ip netns exec NS` on an
+//! address of that network namespace instead (the partition test).
+//!
 //! `eventually` polls a condition against a deadline, for state that settles asynchronously (queue
 //! counts after acks).
 //!
@@ -28,12 +31,16 @@ use std::time::{Duration, Instant, SystemTime};
 pub struct BrokerProcess {
     /// The child process; killed by PID on drop.
     child: Child,
-    /// The loopback port it listens on.
+    /// The port it listens on.
     port: u16,
     /// Where its stdout and stderr go, for the failure message.
     log_path: PathBuf,
     /// The arguments after `ringmq broker`, to restart it the same way.
     args: Vec<String>,
+    /// The address clients reach it on (loopback unless started in a network namespace).
+    addr: SocketAddr,
+    /// The command that runs the binary, before it (`ip netns exec NS`); empty to run it directly.
+    launcher: Vec<String>,
 }
 
 impl BrokerProcess {
@@ -57,9 +64,10 @@ impl BrokerProcess {
         panic!("broker did not start after {START_ATTEMPTS_MAX} attempts; last failure: {last_failure}");
     }
 
-    /// The address clients connect to, `127.0.0.1:PORT`.
+    /// The address clients connect to, `127.0.0.1:PORT` (or the namespace's address given to
+    /// `start_in_namespace`).
     pub fn addr(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
+        self.addr.to_string()
     }
 
     /// The port it listens on.
@@ -85,7 +93,7 @@ impl BrokerProcess {
         self.kill();
         let args = self.args.clone();
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        *self = BrokerProcess::start_exact(&args, self.port)?;
+        *self = BrokerProcess::spawn(&self.launcher.clone(), &args, self.addr)?;
         Ok(())
     }
 
@@ -109,7 +117,7 @@ impl BrokerProcess {
     /// resetting) for a moment while the kernel tears its io_uring down, so an accepted
     /// connection alone does not prove the new broker is there.
     fn wait_until_serving(mut self) -> Result<BrokerProcess, String> {
-        let addr: SocketAddr = ([127, 0, 0, 1], self.port).into();
+        let addr = self.addr;
         let deadline = Instant::now() + STARTUP_TIMEOUT;
         loop {
             if let Ok(Some(status)) = self.child.try_wait() {
@@ -344,7 +352,33 @@ impl BrokerProcess {
     /// # Panics
     /// If the binary cannot be found.
     pub fn start_exact(args: &[&str], port: u16) -> Result<BrokerProcess, String> {
+        BrokerProcess::spawn(&[], args, ([127, 0, 0, 1], port).into())
+    }
+
+    /// Starts `ip netns exec NAMESPACE ringmq broker --host IP --port PORT --pin-cores false
+    /// ARGS...` for `addr` = `IP:PORT`, an address of the network namespace `namespace`, and waits
+    /// until it accepts TCP connections there (from the caller's namespace, which must be able to
+    /// reach `addr`). `ip netns exec` execs the binary, so `pid()` and the kill on drop are the
+    /// broker's own; `restart` starts it in the same namespace again.
+    ///
+    /// # Errors
+    /// As `start_exact` (a namespace that does not exist makes `ip` exit during startup).
+    ///
+    /// # Panics
+    /// If the binary cannot be found.
+    pub fn start_in_namespace(namespace: &str, addr: SocketAddr, args: &[&str]) -> Result<BrokerProcess, String> {
+        let launcher = ["ip", "netns", "exec", namespace].map(str::to_owned);
+        let host = addr.ip().to_string();
+        let port = addr.port().to_string();
+        let mut all = vec!["--host", host.as_str(), "--port", port.as_str(), "--pin-cores", "false"];
+        all.extend_from_slice(args);
+        BrokerProcess::spawn(&launcher, &all, addr)
+    }
+
+    /// Runs `LAUNCHER... BINARY broker ARGS...` and waits until it serves on `addr`.
+    fn spawn(launcher: &[String], args: &[&str], addr: SocketAddr) -> Result<BrokerProcess, String> {
         let binary = broker_binary();
+        let port = addr.port();
         let log_path = std::env::temp_dir().join(format!(
             "ringmq-test-broker-{}-{port}-{}.log",
             std::process::id(),
@@ -352,16 +386,24 @@ impl BrokerProcess {
         ));
         let log = File::create(&log_path).map_err(|e| format!("creating {}: {e}", log_path.display()))?;
         let log_err = log.try_clone().map_err(|e| format!("cloning log handle: {e}"))?;
-        let child = Command::new(&binary)
+        let mut command = match launcher.split_first() {
+            Some((program, before)) => {
+                let mut command = Command::new(program);
+                command.args(before).arg(&binary);
+                command
+            }
+            None => Command::new(&binary),
+        };
+        let child = command
             .arg("broker")
             .args(args)
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log_err)
             .spawn()
-            .map_err(|e| format!("spawning {}: {e}", binary.display()))?;
+            .map_err(|e| format!("spawning {} (launcher {launcher:?}): {e}", binary.display()))?;
         let args = args.iter().map(|a| (*a).to_owned()).collect();
-        let broker = BrokerProcess { child, port, log_path, args };
+        let broker = BrokerProcess { child, port, log_path, args, addr, launcher: launcher.to_vec() };
         broker.wait_until_serving()
     }
 }
