@@ -10,7 +10,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use ringmq_core::ha_view::HaSettings;
-use ringmq_core::limits::{FRAME_BYTES_CONFIGURABLE_MAX, FRAME_BYTES_DEFAULT, PUBLISH_INFLIGHT_MAX};
+use ringmq_core::limits::{
+    DEDUP_WINDOW_DEFAULT, DEDUP_WINDOW_MAX, FRAME_BYTES_CONFIGURABLE_MAX, FRAME_BYTES_DEFAULT, PUBLISH_INFLIGHT_MAX,
+};
 use ringmq_core::replication_level::ReplicationLevel;
 use ringmq_ha::limits::{LINK_HEARTBEAT_INTERVAL_MAX, LINK_HEARTBEAT_INTERVAL_MIN};
 use ringmq_ha::url::{BrokerUrl, Transport};
@@ -53,6 +55,9 @@ pub struct BrokerConfig {
     /// `ha-backup-timeout`: how long a newly promoted primary holds confirms for a backup that was
     /// ready under the previous primary and has not come back ready.
     pub ha_backup_timeout: Duration,
+    /// `dedup-window`: sequences remembered per producer per queue for duplicate suppression; 0
+    /// disables it.
+    pub dedup_window: u32,
 }
 
 /// A configuration error, naming the option and what was allowed.
@@ -157,6 +162,12 @@ const OPTIONS: &[OptionSpec] = &[
         default: "120s",
         help: "heartbeat period of broker-to-broker links; a link silent for twice this is closed",
     },
+    OptionSpec {
+        name: "dedup-window",
+        default: "10000",
+        help: "duplicate suppression: x-ringmq-dedup sequences remembered per producer per queue (0 disables; \
+               an older re-send may be stored twice)",
+    },
 ];
 
 /// The option table as `(name, default, help)`, for `--help`.
@@ -232,6 +243,7 @@ impl BrokerConfig {
             )?,
             link_heartbeat_interval: parse_link_interval("link-heartbeat-interval", &get("link-heartbeat-interval"))?,
             ha_backup_timeout: parse_duration("ha-backup-timeout", &get("ha-backup-timeout"))?,
+            dedup_window: parse_int("dedup-window", &get("dedup-window"), 0, u64::from(DEDUP_WINDOW_MAX))? as u32,
             ha_cluster,
             ha_brokers_url,
             ha_public_url,
@@ -304,6 +316,7 @@ pub fn is_listen_address(listen: SocketAddr, ip: IpAddr, port: u16) -> bool {
 }
 
 const _: () = assert!(FRAME_BYTES_DEFAULT == 1_048_576, "keep the option table's default in step");
+const _: () = assert!(DEDUP_WINDOW_DEFAULT == 10_000, "keep the option table's default in step");
 
 fn read_file(path: &Path, values: &mut BTreeMap<String, String>) -> Result<(), ConfigError> {
     let file = path.display().to_string();
@@ -556,6 +569,14 @@ mod tests {
                 format!("option 'ha-replicate': must be one of none, configuration, all; got '{bad_value}'")
             );
         }
+    }
+
+    #[test]
+    fn dedup_window_defaults_takes_zero_and_refuses_above_the_bound() {
+        assert_eq!(BrokerConfig::from_args(&[]).unwrap().dedup_window, DEDUP_WINDOW_DEFAULT);
+        assert_eq!(BrokerConfig::from_args(&args(&["--dedup-window", "0"])).unwrap().dedup_window, 0);
+        let error = BrokerConfig::from_args(&args(&["--dedup-window", "1048577"])).unwrap_err();
+        assert_eq!(error.to_string(), "option 'dedup-window': must be an integer in 0..=1048576; got '1048577'");
     }
 
     #[test]

@@ -41,6 +41,7 @@ pub fn run(args: &[String]) -> ExitCode {
         deliver_batch_max: config.deliver_batch_max as usize,
         broker_name: format!("ringmq {}", env!("CARGO_PKG_VERSION")),
         ha: config.ha_settings(),
+        dedup_window: config.dedup_window,
     };
     let broker = match start(&transport, shard_config) {
         Ok(broker) => broker,

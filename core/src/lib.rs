@@ -11,6 +11,8 @@
 //! - `message`-level state: `queue` (FIFO with limits, consumers, unacked deliveries),
 //!   `exchange`, `topic` and `topic_trie` (routing), `routing_table` (what every shard knows of
 //!   exchanges, bindings and queue names; which shard owns a queue is a hash, see `shard`).
+//! - `dedup_window`: a queue's bounded memory of recent (producer, sequence) keys, for duplicate
+//!   suppression (the `x-ringmq-dedup` header).
 //! - `completion_tracker`: the one place that decides when publish confirms are released.
 //! - `replication`: positions, holds, records and the shard's replication events (queues on their
 //!   owner shard; the whole replicated configuration, exchanges and bindings included, on shard 0),
@@ -28,6 +30,7 @@ pub mod broker_state;
 pub mod codec;
 pub mod completion_tracker;
 pub mod config_coordinator;
+pub mod dedup_window;
 pub mod epoch;
 pub mod exchange;
 pub mod frame;

@@ -15,6 +15,16 @@
 //! (the primary's positions, no limits: the primary checked them) and `dequeue_at`, which log
 //! nothing either: a backup replicates nothing onwards.
 //!
+//! Duplicate suppression (see `dedup_window`): a queue made `with_dedup_window` asks its window
+//! about every message carrying the `x-ringmq-dedup` header. `enqueue` (the primary's way in)
+//! stores nothing for a `Duplicate` and says so (`Enqueued::Duplicate`: the shard confirms it as
+//! stored, since the queue holds it already or held it and it was consumed), and records every
+//! key it stores; a message refused for a limit is not recorded, so its re-send is not suppressed.
+//! `enqueue_at` (a backup's way in, live and catch-up) records the key of every message it is
+//! given and stores it whatever the window says (the primary decided), so that after a failover
+//! the new primary suppresses re-sends of what it received by replication. The window outlives
+//! the messages: consuming, purging or clearing them forgets no key.
+//!
 //! Invariants:
 //! - `held_count` = ready messages + unsettled deliveries, and `held_bytes` the same in body
 //!   bytes; both stay within `max-count` / `max-bytes` when checked at `enqueue` (the client's way
@@ -30,9 +40,11 @@
 
 use std::collections::VecDeque;
 
+use crate::dedup_window::{DedupCounters, DedupWindow, Verdict};
 use crate::epoch::Epoch;
 use crate::frame::{Delivered, ErrorCode, Message, QueueInfo, QueueOptions, Settlement, TagRange};
 use crate::ids::{ConnId, ConsumerId, ShardId, Tag};
+use crate::limits::DEDUP_PRODUCERS_PER_QUEUE_MAX;
 use crate::replication::Position;
 use crate::replication_level::ReplicationLevel;
 
@@ -60,6 +72,25 @@ pub struct DeliveryBatch {
     pub first_tag: Tag,
     /// The messages, with their redelivered flags.
     pub messages: Vec<Delivered>,
+}
+
+/// What `Queue::enqueue` did with a message it did not refuse.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Enqueued {
+    /// Stored at this position.
+    At(Position),
+    /// Not stored: the dedup window knows its key (the queue holds it already, or held it).
+    Duplicate,
+}
+
+impl Enqueued {
+    /// The position it was stored at; `None` for a duplicate.
+    pub fn position(self) -> Option<Position> {
+        match self {
+            Enqueued::At(position) => Some(position),
+            Enqueued::Duplicate => None,
+        }
+    }
 }
 
 /// Why an enqueue was refused.
@@ -154,6 +185,8 @@ pub struct Queue {
     enqueued_total: u64,
     /// Messages ever removed (acked, rejected, purged).
     dequeued_total: u64,
+    /// Recent producer keys, for duplicate suppression (disabled unless `with_dedup_window`).
+    dedup: DedupWindow,
 }
 
 /// One consumer's view of the queue.
@@ -208,7 +241,24 @@ impl Queue {
             held_bytes: 0,
             enqueued_total: 0,
             dequeued_total: 0,
+            dedup: DedupWindow::disabled(),
         }
+    }
+
+    /// The queue with duplicate suppression over the last `window` sequences of each producer
+    /// (at most `DEDUP_PRODUCERS_PER_QUEUE_MAX` producers); 0 leaves it off. Set at creation only:
+    /// the window's keys are not carried over.
+    ///
+    /// # Panics
+    /// If `window` is above `DEDUP_WINDOW_MAX`.
+    pub fn with_dedup_window(mut self, window: u32) -> Queue {
+        self.dedup = DedupWindow::new(window, DEDUP_PRODUCERS_PER_QUEUE_MAX);
+        self
+    }
+
+    /// What duplicate suppression did on this queue (all zero when it is off).
+    pub fn dedup_counters(&self) -> DedupCounters {
+        self.dedup.counters()
     }
 
     /// Queue name.
@@ -254,13 +304,37 @@ impl Queue {
         }
     }
 
-    /// Appends a message at the next position, or refuses it when a limit would be exceeded.
-    /// Returns the message's position.
+    /// Appends a message at the next position, or refuses it when a limit would be exceeded, or
+    /// drops it as a duplicate when the dedup window knows its key (`Enqueued::Duplicate`; checked
+    /// before the limits, so a duplicate on a full queue is not refused).
     ///
     /// # Errors
-    /// `EnqueueError` naming the limit, when the queue is full; the message is not stored and no
-    /// position is taken.
-    pub fn enqueue(&mut self, message: Message) -> Result<Position, EnqueueError> {
+    /// `EnqueueError` naming the limit, when the queue is full; the message is not stored, no
+    /// position is taken and its key is not recorded.
+    pub fn enqueue(&mut self, message: Message) -> Result<Enqueued, EnqueueError> {
+        let full = self.check_limits(&message);
+        if let Some(key) = self.dedup.key_of(&message.headers) {
+            if full.is_err() {
+                // Only a duplicate is let through a full queue; nothing is recorded otherwise.
+                if self.dedup.check(key.producer, key.seq) == Verdict::Duplicate {
+                    self.dedup.check_and_record(key.producer, key.seq);
+                    return Ok(Enqueued::Duplicate);
+                }
+            } else if self.dedup.check_and_record(key.producer, key.seq) == Verdict::Duplicate {
+                return Ok(Enqueued::Duplicate);
+            }
+        }
+        full?;
+        let position = self.next_position;
+        assert!(position > self.highest_position, "position {position} reused");
+        self.next_position = position.0.checked_add(1).map(Position).expect("positions exhausted");
+        self.highest_position = position;
+        self.store(position, message);
+        Ok(Enqueued::At(position))
+    }
+
+    /// Whether `message` fits `max-count` and `max-bytes`.
+    fn check_limits(&self, message: &Message) -> Result<(), EnqueueError> {
         if let Some(max) = self.options.max_count {
             if self.held_count >= max {
                 return Err(EnqueueError::CountFull { queue: self.name.clone(), max, held: self.held_count });
@@ -272,12 +346,7 @@ impl Queue {
                 return Err(EnqueueError::BytesFull { queue: self.name.clone(), max, held: self.held_bytes, size });
             }
         }
-        let position = self.next_position;
-        assert!(position > self.highest_position, "position {position} reused");
-        self.next_position = position.0.checked_add(1).map(Position).expect("positions exhausted");
-        self.highest_position = position;
-        self.store(position, message);
-        Ok(position)
+        Ok(())
     }
 
     /// Backup: stores a message the primary enqueued at `position`, ignoring `max-count` and
@@ -289,8 +358,15 @@ impl Queue {
     ///
     /// The ready list stays sorted by position as long as the queue is fed only by `enqueue_at`
     /// and `dequeue_at`, as on a backup (no consumer releases messages to the front there).
+    /// The message's dedup key, if any, is recorded in the window whatever it says (the primary
+    /// stored the message, so it is stored here too), so that this queue, once its broker is
+    /// promoted, suppresses re-sends of it.
+    ///
     /// Cost: O(1) at the back; O(log n) to find the place below, plus the move of the shorter side.
     pub fn enqueue_at(&mut self, position: Position, message: Message) -> bool {
+        if let Some(key) = self.dedup.key_of(&message.headers) {
+            self.dedup.record(key.producer, key.seq);
+        }
         if position > self.highest_position {
             self.highest_position = position;
             self.next_position = self.next_position.max(Position(position.0.saturating_add(1)));
@@ -753,7 +829,8 @@ mod tests {
         let options = QueueOptions { max_count: Some(3), ..QueueOptions::default() };
         let mut queue = Queue::new("q".into(), options, None, ReplicationLevel::All);
         assert_eq!(queue.level(), ReplicationLevel::All);
-        let positions: Vec<u64> = ["a", "b", "c"].map(|b| queue.enqueue(message(b)).unwrap().0).to_vec();
+        let positions: Vec<u64> =
+            ["a", "b", "c"].map(|b| queue.enqueue(message(b)).unwrap().position().unwrap().0).to_vec();
         assert_eq!(positions, [1, 2, 3]);
         assert!(queue.enqueue(message("full")).is_err());
         queue.subscribe(key(1), 2).unwrap();
@@ -763,7 +840,7 @@ mod tests {
         // Ready again: a, b (redelivered) and c, each at its first position.
         assert_eq!(held(&queue), [(1, b"a".to_vec()), (2, b"b".to_vec()), (3, b"c".to_vec())]);
         queue.purge();
-        assert_eq!(queue.enqueue(message("d")).unwrap(), Position(4));
+        assert_eq!(queue.enqueue(message("d")).unwrap(), Enqueued::At(Position(4)));
         // Released and cancelled messages are not dequeues: only the purge logged positions.
         let mut dequeued = Vec::new();
         queue.take_dequeued(&mut dequeued);
@@ -816,7 +893,7 @@ mod tests {
         // A primary's enqueue after them continues above the highest.
         let mut fresh = replicated();
         fresh.enqueue_at(Position(7), message("x"));
-        assert_eq!(fresh.enqueue(message("y")).unwrap(), Position(8));
+        assert_eq!(fresh.enqueue(message("y")).unwrap(), Enqueued::At(Position(8)));
         assert!(!fresh.enqueue_at(Position(8), message("z")));
     }
 
@@ -856,7 +933,7 @@ mod tests {
         assert!(!queue.enqueue_at(Position(1), message("front")));
         assert_eq!(queue.info().enqueued, 7);
         // The next primary position is still above the highest.
-        assert_eq!(queue.enqueue(message("n")).unwrap(), Position(13));
+        assert_eq!(queue.enqueue(message("n")).unwrap(), Enqueued::At(Position(13)));
     }
 
     #[test]
@@ -906,7 +983,7 @@ mod tests {
         queue.continue_from(Position(50));
         queue.continue_from(Position(20));
         assert_eq!(queue.next_position(), Position(50));
-        assert_eq!(queue.enqueue(message("m")).unwrap(), Position(50));
+        assert_eq!(queue.enqueue(message("m")).unwrap(), Enqueued::At(Position(50)));
     }
 
     #[test]
@@ -965,16 +1042,16 @@ mod tests {
         let mut queue = replicated();
         queue.enqueue_at(Position(3), message("m"));
         queue.begin_epoch(Epoch(2));
-        assert_eq!(queue.enqueue(message("m")).unwrap(), Position(2 << 40));
-        assert_eq!(queue.enqueue(message("m")).unwrap(), Position((2 << 40) + 1));
+        assert_eq!(queue.enqueue(message("m")).unwrap(), Enqueued::At(Position(2 << 40)));
+        assert_eq!(queue.enqueue(message("m")).unwrap(), Enqueued::At(Position((2 << 40) + 1)));
         // An older epoch never moves positions back.
         queue.begin_epoch(Epoch(1));
-        assert_eq!(queue.enqueue(message("m")).unwrap(), Position((2 << 40) + 2));
+        assert_eq!(queue.enqueue(message("m")).unwrap(), Enqueued::At(Position((2 << 40) + 2)));
         // Held above the epoch's start: positions continue above the highest.
         let mut ahead = replicated();
         ahead.enqueue_at(Position((3 << 40) + 5), message("m"));
         ahead.begin_epoch(Epoch(3));
-        assert_eq!(ahead.enqueue(message("m")).unwrap(), Position((3 << 40) + 6));
+        assert_eq!(ahead.enqueue(message("m")).unwrap(), Enqueued::At(Position((3 << 40) + 6)));
     }
 
     #[test]
@@ -991,5 +1068,71 @@ mod tests {
         queue.settle(key(2), Settlement::Release, &[range(0, 0)]).unwrap();
         let bodies: Vec<(u64, Vec<u8>)> = held(&queue);
         assert_eq!(bodies, [(1, b"a".to_vec()), (2, b"b".to_vec()), (3, b"c".to_vec()), (4, b"d".to_vec())]);
+    }
+
+    /// A message carrying the dedup key `producer/seq`.
+    fn keyed(body: &'static str, key: &'static str) -> Message {
+        let header = crate::frame::Header {
+            name: Bytes::from_static(crate::limits::DEDUP_HEADER),
+            value: Bytes::from_static(key.as_bytes()),
+        };
+        Message { headers: vec![header], ..message(body) }
+    }
+
+    #[test]
+    fn a_duplicate_key_is_not_stored_even_after_its_message_was_consumed() {
+        // Goal: a re-send is dropped while its key is remembered, whether the first copy is ready
+        // or acked; messages without the key, or with a malformed one, are always stored.
+        let mut queue = replicated().with_dedup_window(100);
+        assert_eq!(queue.enqueue(keyed("a", "p/1")).unwrap(), Enqueued::At(Position(1)));
+        assert_eq!(queue.enqueue(keyed("a", "p/1")).unwrap(), Enqueued::Duplicate);
+        assert_eq!(queue.enqueue(keyed("a", "q/1")).unwrap(), Enqueued::At(Position(2)));
+        queue.subscribe(key(1), 10).unwrap();
+        drain(&mut queue);
+        queue.settle(key(1), Settlement::Ack, &[range(0, 1)]).unwrap();
+        assert_eq!(queue.enqueue(keyed("a", "p/1")).unwrap(), Enqueued::Duplicate);
+        for _ in 0..2 {
+            assert!(queue.enqueue(message("plain")).unwrap().position().is_some());
+            assert!(queue.enqueue(keyed("bad", "p/not-a-number")).unwrap().position().is_some());
+        }
+        let counters = queue.dedup_counters();
+        assert_eq!((counters.duplicates, counters.malformed), (2, 2));
+        assert_eq!(queue.info().enqueued, 6);
+    }
+
+    #[test]
+    fn a_full_queue_lets_duplicates_through_and_does_not_record_refused_keys() {
+        // Goal: a refused message's re-send is stored once there is room; a duplicate of a held
+        // message is confirmed even when the queue is full.
+        let options = QueueOptions { max_count: Some(1), ..QueueOptions::default() };
+        let mut queue = Queue::new("q".into(), options, None, ReplicationLevel::None).with_dedup_window(8);
+        queue.enqueue(keyed("a", "p/1")).unwrap();
+        assert!(queue.enqueue(keyed("b", "p/2")).is_err());
+        assert_eq!(queue.enqueue(keyed("a", "p/1")).unwrap(), Enqueued::Duplicate);
+        queue.purge();
+        assert_eq!(queue.enqueue(keyed("b", "p/2")).unwrap(), Enqueued::At(Position(2)));
+    }
+
+    #[test]
+    fn enqueue_at_records_keys_so_a_promoted_replica_suppresses_re_sends() {
+        // Goal: a replica stores what the primary sent whatever its window says, and remembers
+        // the keys for when it is the primary.
+        let mut queue = replicated().with_dedup_window(8);
+        assert!(queue.enqueue_at(Position(5), keyed("a", "p/1")));
+        // The primary stored the same key twice (beyond its window, say): stored twice here too.
+        assert!(queue.enqueue_at(Position(6), keyed("a", "p/1")));
+        assert_eq!(queue.dedup_counters().duplicates, 0);
+        assert_eq!(queue.clear_messages(), 2);
+        assert_eq!(queue.enqueue(keyed("a", "p/1")).unwrap(), Enqueued::Duplicate);
+        assert_eq!(queue.enqueue(keyed("b", "p/2")).unwrap(), Enqueued::At(Position(7)));
+    }
+
+    #[test]
+    fn without_a_window_keys_are_ignored() {
+        let mut queue = replicated();
+        for _ in 0..2 {
+            assert!(queue.enqueue(keyed("a", "p/1")).unwrap().position().is_some());
+        }
+        assert_eq!(queue.dedup_counters(), DedupCounters::default());
     }
 }

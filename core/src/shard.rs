@@ -45,6 +45,12 @@
 //! the new epoch (`Queue::begin_epoch`), and a queue created under a deleted one's name continues
 //! above its positions: a position names one message of a queue name cluster-wide.
 //!
+//! Duplicate suppression (`dedup_window`): every queue is made with the `dedup-window` of the
+//! config. A publish its queue finds a duplicate of (same `x-ringmq-dedup` key) is confirmed
+//! `Stored` without being stored, replicated or held, and counted (`duplicates_suppressed`); a
+//! backup's replica queues record the keys of what they apply, so a promoted backup suppresses
+//! re-sends of messages it received by replication.
+//!
 //! Not here: sockets, rings, threads; the transport carries bytes and messages in and out.
 //!
 //! Invariants:
@@ -76,7 +82,7 @@ use crate::frame::{
 use crate::ha_view::{initial_state, Admission, ConnectionKind, HaSettings, HaView};
 use crate::ids::{ConnId, ConsumerId, RequestId, Seq, ShardId, Tag};
 use crate::limits::{DELIVER_FRAME_BYTES_TARGET, DELIVER_FRAME_OVERHEAD_BYTES};
-use crate::queue::{DeliveryBatch, Queue, SubscriberKey};
+use crate::queue::{DeliveryBatch, Enqueued, Queue, SubscriberKey};
 use crate::replication::{CatchUpDiff, Hold, Position, QueueHoldings, Record, ReplicationEvent};
 use crate::replication_level::{binding_replicated, ReplicationLevel};
 use crate::routing_table::{Declared, RoutingTable};
@@ -97,6 +103,9 @@ pub struct ShardConfig {
     pub broker_name: String,
     /// `ha-cluster`, `ha-brokers-url`, `ha-public-url`, `ha-replicate`.
     pub ha: HaSettings,
+    /// `dedup-window`: sequences remembered per producer per queue for duplicate suppression
+    /// (`dedup_window`); 0 disables it. At most `DEDUP_WINDOW_MAX`.
+    pub dedup_window: u32,
 }
 
 /// Counters of things dropped or ignored, each with its reason.
@@ -125,6 +134,9 @@ pub struct ShardCounters {
     /// Changes the broker asked of itself (replication records, auto-deletes) that the routing
     /// table refused; nobody was waiting for them.
     pub own_changes_refused: u64,
+    /// Publishes not stored because their queue's dedup window knew their key; confirmed as
+    /// stored (per queue: `Queue::dedup_counters`).
+    pub duplicates_suppressed: u64,
 }
 
 /// Which queue a shard owns: a stable hash of the name.
@@ -214,9 +226,16 @@ impl Shard {
     /// A new shard; shard 0 is also the configuration coordinator.
     ///
     /// # Panics
-    /// If `id` is not below `config.shard_count`.
+    /// If `id` is not below `config.shard_count`, or `config.dedup_window` is above
+    /// `DEDUP_WINDOW_MAX`.
     pub fn new(id: ShardId, config: ShardConfig) -> Shard {
         assert!(id.0 < config.shard_count, "{id} of {} shards", config.shard_count);
+        let window_max = crate::limits::DEDUP_WINDOW_MAX;
+        assert!(
+            config.dedup_window <= window_max,
+            "dedup-window must be in 0..={window_max}; got {}",
+            config.dedup_window
+        );
         let count = usize::from(config.shard_count);
         Shard {
             id,
@@ -642,7 +661,8 @@ impl Shard {
                 let options = QueueOptions { passive: false, exclusive: false, ..options };
                 // Announced again (a reconnect): the queue here keeps its messages.
                 if owner && !self.queues.contains_key(name.as_str()) {
-                    let queue = Queue::new(name.clone(), options.clone(), None, ReplicationLevel::All);
+                    let queue = Queue::new(name.clone(), options.clone(), None, ReplicationLevel::All)
+                        .with_dedup_window(self.config.dedup_window);
                     self.queues.insert(Arc::from(name.as_str()), queue);
                 }
                 if coordinator {
@@ -1006,7 +1026,8 @@ impl Shard {
 
     /// Stores a batch of enqueues and reports the outcomes to the producer's shard. On a primary,
     /// a message stored in an `all` queue is reported to replication, holding its confirm for
-    /// every backup stream of this shard.
+    /// every backup stream of this shard. A duplicate (its queue's dedup window knows its key) is
+    /// not stored and is confirmed as stored at once: no replication event, no hold.
     fn enqueue_batch(&mut self, origin: ConnRef, items: Vec<EnqueueItem>) {
         let replicating = self.replicating();
         let stream_holds = if replicating { self.replica_holds } else { 0 };
@@ -1025,7 +1046,12 @@ impl Shard {
                         let replicated =
                             (replicating && queue.level().replicates_messages()).then(|| current.message.clone());
                         match queue.enqueue(current.message) {
-                            Ok(position) => {
+                            // Held already (or it was, and was consumed): no new event, no hold.
+                            Ok(Enqueued::Duplicate) => {
+                                self.counters.duplicates_suppressed += 1;
+                                ConfirmOutcome::Stored
+                            }
+                            Ok(Enqueued::At(position)) => {
                                 if let Some(message) = replicated {
                                     let hold = (stream_holds > 0).then_some(Hold {
                                         shard: origin.shard,
@@ -1403,7 +1429,8 @@ impl Shard {
                 if owner && !self.queues.contains_key(name.as_str()) {
                     let owner = exclusive_owner.map(|c| (c.shard, c.conn));
                     let key: Arc<str> = Arc::from(name.as_str());
-                    let mut queue = Queue::new(name, options.clone(), owner, level);
+                    let mut queue =
+                        Queue::new(name, options.clone(), owner, level).with_dedup_window(self.config.dedup_window);
                     queue.continue_from(self.deleted_positions_high);
                     if self.replicating() {
                         queue.begin_epoch(self.ha.epoch());

@@ -27,6 +27,11 @@ pub struct Mesh {
 
 impl Mesh {
     pub fn new(count: u16, ha: HaSettings) -> Mesh {
+        Mesh::with_dedup_window(count, ha, ringmq_core::limits::DEDUP_WINDOW_DEFAULT)
+    }
+
+    /// A mesh whose queues remember `window` sequences per producer (`dedup-window`; 0: off).
+    pub fn with_dedup_window(count: u16, ha: HaSettings, window: u32) -> Mesh {
         let config = ShardConfig {
             shard_count: count,
             frame_bytes_max: 1 << 20,
@@ -34,6 +39,7 @@ impl Mesh {
             deliver_batch_max: 64,
             broker_name: "test".into(),
             ha,
+            dedup_window: window,
         };
         let shards = (0..count).map(|i| Shard::new(ShardId(i), config.clone())).collect();
         Mesh { shards, inbox: Default::default(), closed: Vec::new() }

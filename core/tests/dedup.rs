@@ -1,0 +1,195 @@
+//! State-machine tests of duplicate suppression (`dedup_window`, the `x-ringmq-dedup` header)
+//! through whole shards wired in memory (`support::Mesh`): clients as byte buffers, no sockets,
+//! no threads, no clock.
+//!
+//! What is checked: a re-sent publish with the same key, on another connection, is confirmed
+//! `Stored` and the queue holds one copy (producer and queue on different shards too); different
+//! producers, and messages without the header, never collide; on a primary a duplicate makes no
+//! replication event and takes no hold; a backup that applied `Enqueued` records and is then
+//! promoted suppresses re-sends of them, even after they were consumed; `dedup-window` 0 turns
+//! suppression off.
+
+mod support;
+
+use bytes::Bytes;
+use ringmq_core::broker_state::BrokerState;
+use ringmq_core::frame::{
+    ConfirmOutcome, ConfirmRange, Frame, Header, Message, QueueOptions, Settlement, TagRange, PREAMBLE_FLAG_ADMIN,
+};
+use ringmq_core::ids::{ConsumerId, RequestId, Seq, Tag};
+use ringmq_core::limits::DEDUP_HEADER;
+use ringmq_core::replication::{Position, Record, ReplicationEvent};
+use ringmq_core::replication_level::ReplicationLevel;
+use support::{declare, declare_with, ha_settings, name_on, promote, replication_events, Mesh};
+
+/// The admin connection used to promote, on shard 0.
+const ADMIN: u32 = 99;
+
+/// A message for `queue` (default exchange) carrying the dedup key `key`, or no header.
+fn message(queue: &str, key: Option<&str>, body: &str) -> Message {
+    let headers = key
+        .map(|key| vec![Header { name: Bytes::from_static(DEDUP_HEADER), value: Bytes::from(key.to_owned()) }])
+        .unwrap_or_default();
+    Message {
+        routing_key: Bytes::from(queue.to_owned()),
+        headers,
+        body: Bytes::from(body.to_owned()),
+        ..Message::default()
+    }
+}
+
+/// Publishes messages keyed `keys` (body = key) to `queue` from `(shard, conn)` and returns what
+/// came back.
+fn publish(mesh: &mut Mesh, shard: u16, conn: u32, first_seq: u64, queue: &str, keys: &[&str]) -> Vec<Frame> {
+    let messages = keys.iter().map(|key| message(queue, Some(key), key)).collect();
+    mesh.ask(shard, conn, &Frame::Publish { exchange: String::new(), first_seq: Seq(first_seq), messages })
+}
+
+fn stored(first: u64, last: u64) -> Frame {
+    Frame::Confirm {
+        ranges: vec![ConfirmRange { first: Seq(first), last: Seq(last), outcome: ConfirmOutcome::Stored }],
+    }
+}
+
+/// Depth of `name` as a queue list on `(shard, conn)` reports it.
+fn depth(mesh: &mut Mesh, shard: u16, conn: u32, name: &str) -> u64 {
+    let frames = mesh.ask(shard, conn, &Frame::QueueList { request: RequestId(77) });
+    let [Frame::QueueListReply { queues, .. }] = frames.as_slice() else { panic!("{frames:?}") };
+    queues.iter().find(|q| q.name == name).map(|q| q.depth).expect("queue listed")
+}
+
+/// Subscribes on `(shard, conn)` and returns the bodies delivered, acking them all.
+fn consume_all(mesh: &mut Mesh, shard: u16, conn: u32, queue: &str) -> Vec<String> {
+    let subscribe =
+        Frame::Subscribe { request: RequestId(5), consumer: ConsumerId(1), queue: queue.into(), prefetch: 100 };
+    let mut bodies = Vec::new();
+    for frame in mesh.ask(shard, conn, &subscribe) {
+        if let Frame::Deliver { messages, .. } = frame {
+            bodies.extend(messages.iter().map(|d| String::from_utf8(d.message.body.to_vec()).unwrap()));
+        }
+    }
+    let last = bodies.len() as u64 - 1;
+    let ack = Frame::Settle {
+        consumer: ConsumerId(1),
+        settlement: Settlement::Ack,
+        ranges: vec![TagRange { first: Tag(0), last: Tag(last) }],
+    };
+    mesh.send(shard, conn, &ack);
+    bodies
+}
+
+#[test]
+fn a_re_sent_publish_is_confirmed_stored_and_held_once() {
+    // Goal: the re-send of keys already stored, on a new connection (as after a reconnect), is
+    // confirmed Stored and not stored again, with the producer on another shard than the queue.
+    // Method: standalone broker of 2 shards; producer on shard 0, queue owned by shard 1.
+    let mut mesh = Mesh::standalone(2);
+    let queue = name_on(1, 2, "orders");
+    mesh.connect(0, 1, 0);
+    assert_eq!(mesh.ask(0, 1, &declare(1, &queue)), [Frame::Ok { request: RequestId(1) }]);
+    assert_eq!(publish(&mut mesh, 0, 1, 0, &queue, &["p/0", "p/1", "p/2"]), [stored(0, 2)]);
+    mesh.connect(0, 2, 0);
+    assert_eq!(publish(&mut mesh, 0, 2, 0, &queue, &["p/1", "p/2", "p/3"]), [stored(0, 2)]);
+    assert_eq!(depth(&mut mesh, 0, 2, &queue), 4);
+    assert_eq!(mesh.shards[1].counters().duplicates_suppressed, 2);
+    assert_eq!(consume_all(&mut mesh, 0, 2, &queue), ["p/0", "p/1", "p/2", "p/3"]);
+}
+
+#[test]
+fn different_producers_and_messages_without_the_header_never_collide() {
+    // Goal: the key is (producer, seq): the same seq from two producers is two messages; messages
+    // without the header, or with a malformed value, are always stored.
+    let mut mesh = Mesh::standalone(1);
+    mesh.connect(0, 1, 0);
+    mesh.ask(0, 1, &declare(1, "q"));
+    assert_eq!(publish(&mut mesh, 0, 1, 0, "q", &["a/1", "b/1", "a/2", "b/2"]), [stored(0, 3)]);
+    let plain = vec![message("q", None, "x"), message("q", None, "x"), message("q", Some("a/oops"), "y")];
+    let frames = mesh.ask(0, 1, &Frame::Publish { exchange: String::new(), first_seq: Seq(4), messages: plain });
+    assert_eq!(frames, [stored(4, 6)]);
+    assert_eq!(publish(&mut mesh, 0, 1, 7, "q", &["a/oops"]), [stored(7, 7)]);
+    assert_eq!(depth(&mut mesh, 0, 1, "q"), 8);
+    assert_eq!(mesh.shards[0].counters().duplicates_suppressed, 0);
+}
+
+#[test]
+fn on_a_primary_a_duplicate_makes_no_event_and_takes_no_hold() {
+    // Goal: a duplicate is confirmed at once, not replicated again and not held for backups.
+    // Method: a promoted primary with one backup stream (holds = 1); the original's confirm waits
+    // for its hold; the re-send's does not.
+    let mut mesh = Mesh::new(1, ha_settings(true, ReplicationLevel::All));
+    mesh.connect(0, ADMIN, PREAMBLE_FLAG_ADMIN);
+    promote(&mut mesh, ADMIN);
+    mesh.connect(0, 1, 0);
+    mesh.ask(0, 1, &declare(1, "q"));
+    replication_events(&mut mesh);
+    mesh.shards[0].set_replica_holds(1);
+    assert_eq!(publish(&mut mesh, 0, 1, 0, "q", &["p/7"]), []);
+    let events = replication_events(&mut mesh).remove(0);
+    let holds: Vec<_> = events
+        .iter()
+        .filter_map(|event| match event {
+            ReplicationEvent::Enqueued { hold, .. } => *hold,
+            _ => None,
+        })
+        .collect();
+    assert_eq!(holds.len(), 1, "{events:?}");
+    mesh.shards[0].handle_holds_released(&holds);
+    mesh.settle();
+    assert_eq!(mesh.take(0, 1), [stored(0, 0)]);
+    mesh.connect(0, 2, 0);
+    assert_eq!(publish(&mut mesh, 0, 2, 0, "q", &["p/7"]), [stored(0, 0)]);
+    assert_eq!(replication_events(&mut mesh), [vec![]]);
+    assert_eq!(depth(&mut mesh, 0, 2, "q"), 1);
+}
+
+#[test]
+fn a_promoted_backup_suppresses_re_sends_of_what_it_received_by_replication() {
+    // Goal: after a failover, the new primary suppresses re-sends of messages it got from the old
+    // primary's `Enqueued` records, even those consumed since; a key it never got is stored.
+    // Method: a joining backup of 2 shards applies a queue and three keyed messages, is promoted;
+    // one message is consumed; the producer re-sends all three and a new one.
+    let mut mesh = Mesh::new(2, ha_settings(true, ReplicationLevel::None));
+    mesh.connect(0, ADMIN, PREAMBLE_FLAG_ADMIN);
+    let queue = name_on(1, 2, "r");
+    for shard in 0..2 {
+        let record = Record::QueueCreated { name: queue.clone(), options: QueueOptions::default() };
+        mesh.shards[shard].apply_replica(record);
+    }
+    let messages = ["p/10", "p/11", "p/12"].map(|key| message(&queue, Some(key), key)).to_vec();
+    mesh.shards[1].apply_replica(Record::Enqueued { queue: queue.clone(), first_position: Position(1), messages });
+    mesh.settle();
+    promote(&mut mesh, ADMIN);
+    assert_eq!(mesh.states(), [BrokerState::Active, BrokerState::Active]);
+    mesh.connect(1, 1, 0);
+    // A consumer takes and acks the first one: its key stays in the window.
+    mesh.connect(1, 3, 0);
+    let subscribe =
+        Frame::Subscribe { request: RequestId(5), consumer: ConsumerId(1), queue: queue.clone(), prefetch: 1 };
+    mesh.ask(1, 3, &subscribe);
+    let ack = Frame::Settle {
+        consumer: ConsumerId(1),
+        settlement: Settlement::Ack,
+        ranges: vec![TagRange { first: Tag(0), last: Tag(0) }],
+    };
+    mesh.send(1, 3, &ack);
+    mesh.send(1, 3, &Frame::Cancel { request: RequestId(6), consumer: ConsumerId(1) });
+    assert_eq!(depth(&mut mesh, 1, 1, &queue), 2);
+    assert_eq!(publish(&mut mesh, 1, 1, 0, &queue, &["p/10", "p/11", "p/12", "p/13"]), [stored(0, 3)]);
+    assert_eq!(depth(&mut mesh, 1, 1, &queue), 3);
+    assert_eq!(mesh.shards[1].counters().duplicates_suppressed, 3);
+    let events = replication_events(&mut mesh);
+    let enqueued: Vec<_> =
+        events[1].iter().filter(|event| matches!(event, ReplicationEvent::Enqueued { .. })).collect();
+    assert_eq!(enqueued.len(), 1, "only the new key is replicated: {events:?}");
+}
+
+#[test]
+fn a_window_of_zero_turns_suppression_off() {
+    // Goal: `dedup-window 0`: every message is stored, header or not.
+    let mut mesh = Mesh::with_dedup_window(1, ha_settings(false, ReplicationLevel::None), 0);
+    mesh.connect(0, 1, 0);
+    mesh.ask(0, 1, &declare_with(1, "q", QueueOptions::default()));
+    assert_eq!(publish(&mut mesh, 0, 1, 0, "q", &["p/1", "p/1", "p/1"]), [stored(0, 2)]);
+    assert_eq!(depth(&mut mesh, 0, 1, "q"), 3);
+    assert_eq!(mesh.shards[0].counters().duplicates_suppressed, 0);
+}
