@@ -526,3 +526,95 @@ pub fn frames_until_closed(addr: &str, flags: u16, wait: Duration) -> Vec<ringmq
     }
     frames
 }
+
+/// A `ringmq` CLI command running in the background (a sender or receiver that runs while the test
+/// does something else); killed by PID on drop, so a failing test leaves none behind.
+#[derive(Debug)]
+pub struct CliProcess {
+    /// The child process.
+    child: Child,
+    /// Where its stdout goes.
+    out_path: PathBuf,
+    /// Where its stderr goes.
+    err_path: PathBuf,
+    /// The command line, for messages.
+    command: String,
+}
+
+impl CliProcess {
+    /// Starts `ringmq ARGS...` with stdin closed and its output going to files.
+    ///
+    /// # Panics
+    /// If the binary cannot be started.
+    pub fn spawn(args: &[&str]) -> CliProcess {
+        let binary = broker_binary();
+        let stamp = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+        let base = std::env::temp_dir().join(format!("ringmq-test-bg-{}-{stamp}", std::process::id()));
+        let (out_path, err_path) = (base.with_extension("out"), base.with_extension("err"));
+        let stdout = File::create(&out_path).unwrap_or_else(|e| panic!("creating {}: {e}", out_path.display()));
+        let stderr = File::create(&err_path).unwrap_or_else(|e| panic!("creating {}: {e}", err_path.display()));
+        let child = Command::new(&binary)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(stdout)
+            .stderr(stderr)
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawning {}: {e}", binary.display()));
+        CliProcess { child, out_path, err_path, command: format!("ringmq {}", args.join(" ")) }
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Its exit status, if it has exited.
+    ///
+    /// # Panics
+    /// If waiting fails.
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().expect("waiting for a CLI child")
+    }
+
+    /// What it printed so far: stdout, then stderr.
+    pub fn output(&self) -> String {
+        let stdout = std::fs::read_to_string(&self.out_path).unwrap_or_default();
+        let stderr = std::fs::read_to_string(&self.err_path).unwrap_or_default();
+        format!("`{}` stdout:\n{stdout}\nstderr:\n{stderr}", self.command)
+    }
+
+    /// Waits at most `timeout` for it to exit; returns its status and stdout.
+    ///
+    /// # Errors
+    /// It had not exited within `timeout` (it is killed then): what it printed up to then.
+    pub fn wait_within(&mut self, timeout: Duration) -> Result<(std::process::ExitStatus, String), String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.exited() {
+                return Ok((status, std::fs::read_to_string(&self.out_path).unwrap_or_default()));
+            }
+            if Instant::now() >= deadline {
+                let output = self.output();
+                self.kill();
+                return Err(format!("not exited within {timeout:?}; {output}"));
+            }
+            std::thread::sleep(POLL_INTERVAL);
+        }
+    }
+
+    /// Kills it now (SIGKILL) and waits for it to exit.
+    pub fn kill(&mut self) {
+        // It may have exited already; the kill then fails harmlessly.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for CliProcess {
+    fn drop(&mut self) {
+        self.kill();
+        // The files were only a transport for the output, shown in any failure message.
+        let _ = std::fs::remove_file(&self.out_path);
+        let _ = std::fs::remove_file(&self.err_path);
+    }
+}
