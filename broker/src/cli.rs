@@ -94,7 +94,8 @@ pub struct ClusterArgs {
 /// How to reach the broker.
 #[derive(Debug, Args, Clone)]
 pub struct BrokerArgs {
-    /// Broker address, `host:port`.
+    /// Broker address, `host:port`; `send` and `receive` take a URL list,
+    /// `[amqp:][user[/password]@]addr(,addr)*`, and use the first that accepts as primary.
     #[arg(short = 'b', long = "broker", default_value = "127.0.0.1:5672", global = true)]
     pub broker: String,
     /// Connect as an administrator (served even on an HA backup).
@@ -201,24 +202,55 @@ pub struct BindingArgs {
     pub key: String,
 }
 
+/// Failover of `send` and `receive`.
+#[derive(Debug, Args, Clone)]
+pub struct FailoverArgs {
+    /// When the connection is lost, connect again: every address of `-b` in turn (and those the
+    /// cluster's ha-public-url names) until one accepts as primary; unconfirmed messages are sent
+    /// again, the subscription is made again.
+    #[arg(long)]
+    pub reconnect: bool,
+    /// Heartbeat interval (`0.5`, `500ms`, `2s`): a broker silent for twice this is taken as dead
+    /// or stalled (default: no heartbeats).
+    #[arg(long)]
+    pub heartbeat: Option<String>,
+    /// With --reconnect, give up after trying this long (default: forever).
+    #[arg(long)]
+    pub reconnect_timeout: Option<String>,
+}
+
 /// `ringmq send`.
 #[derive(Debug, Args)]
 pub struct SendArgs {
     /// Broker connection.
     #[command(flatten)]
     pub broker: BrokerArgs,
+    /// Failover.
+    #[command(flatten)]
+    pub failover: FailoverArgs,
     /// Exchange to publish to (default: the default exchange, which routes by queue name).
     #[arg(short, long, default_value = "")]
     pub exchange: String,
     /// Routing key (for the default exchange: the queue name).
     #[arg(short = 'k', long = "key", default_value = "")]
     pub routing_key: String,
-    /// Send this many generated messages instead of arguments or stdin.
+    /// Send this many generated messages instead of arguments or stdin (with --numbered: this
+    /// many numbers; without it, numbers until SIGINT or SIGTERM).
     #[arg(long)]
     pub count: Option<u64>,
     /// Body size of generated messages, in bytes.
     #[arg(long, default_value_t = 64)]
     pub size: usize,
+    /// Send the bodies "0", "1", "2"...; at the end print `sent N, confirmed N`.
+    #[arg(long)]
+    pub numbered: bool,
+    /// With --numbered, at most this many messages per second.
+    #[arg(long)]
+    pub rate: Option<f64>,
+    /// Stamp every message with the header x-ringmq-dedup = ID/SEQ, so the broker can drop a
+    /// re-send it already holds.
+    #[arg(long)]
+    pub producer_id: Option<String>,
     /// Message bodies; without them (and without --count), each line of stdin is one message.
     pub messages: Vec<String>,
 }
@@ -229,9 +261,12 @@ pub struct ReceiveArgs {
     /// Broker connection.
     #[command(flatten)]
     pub broker: BrokerArgs,
+    /// Failover.
+    #[command(flatten)]
+    pub failover: FailoverArgs,
     /// Queue to consume from.
     pub queue: String,
-    /// Stop after this many messages.
+    /// Stop after this many messages (with --numbered: this many distinct numbers).
     #[arg(long)]
     pub count: Option<u64>,
     /// Stop when no message arrived for this long (`0.5`, `2s`, `100ms`); default: wait forever.
@@ -243,4 +278,8 @@ pub struct ReceiveArgs {
     /// Only report how many were received, not the bodies.
     #[arg(short, long)]
     pub quiet: bool,
+    /// Expect the bodies of `send --numbered`; at the end print
+    /// `received N distinct, D duplicates, M missing` and exit 1 if any is missing.
+    #[arg(long)]
+    pub numbered: bool,
 }

@@ -14,6 +14,7 @@ mod daemon;
 mod ha;
 mod manage;
 mod shell;
+mod stop_signal;
 
 use std::process::ExitCode;
 

@@ -58,7 +58,7 @@ pub const CONNECT_TIMEOUT_DEFAULT: Duration = Duration::from_secs(10);
 pub const RECONNECT_INTERVAL_DEFAULT: Duration = Duration::from_millis(100);
 /// Longest wait between two passes over the address list: the interval doubles after every
 /// failed pass up to this. Also the largest `reconnect_interval` a caller may choose.
-pub const RECONNECT_INTERVAL_MAX: Duration = Duration::from_secs(10);
+pub const RECONNECT_INTERVAL_MAX: Duration = Duration::from_secs(2);
 /// Most addresses a connection keeps: the ones given plus the ones learned from brokers'
 /// `ha-public-url`; more are ignored (the URL grammar allows as many in one URL).
 pub const FAILOVER_ADDRESSES_MAX: usize = 64;
