@@ -1,7 +1,7 @@
 //! Duplicate suppression: one queue's bounded memory of the (producer, sequence) keys it stored.
 //!
 //! A producer that wants suppression sends every message with the header `x-ringmq-dedup` =
-//! `<producer-id>/<seq>` (`limits::DEDUP_HEADER`; PROTOCOL.md, "Duplicate suppression"): the
+//! `<producer-id>/<seq>` (`limits::DEDUP_HEADER`; PROTOCOL.md 2.5.4): the
 //! producer id is non-empty UTF-8 without `/`, at most `DEDUP_PRODUCER_ID_BYTES_MAX` bytes; the
 //! sequence is a decimal `u64`, the producer's own, increasing, continuing across reconnects. The
 //! queue (`queue`) asks its window about each message before storing it; a `Duplicate` is not
@@ -518,7 +518,7 @@ mod tests {
         let long = format!("{}/1", "p".repeat(DEDUP_PRODUCER_ID_BYTES_MAX + 1));
         assert_eq!(
             parse_key(long.as_bytes()).unwrap_err().to_string(),
-            format!("x-ringmq-dedup producer id must be 1..={DEDUP_PRODUCER_ID_BYTES_MAX} bytes; got 129")
+            format!("x-ringmq-dedup producer id must be 1..={DEDUP_PRODUCER_ID_BYTES_MAX} bytes; got 201")
         );
         assert!(matches!(parse_key(b"p1"), Err(KeyError::NoSeparator { .. })));
         assert_eq!(parse_key(b"\xff/1"), Err(KeyError::NotUtf8 { len: 3 }));

@@ -52,18 +52,19 @@ const _: () = assert!(RANGES_MAX >= 2);
 const _: () = assert!(NAME_BYTES_MAX <= u16::MAX as u32);
 
 /// The header a producer sets for duplicate suppression: `<producer-id>/<seq>` (see
-/// `dedup_window` and PROTOCOL.md, "Duplicate suppression").
+/// `dedup_window` and PROTOCOL.md 2.5.4).
 pub const DEDUP_HEADER: &[u8] = b"x-ringmq-dedup";
 /// Longest producer id in a dedup header, in bytes. Each producer a queue remembers keeps its id,
-/// so this bounds that memory.
-pub const DEDUP_PRODUCER_ID_BYTES_MAX: usize = 128;
+/// so this bounds that memory. The client's `producer_id` bound (`PRODUCER_ID_BYTES_MAX` of
+/// `ringmq-client`) is the same.
+pub const DEDUP_PRODUCER_ID_BYTES_MAX: usize = 200;
 /// Largest `dedup-window`, in sequence numbers per producer per queue: one bit each, so a
 /// producer's window costs at most 128 KiB.
 pub const DEDUP_WINDOW_MAX: u32 = 1 << 20;
 /// Default `dedup-window`: the last 10000 sequence numbers of each producer (1.25 KiB each).
 pub const DEDUP_WINDOW_DEFAULT: u32 = 10_000;
 /// Most producers one queue's dedup window remembers; past it, the least recently used one is
-/// forgotten (counted). With the default window, a queue's whole window costs at most 1.3 MB.
+/// forgotten (counted). With the default window, a queue's whole window costs at most 1.5 MB.
 pub const DEDUP_PRODUCERS_PER_QUEUE_MAX: usize = 1024;
 
 const _: () = assert!(DEDUP_WINDOW_DEFAULT <= DEDUP_WINDOW_MAX);
