@@ -6,7 +6,8 @@
 //! message, two producers' equal sequence numbers do not collide, and messages without the header
 //! are never suppressed; `--dedup-window 0` turns suppression off; across a failover (3-broker
 //! cluster, kill -9 of the primary, promotion of a ready backup) re-sends of messages the new
-//! primary received by replication, consumed ones included, are not stored twice.
+//! primary received by replication, consumed ones included, are not stored twice; the Rust
+//! client's `producer_id` stamp is the same convention.
 //!
 //! Method: `BrokerProcess` / `start_cluster` for the brokers, the blocking client for data and
 //! for admin connections (`--ha-admin`) that read queue depths. Every wait polls with a deadline
@@ -192,4 +193,27 @@ fn re_sends_to_a_new_primary_after_a_failover_are_not_stored_twice() {
         .collect();
     seqs.sort_unstable();
     assert_eq!(seqs, (20..110).collect::<Vec<_>>());
+}
+
+#[test]
+fn the_clients_producer_id_stamp_is_understood() {
+    // Goal: the Rust client's `producer_id` (which stamps `x-ringmq-dedup` = `<id>/<seq>`) and the
+    // broker agree on the convention. Method: two connections with the same producer id publish
+    // the same count of messages, numbered alike from the start: the second set is suppressed
+    // (which is also why a producer that restarts its numbering must take a new id).
+    let broker = BrokerProcess::start(&["--shards", "2"]);
+    client(&broker).declare_queue("stamped", QueueOptions::default(), &[]).unwrap();
+    for _ in 0..2 {
+        let options = ConnectOptions { producer_id: Some("client-x".into()), ..ConnectOptions::default() };
+        let connection = blocking::Connection::connect(broker.addr().as_str(), options).unwrap();
+        let publisher = connection.publisher().unwrap();
+        for seq in 0..10 {
+            publisher.publish("", message("stamped", "unstamped", seq, false)).unwrap();
+        }
+        let summary = publisher.wait_for_confirms().unwrap();
+        assert_eq!(summary.stored, 10, "{summary:?}");
+        connection.close().unwrap();
+    }
+    let info = queue_info(&broker, "stamped").unwrap();
+    assert_eq!((info.depth, info.enqueued), (10, 10), "{info:?}");
 }
