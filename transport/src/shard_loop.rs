@@ -76,7 +76,7 @@ pub(crate) struct ShardContext {
     pub(crate) primary_role: RefCell<PrimaryRole>,
     /// The HA state as of the last pump, to act on changes (promotion, stepping down).
     seen_state: Cell<BrokerState>,
-    /// This context itself, for spawning tasks from `pump`.
+    /// This context itself, for the tasks `pump` may start.
     this: Weak<ShardContext>,
     /// The control queues between the shards' IO shells.
     pub(crate) controls: ShardControls,
@@ -345,8 +345,17 @@ async fn inbox_task(context: Rc<ShardContext>) {
     }
 }
 
-/// Runs the shard and its replication streams until nothing moves and carries their outputs out.
+/// Runs the shard and its replication streams until nothing moves and carries their outputs out;
+/// then acts on a change of the broker's HA state (`on_state_change`).
 pub(crate) fn pump(context: &ShardContext) {
+    let Some(state) = pump_shard(context) else { return };
+    if let Some(context) = context.this.upgrade() {
+        on_state_change(&context, state);
+    }
+}
+
+/// The work of `pump`; returns the HA state if it changed since the last pump.
+fn pump_shard(context: &ShardContext) -> Option<BrokerState> {
     let mut shard = context.shard.borrow_mut();
     loop {
         shard.drive();
@@ -381,14 +390,9 @@ pub(crate) fn pump(context: &ShardContext) {
         shutdown(&link);
     }
     let state = shard.ha().state();
-    if state != context.seen_state.replace(state) {
-        // Acted on once this pump is done with the shard.
-        if let Some(context) = context.this.upgrade() {
-            compio::runtime::spawn(async move { on_state_change(&context, state) }).detach();
-        }
-    }
+    let changed = (state != context.seen_state.replace(state)).then_some(state);
     if !shard.has_peer_output() {
-        return;
+        return changed;
     }
     let mut rings = context.rings.borrow_mut();
     rings.retry_overflow();
@@ -406,6 +410,7 @@ pub(crate) fn pump(context: &ShardContext) {
             rings.doorbells[index].ring();
         }
     }
+    changed
 }
 
 /// Feeds the shard's replication events to its streams and hands released holds back to the
