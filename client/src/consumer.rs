@@ -17,10 +17,11 @@
 //!   the error the connection failed with); settlements are refused with the reason.
 //! - Across a reconnect (`ConnectOptions::reconnect`) the subscription is made again on the new
 //!   socket (same queue, same prefetch) and tags keep increasing: the new session's broker tag 0
-//!   is the next tag `recv` returns. Deliveries of the lost session that were not settled are
-//!   forgotten (the broker redelivers them); settling one of their tags, or a settlement still
-//!   pending from that session, does nothing (counted in `ConnectionStats::settlements_stale`),
-//!   so it can never settle another delivery of the new session.
+//!   gets the tag after the last one `recv` returned. Deliveries of the lost session are not
+//!   settled by the broker that delivered them (it is gone; the new primary delivers them again):
+//!   those already received may still come out of `recv` before the new session's, and settling
+//!   any of their tags, or a settlement still pending from that session, does nothing (counted in
+//!   `ConnectionStats::settlements_stale`), so it can never settle a delivery of the new session.
 
 use std::sync::Arc;
 
