@@ -58,7 +58,7 @@ pub(crate) async fn accept_backup_link(
                 return refuse(&queue, ErrorCode::UnexpectedFrame, message);
             }
             Ok(None) => {}
-            Err(error) => return refuse(&queue, ErrorCode::Malformed, error.to_string()),
+            Err(error) => return refuse(&queue, error.code(), error.to_string()),
         }
         buffer.reserve(READ_BUFFER_BYTES);
         let mut reader: &TcpStream = &stream;
