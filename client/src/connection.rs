@@ -268,6 +268,8 @@ impl Connection {
     }
 
     /// Subscribes to `queue`; the broker keeps at most `prefetch` deliveries unsettled for it.
+    /// With `reconnect` the subscription is made again on every new connection; a subscribe whose
+    /// request was lost with the connection still returns the `Consumer`, subscribed on the next.
     ///
     /// # Errors
     /// `InvalidArgument` for a prefetch outside `1..=PREFETCH_MAX` or a long name; `Failed` with

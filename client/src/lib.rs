@@ -20,8 +20,28 @@
 //!
 //! What it does: the handshake, management requests matched to replies by id, publishing with
 //! sequence numbers, a publish window (backpressure) and confirms, subscriptions with prefetch
-//! and batched settlements. What it does not do (yet): URL lists, failover and re-sending after
-//! failover, TLS, AMQP.
+//! and batched settlements; URL lists in the reference grammar; with `ConnectOptions::reconnect`,
+//! failover: every address in turn until one accepts as primary, unconfirmed publishes re-sent in
+//! order, subscriptions made again; heartbeats that detect a dead or stalled broker; with
+//! `producer_id`, the `x-ringmq-dedup` stamp the broker suppresses re-sends by. What it does not do
+//! (yet): TLS (`ssl:` addresses are refused), AMQP.
+//!
+//! ```no_run
+//! # async fn example() -> Result<(), ringmq_client::ClientError> {
+//! use std::time::Duration;
+//! use ringmq_client::{ConnectOptions, Connection};
+//!
+//! let options = ConnectOptions {
+//!     reconnect: true,
+//!     reconnect_timeout: Some(Duration::from_secs(30)),
+//!     heartbeat_interval: Some(Duration::from_millis(500)),
+//!     producer_id: Some("orders-1".into()),
+//!     ..ConnectOptions::default()
+//! };
+//! let connection = Connection::connect("node1:5672,node2:5672,node3:5672", options).await?;
+//! # Ok(())
+//! # }
+//! ```
 //!
 //! Performance shape: `publish` appends to an outbox under a short mutex and never makes a
 //! syscall; one writer task per connection writes whatever accumulated while the socket was busy,
@@ -34,17 +54,21 @@
 //! - `publisher`, `consumer`: the publish and consume handles.
 //! - `blocking`: the same API for plain threads, on a runtime owned by the connection.
 //! - `options`, `limits`, `error`: what callers choose, every bound, the error type.
-//! - Inside: `outbox` (send queue and batching), `writer` and `reader` (the two tasks),
+//! - Inside: `supervisor` (dialling, socket sessions, reconnect), `failover` (address rotation and
+//!   back-off, no IO), `broker_list` (URLs and learned addresses), `outbox` (send queue, batching,
+//!   publishes kept for re-sending), `writer` and `reader` (the two tasks of a socket session),
 //!   `publish_window`, `confirm_queue`, `settlement_batch`, `request_table` (pure accounting),
 //!   `shared` (state the handles and tasks share), `argument_check`.
 //!
 //! Invariants:
-//! - No call waits forever on a dead connection: a broker `Error` frame, a lost socket or a
-//!   protocol violation completes every waiter with the same `ClientError`.
+//! - No call waits forever on a dead connection: a broker `Error` frame, a lost socket, a silent
+//!   broker (with heartbeats) or a protocol violation completes every waiter with the same
+//!   `ClientError`; with `reconnect`, requests in flight get `Reconnecting`, and everything else
+//!   the final cause once reconnecting gives up.
 //! - The broker's error text reaches the caller unchanged (`ClientError::Failed`, `Refused`,
 //!   `BrokerClosed`).
-//! - Publish sequence numbers and delivery tags are consecutive from 0 and checked against what
-//!   the broker sends back.
+//! - Publish sequence numbers and delivery tags are consecutive from 0, across reconnects too, and
+//!   checked against what the broker sends back.
 
 mod argument_check;
 pub mod blocking;
