@@ -279,23 +279,15 @@ impl Connection {
         check_prefetch(prefetch)?;
         let consumer = self.shared.next_consumer_id();
         let (events, receiver) = mpsc::unbounded_channel();
-        let session = self.shared.session();
-        {
-            // Registered before the request goes out: deliveries may follow the `Ok` at once.
-            let mut consumers = locked(&self.shared.consumers);
-            self.shared.check_open()?;
-            let slot = ConsumerSlot { events, next_tag: Tag(0), queue: queue.to_owned(), prefetch, active: true };
-            let previous = consumers.insert(consumer, slot);
-            assert!(previous.is_none(), "consumer id {} reused", consumer.0);
-        }
-        let queue_name = queue.to_owned();
-        let result = self
-            .shared
-            .request("subscribe", |request| Frame::Subscribe { request, consumer, queue: queue_name, prefetch })
-            .await
-            .and_then(|reply| reply.expect_done("subscribe"));
+        let slot = ConsumerSlot { events, next_tag: Tag(0), queue: queue.to_owned(), prefetch };
+        let (reply, session) = self.shared.subscribe(consumer, slot)?;
+        let result = match reply.await {
+            Ok(result) => result.and_then(|reply| reply.expect_done("subscribe")),
+            // The table only drops a waiter by completing it.
+            Err(_) => Err(self.shared.closed_error()),
+        };
         match result {
-            // The socket was lost: the slot is active, so the reconnect subscribes it again.
+            // The socket was lost: the slot stays, so the reconnect subscribes it again.
             Ok(()) | Err(ClientError::Reconnecting { .. }) => {}
             Err(err) => {
                 locked(&self.shared.consumers).remove(&consumer);

@@ -331,8 +331,6 @@ pub(crate) struct ConsumerSlot {
     pub(crate) queue: String,
     /// The prefetch, to subscribe again after a reconnect.
     pub(crate) prefetch: u32,
-    /// True once the broker accepted the subscription: only active ones are re-sent.
-    pub(crate) active: bool,
 }
 
 /// How a subscription ended.

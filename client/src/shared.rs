@@ -5,7 +5,9 @@
 //! the writer task (which drains the outbox into the socket).
 //!
 //! Locks are `std::sync::Mutex`, held for a few instructions and never across an `.await`, and
-//! never two at a time: every path takes one, releases it, then takes the next.
+//! never two at a time (every path takes one, releases it, then takes the next), except
+//! `subscribe` and `resume`, which must be atomic with respect to each other and nest them in one
+//! order: `consumers`, then `requests`, then `outbox`.
 //!
 //! Invariants:
 //! - `closed` is set once, to the first cause; afterwards no request, publish or subscription
@@ -132,38 +134,76 @@ impl Shared {
     /// again. Returns the replies to wait for, or `None` when the connection was closed meanwhile.
     pub(crate) fn resume(&self, peer: String) -> Option<Vec<Resubscription>> {
         *locked(&self.peer) = peer;
-        let subscriptions: Vec<(ConsumerId, String, u32)> = {
-            let mut consumers = locked(&self.consumers);
-            consumers
-                .iter_mut()
-                .filter(|(_, slot)| slot.active)
-                .map(|(id, slot)| {
-                    slot.next_tag = Tag(0);
-                    (*id, slot.queue.clone(), slot.prefetch)
-                })
-                .collect()
-        };
-        let mut frames: Vec<Bytes> = Vec::with_capacity(subscriptions.len());
-        let mut waits = Vec::with_capacity(subscriptions.len());
-        for (consumer, queue, prefetch) in &subscriptions {
+        // Held throughout (order: consumers, requests, outbox, as in `subscribe`), so a
+        // subscription is either re-sent here or sent by its own `subscribe`, never both or none.
+        let mut consumers = locked(&self.consumers);
+        let mut frames: Vec<Bytes> = Vec::new();
+        let mut waits = Vec::new();
+        for (id, slot) in consumers.iter_mut() {
+            slot.next_tag = Tag(0);
             let (waiter, reply) = oneshot::channel();
             let request = locked(&self.requests).register(waiter);
-            let frame = Frame::Subscribe { request, consumer: *consumer, queue: queue.clone(), prefetch: *prefetch };
+            let frame = Frame::Subscribe { request, consumer: *id, queue: slot.queue.clone(), prefetch: slot.prefetch };
             let mut bytes = BytesMut::new();
             codec::encode(&frame, &mut bytes);
             frames.push(bytes.freeze());
-            waits.push(Resubscription { consumer: *consumer, reply });
+            waits.push(Resubscription { consumer: *id, reply });
         }
         let session = locked(&self.outbox).resume(frames)?;
         self.reconnects.fetch_add(1, Ordering::Relaxed);
-        let consumers = locked(&self.consumers);
-        for (consumer, _, _) in &subscriptions {
-            if let Some(slot) = consumers.get(consumer) {
+        for wait in &waits {
+            if let Some(slot) = consumers.get(&wait.consumer) {
                 // A consumer that was dropped has nobody to tell.
                 let _ = slot.events.send(ConsumerEvent::Resubscribed { session });
             }
         }
         Some(waits)
+    }
+
+    /// Registers subscription `consumer` (its `slot`) and queues its `Subscribe`, atomically with
+    /// respect to `resume`. Returns the reply to wait for and the socket session it belongs to.
+    /// While suspended the frame is not queued: the waiter gets `Reconnecting` and the slot stays,
+    /// so the next `resume` subscribes it.
+    ///
+    /// # Errors
+    /// The close cause when closed (nothing is registered then).
+    pub(crate) fn subscribe(
+        &self,
+        consumer: ConsumerId,
+        slot: ConsumerSlot,
+    ) -> Result<(oneshot::Receiver<Result<Reply, ClientError>>, u64), ClientError> {
+        let mut consumers = locked(&self.consumers);
+        self.check_open()?;
+        let (queue, prefetch) = (slot.queue.clone(), slot.prefetch);
+        // Registered before the request goes out: deliveries may follow the `Ok` at once.
+        let previous = consumers.insert(consumer, slot);
+        assert!(previous.is_none(), "consumer id {} reused", consumer.0);
+        let (waiter, reply) = oneshot::channel();
+        let request = locked(&self.requests).register(waiter);
+        let mut bytes = BytesMut::new();
+        codec::encode(&Frame::Subscribe { request, consumer, queue, prefetch }, &mut bytes);
+        let mut outbox = locked(&self.outbox);
+        let session = outbox.session();
+        match outbox.push_encoded(bytes.freeze()) {
+            Ok(()) => {
+                if outbox.take_writer_wake() {
+                    self.writer_wake.notify_one();
+                }
+            }
+            Err(_closed) => {
+                let cause = match outbox.state() {
+                    OutboxState::Suspended => ClientError::Reconnecting { cause: outbox.suspended_cause().to_string() },
+                    _ => {
+                        consumers.remove(&consumer);
+                        self.closed_error()
+                    }
+                };
+                drop(outbox);
+                // The id is ours and registered just above.
+                let _ = locked(&self.requests).complete(request, Err(cause));
+            }
+        }
+        Ok((reply, session))
     }
 
     /// Queues a settle frame of socket session `session`; drops it (counted) when that session
@@ -192,11 +232,6 @@ impl Shared {
             self.writer_wake.notify_one();
         }
         Ok(())
-    }
-
-    /// The current socket session.
-    pub(crate) fn session(&self) -> u64 {
-        locked(&self.outbox).session()
     }
 
     /// Ends the connection with `cause` (the first cause wins) and completes every waiter.
