@@ -24,7 +24,8 @@
 //! Invariants:
 //! - Within one queue, positions only grow: every enqueue takes a position above every earlier one.
 //! - A shard reports the events of one queue in the order it made the changes: `QueueCreated`,
-//!   then enqueues and dequeues as they happened, then `QueueDeleted`.
+//!   then enqueues and dequeues as they happened, then `QueueDeleted`. A `Barrier` follows the
+//!   `Enqueued` of the message it duplicates (or that message was stored before replication began).
 //! - Shard 0 reports configuration events in the coordinator's order: a `Bound` follows the
 //!   `QueueCreated` of its queue and the `ExchangeCreated` of its exchange, and precedes their
 //!   deletion.
@@ -196,6 +197,18 @@ pub enum ReplicationEvent {
         queue: Arc<str>,
         /// The message's position.
         position: Position,
+    },
+    /// A publish to a queue of level `all` was found a duplicate (`dedup_window`) of a message
+    /// stored earlier, while backup streams held confirms: nothing is stored or sent, but the
+    /// duplicate's confirm waits until each stream's backup confirmed every record of `queue` fed
+    /// to it before this event (the original among them, unless consumed), as an enqueue's would.
+    /// Each stream of the shard must release `hold` once, like an `Enqueued` event's hold; never
+    /// part of a snapshot, never sent to a backup.
+    Barrier {
+        /// Queue name (the duplicate's and the original's).
+        queue: Arc<str>,
+        /// The duplicate publish, whose confirm waits.
+        hold: Hold,
     },
     /// Catch-up only (`Shard::replication_snapshot_for`): the backup holds messages at these
     /// positions that this primary no longer holds; the backup drops them. Never fed a hold.

@@ -47,9 +47,13 @@
 //!
 //! Duplicate suppression (`dedup_window`): every queue is made with the `dedup-window` of the
 //! config. A publish its queue finds a duplicate of (same `x-ringmq-dedup` key) is confirmed
-//! `Stored` without being stored, replicated or held, and counted (`duplicates_suppressed`); a
-//! backup's replica queues record the keys of what they apply, so a promoted backup suppresses
-//! re-sends of messages it received by replication.
+//! `Stored` without being stored or replicated, and counted (`duplicates_suppressed`). Its confirm
+//! follows the same rule as an enqueue's: in an `all` queue of a primary with holding streams it
+//! takes the same holds, and a `ReplicationEvent::Barrier` (after the original's `Enqueued`)
+//! releases each once that stream's backup confirmed the queue's records fed before it, so a
+//! duplicate is never confirmed before the original could be. A backup's replica queues record the
+//! keys of what they apply, so a promoted backup suppresses re-sends of messages it received by
+//! replication.
 //!
 //! Not here: sockets, rings, threads; the transport carries bytes and messages in and out.
 //!
@@ -1027,7 +1031,10 @@ impl Shard {
     /// Stores a batch of enqueues and reports the outcomes to the producer's shard. On a primary,
     /// a message stored in an `all` queue is reported to replication, holding its confirm for
     /// every backup stream of this shard. A duplicate (its queue's dedup window knows its key) is
-    /// not stored and is confirmed as stored at once: no replication event, no hold.
+    /// not stored, and is confirmed as stored: at once, unless it is in an `all` queue of a primary
+    /// whose streams hold confirms; then it takes as many holds as an enqueue and is reported as a
+    /// `ReplicationEvent::Barrier`, so that its confirm waits until every holding backup has what
+    /// the original was (PROTOCOL.md 2.5.4).
     fn enqueue_batch(&mut self, origin: ConnRef, items: Vec<EnqueueItem>) {
         let replicating = self.replicating();
         let stream_holds = if replicating { self.replica_holds } else { 0 };
@@ -1046,9 +1053,18 @@ impl Shard {
                         let replicated =
                             (replicating && queue.level().replicates_messages()).then(|| current.message.clone());
                         match queue.enqueue(current.message) {
-                            // Held already (or it was, and was consumed): no new event, no hold.
+                            // Held already (or it was, and was consumed): not stored again. On a
+                            // primary whose streams hold confirms, the original may not be on every
+                            // backup yet: the duplicate takes the holds an enqueue would, released by
+                            // a `Barrier` once each backup confirmed what it was fed of the queue.
                             Ok(Enqueued::Duplicate) => {
                                 self.counters.duplicates_suppressed += 1;
+                                if replicated.is_some() && stream_holds > 0 {
+                                    let hold = Hold { shard: origin.shard, conn: origin.conn, seq: current.seq };
+                                    holds = stream_holds;
+                                    let queue = queue_name.clone();
+                                    self.replication.push(ReplicationEvent::Barrier { queue, hold });
+                                }
                                 ConfirmOutcome::Stored
                             }
                             Ok(Enqueued::At(position)) => {

@@ -4,21 +4,24 @@
 //!
 //! What is checked: a re-sent publish with the same key, on another connection, is confirmed
 //! `Stored` and the queue holds one copy (producer and queue on different shards too); different
-//! producers, and messages without the header, never collide; on a primary a duplicate makes no
-//! replication event and takes no hold; a backup that applied `Enqueued` records and is then
+//! producers, and messages without the header, never collide; on a primary with backup streams a
+//! duplicate is not replicated again but takes the holds an enqueue would (a `Barrier` event) and is
+//! confirmed only after each is released, and without streams at once; a backup that applied `Enqueued` records and is then
 //! promoted suppresses re-sends of them, even after they were consumed; `dedup-window` 0 turns
 //! suppression off.
 
 mod support;
+
+use std::sync::Arc;
 
 use bytes::Bytes;
 use ringmq_core::broker_state::BrokerState;
 use ringmq_core::frame::{
     ConfirmOutcome, ConfirmRange, Frame, Header, Message, QueueOptions, Settlement, TagRange, PREAMBLE_FLAG_ADMIN,
 };
-use ringmq_core::ids::{ConsumerId, RequestId, Seq, Tag};
+use ringmq_core::ids::{ConnId, ConsumerId, RequestId, Seq, ShardId, Tag};
 use ringmq_core::limits::DEDUP_HEADER;
-use ringmq_core::replication::{Position, Record, ReplicationEvent};
+use ringmq_core::replication::{Hold, Position, Record, ReplicationEvent};
 use ringmq_core::replication_level::ReplicationLevel;
 use support::{declare, declare_with, ha_settings, name_on, promote, replication_events, Mesh};
 
@@ -111,35 +114,73 @@ fn different_producers_and_messages_without_the_header_never_collide() {
     assert_eq!(mesh.shards[0].counters().duplicates_suppressed, 0);
 }
 
-#[test]
-fn on_a_primary_a_duplicate_makes_no_event_and_takes_no_hold() {
-    // Goal: a duplicate is confirmed at once, not replicated again and not held for backups.
-    // Method: a promoted primary with one backup stream (holds = 1); the original's confirm waits
-    // for its hold; the re-send's does not.
-    let mut mesh = Mesh::new(1, ha_settings(true, ReplicationLevel::All));
-    mesh.connect(0, ADMIN, PREAMBLE_FLAG_ADMIN);
-    promote(&mut mesh, ADMIN);
-    mesh.connect(0, 1, 0);
-    mesh.ask(0, 1, &declare(1, "q"));
-    replication_events(&mut mesh);
-    mesh.shards[0].set_replica_holds(1);
-    assert_eq!(publish(&mut mesh, 0, 1, 0, "q", &["p/7"]), []);
-    let events = replication_events(&mut mesh).remove(0);
-    let holds: Vec<_> = events
+/// The holds of `Enqueued` events and of `Barrier` events among `events`, in that order.
+fn holds_of(events: &[ReplicationEvent]) -> (Vec<Hold>, Vec<Hold>) {
+    let enqueued = events
         .iter()
         .filter_map(|event| match event {
             ReplicationEvent::Enqueued { hold, .. } => *hold,
             _ => None,
         })
         .collect();
-    assert_eq!(holds.len(), 1, "{events:?}");
-    mesh.shards[0].handle_holds_released(&holds);
+    let barriers = events
+        .iter()
+        .filter_map(|event| match event {
+            ReplicationEvent::Barrier { hold, .. } => Some(*hold),
+            _ => None,
+        })
+        .collect();
+    (enqueued, barriers)
+}
+
+#[test]
+fn on_a_primary_a_duplicate_is_held_like_an_enqueue_until_each_stream_releases_it() {
+    // Goal: a re-send recognised as a duplicate while its original's confirm is still held for
+    // backups is not confirmed before them: it takes as many holds as an enqueue (one per backup
+    // stream), reported as a `Barrier`, and is confirmed only after the last release; it is still
+    // not stored or replicated again.
+    // Method: a promoted primary of 2 shards with two backup streams on the queue's shard
+    // (holds = 2); producer on shard 0, queue owned by shard 1; releases given to shard 1 one by one.
+    let mut mesh = Mesh::new(2, ha_settings(true, ReplicationLevel::All));
+    mesh.connect(0, ADMIN, PREAMBLE_FLAG_ADMIN);
+    promote(&mut mesh, ADMIN);
+    let queue = name_on(1, 2, "q");
+    mesh.connect(0, 1, 0);
+    mesh.ask(0, 1, &declare(1, &queue));
+    replication_events(&mut mesh);
+    mesh.shards[1].set_replica_holds(2);
+    assert_eq!(publish(&mut mesh, 0, 1, 0, &queue, &["p/7"]), []);
+    let (originals, barriers) = holds_of(&replication_events(&mut mesh).remove(1));
+    assert_eq!((originals.len(), barriers.len()), (1, 0));
+    // The re-send, on a new connection, while the original's two holds are still taken.
+    mesh.connect(0, 2, 0);
+    assert_eq!(publish(&mut mesh, 0, 2, 0, &queue, &["p/7"]), [], "confirmed before any backup released it");
+    let events = replication_events(&mut mesh).remove(1);
+    assert_eq!(
+        events,
+        [ReplicationEvent::Barrier {
+            queue: Arc::from(queue.as_str()),
+            hold: Hold { shard: ShardId(0), conn: ConnId(2), seq: Seq(0) }
+        }]
+    );
+    let (_, barriers) = holds_of(&events);
+    // One stream released each: neither publish is confirmed yet.
+    mesh.shards[1].handle_holds_released(&[originals[0], barriers[0]]);
+    mesh.settle();
+    assert_eq!(mesh.take(0, 1), []);
+    assert_eq!(mesh.take(0, 2), [], "a duplicate's confirm waits for the second release");
+    // The second stream released both.
+    mesh.shards[1].handle_holds_released(&[originals[0], barriers[0]]);
     mesh.settle();
     assert_eq!(mesh.take(0, 1), [stored(0, 0)]);
-    mesh.connect(0, 2, 0);
-    assert_eq!(publish(&mut mesh, 0, 2, 0, "q", &["p/7"]), [stored(0, 0)]);
-    assert_eq!(replication_events(&mut mesh), [vec![]]);
-    assert_eq!(depth(&mut mesh, 0, 2, "q"), 1);
+    assert_eq!(mesh.take(0, 2), [stored(0, 0)]);
+    assert_eq!(depth(&mut mesh, 0, 2, &queue), 1);
+    assert_eq!(mesh.shards[1].counters().duplicates_suppressed, 1);
+    // Without holding streams, a duplicate is confirmed at once and makes no event.
+    mesh.shards[1].set_replica_holds(0);
+    mesh.connect(0, 3, 0);
+    assert_eq!(publish(&mut mesh, 0, 3, 0, &queue, &["p/7"]), [stored(0, 0)]);
+    assert_eq!(replication_events(&mut mesh), [vec![], vec![]]);
 }
 
 #[test]

@@ -31,6 +31,14 @@
 //! `holding_streams()`, and every hold that comes for it is released at once, so the count the
 //! shard uses and the releases it gets always agree.
 //!
+//! Barriers: a `Barrier` event (a suppressed duplicate publish, `Shard::enqueue_batch`) brings a
+//! hold like an `Enqueued` one, counted the same, and every stream releases it once: once the
+//! backup confirmed every enqueue of its queue fed to the stream before it
+//! (`PrimaryStream::handle_barrier`), the original message among them. A link whose backlog still
+//! holds messages of that queue (the original may be one of them) keeps the barrier aside, and
+//! hands it to the stream only once that queue's backlog is fed or dropped. An overflowed stream
+//! releases it at once, a lost one with its other holds.
+//!
 //! Recovering mode (`PROTOCOL.md`, "Recovering"; the reference's expected backups and
 //! `ha-backup-timeout`): a newly promoted primary calls `expect_backups` with every backup that was
 //! ready under the previous primary, before any client is served. Until such an *expected backup*
@@ -45,7 +53,11 @@
 //! message is dequeued (or its queue deleted) first: the publish is then confirmed as consumed, as
 //! the reference confirms a message every backup confirmed *or* that was consumed. The collected
 //! holds are kept per queue and position; they are bounded by the producers' unconfirmed publishes
-//! (`PUBLISH_INFLIGHT_MAX` per connection) and, in time, by `ha-backup-timeout`.
+//! (`PUBLISH_INFLIGHT_MAX` per connection) and, in time, by `ha-backup-timeout`. A `Barrier`'s hold
+//! is collected too, per queue, and released by the catch-up, the timeout or its queue's deletion,
+//! but not by a dequeue: it has no position of its own, and the original it waits for was stored
+//! before the backup's link opened, so the snapshot of its catch-up carries it (or the original
+//! was consumed, which releases the duplicate's confirm as late as it would the original's).
 //!
 //! Call contract (single-threaded, on the shard's thread):
 //! - feed every event the shard reports (`Shard::poll_replication`) to `handle_event`, in order;
@@ -73,7 +85,9 @@
 //! - Every hold an event brings is released exactly once per stream or collecting expected backup
 //!   counted in `holding_streams()` when the event came (by a confirm, by being dropped unsent, or
 //!   by the stream's loss or overflow; for an expected backup, by the catch-up of its link, its
-//!   timeout, or the message's dequeue).
+//!   timeout, or the message's dequeue). A `Barrier`'s hold too, never by a dequeue, and never
+//!   before that stream's backup confirmed every enqueue of its queue fed to it before the barrier,
+//!   snapshot messages included.
 //! - An expected backup collects exactly while it has no link on this shard; it is released (and
 //!   forgotten) only by the catch-up of a link opened after everything it collected, or by its
 //!   timeout.
@@ -124,6 +138,8 @@ struct Expected {
     links: BTreeSet<LinkId>,
     /// The holds it collected, by queue and message position.
     collected: BTreeMap<Arc<str>, BTreeMap<Position, Hold>>,
+    /// The `Barrier` holds it collected, by queue.
+    barriers: BTreeMap<Arc<str>, Vec<Hold>>,
 }
 
 /// One backup's link to this shard.
@@ -135,6 +151,9 @@ struct Link {
     stream: PrimaryStream,
     /// Snapshot messages not fed to the stream yet, per queue by position.
     backlog: BTreeMap<Arc<str>, BTreeMap<Position, Message>>,
+    /// `Barrier` holds for queues still in `backlog`, in order: each goes to the stream once its
+    /// queue has left the backlog.
+    barriers_waiting: Vec<(Arc<str>, Hold)>,
     /// Messages in `backlog`.
     backlog_len: usize,
     /// Set once the backlog is empty and the stream was marked.
@@ -170,6 +189,7 @@ impl PrimaryReplication {
             backup: backup.to_string(),
             stream: PrimaryStream::new(self.epoch),
             backlog: BTreeMap::new(),
+            barriers_waiting: Vec::new(),
             backlog_len: 0,
             marked: false,
             overflowed: false,
@@ -183,6 +203,7 @@ impl PrimaryReplication {
                         entry.backlog_len += 1;
                     }
                 }
+                ReplicationEvent::Barrier { .. } => panic!("a snapshot carries no barrier"),
                 event => entry.feed(event, &mut self.released, &mut self.overflowed, link),
             }
         }
@@ -207,6 +228,7 @@ impl PrimaryReplication {
         }
         let hold = match &event {
             ReplicationEvent::Enqueued { hold, .. } => *hold,
+            ReplicationEvent::Barrier { hold, .. } => Some(*hold),
             _ => None,
         };
         let links = self.links.len();
@@ -222,10 +244,12 @@ impl PrimaryReplication {
             let Some(event) = (if index + 1 == links { event.take() } else { event.clone() }) else { break };
             if link.take_from_backlog(&event) {
                 // Dequeued before it was fed: neither is sent.
+                link.flush_barriers(&mut self.released);
                 link.mark_if_fed();
                 continue;
             }
             link.feed(event, &mut self.released, &mut self.overflowed, id);
+            link.flush_barriers(&mut self.released);
             link.mark_if_fed();
         }
         if !self.expected.is_empty() {
@@ -257,7 +281,7 @@ impl PrimaryReplication {
                 continue;
             }
             let links = self.links.iter().filter(|(_, link)| link.backup == *backup).map(|(&id, _)| id).collect();
-            self.expected.insert(backup.clone(), Expected { links, collected: BTreeMap::new() });
+            self.expected.insert(backup.clone(), Expected { links, ..Expected::default() });
         }
         assert!(
             self.expected.len() <= BACKUPS_MAX,
@@ -286,7 +310,10 @@ impl PrimaryReplication {
     /// How many holds the expected `backup` has collected and not released (0 if not expected),
     /// for status and metrics.
     pub fn expected_held(&self, backup: &str) -> usize {
-        self.expected.get(backup).map_or(0, |expected| expected.collected.values().map(BTreeMap::len).sum())
+        self.expected.get(backup).map_or(0, |expected| {
+            expected.collected.values().map(BTreeMap::len).sum::<usize>()
+                + expected.barriers.values().map(Vec::len).sum::<usize>()
+        })
     }
 
     /// The backup of `link` confirmed every batch up to `seq`: holds released (the backlog is fed
@@ -419,11 +446,17 @@ impl PrimaryReplication {
                     }
                 }
             }
+            ReplicationEvent::Barrier { queue, hold } => {
+                for expected in self.expected.values_mut().filter(|expected| expected.links.is_empty()) {
+                    expected.barriers.entry(queue.clone()).or_default().push(*hold);
+                }
+            }
             ReplicationEvent::QueueDeleted { name } => {
                 for expected in self.expected.values_mut() {
                     if let Some(held) = expected.collected.remove(name) {
                         self.released.extend(held.into_values());
                     }
+                    self.released.extend(expected.barriers.remove(name).into_iter().flatten());
                 }
             }
             _ => {}
@@ -451,6 +484,7 @@ impl Expected {
         for held in self.collected.into_values() {
             released.extend(held.into_values());
         }
+        released.extend(self.barriers.into_values().flatten());
     }
 }
 
@@ -536,7 +570,25 @@ impl Link {
                 return;
             }
         }
+        self.flush_barriers(released);
         self.mark_if_fed();
+    }
+
+    /// Hands each waiting barrier whose queue has left the backlog to the stream, in order.
+    fn flush_barriers(&mut self, released: &mut Vec<Hold>) {
+        if self.barriers_waiting.is_empty() || self.overflowed {
+            return;
+        }
+        let backlog = &self.backlog;
+        let stream = &mut self.stream;
+        self.barriers_waiting.retain(|(queue, hold)| {
+            if backlog.contains_key(queue) {
+                return true;
+            }
+            stream.handle_barrier(queue, *hold);
+            false
+        });
+        self.stream.poll_released(released);
     }
 
     /// Feeds one event to the stream; on overflow, finishes the link.
@@ -561,6 +613,15 @@ impl Link {
             }
             ReplicationEvent::Dequeued { queue, position } => self.stream.handle_dequeued(&queue, position),
             ReplicationEvent::DequeuedRanges { queue, ranges } => self.stream.handle_dequeued_ranges(&queue, &ranges),
+            ReplicationEvent::Barrier { queue, hold } => {
+                if self.backlog.contains_key(&queue) {
+                    // The original may still be in the backlog: the barrier waits for it to be fed.
+                    self.barriers_waiting.push((queue, hold));
+                } else {
+                    self.stream.handle_barrier(&queue, hold);
+                }
+                Ok(())
+            }
             ReplicationEvent::ExchangeCreated { name, kind } => {
                 self.stream.handle_exchange_created(&name, kind);
                 Ok(())
@@ -587,13 +648,14 @@ impl Link {
         }
     }
 
-    /// Releases every hold the link still has (all in its stream: the backlog holds none) and
-    /// drops its backlog.
+    /// Releases every hold the link still has (in its stream, and barriers waiting for the
+    /// backlog; the backlog's messages hold none) and drops its backlog.
     fn finish(&mut self, released: &mut Vec<Hold>) {
         if !self.overflowed {
             self.stream.handle_backup_lost();
             self.stream.poll_released(released);
         }
+        released.extend(self.barriers_waiting.drain(..).map(|(_, hold)| hold));
         self.backlog.clear();
         self.backlog_len = 0;
     }
@@ -1087,13 +1149,127 @@ mod tests {
         assert_eq!(released(&mut replication), vec![hold(1)]);
     }
 
+    fn barrier(queue: &str, hold_seq: u64) -> ReplicationEvent {
+        ReplicationEvent::Barrier { queue: Arc::from(queue), hold: hold(hold_seq) }
+    }
+
+    #[test]
+    fn a_barrier_is_released_by_each_stream_only_once_its_backup_confirmed_the_original() {
+        // Goal: a duplicate's hold comes back once per stream, each only after that backup
+        // confirmed the batch carrying the original; an overflowed link hands it back at once, a
+        // lost one with its other holds. Nothing is sent for a barrier.
+        let mut replication = PrimaryReplication::new(Epoch(3));
+        replication.handle_link_opened(1, "b1:1", Vec::new());
+        replication.handle_link_opened(2, "b2:1", Vec::new());
+        replication.handle_event(created("q"));
+        replication.handle_event(enqueued("q", 0, Some(10)));
+        replication.handle_event(barrier("q", 11));
+        let first = replication.poll_batch(1, BYTES).unwrap();
+        let second = replication.poll_batch(2, BYTES).unwrap();
+        assert_eq!(first, second);
+        assert_eq!(positions(&first.records, "q"), vec![0]);
+        assert!(released(&mut replication).is_empty(), "sent, not confirmed");
+        replication.handle_confirm(1, first.stream_seq).unwrap();
+        assert_eq!(released(&mut replication), vec![hold(10), hold(11)]);
+        // The second backup has not confirmed: its share of both is still held, until it is lost.
+        replication.handle_event(enqueued("q", 1, Some(12)));
+        replication.handle_event(barrier("q", 13));
+        assert!(released(&mut replication).is_empty());
+        replication.handle_link_lost(2);
+        let mut holds = released(&mut replication);
+        holds.sort();
+        assert_eq!(holds, vec![hold(10), hold(11), hold(12), hold(13)]);
+        assert_eq!(drain(&mut replication, 1), positions_record("q", 1));
+        assert_eq!(released(&mut replication), vec![hold(12), hold(13)]);
+        // A barrier for a queue whose every record is confirmed comes back at once.
+        replication.handle_event(barrier("q", 14));
+        assert_eq!(released(&mut replication), vec![hold(14)]);
+    }
+
+    /// The record a lone `enqueued(queue, position, _)` goes out as.
+    fn positions_record(queue: &str, position: u64) -> Vec<Record> {
+        let message = Message { body: Bytes::from(position.to_le_bytes().to_vec()), ..Message::default() };
+        vec![Record::Enqueued { queue: queue.to_string(), first_position: Position(position), messages: vec![message] }]
+    }
+
+    #[test]
+    fn a_barrier_on_a_catching_up_link_waits_for_the_original_in_the_backlog() {
+        // Goal: a duplicate whose original is still in a link's catch-up backlog (unsent) is not
+        // released by that link before the batch carrying the original is confirmed, although live
+        // records overtake the backlog; a barrier of a queue not in the backlog does not wait for it.
+        let mut replication = PrimaryReplication::new(Epoch(1));
+        let depth = 3 * BATCH_MESSAGES_MAX as u64;
+        let mut snapshot = vec![created("deep"), created("q")];
+        snapshot.extend((0..depth).map(|position| enqueued("deep", position, None)));
+        replication.handle_link_opened(1, "b:1", snapshot);
+        // The original is the last backlog message of "deep".
+        replication.handle_event(barrier("deep", 1));
+        replication.handle_event(enqueued("q", 0, Some(2)));
+        replication.handle_event(barrier("q", 3));
+        // The creates and the live enqueue go first, before any backlog message.
+        let live = replication.poll_batch(1, BYTES).unwrap();
+        assert_eq!(positions(&live.records, "q"), vec![0]);
+        assert!(positions(&live.records, "deep").is_empty());
+        replication.handle_confirm(1, live.stream_seq).unwrap();
+        assert_eq!(released(&mut replication), vec![hold(2), hold(3)], "q's barrier waits for q only");
+        let mut sent = Vec::new();
+        while replication.backlog_len(1) > 0 {
+            let batch = replication.poll_batch(1, BYTES).unwrap();
+            sent.extend(positions(&batch.records, "deep"));
+            replication.handle_confirm(1, batch.stream_seq).unwrap();
+            if !sent.contains(&(depth - 1)) {
+                assert!(released(&mut replication).is_empty(), "released before the original was sent");
+            }
+        }
+        // The backlog is fed; the batch carrying its last message is confirmed by now.
+        assert_eq!(sent.last(), Some(&(depth - 1)));
+        assert_eq!(released(&mut replication), vec![hold(1)]);
+        // Lost while a barrier waits for the backlog: released with the loss.
+        let mut snapshot = vec![created("deep")];
+        snapshot.extend((0..depth).map(|position| enqueued("deep", position, None)));
+        replication.handle_link_opened(2, "c:1", snapshot);
+        replication.handle_event(barrier("deep", 4));
+        assert_eq!(released(&mut replication), vec![hold(4)], "link 1 had confirmed everything");
+        replication.poll_batch(2, BYTES).unwrap();
+        replication.handle_link_lost(2);
+        assert_eq!(released(&mut replication), vec![hold(4)]);
+    }
+
+    #[test]
+    fn an_expected_backup_collects_a_barrier_until_its_catch_up_and_a_dequeue_does_not_release_it() {
+        // Goal: recovering mode: a duplicate's hold is collected by an expected backup without a
+        // link like an enqueue's; a dequeue does not release it (it has no position), its link's
+        // catch-up or its timeout does; a deletion of its queue does too.
+        let mut replication = PrimaryReplication::new(Epoch(2));
+        replication.expect_backups(&names(&["b1:1", "b2:1"]));
+        assert_eq!(replication.holding_streams(), 2);
+        replication.handle_event(created("q"));
+        replication.handle_event(created("r"));
+        // The original came from the previous primary, without a hold here.
+        replication.handle_event(barrier("q", 1));
+        replication.handle_event(barrier("r", 2));
+        replication.handle_event(dequeued("q", 0));
+        assert!(released(&mut replication).is_empty(), "a dequeue does not release a barrier");
+        assert_eq!(replication.expected_held("b1:1"), 2);
+        replication.handle_event(ReplicationEvent::QueueDeleted { name: Arc::from("r") });
+        assert_eq!(released(&mut replication), vec![hold(2), hold(2)]);
+        // b1 reconnects and catches up: its share comes back; b2 times out: its share too.
+        replication.handle_link_opened(1, "b1:1", vec![created("q"), enqueued("q", 1, None)]);
+        assert!(released(&mut replication).is_empty());
+        drain(&mut replication, 1);
+        assert_eq!(released(&mut replication), vec![hold(1)]);
+        assert_eq!(pending(&replication), vec!["b2:1"]);
+        replication.handle_expected_timed_out("b2:1");
+        assert_eq!(released(&mut replication), vec![hold(1)]);
+    }
+
     #[test]
     fn random_links_events_and_timeouts_release_every_hold_once_per_counted_holder() {
         // Goal: the accounting invariant under any interleaving: each publish's hold comes back
         // exactly as many times as `holding_streams()` said when it was made.
-        // Method: a seeded sequence of enqueues, dequeues, link opens (with the shard's snapshot),
-        // losses, confirms and timeouts over two expected backups and one other; at the end every
-        // link is lost and every expected backup timed out.
+        // Method: a seeded sequence of enqueues, duplicates (barriers), dequeues, link opens (with
+        // the shard's snapshot), losses, confirms and timeouts over two expected backups and one
+        // other; at the end every link is lost and every expected backup timed out.
         let mut state = 0x9e37_79b9_7f4a_7c15u64;
         let mut next = move |bound: u64| {
             state ^= state << 13;
@@ -1145,6 +1321,15 @@ mod tests {
                     }
                     7 if round % 2 == 0 && next(8) == 0 => {
                         replication.handle_expected_timed_out(backups[next(2) as usize])
+                    }
+                    7 if !stored.is_empty() => {
+                        // A duplicate: held by as many holders as an enqueue, with its own seq.
+                        let count = replication.holding_streams();
+                        if count > 0 {
+                            held.insert(position, count);
+                            replication.handle_event(barrier("q", position));
+                        }
+                        position += 1;
                     }
                     _ => {}
                 }

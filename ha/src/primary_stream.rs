@@ -19,6 +19,14 @@
 //!   consumed);
 //! - the backup was lost (`handle_backup_lost`): a dropped backup stops holding publishers.
 //!
+//! Barriers (`handle_barrier`): a duplicate publish (`ringmq_core::dedup_window`) stores nothing,
+//! but its confirm must not overtake the original's message to this backup. Its hold is released
+//! once every enqueue of its queue fed before the barrier is in a batch the backup confirmed (or
+//! was dropped unsent: dequeued, or its queue deleted), or when the backup is lost. The original
+//! was fed before the barrier (or is on the backup already), so it is then on the backup or gone.
+//! Barriers are rare (one per re-sent publish), so they are a plain list, checked as batches go
+//! out and confirms come in.
+//!
 //! A message dequeued *after* its batch was sent keeps its hold until that batch is confirmed:
 //! finding it in the in-flight window would need a per-message index on the hot path, and the
 //! confirm comes within one round trip anyway.
@@ -31,7 +39,8 @@
 //! Call contract (no clock: nothing here expires; heartbeats and `ha-backup-timeout` are the
 //! caller's, which calls `handle_backup_lost` when they fire):
 //! - `handle_queue_created`, `handle_queue_deleted`, `handle_enqueued`, `handle_dequeued` as the
-//!   shard changes its replicated queues, in the order it changes them, and on shard 0
+//!   shard changes its replicated queues, in the order it changes them (`handle_barrier` in that
+//!   order too, for a suppressed duplicate), and on shard 0
 //!   `handle_exchange_created`, `handle_exchange_deleted`, `handle_bound`, `handle_unbound` in
 //!   the same order;
 //! - `handle_confirm` for each confirm the backup sends;
@@ -57,7 +66,8 @@
 //!   `None` while the window is full.
 //! - Every hold taken is released exactly once, and never before the batch carrying its message
 //!   was confirmed, unless the message was dequeued or deleted before it was batched, or the
-//!   backup was lost.
+//!   backup was lost. A barrier's hold likewise, never before every batch carrying an enqueue of
+//!   its queue fed before it was confirmed.
 //! - A message dequeued before it was batched is never sent, and neither is its dequeue.
 //! - Per queue, records go out in the order the shard made the changes, with queue creates and
 //!   deletes ordered before the data that follows them.
@@ -111,6 +121,8 @@ pub struct PrimaryStream {
     config_batched: u64,
     /// The mark set by `mark_fed`, if any.
     mark: Option<Mark>,
+    /// Barriers not released yet, in the order fed.
+    barriers: Vec<Barrier>,
     /// What happened, for metrics.
     counters: PrimaryCounters,
 }
@@ -195,6 +207,7 @@ impl PrimaryStream {
             config_fed: 0,
             config_batched: 0,
             mark: None,
+            barriers: Vec::new(),
             counters: PrimaryCounters::default(),
         }
     }
@@ -234,6 +247,7 @@ impl PrimaryStream {
             self.pending -= queue.live + queue.dequeues.len();
             queue.live = 0;
             queue.dequeues.clear();
+            self.settle_barriers();
         }
         self.config.push_back(Record::QueueDeleted { name: name.to_string() });
         self.config_fed += 1;
@@ -322,6 +336,25 @@ impl PrimaryStream {
         Ok(())
     }
 
+    /// A duplicate publish to `queue` was suppressed (`ReplicationEvent::Barrier`): `hold` is
+    /// released once every enqueue of `queue` fed so far is in a batch the backup confirmed (or
+    /// was dropped unsent), at once if that is so already. Nothing is sent; never refused.
+    ///
+    /// # Panics
+    ///
+    /// If the backup was lost.
+    pub fn handle_barrier(&mut self, queue: &str, hold: Hold) {
+        self.assert_alive();
+        let last = self.queues.get(queue).and_then(|pending| pending.enqueues.back()).map(|enqueue| enqueue.position);
+        self.barriers.push(Barrier { queue: queue.to_string(), last, batched_by: None, hold });
+        self.settle_barriers();
+    }
+
+    /// Barriers held, for status and tests.
+    pub fn barriers_held(&self) -> usize {
+        self.barriers.len()
+    }
+
     /// The message at `position` of `queue` was removed (ack, reject, purge, expiry). If it was not
     /// batched yet, neither record is sent and its hold is released now.
     ///
@@ -348,6 +381,7 @@ impl PrimaryStream {
                 entry.trim();
                 self.pending -= 1;
                 self.counters.messages_consumed_unsent += 1;
+                self.settle_barriers();
                 return Ok(());
             }
         }
@@ -424,6 +458,7 @@ impl PrimaryStream {
             self.released.extend(batch.holds);
         }
         self.confirmed = stream_seq;
+        self.settle_barriers();
         // Pair of the window check in `poll_batch`: what is in flight is exactly (confirmed, sent_last].
         assert_eq!(self.inflight.len() as u64, self.sent_last.0 - self.confirmed.0);
         assert!(self.inflight.front().is_none_or(|batch| batch.seq == self.confirmed.next()));
@@ -446,6 +481,10 @@ impl PrimaryStream {
                 }
             }
         }
+        for barrier in self.barriers.drain(..) {
+            self.counters.holds_released_by_loss += 1;
+            self.released.push(barrier.hold);
+        }
         self.queues.clear();
         self.ready.clear();
         self.config.clear();
@@ -464,6 +503,7 @@ impl PrimaryStream {
     pub fn poll_batch(&mut self, bytes_max: usize) -> Option<Batch> {
         let batch = self.next_batch(bytes_max);
         self.update_mark();
+        self.settle_barriers();
         batch
     }
 
@@ -507,6 +547,33 @@ impl PrimaryStream {
         if self.config_batched >= mark.config_fed && mark.queues.is_empty() {
             mark.batched_by = Some(self.sent_last);
         }
+    }
+
+    /// Notes, for each barrier whose queue has no enqueue fed before it left unbatched, the last
+    /// batch sent by then; releases those whose batch is confirmed.
+    fn settle_barriers(&mut self) {
+        if self.barriers.is_empty() {
+            return;
+        }
+        let (queues, sent_last, confirmed) = (&self.queues, self.sent_last, self.confirmed);
+        let (released, counters) = (&mut self.released, &mut self.counters);
+        self.barriers.retain_mut(|barrier| {
+            if barrier.batched_by.is_none() {
+                // Enqueues leave in position order, front first (live ones: tombstones are trimmed).
+                let front = queues.get(&barrier.queue).and_then(|pending| pending.enqueues.front());
+                let waiting = barrier.last.is_some_and(|last| front.is_some_and(|e| e.position <= last));
+                if waiting {
+                    return true;
+                }
+                barrier.batched_by = Some(sent_last);
+            }
+            if barrier.batched_by.is_some_and(|seq| seq <= confirmed) {
+                counters.holds_released_by_confirm += 1;
+                released.push(barrier.hold);
+                return false;
+            }
+            true
+        });
     }
 
     fn next_batch(&mut self, bytes_max: usize) -> Option<Batch> {
@@ -654,6 +721,19 @@ struct Mark {
     queues: BTreeMap<String, (Option<Position>, Option<u64>)>,
     /// Once every marked record is batched: the last batch sent at that moment.
     batched_by: Option<StreamSeq>,
+}
+
+/// A suppressed duplicate's hold, waiting for the enqueues of its queue fed before it.
+#[derive(Debug)]
+struct Barrier {
+    /// Its queue.
+    queue: String,
+    /// The queue's last unbatched enqueue when the barrier came (`None`: there was none).
+    last: Option<Position>,
+    /// Once no enqueue up to `last` is unbatched: the last batch sent at that moment.
+    batched_by: Option<StreamSeq>,
+    /// The duplicate publish.
+    hold: Hold,
 }
 
 /// A batch sent and not confirmed.
@@ -1229,5 +1309,47 @@ mod tests {
         assert!(!stream.mark_confirmed());
         stream.handle_confirm(third.stream_seq).unwrap();
         assert!(stream.mark_confirmed());
+    }
+
+    #[test]
+    fn a_barrier_waits_for_the_confirm_of_every_earlier_enqueue_of_its_queue() {
+        // Goal: a duplicate's hold is never released before the backup confirmed the batch that
+        // carried the original (fed earlier), whether the original was pending or in flight;
+        // enqueues of other queues and later ones do not delay it; a loss releases it.
+        let mut stream = PrimaryStream::new(Epoch(1));
+        stream.handle_enqueued("q", Position(0), message(0), hold(1)).unwrap();
+        // The original is pending: the barrier waits for its batch and that batch's confirm.
+        stream.handle_barrier("q", Hold { shard: ShardId(0), conn: ConnId(1), seq: Seq(2) });
+        stream.handle_enqueued("q", Position(1), message(1), None).unwrap();
+        assert!(released(&mut stream).is_empty());
+        let first = stream.poll_batch(BYTES).unwrap();
+        assert!(released(&mut stream).is_empty(), "sent, not confirmed");
+        // In flight: a barrier now waits for the same batch.
+        stream.handle_barrier("q", Hold { shard: ShardId(0), conn: ConnId(1), seq: Seq(3) });
+        // A barrier of a queue with nothing fed is released at once (nothing sent, nothing pending).
+        let mut idle = PrimaryStream::new(Epoch(1));
+        idle.handle_barrier("q", Hold { shard: ShardId(0), conn: ConnId(1), seq: Seq(9) });
+        assert_eq!(released(&mut idle), holds(&[9]));
+        stream.handle_enqueued("q", Position(2), message(2), None).unwrap();
+        stream.handle_enqueued("other", Position(0), message(0), None).unwrap();
+        let second = stream.poll_batch(BYTES).unwrap();
+        stream.handle_confirm(first.stream_seq).unwrap();
+        assert_eq!(released(&mut stream), holds(&[1, 2, 3]));
+        assert_eq!(stream.barriers_held(), 0);
+        // A barrier behind an unsent enqueue that is dequeued before batching: released once the
+        // batches sent by then are confirmed.
+        stream.handle_enqueued("q", Position(3), message(3), None).unwrap();
+        stream.handle_barrier("q", Hold { shard: ShardId(0), conn: ConnId(1), seq: Seq(4) });
+        stream.handle_dequeued("q", Position(3)).unwrap();
+        assert!(released(&mut stream).is_empty(), "the second batch is unconfirmed");
+        stream.handle_confirm(second.stream_seq).unwrap();
+        assert_eq!(released(&mut stream), holds(&[4]));
+        // A loss releases a waiting barrier.
+        stream.handle_enqueued("q", Position(4), message(4), None).unwrap();
+        stream.handle_barrier("q", Hold { shard: ShardId(0), conn: ConnId(1), seq: Seq(5) });
+        stream.poll_batch(BYTES).unwrap();
+        stream.handle_backup_lost();
+        assert_eq!(released(&mut stream), holds(&[5]));
+        assert_eq!(stream.counters().holds_released_by_loss, 1);
     }
 }
