@@ -527,6 +527,16 @@ impl Queue {
         self.next_position = self.next_position.max(start);
     }
 
+    /// Flags every ready message redelivered: done when a backup is promoted, since the old primary
+    /// may have delivered any of them before it died (its consumers' acks are not replicated
+    /// until they happen). The flag means "may have been delivered before"; a consumer that sees
+    /// a number twice can tell a redelivery after a failover from a duplicate enqueue by it.
+    pub fn mark_redelivered(&mut self) {
+        for held in &mut self.ready {
+            held.delivered.redelivered = true;
+        }
+    }
+
     /// Visits every held message (ready and unsettled) in position order, for a catch-up snapshot.
     pub fn for_each_held(&self, mut f: impl FnMut(Position, &Message)) {
         let mut held: Vec<&Held> = self.ready.iter().chain(self.unsettled()).collect();

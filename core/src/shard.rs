@@ -1534,6 +1534,7 @@ impl Shard {
                 if state == BrokerState::Recovering {
                     for queue in self.queues.values_mut() {
                         queue.begin_epoch(epoch);
+                        queue.mark_redelivered();
                     }
                 }
                 if cause == TransitionCause::SupersededByNewerEpoch {
