@@ -3,12 +3,18 @@
 //!
 //! As in the reference (section 6 of its internals), a backup does not know which broker is the
 //! primary: it tries each address of `ha-brokers-url` in turn (its own address left out by the
-//! caller), one attempt per `link-maintenance-interval`. Another backup answers with an `error`
-//! `NotPrimary` and closes; the primary answers `hello` and keeps the link. When the link drops
-//! (closed by the peer, or its heartbeats stop: `link_heartbeat`), the backup goes back to trying
-//! addresses, starting with the one after the address it was connected to. The reference backs
-//! off exponentially when the list has a single address; with one attempt per interval per
-//! address we do not, since the attempt rate is already bounded by the interval.
+//! caller). Another backup answers with an `error` `NotPrimary` and closes; the primary answers
+//! `hello` and keeps the link. When the link drops (closed by the peer, or its heartbeats stop:
+//! `link_heartbeat`), the backup goes back to trying addresses, starting with the one after the
+//! address it was connected to.
+//!
+//! Pacing (ours; the reference made one attempt per `link-maintenance-interval`): attempts go in
+//! *passes* over the addresses. Within a pass, a refusal or a failed dial moves on to the next
+//! address at once; a new pass starts at most once per `link-maintenance-interval`. After a
+//! failover that matters: the backup's first try of the new primary often comes before the
+//! promotion did, and one attempt per interval per address made it wait up to one interval per
+//! address before trying again; now it waits at most one interval. The attempt rate stays bounded
+//! by the number of addresses per interval, so no backoff is needed.
 //!
 //! Call contract: `poll_connect(now)` names the address to dial when an attempt is due; the caller
 //! reports how it ended with exactly one of `handle_connected` (the peer said `hello`),
@@ -21,9 +27,10 @@
 //! a backup that loses its primary keeps its state (`broker_state`'s `primary-lost` rows).
 //!
 //! Invariants:
-//! - At most one attempt starts per `link-maintenance-interval`.
+//! - At most one pass over the addresses starts per `link-maintenance-interval`, and a pass tries
+//!   each address at most once: at most `addresses` attempts per interval.
 //! - At most one attempt or link is open at a time (`poll_connect` returns `None` meanwhile).
-//! - The addresses are tried in order, cyclically, each once per round.
+//! - The addresses are tried in order, cyclically.
 
 use std::fmt;
 use std::time::{Duration, Instant};
@@ -39,6 +46,10 @@ pub struct BackupLink {
     next_index: usize,
     /// When the next attempt may start.
     attempt_next_at: Instant,
+    /// When the current pass started.
+    pass_started_at: Instant,
+    /// Attempts made in the current pass.
+    pass_attempts: usize,
     /// What the link does now.
     phase: Phase,
     /// Attempts since the link was last connected (or since the start).
@@ -105,6 +116,8 @@ impl BackupLink {
             maintenance_interval,
             next_index: 0,
             attempt_next_at: now,
+            pass_started_at: now,
+            pass_attempts: 0,
             phase: Phase::Waiting,
             attempts_since_connected: 0,
             counters: LinkCounters::default(),
@@ -118,7 +131,10 @@ impl BackupLink {
         }
         let index = self.next_index;
         self.next_index = (index + 1) % self.addresses.len();
-        self.attempt_next_at = now + self.maintenance_interval;
+        if self.pass_attempts == 0 {
+            self.pass_started_at = now;
+        }
+        self.pass_attempts += 1;
         self.phase = Phase::Dialling { index };
         self.attempts_since_connected += 1;
         self.counters.attempts += 1;
@@ -137,24 +153,40 @@ impl BackupLink {
     pub fn handle_connected(&mut self, _now: Instant) {
         let Phase::Dialling { index } = self.phase else { panic!("connected while {:?}", self.phase) };
         self.phase = Phase::Connected { index };
+        // A link lost later starts a new pass at once (its pass began at least an interval ago).
+        self.pass_attempts = 0;
         self.attempts_since_connected = 0;
         self.counters.connected += 1;
     }
 
-    /// The dialled peer refused the link (an `error` frame, `NotPrimary` from another backup).
-    pub fn handle_refused(&mut self, _now: Instant) {
+    /// The dialled peer refused the link (an `error` frame, `NotPrimary` from another backup). The
+    /// next address is tried at once, unless every address was tried in this pass.
+    pub fn handle_refused(&mut self, now: Instant) {
         if matches!(self.phase, Phase::Dialling { .. }) {
             self.counters.refused += 1;
-            self.phase = Phase::Waiting;
+            self.end_attempt(now);
         }
     }
 
     /// The dial failed or the link ended (peer closed, heartbeat timeout). The next attempt goes
-    /// to the next address, no sooner than one interval after the previous attempt started.
-    pub fn handle_closed(&mut self, _now: Instant) {
+    /// to the next address: at once within a pass, else when the next pass is due (one interval
+    /// after the previous pass started; at once after a link that was up).
+    pub fn handle_closed(&mut self, now: Instant) {
         if matches!(self.phase, Phase::Dialling { .. } | Phase::Connected { .. }) {
             self.counters.closed += 1;
-            self.phase = Phase::Waiting;
+            self.end_attempt(now);
+        }
+    }
+
+    /// An attempt ended without a link: the next one is due at once within the pass, or at the
+    /// start of the next pass.
+    fn end_attempt(&mut self, now: Instant) {
+        self.phase = Phase::Waiting;
+        if self.pass_attempts > 0 && self.pass_attempts < self.addresses.len() {
+            self.attempt_next_at = now;
+        } else {
+            self.attempt_next_at = self.pass_started_at + self.maintenance_interval;
+            self.pass_attempts = 0;
         }
     }
 
@@ -205,46 +237,53 @@ mod tests {
     }
 
     #[test]
-    fn refusing_backups_make_the_link_cycle_once_per_interval() {
-        // Goal: addresses are tried in order, cyclically, one attempt per interval, and a backup's
-        // refusal moves on. Method: refuse every attempt; follow poll_timeout.
+    fn refusing_backups_make_the_link_try_every_address_once_per_interval() {
+        // Goal: addresses are tried in order, cyclically; within a pass a refusal moves on to the
+        // next address at once, and a new pass starts one interval after the previous one.
+        // Method: refuse every attempt; follow poll_timeout.
         let start = Instant::now();
         let mut link = link(start);
         let mut dialled = Vec::new();
-        for round in 0..5u32 {
-            let now = start + INTERVAL * round;
-            assert_eq!(link.poll_timeout(), Some(now));
-            dialled.push(link.poll_connect(now).expect("an attempt is due").to_string());
-            // One attempt at a time.
-            assert_eq!(link.poll_connect(now), None);
-            assert_eq!(link.poll_timeout(), None);
-            link.handle_refused(now + INTERVAL / 10);
-            // Not again before the interval is up.
-            assert_eq!(link.poll_connect(now + INTERVAL / 2), None);
+        for pass in 0..2u32 {
+            let pass_start = start + INTERVAL * pass;
+            for attempt in 0..3u32 {
+                let now = pass_start + INTERVAL / 100 * attempt;
+                assert_eq!(link.poll_timeout(), Some(now), "pass {pass} attempt {attempt}");
+                dialled.push(link.poll_connect(now).expect("an attempt is due").to_string());
+                // One attempt at a time.
+                assert_eq!(link.poll_connect(now), None);
+                assert_eq!(link.poll_timeout(), None);
+                link.handle_refused(now + INTERVAL / 100);
+            }
+            // Every address refused: the next pass waits for the interval.
+            assert_eq!(link.poll_timeout(), Some(pass_start + INTERVAL));
+            assert_eq!(link.poll_connect(pass_start + INTERVAL / 2), None);
         }
-        assert_eq!(dialled, ["a:1", "b:2", "c:3", "a:1", "b:2"]);
-        assert_eq!(link.status(), LinkStatus::Trying { address: "c:3".into(), attempts: 5 });
-        assert_eq!(link.status().to_string(), "trying c:3 (5 attempts)");
-        assert_eq!(link.counters(), LinkCounters { attempts: 5, connected: 0, refused: 5, closed: 0 });
+        assert_eq!(dialled, ["a:1", "b:2", "c:3", "a:1", "b:2", "c:3"]);
+        assert_eq!(link.status(), LinkStatus::Trying { address: "a:1".into(), attempts: 6 });
+        assert_eq!(link.status().to_string(), "trying a:1 (6 attempts)");
+        assert_eq!(link.counters(), LinkCounters { attempts: 6, connected: 0, refused: 6, closed: 0 });
     }
 
     #[test]
     fn a_lost_link_retries_from_the_next_address() {
-        // Goal: connected, then lost (heartbeat timeout or close): the backup tries again at once
-        // (the interval since the last attempt has passed), starting after the lost address.
+        // Goal: connected, then lost (heartbeat timeout or close): the backup tries again at once,
+        // starting after the lost address.
         let start = Instant::now();
         let mut link = link(start);
         assert_eq!(link.poll_connect(start), Some("a:1"));
         link.handle_closed(start);
-        let now = start + INTERVAL;
+        // Within the pass: the next address at once.
+        assert_eq!(link.poll_timeout(), Some(start));
+        let now = start + INTERVAL / 10;
         assert_eq!(link.poll_connect(now), Some("b:2"));
         link.handle_connected(now);
         assert_eq!(link.status().to_string(), "connected to b:2");
         assert_eq!(link.poll_timeout(), None);
-        // Lost ten intervals later: the next attempt is due right away.
+        // Lost ten intervals later: a new pass, due right away.
         let lost = now + INTERVAL * 10;
         link.handle_closed(lost);
-        assert_eq!(link.poll_timeout(), Some(now + INTERVAL));
+        assert_eq!(link.poll_timeout(), Some(start + INTERVAL));
         assert_eq!(link.poll_connect(lost), Some("c:3"));
         assert_eq!(link.status(), LinkStatus::Trying { address: "c:3".into(), attempts: 1 });
         assert_eq!(link.counters(), LinkCounters { attempts: 3, connected: 1, refused: 0, closed: 2 });
