@@ -32,7 +32,7 @@
 //! Cost: one hash lookup per message with the header; a sequence jump of `k` clears `min(k,
 //! window)` bits (each bit once per advance, so O(1) amortised for increasing sequences).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 
 use crate::frame::Header;
 use crate::limits::{DEDUP_HEADER, DEDUP_PRODUCER_ID_BYTES_MAX, DEDUP_WINDOW_MAX};
@@ -288,6 +288,86 @@ impl DedupWindow {
         verdict
     }
 
+    /// What the window remembers, for a backup's catch-up (`ReplicationEvent::DedupSeen`): per
+    /// producer, least recently used first (so that recording them in this order keeps the
+    /// recency), the sequences seen within its window as inclusive ranges, increasing; at most the
+    /// `ranges_max` most recent ranges of each producer (a window this fragmented is rare; older
+    /// ranges are left out, and their re-sends may be stored twice after a failover). Empty when
+    /// disabled.
+    ///
+    /// Cost: O(window / 64) per producer when its bits are mostly clear, O(window) at worst.
+    pub fn seen(&self, ranges_max: usize) -> Vec<(String, Vec<(u64, u64)>)> {
+        let mut out = Vec::new();
+        if !self.enabled() || ranges_max == 0 {
+            return out;
+        }
+        let window = u64::from(self.window);
+        let mut slot = self.tail;
+        while slot != NIL {
+            let entry = &self.slots[slot];
+            let mut ranges: VecDeque<(u64, u64)> = VecDeque::new();
+            let mut seq = entry.highest.saturating_sub(window - 1);
+            loop {
+                let index = seq % window;
+                if index.is_multiple_of(64)
+                    && index + 64 <= window
+                    && entry.bits[(index / 64) as usize] == 0
+                    && entry.highest - seq >= 64
+                {
+                    seq += 64;
+                    continue;
+                }
+                if bit(&entry.bits, index) {
+                    match ranges.back_mut() {
+                        Some((_, last)) if last.checked_add(1) == Some(seq) => *last = seq,
+                        _ => {
+                            if ranges.len() == ranges_max {
+                                ranges.pop_front();
+                            }
+                            ranges.push_back((seq, seq));
+                        }
+                    }
+                }
+                if seq == entry.highest {
+                    break;
+                }
+                seq += 1;
+            }
+            if !ranges.is_empty() {
+                out.push((entry.producer.to_string(), ranges.into()));
+            }
+            slot = entry.prev;
+        }
+        out
+    }
+
+    /// Records every sequence of `ranges` (inclusive) of `producer` as seen, as `record` does
+    /// (counting nothing but evictions): a backup's record of keys its primary remembers
+    /// (`Record::DedupSeen`). Only the sequences within `window` of the highest one given are
+    /// recorded (the others are beyond the window anyway), so the work is at most O(window) per
+    /// call whatever the ranges. Nothing on a disabled window.
+    pub fn record_ranges(&mut self, producer: &str, ranges: &[(u64, u64)]) {
+        if !self.enabled() {
+            return;
+        }
+        let Some(top) = ranges.iter().map(|&(_, last)| last).max() else { return };
+        let floor = top.saturating_sub(u64::from(self.window) - 1);
+        for &(first, last) in ranges {
+            let first = first.max(floor);
+            if first > last {
+                continue;
+            }
+            let mut seq = first;
+            loop {
+                self.record(producer, seq);
+                if seq == last {
+                    break;
+                }
+                seq += 1;
+            }
+        }
+    }
+
     /// The verdict on `seq` of one producer's memory.
     fn verdict_of(&self, slot: &Slot, seq: u64) -> Verdict {
         let window = u64::from(self.window);
@@ -539,5 +619,63 @@ mod tests {
         assert_eq!(window.counters().malformed, 0);
         assert_eq!(window.key_of(&[header("x-ringmq-dedup", "no-seq")]), None);
         assert_eq!(window.counters().malformed, 1);
+    }
+
+    #[test]
+    fn seen_gives_the_window_as_ranges_and_record_ranges_rebuilds_it() {
+        // Goal: the catch-up's view of a window (ranges per producer, least recent first, within
+        // the window) recorded elsewhere says Duplicate for exactly the same keys.
+        let mut window = DedupWindow::new(100, 4);
+        for seq in (1..=50).chain(52..=60).chain([70, 120]) {
+            window.check_and_record("a", seq);
+        }
+        for seq in 5..=7 {
+            window.check_and_record("b", seq);
+        }
+        let seen = window.seen(16);
+        assert_eq!(
+            seen,
+            vec![("a".to_string(), vec![(21, 50), (52, 60), (70, 70), (120, 120)]), ("b".to_string(), vec![(5, 7)])]
+        );
+        let mut copy = DedupWindow::new(100, 4);
+        for (producer, ranges) in &seen {
+            copy.record_ranges(producer, ranges);
+        }
+        for producer in ["a", "b"] {
+            for seq in 0..=130 {
+                let expected = window.check(producer, seq);
+                assert_eq!(copy.check(producer, seq), expected, "{producer}/{seq}");
+            }
+        }
+        assert_eq!(copy.counters(), DedupCounters::default());
+        // Gaps inside the window become separate ranges; only the most recent are kept.
+        let mut gappy = DedupWindow::new(64, 1);
+        for seq in (1..=20).step_by(2) {
+            gappy.record("p", seq);
+        }
+        assert_eq!(gappy.seen(3), vec![("p".to_string(), vec![(15, 15), (17, 17), (19, 19)])]);
+        assert_eq!(gappy.seen(100)[0].1.len(), 10);
+        // A long run across word boundaries and the ring's wrap stays one range.
+        let mut run = DedupWindow::new(1000, 1);
+        for seq in 1..=5000 {
+            run.record("p", seq);
+        }
+        assert_eq!(run.seen(8), vec![("p".to_string(), vec![(4001, 5000)])]);
+        // A disabled window gives nothing and records nothing.
+        assert!(DedupWindow::disabled().seen(8).is_empty());
+        let mut off = DedupWindow::disabled();
+        off.record_ranges("p", &[(1, 5)]);
+        assert_eq!(off.producers(), 0);
+    }
+
+    #[test]
+    fn record_ranges_records_only_the_top_window_of_a_huge_range() {
+        // Goal: a range far wider than the window costs O(window) and keeps the top of it.
+        let mut window = DedupWindow::new(8, 2);
+        window.record_ranges("p", &[(0, u64::MAX - 1)]);
+        assert_eq!(window.check("p", u64::MAX - 1), Verdict::Duplicate);
+        assert_eq!(window.check("p", u64::MAX - 8), Verdict::Duplicate);
+        assert_eq!(window.check("p", u64::MAX - 9), Verdict::BeyondWindow);
+        assert_eq!(window.check("p", u64::MAX), Verdict::Fresh);
     }
 }

@@ -256,6 +256,22 @@ impl Queue {
         self
     }
 
+    /// What this queue's dedup window remembers, for a backup's catch-up: per producer (least
+    /// recently used first) the sequences seen within the window as ranges, at most `ranges_max`
+    /// (the most recent) per producer (`DedupWindow::seen`). Empty when suppression is off.
+    pub fn dedup_seen(&self, ranges_max: usize) -> Vec<(String, Vec<(u64, u64)>)> {
+        self.dedup.seen(ranges_max)
+    }
+
+    /// Backup: records the keys of a `DedupSeen` record (the primary's window remembers them) in
+    /// this queue's window, storing nothing (`DedupWindow::record_ranges`); ignored when
+    /// suppression is off.
+    pub fn record_dedup_keys(&mut self, keys: &[(String, Vec<(u64, u64)>)]) {
+        for (producer, ranges) in keys {
+            self.dedup.record_ranges(producer, ranges);
+        }
+    }
+
     /// What duplicate suppression did on this queue (all zero when it is off).
     pub fn dedup_counters(&self) -> DedupCounters {
         self.dedup.counters()

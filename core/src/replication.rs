@@ -127,7 +127,27 @@ pub enum Record {
         /// Binding key.
         key: String,
     },
+    /// Dedup keys the primary's window of `queue` remembers (`dedup_window`) whose messages the
+    /// backup never received: consumed before they were replicated (live), or the whole window
+    /// (catch-up). The backup records them in its window of the queue and stores nothing, so that
+    /// once promoted it suppresses re-sends of them.
+    DedupSeen {
+        /// Queue name.
+        queue: String,
+        /// The keys; see `DedupSeenKeys`.
+        keys: DedupSeenKeys,
+    },
 }
+
+/// Dedup keys, grouped: per producer id (a valid `x-ringmq-dedup` producer id), its sequences as
+/// inclusive ranges `(first, last)`, increasing, neither overlapping nor adjacent, at least one.
+/// At most `DEDUP_SEEN_RANGES_MAX` ranges in all (so at most that many producers).
+pub type DedupSeenKeys = Vec<(String, Vec<(u64, u64)>)>;
+
+/// Most sequence ranges in one `DedupSeen` record or event (all producers together). A catch-up
+/// window larger than that goes as several. It keeps a record (at most 4096 producer ids of
+/// `DEDUP_PRODUCER_ID_BYTES_MAX` bytes, plus the ranges) far below a replication batch.
+pub const DEDUP_SEEN_RANGES_MAX: usize = 4096;
 
 /// One change a primary shard made to one replicated object, reported in the order it was made.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -209,6 +229,15 @@ pub enum ReplicationEvent {
         queue: Arc<str>,
         /// The duplicate publish, whose confirm waits.
         hold: Hold,
+    },
+    /// Catch-up only (`Shard::replication_snapshot_for`): what the queue's dedup window remembers
+    /// (`Queue::dedup_seen`), so that the backup suppresses re-sends of messages consumed before
+    /// it caught up. Never fed a hold; at most `DEDUP_SEEN_RANGES_MAX` ranges.
+    DedupSeen {
+        /// Queue name.
+        queue: Arc<str>,
+        /// The keys.
+        keys: DedupSeenKeys,
     },
     /// Catch-up only (`Shard::replication_snapshot_for`): the backup holds messages at these
     /// positions that this primary no longer holds; the backup drops them. Never fed a hold.

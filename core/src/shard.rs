@@ -87,7 +87,9 @@ use crate::ha_view::{initial_state, Admission, ConnectionKind, HaSettings, HaVie
 use crate::ids::{ConnId, ConsumerId, RequestId, Seq, ShardId, Tag};
 use crate::limits::{DELIVER_FRAME_BYTES_TARGET, DELIVER_FRAME_OVERHEAD_BYTES};
 use crate::queue::{DeliveryBatch, Enqueued, Queue, SubscriberKey};
-use crate::replication::{CatchUpDiff, Hold, Position, QueueHoldings, Record, ReplicationEvent};
+use crate::replication::{
+    CatchUpDiff, DedupSeenKeys, Hold, Position, QueueHoldings, Record, ReplicationEvent, DEDUP_SEEN_RANGES_MAX,
+};
 use crate::replication_level::{binding_replicated, ReplicationLevel};
 use crate::routing_table::{Declared, RoutingTable};
 use crate::shard_message::{ConfigChange, ConfigRequest, ConnRef, EnqueueItem, EnqueueResult, ShardMessage};
@@ -526,7 +528,7 @@ impl Shard {
     }
 
     /// Appends a catch-up description of every replicated queue this shard owns, by name: its
-    /// `QueueCreated`, then for level `all` an `Enqueued` (no hold) per held message, ready or
+    /// `QueueCreated`, then for level `all` its dedup window (`DedupSeen`) and an `Enqueued` (no hold) per held message, ready or
     /// unsettled, in position order. Shard 0 then appends the rest of the replicated
     /// configuration: a `QueueCreated` for every replicated queue another shard owns, an
     /// `ExchangeCreated` for every replicated exchange, then a `Bound` for every replicated
@@ -539,7 +541,10 @@ impl Shard {
     /// `replication_snapshot`, or with `holdings` (what the backup shard holds, from its
     /// link-open: `replica_holdings`) only the difference: first a `QueueDeleted` for every held
     /// queue this shard owns no replicated queue of, then per replicated queue its
-    /// `QueueCreated`, then for level `all` an `Enqueued` (no hold) for every held message the
+    /// `QueueCreated`, then for level `all` its dedup window as `DedupSeen` events (the keys of
+    /// every message it stored within the window, consumed ones included: `Queue::dedup_seen`,
+    /// at most `DEDUP_SEEN_RANGES_MAX` ranges per producer and per event), then an `Enqueued`
+    /// (no hold) for every held message the
     /// backup lacks, in position order, and one `DequeuedRanges` for the positions the backup
     /// holds that this queue does not (of a `configuration` queue: every position it holds).
     /// Shard 0's configuration part is the same either way. Returns what the diff found.
@@ -566,6 +571,11 @@ impl Shard {
             let queue = &self.queues[name];
             let level = queue.level();
             out.push(ReplicationEvent::QueueCreated { name: name.clone(), options: queue.options().clone(), level });
+            if level.replicates_messages() {
+                // The window before the messages: the backup then suppresses re-sends of messages
+                // consumed before it (re)joined, which no `Enqueued` will carry.
+                push_dedup_seen(name, queue.dedup_seen(DEDUP_SEEN_RANGES_MAX), out);
+            }
             let backup: &[(Position, Position)] = held.get(&**name).copied().unwrap_or_default();
             let backup_holds = |position: Position| {
                 let index = backup.partition_point(|&(_, last)| last < position);
@@ -725,6 +735,10 @@ impl Shard {
                 Some(entry) => {
                     entry.dequeue_at(&ranges);
                 }
+                None => self.counters.replica_records_ignored += 1,
+            },
+            Record::DedupSeen { queue, keys } => match self.queues.get_mut(queue.as_str()) {
+                Some(entry) => entry.record_dedup_keys(&keys),
                 None => self.counters.replica_records_ignored += 1,
             },
         }
@@ -1648,6 +1662,30 @@ fn changes_replicated_state(frame: &Frame) -> Option<RequestId> {
 const BROKER_ITSELF: ConnId = ConnId(u32::MAX);
 
 /// The positions of `ranges` (increasing, disjoint) not in `held` (increasing), as ranges.
+/// Appends `keys` (a queue's dedup window) as `DedupSeen` events of at most
+/// `DEDUP_SEEN_RANGES_MAX` ranges each (a producer's ranges may be split across two); nothing
+/// when empty.
+fn push_dedup_seen(queue: &Arc<str>, keys: DedupSeenKeys, out: &mut Vec<ReplicationEvent>) {
+    let mut chunk: DedupSeenKeys = Vec::new();
+    let mut ranges_in_chunk = 0;
+    for (producer, ranges) in keys {
+        let mut ranges = &ranges[..];
+        while !ranges.is_empty() {
+            let take = ranges.len().min(DEDUP_SEEN_RANGES_MAX - ranges_in_chunk);
+            chunk.push((producer.clone(), ranges[..take].to_vec()));
+            ranges_in_chunk += take;
+            ranges = &ranges[take..];
+            if ranges_in_chunk == DEDUP_SEEN_RANGES_MAX {
+                out.push(ReplicationEvent::DedupSeen { queue: queue.clone(), keys: std::mem::take(&mut chunk) });
+                ranges_in_chunk = 0;
+            }
+        }
+    }
+    if !chunk.is_empty() {
+        out.push(ReplicationEvent::DedupSeen { queue: queue.clone(), keys: chunk });
+    }
+}
+
 fn ranges_without(ranges: &[(Position, Position)], held: &[Position]) -> Vec<(Position, Position)> {
     let mut out = Vec::new();
     for &(first, last) in ranges {

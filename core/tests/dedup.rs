@@ -7,8 +7,9 @@
 //! producers, and messages without the header, never collide; on a primary with backup streams a
 //! duplicate is not replicated again but takes the holds an enqueue would (a `Barrier` event) and is
 //! confirmed only after each is released, and without streams at once; a backup that applied `Enqueued` records and is then
-//! promoted suppresses re-sends of them, even after they were consumed; `dedup-window` 0 turns
-//! suppression off.
+//! promoted suppresses re-sends of them, even after they were consumed, and so it does of keys it
+//! got only as `DedupSeen` records (messages consumed before they were replicated) or in a
+//! catch-up snapshot's window; `dedup-window` 0 turns suppression off.
 
 mod support;
 
@@ -233,4 +234,107 @@ fn a_window_of_zero_turns_suppression_off() {
     assert_eq!(publish(&mut mesh, 0, 1, 0, "q", &["p/1", "p/1", "p/1"]), [stored(0, 2)]);
     assert_eq!(depth(&mut mesh, 0, 1, "q"), 3);
     assert_eq!(mesh.shards[0].counters().duplicates_suppressed, 0);
+}
+
+/// Makes `queue` on a fresh backup mesh of 2 shards (joining), applies `records` to its owner
+/// (shard 1), promotes it, and re-sends `keys` to it from a new producer: returns the queue's
+/// depth before and after, and the duplicates the owner suppressed.
+fn promote_and_re_send(queue: &str, records: Vec<Record>, keys: &[&str]) -> (u64, u64, u64) {
+    let mut mesh = Mesh::new(2, ha_settings(true, ReplicationLevel::None));
+    mesh.connect(0, ADMIN, PREAMBLE_FLAG_ADMIN);
+    for shard in 0..2 {
+        let record = Record::QueueCreated { name: queue.to_string(), options: QueueOptions::default() };
+        mesh.shards[shard].apply_replica(record);
+    }
+    for record in records {
+        mesh.shards[1].apply_replica(record);
+    }
+    mesh.settle();
+    promote(&mut mesh, ADMIN);
+    mesh.connect(1, 1, 0);
+    let before = depth(&mut mesh, 1, 1, queue);
+    let confirms = publish(&mut mesh, 1, 1, 0, queue, keys);
+    assert_eq!(confirms, [stored(0, keys.len() as u64 - 1)]);
+    let after = depth(&mut mesh, 1, 1, queue);
+    (before, after, mesh.shards[1].counters().duplicates_suppressed)
+}
+
+#[test]
+fn a_promoted_backup_suppresses_re_sends_of_keys_it_got_as_dedup_seen() {
+    // Goal: keys of messages the backup never received (consumed on the primary before they were
+    // replicated) reach its window through `DedupSeen` records, which store nothing; once promoted
+    // it suppresses their re-sends. A `DedupSeen` for a queue it does not hold is ignored.
+    // Method: a backup applies p/10 as a message and p/11..=12 and q/5 as dedup keys, is promoted,
+    // and gets all four re-sent with a new key p/13.
+    let queue = name_on(1, 2, "d");
+    let records = vec![
+        Record::Enqueued {
+            queue: queue.clone(),
+            first_position: Position(1),
+            messages: vec![message(&queue, Some("p/10"), "p/10")],
+        },
+        Record::DedupSeen {
+            queue: queue.clone(),
+            keys: vec![("p".to_string(), vec![(11, 12)]), ("q".to_string(), vec![(5, 5)])],
+        },
+        Record::DedupSeen { queue: "elsewhere".to_string(), keys: vec![("p".to_string(), vec![(13, 13)])] },
+    ];
+    let keys = ["p/10", "p/11", "p/12", "q/5", "p/13"];
+    let (before, after, suppressed) = promote_and_re_send(&queue, records, &keys);
+    assert_eq!((before, after, suppressed), (1, 2, 4), "only p/13 is stored");
+    // Without the DedupSeen records, the consumed keys are stored again: the bug this prevents.
+    let only_message = vec![Record::Enqueued {
+        queue: queue.clone(),
+        first_position: Position(1),
+        messages: vec![message(&queue, Some("p/10"), "p/10")],
+    }];
+    assert_eq!(promote_and_re_send(&queue, only_message, &keys), (1, 5, 1));
+}
+
+#[test]
+fn the_catch_up_snapshot_carries_the_dedup_window_before_the_messages() {
+    // Goal: a catch-up snapshot of an `all` queue carries its dedup window (keys of consumed
+    // messages included) as `DedupSeen` right after the queue's create, before its messages; a
+    // backup fed that snapshot and promoted suppresses re-sends of every key, consumed or held.
+    // Method: a promoted primary of 2 shards stores p/1..=3, a consumer acks them, then p/4 and
+    // r/9 are stored; the owner's snapshot is applied to a fresh backup, which is promoted.
+    let mut mesh = Mesh::new(2, ha_settings(true, ReplicationLevel::All));
+    mesh.connect(0, ADMIN, PREAMBLE_FLAG_ADMIN);
+    promote(&mut mesh, ADMIN);
+    let queue = name_on(1, 2, "c");
+    mesh.connect(0, 1, 0);
+    mesh.ask(0, 1, &declare(1, &queue));
+    assert_eq!(publish(&mut mesh, 0, 1, 0, &queue, &["p/1", "p/2", "p/3"]), [stored(0, 2)]);
+    mesh.connect(0, 2, 0);
+    assert_eq!(consume_all(&mut mesh, 0, 2, &queue), ["p/1", "p/2", "p/3"]);
+    mesh.send(0, 2, &Frame::Cancel { request: RequestId(6), consumer: ConsumerId(1) });
+    assert_eq!(publish(&mut mesh, 0, 1, 3, &queue, &["p/4", "r/9"]), [stored(3, 4)]);
+    assert_eq!(depth(&mut mesh, 0, 1, &queue), 2);
+    let mut snapshot = Vec::new();
+    mesh.shards[1].replication_snapshot(&mut snapshot);
+    let kinds: Vec<&str> = snapshot
+        .iter()
+        .map(|event| match event {
+            ReplicationEvent::QueueCreated { .. } => "created",
+            ReplicationEvent::DedupSeen { .. } => "dedup",
+            ReplicationEvent::Enqueued { .. } => "enqueued",
+            _ => "other",
+        })
+        .collect();
+    assert_eq!(kinds, ["created", "dedup", "enqueued", "enqueued"]);
+    // Least recently used producer first.
+    let ReplicationEvent::DedupSeen { keys, .. } = &snapshot[1] else { unreachable!() };
+    assert_eq!(keys, &vec![("p".to_string(), vec![(1, 4)]), ("r".to_string(), vec![(9, 9)])]);
+    let records: Vec<Record> = snapshot
+        .into_iter()
+        .filter_map(|event| match event {
+            ReplicationEvent::DedupSeen { queue, keys } => Some(Record::DedupSeen { queue: queue.to_string(), keys }),
+            ReplicationEvent::Enqueued { queue, position, message, .. } => {
+                Some(Record::Enqueued { queue: queue.to_string(), first_position: position, messages: vec![message] })
+            }
+            _ => None,
+        })
+        .collect();
+    let keys = ["p/1", "p/2", "p/3", "p/4", "r/9", "p/5"];
+    assert_eq!(promote_and_re_send(&queue, records, &keys), (2, 3, 5), "only p/5 is stored");
 }

@@ -265,11 +265,12 @@ mod tests {
                             held.retain(|position, _| !ranges.iter().any(|(f, l)| (f.0..=l.0).contains(position)));
                         }
                     }
-                    // Configuration records change no queue's messages.
+                    // Configuration and dedup records change no queue's messages.
                     Record::ExchangeCreated { .. }
                     | Record::ExchangeDeleted { .. }
                     | Record::Bound { .. }
-                    | Record::Unbound { .. } => {}
+                    | Record::Unbound { .. }
+                    | Record::DedupSeen { .. } => {}
                 }
             }
             applied.stream_seq
@@ -577,6 +578,7 @@ mod tests {
                 }
                 Record::QueueCreated { .. }
                 | Record::QueueDeleted { .. }
+                | Record::DedupSeen { .. }
                 | Record::ExchangeCreated { .. }
                 | Record::ExchangeDeleted { .. }
                 | Record::Bound { .. }

@@ -44,6 +44,10 @@ pub const BATCH_MESSAGES_MAX: u32 = ringmq_core::limits::BATCH_MESSAGES_MAX;
 /// Most dequeue ranges in one batch, across all its `Dequeued` records: the same bound as a settle
 /// frame's ranges.
 pub const BATCH_RANGES_MAX: u32 = ringmq_core::limits::RANGES_MAX;
+/// Most dedup sequence ranges in one batch, across all its `DedupSeen` records: one full record
+/// (`ringmq_core::replication::DEDUP_SEEN_RANGES_MAX`). With the longest producer ids that is
+/// under 1 MiB, far below `BATCH_BYTES_MAX` (asserted below).
+pub const BATCH_DEDUP_RANGES_MAX: u32 = ringmq_core::replication::DEDUP_SEEN_RANGES_MAX as u32;
 /// Most batches a primary stream has sent and the backup has not confirmed. With the target batch
 /// of 64 KiB this is 2 MiB in flight per stream: at 10 Gbit/s that covers a 1.6 ms round trip,
 /// far above loopback or a LAN, and it bounds the holds and batches a stream remembers.
@@ -68,6 +72,21 @@ const _: () = assert!(
     ringmq_core::limits::FRAME_BYTES_CONFIGURABLE_MAX as usize + BATCH_HEADER_BYTES + ENQUEUED_HEADER_BYTES_MAX
         <= BATCH_BYTES_MAX as usize
 );
+// A batch of nothing but `DedupSeen` records at their limit: one record per range at worst
+// (kind, longest queue name, producer count; longest producer id, range count, one range).
+const _: () = assert!(
+    BATCH_HEADER_BYTES
+        + BATCH_DEDUP_RANGES_MAX as usize
+            * (1 + 2
+                + ringmq_core::limits::NAME_BYTES_MAX as usize
+                + 4
+                + 2
+                + ringmq_core::limits::DEDUP_PRODUCER_ID_BYTES_MAX
+                + 4
+                + 16)
+        <= BATCH_BYTES_MAX as usize
+);
+const _: () = assert!(BATCH_DEDUP_RANGES_MAX >= 1);
 const _: () = assert!(BATCHES_UNCONFIRMED_MAX >= 1);
 const _: () = assert!(BATCH_RECORDS_MAX >= 1 && BATCH_MESSAGES_MAX >= 1 && BATCH_RANGES_MAX >= 1);
 const _: () = assert!(STREAM_PENDING_PAUSE < STREAM_PENDING_MAX);

@@ -5,10 +5,12 @@
 //! one `PrimaryReplication`, and in it one stream per open link, keyed by the transport's `LinkId`.
 //!
 //! Catch-up: a link opens with the shard's snapshot (`Shard::replication_snapshot_for`: with the
-//! backup's holdings only the difference; every replicated queue as `QueueCreated`, the messages
-//! the backup lacks as `Enqueued` without a hold, what it holds and the primary no longer does as
-//! `DequeuedRanges` or `QueueDeleted`). Everything but the messages goes to the stream at once
-//! (it is bounded by the queues and the holdings' ranges). The messages are the link's *backlog*,
+//! backup's holdings only the difference; every replicated queue as `QueueCreated`, its dedup
+//! window as `DedupSeen` (keys of consumed messages included, so that a backup that rejoins
+//! suppresses their re-sends once promoted), the messages the backup lacks as `Enqueued` without a
+//! hold, what it holds and the primary no longer does as `DequeuedRanges` or `QueueDeleted`).
+//! Everything but the messages goes to the stream at once (it is bounded by the queues, their
+//! dedup windows' ranges and the holdings' ranges). The messages are the link's *backlog*,
 //! kept per queue by position, and live events do not wait behind it: they go to the stream as
 //! they come, and the backlog is fed one batch's worth at a time, only when the stream has nothing
 //! else pending (`poll_batch`). So live records and catch-up batches interleave: a publish made
@@ -613,6 +615,10 @@ impl Link {
             }
             ReplicationEvent::Dequeued { queue, position } => self.stream.handle_dequeued(&queue, position),
             ReplicationEvent::DequeuedRanges { queue, ranges } => self.stream.handle_dequeued_ranges(&queue, &ranges),
+            ReplicationEvent::DedupSeen { queue, keys } => {
+                self.stream.handle_dedup_seen(&queue, keys);
+                Ok(())
+            }
             ReplicationEvent::Barrier { queue, hold } => {
                 if self.backlog.contains_key(&queue) {
                     // The original may still be in the backlog: the barrier waits for it to be fed.
@@ -1350,5 +1356,29 @@ mod tests {
             assert_eq!(counts, held, "round {round}");
             assert_eq!(replication.holding_streams(), 0);
         }
+    }
+
+    #[test]
+    fn a_catch_up_sends_the_dedup_window_with_its_queue_create_and_waits_for_its_confirm() {
+        // Goal: a snapshot's DedupSeen goes to the stream at once, right after its queue's
+        // create and before the backlog's messages, and the link is caught up only once the
+        // batch carrying it is confirmed.
+        let mut replication = PrimaryReplication::new(Epoch(1));
+        let keys = vec![("p".to_string(), vec![(1, 9)])];
+        let dedup = ReplicationEvent::DedupSeen { queue: Arc::from("q"), keys: keys.clone() };
+        replication.handle_link_opened(1, "b:1", vec![created("q"), dedup, enqueued("q", 9, None)]);
+        // The stream has the create and the window pending, so the backlog waits for them.
+        let batch = replication.poll_batch(1, BYTES).unwrap();
+        assert_eq!(
+            batch.records,
+            [
+                Record::QueueCreated { name: "q".into(), options: QueueOptions::default() },
+                Record::DedupSeen { queue: "q".into(), keys },
+            ]
+        );
+        replication.handle_confirm(1, batch.stream_seq).unwrap();
+        assert_eq!(replication.poll_caught_up(), None, "the backlog's message is not sent yet");
+        assert_eq!(positions(&drain(&mut replication, 1), "q"), [9]);
+        assert_eq!(replication.poll_caught_up(), Some((1, "b:1".to_string())));
     }
 }

@@ -27,6 +27,18 @@
 //! Barriers are rare (one per re-sent publish), so they are a plain list, checked as batches go
 //! out and confirms come in.
 //!
+//! Dedup keys: a message dequeued before it was batched is not sent, but if it carries a valid
+//! `x-ringmq-dedup` key (`ringmq_core::dedup_window`) the key is: the stream keeps it with the
+//! queue's pending data, compacted into ranges per producer, and sends it in a `DedupSeen` record
+//! of the queue's next batch, so that the backup, once promoted, suppresses a re-send of the
+//! message. The message's hold is still released at once: the producer re-sends exactly what is
+//! unconfirmed, so holding the confirm until the key is on the backup would only make a re-send
+//! more likely, not its suppression. What remains (PROTOCOL.md 2.5.4): if the primary dies after
+//! the consumption and before the backup has the batch carrying the key, and the producer did not
+//! get the confirm, the re-send is stored again (as for a message delivered before its own batch
+//! reached the backup). A queue's deletion drops its pending keys (its window goes with it on both
+//! ends). A catch-up's window comes through `handle_dedup_seen`, in order with the queue creates.
+//!
 //! A message dequeued *after* its batch was sent keeps its hold until that batch is confirmed:
 //! finding it in the in-flight window would need a per-message index on the hot path, and the
 //! confirm comes within one round trip anyway.
@@ -38,7 +50,8 @@
 //!
 //! Call contract (no clock: nothing here expires; heartbeats and `ha-backup-timeout` are the
 //! caller's, which calls `handle_backup_lost` when they fire):
-//! - `handle_queue_created`, `handle_queue_deleted`, `handle_enqueued`, `handle_dequeued` as the
+//! - `handle_queue_created`, `handle_queue_deleted`, `handle_enqueued`, `handle_dequeued` (and,
+//!   from a catch-up snapshot, `handle_dedup_seen`) as the
 //!   shard changes its replicated queues, in the order it changes them (`handle_barrier` in that
 //!   order too, for a suppressed duplicate), and on shard 0
 //!   `handle_exchange_created`, `handle_exchange_deleted`, `handle_bound`, `handle_unbound` in
@@ -68,7 +81,8 @@
 //!   was confirmed, unless the message was dequeued or deleted before it was batched, or the
 //!   backup was lost. A barrier's hold likewise, never before every batch carrying an enqueue of
 //!   its queue fed before it was confirmed.
-//! - A message dequeued before it was batched is never sent, and neither is its dequeue.
+//! - A message dequeued before it was batched is never sent, and neither is its dequeue; its valid
+//!   dedup key is, in a `DedupSeen` record, unless its queue is deleted first.
 //! - Per queue, records go out in the order the shard made the changes, with queue creates and
 //!   deletes ordered before the data that follows them.
 //! - Configuration records (queue, exchange and binding creates and deletes) go out in exactly the
@@ -82,12 +96,16 @@ use ringmq_core::codec::message_bytes_len;
 use ringmq_core::epoch::Epoch;
 use ringmq_core::frame::{ExchangeKind, Message, QueueOptions};
 
+use ringmq_core::dedup_window::dedup_key;
+use ringmq_core::replication::DedupSeenKeys;
+
 use crate::limits::{
-    BATCHES_UNCONFIRMED_MAX, BATCH_BYTES_MAX, BATCH_HEADER_BYTES, BATCH_MESSAGES_MAX, BATCH_RANGES_MAX,
-    BATCH_RECORDS_MAX, STREAM_PENDING_MAX, STREAM_PENDING_PAUSE,
+    BATCHES_UNCONFIRMED_MAX, BATCH_BYTES_MAX, BATCH_DEDUP_RANGES_MAX, BATCH_HEADER_BYTES, BATCH_MESSAGES_MAX,
+    BATCH_RANGES_MAX, BATCH_RECORDS_MAX, STREAM_PENDING_MAX, STREAM_PENDING_PAUSE,
 };
 use crate::record::{
-    dequeued_header_bytes_len, enqueued_header_bytes_len, record_encoded_len, Batch, Position, Record, StreamSeq,
+    dedup_producer_bytes_len, dedup_seen_header_bytes_len, dequeued_header_bytes_len, enqueued_header_bytes_len,
+    record_encoded_len, Batch, Position, Record, StreamSeq,
 };
 pub use ringmq_core::replication::Hold;
 
@@ -138,6 +156,9 @@ pub struct PrimaryCounters {
     pub messages_consumed_unsent: u64,
     /// Messages whose queue was deleted before they were batched, so never sent.
     pub messages_deleted_unsent: u64,
+    /// Dedup keys of messages consumed before they were batched, kept to go out in a `DedupSeen`
+    /// record instead of the message.
+    pub dedup_keys_kept: u64,
     /// Holds released because the backup confirmed their batch.
     pub holds_released_by_confirm: u64,
     /// Holds released because their message was dequeued or deleted before it was batched.
@@ -244,9 +265,13 @@ impl PrimaryStream {
                     }
                 }
             }
-            self.pending -= queue.live + queue.dequeues.len();
+            // The queue's dedup window dies with it, here and on the backup: its keys go nowhere.
+            self.pending -= queue.live + queue.dequeues.len() + queue.dedup_ranges;
             queue.live = 0;
             queue.dequeues.clear();
+            queue.dedup.clear();
+            queue.dedup_ranges = 0;
+            queue.dedup_drained += 1;
             self.settle_barriers();
         }
         self.config.push_back(Record::QueueDeleted { name: name.to_string() });
@@ -293,6 +318,22 @@ impl PrimaryStream {
     pub fn handle_unbound(&mut self, exchange: &str, queue: &str, key: &str) {
         let record = Record::Unbound { exchange: exchange.to_string(), queue: queue.to_string(), key: key.to_string() };
         self.push_config(record);
+    }
+
+    /// Catch-up: what `queue`'s dedup window remembers (`ReplicationEvent::DedupSeen`), sent as a
+    /// `DedupSeen` record in order with the queue creates and deletes (after the queue's create,
+    /// before any later delete). Never refused, like a queue create: a snapshot carries at most a
+    /// few per queue.
+    ///
+    /// # Panics
+    ///
+    /// If the backup was lost, or `keys` is empty or has more than `BATCH_DEDUP_RANGES_MAX` ranges
+    /// (or a producer without one).
+    pub fn handle_dedup_seen(&mut self, queue: &str, keys: DedupSeenKeys) {
+        let ranges: usize = keys.iter().map(|(_, ranges)| ranges.len()).sum();
+        assert!(!keys.is_empty() && keys.iter().all(|(_, ranges)| !ranges.is_empty()), "empty dedup keys");
+        assert!(ranges <= BATCH_DEDUP_RANGES_MAX as usize, "{ranges} dedup ranges in one record");
+        self.push_config(Record::DedupSeen { queue: queue.to_string(), keys });
     }
 
     /// Queues a configuration record behind the others.
@@ -371,8 +412,8 @@ impl PrimaryStream {
         if let Some(entry) = self.queues.get_mut(queue) {
             if let Ok(index) = entry.enqueues.binary_search_by_key(&position, |enqueue| enqueue.position) {
                 let enqueue = &mut entry.enqueues[index];
-                assert!(enqueue.message.is_some(), "queue {queue}: position {position} dequeued twice");
-                enqueue.message = None;
+                let message = enqueue.message.take();
+                let message = message.unwrap_or_else(|| panic!("queue {queue}: position {position} dequeued twice"));
                 if let Some(hold) = enqueue.hold.take() {
                     self.counters.holds_released_unsent += 1;
                     self.released.push(hold);
@@ -381,6 +422,18 @@ impl PrimaryStream {
                 entry.trim();
                 self.pending -= 1;
                 self.counters.messages_consumed_unsent += 1;
+                // Its dedup key must still reach the backup (as a `DedupSeen` record), or a re-send
+                // to the backup once promoted would be stored again. One more range at most, for
+                // the one message less: the pending count never grows here.
+                if let Some(Ok(key)) = dedup_key(&message.headers) {
+                    let ranges = entry.dedup.entry(key.producer.to_string()).or_default();
+                    let before = ranges.len();
+                    insert_position(ranges, key.seq, false);
+                    let after = ranges.len();
+                    entry.dedup_ranges = entry.dedup_ranges + after - before;
+                    self.pending = self.pending + after - before;
+                    self.counters.dedup_keys_kept += 1;
+                }
                 self.settle_barriers();
                 return Ok(());
             }
@@ -516,8 +569,9 @@ impl PrimaryStream {
         for (name, queue) in &self.queues {
             let enqueued = queue.enqueues.back().map(|enqueue| enqueue.position);
             let dequeued = queue.dequeues.last_key_value().map(|(_, &last)| last);
-            if enqueued.is_some() || dequeued.is_some() {
-                queues.insert(name.clone(), (enqueued, dequeued));
+            let dedup = (!queue.dedup.is_empty()).then_some(queue.dedup_drained);
+            if enqueued.is_some() || dequeued.is_some() || dedup.is_some() {
+                queues.insert(name.clone(), (enqueued, dequeued, dedup));
             }
         }
         self.mark = Some(Mark { config_fed: self.config_fed, queues, batched_by: None });
@@ -537,12 +591,14 @@ impl PrimaryStream {
             return;
         }
         let queues = &self.queues;
-        mark.queues.retain(|name, (enqueued, dequeued)| {
+        mark.queues.retain(|name, (enqueued, dequeued, dedup)| {
             let Some(queue) = queues.get(name) else { return false };
             // Enqueues leave in position order, front first; dequeue ranges lowest first.
             let enqueues_left = enqueued.is_some_and(|p| queue.enqueues.front().is_some_and(|e| e.position <= p));
             let dequeues_left = dequeued.is_some_and(|p| queue.dequeues.range(..=p).next().is_some());
-            enqueues_left || dequeues_left
+            // The keys pending at the mark are all batched once the queue's keys were drained since.
+            let dedup_left = dedup.is_some_and(|drained| queue.dedup_drained == drained);
+            enqueues_left || dequeues_left || dedup_left
         });
         if self.config_batched >= mark.config_fed && mark.queues.is_empty() {
             mark.batched_by = Some(self.sent_last);
@@ -588,6 +644,14 @@ impl PrimaryStream {
         // Creates and deletes first, and queue data only once all of them are in: data never
         // overtakes the create of its queue.
         while let Some(record) = self.config.front() {
+            if let Record::DedupSeen { keys, .. } = record {
+                let ranges: usize = keys.iter().map(|(_, ranges)| ranges.len()).sum();
+                if builder.dedup_ranges + ranges > BATCH_DEDUP_RANGES_MAX as usize {
+                    builder.exhausted = true;
+                    break;
+                }
+                builder.dedup_ranges += ranges;
+            }
             if !builder.fits_record(record_encoded_len(record)) {
                 break;
             }
@@ -698,6 +762,14 @@ struct QueuePending {
     /// Positions dequeued after their enqueue was batched: inclusive ranges, first -> last,
     /// neither overlapping nor adjacent.
     dequeues: BTreeMap<u64, u64>,
+    /// Dedup keys of messages dequeued before they were batched, to go out as a `DedupSeen`
+    /// record: per producer id, sequences as ranges first -> last, neither overlapping nor
+    /// adjacent; no producer without one.
+    dedup: BTreeMap<String, BTreeMap<u64, u64>>,
+    /// Ranges in `dedup` (each counts as a pending record).
+    dedup_ranges: usize,
+    /// Times `dedup` was emptied (drained into batches, or dropped with the queue): for `Mark`.
+    dedup_drained: u64,
 }
 
 /// An enqueue not yet in a batch.
@@ -716,12 +788,17 @@ struct PendingEnqueue {
 struct Mark {
     /// `config_fed` at the mark: every configuration record up to it must be batched.
     config_fed: u64,
-    /// Per queue with pending data at the mark: the highest pending enqueue position and the
-    /// highest pending dequeued position. An entry leaves once nothing at or below them is pending.
-    queues: BTreeMap<String, (Option<Position>, Option<u64>)>,
+    /// Per queue with pending data at the mark: the highest pending enqueue position, the highest
+    /// pending dequeued position, and if dedup keys were pending, the queue's `dedup_drained` then.
+    /// An entry leaves once nothing at or below them is pending and those keys were drained.
+    queues: BTreeMap<String, MarkedQueue>,
     /// Once every marked record is batched: the last batch sent at that moment.
     batched_by: Option<StreamSeq>,
 }
+
+/// What a mark waits for in one queue: (highest pending enqueue position, highest pending
+/// dequeued position, the queue's `dedup_drained` if dedup keys were pending).
+type MarkedQueue = (Option<Position>, Option<u64>, Option<u64>);
 
 /// A suppressed duplicate's hold, waiting for the enqueues of its queue fed before it.
 #[derive(Debug)]
@@ -758,6 +835,8 @@ struct BatchBuilder {
     messages: usize,
     /// Dequeue ranges so far.
     ranges: usize,
+    /// Dedup ranges so far.
+    dedup_ranges: usize,
     /// Holds of the messages so far.
     holds: Vec<Hold>,
     /// Set once something did not fit: later queues wait for the next batch.
@@ -842,6 +921,46 @@ impl BatchBuilder {
             }
             taken += ranges.len();
             self.records.push(Record::Dequeued { queue: name.to_string(), ranges });
+            if self.exhausted {
+                return taken;
+            }
+        }
+        // Dedup keys of messages consumed unsent, as one record of ranges per producer.
+        if let Some((producer, _)) = queue.dedup.first_key_value() {
+            if self.dedup_ranges >= BATCH_DEDUP_RANGES_MAX as usize
+                || !self.fits_record(dedup_seen_header_bytes_len(name) + dedup_producer_bytes_len(producer, 1))
+            {
+                self.exhausted = true;
+                return taken;
+            }
+            self.bytes += dedup_seen_header_bytes_len(name);
+            let mut keys: DedupSeenKeys = Vec::new();
+            'producers: while let Some(mut entry) = queue.dedup.first_entry() {
+                let mut ranges = Vec::new();
+                while let Some((&first, &last)) = entry.get().first_key_value() {
+                    let bytes = if ranges.is_empty() { dedup_producer_bytes_len(entry.key(), 1) } else { RANGE_BYTES };
+                    let room = keys.is_empty() && ranges.is_empty() || self.bytes + bytes <= self.bytes_max;
+                    if self.dedup_ranges >= BATCH_DEDUP_RANGES_MAX as usize || !room {
+                        self.exhausted = true;
+                        if !ranges.is_empty() {
+                            keys.push((entry.key().clone(), ranges));
+                        }
+                        break 'producers;
+                    }
+                    entry.get_mut().pop_first();
+                    self.bytes += bytes;
+                    self.dedup_ranges += 1;
+                    ranges.push((first, last));
+                }
+                keys.push((entry.remove_entry().0, ranges));
+            }
+            let count: usize = keys.iter().map(|(_, ranges)| ranges.len()).sum();
+            taken += count;
+            queue.dedup_ranges -= count;
+            if queue.dedup.is_empty() {
+                queue.dedup_drained += 1;
+            }
+            self.records.push(Record::DedupSeen { queue: name.to_string(), keys });
         }
         taken
     }
@@ -849,7 +968,7 @@ impl BatchBuilder {
 
 impl QueuePending {
     fn is_empty(&self) -> bool {
-        self.enqueues.is_empty() && self.dequeues.is_empty()
+        self.enqueues.is_empty() && self.dequeues.is_empty() && self.dedup.is_empty()
     }
 
     /// Drops tombstones at both ends, so that the front and back are live.
@@ -1351,5 +1470,152 @@ mod tests {
         stream.handle_backup_lost();
         assert_eq!(released(&mut stream), holds(&[5]));
         assert_eq!(stream.counters().holds_released_by_loss, 1);
+    }
+
+    /// A message carrying the dedup key `producer/seq`.
+    fn keyed(producer: &str, seq: u64) -> Message {
+        let header = ringmq_core::frame::Header {
+            name: Bytes::from_static(ringmq_core::limits::DEDUP_HEADER),
+            value: Bytes::from(format!("{producer}/{seq}")),
+        };
+        Message { headers: vec![header], ..message(seq) }
+    }
+
+    fn dedup_seen(queue: &str, keys: &[(&str, &[(u64, u64)])]) -> Record {
+        let keys = keys.iter().map(|(producer, ranges)| (producer.to_string(), ranges.to_vec())).collect();
+        Record::DedupSeen { queue: queue.to_string(), keys }
+    }
+
+    #[test]
+    fn a_consumed_unsent_keyed_message_sends_its_key_in_the_next_batch() {
+        // Goal: a message dequeued before it was batched is not sent, but its dedup key is, as a
+        // DedupSeen record of compact ranges per producer; unkeyed or malformed ones send nothing;
+        // a message dequeued after its batch needs no key (the backup stored it).
+        let mut stream = PrimaryStream::new(Epoch(1));
+        for seq in 1..=6 {
+            stream.handle_enqueued("q", Position(seq), keyed("p", seq), hold(seq)).unwrap();
+        }
+        stream.handle_enqueued("q", Position(7), keyed("a", 40), hold(7)).unwrap();
+        stream.handle_enqueued("q", Position(8), message(8), hold(8)).unwrap();
+        let malformed = ringmq_core::frame::Header {
+            name: Bytes::from_static(ringmq_core::limits::DEDUP_HEADER),
+            value: Bytes::from_static(b"no-seq"),
+        };
+        stream.handle_enqueued("q", Position(9), Message { headers: vec![malformed], ..message(9) }, hold(9)).unwrap();
+        for position in [1, 2, 3, 5, 7, 8, 9] {
+            stream.handle_dequeued("q", Position(position)).unwrap();
+        }
+        // The consumed messages' holds come back at once, as before.
+        assert_eq!(released(&mut stream), holds(&[1, 2, 3, 5, 7, 8, 9]));
+        // Pending: messages 4 and 6, and three ranges (p: 1..=3, 5; a: 40).
+        assert_eq!(stream.pending_records(), 5);
+        assert_eq!(stream.counters().dedup_keys_kept, 5);
+        let batch = stream.poll_batch(BYTES).unwrap();
+        assert_eq!(
+            batch.records,
+            vec![
+                Record::Enqueued { queue: "q".into(), first_position: Position(4), messages: vec![keyed("p", 4)] },
+                Record::Enqueued { queue: "q".into(), first_position: Position(6), messages: vec![keyed("p", 6)] },
+                dedup_seen("q", &[("a", &[(40, 40)]), ("p", &[(1, 3), (5, 5)])]),
+            ]
+        );
+        assert_eq!(stream.pending_records(), 0);
+        // Dequeued after its batch: a Dequeued record, no key.
+        stream.handle_dequeued("q", Position(4)).unwrap();
+        let batch = stream.poll_batch(BYTES).unwrap();
+        assert_eq!(batch.records, vec![Record::Dequeued { queue: "q".into(), ranges: ranges(&[(4, 4)]) }]);
+        // A key kept for a queue that is then deleted goes nowhere (its window is gone too).
+        stream.handle_enqueued("q", Position(10), keyed("p", 10), None).unwrap();
+        stream.handle_dequeued("q", Position(10)).unwrap();
+        assert_eq!(stream.pending_records(), 1);
+        stream.handle_queue_deleted("q");
+        assert_eq!(stream.pending_records(), 1, "only the delete");
+        assert_eq!(stream.poll_batch(BYTES).unwrap().records, vec![Record::QueueDeleted { name: "q".into() }]);
+    }
+
+    #[test]
+    fn kept_dedup_keys_merge_into_ranges_and_split_at_the_batch_limits() {
+        // Goal: keys compact into ranges as they come (in any order), the pending count follows
+        // the ranges, and more ranges than a batch allows go out over several batches in order.
+        let mut stream = PrimaryStream::new(Epoch(1));
+        // Positions 1..=6 carry the sequences 5, 3, 4, 9, 1, 2.
+        for (position, seq) in [(1, 5), (2, 3), (3, 4), (4, 9), (5, 1), (6, 2)] {
+            stream.handle_enqueued("q", Position(position), keyed("p", seq), None).unwrap();
+        }
+        for position in [1, 2, 4, 5] {
+            stream.handle_dequeued("q", Position(position)).unwrap();
+        }
+        assert_eq!(stream.pending_records(), 2 + 4, "messages 3 and 6; keys 1, 3, 5, 9");
+        stream.handle_dequeued("q", Position(3)).unwrap(); // 4 joins 3..=5
+        stream.handle_dequeued("q", Position(6)).unwrap(); // 2 joins 1..=5
+        assert_eq!(stream.pending_records(), 2, "1..=5 and 9");
+        assert_eq!(stream.poll_batch(BYTES).unwrap().records, vec![dedup_seen("q", &[("p", &[(1, 5), (9, 9)])])]);
+        // BATCH_DEDUP_RANGES_MAX + 1 separate keys: two batches, lowest first, nothing lost.
+        let count = BATCH_DEDUP_RANGES_MAX as u64 + 1;
+        for index in 0..count {
+            let position = 100 + index;
+            stream.handle_enqueued("q", Position(position), keyed("p", 100 + 2 * index), None).unwrap();
+            stream.handle_dequeued("q", Position(position)).unwrap();
+        }
+        assert_eq!(stream.pending_records(), count as usize);
+        let mut seen = Vec::new();
+        while let Some(batch) = stream.poll_batch(BATCH_BYTES_MAX as usize) {
+            assert!(batch.encoded_len() <= BATCH_BYTES_MAX as usize);
+            let [Record::DedupSeen { keys, .. }] = &batch.records[..] else { panic!("{:?}", batch.records) };
+            assert!(keys.iter().map(|(_, r)| r.len()).sum::<usize>() <= BATCH_DEDUP_RANGES_MAX as usize);
+            seen.extend(keys.iter().flat_map(|(_, ranges)| ranges.iter().map(|&(first, _)| first)));
+            stream.handle_confirm(batch.stream_seq).unwrap();
+        }
+        assert_eq!(seen, (0..count).map(|index| 100 + 2 * index).collect::<Vec<_>>());
+        assert_eq!(stream.sent_last(), StreamSeq(3));
+        // A small byte budget splits a producer's ranges across batches too.
+        for index in 0..10u64 {
+            stream.handle_enqueued("q", Position(10_000 + index), keyed("p", 10_000 + 2 * index), None).unwrap();
+            stream.handle_dequeued("q", Position(10_000 + index)).unwrap();
+        }
+        let mut batches = 0;
+        let mut total = 0;
+        while let Some(batch) = stream.poll_batch(BATCH_HEADER_BYTES + 60) {
+            batches += 1;
+            let [Record::DedupSeen { keys, .. }] = &batch.records[..] else { panic!() };
+            total += keys.iter().map(|(_, ranges)| ranges.len()).sum::<usize>();
+            stream.handle_confirm(batch.stream_seq).unwrap();
+        }
+        assert_eq!(total, 10);
+        assert!(batches > 1, "{batches}");
+    }
+
+    #[test]
+    fn catch_up_dedup_keys_go_with_the_queue_creates_and_count_for_the_mark() {
+        // Goal: a snapshot's DedupSeen goes out right after its queue's create, before any queue
+        // data; the mark waits for it, and for live keys kept before the mark.
+        let mut stream = PrimaryStream::new(Epoch(1));
+        stream.handle_queue_created("q", QueueOptions::default());
+        stream.handle_dedup_seen("q", vec![("p".to_string(), vec![(1, 10)])]);
+        stream.handle_enqueued("q", Position(11), keyed("p", 11), None).unwrap();
+        stream.handle_dequeued("q", Position(11)).unwrap();
+        stream.mark_fed();
+        let batch = stream.poll_batch(BYTES).unwrap();
+        assert_eq!(
+            batch.records,
+            vec![
+                Record::QueueCreated { name: "q".into(), options: QueueOptions::default() },
+                dedup_seen("q", &[("p", &[(1, 10)])]),
+                dedup_seen("q", &[("p", &[(11, 11)])]),
+            ]
+        );
+        assert!(!stream.mark_confirmed());
+        stream.handle_confirm(batch.stream_seq).unwrap();
+        assert!(stream.mark_confirmed());
+        // A live key pending at a mark holds it until its batch is confirmed.
+        stream.handle_enqueued("q", Position(12), keyed("p", 12), None).unwrap();
+        stream.handle_dequeued("q", Position(12)).unwrap();
+        stream.mark_fed();
+        assert!(!stream.mark_confirmed());
+        let batch = stream.poll_batch(BYTES).unwrap();
+        assert_eq!(batch.records, vec![dedup_seen("q", &[("p", &[(12, 12)])])]);
+        assert!(!stream.mark_confirmed());
+        stream.handle_confirm(batch.stream_seq).unwrap();
+        assert!(stream.mark_confirmed());
     }
 }

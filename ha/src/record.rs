@@ -15,7 +15,7 @@
 //! ```text
 //! batch   = u32 length (bytes after it), u8 type 0x50, u64 epoch, u64 stream_seq,
 //!           u32 record count (1..=BATCH_RECORDS_MAX), records
-//! record  = u8 kind, name16 name (kinds 1..=4: the queue; 5..=8: the exchange), then by kind:
+//! record  = u8 kind, name16 name (kinds 1..=4 and 9: the queue; 5..=8: the exchange), then by kind:
 //!           1 queue-created:    bool exclusive, bool auto_delete, bool passive,
 //!                               option_u64 max_count, option_u64 max_bytes
 //!           2 queue-deleted:    nothing
@@ -27,6 +27,11 @@
 //!           6 exchange-deleted: nothing
 //!           7 bound:            name16 queue, name16 key
 //!           8 unbound:          name16 queue, name16 key
+//!           9 dedup-seen:       u32 producer count (>= 1), then per producer: name16 producer id
+//!                               (1..=DEDUP_PRODUCER_ID_BYTES_MAX bytes, no '/'), u32 range count
+//!                               (>= 1), (u64 first, u64 last) per range, increasing, neither
+//!                               overlapping nor adjacent; at most BATCH_DEDUP_RANGES_MAX ranges
+//!                               in the batch's dedup-seen records together
 //! confirm = u32 length, u8 type 0x51, u64 stream_seq
 //! name16 = u16 length, UTF-8 bytes (at most NAME_BYTES_MAX); option_u64 = bool, u64 (0 if absent)
 //! ```
@@ -34,7 +39,8 @@
 //! with native frames (heartbeats) cannot confuse them.
 //!
 //! Kinds 5 to 8 come only on shard 0's stream, which carries the configuration in the primary
-//! coordinator's order (see `ringmq_core::replication`).
+//! coordinator's order (see `ringmq_core::replication`). Kind 9 carries dedup keys the backup
+//! records without storing anything (`Record::DedupSeen`; PROTOCOL.md 2.5.4).
 //!
 //! Not here: heartbeats and the link handshake, which batches to build (see `primary_stream`) or
 //! how to apply them (see `backup_stream`, `Shard::apply_replica`).
@@ -57,7 +63,11 @@ use ringmq_core::epoch::Epoch;
 use ringmq_core::frame::{ExchangeKind, QueueOptions};
 pub use ringmq_core::replication::{Position, Record};
 
-use crate::limits::{BATCH_BYTES_MAX, BATCH_HEADER_BYTES, BATCH_MESSAGES_MAX, BATCH_RANGES_MAX, BATCH_RECORDS_MAX};
+use crate::limits::{
+    BATCH_BYTES_MAX, BATCH_DEDUP_RANGES_MAX, BATCH_HEADER_BYTES, BATCH_MESSAGES_MAX, BATCH_RANGES_MAX,
+    BATCH_RECORDS_MAX,
+};
+use ringmq_core::limits::DEDUP_PRODUCER_ID_BYTES_MAX;
 
 /// A batch's number in its stream: the first batch is 1, and each next one is +1. `StreamSeq(0)`
 /// means "no batch yet", as in a confirm of nothing.
@@ -130,7 +140,7 @@ pub fn encode_batch(batch: &Batch, out: &mut BytesMut) {
     let records = batch.records.len();
     assert!((1..=BATCH_RECORDS_MAX as usize).contains(&records), "batch of {records} records");
     out.put_u32_le(records as u32);
-    let (mut messages_total, mut ranges_total) = (0usize, 0usize);
+    let (mut messages_total, mut ranges_total, mut dedup_ranges_total) = (0usize, 0usize, 0usize);
     for record in &batch.records {
         match record {
             Record::QueueCreated { name, options } => {
@@ -186,6 +196,35 @@ pub fn encode_batch(batch: &Batch, out: &mut BytesMut) {
                 out.put_u8(KIND_EXCHANGE_DELETED);
                 put_name(out, name);
             }
+            Record::DedupSeen { queue, keys } => {
+                out.put_u8(KIND_DEDUP_SEEN);
+                put_name(out, queue);
+                assert!(!keys.is_empty(), "dedup-seen record with no producers");
+                out.put_u32_le(keys.len() as u32);
+                for (producer, ranges) in keys {
+                    assert!(
+                        (1..=DEDUP_PRODUCER_ID_BYTES_MAX).contains(&producer.len()) && !producer.contains('/'),
+                        "dedup producer id '{producer}' is not a valid x-ringmq-dedup producer id"
+                    );
+                    put_name(out, producer);
+                    assert!(!ranges.is_empty(), "dedup-seen producer '{producer}' with no ranges");
+                    dedup_ranges_total += ranges.len();
+                    out.put_u32_le(ranges.len() as u32);
+                    let mut previous: Option<u64> = None;
+                    for &(first, last) in ranges {
+                        assert!(first <= last, "dedup range {first}..={last} has first > last");
+                        if let Some(previous) = previous {
+                            assert!(
+                                previous.checked_add(1).is_some_and(|end| first > end),
+                                "dedup range {first} does not follow {previous} with a gap"
+                            );
+                        }
+                        out.put_u64_le(first);
+                        out.put_u64_le(last);
+                        previous = Some(last);
+                    }
+                }
+            }
             Record::Bound { exchange, queue, key } | Record::Unbound { exchange, queue, key } => {
                 let kind = if matches!(record, Record::Bound { .. }) { KIND_BOUND } else { KIND_UNBOUND };
                 out.put_u8(kind);
@@ -197,6 +236,7 @@ pub fn encode_batch(batch: &Batch, out: &mut BytesMut) {
     }
     assert!(messages_total <= BATCH_MESSAGES_MAX as usize, "batch of {messages_total} messages");
     assert!(ranges_total <= BATCH_RANGES_MAX as usize, "batch of {ranges_total} ranges");
+    assert!(dedup_ranges_total <= BATCH_DEDUP_RANGES_MAX as usize, "batch of {dedup_ranges_total} dedup ranges");
     let size = out.len() - start;
     assert!(size <= BATCH_BYTES_MAX as usize, "batch of {size} bytes exceeds BATCH_BYTES_MAX {BATCH_BYTES_MAX}");
     out[start..start + 4].copy_from_slice(&((size - 4) as u32).to_le_bytes());
@@ -227,16 +267,17 @@ pub fn decode_batch(buf: &mut BytesMut, bytes_max: u32) -> Result<Option<Batch>,
     }
     let records_count = read_count(&mut r, "records", 1, BATCH_RECORDS_MAX)?;
     let mut records = Vec::with_capacity(records_count.min(r.remaining() / RECORD_BYTES_MIN));
-    let (mut messages_total, mut ranges_total) = (0u64, 0u64);
+    let (mut messages_total, mut ranges_total, mut dedup_ranges_total) = (0u64, 0u64, 0u64);
     for _ in 0..records_count {
         let kind = r.u8("record kind")?;
         let name = match kind {
-            KIND_QUEUE_CREATED..=KIND_DEQUEUED => r.name("queue name")?,
+            KIND_QUEUE_CREATED..=KIND_DEQUEUED | KIND_DEDUP_SEEN => r.name("queue name")?,
             KIND_EXCHANGE_CREATED..=KIND_UNBOUND => r.name("exchange name")?,
             other => {
                 return Err(RecordDecodeError::Invalid(format!(
                     "record kind is {other}, must be 1 (queue-created), 2 (queue-deleted), 3 (enqueued), 4 \
-                     (dequeued), 5 (exchange-created), 6 (exchange-deleted), 7 (bound) or 8 (unbound)"
+                     (dequeued), 5 (exchange-created), 6 (exchange-deleted), 7 (bound), 8 (unbound) or 9 \
+                     (dedup-seen)"
                 )))
             }
         };
@@ -293,6 +334,45 @@ pub fn decode_batch(buf: &mut BytesMut, bytes_max: u32) -> Result<Option<Batch>,
                     previous = Some(last);
                 }
                 Record::Dequeued { queue: name, ranges }
+            }
+            KIND_DEDUP_SEEN => {
+                let producers = read_count(&mut r, "dedup producers", 1, BATCH_DEDUP_RANGES_MAX)?;
+                let mut keys = Vec::with_capacity(producers.min(r.remaining() / DEDUP_PRODUCER_BYTES_MIN));
+                for _ in 0..producers {
+                    let producer = r.name("dedup producer id")?;
+                    if !(1..=DEDUP_PRODUCER_ID_BYTES_MAX).contains(&producer.len()) || producer.contains('/') {
+                        return Err(RecordDecodeError::Invalid(format!(
+                            "dedup producer id must be 1..={DEDUP_PRODUCER_ID_BYTES_MAX} bytes without '/'; got \
+                             '{producer}'"
+                        )));
+                    }
+                    let count = read_count(&mut r, "dedup ranges", 1, BATCH_DEDUP_RANGES_MAX)?;
+                    dedup_ranges_total += count as u64;
+                    check_total("dedup ranges", dedup_ranges_total, BATCH_DEDUP_RANGES_MAX)?;
+                    let mut ranges = Vec::with_capacity(count.min(r.remaining() / RANGE_BYTES));
+                    let mut previous: Option<u64> = None;
+                    for _ in 0..count {
+                        let first = r.u64("dedup range first")?;
+                        let last = r.u64("dedup range last")?;
+                        if first > last {
+                            return Err(RecordDecodeError::Invalid(format!(
+                                "dedup range {first}..={last} has first > last"
+                            )));
+                        }
+                        if let Some(previous) = previous {
+                            if previous.checked_add(1).is_none_or(|end| first <= end) {
+                                return Err(RecordDecodeError::Invalid(format!(
+                                    "dedup range starting at {first} must start above {previous} + 1 (ranges \
+                                     increase and neither overlap nor touch)"
+                                )));
+                            }
+                        }
+                        ranges.push((first, last));
+                        previous = Some(last);
+                    }
+                    keys.push((producer, ranges));
+                }
+                Record::DedupSeen { queue: name, keys }
             }
             KIND_EXCHANGE_CREATED => Record::ExchangeCreated { name, kind: read_exchange_kind(&mut r)? },
             KIND_EXCHANGE_DELETED => Record::ExchangeDeleted { name },
@@ -354,6 +434,13 @@ pub fn record_encoded_len(record: &Record) -> usize {
             Record::Dequeued { queue, ranges } => dequeued_header_bytes_len(queue) + RANGE_BYTES * ranges.len(),
             Record::ExchangeCreated { name, .. } => 1 + 2 + name.len() + 1,
             Record::ExchangeDeleted { name } => 1 + 2 + name.len(),
+            Record::DedupSeen { queue, keys } => {
+                dedup_seen_header_bytes_len(queue)
+                    + keys
+                        .iter()
+                        .map(|(producer, ranges)| dedup_producer_bytes_len(producer, ranges.len()))
+                        .sum::<usize>()
+            }
             Record::Bound { exchange, queue, key } | Record::Unbound { exchange, queue, key } => {
                 1 + 2 + exchange.len() + 2 + queue.len() + 2 + key.len()
             }
@@ -392,6 +479,16 @@ pub(crate) fn enqueued_header_bytes_len(queue: &str) -> usize {
 /// Bytes of a `Dequeued` record for `queue`, without its ranges.
 pub(crate) fn dequeued_header_bytes_len(queue: &str) -> usize {
     1 + 2 + queue.len() + 4
+}
+
+/// Bytes of a `DedupSeen` record for `queue`, without its producers.
+pub(crate) fn dedup_seen_header_bytes_len(queue: &str) -> usize {
+    1 + 2 + queue.len() + 4
+}
+
+/// Bytes of one producer's part of a `DedupSeen` record with `ranges` ranges.
+pub(crate) fn dedup_producer_bytes_len(producer: &str, ranges: usize) -> usize {
+    2 + producer.len() + 4 + RANGE_BYTES * ranges
 }
 
 // ----- helpers -----
@@ -441,6 +538,7 @@ const KIND_EXCHANGE_CREATED: u8 = 5;
 const KIND_EXCHANGE_DELETED: u8 = 6;
 const KIND_BOUND: u8 = 7;
 const KIND_UNBOUND: u8 = 8;
+const KIND_DEDUP_SEEN: u8 = 9;
 /// Length prefix and type byte.
 pub(crate) const FRAME_HEADER_BYTES: usize = 5;
 /// A whole confirm frame: length, type, stream seq.
@@ -449,8 +547,10 @@ const CONFIRM_BYTES: usize = FRAME_HEADER_BYTES + 8;
 const RECORD_BYTES_MIN: usize = 1 + 2;
 /// The smallest message: three empty fields and an empty body.
 const MESSAGE_BYTES_MIN: usize = 2 + 2 + 2 + 4;
-/// One dequeue range.
-const RANGE_BYTES: usize = 16;
+/// One dequeue (or dedup) range.
+pub(crate) const RANGE_BYTES: usize = 16;
+/// The smallest producer part of a dedup-seen record: a one-byte id, the range count, one range.
+const DEDUP_PRODUCER_BYTES_MIN: usize = 2 + 1 + 4 + RANGE_BYTES;
 
 /// An exchange kind's byte, as the native protocol writes it.
 fn exchange_kind_byte(kind: ExchangeKind) -> u8 {
@@ -603,8 +703,8 @@ mod tests {
         assert!(decode_batch(&mut zero, BATCH_BYTES_MAX).unwrap_err().to_string().contains("stream seq"));
         // An unknown record kind (the first record's kind byte follows the header).
         let mut kind = whole.clone();
-        kind[25] = 9;
-        assert!(decode_batch(&mut kind, BATCH_BYTES_MAX).unwrap_err().to_string().contains("record kind is 9"));
+        kind[25] = 10;
+        assert!(decode_batch(&mut kind, BATCH_BYTES_MAX).unwrap_err().to_string().contains("record kind is 10"));
         // Trailing bytes inside the announced length.
         let mut trailing = whole.clone();
         trailing.extend_from_slice(&[0]);
@@ -637,7 +737,7 @@ mod tests {
 
     #[test]
     fn bad_configuration_records_are_errors_naming_what_was_allowed() {
-        // Goal: an exchange kind above 2, a kind byte above 8 and a truncated binding are errors
+        // Goal: an exchange kind above 2, a kind byte above 9 and a truncated binding are errors
         // (never panics, never a batch), and their messages say what was allowed and what came.
         let whole = encoded(&configuration());
         let record = BATCH_HEADER_BYTES;
@@ -647,9 +747,9 @@ mod tests {
         let error = decode_batch(&mut kind, BATCH_BYTES_MAX).unwrap_err().to_string();
         assert!(error.contains("exchange kind is 3, must be 0 (direct), 1 (fanout) or 2 (topic)"), "{error}");
         let mut unknown = whole.clone();
-        unknown[record] = 9;
+        unknown[record] = 10;
         let error = decode_batch(&mut unknown, BATCH_BYTES_MAX).unwrap_err().to_string();
-        assert!(error.contains("record kind is 9, must be 1 (queue-created)") && error.contains("8 (unbound)"));
+        assert!(error.contains("record kind is 10, must be 1 (queue-created)") && error.contains("9 (dedup-seen)"));
         // A bound record whose key runs past the frame: the announced length is cut by one byte.
         let bound = Batch {
             records: vec![Record::Bound { exchange: "x".into(), queue: "q".into(), key: "k".into() }],
@@ -719,5 +819,121 @@ mod tests {
         assert_eq!(decode_confirm(&mut part), Ok(None));
         assert_eq!(decode_confirm(&mut out), Ok(Some(StreamSeq(42))));
         assert!(out.is_empty());
+    }
+
+    /// A batch of one dedup-seen record of queue "q": producer "p" with 1..=3 and 7..=7,
+    /// producer "r" with 5..=5.
+    fn dedup_seen() -> Batch {
+        let keys = vec![("p".to_string(), vec![(1, 3), (7, 7)]), ("r".to_string(), vec![(5, 5)])];
+        Batch {
+            epoch: Epoch(1),
+            stream_seq: StreamSeq(1),
+            records: vec![Record::DedupSeen { queue: "q".into(), keys }],
+        }
+    }
+
+    #[test]
+    fn dedup_seen_records_round_trip_with_the_documented_layout() {
+        // Goal: kind 9 encodes as the module doc and PROTOCOL.md say, byte for byte.
+        let batch = dedup_seen();
+        let bytes = encoded(&batch);
+        assert_eq!(bytes.len(), batch.encoded_len());
+        let mut expected = vec![9, 1, 0, b'q', 2, 0, 0, 0, 1, 0, b'p', 2, 0, 0, 0];
+        for value in [1u64, 3, 7, 7] {
+            expected.extend_from_slice(&value.to_le_bytes());
+        }
+        expected.extend_from_slice(&[1, 0, b'r', 1, 0, 0, 0]);
+        for value in [5u64, 5] {
+            expected.extend_from_slice(&value.to_le_bytes());
+        }
+        assert_eq!(&bytes[BATCH_HEADER_BYTES..], &expected[..]);
+        assert_eq!(decode_batch(&mut bytes.clone(), BATCH_BYTES_MAX), Ok(Some(batch)));
+        // The largest values and a record at the batch's range limit round-trip too.
+        let full: Vec<(u64, u64)> = (0..BATCH_DEDUP_RANGES_MAX as u64 - 1).map(|i| (3 * i, 3 * i + 1)).collect();
+        let keys = vec![("a".repeat(DEDUP_PRODUCER_ID_BYTES_MAX), full), ("b".to_string(), vec![(u64::MAX, u64::MAX)])];
+        let big = Batch { records: vec![Record::DedupSeen { queue: "q".into(), keys }], ..dedup_seen() };
+        let bytes = encoded(&big);
+        assert_eq!(bytes.len(), big.encoded_len());
+        assert_eq!(decode_batch(&mut bytes.clone(), BATCH_BYTES_MAX), Ok(Some(big)));
+    }
+
+    #[test]
+    fn bad_dedup_seen_records_are_errors_naming_what_was_wrong() {
+        // Goal: bad counts, producer ids and ranges of kind 9 are errors, never panics.
+        let whole = encoded(&dedup_seen());
+        let record = BATCH_HEADER_BYTES;
+        // Layout offsets: kind (0), name "q" (1..4), producer count (4..8), "p" (8..11), range
+        // count (11..15), ranges from 15.
+        let decode_error = |bytes: &BytesMut| {
+            let mut bytes = bytes.clone();
+            decode_batch(&mut bytes, BATCH_BYTES_MAX).unwrap_err().to_string()
+        };
+        let mut zero_producers = whole.clone();
+        zero_producers[record + 4..record + 8].copy_from_slice(&0u32.to_le_bytes());
+        assert_eq!(decode_error(&zero_producers), "dedup producers: count must be in 1..=4096; got 0");
+        let mut many_producers = whole.clone();
+        many_producers[record + 4..record + 8].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(decode_error(&many_producers).contains("dedup producers: count must be in 1..=4096"));
+        let mut zero_ranges = whole.clone();
+        zero_ranges[record + 11..record + 15].copy_from_slice(&0u32.to_le_bytes());
+        assert_eq!(decode_error(&zero_ranges), "dedup ranges: count must be in 1..=4096; got 0");
+        let mut slash = whole.clone();
+        slash[record + 10] = b'/';
+        assert!(decode_error(&slash).contains("dedup producer id must be 1..=200 bytes without '/'; got '/'"));
+        let mut empty_id = BytesMut::new();
+        let keys = vec![("p".to_string(), vec![(1, 1)])];
+        let batch = Batch { records: vec![Record::DedupSeen { queue: "q".into(), keys }], ..dedup_seen() };
+        encode_batch(&batch, &mut empty_id);
+        // Producer name length 1 -> 0, and drop the 'p' byte (fix the frame length).
+        empty_id[record + 8] = 0;
+        empty_id.truncate(record + 10);
+        let mut rebuilt = empty_id;
+        rebuilt.extend_from_slice(&1u32.to_le_bytes());
+        rebuilt.extend_from_slice(&1u64.to_le_bytes());
+        rebuilt.extend_from_slice(&1u64.to_le_bytes());
+        let length = (rebuilt.len() - 4) as u32;
+        rebuilt[..4].copy_from_slice(&length.to_le_bytes());
+        assert!(
+            decode_error(&rebuilt).contains("dedup producer id must be 1..=200 bytes"),
+            "{}",
+            decode_error(&rebuilt)
+        );
+        // Ranges backwards, and touching.
+        let mut backwards = whole.clone();
+        backwards[record + 15..record + 23].copy_from_slice(&4u64.to_le_bytes());
+        assert!(decode_error(&backwards).contains("dedup range 4..=3 has first > last"));
+        let mut touching = whole.clone();
+        touching[record + 31..record + 39].copy_from_slice(&4u64.to_le_bytes());
+        assert!(decode_error(&touching).contains("dedup range starting at 4 must start above 3 + 1"));
+        // Two records whose ranges together exceed the batch's limit.
+        let half: Vec<(u64, u64)> = (0..BATCH_DEDUP_RANGES_MAX as u64 / 2 + 1).map(|i| (2 * i, 2 * i)).collect();
+        let record_of = || Record::DedupSeen { queue: "q".into(), keys: vec![("p".to_string(), half.clone())] };
+        let mut two = BytesMut::new();
+        let one = Batch { records: vec![record_of()], ..dedup_seen() };
+        encode_batch(&one, &mut two);
+        // Duplicate the record inside the frame: record count 2, length fixed.
+        let body = two[BATCH_HEADER_BYTES..].to_vec();
+        two.extend_from_slice(&body);
+        two[21..25].copy_from_slice(&2u32.to_le_bytes());
+        let length = (two.len() - 4) as u32;
+        two[..4].copy_from_slice(&length.to_le_bytes());
+        assert!(
+            decode_error(&two).contains("dedup ranges: count must be in 1..=4096; got 4098"),
+            "{}",
+            decode_error(&two)
+        );
+        // Every truncation is incomplete or an error, never a panic; every single-byte corruption
+        // decodes or fails cleanly.
+        for cut in 0..whole.len() {
+            let mut prefix = BytesMut::from(&whole[..cut]);
+            assert_eq!(decode_batch(&mut prefix, BATCH_BYTES_MAX), Ok(None));
+        }
+        for index in 4..whole.len() {
+            for value in [0u8, 1, 0x2f, 0xff] {
+                let mut corrupt = whole.clone();
+                corrupt[index] = value;
+                let _ = decode_batch(&mut corrupt, BATCH_BYTES_MAX);
+            }
+        }
     }
 }
