@@ -13,8 +13,12 @@
 //! address at once; a new pass starts at most once per `link-maintenance-interval`. After a
 //! failover that matters: the backup's first try of the new primary often comes before the
 //! promotion did, and one attempt per interval per address made it wait up to one interval per
-//! address before trying again; now it waits at most one interval. The attempt rate stays bounded
-//! by the number of addresses per interval, so no backoff is needed.
+//! address before trying again. For the same reason, during the first interval after it lost a
+//! link that was up, passes repeat every tenth of the interval (`FAST_PASSES_PER_INTERVAL`): the
+//! new primary is usually promoted within milliseconds of the old one's death, and a new primary
+//! holds its publishers' confirms until every backup that was ready comes back. The attempt rate
+//! stays bounded (the number of addresses times ten per interval, for one interval after a loss;
+//! the number of addresses per interval otherwise), so no backoff is needed.
 //!
 //! Call contract: `poll_connect(now)` names the address to dial when an attempt is due; the caller
 //! reports how it ended with exactly one of `handle_connected` (the peer said `hello`),
@@ -27,8 +31,8 @@
 //! a backup that loses its primary keeps its state (`broker_state`'s `primary-lost` rows).
 //!
 //! Invariants:
-//! - At most one pass over the addresses starts per `link-maintenance-interval`, and a pass tries
-//!   each address at most once: at most `addresses` attempts per interval.
+//! - At most one pass over the addresses starts per `link-maintenance-interval` (per tenth of it
+//!   during the interval after a lost link), and a pass tries each address at most once.
 //! - At most one attempt or link is open at a time (`poll_connect` returns `None` meanwhile).
 //! - The addresses are tried in order, cyclically.
 
@@ -50,6 +54,8 @@ pub struct BackupLink {
     pass_started_at: Instant,
     /// Attempts made in the current pass.
     pass_attempts: usize,
+    /// Until when passes repeat fast: one interval after a link that was up was lost.
+    fast_until: Option<Instant>,
     /// What the link does now.
     phase: Phase,
     /// Attempts since the link was last connected (or since the start).
@@ -118,6 +124,7 @@ impl BackupLink {
             attempt_next_at: now,
             pass_started_at: now,
             pass_attempts: 0,
+            fast_until: None,
             phase: Phase::Waiting,
             attempts_since_connected: 0,
             counters: LinkCounters::default(),
@@ -173,6 +180,9 @@ impl BackupLink {
     /// after the previous pass started; at once after a link that was up).
     pub fn handle_closed(&mut self, now: Instant) {
         if matches!(self.phase, Phase::Dialling { .. } | Phase::Connected { .. }) {
+            if matches!(self.phase, Phase::Connected { .. }) {
+                self.fast_until = Some(now + self.maintenance_interval);
+            }
             self.counters.closed += 1;
             self.end_attempt(now);
         }
@@ -185,7 +195,10 @@ impl BackupLink {
         if self.pass_attempts > 0 && self.pass_attempts < self.addresses.len() {
             self.attempt_next_at = now;
         } else {
-            self.attempt_next_at = self.pass_started_at + self.maintenance_interval;
+            let fast = self.fast_until.is_some_and(|until| now < until);
+            let pause =
+                if fast { self.maintenance_interval / FAST_PASSES_PER_INTERVAL } else { self.maintenance_interval };
+            self.attempt_next_at = self.pass_started_at + pause;
             self.pass_attempts = 0;
         }
     }
@@ -225,6 +238,9 @@ impl fmt::Display for LinkStatus {
         }
     }
 }
+
+/// Passes per `link-maintenance-interval` during the interval after a lost link.
+const FAST_PASSES_PER_INTERVAL: u32 = 10;
 
 #[cfg(test)]
 mod tests {
@@ -283,10 +299,38 @@ mod tests {
         // Lost ten intervals later: a new pass, due right away.
         let lost = now + INTERVAL * 10;
         link.handle_closed(lost);
-        assert_eq!(link.poll_timeout(), Some(start + INTERVAL));
+        assert!(link.poll_timeout().is_some_and(|due| due <= lost), "{:?}", link.poll_timeout());
         assert_eq!(link.poll_connect(lost), Some("c:3"));
         assert_eq!(link.status(), LinkStatus::Trying { address: "c:3".into(), attempts: 1 });
         assert_eq!(link.counters(), LinkCounters { attempts: 3, connected: 1, refused: 0, closed: 2 });
+    }
+
+    #[test]
+    fn after_a_lost_link_passes_repeat_fast_for_one_interval() {
+        // Goal: a backup that lost its primary retries every tenth of the interval while the new
+        // primary is being promoted, then falls back to one pass per interval.
+        let start = Instant::now();
+        let mut link = link(start);
+        assert_eq!(link.poll_connect(start), Some("a:1"));
+        link.handle_connected(start);
+        let lost = start + INTERVAL * 10;
+        link.handle_closed(lost);
+        // A pass of refusals (b, c) and a failed dial of a: the next pass a tenth later.
+        for address in ["b:2", "c:3", "a:1"] {
+            let now = link.poll_timeout().expect("due");
+            assert_eq!(link.poll_connect(now), Some(address));
+            link.handle_refused(now);
+        }
+        let fast_pass = link.poll_timeout().expect("due");
+        assert!(fast_pass <= lost + INTERVAL / 10, "{:?}", fast_pass - lost);
+        // Once the interval after the loss is over, passes are an interval apart again.
+        let late = lost + INTERVAL * 2;
+        for _ in 0..3 {
+            let now = link.poll_timeout().expect("due").max(late);
+            link.poll_connect(now).expect("an attempt");
+            link.handle_refused(now);
+        }
+        assert_eq!(link.poll_timeout(), Some(late + INTERVAL));
     }
 
     #[test]
