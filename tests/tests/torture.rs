@@ -27,12 +27,15 @@ use std::time::{Duration, Instant};
 
 use ringmq_tests::{eventually, run_cli, start_cluster, success, BrokerProcess, CliProcess};
 
+/// Messages that must pass through a new primary before the next round kills it.
+const TRAFFIC_PER_ROUND: u64 = 200;
 /// Rounds when `RINGMQ_TORTURE_ROUNDS` is not set.
 const ROUNDS_DEFAULT: u64 = 10;
 /// The sender's rate, in messages per second.
 const RATE: u64 = 2000;
-/// A generous estimate of one round (kill, promote, restart, ready); about 1 s on loopback.
-const ROUND_ESTIMATE: Duration = Duration::from_secs(3);
+/// A generous estimate of one round (kill, promote, restart, ready, `TRAFFIC_PER_ROUND` through the
+/// new primary); about 0.15 s on loopback.
+const ROUND_ESTIMATE: Duration = Duration::from_millis(500);
 /// Longest wait for a broker to reach a state (links, catch-up of what was sent meanwhile).
 const SETTLE_WAIT: Duration = Duration::from_secs(30);
 /// Longest the sender and receiver may take after their last message is due.
@@ -51,6 +54,15 @@ fn rounds() -> u64 {
 /// What `ringmq ha status` prints for `broker` (empty if it did not answer).
 fn state(broker: &BrokerProcess) -> String {
     String::from_utf8_lossy(&run_cli(&["ha", "status", "-b", &broker.addr()]).stdout).trim().to_owned()
+}
+
+/// Messages the torture queue has taken on `broker` (0 if it could not be asked).
+fn enqueued_on(broker: &BrokerProcess) -> u64 {
+    let output = run_cli(&["queue", "list", "-b", &broker.addr(), "--ha-admin"]);
+    let listing = String::from_utf8_lossy(&output.stdout);
+    let line = listing.lines().find(|line| line.split_whitespace().next() == Some(QUEUE));
+    // Columns: queue, depth, bytes, unacked, consumers, enqueued, dequeued.
+    line.and_then(|line| line.split_whitespace().nth(5)).and_then(|n| n.parse().ok()).unwrap_or(0)
 }
 
 /// Waits until `broker` reports HA state `wanted`.
@@ -139,6 +151,17 @@ fn numbered_sender_and_receiver_lose_nothing_across_repeated_failovers() {
             });
         }
         primary = promoted;
+        // Under load: each failover happens while messages flow, not while the sender and
+        // receiver are still starting (the rounds alone take about 0.1 s each).
+        let enqueued = enqueued_on(&brokers[primary]);
+        eventually(&format!("round {round}: messages flow through the new primary"), SETTLE_WAIT, || {
+            let now = enqueued_on(&brokers[primary]);
+            if now >= enqueued + TRAFFIC_PER_ROUND {
+                Ok(())
+            } else {
+                Err(now)
+            }
+        });
     }
     let rounds_took = start.elapsed();
     let sender_still_ran = sender.exited().is_none();
