@@ -12,6 +12,8 @@
 //! `BrokerProcess::start_in_namespace(ns, addr, args)` runs it through `ip netns exec NS` on an
 //! address of that network namespace instead (the partition test).
 //!
+//! Module `ha`: what the HA process tests share (a promoted cluster, states, depths on backups).
+//!
 //! `eventually` polls a condition against a deadline, for state that settles asynchronously (queue
 //! counts after acks).
 //!
@@ -19,6 +21,8 @@
 //! - A `BrokerProcess` that exists is accepting connections on `addr()`, or has been killed by
 //!   the test itself.
 //! - The process never outlives its `BrokerProcess`.
+
+pub mod ha;
 
 use std::fs::File;
 use std::net::{SocketAddr, TcpListener, TcpStream};

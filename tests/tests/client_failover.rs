@@ -15,10 +15,9 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use ringmq_client::{blocking, ClientError, ConnectOptions, Message, QueueOptions};
-use ringmq_tests::{eventually, run_cli, run_cli_within, start_cluster, BrokerProcess, Stopped};
+use ringmq_tests::ha::{promote, wait_state, SETTLE_WAIT};
+use ringmq_tests::{eventually, run_cli_within, start_cluster, BrokerProcess, Stopped};
 
-/// Longest wait for a cluster to settle (links, catch-up, ready).
-const SETTLE_WAIT: Duration = Duration::from_secs(15);
 /// Longest a numbered sender or receiver may run in the failover test.
 const TOOL_WAIT: Duration = Duration::from_secs(60);
 /// The heartbeat interval of the detection tests.
@@ -43,25 +42,6 @@ fn ready_cluster() -> Vec<BrokerProcess> {
         wait_state(backup, "ready");
     }
     brokers
-}
-
-/// `ringmq ha promote` on `broker`, which must succeed.
-fn promote(broker: &BrokerProcess) {
-    let output = run_cli(&["ha", "promote", "-b", &broker.addr(), "--cluster-manager"]);
-    assert!(output.status.success(), "promote {}: {}", broker.addr(), String::from_utf8_lossy(&output.stderr));
-}
-
-/// Waits until `broker` reports HA state `state`.
-fn wait_state(broker: &BrokerProcess, state: &str) {
-    eventually(&format!("{} is {state}", broker.addr()), SETTLE_WAIT, || {
-        let output = run_cli(&["ha", "status", "-b", &broker.addr()]);
-        let printed = String::from_utf8_lossy(&output.stdout).trim().to_string();
-        if printed == state {
-            Ok(())
-        } else {
-            Err(format!("{printed} {}", String::from_utf8_lossy(&output.stderr)))
-        }
-    });
 }
 
 /// The client URL of every broker of the cluster.

@@ -17,25 +17,13 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use ringmq_client::{blocking, ConnectOptions};
-use ringmq_core::frame::{Header, Message, QueueInfo, QueueOptions};
+use ringmq_core::frame::{Header, Message, QueueOptions};
 use ringmq_core::limits::DEDUP_HEADER;
-use ringmq_tests::{eventually, run_cli, start_cluster, BrokerProcess};
+use ringmq_tests::ha::{client, promote, queue_info, wait_depth, wait_state};
+use ringmq_tests::{start_cluster, BrokerProcess};
 
-/// Longest wait for a cluster to settle (links, catch-up, ready).
-const SETTLE_WAIT: Duration = Duration::from_secs(15);
 /// Longest wait for one message.
 const MESSAGE_WAIT: Duration = Duration::from_secs(10);
-
-/// A client connection.
-fn client(broker: &BrokerProcess) -> blocking::Connection {
-    blocking::Connection::connect(broker.addr().as_str(), ConnectOptions::default()).unwrap()
-}
-
-/// An admin connection, served by backups too.
-fn admin(broker: &BrokerProcess) -> blocking::Connection {
-    let options = ConnectOptions { admin: true, ..ConnectOptions::default() };
-    blocking::Connection::connect(broker.addr().as_str(), options).unwrap()
-}
 
 /// Message `seq` of `producer` for `queue`: body `<producer>/<seq>`, and the dedup header with
 /// the same value when `keyed`.
@@ -85,40 +73,6 @@ fn bodies(producer: &str, seqs: std::ops::Range<u64>) -> Vec<String> {
     let mut out: Vec<String> = seqs.map(|seq| format!("{producer}/{seq}")).collect();
     out.sort();
     out
-}
-
-/// `queue` as `broker` lists it, if it has it.
-fn queue_info(broker: &BrokerProcess, queue: &str) -> Option<QueueInfo> {
-    admin(broker).list_queues().unwrap().into_iter().find(|q| q.name == queue)
-}
-
-/// Waits until `broker` holds exactly `depth` ready messages in `queue`.
-fn wait_depth(broker: &BrokerProcess, queue: &str, depth: u64) {
-    eventually(&format!("{queue} holds {depth} on {}", broker.addr()), SETTLE_WAIT, || {
-        match queue_info(broker, queue) {
-            Some(info) if info.depth == depth => Ok(()),
-            other => Err(other),
-        }
-    });
-}
-
-/// `ringmq ha promote` on `broker`, which must succeed.
-fn promote(broker: &BrokerProcess) {
-    let output = run_cli(&["ha", "promote", "-b", &broker.addr(), "--cluster-manager"]);
-    assert!(output.status.success(), "promote {}: {}", broker.addr(), String::from_utf8_lossy(&output.stderr));
-}
-
-/// Waits until `broker` reports HA state `state`.
-fn wait_state(broker: &BrokerProcess, state: &str) {
-    eventually(&format!("{} is {state}", broker.addr()), SETTLE_WAIT, || {
-        let output = run_cli(&["ha", "status", "-b", &broker.addr()]);
-        let printed = String::from_utf8_lossy(&output.stdout).trim().to_string();
-        if printed == state {
-            Ok(())
-        } else {
-            Err(format!("{printed} {}", String::from_utf8_lossy(&output.stderr)))
-        }
-    });
 }
 
 #[test]

@@ -21,62 +21,17 @@ use std::net::TcpStream;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use ringmq_client::{blocking, ConnectOptions};
 use ringmq_core::codec;
 use ringmq_core::frame::{ExchangeKind, Frame, Message, Preamble, QueueOptions, PROTOCOL_VERSION};
 use ringmq_core::ids::RequestId;
-use ringmq_tests::{eventually, run_cli, start_cluster, BrokerProcess, Stopped};
+use ringmq_tests::ha::{admin, client, plain_log, promote, ready_cluster, wait_state, SETTLE_WAIT};
+use ringmq_tests::{eventually, BrokerProcess, Stopped};
 
-/// Longest wait for a cluster to settle (links, catch-up, ready).
-const SETTLE_WAIT: Duration = Duration::from_secs(15);
 /// Longest wait for one message or one reply.
 const MESSAGE_WAIT: Duration = Duration::from_secs(10);
 
 /// An exchange as a broker lists it: name, kind, number of bindings.
 type ExchangeRow = (String, ExchangeKind, u32);
-
-/// Starts a three-broker cluster with `extra` options (later ones win), promotes broker 0 and
-/// waits until both others are ready.
-fn ready_cluster(extra: &[&str]) -> Vec<BrokerProcess> {
-    let mut options = vec!["--link-maintenance-interval", "0.1", "--link-heartbeat-interval", "0.2"];
-    options.extend_from_slice(extra);
-    let brokers = start_cluster(&options);
-    promote(&brokers[0]);
-    for backup in &brokers[1..] {
-        wait_state(backup, "ready");
-    }
-    brokers
-}
-
-/// `ringmq ha promote` on `broker`, which must succeed.
-fn promote(broker: &BrokerProcess) {
-    let output = run_cli(&["ha", "promote", "-b", &broker.addr(), "--cluster-manager"]);
-    assert!(output.status.success(), "promote {}: {}", broker.addr(), String::from_utf8_lossy(&output.stderr));
-}
-
-/// Waits until `broker` reports HA state `state`.
-fn wait_state(broker: &BrokerProcess, state: &str) {
-    eventually(&format!("{} is {state}", broker.addr()), SETTLE_WAIT, || {
-        let output = run_cli(&["ha", "status", "-b", &broker.addr()]);
-        let printed = String::from_utf8_lossy(&output.stdout).trim().to_string();
-        if printed == state {
-            Ok(())
-        } else {
-            Err(format!("{printed} {}", String::from_utf8_lossy(&output.stderr)))
-        }
-    });
-}
-
-/// An admin connection, served by backups too.
-fn admin(broker: &BrokerProcess) -> blocking::Connection {
-    let options = ConnectOptions { admin: true, ..ConnectOptions::default() };
-    blocking::Connection::connect(broker.addr().as_str(), options).unwrap()
-}
-
-/// A client connection (the primary only).
-fn client(broker: &BrokerProcess) -> blocking::Connection {
-    blocking::Connection::connect(broker.addr().as_str(), ConnectOptions::default()).unwrap()
-}
 
 /// Declares exchange `name` on `broker` with declare `arguments`, over a raw connection (the
 /// client API declares exchanges without arguments); the broker must answer `Ok`.
@@ -325,24 +280,4 @@ fn after_failover_a_replicated_binding_routes_on_the_new_primary() {
     wait_state(&brokers[2], "ready");
     new_primary.bind("events", "orders", "us.*").unwrap();
     wait_exchanges(&brokers[2], &[("events", ExchangeKind::Topic, 2)]);
-}
-
-/// A broker's log without terminal colour codes.
-fn plain_log(broker: &BrokerProcess) -> String {
-    let output = broker.output();
-    let mut plain = String::with_capacity(output.len());
-    let mut chars = output.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            // Skip an escape sequence: ESC [ ... letter.
-            for next in chars.by_ref() {
-                if next.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            plain.push(c);
-        }
-    }
-    plain
 }

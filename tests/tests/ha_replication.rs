@@ -18,56 +18,12 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use ringmq_client::{blocking, ConnectOptions};
-use ringmq_core::frame::{Message, QueueInfo, QueueOptions};
-use ringmq_tests::{eventually, run_cli, start_cluster, BrokerProcess, Stopped};
+use ringmq_core::frame::{Message, QueueOptions};
+use ringmq_tests::ha::{client, plain_log, promote, queue_info, ready_cluster, wait_depth, wait_state, SETTLE_WAIT};
+use ringmq_tests::{eventually, run_cli, BrokerProcess, Stopped};
 
-/// Longest wait for a cluster to settle (links, catch-up, ready).
-const SETTLE_WAIT: Duration = Duration::from_secs(15);
 /// Longest wait for one message or one confirm.
 const MESSAGE_WAIT: Duration = Duration::from_secs(10);
-
-/// Starts a three-broker cluster with `extra` options (later ones win), promotes broker 0 and
-/// waits until both others are ready.
-fn ready_cluster(extra: &[&str]) -> Vec<BrokerProcess> {
-    let mut options = vec!["--link-maintenance-interval", "0.1", "--link-heartbeat-interval", "0.2"];
-    options.extend_from_slice(extra);
-    let brokers = start_cluster(&options);
-    promote(&brokers[0]);
-    for backup in &brokers[1..] {
-        wait_state(backup, "ready");
-    }
-    brokers
-}
-
-/// `ringmq ha promote` on `broker`, which must succeed.
-fn promote(broker: &BrokerProcess) {
-    let output = run_cli(&["ha", "promote", "-b", &broker.addr(), "--cluster-manager"]);
-    assert!(output.status.success(), "promote {}: {}", broker.addr(), String::from_utf8_lossy(&output.stderr));
-}
-
-/// Waits until `broker` reports HA state `state`.
-fn wait_state(broker: &BrokerProcess, state: &str) {
-    eventually(&format!("{} is {state}", broker.addr()), SETTLE_WAIT, || {
-        let output = run_cli(&["ha", "status", "-b", &broker.addr()]);
-        let printed = String::from_utf8_lossy(&output.stdout).trim().to_string();
-        if printed == state {
-            Ok(())
-        } else {
-            Err(format!("{printed} {}", String::from_utf8_lossy(&output.stderr)))
-        }
-    });
-}
-
-/// An admin connection, served by backups too.
-fn admin(broker: &BrokerProcess) -> blocking::Connection {
-    let options = ConnectOptions { admin: true, ..ConnectOptions::default() };
-    blocking::Connection::connect(broker.addr().as_str(), options).unwrap()
-}
-
-/// A client connection (the primary only).
-fn client(broker: &BrokerProcess) -> blocking::Connection {
-    blocking::Connection::connect(broker.addr().as_str(), ConnectOptions::default()).unwrap()
-}
 
 /// Message `index` for queue `queue`, its body the decimal index.
 fn numbered(queue: &str, index: u64) -> Message {
@@ -111,21 +67,6 @@ fn receive(broker: &BrokerProcess, queue: &str, count: u64) -> Vec<u64> {
     consumer.cancel().unwrap();
     connection.close().unwrap();
     numbers
-}
-
-/// `queue` as `broker` lists it, if it has it.
-fn queue_info(broker: &BrokerProcess, queue: &str) -> Option<QueueInfo> {
-    admin(broker).list_queues().unwrap().into_iter().find(|q| q.name == queue)
-}
-
-/// Waits until `broker` holds exactly `depth` ready messages in `queue`.
-fn wait_depth(broker: &BrokerProcess, queue: &str, depth: u64) {
-    eventually(&format!("{queue} holds {depth} on {}", broker.addr()), SETTLE_WAIT, || {
-        match queue_info(broker, queue) {
-            Some(info) if info.depth == depth => Ok(()),
-            other => Err(other),
-        }
-    });
 }
 
 #[test]
@@ -227,26 +168,6 @@ fn a_stopped_backup_holds_confirms_until_it_is_dropped() {
     stopped.resume();
     wait_state(&brokers[2], "ready");
     wait_depth(&brokers[2], "held", 110);
-}
-
-/// A broker's log without terminal colour codes.
-fn plain_log(broker: &BrokerProcess) -> String {
-    let output = broker.output();
-    let mut plain = String::with_capacity(output.len());
-    let mut chars = output.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            // Skip an escape sequence: ESC [ ... letter.
-            for next in chars.by_ref() {
-                if next.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            plain.push(c);
-        }
-    }
-    plain
 }
 
 #[test]

@@ -33,6 +33,7 @@ use std::time::{Duration, Instant};
 
 use ringmq_client::{blocking, ConnectOptions};
 use ringmq_core::frame::QueueOptions;
+use ringmq_tests::ha::{plain_log, queue_info, wait_depth, wait_state};
 use ringmq_tests::{eventually, run_cli, run_cli_within, success, BrokerProcess};
 
 /// `link-heartbeat-interval` of the test brokers.
@@ -40,8 +41,6 @@ const HEARTBEAT: Duration = Duration::from_millis(250);
 /// Longest a cut-off backup may take to be dropped: 2x the heartbeat interval, plus a margin for
 /// timers on a loaded machine and the polling of the log.
 const DETECT_WAIT: Duration = Duration::from_millis(2 * 250 + 1500);
-/// Longest wait for the cluster to settle (links, catch-up, ready).
-const SETTLE_WAIT: Duration = Duration::from_secs(20);
 /// Longest a `ringmq send` of 100 messages may take once the cut-off backup is dropped (it takes
 /// milliseconds; this bounds a hang on a held confirm).
 const SEND_WAIT: Duration = Duration::from_secs(10);
@@ -225,36 +224,6 @@ fn skip(reason: &str) {
     eprintln!("SKIPPED: partition test: network namespaces unavailable: {reason}");
 }
 
-/// Waits until `broker` reports HA state `state`.
-fn wait_state(broker: &BrokerProcess, state: &str) {
-    eventually(&format!("{} is {state}", broker.addr()), SETTLE_WAIT, || {
-        let output = run_cli(&["ha", "status", "-b", &broker.addr()]);
-        let printed = String::from_utf8_lossy(&output.stdout).trim().to_string();
-        if printed == state {
-            Ok(())
-        } else {
-            Err(format!("{printed} {}", String::from_utf8_lossy(&output.stderr)))
-        }
-    });
-}
-
-/// The depth of `queue` on `broker` (admin connection, served by backups too), if it has it.
-fn depth(broker: &BrokerProcess, queue: &str) -> Result<u64, String> {
-    let options = ConnectOptions { admin: true, ..ConnectOptions::default() };
-    let connection = blocking::Connection::connect(broker.addr().as_str(), options).map_err(|e| e.to_string())?;
-    let queues = connection.list_queues().map_err(|e| e.to_string())?;
-    let _ = connection.close();
-    queues.into_iter().find(|q| q.name == queue).map(|q| q.depth).ok_or_else(|| format!("no queue {queue}"))
-}
-
-/// Waits until `broker` holds exactly `expected` messages in `queue`.
-fn wait_depth(broker: &BrokerProcess, queue: &str, expected: u64) {
-    eventually(&format!("{queue} holds {expected} on {}", broker.addr()), SETTLE_WAIT, || match depth(broker, queue) {
-        Ok(depth) if depth == expected => Ok(()),
-        other => Err(other),
-    });
-}
-
 /// `ringmq send -b PRIMARY -k QUEUE --count COUNT`, which waits for every confirm; returns how long
 /// it took.
 fn send(primary: &BrokerProcess, queue: &str, count: u64) -> Duration {
@@ -267,26 +236,6 @@ fn send(primary: &BrokerProcess, queue: &str, count: u64) -> Duration {
     let printed = success(&output);
     assert!(printed.contains(&format!("{count} stored")), "{printed}");
     start.elapsed()
-}
-
-/// A broker's log without terminal colour codes.
-fn plain_log(broker: &BrokerProcess) -> String {
-    let output = broker.output();
-    let mut plain = String::with_capacity(output.len());
-    let mut chars = output.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            // Skip an escape sequence: ESC [ ... letter.
-            for next in chars.by_ref() {
-                if next.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            plain.push(c);
-        }
-    }
-    plain
 }
 
 /// The shards (`shard=N`) whose link from `backup` the primary's log says it lost.
@@ -365,13 +314,13 @@ fn a_cut_off_backup_is_dropped_publishers_continue_and_it_catches_up_after_the_h
     // Publishers continue: every confirm comes, from the primary and backup 2 alone.
     let send_took = send(primary, "orders", 100);
     wait_depth(&brokers[1], "orders", 200);
-    assert_eq!(depth(primary, "orders"), Ok(200));
+    assert_eq!(queue_info(primary, "orders").map(|q| q.depth), Some(200));
 
     // The heal: backup 3 reconnects, downloads the 100 it missed and is ready with the primary's
     // depth.
     network.heal(3);
     wait_depth(backup_3, "orders", 200);
     wait_state(backup_3, "ready");
-    assert_eq!(depth(backup_3, "orders"), depth(primary, "orders"));
+    assert_eq!(queue_info(backup_3, "orders").map(|q| q.depth), queue_info(primary, "orders").map(|q| q.depth));
     println!("cut-off backup dropped after {dropped_after:?}; 100 sent with confirms in {send_took:?} while cut off");
 }

@@ -25,6 +25,7 @@
 
 use std::time::{Duration, Instant};
 
+use ringmq_tests::ha::{state, wait_state, SETTLE_WAIT};
 use ringmq_tests::{eventually, run_cli, start_cluster, success, BrokerProcess, CliProcess};
 
 /// Messages that must pass through a new primary before the next round kills it.
@@ -36,8 +37,6 @@ const RATE: u64 = 2000;
 /// A generous estimate of one round (kill, promote, restart, ready, `TRAFFIC_PER_ROUND` through the
 /// new primary); about 0.15 s on loopback.
 const ROUND_ESTIMATE: Duration = Duration::from_millis(500);
-/// Longest wait for a broker to reach a state (links, catch-up of what was sent meanwhile).
-const SETTLE_WAIT: Duration = Duration::from_secs(30);
 /// Longest the sender and receiver may take after their last message is due.
 const FINISH_WAIT: Duration = Duration::from_secs(60);
 /// The queue.
@@ -51,11 +50,6 @@ fn rounds() -> u64 {
     }
 }
 
-/// What `ringmq ha status` prints for `broker` (empty if it did not answer).
-fn state(broker: &BrokerProcess) -> String {
-    String::from_utf8_lossy(&run_cli(&["ha", "status", "-b", &broker.addr()]).stdout).trim().to_owned()
-}
-
 /// Messages the torture queue has taken on `broker` (0 if it could not be asked).
 fn enqueued_on(broker: &BrokerProcess) -> u64 {
     let output = run_cli(&["queue", "list", "-b", &broker.addr(), "--ha-admin"]);
@@ -63,14 +57,6 @@ fn enqueued_on(broker: &BrokerProcess) -> u64 {
     let line = listing.lines().find(|line| line.split_whitespace().next() == Some(QUEUE));
     // Columns: queue, depth, bytes, unacked, consumers, enqueued, dequeued.
     line.and_then(|line| line.split_whitespace().nth(5)).and_then(|n| n.parse().ok()).unwrap_or(0)
-}
-
-/// Waits until `broker` reports HA state `wanted`.
-fn wait_state(broker: &BrokerProcess, wanted: &str) {
-    eventually(&format!("{} is {wanted}", broker.addr()), SETTLE_WAIT, || match state(broker) {
-        seen if seen == wanted => Ok(()),
-        seen => Err(seen),
-    });
 }
 
 /// Promotes a ready broker other than `killed`, polling `ha status` until one is ready and
