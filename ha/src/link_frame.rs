@@ -41,10 +41,10 @@ use ringmq_core::epoch::Epoch;
 use ringmq_core::frame::{ErrorCode, Frame};
 use ringmq_core::replication::{Position, QueueHoldings};
 
-use crate::limits::{BACKUPS_MAX, BATCH_BYTES_MAX, HOLDINGS_QUEUES_MAX, HOLDINGS_RANGES_MAX, LINK_ADDRESS_BYTES_MAX};
+use crate::limits::{BACKUPS_MAX, HOLDINGS_QUEUES_MAX, HOLDINGS_RANGES_MAX, LINK_ADDRESS_BYTES_MAX};
 use crate::record::{
-    decode_batch, decode_confirm, encode_batch, encode_confirm, Batch, RecordDecodeError, StreamSeq,
-    FRAME_HEADER_BYTES, TYPE_BATCH, TYPE_CONFIRM,
+    decode_batch, decode_confirm, encode_batch, encode_confirm, peek_frame_header, Batch, HeaderError,
+    RecordDecodeError, StreamSeq, FRAME_HEADER_BYTES, TYPE_BATCH, TYPE_CONFIRM, ZERO_LENGTH,
 };
 
 /// Type byte of `LinkOpen` (backup to primary).
@@ -212,24 +212,11 @@ pub fn encode_link_frame(frame: &LinkFrame, out: &mut BytesMut) {
 ///
 /// When `bytes_max` is above `BATCH_BYTES_MAX`: a runtime option may lower a limit, never raise it.
 pub fn decode_link_frame(buf: &mut BytesMut, bytes_max: u32) -> Result<Option<LinkFrame>, LinkDecodeError> {
-    assert!(bytes_max <= BATCH_BYTES_MAX, "bytes_max {bytes_max} is above BATCH_BYTES_MAX {BATCH_BYTES_MAX}");
-    let [l0, l1, l2, l3, ref after_length @ ..] = buf[..] else {
-        return Ok(None);
-    };
-    let length = u32::from_le_bytes([l0, l1, l2, l3]);
-    let size = length.saturating_add(4);
-    if size > bytes_max {
-        return Err(LinkDecodeError::FrameTooLarge { size, max: bytes_max });
-    }
-    if length == 0 {
-        return Err(LinkDecodeError::Invalid {
-            frame: "link frame",
-            reason: "length is 0, at least 1 needed (the type)".to_string(),
-        });
-    }
-    let Some(&type_byte) = after_length.first() else {
-        return Ok(None);
-    };
+    let header = peek_frame_header(buf, bytes_max).map_err(|error| match error {
+        HeaderError::TooLarge { size, max } => LinkDecodeError::FrameTooLarge { size, max },
+        HeaderError::ZeroLength => LinkDecodeError::Invalid { frame: "link frame", reason: ZERO_LENGTH.to_string() },
+    })?;
+    let Some((size, type_byte)) = header else { return Ok(None) };
     match type_byte {
         TYPE_BATCH => Ok(decode_batch(buf, bytes_max)?.map(LinkFrame::Batch)),
         TYPE_CONFIRM => Ok(decode_confirm(buf)?.map(LinkFrame::Confirm)),

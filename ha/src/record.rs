@@ -495,21 +495,11 @@ pub(crate) fn dedup_producer_bytes_len(producer: &str, ranges: usize) -> usize {
 
 /// Checks the length and type of the frame at the front of `buf` and splits it off when complete.
 fn take_frame(buf: &mut BytesMut, bytes_max: u32, expected: u8) -> Result<Option<Bytes>, RecordDecodeError> {
-    assert!(bytes_max <= BATCH_BYTES_MAX, "bytes_max {bytes_max} is above BATCH_BYTES_MAX {BATCH_BYTES_MAX}");
-    let [l0, l1, l2, l3, ref after_length @ ..] = buf[..] else {
-        return Ok(None);
-    };
-    let length = u32::from_le_bytes([l0, l1, l2, l3]);
-    let size = length.saturating_add(4);
-    if size > bytes_max {
-        return Err(RecordDecodeError::FrameTooLarge { size, max: bytes_max });
-    }
-    if length == 0 {
-        return Err(RecordDecodeError::Invalid("length is 0, at least 1 needed (the type)".to_string()));
-    }
-    let Some(&type_byte) = after_length.first() else {
-        return Ok(None);
-    };
+    let header = peek_frame_header(buf, bytes_max).map_err(|error| match error {
+        HeaderError::TooLarge { size, max } => RecordDecodeError::FrameTooLarge { size, max },
+        HeaderError::ZeroLength => RecordDecodeError::Invalid(ZERO_LENGTH.to_string()),
+    })?;
+    let Some((size, type_byte)) = header else { return Ok(None) };
     if type_byte != expected {
         return Err(RecordDecodeError::WrongType { expected, got: type_byte });
     }
@@ -517,6 +507,43 @@ fn take_frame(buf: &mut BytesMut, bytes_max: u32, expected: u8) -> Result<Option
         return Ok(None);
     }
     Ok(Some(buf.split_to(size as usize).freeze()))
+}
+
+/// A frame header (`u32 length, u8 type`) that cannot start a valid frame.
+pub(crate) enum HeaderError {
+    /// The frame, length prefix included, is above the limit.
+    TooLarge {
+        /// Its size, length prefix included (saturating).
+        size: u32,
+        /// The limit.
+        max: u32,
+    },
+    /// The length is 0: not even the type byte.
+    ZeroLength,
+}
+
+/// Why a zero length is refused, for both decoders' messages.
+pub(crate) const ZERO_LENGTH: &str = "length is 0, at least 1 needed (the type)";
+
+/// The size (length prefix included) and type byte of the frame at the front of `buf`, once both
+/// arrived; consumes nothing. Shared by this module's decoders and `link_frame`'s.
+///
+/// # Panics
+/// When `bytes_max` is above `BATCH_BYTES_MAX`: a runtime option may lower a limit, never raise it.
+pub(crate) fn peek_frame_header(buf: &[u8], bytes_max: u32) -> Result<Option<(u32, u8)>, HeaderError> {
+    assert!(bytes_max <= BATCH_BYTES_MAX, "bytes_max {bytes_max} is above BATCH_BYTES_MAX {BATCH_BYTES_MAX}");
+    let [l0, l1, l2, l3, ref after_length @ ..] = buf[..] else {
+        return Ok(None);
+    };
+    let length = u32::from_le_bytes([l0, l1, l2, l3]);
+    let size = length.saturating_add(4);
+    if size > bytes_max {
+        return Err(HeaderError::TooLarge { size, max: bytes_max });
+    }
+    if length == 0 {
+        return Err(HeaderError::ZeroLength);
+    }
+    Ok(after_length.first().map(|&type_byte| (size, type_byte)))
 }
 
 fn check_total(what: &'static str, total: u64, max: u32) -> Result<(), RecordDecodeError> {
