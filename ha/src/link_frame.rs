@@ -411,6 +411,7 @@ mod tests {
     use ringmq_core::frame::Message;
 
     use super::*;
+    use crate::limits::BATCH_BYTES_MAX;
     use crate::record::{Position, Record};
 
     fn samples() -> Vec<LinkFrame> {
