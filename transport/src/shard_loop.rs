@@ -89,8 +89,8 @@ pub(crate) struct ShardContext {
     pub(crate) outgoing_link: RefCell<Option<Rc<TcpStream>>>,
     /// Client readers waiting for the replication streams to drain (`producers_must_pause`).
     paused_readers: RefCell<Vec<Waker>>,
-    /// Scratch for `pump`: replication events and released holds.
-    scratch: RefCell<(Vec<ReplicationEvent>, Vec<Hold>)>,
+    /// Scratch for `pump`: replication events, released holds, and the links to write batches to.
+    scratch: RefCell<(Vec<ReplicationEvent>, Vec<Hold>, Vec<u64>)>,
     /// Broker-to-broker link settings.
     pub(crate) link: LinkConfig,
 }
@@ -172,7 +172,7 @@ pub(crate) async fn run_shard(
         link_task_running: Cell::new(false),
         outgoing_link: RefCell::new(None),
         paused_readers: RefCell::new(Vec::new()),
-        scratch: RefCell::new((Vec::new(), Vec::new())),
+        scratch: RefCell::new((Vec::new(), Vec::new(), Vec::new())),
         link,
     });
     compio::runtime::spawn(inbox_task(context.clone())).detach();
@@ -417,7 +417,7 @@ fn pump_shard(context: &ShardContext) -> Option<BrokerState> {
 /// shard. Returns whether holds were released (the shard has confirms to drive).
 fn replicate(context: &ShardContext, shard: &mut Shard) -> bool {
     let mut scratch = context.scratch.borrow_mut();
-    let (events, holds) = &mut *scratch;
+    let (events, holds, _) = &mut *scratch;
     shard.poll_replication(events);
     let mut replication = context.replication.borrow_mut();
     let Some(replication) = replication.as_mut() else {
@@ -443,8 +443,11 @@ fn send_batches(context: &ShardContext, own: u16) {
     let Some(replication) = replication.as_mut() else { return };
     let writers = context.writers.borrow();
     let link_timers = context.link_timers.borrow();
-    let links: Vec<u64> = replication.links().collect();
-    for link in links {
+    let mut scratch = context.scratch.borrow_mut();
+    let links = &mut scratch.2;
+    links.clear();
+    links.extend(replication.links());
+    for &link in links.iter() {
         let conn = ConnId(link as u32);
         let mut buffer = BytesMut::new();
         while let Some(batch) = replication.poll_batch(link, BATCH_BYTES_MAX as usize) {
