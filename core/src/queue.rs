@@ -25,7 +25,21 @@
 //! the new primary suppresses re-sends of what it received by replication. The window outlives
 //! the messages: consuming, purging or clearing them forgets no key.
 //!
+//! Delivery gate (`gate_delivery`, `open_delivery_to`, `open_delivery`): on an HA primary, a
+//! message stored while backup streams hold confirms may be delivered only once every such backup
+//! holds it, so that a message a consumer took is never one a promoted backup lacks (its producer,
+//! unconfirmed, would re-send it and the new primary store it again). The queue keeps one bound:
+//! ready messages at or below it may be delivered, those above wait. A gated enqueue lowers the
+//! bound to just below its position (if it was above), a message stored ungated raises it to its
+//! position, and the shard raises it as the backups confirm (`Shard::handle_replicated`). Delivery
+//! takes ready messages from the front while they are within the bound, so order is kept. An
+//! ungated queue (every queue not on a primary with streams) has the bound at its maximum.
+//!
 //! Invariants:
+//! - Every ready message above the delivery bound is in the queue's tail of messages stored by
+//!   `enqueue`, in increasing position order (the bound only falls to just below a new position,
+//!   above every message held, and a message released to the front was delivered, so it is within
+//!   the bound): the messages within the bound are a prefix of the ready list.
 //! - `held_count` = ready messages + unsettled deliveries, and `held_bytes` the same in body
 //!   bytes; both stay within `max-count` / `max-bytes` when checked at `enqueue` (the client's way
 //!   in; a replica's `enqueue_at` trusts the primary's checks).
@@ -51,6 +65,9 @@ use crate::replication_level::ReplicationLevel;
 /// How many positions one epoch owns: a primary of epoch `e` starts its queues' positions at
 /// `e << EPOCH_POSITION_SHIFT` (see `Queue::begin_epoch`).
 pub const EPOCH_POSITION_SHIFT: u32 = 40;
+
+/// The delivery bound of a queue with no gated message: every position is within it.
+const UNGATED: Position = Position(u64::MAX);
 
 /// Who a subscription belongs to: a consumer on a connection on a shard.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -187,6 +204,8 @@ pub struct Queue {
     dequeued_total: u64,
     /// Recent producer keys, for duplicate suppression (disabled unless `with_dedup_window`).
     dedup: DedupWindow,
+    /// Ready messages at or below this position may be delivered; `UNGATED` when none waits.
+    delivery_bound: Position,
 }
 
 /// One consumer's view of the queue.
@@ -242,6 +261,7 @@ impl Queue {
             enqueued_total: 0,
             dequeued_total: 0,
             dedup: DedupWindow::disabled(),
+            delivery_bound: UNGATED,
         }
     }
 
@@ -363,6 +383,55 @@ impl Queue {
             }
         }
         Ok(())
+    }
+
+    /// A primary with backup streams holding confirms: the message `enqueue` just stored at
+    /// `position` may not be delivered until `open_delivery_to` reaches it (every holding backup
+    /// confirmed it, or its stream ended). Messages stored before it stay within the bound.
+    ///
+    /// # Panics
+    /// If `position` is not the last one `enqueue` assigned.
+    pub fn gate_delivery(&mut self, position: Position) {
+        assert_eq!(position, self.highest_position, "only the message just stored is gated");
+        assert!(position.0 > 0);
+        self.delivery_bound = self.delivery_bound.min(Position(position.0 - 1));
+    }
+
+    /// Messages at or below `position` may be delivered (the bound only rises): a message stored
+    /// ungated (its own position), or the backups confirmed up to `position`.
+    ///
+    /// # Panics
+    /// If `position` is above every position this queue assigned: a bound there would let later
+    /// gated messages through.
+    pub fn open_delivery_to(&mut self, position: Position) {
+        assert!(
+            position <= self.highest_position,
+            "queue {}: delivery opened to {position}, above its highest position {}",
+            self.name,
+            self.highest_position
+        );
+        self.delivery_bound = self.delivery_bound.max(position);
+    }
+
+    /// Every message may be delivered, now and until the next `gate_delivery`: the broker is no
+    /// longer a primary with streams (it stepped down, or it was just promoted).
+    pub fn open_delivery(&mut self) {
+        self.delivery_bound = UNGATED;
+    }
+
+    /// Ready messages that wait for the backups (above the delivery bound).
+    pub fn gated_count(&self) -> u64 {
+        (self.ready.len() - self.deliverable_len()) as u64
+    }
+
+    /// Ready messages within the delivery bound: a prefix of the ready list (module invariants).
+    /// O(log n) while gated.
+    fn deliverable_len(&self) -> usize {
+        if self.delivery_bound == UNGATED {
+            return self.ready.len();
+        }
+        let bound = self.delivery_bound;
+        self.ready.partition_point(|held| held.position <= bound)
     }
 
     /// Backup: stores a message the primary enqueued at `position`, ignoring `max-count` and
@@ -681,17 +750,21 @@ impl Queue {
         }
         let mut idle_rounds = 0;
         let mut index = self.next_subscription % count;
-        while !self.ready.is_empty() && idle_rounds < count {
+        // Only the front within the delivery bound goes out; the rest waits for the backups.
+        let mut deliverable = self.deliverable_len();
+        while deliverable > 0 && idle_rounds < count {
             let subscription = &mut self.subscriptions[index];
             let credit = subscription.prefetch.saturating_sub(subscription.unsettled_count) as usize;
-            let take = credit.min(batch_max).min(self.ready.len());
+            let take = credit.min(batch_max).min(deliverable);
             if take == 0 {
                 idle_rounds += 1;
             } else {
                 idle_rounds = 0;
                 let first_tag = Tag(subscription.base_tag.0 + subscription.unsettled.len() as u64);
+                deliverable -= take;
                 let mut messages = Vec::with_capacity(take);
                 for held in self.ready.drain(..take) {
+                    assert!(held.position <= self.delivery_bound, "gated message delivered");
                     messages.push(held.delivered.clone());
                     subscription.unsettled.push_back(Some(held));
                 }
@@ -704,9 +777,11 @@ impl Queue {
         self.next_subscription = index;
     }
 
-    /// Whether the queue has ready messages and a subscription with credit.
+    /// Whether the queue has ready messages within the delivery bound and a subscription with
+    /// credit.
     pub fn can_deliver(&self) -> bool {
-        !self.ready.is_empty() && self.subscriptions.iter().any(|s| s.unsettled_count < s.prefetch)
+        self.ready.front().is_some_and(|held| held.position <= self.delivery_bound)
+            && self.subscriptions.iter().any(|s| s.unsettled_count < s.prefetch)
     }
 }
 
@@ -1094,6 +1169,81 @@ mod tests {
         queue.settle(key(2), Settlement::Release, &[range(0, 0)]).unwrap();
         let bodies: Vec<(u64, Vec<u8>)> = held(&queue);
         assert_eq!(bodies, [(1, b"a".to_vec()), (2, b"b".to_vec()), (3, b"c".to_vec()), (4, b"d".to_vec())]);
+    }
+
+    /// The bodies of every batch, in delivery order.
+    fn delivered(batches: &[DeliveryBatch]) -> Vec<Vec<u8>> {
+        batches.iter().flat_map(|batch| batch.messages.iter().map(|m| m.message.body.to_vec())).collect()
+    }
+
+    #[test]
+    fn gated_messages_wait_for_the_bound_and_go_out_in_order() {
+        // Goal: "deliver only what the backups hold": a gated message is not delivered before the
+        // bound reaches it, is after, and order is kept across gated and ungated messages.
+        // Method: one ungated message, three gated ones; raise the bound step by step.
+        let mut queue = replicated();
+        queue.subscribe(key(1), 100).unwrap();
+        let first = queue.enqueue(message("a")).unwrap().position().unwrap();
+        queue.open_delivery_to(first);
+        let mut gated = Vec::new();
+        for body in ["b", "c", "d"] {
+            let position = queue.enqueue(message(body)).unwrap().position().unwrap();
+            queue.gate_delivery(position);
+            gated.push(position);
+        }
+        // Only the ungated message goes out; the rest waits.
+        assert!(queue.can_deliver());
+        assert_eq!(delivered(&drain(&mut queue)), [b"a".to_vec()]);
+        assert!(!queue.can_deliver());
+        assert_eq!(queue.gated_count(), 3);
+        assert!(drain(&mut queue).is_empty());
+        // The backups hold b and c: those go, d waits.
+        queue.open_delivery_to(gated[1]);
+        assert_eq!(delivered(&drain(&mut queue)), [b"b".to_vec(), b"c".to_vec()]);
+        assert_eq!(queue.gated_count(), 1);
+        // An older bound changes nothing (it only rises).
+        queue.open_delivery_to(gated[0]);
+        assert!(drain(&mut queue).is_empty());
+        queue.open_delivery_to(gated[2]);
+        assert_eq!(delivered(&drain(&mut queue)), [b"d".to_vec()]);
+        assert_eq!(queue.gated_count(), 0);
+    }
+
+    #[test]
+    fn released_messages_stay_deliverable_ahead_of_gated_ones() {
+        // Goal: a delivered message released back to the front is within the bound, so it goes
+        // out again ahead of the gated tail; `open_delivery` (promotion, stepping down) lets
+        // everything through. Method: deliver a, gate b, release a, then open fully.
+        let mut queue = replicated();
+        queue.subscribe(key(1), 100).unwrap();
+        let a = queue.enqueue(message("a")).unwrap().position().unwrap();
+        queue.open_delivery_to(a);
+        assert_eq!(delivered(&drain(&mut queue)), [b"a".to_vec()]);
+        let b = queue.enqueue(message("b")).unwrap().position().unwrap();
+        queue.gate_delivery(b);
+        queue.settle(key(1), Settlement::Release, &[range(0, 0)]).unwrap();
+        let again = drain(&mut queue);
+        assert_eq!(delivered(&again), [b"a".to_vec()]);
+        assert!(again[0].messages[0].redelivered);
+        // c is gated too; opening the whole queue lets both through, in order.
+        let c = queue.enqueue(message("c")).unwrap().position().unwrap();
+        queue.gate_delivery(c);
+        assert!(drain(&mut queue).is_empty());
+        queue.open_delivery();
+        assert_eq!(delivered(&drain(&mut queue)), [b"b".to_vec(), b"c".to_vec()]);
+        // An ungated message stored after them goes at once.
+        let d = queue.enqueue(message("d")).unwrap().position().unwrap();
+        queue.open_delivery_to(d);
+        assert_eq!(delivered(&drain(&mut queue)), [b"d".to_vec()]);
+    }
+
+    #[test]
+    #[should_panic(expected = "above its highest position")]
+    fn a_bound_above_every_position_is_a_bug() {
+        // Goal: a bound beyond the last enqueue would let later gated messages through.
+        let mut queue = replicated();
+        queue.enqueue(message("a")).unwrap();
+        queue.open_delivery_to(Position(2));
     }
 
     /// A message carrying the dedup key `producer/seq`.

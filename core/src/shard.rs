@@ -24,6 +24,14 @@
 //! in an `all` queue while the transport has backup streams on this shard (`set_replica_holds`)
 //! holds its publish's confirm: the producer's tracker takes that many holds before the target is
 //! counted, and each is released by `handle_holds_released` once a stream's backup confirmed it.
+//! Such a message is also *gated* (`Queue::gate_delivery`): it is delivered to consumers only once
+//! the backups hold it, when replication reports its queue's new delivery bound
+//! (`handle_replicated`), so a message consumed here is never one a promoted backup lacks (and,
+//! with duplicate suppression, never stored twice when its unconfirmed producer re-sends it after a
+//! failover). A message stored without a hold (no stream then) is delivered at once; a promotion
+//! or stepping down opens every queue. Gating starts with the first `handle_replicated` call: a
+//! shell that never calls it would otherwise never deliver a held message, so until then held
+//! messages are delivered at once, as before gating existed.
 //! Shard 0 also reports the replicated configuration, in the coordinator's order: the creation and
 //! deletion of every replicated queue (whichever shard owns it), of every replicated exchange, and
 //! every bind and unbind between a replicated exchange and a replicated queue
@@ -67,6 +75,9 @@
 //! - Replication events exist only while the state is `recovering` or `active`, per queue they
 //!   are in the order of the changes, and shard 0's configuration events in the coordinator's; a hold is taken on the producer's tracker before the
 //!   target's report, and its release reaches that tracker after it (same ring, later message).
+//! - Once `handle_replicated` was called, a message stored with a hold is not delivered before a
+//!   later `handle_replicated` reached its position, unless the broker was promoted or stopped
+//!   being a primary first.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
@@ -193,6 +204,10 @@ pub struct Shard {
     replication: Vec<ReplicationEvent>,
     /// Backup streams on this shard: holds each replicated enqueue takes.
     replica_holds: u32,
+    /// Set by the first `handle_replicated`: only then are held enqueues gated, since before it
+    /// nothing would ever open the gate (a shell that does not carry replication's delivery
+    /// bounds to the shard keeps delivering at once rather than never).
+    delivery_reports: bool,
     /// Scratch for positions drained from a queue's dequeued log.
     dequeued_scratch: Vec<Position>,
     /// The highest `next_position` of any queue deleted here: a queue created later continues
@@ -260,6 +275,7 @@ impl Shard {
             counters: ShardCounters::default(),
             replication: Vec::new(),
             replica_holds: 0,
+            delivery_reports: false,
             dequeued_scratch: Vec::new(),
             deleted_positions_high: Position(0),
             config,
@@ -525,6 +541,29 @@ impl Shard {
         for (shard, conn, seqs) in remote {
             self.send(shard, ShardMessage::HoldsReleased { conn, seqs });
         }
+    }
+
+    /// The backups hold every gated message of each named queue up to its position (or the
+    /// streams that gated them ended): those messages may now be delivered
+    /// (`Queue::open_delivery_to`). Must be called on the shard whose events carried the
+    /// enqueues, after those events were polled, once per `poll_released` (with no bounds too: the
+    /// first call turns gating on, see the module doc). A queue gone meanwhile is skipped. Returns
+    /// whether a queue may now deliver (deliveries go out at `drive`).
+    ///
+    /// # Panics
+    /// If a position is above every position its queue assigned: the reporter saw no such enqueue.
+    pub fn handle_replicated(&mut self, bounds: impl IntoIterator<Item = (Arc<str>, Position)>) -> bool {
+        self.delivery_reports = true;
+        let mut deliverable = false;
+        for (name, position) in bounds {
+            let Some(queue) = self.queues.get_mut(&name) else { continue };
+            queue.open_delivery_to(position);
+            if queue.can_deliver() {
+                self.dirty_queues.insert(name);
+                deliverable = true;
+            }
+        }
+        deliverable
     }
 
     /// Appends a catch-up description of every replicated queue this shard owns, by name: its
@@ -1052,6 +1091,7 @@ impl Shard {
     fn enqueue_batch(&mut self, origin: ConnRef, items: Vec<EnqueueItem>) {
         let replicating = self.replicating();
         let stream_holds = if replicating { self.replica_holds } else { 0 };
+        let gating = self.delivery_reports;
         let mut results: Vec<EnqueueResult> = Vec::new();
         let mut items = items.into_iter().peekable();
         while let Some(first) = items.next() {
@@ -1089,6 +1129,13 @@ impl Shard {
                                         seq: current.seq,
                                     });
                                     holds = if hold.is_some() { stream_holds } else { 0 };
+                                    // Held for the backups: consumers get it once they hold it
+                                    // too (`handle_replicated`).
+                                    if hold.is_some() && gating {
+                                        queue.gate_delivery(position);
+                                    } else {
+                                        queue.open_delivery_to(position);
+                                    }
                                     let queue = queue_name.clone();
                                     self.replication.push(ReplicationEvent::Enqueued {
                                         queue,
@@ -1549,6 +1596,16 @@ impl Shard {
                     for queue in self.queues.values_mut() {
                         queue.begin_epoch(epoch);
                         queue.mark_redelivered();
+                    }
+                }
+                if state == BrokerState::Recovering || !self.replicating() {
+                    // Promoted, or no longer a primary: no stream gates what is held, so nothing
+                    // waits for a confirm that will not come.
+                    for (name, queue) in &mut self.queues {
+                        queue.open_delivery();
+                        if queue.can_deliver() {
+                            self.dirty_queues.insert(name.clone());
+                        }
                     }
                 }
                 if cause == TransitionCause::SupersededByNewerEpoch {

@@ -41,6 +41,24 @@
 //! hands it to the stream only once that queue's backlog is fed or dropped. An overflowed stream
 //! releases it at once, a lost one with its other holds.
 //!
+//! Delivery gates ("deliver only what the backups hold"): a message whose enqueue took holds may
+//! be delivered to consumers only once every link that took one (open, not overflowed, when the
+//! event came) confirmed it, or ended. Otherwise a consumer could take a message that the backup
+//! promoted after a crash lacks, while its producer, unconfirmed, re-sends it, and the new
+//! primary would store it again (duplicate suppression cannot know a key it never received).
+//! Per queue, each link gates one run of positions: from the first held enqueue it was fed to the
+//! last, minus what its backup confirmed. A stream sends a queue's live enqueues in position order
+//! (every catch-up message of the queue is below them) and is confirmed cumulatively, so the
+//! confirmed part only grows from the bottom: the queue's *delivery bound*, the highest position
+//! below every link's unconfirmed run, only rises. `poll_batch` notes, per batch, the highest
+//! position of each gated queue it carries; `handle_confirm` raises that link's confirmed position;
+//! `handle_link_lost` and an overflow drop the link's runs. `poll_replicated` reports each queue
+//! whose bound rose, for `Shard::handle_replicated`. An enqueue that took holds with no link open
+//! (only expected backups collect) is reported at once: expected backups hold confirms, never
+//! delivery, so a recovering primary does not stall its consumers for `ha-backup-timeout`. A
+//! gated message dequeued unsent (a purge) leaves its link's run open until a later enqueue of
+//! the queue is confirmed; it only ever holds back messages that link must confirm anyway.
+//!
 //! Recovering mode (`PROTOCOL.md`, "Recovering"; the reference's expected backups and
 //! `ha-backup-timeout`): a newly promoted primary calls `expect_backups` with every backup that was
 //! ready under the previous primary, before any client is served. Until such an *expected backup*
@@ -69,7 +87,8 @@
 //!   (and expected backups) its hold was counted for;
 //! - `handle_confirm` for each confirm a backup sends; on `Err`, close the link and call
 //!   `handle_link_lost`;
-//! - then `poll_released` (hand the holds to the shard), `poll_overflowed` (close those links and
+//! - then `poll_released` (hand the holds to the shard) and `poll_replicated` (hand the delivery
+//!   bounds to the shard's `handle_replicated`), `poll_overflowed` (close those links and
 //!   call `handle_link_lost`), `poll_caught_up` (tell membership), and `poll_batch` for each of
 //!   `links()` until it returns `None` (encode and send);
 //! - while `producers_must_pause()`, the shard stops reading producers.
@@ -98,6 +117,9 @@
 //!   queue, every backlog position is below every live one.
 //! - A link is reported caught up at most once, and only after every snapshot record was
 //!   confirmed by its backup; an overflowed or lost link never is.
+//! - A queue's reported delivery bound only rises, never exceeds the last enqueue event seen for
+//!   it, and stays below every held position an open, not overflowed link that took its hold has
+//!   not confirmed.
 //! - Only snapshot messages wait in memory outside a stream (the backlog, no larger than the
 //!   snapshot); live events are bounded by the producers' pause at `STREAM_PENDING_PAUSE`, as a
 //!   stream's pending records are.
@@ -113,7 +135,7 @@ pub use ringmq_core::replication::ReplicationEvent;
 
 use crate::limits::{BACKUPS_MAX, BATCHES_UNCONFIRMED_MAX, BATCH_HEADER_BYTES, BATCH_MESSAGES_MAX};
 use crate::primary_stream::{ConfirmError, Hold, PrimaryStream, StreamOverflow};
-use crate::record::{Batch, StreamSeq};
+use crate::record::{Batch, Record, StreamSeq};
 
 /// The transport's id of one link connection.
 pub type LinkId = u64;
@@ -131,6 +153,43 @@ pub struct PrimaryReplication {
     overflowed: VecDeque<LinkId>,
     /// Backups expected back after promotion and still pending here, by address (recovering mode).
     expected: BTreeMap<String, Expected>,
+    /// Delivery gates, per queue that had a held enqueue; removed with their queue.
+    gates: BTreeMap<Arc<str>, Gate>,
+    /// Queues whose delivery bound may have risen, each once (`Gate::dirty`).
+    gates_dirty: Vec<Arc<str>>,
+    /// Delivery bounds raised, for `poll_replicated`.
+    replicated: Vec<(Arc<str>, Position)>,
+}
+
+/// One queue's delivery gate: what the links still have to confirm before its held messages may
+/// be delivered.
+#[derive(Debug)]
+struct Gate {
+    /// The highest position of a live enqueue seen.
+    highest: Position,
+    /// The bound last reported by `poll_replicated` (`Position(0)`: none yet).
+    reported: Position,
+    /// Set while the queue is in `gates_dirty`.
+    dirty: bool,
+    /// Per link that took holds on this queue's enqueues and may not have confirmed them all.
+    links: Vec<LinkGate>,
+}
+
+/// What one link gates of one queue: every live enqueue from `first` to `last` took a hold on it;
+/// its backup confirmed every position up to `confirmed` that the link was sent. Since a stream
+/// sends a queue's live enqueues in position order (the catch-up's all below them) and is
+/// confirmed cumulatively, the link gates exactly its held positions above
+/// `max(confirmed, first - 1)`, while `last > confirmed`.
+#[derive(Debug, Clone, Copy)]
+struct LinkGate {
+    /// The link.
+    link: LinkId,
+    /// The first position it held.
+    first: Position,
+    /// The last position it held.
+    last: Position,
+    /// The highest position of the queue in a batch its backup confirmed.
+    confirmed: Position,
 }
 
 /// One expected backup on this shard (recovering mode).
@@ -164,6 +223,9 @@ struct Link {
     overflowed: bool,
     /// Set once `poll_caught_up` reported it.
     caught_up_reported: bool,
+    /// Per batch sent and not confirmed, per gated queue it carries enqueues of, the highest such
+    /// position: on the confirm, the queue's `LinkGate::confirmed`.
+    gate_tops: VecDeque<(StreamSeq, Arc<str>, Position)>,
 }
 
 impl PrimaryReplication {
@@ -175,6 +237,9 @@ impl PrimaryReplication {
             released: Vec::new(),
             overflowed: VecDeque::new(),
             expected: BTreeMap::new(),
+            gates: BTreeMap::new(),
+            gates_dirty: Vec::new(),
+            replicated: Vec::new(),
         }
     }
 
@@ -196,6 +261,7 @@ impl PrimaryReplication {
             marked: false,
             overflowed: false,
             caught_up_reported: false,
+            gate_tops: VecDeque::new(),
         };
         for event in snapshot {
             match event {
@@ -228,6 +294,15 @@ impl PrimaryReplication {
         if !self.expected.is_empty() {
             self.collect_for_expected(&event);
         }
+        match &event {
+            ReplicationEvent::Enqueued { queue, position, hold, .. } => self.gate(queue, *position, hold.is_some()),
+            ReplicationEvent::QueueDeleted { name } => {
+                // Its messages are gone; a queue re-created under the name starts a new gate.
+                self.gates.remove(name);
+            }
+            _ => {}
+        }
+        let overflowed_before = self.overflowed.len();
         let hold = match &event {
             ReplicationEvent::Enqueued { hold, .. } => *hold,
             ReplicationEvent::Barrier { hold, .. } => Some(*hold),
@@ -254,9 +329,30 @@ impl PrimaryReplication {
             link.flush_barriers(&mut self.released);
             link.mark_if_fed();
         }
+        self.ungate_overflowed(overflowed_before);
         if !self.expected.is_empty() {
             self.settle_expected();
         }
+    }
+
+    /// Drains the delivery bounds raised since the last call: per queue, a position up to which
+    /// every message whose enqueue took holds is confirmed by every link that took one and is
+    /// still open (lost and overflowed links gate nothing), and nothing later than the last
+    /// enqueue event seen. The shard's `handle_replicated` takes them. Each queue's reported bound
+    /// only rises. Enqueues that took holds with no link open (only expected backups) are
+    /// reported at once: expected backups never gate delivery.
+    pub fn poll_replicated(&mut self) -> std::vec::Drain<'_, (Arc<str>, Position)> {
+        for name in self.gates_dirty.drain(..) {
+            let Some(gate) = self.gates.get_mut(&name) else { continue };
+            gate.dirty = false;
+            gate.links.retain(|entry| entry.last > entry.confirmed);
+            let bound = gate.bound();
+            if bound > gate.reported {
+                gate.reported = bound;
+                self.replicated.push((name, bound));
+            }
+        }
+        self.replicated.drain(..)
     }
 
     /// How many holds each new enqueue takes (the shard's `set_replica_holds`): one per link not
@@ -331,6 +427,15 @@ impl PrimaryReplication {
         };
         entry.stream.handle_confirm(seq)?;
         entry.stream.poll_released(&mut self.released);
+        while entry.gate_tops.front().is_some_and(|&(batch, _, _)| batch <= seq) {
+            let (_, queue, top) = entry.gate_tops.pop_front().expect("front checked above");
+            // A queue deleted since has no gate (or a new one, whose positions are all above).
+            let Some(gate) = self.gates.get_mut(&queue) else { continue };
+            if let Some(held) = gate.links.iter_mut().find(|held| held.link == link) {
+                held.confirmed = held.confirmed.max(top);
+                gate.mark_dirty(&queue, &mut self.gates_dirty);
+            }
+        }
         if !self.expected.is_empty() {
             self.settle_expected();
         }
@@ -344,6 +449,7 @@ impl PrimaryReplication {
     pub fn handle_link_lost(&mut self, link: LinkId) {
         let Some(mut entry) = self.links.remove(&link) else { return };
         entry.finish(&mut self.released);
+        self.ungate(link);
         self.overflowed.retain(|&id| id != link);
         if let Some(expected) = self.expected.get_mut(&entry.backup) {
             expected.links.remove(&link);
@@ -361,9 +467,21 @@ impl PrimaryReplication {
         if entry.overflowed {
             return None;
         }
+        let overflowed_before = self.overflowed.len();
         entry.feed_backlog(bytes_max, &mut self.released, &mut self.overflowed, link);
         let batch = entry.stream.poll_batch(bytes_max);
         entry.stream.poll_released(&mut self.released);
+        if let Some(batch) = &batch {
+            for record in &batch.records {
+                let Record::Enqueued { queue, first_position, messages } = record else { continue };
+                let Some((name, gate)) = self.gates.get_key_value(queue.as_str()) else { continue };
+                if gate.links.iter().any(|held| held.link == link) {
+                    let top = Position(first_position.0 + messages.len() as u64 - 1);
+                    entry.gate_tops.push_back((batch.stream_seq, name.clone(), top));
+                }
+            }
+        }
+        self.ungate_overflowed(overflowed_before);
         if !self.expected.is_empty() {
             self.settle_expected();
         }
@@ -427,6 +545,54 @@ impl PrimaryReplication {
         self.links.get(&link).map(|link| &link.stream)
     }
 
+    /// A live enqueue: with a hold, every open link that is not overflowed gates it (it is fed
+    /// to them next); with none of those, it is deliverable at once and reported so.
+    fn gate(&mut self, queue: &Arc<str>, position: Position, held: bool) {
+        if !self.gates.contains_key(queue) {
+            if !held {
+                return;
+            }
+            let gate = Gate { highest: position, reported: Position(0), dirty: false, links: Vec::new() };
+            self.gates.insert(queue.clone(), gate);
+        }
+        let gate = self.gates.get_mut(queue).expect("inserted above");
+        gate.highest = gate.highest.max(position);
+        let mut gating = false;
+        if held {
+            for (&id, _) in self.links.iter().filter(|(_, link)| !link.overflowed) {
+                gating = true;
+                match gate.links.iter_mut().find(|entry| entry.link == id) {
+                    Some(entry) => entry.last = position,
+                    None => {
+                        gate.links.push(LinkGate { link: id, first: position, last: position, confirmed: Position(0) })
+                    }
+                }
+            }
+        }
+        if !gating {
+            gate.mark_dirty(queue, &mut self.gates_dirty);
+        }
+    }
+
+    /// `link` gates nothing any more (lost, or overflowed): every queue it gated may deliver on.
+    fn ungate(&mut self, link: LinkId) {
+        for (name, gate) in &mut self.gates {
+            let before = gate.links.len();
+            gate.links.retain(|entry| entry.link != link);
+            if gate.links.len() != before {
+                gate.mark_dirty(name, &mut self.gates_dirty);
+            }
+        }
+    }
+
+    /// Ungates the links that overflowed since `self.overflowed` had `before` entries.
+    fn ungate_overflowed(&mut self, before: usize) {
+        for index in before..self.overflowed.len() {
+            let link = self.overflowed[index];
+            self.ungate(link);
+        }
+    }
+
     /// Recovering mode, before `event` goes to the streams: expected backups without a link
     /// collect its hold; a dequeue or a queue's deletion releases what they collected for it.
     fn collect_for_expected(&mut self, event: &ReplicationEvent) {
@@ -477,6 +643,27 @@ impl PrimaryReplication {
             }
             !caught_up
         });
+    }
+}
+
+impl Gate {
+    /// The highest position every open link holding this queue's messages has confirmed (or
+    /// holds none above), never above the last enqueue seen.
+    fn bound(&self) -> Position {
+        let mut bound = self.highest;
+        for entry in &self.links {
+            let below_first = Position(entry.first.0.saturating_sub(1));
+            bound = bound.min(entry.confirmed.max(below_first));
+        }
+        bound
+    }
+
+    /// Puts the queue in `dirty` once, for the next `poll_replicated`.
+    fn mark_dirty(&mut self, name: &Arc<str>, dirty: &mut Vec<Arc<str>>) {
+        if !self.dirty {
+            self.dirty = true;
+            dirty.push(name.clone());
+        }
     }
 }
 
@@ -1380,5 +1567,235 @@ mod tests {
         assert_eq!(replication.poll_caught_up(), None, "the backlog's message is not sent yet");
         assert_eq!(positions(&drain(&mut replication, 1), "q"), [9]);
         assert_eq!(replication.poll_caught_up(), Some((1, "b:1".to_string())));
+    }
+    /// The delivery bounds reported since the last call, as (queue, position).
+    fn bounds(replication: &mut PrimaryReplication) -> Vec<(String, u64)> {
+        replication.poll_replicated().map(|(queue, position)| (queue.to_string(), position.0)).collect()
+    }
+
+    #[test]
+    fn a_held_message_is_deliverable_only_once_its_stream_confirmed_it() {
+        // Goal: with one linked stream, a message is not reported deliverable while unsent or
+        // sent and unconfirmed, and is once its batch is confirmed; the bound only rises, in
+        // position order. Method: one link, enqueues with holds, batches confirmed one by one.
+        let mut replication = PrimaryReplication::new(Epoch(1));
+        replication.handle_link_opened(1, "b:1", Vec::new());
+        replication.handle_event(created("q"));
+        replication.handle_event(enqueued("q", 1, Some(1)));
+        assert!(bounds(&mut replication).is_empty(), "unsent");
+        let first = replication.poll_batch(1, BYTES).unwrap();
+        replication.handle_event(enqueued("q", 2, Some(2)));
+        replication.handle_event(enqueued("q", 3, Some(3)));
+        let second = replication.poll_batch(1, BYTES).unwrap();
+        assert!(bounds(&mut replication).is_empty(), "sent, not confirmed");
+        replication.handle_confirm(1, first.stream_seq).unwrap();
+        assert_eq!(bounds(&mut replication), [("q".to_string(), 1)]);
+        assert!(bounds(&mut replication).is_empty(), "reported once");
+        replication.handle_confirm(1, second.stream_seq).unwrap();
+        assert_eq!(bounds(&mut replication), [("q".to_string(), 3)]);
+        // Another queue's enqueue does not move this one's bound.
+        replication.handle_event(created("r"));
+        replication.handle_event(enqueued("r", 1, Some(4)));
+        drain(&mut replication, 1);
+        assert_eq!(bounds(&mut replication), [("r".to_string(), 1)]);
+    }
+
+    #[test]
+    fn a_message_waits_for_every_link_and_a_lost_or_overflowed_link_gates_nothing() {
+        // Goal: with two links a message is deliverable once both confirmed it, or once the one
+        // that has not is lost; an overflowed link stops gating at once, before it is closed.
+        let mut replication = PrimaryReplication::new(Epoch(1));
+        replication.handle_link_opened(1, "b1:1", Vec::new());
+        replication.handle_link_opened(2, "b2:1", Vec::new());
+        replication.handle_event(created("q"));
+        replication.handle_event(enqueued("q", 1, Some(1)));
+        drain(&mut replication, 1);
+        assert!(bounds(&mut replication).is_empty(), "link 2 has not confirmed");
+        replication.poll_batch(2, BYTES).unwrap();
+        replication.handle_link_lost(2);
+        assert_eq!(bounds(&mut replication), [("q".to_string(), 1)]);
+        // A link that never confirms overflows: what it gated is deliverable once the other
+        // link confirmed it, without waiting for the transport to close it.
+        replication.handle_link_opened(3, "stuck:1", Vec::new());
+        let mut position = 2;
+        while replication.poll_overflowed().is_none() {
+            replication.handle_event(enqueued("q", position, Some(position)));
+            position += 1;
+            if position.is_multiple_of(4096) {
+                drain(&mut replication, 1);
+            }
+        }
+        drain(&mut replication, 1);
+        assert_eq!(bounds(&mut replication), [("q".to_string(), position - 1)]);
+    }
+
+    #[test]
+    fn expected_backups_never_gate_and_no_link_means_deliverable_at_once() {
+        // Goal: recovering mode must not stall consumers: an enqueue whose hold only expected
+        // backups collect is reported deliverable at once; once a link opens it gates the
+        // following enqueues (not the earlier ones, in its snapshot); an enqueue without a hold
+        // (no holder at all) is the shard's to deliver and is not reported.
+        let mut replication = PrimaryReplication::new(Epoch(2));
+        replication.handle_event(created("q"));
+        replication.handle_event(enqueued("q", 1, None));
+        assert!(bounds(&mut replication).is_empty());
+        replication.expect_backups(&names(&["b1:1"]));
+        replication.handle_event(enqueued("q", 2, Some(2)));
+        replication.handle_event(enqueued("q", 3, Some(3)));
+        assert_eq!(bounds(&mut replication), [("q".to_string(), 3)]);
+        assert_eq!(replication.expected_held("b1:1"), 2, "its confirms are still held");
+        // The backup links: its snapshot's messages are not gated, the next enqueue is.
+        let snapshot = vec![created("q"), enqueued("q", 1, None), enqueued("q", 2, None), enqueued("q", 3, None)];
+        replication.handle_link_opened(1, "b1:1", snapshot);
+        replication.handle_event(enqueued("q", 4, Some(4)));
+        assert!(bounds(&mut replication).is_empty());
+        let live = replication.poll_batch(1, BYTES).unwrap();
+        assert_eq!(positions(&live.records, "q"), [4]);
+        replication.handle_confirm(1, live.stream_seq).unwrap();
+        assert_eq!(bounds(&mut replication), [("q".to_string(), 4)], "the backlog does not gate");
+    }
+
+    #[test]
+    fn a_purge_or_a_delete_leaves_no_message_stuck() {
+        // Goal: gated messages dequeued before they were sent (a purge) hold back only later
+        // messages that link must confirm anyway; a deleted queue's gate goes with it, and a
+        // queue re-created under its name (positions above) is gated afresh.
+        let mut replication = PrimaryReplication::new(Epoch(1));
+        replication.handle_link_opened(1, "b:1", Vec::new());
+        replication.handle_event(created("q"));
+        replication.handle_event(enqueued("q", 1, Some(1)));
+        replication.handle_event(enqueued("q", 2, Some(2)));
+        replication.handle_event(dequeued("q", 1));
+        replication.handle_event(dequeued("q", 2));
+        drain(&mut replication, 1);
+        assert!(bounds(&mut replication).is_empty(), "nothing was sent, nothing confirmed");
+        replication.handle_event(enqueued("q", 3, Some(3)));
+        assert!(bounds(&mut replication).is_empty());
+        drain(&mut replication, 1);
+        assert_eq!(bounds(&mut replication), [("q".to_string(), 3)]);
+        // Deleted with a gated message in flight, then re-created above it.
+        replication.handle_event(enqueued("q", 4, Some(4)));
+        let inflight = replication.poll_batch(1, BYTES).unwrap();
+        replication.handle_event(ReplicationEvent::QueueDeleted { name: Arc::from("q") });
+        replication.handle_event(created("q"));
+        replication.handle_event(enqueued("q", 10, Some(5)));
+        replication.handle_confirm(1, inflight.stream_seq).unwrap();
+        let reported = bounds(&mut replication);
+        assert!(
+            reported.iter().all(|(_, bound)| *bound < 10),
+            "the old queue's confirm opened the new one: {reported:?}"
+        );
+        drain(&mut replication, 1);
+        assert_eq!(bounds(&mut replication), [("q".to_string(), 10)]);
+    }
+
+    /// The model of one open link: held positions it has not confirmed, and its batches sent and
+    /// not confirmed with the positions each carries.
+    type LinkModel = (BTreeSet<u64>, Vec<(StreamSeq, Vec<u64>)>);
+
+    #[test]
+    fn random_links_and_confirms_never_report_a_message_an_open_link_has_not_confirmed() {
+        // Goal: the gate's safety and liveness under any interleaving: a reported bound never
+        // covers a held position that a link open since that enqueue has not confirmed, and once
+        // every link confirmed everything (or was lost) the bound reaches the last enqueue.
+        // Method: a seeded sequence of enqueues (with holds while links are open), dequeues,
+        // link opens (with the shard's snapshot), losses, batches sent and confirmed late.
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move |bound: u64| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state % bound
+        };
+        for round in 0..20 {
+            let mut replication = PrimaryReplication::new(Epoch(1));
+            replication.handle_event(created("q"));
+            let mut stored: BTreeSet<u64> = BTreeSet::new();
+            // Positions whose enqueue took holds (the others are the shard's to deliver).
+            let mut held_positions: BTreeSet<u64> = BTreeSet::new();
+            // Per open link: held positions not yet confirmed, and batches sent and unconfirmed.
+            let mut open: BTreeMap<LinkId, LinkModel> = BTreeMap::new();
+            let (mut position, mut next_link, mut bound) = (1u64, 1 as LinkId, 0u64);
+            for _ in 0..400 {
+                match next(7) {
+                    0..=2 => {
+                        let held = !open.is_empty();
+                        replication.handle_event(enqueued("q", position, held.then_some(position)));
+                        for (pending, _) in open.values_mut() {
+                            pending.insert(position);
+                        }
+                        if held {
+                            held_positions.insert(position);
+                        }
+                        stored.insert(position);
+                        position += 1;
+                    }
+                    3 => {
+                        if let Some(&first) = stored.iter().nth(next(stored.len() as u64 + 1) as usize) {
+                            stored.remove(&first);
+                            replication.handle_event(dequeued("q", first));
+                            // Dropped unsent by every link that had not batched it: gone.
+                            for (pending, _) in open.values_mut() {
+                                pending.remove(&first);
+                            }
+                        }
+                    }
+                    4 => {
+                        let mut snapshot = vec![created("q")];
+                        snapshot.extend(stored.iter().map(|&p| enqueued("q", p, None)));
+                        replication.handle_link_opened(next_link, "b:1", snapshot);
+                        open.insert(next_link, (BTreeSet::new(), Vec::new()));
+                        next_link += 1;
+                    }
+                    5 if !open.is_empty() => {
+                        let link = *open.keys().nth(next(open.len() as u64) as usize).unwrap();
+                        if next(4) == 0 {
+                            replication.handle_link_lost(link);
+                            open.remove(&link);
+                        } else if let Some(batch) = replication.poll_batch(link, BYTES) {
+                            let sent = positions(&batch.records, "q");
+                            open.get_mut(&link).unwrap().1.push((batch.stream_seq, sent));
+                        }
+                    }
+                    6 if !open.is_empty() => {
+                        let link = *open.keys().nth(next(open.len() as u64) as usize).unwrap();
+                        let (pending, inflight) = open.get_mut(&link).unwrap();
+                        if !inflight.is_empty() {
+                            let (seq, _) = inflight[next(inflight.len() as u64) as usize];
+                            replication.handle_confirm(link, seq).unwrap();
+                            for (_, sent) in inflight.iter().filter(|(batch, _)| *batch <= seq) {
+                                for p in sent {
+                                    pending.remove(p);
+                                }
+                            }
+                            inflight.retain(|(batch, _)| *batch > seq);
+                        }
+                    }
+                    _ => {}
+                }
+                for (queue, reported) in bounds(&mut replication) {
+                    assert_eq!(queue, "q");
+                    assert!(reported > bound, "round {round}: bounds only rise");
+                    bound = reported;
+                    assert!(bound < position, "round {round}: above the last enqueue");
+                }
+                // Safety: no stored message within the bound waits for an open link's confirm.
+                for (link, (pending, _)) in &open {
+                    if let Some(&lowest) = pending.iter().find(|p| stored.contains(p)) {
+                        assert!(lowest > bound, "round {round}: {lowest} reported before link {link} confirmed it");
+                    }
+                }
+            }
+            // Liveness: every link confirms everything; the bound reaches the last enqueue.
+            for (&link, (_, inflight)) in &open {
+                if let Some(&(seq, _)) = inflight.last() {
+                    replication.handle_confirm(link, seq).unwrap();
+                }
+                drain(&mut replication, link);
+            }
+            bound = bounds(&mut replication).last().map_or(bound, |(_, reported)| *reported);
+            let stuck = stored.iter().find(|&&p| p > bound && held_positions.contains(&p));
+            assert!(stuck.is_none(), "round {round}: {stuck:?} stuck above {bound}");
+        }
     }
 }
