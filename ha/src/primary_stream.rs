@@ -14,7 +14,10 @@
 //! - the backup confirmed the batch that carried the message;
 //! - the message was dequeued on the primary before it was put in a batch: then neither the
 //!   enqueue nor the dequeue is ever sent ("a message consumed and acked on the primary before it
-//!   was replicated is not sent"), and the hold is released at once;
+//!   was replicated is not sent"), and the hold is released at once. A message this stream holds
+//!   is not delivered to consumers before its backup confirmed it (`primary_replication`,
+//!   "Delivery gates"), so this happens only to a purged message, or to one stored before the
+//!   stream existed or while only expected backups held it (never gated);
 //! - the queue was deleted before the message was put in a batch (the message is gone, as if
 //!   consumed);
 //! - the backup was lost (`handle_backup_lost`): a dropped backup stops holding publishers.
@@ -35,9 +38,9 @@
 //! unconfirmed, so holding the confirm until the key is on the backup would only make a re-send
 //! more likely, not its suppression. What remains (PROTOCOL.md 2.5.4): if the primary dies after
 //! the consumption and before the backup has the batch carrying the key, and the producer did not
-//! get the confirm, the re-send is stored again (as for a message delivered before its own batch
-//! reached the backup). A queue's deletion drops its pending keys (its window goes with it on both
-//! ends). A catch-up's window comes through `handle_dedup_seen`, in order with the queue creates.
+//! get the confirm, the re-send is stored again. Delivery gating leaves this only to messages no
+//! linked stream gated (stored while only expected backups held, in recovering mode). A queue's
+//! deletion drops its pending keys (its window goes with it on both ends). A catch-up's window comes through `handle_dedup_seen`, in order with the queue creates.
 //!
 //! A message dequeued *after* its batch was sent keeps its hold until that batch is confirmed:
 //! finding it in the in-flight window would need a per-message index on the hot path, and the
