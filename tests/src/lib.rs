@@ -13,6 +13,7 @@
 //! address of that network namespace instead (the partition test).
 //!
 //! Module `ha`: what the HA process tests share (a promoted cluster, states, depths on backups).
+//! Module `sim`: the deterministic simulation of the HA protocol (no processes; see its doc).
 //!
 //! `eventually` polls a condition against a deadline, for state that settles asynchronously (queue
 //! counts after acks).
@@ -23,6 +24,7 @@
 //! - The process never outlives its `BrokerProcess`.
 
 pub mod ha;
+pub mod sim;
 
 use std::fs::File;
 use std::net::{SocketAddr, TcpListener, TcpStream};

@@ -1,0 +1,161 @@
+//! `ringmq-sim`: runs the deterministic HA simulation from the command line.
+//!
+//! - `ringmq-sim --seed S [--verbose]`: runs seed S and prints its outcome; on a failure, what
+//!   broke and the last events. `--verbose` prints every event as it happens. The same seed
+//!   always replays the same run.
+//! - `--strict` (with either): the open issues fail a seed too, and the cluster manager neither
+//!   fences nor avoids a second promotion (see `ringmq_tests::sim::invariants`).
+//! - `ringmq-sim --seeds N [--from K] [--jobs J]`: runs seeds K..K+N on J threads (default: one per
+//!   core), printing every failure's seed and violation as it comes, then the totals: seeds, steps,
+//!   steps per second, failures. Exits 1 if any seed failed.
+
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use ringmq_tests::sim::{run, SimConfig};
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match parse(&args) {
+        Ok(Command::One { seed, verbose, strict }) => one(seed, verbose, strict),
+        Ok(Command::Many { count, from, jobs, strict }) => many(count, from, jobs, strict),
+        Err(message) => {
+            eprintln!("ringmq-sim: {message}");
+            eprintln!("usage: ringmq-sim --seed S [--verbose] [--strict] | --seeds N [--from K] [--jobs J] [--strict]");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// What to run.
+enum Command {
+    /// One seed, with its trace on failure.
+    One {
+        /// The seed.
+        seed: u64,
+        /// Print every event.
+        verbose: bool,
+        /// Fail on the open issues too.
+        strict: bool,
+    },
+    /// Many seeds.
+    Many {
+        /// How many.
+        count: u64,
+        /// The first.
+        from: u64,
+        /// Threads.
+        jobs: usize,
+        /// Fail on the open issues too.
+        strict: bool,
+    },
+}
+
+fn parse(args: &[String]) -> Result<Command, String> {
+    let mut seed = None;
+    let mut count = None;
+    let mut from = 0;
+    let mut jobs = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut verbose = false;
+    let mut strict = false;
+    let mut iter = args.iter();
+    while let Some(arg) = iter.next() {
+        let mut value = |name: &str| -> Result<u64, String> {
+            let text = iter.next().ok_or_else(|| format!("{name} needs a value"))?;
+            text.parse().map_err(|_| format!("{name} must be an unsigned integer; got '{text}'"))
+        };
+        match arg.as_str() {
+            "--seed" => seed = Some(value("--seed")?),
+            "--seeds" => count = Some(value("--seeds")?),
+            "--from" => from = value("--from")?,
+            "--jobs" => jobs = value("--jobs")?.max(1) as usize,
+            "--verbose" => verbose = true,
+            "--strict" => strict = true,
+            other => return Err(format!("unknown argument '{other}'")),
+        }
+    }
+    match (seed, count) {
+        (Some(seed), None) => Ok(Command::One { seed, verbose, strict }),
+        (None, Some(count)) => Ok(Command::Many { count, from, jobs, strict }),
+        _ => Err("give exactly one of --seed S and --seeds N".into()),
+    }
+}
+
+/// The settings of `seed`, strict or not.
+fn config(seed: u64, strict: bool) -> SimConfig {
+    SimConfig { strict, ..SimConfig::from_seed(seed) }
+}
+
+fn one(seed: u64, verbose: bool, strict: bool) -> ExitCode {
+    let started = Instant::now();
+    let outcome = run(config(seed, strict), verbose);
+    let elapsed = started.elapsed();
+    println!(
+        "seed {seed}: {} steps, {} simulated, {:.0} steps/s, trace hash {:016x}",
+        outcome.steps,
+        outcome.sim_time,
+        outcome.steps as f64 / elapsed.as_secs_f64(),
+        outcome.trace_hash
+    );
+    println!("  {}", outcome.summary);
+    match outcome.failure {
+        None => ExitCode::SUCCESS,
+        Some(failure) => {
+            println!("seed {seed} FAILED: {failure}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn many(count: u64, from: u64, jobs: usize, strict: bool) -> ExitCode {
+    let started = Instant::now();
+    let next = Arc::new(AtomicU64::new(from));
+    let end = from.saturating_add(count);
+    let steps = Arc::new(AtomicU64::new(0));
+    let done = Arc::new(AtomicU64::new(0));
+    let failures = Arc::new(Mutex::new(Vec::new()));
+    let threads: Vec<_> = (0..jobs)
+        .map(|_| {
+            let (next, steps, done, failures) = (next.clone(), steps.clone(), done.clone(), failures.clone());
+            std::thread::spawn(move || loop {
+                let seed = next.fetch_add(1, Ordering::Relaxed);
+                if seed >= end {
+                    return;
+                }
+                let outcome = run(config(seed, strict), false);
+                steps.fetch_add(outcome.steps, Ordering::Relaxed);
+                let finished = done.fetch_add(1, Ordering::Relaxed) + 1;
+                if let Some(failure) = outcome.failure {
+                    println!("seed {seed} FAILED: {}", failure.violation);
+                    failures.lock().expect("no thread panics holding it").push(seed);
+                }
+                if finished % 1000 == 0 {
+                    println!("{finished} seeds run");
+                }
+            })
+        })
+        .collect();
+    for thread in threads {
+        if thread.join().is_err() {
+            eprintln!("ringmq-sim: a run panicked (see above); its seed is the one printed with the panic");
+        }
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let steps = steps.load(Ordering::Relaxed);
+    let mut failures = failures.lock().expect("threads ended").clone();
+    failures.sort_unstable();
+    println!(
+        "{} seeds from {from} in {elapsed:.1} s on {jobs} threads: {steps} steps, {:.0} steps/s, {} failed{}",
+        done.load(Ordering::Relaxed),
+        steps as f64 / elapsed,
+        failures.len(),
+        if failures.is_empty() { String::new() } else { format!(": {failures:?}") }
+    );
+    if failures.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
