@@ -6,7 +6,7 @@
 use std::process::ExitCode;
 
 use ringmq_core::shard::ShardConfig;
-use ringmq_transport::link::LinkConfig;
+use ringmq_ha::shard_node::NodeConfig;
 use ringmq_transport::runtime::{start, TransportConfig};
 
 use crate::config::{is_listen_address, option_table, BrokerConfig};
@@ -26,12 +26,13 @@ pub fn run(args: &[String]) -> ExitCode {
     };
     init_logging(&config.log);
     let listen = config.listen_addr();
-    let link = LinkConfig {
+    let link = NodeConfig {
         heartbeat_interval: config.link_heartbeat_interval,
         maintenance_interval: config.link_maintenance_interval,
-        primary_addresses: config.link_addresses(|host, port| is_own_address(listen, host, port)),
+        peer_addresses: config.link_addresses(|host, port| is_own_address(listen, host, port)),
         own_address: listen.to_string(),
         backup_timeout: config.ha_backup_timeout,
+        shard_count: config.shards,
     };
     let transport = TransportConfig { listen, pin_cores: config.pin_cores, ring_entries: config.ring_entries, link };
     let shard_config = ShardConfig {

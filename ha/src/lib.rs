@@ -61,14 +61,20 @@
 //! - A backup never applies a record from an epoch older than the highest it has seen.
 
 pub mod backup_link;
+mod backup_session;
 pub mod backup_stream;
+mod epoch_watch;
 pub mod limits;
 pub mod link_frame;
 pub mod link_heartbeat;
 pub mod membership;
+pub mod node_output;
 pub mod primary_replication;
+mod primary_role;
 pub mod primary_stream;
 pub mod record;
+mod served_links;
+pub mod shard_node;
 pub mod url;
 
 pub use ringmq_core::{broker_state, epoch, replication_level};

@@ -80,6 +80,21 @@ pub enum LinkFrame {
     Members(Vec<String>),
 }
 
+impl LinkFrame {
+    /// The frame's name, for errors and logs.
+    pub fn name(&self) -> &'static str {
+        match self {
+            LinkFrame::Native(frame) => frame.name(),
+            LinkFrame::Batch(_) => "replication-batch",
+            LinkFrame::Confirm(_) => "replication-confirm",
+            LinkFrame::Open(_) => "link-open",
+            LinkFrame::Accepted(_) => "link-accepted",
+            LinkFrame::MarkedReady => "marked-ready",
+            LinkFrame::Members(_) => "members",
+        }
+    }
+}
+
 /// A backup shard asks the primary for its shard's replication stream.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LinkOpen {

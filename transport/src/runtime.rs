@@ -8,8 +8,8 @@ use std::thread::JoinHandle;
 
 use ringmq_core::ids::ShardId;
 use ringmq_core::shard::{Shard, ShardConfig};
+use ringmq_ha::shard_node::NodeConfig;
 
-use crate::link::LinkConfig;
 use crate::listener::bind_shared;
 use crate::shard_control::ShardControls;
 use crate::shard_loop::run_shard;
@@ -24,8 +24,8 @@ pub struct TransportConfig {
     pub pin_cores: bool,
     /// io_uring submission queue entries per shard.
     pub ring_entries: u32,
-    /// Broker-to-broker links: heartbeats, and the primary's addresses when a backup.
-    pub link: LinkConfig,
+    /// The HA settings of every shard: heartbeats, the cluster's other brokers.
+    pub link: NodeConfig,
 }
 
 /// A running broker: its address and its shard threads.

@@ -1,5 +1,6 @@
 //! Rare messages between shards' IO shells that the core never sees: a backup link handed to the
-//! shard that serves it, and the progress of backups' catch-up reported to shard 0.
+//! shard that serves it, and the nodes' controls (`NodeControl`: backups' catch-up progress
+//! reported to shard 0, `members`, recovering mode's timeout).
 //!
 //! These travel a few times per backup connection, never per message, so one mutex-guarded queue
 //! per shard is enough; the message path keeps its lock-free rings (`shard_ring`). A sender pushes
@@ -15,6 +16,7 @@ use std::sync::{Arc, Mutex};
 
 use bytes::BytesMut;
 use ringmq_ha::link_frame::LinkOpen;
+use ringmq_ha::node_output::NodeControl;
 
 use crate::doorbell::Doorbell;
 
@@ -22,52 +24,15 @@ use crate::doorbell::Doorbell;
 pub(crate) enum Control {
     /// A backup's link for this shard, accepted by another shard: serve it here.
     AdoptLink {
-        /// The connection, already past the preamble and `hello`.
+        /// The connection, already past the preamble, `hello` and `link-open`.
         stream: std::net::TcpStream,
         /// Bytes read after the `link-open` frame (normally none).
         pending: BytesMut,
         /// What the backup asked for.
         open: LinkOpen,
     },
-    /// To shard 0: a backup's link on `shard` opened; its catch-up begins.
-    LinkOpened {
-        /// The backup's name (its address).
-        backup: String,
-        /// The primary shard it links to.
-        shard: u16,
-        /// For a shard-0 link, its connection on shard 0 (where `marked-ready` and `members` go).
-        conn: Option<ringmq_core::ids::ConnId>,
-    },
-    /// From a backup's shard 0 to its other shards: the primary's ready backups (`members`).
-    Members {
-        /// Their addresses.
-        ready: Vec<String>,
-    },
-    /// From shard 0 of a recovering primary: `ha-backup-timeout` passed for these expected
-    /// backups; stop holding confirms for them.
-    ExpectedTimedOut {
-        /// Their addresses.
-        backups: Vec<String>,
-    },
-    /// To shard 0: a backup's link on `shard` holds everything that shard had when it opened.
-    CaughtUp {
-        /// The backup's name (its address).
-        backup: String,
-        /// The primary shard whose backlog it holds.
-        shard: u16,
-    },
-    /// To shard 0: a backup linked with a newer epoch than ours: another primary exists.
-    Superseded {
-        /// The newer epoch.
-        epoch: ringmq_core::epoch::Epoch,
-    },
-    /// To shard 0: a backup's link on `shard` ended.
-    LinkLost {
-        /// The backup's name.
-        backup: String,
-        /// The primary shard whose link ended.
-        shard: u16,
-    },
+    /// A message between the shards' nodes.
+    Node(NodeControl),
 }
 
 /// The control queues of every shard, by index, with their doorbells.
@@ -84,11 +49,6 @@ impl ShardControls {
     pub(crate) fn new(doorbells: Vec<Arc<Doorbell>>) -> ShardControls {
         let queues = doorbells.iter().map(|_| Mutex::new(VecDeque::new())).collect();
         ShardControls { queues, doorbells }
-    }
-
-    /// Shards in the broker.
-    pub(crate) fn len(&self) -> u16 {
-        self.queues.len() as u16
     }
 
     /// Sends `control` to shard `to` and wakes it.

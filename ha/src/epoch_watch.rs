@@ -1,0 +1,99 @@
+//! Fencing a superseded primary: while this broker is a primary of a cluster, shard 0 asks every
+//! other broker of `ha-brokers-url`, once per `link-maintenance-interval`, for its HA state and
+//! epoch (`NodeOutput::Probe`). When one of them is a primary of a newer epoch, this broker steps
+//! down (`superseded-by-newer-epoch`): its client connections close, it becomes a joining backup
+//! and links to the newer primary, which resynchronises it.
+//!
+//! This covers a primary that was paused (SIGSTOP, a long stall, a partition) while the cluster
+//! manager promoted another broker, and that comes back still believing it is the primary. The
+//! reference relied on the cluster manager alone for this. A backup link that carries a newer
+//! epoch than ours (`served_links`) makes us step down at once, without waiting for the next probe.
+//!
+//! The window this leaves: between the resumption of a superseded primary and its next probe (at
+//! most one maintenance interval plus the probe's round trip), it may still confirm publishes that
+//! no backup holds, since its backups left it. Clients that fail over re-send what was not
+//! confirmed by the new primary; what the old one confirmed in that window is lost with it.
+//!
+//! Invariants:
+//! - Only a primary state of a cluster (`recovering`, `active`) steps down, and only for a peer
+//!   that reports a primary state with a strictly newer epoch.
+//! - A peer that does not answer is skipped: silence never demotes.
+
+use std::time::{Duration, Instant};
+
+use ringmq_core::broker_state::{BrokerState, TransitionCause};
+use ringmq_core::epoch::Epoch;
+
+use crate::node_output::NodeOutput;
+use crate::shard_node::ShardNode;
+
+/// When shard 0 probes its peers next.
+#[derive(Debug)]
+pub(crate) struct EpochWatch {
+    /// `link-maintenance-interval`.
+    interval: Duration,
+    /// The next round of probes.
+    next_at: Instant,
+}
+
+impl EpochWatch {
+    /// A watch whose first round is one interval after `now`.
+    pub(crate) fn new(now: Instant, interval: Duration) -> EpochWatch {
+        EpochWatch { interval, next_at: now + interval }
+    }
+}
+
+impl ShardNode {
+    /// Whether this shard probes: shard 0 of a primary of a cluster.
+    fn watches(&self) -> bool {
+        let state = self.shard.ha().state();
+        self.shard.id().0 == 0
+            && !self.config.peer_addresses.is_empty()
+            && matches!(state, BrokerState::Recovering | BrokerState::Active)
+    }
+
+    /// The next round of probes, while this shard probes.
+    pub(crate) fn watch_poll_timeout(&self) -> Option<Instant> {
+        self.watches().then_some(self.watch.next_at)
+    }
+
+    /// Starts a round of probes when one is due.
+    pub(crate) fn watch_timeout(&mut self, now: Instant) {
+        if now < self.watch.next_at {
+            return;
+        }
+        self.watch.next_at = now + self.watch.interval;
+        if !self.watches() {
+            return;
+        }
+        for address in &self.config.peer_addresses {
+            self.outputs.push(NodeOutput::Probe { address: address.clone() });
+        }
+    }
+
+    /// A probe of `address` answered with its state and epoch, or not at all (`None`).
+    pub fn handle_probe_answer(&mut self, address: &str, answer: Option<(BrokerState, Epoch)>) {
+        let Some((state, epoch)) = answer else { return };
+        let ours = self.shard.ha().epoch();
+        if epoch > ours && matches!(state, BrokerState::Recovering | BrokerState::Active) && self.watches() {
+            tracing::warn!(peer = %address, %epoch, %ours, "a newer primary exists: stepping down");
+            self.step_down(epoch);
+        }
+    }
+
+    /// Shard 0: this primary learned of a newer epoch; it becomes a joining backup. The other
+    /// shards follow through the core, and each node drops its streams when it sees the backup
+    /// state (`ShardNode::pump`).
+    pub(crate) fn step_down(&mut self, epoch: Epoch) {
+        let state = self.shard.ha().state();
+        if !state.is_primary() || state == BrokerState::Standalone {
+            return;
+        }
+        self.shard.observe_epoch(epoch);
+        if let Err(error) =
+            self.shard.handle_ha_transition(BrokerState::Joining, TransitionCause::SupersededByNewerEpoch)
+        {
+            tracing::warn!(%error, "could not step down");
+        }
+    }
+}

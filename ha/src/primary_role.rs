@@ -1,0 +1,162 @@
+//! The primary's cluster-wide bookkeeping, on shard 0: which backups are linked and ready
+//! (`membership`), telling backups when they are ready (`marked-ready`) and who else is
+//! (`members`), and recovering mode after a promotion.
+//!
+//! Recovering mode (the reference's, section 7 of its internals): a newly promoted primary
+//! expects every backup that was ready under the previous primary (the last `members` list this
+//! broker received as a backup, itself left out). Each shard's `PrimaryReplication` holds new
+//! confirms for them (`expect_backups`); shard 0 counts an expected backup settled when it is
+//! ready again (every shard's link caught up) or when `ha-backup-timeout` passes, and moves the
+//! broker to `active` once all are settled. A primary that expects nobody is `active` at once (the
+//! coordinator does that at promotion, see `Shard::set_expected_backups`).
+//!
+//! Invariants:
+//! - `marked-ready` goes to a backup once per change to ready; `members` goes to every linked
+//!   backup after each change to the set of ready backups.
+//! - The broker leaves `recovering` only when no expected backup is left unsettled.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Instant;
+
+use ringmq_core::broker_state::{BrokerState, TransitionCause};
+use ringmq_core::ids::ConnId;
+
+use crate::link_frame::LinkFrame;
+use crate::membership::Membership;
+use crate::node_output::NodeControl;
+use crate::primary_replication::PrimaryReplication;
+use crate::shard_node::ShardNode;
+
+/// Shard 0's view of the cluster while this broker is a primary.
+#[derive(Debug)]
+pub(crate) struct PrimaryRole {
+    /// Which shards of which backup are linked and caught up.
+    membership: Membership,
+    /// Each backup's shard-0 link, by backup name: where `marked-ready` and `members` go.
+    shard0_links: BTreeMap<String, ConnId>,
+    /// Expected backups not yet settled (recovering mode).
+    expected: BTreeSet<String>,
+    /// When `ha-backup-timeout` passes for the expected backups.
+    expected_deadline: Option<Instant>,
+}
+
+impl PrimaryRole {
+    /// No backups yet, for a broker of `shard_count` shards.
+    pub(crate) fn new(shard_count: u16) -> PrimaryRole {
+        PrimaryRole {
+            membership: Membership::new(shard_count),
+            shard0_links: BTreeMap::new(),
+            expected: BTreeSet::new(),
+            expected_deadline: None,
+        }
+    }
+
+    /// When `ha-backup-timeout` passes, while backups are expected.
+    pub(crate) fn poll_timeout(&self) -> Option<Instant> {
+        self.expected_deadline.filter(|_| !self.expected.is_empty())
+    }
+}
+
+impl ShardNode {
+    /// Shard 0: a backup's link on `shard` opened.
+    pub(crate) fn role_link_opened(&mut self, backup: &str, shard: u16, conn: Option<ConnId>) {
+        if let Err(error) = self.role.membership.handle_shard_opened(backup, shard) {
+            tracing::warn!(%error, "backup not tracked");
+        }
+        if let Some(conn) = conn {
+            self.role.shard0_links.insert(backup.to_owned(), conn);
+        }
+    }
+
+    /// Shard 0: a backup's link on `shard` holds everything that shard had when it opened.
+    pub(crate) fn role_caught_up(&mut self, backup: &str, shard: u16) {
+        if !self.role.membership.handle_shard_caught_up(backup, shard) {
+            return;
+        }
+        tracing::info!(%backup, "backup holds everything: marked ready");
+        if let Some(conn) = self.role.shard0_links.get(backup) {
+            self.outputs.write_link_frame(*conn, &LinkFrame::MarkedReady);
+        }
+        let settled = self.role.expected.remove(backup);
+        self.send_members();
+        if settled {
+            self.settle_if_done();
+        }
+    }
+
+    /// Shard 0: a backup's link on `shard` ended.
+    pub(crate) fn role_link_lost(&mut self, backup: &str, shard: u16) {
+        let was_ready = self.role.membership.is_ready(backup);
+        self.role.membership.handle_shard_lost(backup, shard);
+        if shard == 0 {
+            self.role.shard0_links.remove(backup);
+        }
+        if was_ready {
+            self.send_members();
+        }
+    }
+
+    /// Any shard: the broker was just promoted (it is `recovering`). Opens the shard's replication
+    /// with the expected backups, and on shard 0 starts the `ha-backup-timeout` clock.
+    pub(crate) fn begin_recovery(&mut self, now: Instant) {
+        let own = &self.config.own_address;
+        let expected: Vec<String> = self.ready_members.iter().filter(|name| *name != own).cloned().collect();
+        // Changes made before are not held for the expected backups (there were none to hold).
+        self.settle();
+        let epoch = self.shard.ha().epoch();
+        let replication = self.replication.get_or_insert_with(|| PrimaryReplication::new(epoch));
+        replication.expect_backups(&expected);
+        self.shard.set_replica_holds(replication.holding_streams());
+        if self.shard.id().0 != 0 || expected.is_empty() {
+            return;
+        }
+        let timeout = self.config.backup_timeout;
+        tracing::info!(?expected, ?timeout, "recovering: waiting for the backups that were ready");
+        self.role.expected = expected.into_iter().collect();
+        self.role.expected_deadline = Some(now + timeout);
+    }
+
+    /// Shard 0: `ha-backup-timeout` passed for the backups still expected.
+    pub(crate) fn role_timeout(&mut self, now: Instant) {
+        if self.role.poll_timeout().is_none_or(|deadline| now < deadline) {
+            return;
+        }
+        self.role.expected_deadline = None;
+        let late: Vec<String> = std::mem::take(&mut self.role.expected).into_iter().collect();
+        tracing::warn!(?late, "ha-backup-timeout passed: no longer waiting for these backups");
+        for shard in 0..self.config.shard_count {
+            self.send_control(shard, NodeControl::ExpectedTimedOut { backups: late.clone() });
+        }
+        self.settle_if_done();
+    }
+
+    /// Any shard: shard 0 gave up waiting for `backups`; the confirms held for them are released.
+    pub(crate) fn expected_timed_out(&mut self, backups: &[String]) {
+        self.settle();
+        if let Some(replication) = self.replication.as_mut() {
+            for backup in backups {
+                replication.handle_expected_timed_out(backup);
+            }
+            self.shard.set_replica_holds(replication.holding_streams());
+        }
+    }
+
+    /// Shard 0: `active` once no expected backup is left.
+    fn settle_if_done(&mut self) {
+        if !self.role.expected.is_empty() || self.shard.ha().state() != BrokerState::Recovering {
+            return;
+        }
+        match self.shard.handle_ha_transition(BrokerState::Active, TransitionCause::ExpectedBackupsSettled) {
+            Ok(()) => tracing::info!("every expected backup is ready or timed out: active"),
+            Err(error) => tracing::warn!(%error, "could not leave recovering"),
+        }
+    }
+
+    /// Shard 0: tells every linked backup which backups are ready.
+    fn send_members(&mut self) {
+        let frame = LinkFrame::Members(self.role.membership.ready_list());
+        for conn in self.role.shard0_links.values() {
+            self.outputs.write_link_frame(*conn, &frame);
+        }
+    }
+}

@@ -1,0 +1,309 @@
+//! The primary's end of backups' replication links, on one shard: the `ShardNode`'s side of
+//! `PrimaryReplication`.
+//!
+//! A backup opens one link per shard (`backup_session`). Any shard of the primary may accept it
+//! (the port is shared), so after the preamble and `hello` the accepting shard reads the backup's
+//! `link-open`, which names the shard it wants, and hands the connection over
+//! (`NodeOutput::HandOver`) unless it is that shard. The serving shard then:
+//! - checks the request (same shard count, this broker a primary, the backup's epoch not newer)
+//!   and answers `link-accepted` or an `error`; a newer epoch makes shard 0 step down;
+//! - opens a replication stream whose catch-up is the shard's snapshot of its replicated queues
+//!   (only the difference from the holdings the `link-open` carried), taken in the same step, so
+//!   every later change follows it on the stream;
+//! - reads confirms and heartbeats until the link ends, then drops the stream, which releases the
+//!   confirms it held, and tells shard 0 (`NodeControl::LinkLost`).
+//!
+//! Invariants:
+//! - A stream exists exactly while its link is served: opened before the first batch, dropped
+//!   (holds released) when the link ends for any reason.
+//! - Changes the shard made before a stream opened go to the streams open before it, never to it.
+
+use std::collections::HashMap;
+use std::time::Instant;
+
+use bytes::BytesMut;
+use ringmq_core::frame::{ErrorCode, Frame};
+use ringmq_core::ids::ConnId;
+
+use crate::limits::{BATCH_BYTES_MAX, LINK_SILENT_INTERVALS_MAX};
+use crate::link_frame::{decode_link_frame, LinkAccepted, LinkFrame, LinkOpen};
+use crate::link_heartbeat::{HeartbeatAction, LinkHeartbeat};
+use crate::node_output::{NodeControl, NodeOutput};
+use crate::primary_replication::PrimaryReplication;
+use crate::record::encode_batch;
+use crate::shard_node::ShardNode;
+
+/// The backup links of one shard.
+#[derive(Debug, Default)]
+pub(crate) struct ServedLinks {
+    /// Admitted links waiting for their `link-open`, with the deadline for it.
+    awaiting: HashMap<ConnId, Instant>,
+    /// Links served here.
+    served: HashMap<ConnId, Served>,
+}
+
+/// One served link.
+#[derive(Debug)]
+struct Served {
+    /// The backup's name (its address).
+    backup: String,
+    /// Heartbeats.
+    heartbeat: LinkHeartbeat,
+}
+
+impl ServedLinks {
+    /// Whether `conn` is a backup link here, served or awaiting its `link-open`.
+    pub(crate) fn knows(&self, conn: ConnId) -> bool {
+        self.awaiting.contains_key(&conn) || self.served.contains_key(&conn)
+    }
+
+    /// The next instant a heartbeat or a deadline is due.
+    pub(crate) fn poll_timeout(&self) -> Option<Instant> {
+        let awaiting = self.awaiting.values().copied();
+        awaiting.chain(self.served.values().map(|s| s.heartbeat.poll_timeout())).min()
+    }
+
+    /// Notes that something was sent on `conn`.
+    fn handle_sent(&mut self, conn: ConnId, now: Instant) {
+        if let Some(served) = self.served.get_mut(&conn) {
+            served.heartbeat.handle_sent(now);
+        }
+    }
+}
+
+impl ShardNode {
+    /// The core admitted `conn` as a backup link: its `link-open` is due within the heartbeat
+    /// bound.
+    pub(crate) fn handle_link_admitted(&mut self, conn: ConnId, now: Instant) {
+        let deadline = now + self.config.heartbeat_interval * LINK_SILENT_INTERVALS_MAX;
+        self.served.awaiting.insert(conn, deadline);
+    }
+
+    /// Bytes arrived on a backup link of this shard.
+    pub(crate) fn handle_served_read(&mut self, conn: ConnId, buf: &mut BytesMut, now: Instant) {
+        if self.served.awaiting.contains_key(&conn) {
+            self.read_link_open(conn, buf, now);
+            return;
+        }
+        let Some(served) = self.served.served.get_mut(&conn) else { return };
+        served.heartbeat.handle_received(now);
+        let link = u64::from(conn.0);
+        loop {
+            let reason = match decode_link_frame(buf, BATCH_BYTES_MAX) {
+                Ok(None) => return,
+                Ok(Some(LinkFrame::Confirm(seq))) => {
+                    match self.replication.as_mut().map(|r| r.handle_confirm(link, seq)) {
+                        Some(Err(error)) => format!("bad confirm: {error}"),
+                        _ => continue,
+                    }
+                }
+                Ok(Some(LinkFrame::Native(Frame::Heartbeat))) => continue,
+                Ok(Some(other)) => format!("unexpected {} from a backup", other.name()),
+                Err(error) => format!("undecodable frame: {error}"),
+            };
+            buf.clear();
+            self.outputs.push(NodeOutput::Close { conn });
+            self.handle_served_closed(conn, &reason);
+            return;
+        }
+    }
+
+    /// Reads an admitted link's `link-open`, then serves it here or hands it over.
+    fn read_link_open(&mut self, conn: ConnId, buf: &mut BytesMut, now: Instant) {
+        let open = match decode_link_frame(buf, BATCH_BYTES_MAX) {
+            Ok(None) => return,
+            Ok(Some(LinkFrame::Open(open))) => open,
+            Ok(Some(other)) => {
+                let message = format!("a backup link must begin with link-open; got {}", other.name());
+                return self.refuse_link(conn, buf, ErrorCode::UnexpectedFrame, message);
+            }
+            Err(error) => return self.refuse_link(conn, buf, error.code(), error.to_string()),
+        };
+        self.served.awaiting.remove(&conn);
+        let own = self.shard.id().0;
+        let shard_count = self.config.shard_count;
+        if open.shard == own {
+            self.serve_link(conn, open, buf.split(), now);
+        } else if open.shard >= shard_count {
+            let message = format!(
+                "backup shard {} does not exist here: this primary has {shard_count} shards, and every member of a \
+                 cluster must have the same number",
+                open.shard
+            );
+            self.refuse_link(conn, buf, ErrorCode::PreconditionFailed, message);
+        } else {
+            let shard = open.shard;
+            self.outputs.push(NodeOutput::HandOver { conn, shard, open, pending: buf.split() });
+        }
+    }
+
+    /// Answers `error` on an admitted link and forgets it.
+    fn refuse_link(&mut self, conn: ConnId, buf: &mut BytesMut, code: ErrorCode, message: String) {
+        buf.clear();
+        self.served.awaiting.remove(&conn);
+        self.outputs.refuse(conn, code, message);
+    }
+
+    /// Serves the link `conn` that asked for this shard with `open`; `pending` are bytes read
+    /// after it.
+    pub(crate) fn serve_link(&mut self, conn: ConnId, open: LinkOpen, mut pending: BytesMut, now: Instant) {
+        if let Err((code, message)) = self.open_stream(conn, &open) {
+            tracing::warn!(backup = %open.backup, shard = open.shard, "backup link refused: {message}");
+            if open.epoch_highest > self.shard.ha().epoch() && code == ErrorCode::NotPrimary {
+                self.send_control(0, NodeControl::Superseded { epoch: open.epoch_highest });
+            }
+            return self.outputs.refuse(conn, code, message);
+        }
+        tracing::info!(backup = %open.backup, shard = open.shard, "backup link accepted");
+        let heartbeat = LinkHeartbeat::new(now, self.config.heartbeat_interval);
+        self.served.served.insert(conn, Served { backup: open.backup, heartbeat });
+        if !pending.is_empty() {
+            self.handle_served_read(conn, &mut pending, now);
+        }
+    }
+
+    /// Checks a `link-open` and, if it is acceptable, opens its stream with the shard's snapshot
+    /// as backlog and queues `link-accepted`, in one step, so no change to the queues falls
+    /// between the snapshot and the stream.
+    fn open_stream(&mut self, conn: ConnId, open: &LinkOpen) -> Result<(), (ErrorCode, String)> {
+        let shard_count = self.config.shard_count;
+        if open.shard_count != shard_count {
+            let message = format!(
+                "the backup has {} shards and this primary {shard_count}: every member of a cluster must have the \
+                 same number of shards",
+                open.shard_count
+            );
+            return Err((ErrorCode::PreconditionFailed, message));
+        }
+        let state = self.shard.ha().state();
+        if !state.is_primary() {
+            return Err((ErrorCode::NotPrimary, format!("this broker is {}, not a primary", state.name())));
+        }
+        let epoch = self.shard.ha().epoch();
+        if open.epoch_highest > epoch {
+            let message = format!(
+                "this primary's epoch {epoch} is older than epoch {} the backup has seen: a newer primary exists",
+                open.epoch_highest
+            );
+            return Err((ErrorCode::NotPrimary, message));
+        }
+        // Changes made before the snapshot go to the streams already open, not to the new one.
+        self.settle();
+        let mut snapshot = Vec::new();
+        let diff = self.shard.replication_snapshot_for(open.holdings.as_deref(), &mut snapshot);
+        match open.holdings {
+            Some(_) => tracing::info!(
+                backup = %open.backup,
+                shard = open.shard,
+                "catch-up: {} messages sent, {} dequeued, {} already held, {} queues deleted",
+                diff.sent,
+                diff.dequeued,
+                diff.held,
+                diff.queues_deleted
+            ),
+            None => {
+                tracing::info!(backup = %open.backup, shard = open.shard, "catch-up: full resync of {} messages", diff.sent)
+            }
+        }
+        let replication = self.replication.get_or_insert_with(|| PrimaryReplication::new(epoch));
+        replication.handle_link_opened(u64::from(conn.0), &open.backup, snapshot);
+        self.shard.set_replica_holds(replication.holding_streams());
+        let shard0_conn = (open.shard == 0).then_some(conn);
+        self.send_control(
+            0,
+            NodeControl::LinkOpened { backup: open.backup.clone(), shard: open.shard, conn: shard0_conn },
+        );
+        self.outputs.write_link_frame(conn, &LinkFrame::Accepted(LinkAccepted { epoch, shard_count }));
+        Ok(())
+    }
+
+    /// A served link ended for `reason`: its stream is dropped, releasing its holds, and shard 0
+    /// learns it. The caller closed the connection, or saw it close.
+    pub(crate) fn handle_served_closed(&mut self, conn: ConnId, reason: &str) {
+        if self.served.awaiting.remove(&conn).is_some() {
+            return;
+        }
+        let Some(served) = self.served.served.remove(&conn) else { return };
+        // Changes made before the loss still go to this stream, so their holds come back with it.
+        self.settle();
+        if let Some(replication) = self.replication.as_mut() {
+            replication.handle_link_lost(u64::from(conn.0));
+            self.shard.set_replica_holds(replication.holding_streams());
+        }
+        let shard = self.shard.id().0;
+        tracing::warn!(backup = %served.backup, shard, "backup link lost: {reason}");
+        self.send_control(0, NodeControl::LinkLost { backup: served.backup, shard });
+    }
+
+    /// Queues every batch the streams have ready for their links, reports caught-up backups to
+    /// shard 0, and closes links whose stream overflowed.
+    pub(crate) fn send_batches(&mut self, now: Instant) {
+        let Some(replication) = self.replication.as_mut() else { return };
+        let links: Vec<u64> = replication.links().collect();
+        for link in links {
+            let conn = ConnId(link as u32);
+            let mut bytes = BytesMut::new();
+            while let Some(batch) = replication.poll_batch(link, BATCH_BYTES_MAX as usize) {
+                // One allocation per batch: growing the buffer while encoding copied it again and again.
+                bytes.reserve(batch.encoded_len());
+                encode_batch(&batch, &mut bytes);
+            }
+            if !bytes.is_empty() {
+                self.served.handle_sent(conn, now);
+                self.outputs.write(conn, bytes);
+            }
+        }
+        let mut caught_up = Vec::new();
+        while let Some((_, backup)) = replication.poll_caught_up() {
+            caught_up.push(backup);
+        }
+        let mut overflowed = Vec::new();
+        while let Some(link) = replication.poll_overflowed() {
+            overflowed.push(ConnId(link as u32));
+        }
+        let shard = self.shard.id().0;
+        for backup in caught_up {
+            self.send_control(0, NodeControl::CaughtUp { backup, shard });
+        }
+        for conn in overflowed {
+            tracing::warn!(conn = conn.0, "a backup fell too far behind its replication stream; dropping its link");
+            self.outputs.push(NodeOutput::Shutdown { conn });
+            self.handle_served_closed(conn, "its replication stream overflowed");
+        }
+    }
+
+    /// Heartbeats of the served links and the deadlines of those awaiting `link-open`, at `now`.
+    pub(crate) fn served_timeouts(&mut self, now: Instant) {
+        let late: Vec<ConnId> =
+            self.served.awaiting.iter().filter(|(_, deadline)| **deadline <= now).map(|(conn, _)| *conn).collect();
+        for conn in late {
+            let message = "no link-open within 2x link-heartbeat-interval of hello".to_string();
+            self.served.awaiting.remove(&conn);
+            self.outputs.refuse(conn, ErrorCode::Malformed, message);
+        }
+        let mut silent = Vec::new();
+        for (conn, served) in &mut self.served.served {
+            match served.heartbeat.handle_timeout(now) {
+                None => {}
+                Some(HeartbeatAction::SendHeartbeat) => self.outputs.write_frame(*conn, &Frame::Heartbeat),
+                Some(HeartbeatAction::ClosePeerSilent { silent_for }) => silent.push((*conn, silent_for)),
+            }
+        }
+        silent.sort_by_key(|(conn, _)| *conn);
+        for (conn, silent_for) in silent {
+            tracing::warn!(conn = conn.0, ?silent_for, "link peer silent for 2x link-heartbeat-interval; closing");
+            self.outputs.push(NodeOutput::Shutdown { conn });
+            let reason = format!("nothing received for {silent_for:?} (2x link-heartbeat-interval)");
+            self.handle_served_closed(conn, &reason);
+        }
+    }
+
+    /// The broker stepped down: every served link ends (its stream is already gone).
+    pub(crate) fn drop_served_links(&mut self) {
+        let mut conns: Vec<ConnId> = self.served.served.drain().map(|(conn, _)| conn).collect();
+        conns.sort();
+        for conn in conns {
+            self.outputs.push(NodeOutput::Shutdown { conn });
+        }
+    }
+}

@@ -1,0 +1,342 @@
+//! One shard of one broker with all of its HA protocol, as a sans-IO machine: the core `Shard`
+//! plus the broker-to-broker links of that shard, their heartbeats, replication, and on shard 0
+//! the cluster-wide roles. The real transport and the simulator drive it the same way: they feed
+//! in what happened (bytes read, a connection closed, a dial answered, a timeout, a message from
+//! another shard) with the time, call `pump`, and carry out `poll_output` (`node_output`).
+//!
+//! The parts, each in its own module, all `impl ShardNode` or driven from here:
+//! - `backup_session`: a backup shard's link to the primary (dialling, handshake, batches).
+//! - `served_links`: the primary's end of backups' links (hand-over to the named shard, catch-up,
+//!   confirms), feeding this shard's `PrimaryReplication`.
+//! - `primary_role`: shard 0 of a primary: readiness of backups, `members`, recovering mode and
+//!   `ha-backup-timeout`.
+//! - `epoch_watch`: shard 0 of a primary probes its peers and steps down for a newer primary.
+//!
+//! Every connection, client or link, accepted or dialled, has a `ConnId` the shell allocates. A
+//! connection the core admits as a backup link (its preamble says so and this broker is the
+//! primary) leaves the core after `hello` and is served here.
+//!
+//! Call contract: after any `handle_*` call `pump(now)`, then take every `poll_output`; call
+//! `handle_timeout(now)` at `poll_timeout()`. `now` never goes backwards.
+//!
+//! Invariants:
+//! - The shard's replica hold count equals the number of streams holding confirms, after every
+//!   change to the streams (`Shard::set_replica_holds`).
+//! - A replication stream exists only while the broker is a primary; a backup session only while
+//!   it is a backup of a cluster.
+//! - Controls a node sends itself are handled within the same `pump`, in order.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use ringmq_core::broker_state::BrokerState;
+use ringmq_core::ids::ConnId;
+use ringmq_core::replication::{Hold, ReplicationEvent};
+use ringmq_core::shard::Shard;
+
+use crate::backup_session::BackupSession;
+use crate::epoch_watch::EpochWatch;
+use crate::link_frame::LinkOpen;
+use crate::node_output::{NodeControl, NodeOutput, Outputs};
+use crate::primary_replication::PrimaryReplication;
+use crate::primary_role::PrimaryRole;
+use crate::served_links::ServedLinks;
+
+/// A shard's HA settings.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// `link-heartbeat-interval`.
+    pub heartbeat_interval: Duration,
+    /// `link-maintenance-interval`: pacing of a backup's dials, period of a primary's probes.
+    pub maintenance_interval: Duration,
+    /// The other brokers of `ha-brokers-url`, `host:port`, this broker left out; empty when the
+    /// broker is not in a cluster (no links, no probes).
+    pub peer_addresses: Vec<String>,
+    /// This broker's own address, `host:port`: its name to the primary (`link-open`).
+    pub own_address: String,
+    /// `ha-backup-timeout`: how long a newly promoted primary holds confirms for each backup that
+    /// was ready under the previous primary, waiting for it to come back ready.
+    pub backup_timeout: Duration,
+    /// Shards in the broker (every member of a cluster has the same number).
+    pub shard_count: u16,
+}
+
+/// One shard and its HA protocol. See the module doc.
+pub struct ShardNode {
+    /// The core state machine.
+    pub(crate) shard: Shard,
+    /// Settings.
+    pub(crate) config: NodeConfig,
+    /// Streams to this shard's backups, while a primary (from the first link or the promotion).
+    pub(crate) replication: Option<PrimaryReplication>,
+    /// Backups' links served here.
+    pub(crate) served: ServedLinks,
+    /// The link to the primary, while a backup of a cluster.
+    backup: Option<BackupSession>,
+    /// Shard 0 of a primary: its backups and recovering mode.
+    pub(crate) role: PrimaryRole,
+    /// Shard 0 of a primary: probes for a newer primary.
+    pub(crate) watch: EpochWatch,
+    /// On a backup: the primary's ready backups as it last said (`members`); the others are
+    /// this broker's expected backups if it is promoted.
+    pub(crate) ready_members: Vec<String>,
+    /// The HA state as of the last pump, to act on changes.
+    seen_state: BrokerState,
+    /// Outputs not taken yet.
+    pub(crate) outputs: Outputs,
+    /// Controls this node sent itself, handled in `pump`.
+    own_controls: VecDeque<NodeControl>,
+    /// Scratch for `settle`: replication events and released holds.
+    scratch: (Vec<ReplicationEvent>, Vec<Hold>),
+}
+
+impl ShardNode {
+    /// A node around `shard`, starting at `now`.
+    pub fn new(shard: Shard, config: NodeConfig, now: Instant) -> ShardNode {
+        let seen_state = shard.ha().state();
+        let mut node = ShardNode {
+            role: PrimaryRole::new(config.shard_count),
+            watch: EpochWatch::new(now, config.maintenance_interval),
+            shard,
+            config,
+            replication: None,
+            served: ServedLinks::default(),
+            backup: None,
+            ready_members: Vec::new(),
+            seen_state,
+            outputs: Outputs::default(),
+            own_controls: VecDeque::new(),
+            scratch: (Vec::new(), Vec::new()),
+        };
+        node.follow_state(now);
+        node
+    }
+
+    /// The core shard.
+    pub fn shard(&self) -> &Shard {
+        &self.shard
+    }
+
+    /// The core shard, for the messages of other shards (`handle_peer`, `poll_peer`).
+    pub fn shard_mut(&mut self) -> &mut Shard {
+        &mut self.shard
+    }
+
+    /// Settings.
+    pub fn config(&self) -> &NodeConfig {
+        &self.config
+    }
+
+    /// A connection was accepted.
+    pub fn handle_accept(&mut self, conn: ConnId) {
+        self.shard.handle_accept(conn);
+    }
+
+    /// Bytes arrived on a connection; every complete frame of `buf` is consumed.
+    pub fn handle_read(&mut self, conn: ConnId, buf: &mut BytesMut, now: Instant) {
+        if let Some(backup) = self.backup.as_mut().filter(|b| b.owns(conn)) {
+            backup.handle_read(buf, now, &self.config, &mut self.shard, &mut self.ready_members, &mut self.outputs);
+            return;
+        }
+        if self.served.knows(conn) {
+            self.handle_served_read(conn, buf, now);
+            return;
+        }
+        self.shard.handle_read(conn, buf);
+        if self.shard.is_backup_link(conn) {
+            // Past `hello`, a backup link speaks the replication link protocol, served here; the
+            // core forgets it once its `hello` is out.
+            self.settle();
+            self.transmit();
+            self.shard.handle_closed(conn);
+            self.handle_link_admitted(conn, now);
+            self.handle_served_read(conn, buf, now);
+        }
+    }
+
+    /// A connection ended.
+    pub fn handle_closed(&mut self, conn: ConnId, now: Instant) {
+        if let Some(backup) = self.backup.as_mut().filter(|b| b.owns(conn)) {
+            backup.handle_closed(now, &mut self.outputs);
+        } else if self.served.knows(conn) {
+            self.handle_served_closed(conn, "closed by the backup");
+        } else {
+            self.shard.handle_closed(conn);
+        }
+    }
+
+    /// The dial asked for by `NodeOutput::Dial` connected as `conn`.
+    pub fn handle_dialed(&mut self, conn: ConnId, now: Instant) {
+        match self.backup.as_mut() {
+            Some(backup) => backup.handle_dialed(conn, now, &self.config, &mut self.outputs),
+            None => self.outputs.push(NodeOutput::Shutdown { conn }),
+        }
+    }
+
+    /// The dial asked for by `NodeOutput::Dial` failed.
+    pub fn handle_dial_failed(&mut self, now: Instant) {
+        if let Some(backup) = self.backup.as_mut() {
+            backup.handle_dial_failed(now);
+        }
+    }
+
+    /// A message from another shard's node of this broker.
+    pub fn handle_control(&mut self, control: NodeControl) {
+        match control {
+            NodeControl::LinkOpened { backup, shard, conn } => self.role_link_opened(&backup, shard, conn),
+            NodeControl::CaughtUp { backup, shard } => self.role_caught_up(&backup, shard),
+            NodeControl::LinkLost { backup, shard } => self.role_link_lost(&backup, shard),
+            NodeControl::Superseded { epoch } => self.step_down(epoch),
+            NodeControl::Members { ready } => self.ready_members = ready,
+            NodeControl::ExpectedTimedOut { backups } => self.expected_timed_out(&backups),
+        }
+    }
+
+    /// Time passed: heartbeats, handshakes, dials, `ha-backup-timeout`, probes.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.served_timeouts(now);
+        if let Some(backup) = self.backup.as_mut() {
+            backup.handle_timeout(now, &mut self.outputs);
+        }
+        self.role_timeout(now);
+        self.watch_timeout(now);
+    }
+
+    /// The next instant `handle_timeout` has work.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        [
+            self.served.poll_timeout(),
+            self.backup.as_ref().and_then(BackupSession::poll_timeout),
+            self.role.poll_timeout(),
+            self.watch_poll_timeout(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+
+    /// Whether reading `conn` should wait: a client's publishes and acks add replication records,
+    /// and while a stream holds too many unsent ones, clients are not read. Links are read on,
+    /// since their confirms end the wait.
+    pub fn read_paused(&self, conn: ConnId) -> bool {
+        self.producers_must_pause() && !self.served.knows(conn) && !self.backup.as_ref().is_some_and(|b| b.owns(conn))
+    }
+
+    /// Whether a replication stream holds so many unsent records that clients must wait.
+    pub fn producers_must_pause(&self) -> bool {
+        self.replication.as_ref().is_some_and(PrimaryReplication::producers_must_pause)
+    }
+
+    /// Runs the shard and its replication until nothing moves, queues their outputs, and acts on
+    /// a change of the broker's HA state.
+    pub fn pump(&mut self, now: Instant) {
+        loop {
+            self.settle();
+            self.transmit();
+            self.send_batches(now);
+            self.follow_state(now);
+            let Some(control) = self.own_controls.pop_front() else { break };
+            self.handle_control(control);
+        }
+    }
+
+    /// The next thing for the shell to do.
+    pub fn poll_output(&mut self) -> Option<NodeOutput> {
+        self.outputs.pop()
+    }
+
+    /// Sends `control` to shard `to` of this broker (handled in this `pump` when `to` is this
+    /// shard).
+    pub(crate) fn send_control(&mut self, to: u16, control: NodeControl) {
+        if to == self.shard.id().0 {
+            self.own_controls.push_back(control);
+        } else {
+            self.outputs.push(NodeOutput::Control { shard: to, control });
+        }
+    }
+
+    /// Drives the shard and feeds its replication events to the streams until no held confirm is
+    /// released any more.
+    pub(crate) fn settle(&mut self) {
+        loop {
+            self.shard.drive();
+            if !self.replicate() {
+                break;
+            }
+        }
+    }
+
+    /// Feeds the shard's replication events to its streams and hands released holds and raised
+    /// delivery bounds back to the shard. Returns whether either happened (the shard has confirms
+    /// or deliveries to drive).
+    fn replicate(&mut self) -> bool {
+        let (events, holds) = &mut self.scratch;
+        self.shard.poll_replication(events);
+        let Some(replication) = self.replication.as_mut() else {
+            // No backup has linked to this shard yet: there is nobody to tell.
+            events.clear();
+            return false;
+        };
+        for event in events.drain(..) {
+            replication.handle_event(event);
+        }
+        holds.clear();
+        let released = replication.poll_released(holds);
+        if released > 0 {
+            self.shard.handle_holds_released(holds);
+        }
+        // Delivery waits for the backups: messages they all confirmed may now go to consumers.
+        let deliverable = self.shard.handle_replicated(replication.poll_replicated());
+        released > 0 || deliverable
+    }
+
+    /// Queues the core's bytes for its client connections.
+    fn transmit(&mut self) {
+        while let Some((conn, bytes, close)) = self.shard.poll_transmit() {
+            self.outputs.write(conn, bytes);
+            if close {
+                self.outputs.push(NodeOutput::Close { conn });
+            }
+        }
+    }
+
+    /// Follows the broker's HA state: a backup of a cluster keeps a link to the primary; a broker
+    /// that became a backup drops its streams; a promoted one stops its link and, entering
+    /// `recovering`, holds confirms for its expected backups.
+    fn follow_state(&mut self, now: Instant) {
+        let state = self.shard.ha().state();
+        if state.is_backup() {
+            if self.replication.take().is_some() {
+                // Stepped down: the streams to our former backups end, and with them their links.
+                self.shard.set_replica_holds(0);
+                self.drop_served_links();
+            }
+            if self.backup.is_none() && !self.config.peer_addresses.is_empty() {
+                self.backup = Some(BackupSession::new(now, &self.config, &self.shard));
+            }
+            if let Some(backup) = self.backup.as_mut() {
+                backup.poll_dial(now, &mut self.outputs);
+            }
+        } else if let Some(mut backup) = self.backup.take() {
+            // Promoted: the link to the old primary ends.
+            backup.stop(&mut self.outputs);
+        }
+        let previous = std::mem::replace(&mut self.seen_state, state);
+        if state == previous {
+            return;
+        }
+        if state.is_primary() && !previous.is_primary() {
+            // A fresh view of the backups: links of an earlier term as primary are gone.
+            self.role = PrimaryRole::new(self.config.shard_count);
+        }
+        if state == BrokerState::Recovering {
+            self.begin_recovery(now);
+        }
+    }
+
+    /// Adopts a backup link another shard of this broker accepted and handed over.
+    pub fn handle_link_adopted(&mut self, conn: ConnId, open: LinkOpen, pending: BytesMut, now: Instant) {
+        self.serve_link(conn, open, pending, now);
+    }
+}
