@@ -76,6 +76,8 @@ pub enum ClientNote {
         number: u64,
         /// The connection it came on.
         conn: SimConnId,
+        /// When its last publish was sent (on that connection).
+        published_at: SimTime,
     },
     /// The consumer got a delivery.
     Delivered {
@@ -274,6 +276,10 @@ pub struct Producer {
     pub confirmed: BTreeSet<u64>,
     /// On the current connection: publish seq to number.
     seq_numbers: BTreeMap<u64, u64>,
+    /// When each unconfirmed number was last sent.
+    sent_at: BTreeMap<u64, SimTime>,
+    /// When each number was first sent.
+    first_sent: BTreeMap<u64, SimTime>,
     /// The next publish seq on the current connection.
     next_seq: u64,
     /// Most unconfirmed messages.
@@ -301,6 +307,8 @@ impl Producer {
             unconfirmed: BTreeSet::new(),
             confirmed: BTreeSet::new(),
             seq_numbers: BTreeMap::new(),
+            sent_at: BTreeMap::new(),
+            first_sent: BTreeMap::new(),
             next_seq: 0,
             window: rng.between(1, 64) as usize,
             batch_max: rng.between(1, 8),
@@ -314,6 +322,11 @@ impl Producer {
     /// The current connection.
     pub fn conn(&self) -> Option<SimConnId> {
         self.link.conn
+    }
+
+    /// When `number` was first sent.
+    pub fn first_sent(&self, number: u64) -> Option<SimTime> {
+        self.first_sent.get(&number).copied()
     }
 
     /// Where the producer is, for a failure report.
@@ -350,7 +363,7 @@ impl Producer {
             let numbers: Vec<u64> = (self.next_number..self.next_number + count).collect();
             self.next_number += count;
             self.unconfirmed.extend(numbers.iter().copied());
-            self.publish(&numbers, actions);
+            self.publish(&numbers, now, actions);
         }
         let wait = rng.between(0, self.interval_max.as_nanos() as u64);
         self.next_publish = now.plus_nanos(wait.max(1));
@@ -386,7 +399,7 @@ impl Producer {
                     // Everything unconfirmed again, in order, before anything new.
                     let numbers: Vec<u64> = self.unconfirmed.iter().copied().collect();
                     for chunk in numbers.chunks(PUBLISH_FRAME_MESSAGES_MAX) {
-                        self.publish(chunk, actions);
+                        self.publish(chunk, now, actions);
                     }
                     self.next_publish = now;
                     actions.push(ClientAction::WakeAt(now));
@@ -403,7 +416,8 @@ impl Producer {
                                 ConfirmOutcome::Stored => {
                                     self.unconfirmed.remove(&number);
                                     self.confirmed.insert(number);
-                                    notes.push(ClientNote::Confirmed { number, conn });
+                                    let published_at = self.sent_at.remove(&number).unwrap_or_default();
+                                    notes.push(ClientNote::Confirmed { number, conn, published_at });
                                 }
                                 other => {
                                     self.rejected += 1;
@@ -429,7 +443,7 @@ impl Producer {
     }
 
     /// Publishes `numbers` in one frame on the current connection.
-    fn publish(&mut self, numbers: &[u64], actions: &mut Vec<ClientAction>) {
+    fn publish(&mut self, numbers: &[u64], now: SimTime, actions: &mut Vec<ClientAction>) {
         let Some(conn) = self.link.conn else { return };
         if numbers.is_empty() {
             return;
@@ -437,6 +451,8 @@ impl Producer {
         let first_seq = Seq(self.next_seq);
         let mut messages = Vec::with_capacity(numbers.len());
         for &number in numbers {
+            self.sent_at.insert(number, now);
+            self.first_sent.entry(number).or_insert(now);
             self.seq_numbers.insert(self.next_seq, number);
             self.next_seq += 1;
             messages.push(Message {

@@ -90,8 +90,10 @@ pub struct OracleCounters {
     pub promotions: u64,
     /// Promotion checks of a ready backup (each compares its holdings).
     pub promotion_checks: u64,
-    /// Confirm checks against the primary's ready backups.
+    /// Confirm checks against the linked backups.
     pub confirm_checks: u64,
+    /// Delivery checks against the linked backups.
+    pub delivery_checks: u64,
     /// Confirmed messages lost by promoting a ready backup that was detached from the primary
     /// when they were confirmed (the open issue: a backup stays `ready` after losing its link).
     pub lost_detached_ready: u64,
@@ -283,7 +285,10 @@ impl Oracle {
             if !holds && !self.acked.contains(&number) {
                 return Err(Violation {
                     invariant: "confirmed means held",
-                    detail: format!("message {number} confirmed while ready backup {backup} does not hold it"),
+                    detail: format!(
+                        "message {number} confirmed while backup {backup}, linked to the primary before it was \
+                         published, does not hold it"
+                    ),
                 });
             }
         }
@@ -342,6 +347,27 @@ impl Oracle {
                 self.counters.redelivered_again += 1;
             } else {
                 self.counters.duplicates += 1;
+            }
+        }
+        Ok(())
+    }
+
+    /// A delivery of `number` by a primary: `holders` are, for each backup linked to it since
+    /// before the message was first published, whether it holds the message.
+    ///
+    /// # Errors
+    /// A linked backup lacks the message (and it was not acked).
+    pub fn delivered_held(&mut self, number: u64, holders: &[(usize, bool)]) -> Result<(), Violation> {
+        for &(backup, holds) in holders {
+            self.counters.delivery_checks += 1;
+            if !holds && !self.acked.contains(&number) {
+                return Err(Violation {
+                    invariant: "delivered means held",
+                    detail: format!(
+                        "message {number} delivered while backup {backup}, linked to the primary before it was first \
+                         published, does not hold it"
+                    ),
+                });
             }
         }
         Ok(())

@@ -121,6 +121,9 @@ pub struct Connection {
     pub closed: [bool; 2],
     /// Whether both ends are brokers (frame faults and partitions apply).
     pub broker_link: bool,
+    /// On a broker-to-broker link: when the acceptor (the primary) wrote `link-accepted`, from
+    /// which on its stream to the dialer holds the confirms of new publishes.
+    pub link_accepted_at: Option<SimTime>,
 }
 
 /// Rates of the frame faults on broker-to-broker links.
@@ -209,6 +212,7 @@ impl Network {
             pipes: [Pipe::default(), Pipe::default()],
             closed: [false, false],
             broker_link,
+            link_accepted_at: None,
         };
         self.connections.insert(id, connection);
         self.counters.connections += 1;
@@ -246,6 +250,9 @@ impl Network {
             return None;
         }
         let broker_link = connection.broker_link;
+        if broker_link && from == 1 && connection.link_accepted_at.is_none() && carries_link_accepted(&bytes) {
+            connection.link_accepted_at = Some(now);
+        }
         let pipe = &mut connection.pipes[from];
         pipe.sent_bytes += bytes.len() as u64;
         let mut pieces = Vec::new();
@@ -388,6 +395,22 @@ impl Network {
     }
 }
 
+/// Whether whole frames at the start of `bytes` include a `link-accepted`.
+fn carries_link_accepted(bytes: &[u8]) -> bool {
+    let mut rest = bytes;
+    while rest.len() >= 5 {
+        if rest[4] == TYPE_LINK_ACCEPTED {
+            return true;
+        }
+        let length = u32::from_le_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
+        if length == 0 || rest.len() < 4 + length {
+            return false;
+        }
+        rest = &rest[4 + length..];
+    }
+    false
+}
+
 /// Marks a pipe scheduled and returns its head's due time, if it has a head and no event yet.
 fn schedule_head(pipe: &mut Pipe) -> Option<SimTime> {
     if pipe.scheduled || pipe.stalled {
@@ -412,6 +435,8 @@ struct FrameSplitter {
 
 /// The replication batch frame's type byte (`ringmq_ha::record::TYPE_BATCH`).
 const TYPE_BATCH: u8 = 0x50;
+/// The link-accepted frame's type byte.
+const TYPE_LINK_ACCEPTED: u8 = ringmq_ha::link_frame::TYPE_LINK_ACCEPTED;
 
 impl FrameSplitter {
     /// Cuts `bytes` into pieces; drops or repeats whole batch frames that lie within this write.

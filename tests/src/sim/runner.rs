@@ -239,6 +239,8 @@ struct Simulation {
     partitions: Vec<(SimTime, usize, usize, bool)>,
     /// The broker the cluster manager promoted last.
     last_promoted: Option<usize>,
+    /// Per broker, its holdings as computed at a step (`held_cached`).
+    held_cache: Vec<Option<(u64, BTreeSet<u64>)>>,
 }
 
 impl Simulation {
@@ -275,6 +277,7 @@ impl Simulation {
             config.safety,
             config.faults.describe()
         ));
+        let config_brokers = config.brokers;
         let mut oracle = Oracle::new(config.brokers);
         oracle.strict = config.strict;
         Simulation {
@@ -298,6 +301,7 @@ impl Simulation {
             faults_done: [0; 5],
             partitions: Vec::new(),
             last_promoted: None,
+            held_cache: vec![None; config_brokers],
         }
     }
 
@@ -935,7 +939,7 @@ impl Simulation {
     fn client_notes(&mut self, notes: &mut Vec<ClientNote>) -> Result<(), Violation> {
         for note in notes.drain(..) {
             match note {
-                ClientNote::Confirmed { number, conn } => {
+                ClientNote::Confirmed { number, conn, published_at } => {
                     let Some(broker) = self.broker_of(conn) else { continue };
                     if self.trace.verbose() {
                         self.trace.record(format!("{} producer: {number} confirmed by b{}", self.now, broker.0));
@@ -944,7 +948,8 @@ impl Simulation {
                     let superseded =
                         self.brokers.iter().any(|b| b.status().is_some_and(|(s, e)| s.is_primary() && e > epoch));
                     let detached = self.detached_from(broker.0);
-                    self.oracle.confirmed(number, self.now, superseded, detached, &[])?;
+                    let holders = self.linked_holders(broker.0, published_at, number);
+                    self.oracle.confirmed(number, self.now, superseded, detached, &holders)?;
                 }
                 ClientNote::Delivered { number, redelivered, conn } => {
                     let Some(broker) = self.broker_of(conn) else { continue };
@@ -952,6 +957,12 @@ impl Simulation {
                         self.trace.record(format!("{} consumer got {number} redelivered={redelivered}", self.now));
                     }
                     self.oracle.delivered(number, redelivered, conn, broker)?;
+                    // Delivery waits for the backups: a message first published after a backup
+                    // linked took a hold for it, and is delivered only once that backup has it.
+                    if let Some(first_sent) = self.producer.first_sent(number) {
+                        let holders = self.linked_holders(broker.0, first_sent, number);
+                        self.oracle.delivered_held(number, &holders)?;
+                    }
                 }
                 ClientNote::Acked { numbers, conn } => {
                     let Some(broker) = self.broker_of(conn) else { continue };
@@ -967,6 +978,41 @@ impl Simulation {
             }
         }
         Ok(())
+    }
+
+    /// For every broker whose link to the queue's shard of `primary` was accepted before
+    /// `published_at` and is open at both ends: whether it holds `number`. The primary's stream
+    /// to such a link holds the confirm of a publish enqueued after it opened until the backup
+    /// applied it (a link opened later has it in its catch-up, which holds no confirm).
+    fn linked_holders(&mut self, primary: usize, published_at: SimTime, number: u64) -> Vec<(usize, bool)> {
+        let queue_shard = ringmq_core::shard::shard_of(QUEUE, self.config.shards).0;
+        let mut linked: Vec<usize> = Vec::new();
+        for connection in self.network.connections.values() {
+            if connection.closed != [false, false] {
+                continue;
+            }
+            let (End::Node { node: from, .. }, End::Node { node: to, .. }) = (connection.ends[0], connection.ends[1])
+            else {
+                continue;
+            };
+            let accepted_before = connection.link_accepted_at.is_some_and(|at| at < published_at);
+            if to.broker == primary && from.broker != primary && from.shard == queue_shard && accepted_before {
+                linked.push(from.broker);
+            }
+        }
+        linked.sort_unstable();
+        linked.dedup();
+        linked.into_iter().map(|b| (b, self.held_cached(b).contains(&number))).collect()
+    }
+
+    /// `held`, computed once per step and broker.
+    fn held_cached(&mut self, broker: usize) -> &BTreeSet<u64> {
+        let steps = self.steps;
+        if self.held_cache[broker].as_ref().is_none_or(|(at, _)| *at != steps) {
+            let held = self.held(broker);
+            self.held_cache[broker] = Some((steps, held));
+        }
+        &self.held_cache[broker].as_ref().expect("just filled").1
     }
 
     /// The running brokers other than `primary` of which some shard has no open link (a
@@ -1363,7 +1409,7 @@ impl Simulation {
         let counters = &self.oracle.counters;
         let summary = format!(
             "{} published, {} confirmed, {} delivered; duplicates {}, redelivered again {}, stale confirms {}, lost with \
-             cluster {}; promotions {}, cluster restarts {}; faults: resets {}, partitions {}, crashes {}, pauses {}, \
+             cluster {}, lost detached ready {}; checks: {} confirms, {} deliveries; promotions {}, cluster restarts {}; faults: resets {}, partitions {}, crashes {}, pauses {}, \
              clock jumps {}; batches lost {}, duplicated {}",
             self.producer.next_number,
             self.oracle.confirmed.len(),
@@ -1372,6 +1418,9 @@ impl Simulation {
             counters.redelivered_again,
             counters.stale_confirms,
             counters.lost_with_cluster,
+            counters.lost_detached_ready,
+            counters.confirm_checks,
+            counters.delivery_checks,
             counters.promotions,
             self.manager.restarts,
             self.faults_done[0],
