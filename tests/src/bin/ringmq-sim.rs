@@ -114,11 +114,14 @@ fn many(count: u64, from: u64, jobs: usize, strict: bool) -> ExitCode {
     let next = Arc::new(AtomicU64::new(from));
     let end = from.saturating_add(count);
     let steps = Arc::new(AtomicU64::new(0));
+    // Over all seeds: duplicates, stale confirms, lost detached ready, lost with cluster.
+    let counts = Arc::new([AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)]);
     let done = Arc::new(AtomicU64::new(0));
     let failures = Arc::new(Mutex::new(Vec::new()));
     let threads: Vec<_> = (0..jobs)
         .map(|_| {
             let (next, steps, done, failures) = (next.clone(), steps.clone(), done.clone(), failures.clone());
+            let counts = counts.clone();
             std::thread::spawn(move || loop {
                 let seed = next.fetch_add(1, Ordering::Relaxed);
                 if seed >= end {
@@ -126,6 +129,12 @@ fn many(count: u64, from: u64, jobs: usize, strict: bool) -> ExitCode {
                 }
                 let outcome = run(config(seed, strict), false);
                 steps.fetch_add(outcome.steps, Ordering::Relaxed);
+                let c = &outcome.counters;
+                for (total, value) in
+                    counts.iter().zip([c.duplicates, c.stale_confirms, c.lost_detached_ready, c.lost_with_cluster])
+                {
+                    total.fetch_add(value, Ordering::Relaxed);
+                }
                 let finished = done.fetch_add(1, Ordering::Relaxed) + 1;
                 if let Some(failure) = outcome.failure {
                     println!("seed {seed} FAILED: {}", failure.violation);
@@ -152,6 +161,15 @@ fn many(count: u64, from: u64, jobs: usize, strict: bool) -> ExitCode {
         steps as f64 / elapsed,
         failures.len(),
         if failures.is_empty() { String::new() } else { format!(": {failures:?}") }
+    );
+    let [duplicates, stale, detached, cluster] = &*counts;
+    println!(
+        "over all seeds: {} duplicates, {} stale confirms, {} lost by a detached ready backup (open issue), {} \
+         written off with the cluster",
+        duplicates.load(Ordering::Relaxed),
+        stale.load(Ordering::Relaxed),
+        detached.load(Ordering::Relaxed),
+        cluster.load(Ordering::Relaxed)
     );
     if failures.is_empty() {
         ExitCode::SUCCESS

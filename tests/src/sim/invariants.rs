@@ -118,8 +118,8 @@ pub struct Oracle {
     pub forgiven: BTreeSet<u64>,
     /// Numbers confirmed by a superseded primary.
     pub stale: BTreeSet<u64>,
-    /// Per confirmed number, the brokers that had no replication link to the confirming primary
-    /// at that moment (not every shard linked).
+    /// Per confirmed number, the brokers whose confirm the primary did not wait for: not every
+    /// shard had a link to it accepted before the message was published and still open.
     detached: BTreeMap<u64, Vec<usize>>,
     /// Whether a ready backup promoted without messages confirmed while it was detached fails
     /// the run (`strict`), or is counted (the known open issue, see `check_promotion`).
@@ -231,7 +231,7 @@ impl Oracle {
                     invariant: "confirmed survives failover",
                     detail: format!(
                         "broker {broker}, promoted from ready, lacks {} confirmed unacked messages: {} ({} of them \
-                         confirmed while it had no link to the primary: {})",
+                         confirmed without waiting for it, as it had no link from before their publish: {})",
                         missing.len(),
                         list(&missing),
                         detached.len(),

@@ -42,7 +42,7 @@ use super::clock::SimTime;
 use super::cluster_manager::{BrokerStatus, ClusterManager, ManagerDecision};
 use super::event::{Dialer, Event, EventQueue, LocalKind, NodeRef};
 use super::faults::{FaultPlan, FAULT_TICK};
-use super::invariants::{BrokerObservation, Oracle, Violation};
+use super::invariants::{BrokerObservation, Oracle, OracleCounters, Violation};
 use super::network::{Delivery, End, Network, SimConnId};
 use super::node::{NodeOutput, ShardNode};
 use super::rng::SimRng;
@@ -121,6 +121,8 @@ pub struct Outcome {
     pub failure: Option<Failure>,
     /// One line of counts for the summary.
     pub summary: String,
+    /// The oracle's counts (duplicates, stale confirms, losses written off, checks).
+    pub counters: OracleCounters,
 }
 
 /// A failed run.
@@ -605,7 +607,12 @@ impl Simulation {
                 let Some(&(sim, end)) = self.brokers[node.broker].conns.get(&(node.shard, conn.0)) else {
                     return Err(violation("driver contract", format!("{name} wrote on unknown connection {}", conn.0)));
                 };
-                self.trace.record(format!("{} {name} write {sim} {}B", self.now, bytes.len()));
+                if self.trace.verbose() {
+                    let kinds = frame_kinds(&bytes);
+                    self.trace.record(format!("{} {name} write {sim} {}B {kinds}", self.now, bytes.len()));
+                } else {
+                    self.trace.record(format!("{} {name} write {sim} {}B", self.now, bytes.len()));
+                }
                 let (lost, duplicated) = (self.network.counters.frames_lost, self.network.counters.frames_duplicated);
                 if let Some(at) = self.network.send(sim, end, bytes, self.now, &mut self.rng) {
                     self.queue.schedule(at, Event::Pipe { conn: sim, dir: end });
@@ -947,7 +954,7 @@ impl Simulation {
                     let epoch = self.brokers[broker.0].status().map(|(_, e)| e).unwrap_or_default();
                     let superseded =
                         self.brokers.iter().any(|b| b.status().is_some_and(|(s, e)| s.is_primary() && e > epoch));
-                    let detached = self.detached_from(broker.0);
+                    let detached = self.detached_from(broker.0, published_at);
                     let holders = self.linked_holders(broker.0, published_at, number);
                     self.oracle.confirmed(number, self.now, superseded, detached, &holders)?;
                 }
@@ -1015,12 +1022,13 @@ impl Simulation {
         &self.held_cache[broker].as_ref().expect("just filled").1
     }
 
-    /// The running brokers other than `primary` of which some shard has no open link (a
-    /// connection it dialled, open at both ends) to `primary`.
-    fn detached_from(&self, primary: usize) -> Vec<usize> {
+    /// The running brokers other than `primary` of which some shard has no link to `primary`
+    /// that was accepted before `published_at` and is open at both ends: the primary's confirm of
+    /// a message published then does not wait for them (issue 1 of `tests/SIMULATION.md`).
+    fn detached_from(&self, primary: usize, published_at: SimTime) -> Vec<usize> {
         let mut linked = vec![0u32; self.brokers.len()];
         for connection in self.network.connections.values() {
-            if connection.closed != [false, false] {
+            if connection.closed != [false, false] || !connection.link_accepted_at.is_some_and(|at| at < published_at) {
                 continue;
             }
             if let (End::Node { node: from, .. }, End::Node { node: to, .. }) = (connection.ends[0], connection.ends[1])
@@ -1450,6 +1458,7 @@ impl Simulation {
                 ),
             }),
             summary,
+            counters: self.oracle.counters.clone(),
         }
     }
 }
@@ -1460,6 +1469,37 @@ fn put_back(rx: &mut std::collections::BTreeMap<(u16, u32), BytesMut>, key: (u16
         rest.extend_from_slice(&later);
     }
     rx.insert(key, rest);
+}
+
+/// The names of the whole frames at the start of `bytes`, for the verbose trace.
+fn frame_kinds(bytes: &[u8]) -> String {
+    let mut kinds = Vec::new();
+    let mut rest = bytes;
+    while rest.len() >= 5 {
+        let length = u32::from_le_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
+        let kind = match rest[4] {
+            0x01 => "heartbeat",
+            0x50 => "batch",
+            0x51 => "link-confirm",
+            0x52 => "link-open",
+            0x53 => "link-accepted",
+            0x54 => "marked-ready",
+            0x55 => "members",
+            0x80 => "hello",
+            0x81 => "ok",
+            0x82 => "failed",
+            0x83 => "error",
+            0x90 => "confirm",
+            0x91 => "deliver",
+            _ => "other",
+        };
+        kinds.push(kind);
+        if length == 0 || rest.len() < 4 + length {
+            break;
+        }
+        rest = &rest[4 + length..];
+    }
+    format!("[{}]", kinds.join(" "))
 }
 
 /// A node's name in the trace: `b1/0#2` is shard 0 of broker 1 in its incarnation 2.
