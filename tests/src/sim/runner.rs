@@ -1028,7 +1028,7 @@ impl Simulation {
     fn detached_from(&self, primary: usize, published_at: SimTime) -> Vec<usize> {
         let mut linked = vec![0u32; self.brokers.len()];
         for connection in self.network.connections.values() {
-            if connection.closed != [false, false] || !connection.link_accepted_at.is_some_and(|at| at < published_at) {
+            if connection.closed != [false, false] || connection.link_accepted_at.is_none_or(|at| at >= published_at) {
                 continue;
             }
             if let (End::Node { node: from, .. }, End::Node { node: to, .. }) = (connection.ends[0], connection.ends[1])
