@@ -25,6 +25,8 @@ pub fn run(args: &[String]) -> ExitCode {
         }
     };
     init_logging(&config.log);
+    // Hash maps keyed by client-chosen names get a seed nobody outside knows.
+    ringmq_core::hash_state::set_seed(std::hash::BuildHasher::hash_one(&std::hash::RandomState::new(), 0u8));
     let listen = config.listen_addr();
     let link = NodeConfig {
         heartbeat_interval: config.link_heartbeat_interval,

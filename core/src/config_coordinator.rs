@@ -48,7 +48,7 @@
 //! - `ha_state` changes only along the state table; `epochs` is asked for a promotion epoch
 //!   exactly once, when `recovering` is recorded, and that epoch is the one `decide` broadcast.
 
-use std::collections::HashMap;
+use crate::hash_state::HashMap;
 
 use crate::broker_state::{transition, BrokerState, TransitionCause};
 use crate::epoch::{Epoch, EpochClock, Observed};
@@ -107,11 +107,11 @@ impl ConfigCoordinator {
         ConfigCoordinator {
             ha_state,
             epochs: EpochClock::new(),
-            queues: HashMap::new(),
+            queues: HashMap::default(),
             replicate_default,
-            exchanges: HashMap::new(),
+            exchanges: HashMap::default(),
             next_id: 0,
-            pending: HashMap::new(),
+            pending: HashMap::default(),
             expected_backups: 0,
         }
     }

@@ -32,7 +32,9 @@
 //! Cost: one hash lookup per message with the header; a sequence jump of `k` clears `min(k,
 //! window)` bits (each bit once per advance, so O(1) amortised for increasing sequences).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
+
+use crate::hash_state::HashMap;
 
 use crate::frame::Header;
 use crate::limits::{DEDUP_HEADER, DEDUP_PRODUCER_ID_BYTES_MAX, DEDUP_WINDOW_MAX};
@@ -178,7 +180,7 @@ impl DedupWindow {
         DedupWindow {
             window,
             producers_max,
-            index: HashMap::new(),
+            index: HashMap::default(),
             slots: Vec::new(),
             head: NIL,
             tail: NIL,

@@ -22,7 +22,7 @@
 //!   exchange on different shards route identically.
 //! - `binding_count` equals the number of distinct (key, queue) pairs held.
 
-use std::collections::{HashMap, HashSet};
+use crate::hash_state::{HashMap, HashSet};
 use std::hash::Hash;
 
 use crate::frame::ExchangeKind;
@@ -62,9 +62,9 @@ impl<Q: Clone + Eq + Hash> Exchange<Q> {
     /// An exchange of `kind` with no bindings.
     pub fn new(kind: ExchangeKind) -> Exchange<Q> {
         let routes = match kind {
-            ExchangeKind::Direct => Routes::Direct { by_key: HashMap::new() },
-            ExchangeKind::Fanout => Routes::Fanout { queues: Vec::new(), keys_by_queue: HashMap::new() },
-            ExchangeKind::Topic => Routes::Topic { literal: HashMap::new(), trie: TopicTrie::new() },
+            ExchangeKind::Direct => Routes::Direct { by_key: HashMap::default() },
+            ExchangeKind::Fanout => Routes::Fanout { queues: Vec::new(), keys_by_queue: HashMap::default() },
+            ExchangeKind::Topic => Routes::Topic { literal: HashMap::default(), trie: TopicTrie::new() },
         };
         Exchange { kind, binding_count: 0, routes }
     }
@@ -295,7 +295,7 @@ fn dedup_tail<Q: Clone + Eq + Hash>(out: &mut Vec<Q>, start: usize) {
             }
         }
     } else {
-        let mut seen = HashSet::with_capacity(tail);
+        let mut seen = HashSet::with_capacity_and_hasher(tail, Default::default());
         for index in start..out.len() {
             if seen.insert(out[index].clone()) {
                 out.swap(kept, index);

@@ -35,6 +35,7 @@ pub mod epoch;
 pub mod exchange;
 pub mod frame;
 pub mod ha_view;
+pub mod hash_state;
 pub mod ids;
 pub mod limits;
 pub mod queue;

@@ -29,7 +29,7 @@
 //!   `limits::EXCHANGES_MAX` exchanges, each with at most `limits::BINDINGS_PER_EXCHANGE_MAX`
 //!   bindings.
 
-use std::collections::HashMap;
+use crate::hash_state::HashMap;
 use std::fmt;
 use std::sync::Arc;
 
@@ -185,7 +185,7 @@ impl RoutingTable {
     /// A table with only the built-in exchanges and no queues.
     pub fn new() -> RoutingTable {
         let exchanges = BUILTIN_EXCHANGES.iter().map(|&(name, kind)| (Arc::from(name), Exchange::new(kind))).collect();
-        RoutingTable { exchanges, queues: HashMap::new() }
+        RoutingTable { exchanges, queues: HashMap::default() }
     }
 
     /// Declares an exchange, or checks that one of the same kind exists.

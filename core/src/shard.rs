@@ -79,7 +79,9 @@
 //!   later `handle_replicated` reached its position, unless the broker was promoted or stopped
 //!   being a primary first.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::VecDeque;
+
+use crate::hash_state::{HashMap, HashSet};
 use std::sync::Arc;
 
 use bytes::BytesMut;
@@ -261,13 +263,13 @@ impl Shard {
         Shard {
             id,
             routing: RoutingTable::new(),
-            queues: HashMap::new(),
-            sessions: HashMap::new(),
+            queues: HashMap::default(),
+            sessions: HashMap::default(),
             coordinator: (id.0 == 0).then(|| ConfigCoordinator::new(initial_state(&config.ha), config.ha.replicate)),
             ha: HaView::new(config.ha.clone()),
             outbox: (0..count).map(|_| Vec::new()).collect(),
             loopback: VecDeque::new(),
-            dirty_queues: HashSet::new(),
+            dirty_queues: HashSet::default(),
             dirty_sessions: Vec::new(),
             confirms_due: Vec::new(),
             pending_enqueues: (0..count).map(|_| Vec::new()).collect(),
@@ -317,8 +319,8 @@ impl Shard {
             dirty: false,
             tracker: None,
             next_seq: None,
-            subscriptions: HashMap::new(),
-            list_gathers: HashMap::new(),
+            subscriptions: HashMap::default(),
+            list_gathers: HashMap::default(),
             confirms_due: false,
         };
         assert!(self.sessions.insert(conn, session).is_none(), "connection id reused");
@@ -593,7 +595,7 @@ impl Shard {
         out: &mut Vec<ReplicationEvent>,
     ) -> CatchUpDiff {
         let mut diff = CatchUpDiff::default();
-        let mut held: HashMap<&str, &[(Position, Position)]> = HashMap::new();
+        let mut held: HashMap<&str, &[(Position, Position)]> = HashMap::default();
         for queue in holdings.unwrap_or_default() {
             let replicated = self.queues.get(queue.name.as_str()).is_some_and(|q| q.level().replicates_configuration());
             if replicated {

@@ -23,7 +23,7 @@
 //!   depend only on the sequence of inserts and removes.
 //! - `route` touches at most (key words + 1) × (nodes) states, and no hash map is iterated.
 
-use std::collections::HashMap;
+use crate::hash_state::HashMap;
 
 use crate::exchange::{Bound, Unbound};
 use crate::topic::{key_words, Pattern, PatternWord};

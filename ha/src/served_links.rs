@@ -18,7 +18,7 @@
 //!   (holds released) when the link ends for any reason.
 //! - Changes the shard made before a stream opened go to the streams open before it, never to it.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::time::Instant;
 
 use bytes::BytesMut;
@@ -33,13 +33,13 @@ use crate::primary_replication::PrimaryReplication;
 use crate::record::encode_batch;
 use crate::shard_node::ShardNode;
 
-/// The backup links of one shard.
+/// The backup links of one shard, by connection (ordered, so that outputs come in one order).
 #[derive(Debug, Default)]
 pub(crate) struct ServedLinks {
     /// Admitted links waiting for their `link-open`, with the deadline for it.
-    awaiting: HashMap<ConnId, Instant>,
+    awaiting: BTreeMap<ConnId, Instant>,
     /// Links served here.
-    served: HashMap<ConnId, Served>,
+    served: BTreeMap<ConnId, Served>,
 }
 
 /// One served link.
@@ -289,7 +289,6 @@ impl ShardNode {
                 Some(HeartbeatAction::ClosePeerSilent { silent_for }) => silent.push((*conn, silent_for)),
             }
         }
-        silent.sort_by_key(|(conn, _)| *conn);
         for (conn, silent_for) in silent {
             tracing::warn!(conn = conn.0, ?silent_for, "link peer silent for 2x link-heartbeat-interval; closing");
             self.outputs.push(NodeOutput::Shutdown { conn });
@@ -300,9 +299,7 @@ impl ShardNode {
 
     /// The broker stepped down: every served link ends (its stream is already gone).
     pub(crate) fn drop_served_links(&mut self) {
-        let mut conns: Vec<ConnId> = self.served.served.drain().map(|(conn, _)| conn).collect();
-        conns.sort();
-        for conn in conns {
+        for conn in std::mem::take(&mut self.served.served).into_keys() {
             self.outputs.push(NodeOutput::Shutdown { conn });
         }
     }
