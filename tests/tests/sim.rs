@@ -1,0 +1,146 @@
+//! The deterministic HA simulation (`ringmq_tests::sim`) in CI: many seeds, the determinism of a
+//! replay, a pinned trace hash, and the seeds of the issues it found.
+//!
+//! No broker process is started: every broker runs in this test's thread, so these tests need
+//! neither the `ringmq` binary nor the serial group of the process tests (`.config/nextest.toml`
+//! gives this binary its own override).
+
+use ringmq_tests::sim::{run, run_seed, Outcome, SimConfig};
+
+/// Seeds per test: the range is cut into tests of this many so that nextest runs them in
+/// parallel; about 1.5 s per test in release on a 2-core machine.
+const SEEDS_PER_TEST: u64 = 50;
+
+/// Runs `SEEDS_PER_TEST` seeds from `first`; fails listing every failed seed with its report.
+fn run_seeds(first: u64) {
+    let mut failures = Vec::new();
+    let mut steps = 0;
+    for seed in first..first + SEEDS_PER_TEST {
+        let outcome = run_seed(seed, false);
+        steps += outcome.steps;
+        if let Some(failure) = &outcome.failure {
+            failures.push(format!("seed {seed}: {failure}\n  {}", outcome.summary));
+        }
+    }
+    println!("seeds {first}..{}: {steps} steps", first + SEEDS_PER_TEST);
+    assert!(
+        failures.is_empty(),
+        "{} of {SEEDS_PER_TEST} seeds failed (replay one with `cargo run --release -p ringmq-tests --bin \
+         ringmq-sim -- --seed S --verbose`):\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}
+
+/// One test per block of seeds: 20 blocks, seeds 0..1000.
+macro_rules! seed_blocks {
+    ($($name:ident = $block:expr;)*) => {
+        $(
+            #[test]
+            fn $name() {
+                // Goal: no invariant breaks and the cluster converges, for every seed of the
+                // block. Method: run each seed's safety and liveness phases (see `sim::runner`).
+                run_seeds($block * SEEDS_PER_TEST);
+            }
+        )*
+    };
+}
+
+seed_blocks! {
+    seeds_0000 = 0; seeds_0050 = 1; seeds_0100 = 2; seeds_0150 = 3; seeds_0200 = 4;
+    seeds_0250 = 5; seeds_0300 = 6; seeds_0350 = 7; seeds_0400 = 8; seeds_0450 = 9;
+    seeds_0500 = 10; seeds_0550 = 11; seeds_0600 = 12; seeds_0650 = 13; seeds_0700 = 14;
+    seeds_0750 = 15; seeds_0800 = 16; seeds_0850 = 17; seeds_0900 = 18; seeds_0950 = 19;
+}
+
+#[test]
+fn replay_of_a_seed_is_identical() {
+    // Goal: one seed decides everything. Method: run two seeds twice each; the same seed gives
+    // the same trace hash and step count, another seed another hash.
+    let first = run_seed(7, false);
+    let again = run_seed(7, false);
+    assert_eq!(first.trace_hash, again.trace_hash, "seed 7 replayed differently");
+    assert_eq!(first.steps, again.steps);
+    assert_eq!(first.summary, again.summary);
+    let other = run_seed(8, false);
+    assert_ne!(first.trace_hash, other.trace_hash, "seeds 7 and 8 gave the same trace");
+}
+
+#[test]
+fn trace_hash_of_seed_1_is_pinned() {
+    // Goal: a change of the simulator or of the brokers' behaviour shows. Method: the hash of
+    // seed 1's trace, pinned. When a change is meant, replay the seed
+    // (`ringmq-sim --seed 1`) and pin the hash it prints.
+    let outcome = run_seed(1, false);
+    assert!(outcome.failure.is_none(), "{outcome:?}");
+    assert_eq!(outcome.trace_hash, PINNED_SEED_1, "seed 1: {}", describe(&outcome));
+}
+
+#[test]
+fn a_run_without_faults_converges_with_nothing_lost() {
+    // Goal: the simulator's own plumbing (clients, network, manager) is sound without faults.
+    // Method: seed 3's cluster and workload with no fault; everything published is received
+    // exactly once.
+    let outcome = run(SimConfig::from_seed(3).without_faults(), false);
+    assert!(outcome.failure.is_none(), "{}", describe(&outcome));
+    assert!(outcome.summary.contains("duplicates 0,"), "{}", outcome.summary);
+}
+
+// The seeds of the open issues found by the simulator: each fails in strict mode (no fencing by
+// the cluster manager, no skipping of a second promotion, losses of a detached ready backup
+// fail). Ignored until fixed; run them with `cargo nextest run -p ringmq-tests --test sim
+// --run-ignored only`.
+
+#[test]
+#[ignore = "open issue: a ready backup that lost its link stays ready and is promoted without what was confirmed meanwhile"]
+fn detached_ready_backup_promoted_keeps_confirmed_messages() {
+    // Goal: a ready backup promoted after its link dropped holds every confirmed message.
+    // Method: seed 244 strict (2 brokers): b1's links to the primary b0 keep ending after lost
+    // batches; b0 confirms 875..=878 while b1 has no link, then crashes; the manager promotes b1,
+    // still ready, which lacks them.
+    strict(244);
+}
+
+#[test]
+#[ignore = "open issue: a second promotion in one process life panics (ha_view: a promoted broker's epoch changed)"]
+fn broker_promoted_again_after_stepping_down_does_not_panic() {
+    // Goal: a broker that stepped down (superseded), caught up and became ready again can be
+    // promoted again, or refuses; it never panics. Method: seed 41 strict.
+    strict(41);
+}
+
+#[test]
+#[ignore = "open issue: two brokers promoted from the same highest epoch both serve clients, and the probes never resolve it"]
+fn brokers_promoted_from_the_same_epoch_do_not_both_serve() {
+    // Goal: at most one broker serves clients per epoch. Method: seed 355 strict: the primary
+    // b2 (epoch 1) pauses, b1 is promoted (epoch 2) and pauses before b0 linked to it, b0 is
+    // promoted (epoch 2 too).
+    strict(355);
+}
+
+#[test]
+#[ignore = "open issue: a late LinkLost of a backup's old link undoes the LinkOpened of its new one in primary_role; the backup is never marked ready"]
+fn backup_that_relinks_quickly_becomes_ready() {
+    // Goal: a backup that closes its link and dials again at once is marked ready once caught
+    // up. Method: seed 3923 (not strict): b1 accepts b0's new link c36 before it sees c35 end;
+    // b0 must be ready within the liveness phase.
+    let outcome = run_seed(3923, false);
+    assert!(outcome.failure.is_none(), "seed 3923: {}", describe(&outcome));
+}
+
+/// Runs `seed` in strict mode; fails with its report.
+fn strict(seed: u64) {
+    let outcome = run(SimConfig { strict: true, ..SimConfig::from_seed(seed) }, false);
+    assert!(outcome.failure.is_none(), "seed {seed}: {}", describe(&outcome));
+}
+
+/// An outcome for a failure message.
+fn describe(outcome: &Outcome) -> String {
+    match &outcome.failure {
+        Some(failure) => format!("{failure}\n{}", outcome.summary),
+        None => format!("hash {:016x}, {} steps: {}", outcome.trace_hash, outcome.steps, outcome.summary),
+    }
+}
+
+/// Seed 1's trace hash (see `trace_hash_of_seed_1_is_pinned`).
+const PINNED_SEED_1: u64 = 0x170f_a8b1_2f70_1760;
