@@ -1416,7 +1416,7 @@ impl Simulation {
     fn outcome(&self, result: Result<(), Violation>) -> Outcome {
         let counters = &self.oracle.counters;
         let summary = format!(
-            "{} published, {} confirmed, {} delivered; duplicates {}, redelivered again {}, stale confirms {}, lost with \
+            "{} published, {} confirmed, {} delivered; duplicates {}, redelivered again {}, stale confirms {} ({} never delivered), lost with \
              cluster {}, lost detached ready {}; checks: {} confirms, {} deliveries; promotions {}, cluster restarts {}; faults: resets {}, partitions {}, crashes {}, pauses {}, \
              clock jumps {}; batches lost {}, duplicated {}",
             self.producer.next_number,
@@ -1425,6 +1425,7 @@ impl Simulation {
             counters.duplicates,
             counters.redelivered_again,
             counters.stale_confirms,
+            self.oracle.stale.iter().filter(|n| !self.consumer.received.contains(n)).count(),
             counters.lost_with_cluster,
             counters.lost_detached_ready,
             counters.confirm_checks,
