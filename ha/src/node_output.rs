@@ -77,14 +77,17 @@ pub enum NodeOutput {
 /// What one shard's node tells another shard's node of the same broker.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum NodeControl {
-    /// To shard 0 of a primary: a backup's link on `shard` opened; its catch-up begins.
+    /// To shard 0 of a primary: a backup's link on `shard` opened; its catch-up begins. A backup
+    /// that links again before its old link's end was seen has two links on one shard for a
+    /// while: `conn` tells them apart, and reports about the older are ignored.
     LinkOpened {
         /// The backup's name (its address).
         backup: String,
         /// The primary shard it links to.
         shard: u16,
-        /// For a shard-0 link, its connection on shard 0 (where `marked-ready` and `members` go).
-        conn: Option<ConnId>,
+        /// The link's connection on that shard (on shard 0: where `marked-ready` and `members`
+        /// go).
+        conn: ConnId,
     },
     /// To shard 0 of a primary: a backup's link on `shard` holds everything that shard had when
     /// it opened.
@@ -93,6 +96,8 @@ pub enum NodeControl {
         backup: String,
         /// The primary shard whose backlog it holds.
         shard: u16,
+        /// The link's connection on that shard.
+        conn: ConnId,
     },
     /// To shard 0 of a primary: a backup's link on `shard` ended.
     LinkLost {
@@ -100,6 +105,8 @@ pub enum NodeControl {
         backup: String,
         /// The primary shard whose link ended.
         shard: u16,
+        /// The link's connection on that shard.
+        conn: ConnId,
     },
     /// To shard 0: a backup linked with a newer epoch than ours; another primary exists.
     Superseded {

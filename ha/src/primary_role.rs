@@ -32,8 +32,10 @@ use crate::shard_node::ShardNode;
 pub(crate) struct PrimaryRole {
     /// Which shards of which backup are linked and caught up.
     membership: Membership,
-    /// Each backup's shard-0 link, by backup name: where `marked-ready` and `members` go.
-    shard0_links: BTreeMap<String, ConnId>,
+    /// The current link of each backup on each shard, by backup name and shard: reports about an
+    /// older link of the same backup and shard are ignored. The shard-0 links are where
+    /// `marked-ready` and `members` go.
+    links: BTreeMap<(String, u16), ConnId>,
     /// Expected backups not yet settled (recovering mode).
     expected: BTreeSet<String>,
     /// When `ha-backup-timeout` passes for the expected backups.
@@ -45,7 +47,7 @@ impl PrimaryRole {
     pub(crate) fn new(shard_count: u16) -> PrimaryRole {
         PrimaryRole {
             membership: Membership::new(shard_count),
-            shard0_links: BTreeMap::new(),
+            links: BTreeMap::new(),
             expected: BTreeSet::new(),
             expected_deadline: None,
         }
@@ -58,23 +60,27 @@ impl PrimaryRole {
 }
 
 impl ShardNode {
-    /// Shard 0: a backup's link on `shard` opened.
-    pub(crate) fn role_link_opened(&mut self, backup: &str, shard: u16, conn: Option<ConnId>) {
+    /// Shard 0: a backup's link on `shard` opened as `conn` there.
+    pub(crate) fn role_link_opened(&mut self, backup: &str, shard: u16, conn: ConnId) {
         if let Err(error) = self.role.membership.handle_shard_opened(backup, shard) {
             tracing::warn!(%error, "backup not tracked");
+            return;
         }
-        if let Some(conn) = conn {
-            self.role.shard0_links.insert(backup.to_owned(), conn);
-        }
+        self.role.links.insert((backup.to_owned(), shard), conn);
+    }
+
+    /// Whether `conn` is `backup`'s current link on `shard`.
+    fn is_current_link(&self, backup: &str, shard: u16, conn: ConnId) -> bool {
+        self.role.links.get(&(backup.to_owned(), shard)) == Some(&conn)
     }
 
     /// Shard 0: a backup's link on `shard` holds everything that shard had when it opened.
-    pub(crate) fn role_caught_up(&mut self, backup: &str, shard: u16) {
-        if !self.role.membership.handle_shard_caught_up(backup, shard) {
+    pub(crate) fn role_caught_up(&mut self, backup: &str, shard: u16, conn: ConnId) {
+        if !self.is_current_link(backup, shard, conn) || !self.role.membership.handle_shard_caught_up(backup, shard) {
             return;
         }
         tracing::info!(%backup, "backup holds everything: marked ready");
-        if let Some(conn) = self.role.shard0_links.get(backup) {
+        if let Some(conn) = self.role.links.get(&(backup.to_owned(), 0)) {
             self.outputs.write_link_frame(*conn, &LinkFrame::MarkedReady);
         }
         let settled = self.role.expected.remove(backup);
@@ -85,12 +91,14 @@ impl ShardNode {
     }
 
     /// Shard 0: a backup's link on `shard` ended.
-    pub(crate) fn role_link_lost(&mut self, backup: &str, shard: u16) {
+    pub(crate) fn role_link_lost(&mut self, backup: &str, shard: u16, conn: ConnId) {
+        if !self.is_current_link(backup, shard, conn) {
+            // An older link, already replaced by a newer one of the same backup and shard.
+            return;
+        }
+        self.role.links.remove(&(backup.to_owned(), shard));
         let was_ready = self.role.membership.is_ready(backup);
         self.role.membership.handle_shard_lost(backup, shard);
-        if shard == 0 {
-            self.role.shard0_links.remove(backup);
-        }
         if was_ready {
             self.send_members();
         }
@@ -155,8 +163,10 @@ impl ShardNode {
     /// Shard 0: tells every linked backup which backups are ready.
     fn send_members(&mut self) {
         let frame = LinkFrame::Members(self.role.membership.ready_list());
-        for conn in self.role.shard0_links.values() {
-            self.outputs.write_link_frame(*conn, &frame);
+        for ((_, shard), conn) in &self.role.links {
+            if *shard == 0 {
+                self.outputs.write_link_frame(*conn, &frame);
+            }
         }
     }
 }

@@ -208,11 +208,7 @@ impl ShardNode {
         let replication = self.replication.get_or_insert_with(|| PrimaryReplication::new(epoch));
         replication.handle_link_opened(u64::from(conn.0), &open.backup, snapshot);
         self.shard.set_replica_holds(replication.holding_streams());
-        let shard0_conn = (open.shard == 0).then_some(conn);
-        self.send_control(
-            0,
-            NodeControl::LinkOpened { backup: open.backup.clone(), shard: open.shard, conn: shard0_conn },
-        );
+        self.send_control(0, NodeControl::LinkOpened { backup: open.backup.clone(), shard: open.shard, conn });
         self.outputs.write_link_frame(conn, &LinkFrame::Accepted(LinkAccepted { epoch, shard_count }));
         Ok(())
     }
@@ -232,7 +228,7 @@ impl ShardNode {
         }
         let shard = self.shard.id().0;
         tracing::warn!(backup = %served.backup, shard, "backup link lost: {reason}");
-        self.send_control(0, NodeControl::LinkLost { backup: served.backup, shard });
+        self.send_control(0, NodeControl::LinkLost { backup: served.backup, shard, conn });
     }
 
     /// Queues every batch the streams have ready for their links, reports caught-up backups to
@@ -254,16 +250,16 @@ impl ShardNode {
             }
         }
         let mut caught_up = Vec::new();
-        while let Some((_, backup)) = replication.poll_caught_up() {
-            caught_up.push(backup);
+        while let Some((link, backup)) = replication.poll_caught_up() {
+            caught_up.push((backup, ConnId(link as u32)));
         }
         let mut overflowed = Vec::new();
         while let Some(link) = replication.poll_overflowed() {
             overflowed.push(ConnId(link as u32));
         }
         let shard = self.shard.id().0;
-        for backup in caught_up {
-            self.send_control(0, NodeControl::CaughtUp { backup, shard });
+        for (backup, conn) in caught_up {
+            self.send_control(0, NodeControl::CaughtUp { backup, shard, conn });
         }
         for conn in overflowed {
             tracing::warn!(conn = conn.0, "a backup fell too far behind its replication stream; dropping its link");

@@ -185,8 +185,8 @@ impl ShardNode {
     pub fn handle_control(&mut self, control: NodeControl) {
         match control {
             NodeControl::LinkOpened { backup, shard, conn } => self.role_link_opened(&backup, shard, conn),
-            NodeControl::CaughtUp { backup, shard } => self.role_caught_up(&backup, shard),
-            NodeControl::LinkLost { backup, shard } => self.role_link_lost(&backup, shard),
+            NodeControl::CaughtUp { backup, shard, conn } => self.role_caught_up(&backup, shard, conn),
+            NodeControl::LinkLost { backup, shard, conn } => self.role_link_lost(&backup, shard, conn),
             NodeControl::Superseded { epoch } => self.step_down(epoch),
             NodeControl::Members { ready } => self.ready_members = ready,
             NodeControl::ExpectedTimedOut { backups } => self.expected_timed_out(&backups),
