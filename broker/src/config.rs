@@ -270,7 +270,8 @@ impl BrokerConfig {
         })
     }
 
-    /// The HA options as the shards take them: URLs in canonical form, credentials hidden.
+    /// The HA options as the shards take them: URLs in canonical form, credentials hidden; `member`
+    /// is left 0, since only the daemon knows its listening address (`member_index`).
     pub fn ha_settings(&self) -> HaSettings {
         let text = |url: &Option<BrokerUrl>| url.as_ref().map(|u| u.redacted().to_string()).unwrap_or_default();
         HaSettings {
@@ -278,7 +279,16 @@ impl BrokerConfig {
             brokers_url: text(&self.ha_brokers_url),
             public_url: text(&self.ha_public_url),
             replicate: self.ha_replicate,
+            member: 0,
         }
+    }
+
+    /// This broker's place in `ha-brokers-url`, from 0 (its first address `is_own`); 0 when the URL
+    /// does not name it.
+    pub fn member_index(&self, is_own: impl Fn(&str, u16) -> bool) -> u16 {
+        let Some(url) = self.ha_brokers_url.as_ref() else { return 0 };
+        let place = url.addresses().iter().position(|address| is_own(address.host(), address.port()));
+        place.map_or(0, |place| place as u16)
     }
 
     /// The address to listen on.
@@ -508,6 +518,24 @@ mod tests {
         assert!(!is_listen_address(wildcard, "127.0.0.1".parse().unwrap(), 6));
         // Not in a cluster: no link.
         assert!(BrokerConfig::from_args(&[]).unwrap().link_addresses(|_, _| false).is_empty());
+    }
+
+    #[test]
+    fn member_index_is_the_place_of_the_own_address_in_the_brokers_url() {
+        // Goal: the place that keeps this broker's epochs apart from the others' is its position
+        // in ha-brokers-url (0 when the URL does not name it).
+        let config = BrokerConfig::from_args(&args(&[
+            "--ha-cluster",
+            "true",
+            "--ha-brokers-url",
+            "127.0.0.1:1,127.0.0.1:2,[::1]:3",
+            "--port",
+            "2",
+        ]))
+        .unwrap();
+        assert_eq!(config.member_index(|_, port| port == 2), 1);
+        assert_eq!(config.member_index(|_, port| port == 3), 2);
+        assert_eq!(config.member_index(|_, _| false), 0);
     }
 
     #[test]

@@ -5,6 +5,7 @@
 
 use std::process::ExitCode;
 
+use ringmq_core::ha_view::HaSettings;
 use ringmq_core::shard::ShardConfig;
 use ringmq_ha::shard_node::NodeConfig;
 use ringmq_transport::runtime::{start, TransportConfig};
@@ -43,7 +44,10 @@ pub fn run(args: &[String]) -> ExitCode {
         publish_inflight_max: config.publish_inflight_max,
         deliver_batch_max: config.deliver_batch_max as usize,
         broker_name: format!("ringmq {}", env!("CARGO_PKG_VERSION")),
-        ha: config.ha_settings(),
+        ha: HaSettings {
+            member: config.member_index(|host, port| is_own_address(listen, host, port)),
+            ..config.ha_settings()
+        },
         dedup_window: config.dedup_window,
     };
     let broker = match start(&transport, shard_config) {

@@ -103,10 +103,10 @@ pub enum Decision {
 impl ConfigCoordinator {
     /// A coordinator for a broker starting in HA state `ha_state` (`standalone` or `joining`),
     /// with `replicate_default` from `ha-replicate`.
-    pub fn new(ha_state: BrokerState, replicate_default: ReplicationLevel) -> ConfigCoordinator {
+    pub fn new(ha_state: BrokerState, replicate_default: ReplicationLevel, member: u16) -> ConfigCoordinator {
         ConfigCoordinator {
             ha_state,
-            epochs: EpochClock::new(),
+            epochs: EpochClock::for_member(member),
             queues: HashMap::default(),
             replicate_default,
             exchanges: HashMap::default(),
@@ -324,9 +324,9 @@ impl ConfigCoordinator {
         }
         let recovering = transition(from, BrokerState::Recovering, TransitionCause::Promoted)
             .map_err(|error| refused(&error.to_string()))?;
-        let epoch = match self.epochs.highest().0.checked_add(1) {
-            Some(next) => Epoch(next),
-            None => {
+        let epoch = match self.epochs.next_for_promotion_peek() {
+            Ok(next) => next,
+            Err(_) => {
                 return Err(refused(&format!(
                     "epoch {} has been seen and no higher epoch exists",
                     self.epochs.highest()

@@ -6,12 +6,15 @@
 //! epoch it has seen in an `EpochClock`. Two rules follow:
 //! - a backup never applies records from an epoch older than the highest it has seen
 //!   (`accepts`), so a killed or paused primary that comes back cannot feed it;
-//! - a primary that learns of a newer epoch must stop serving clients (`primary_must_step_down`),
-//!   and it stays stopped: the reference has no demotion, and neither do we.
+//! - a primary that learns of a newer epoch must stop serving clients (`primary_must_step_down`):
+//!   it steps down to a backup, and may be promoted again later, in a newer epoch still.
 //!
-//! Epochs fence older primaries; they do not elect one. Two brokers promoted from the same highest
-//! epoch get the same epoch, so promoting one broker at a time stays the cluster manager's job, as
-//! in the reference. A clock belongs to one cluster: a queue replicated from another cluster
+//! Epochs fence older primaries; they do not elect one: promoting one broker at a time stays the
+//! cluster manager's job, as in the reference. But two brokers promoted from the same highest
+//! epoch (one never heard of the other's promotion, say across a partition) never share an epoch:
+//! each member of `ha-brokers-url` promotes only into epochs `e` with
+//! `e % EPOCH_MEMBER_SLOTS == (its place in the URL + 1) % EPOCH_MEMBER_SLOTS`, so one of the two is
+//! strictly newer, and the other steps down when it learns of it. A clock belongs to one cluster: a queue replicated from another cluster
 //! (`ringmq ha replicate`) carries that cluster's epochs and needs its own clock.
 //!
 //! Not here: carrying the epoch on the wire, persisting it, or acting on the answers (dropping a
@@ -19,10 +22,11 @@
 //!
 //! Invariants:
 //! - `highest` never decreases; `Epoch(0)` means no promotion has been seen.
-//! - `promoted`, once set, is at most `highest`; it is set at most once per clock (a broker is
-//!   promoted at most once per process life).
+//! - `promoted`, once set, is at most `highest`, and each promotion sets it higher than before (a
+//!   broker that stepped down may be promoted again).
 //! - `accepts(e)` is `Ok` iff `e >= highest` (before the call), and afterwards `highest >= e`.
-//! - `primary_must_step_down()` iff `promoted < highest`; once true it stays true.
+//! - `primary_must_step_down()` iff `promoted < highest`; once true it stays true until the next
+//!   promotion.
 
 use std::fmt;
 
@@ -30,13 +34,20 @@ use std::fmt;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
 pub struct Epoch(pub u64);
 
+/// How many members' promotions the epochs keep apart: a member promotes only into the epochs
+/// congruent to its place in `ha-brokers-url` modulo this (places wrap around beyond it).
+pub const EPOCH_MEMBER_SLOTS: u64 = 64;
+
 /// The highest epoch a broker has seen, and the epoch it was promoted in, if it was.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct EpochClock {
     /// The highest epoch seen: from this broker's own promotion or from any peer.
     highest: Epoch,
     /// The epoch this broker was promoted in; `None` while it has not been promoted.
     promoted: Option<Epoch>,
+    /// The remainder modulo `EPOCH_MEMBER_SLOTS` of this broker's epochs: its place in
+    /// `ha-brokers-url` plus one, so that the first member's first promotion is epoch 1.
+    member_slot: u64,
 }
 
 /// How an epoch from a peer compares with the highest one seen before it.
@@ -82,10 +93,35 @@ pub struct EpochsExhausted {
     pub highest: Epoch,
 }
 
+impl Default for EpochClock {
+    fn default() -> EpochClock {
+        EpochClock::new()
+    }
+}
+
 impl EpochClock {
-    /// A clock that has seen no promotion (`Epoch(0)`), for a broker that is starting.
+    /// A clock that has seen no promotion (`Epoch(0)`), for a broker that is starting, at place 0
+    /// of `ha-brokers-url`.
     pub fn new() -> EpochClock {
-        EpochClock::default()
+        EpochClock::for_member(0)
+    }
+
+    /// A clock for the broker at place `member` of `ha-brokers-url`.
+    pub fn for_member(member: u16) -> EpochClock {
+        let member_slot = (u64::from(member) + 1) % EPOCH_MEMBER_SLOTS;
+        EpochClock { highest: Epoch(0), promoted: None, member_slot }
+    }
+
+    /// The epoch a promotion would take now: the first above the highest seen in this member's
+    /// slot (see the module doc).
+    ///
+    /// # Errors
+    /// `EpochsExhausted` when no such epoch fits in 64 bits.
+    pub fn next_for_promotion_peek(&self) -> Result<Epoch, EpochsExhausted> {
+        let exhausted = EpochsExhausted { highest: self.highest };
+        let above = self.highest.0.checked_add(1).ok_or(exhausted)?;
+        let gap = (self.member_slot + EPOCH_MEMBER_SLOTS - above % EPOCH_MEMBER_SLOTS) % EPOCH_MEMBER_SLOTS;
+        above.checked_add(gap).map(Epoch).ok_or(exhausted)
     }
 
     /// The highest epoch seen.
@@ -114,20 +150,17 @@ impl EpochClock {
         observed
     }
 
-    /// The epoch this broker's promotion starts: one above the highest seen. Records it as both
-    /// the highest epoch and this broker's own.
+    /// The epoch this broker's promotion starts: the first above the highest seen in its slot
+    /// (`next_for_promotion_peek`), so above any earlier promotion of this broker too (one that
+    /// stepped down is promoted again in a newer epoch). Records it as both the highest epoch and
+    /// this broker's own.
     ///
     /// # Errors
     /// `EpochsExhausted` when `u64::MAX` has been seen (only a corrupt or hostile peer gets there;
     /// refusing the promotion beats wrapping to an epoch every backup would refuse).
-    ///
-    /// # Panics
-    /// If this broker was already promoted: the state table allows one promotion per process life,
-    /// so a second call is a bug in the caller.
     pub fn next_for_promotion(&mut self) -> Result<Epoch, EpochsExhausted> {
-        assert!(self.promoted.is_none(), "promoted twice: already in epoch {:?}", self.promoted);
-        let next = self.highest.0.checked_add(1).map(Epoch).ok_or(EpochsExhausted { highest: self.highest })?;
-        assert!(next > self.highest);
+        let next = self.next_for_promotion_peek()?;
+        assert!(next > self.highest && self.promoted.is_none_or(|earlier| next > earlier));
         self.highest = next;
         self.promoted = Some(next);
         Ok(next)
@@ -198,8 +231,8 @@ mod tests {
     #[test]
     fn promotion_epoch_is_strictly_higher_than_any_seen() {
         // Goal: a promoted backup starts an epoch above every epoch it heard of, even one heard
-        // from a broker that is not its primary.
-        let mut clock = EpochClock::new();
+        // from a broker that is not its primary (member 9: its slot allows epoch 10).
+        let mut clock = EpochClock::for_member(9);
         clock.observe(Epoch(4));
         clock.observe(Epoch(9));
         clock.observe(Epoch(6));
@@ -220,12 +253,35 @@ mod tests {
     }
 
     #[test]
-    #[should_panic(expected = "promoted twice")]
-    fn promoting_the_same_broker_twice_is_a_bug() {
-        // Goal: the clock asserts the state table's one-promotion rule where the epoch is made.
+    fn members_promoted_from_the_same_epoch_never_share_one() {
+        // Goal: two brokers that both last saw epoch 1 (neither heard of the other's promotion)
+        // take different epochs, each in its own slot; the first member's first epoch is 1.
+        assert_eq!(EpochClock::for_member(0).next_for_promotion().unwrap(), Epoch(1));
+        let promoted_from = |member: u16| {
+            let mut clock = EpochClock::for_member(member);
+            clock.observe(Epoch(1));
+            clock.next_for_promotion().unwrap()
+        };
+        let epochs: Vec<Epoch> = (0..3).map(promoted_from).collect();
+        assert_eq!(epochs, vec![Epoch(65), Epoch(2), Epoch(3)]);
+        // Places beyond the slots wrap around; the largest epoch left is refused, not wrapped.
+        assert_eq!(promoted_from(64), Epoch(65));
+        let mut clock = EpochClock::for_member(1);
+        clock.observe(Epoch(u64::MAX - 10));
+        assert!(clock.next_for_promotion_peek().is_err());
+    }
+
+    #[test]
+    fn a_broker_that_stepped_down_is_promoted_again_in_a_newer_epoch() {
+        // Goal: a primary superseded by epoch 5 steps down; promoted again later, it takes an
+        // epoch above both its first and the one that superseded it, and serves again.
         let mut clock = EpochClock::new();
-        clock.next_for_promotion().unwrap();
-        let _ = clock.next_for_promotion(); // Panics before returning; the result is never seen.
+        assert_eq!(clock.next_for_promotion().unwrap(), Epoch(1));
+        clock.observe(Epoch(5));
+        assert!(clock.primary_must_step_down());
+        assert_eq!(clock.next_for_promotion().unwrap(), Epoch(65));
+        assert_eq!(clock.promoted(), Some(Epoch(65)));
+        assert!(!clock.primary_must_step_down());
     }
 
     #[test]
@@ -258,8 +314,8 @@ mod tests {
     #[test]
     fn primary_steps_down_once_a_newer_epoch_is_seen_and_stays_down() {
         // Goal: a primary fenced by a newer epoch stays fenced, even when it later hears only
-        // that same newer epoch (Same) or older ones.
-        let mut clock = EpochClock::new();
+        // that same newer epoch (Same) or older ones (member 2: promoted after epoch 2, it takes 3).
+        let mut clock = EpochClock::for_member(2);
         clock.observe(Epoch(2));
         clock.next_for_promotion().unwrap();
         // Its own epoch and older ones do not fence it.

@@ -33,8 +33,8 @@
 //! Invariants:
 //! - `state` only changes through `handle_change`, and only along a row of the state table
 //!   (asserted: the coordinator checked it before broadcasting, so a failure here is a bug).
-//! - `epoch` is 0 until the broker is promoted, then the epoch of that promotion; it never
-//!   changes again (one promotion per process life).
+//! - `epoch` is 0 until the broker is promoted, then the epoch of its latest promotion; it only
+//!   rises (a broker that stepped down may be promoted again, in a newer epoch).
 
 use crate::broker_state::{transition, BrokerState, TransitionCause};
 use crate::epoch::Epoch;
@@ -54,6 +54,9 @@ pub struct HaSettings {
     /// `ha-replicate`: the replication level of queues and exchanges declared without a
     /// `qpid.replicate` argument (see `replication_level`).
     pub replicate: ReplicationLevel,
+    /// This broker's place in `ha-brokers-url`, from 0: promotions of different members take
+    /// different epochs (`epoch::EPOCH_MEMBER_SLOTS`).
+    pub member: u16,
 }
 
 /// One shard's copy of the broker's HA state.
@@ -181,8 +184,7 @@ impl HaView {
         let from = self.state;
         self.state = transition(from, state, cause).unwrap_or_else(|error| panic!("broadcast HA change: {error}"));
         if self.epoch != epoch {
-            assert_eq!(self.epoch, Epoch(0), "a promoted broker's epoch changed to {epoch}");
-            assert!(epoch > self.epoch);
+            assert!(epoch > self.epoch, "a broker's epoch went back from {} to {epoch}", self.epoch);
             self.epoch = epoch;
         }
         assert!(self.state.is_backup() || self.epoch > Epoch(0) || self.state == BrokerState::Standalone);
@@ -210,6 +212,7 @@ mod tests {
             brokers_url: "amqp:tcp:127.0.0.1:1,tcp:127.0.0.1:2".into(),
             public_url: public_url.into(),
             replicate: ReplicationLevel::None,
+            member: 0,
         })
     }
 

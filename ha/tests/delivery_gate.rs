@@ -53,6 +53,7 @@ impl Primary {
             brokers_url: "amqp:tcp:127.0.0.1:1,tcp:127.0.0.1:2".into(),
             public_url: String::new(),
             replicate: ReplicationLevel::All,
+            member: 0,
         };
         let config = ShardConfig {
             shard_count: 1,

@@ -59,6 +59,7 @@ impl Mesh {
                 brokers_url: "amqp:tcp:127.0.0.1:1,tcp:127.0.0.1:2".into(),
                 public_url: "amqp:tcp:vip:5672".into(),
                 replicate: ReplicationLevel::None,
+                member: 0,
             },
         )
     }
@@ -145,6 +146,7 @@ pub fn ha_settings(cluster: bool, replicate: ReplicationLevel) -> HaSettings {
         brokers_url: if cluster { "amqp:tcp:127.0.0.1:1,tcp:127.0.0.1:2".into() } else { String::new() },
         public_url: String::new(),
         replicate,
+        member: 0,
     }
 }
 

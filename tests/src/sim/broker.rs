@@ -117,7 +117,13 @@ impl SimBroker {
             publish_inflight_max: 65_536,
             deliver_batch_max: 64,
             broker_name: format!("sim {own}"),
-            ha: HaSettings { cluster: true, brokers_url, public_url: String::new(), replicate: ReplicationLevel::None },
+            ha: HaSettings {
+                cluster: true,
+                brokers_url,
+                public_url: String::new(),
+                replicate: ReplicationLevel::None,
+                member: self.index as u16,
+            },
             dedup_window: ringmq_core::limits::DEDUP_WINDOW_DEFAULT,
         };
         let node_config = NodeConfig {
