@@ -497,11 +497,9 @@ mod tests {
         }
     }
 
-    #[test]
-    fn link_addresses_leave_out_the_own_address() {
-        // Goal: a backup dials every other broker of ha-brokers-url, never itself. Method: a URL
-        // with this broker's address in the middle.
-        let config = BrokerConfig::from_args(&args(&[
+    /// A broker on port 2, in the middle of a three-broker `ha-brokers-url`.
+    fn member_of_three() -> BrokerConfig {
+        BrokerConfig::from_args(&args(&[
             "--ha-cluster",
             "true",
             "--ha-brokers-url",
@@ -509,7 +507,14 @@ mod tests {
             "--port",
             "2",
         ]))
-        .unwrap();
+        .unwrap()
+    }
+
+    #[test]
+    fn link_addresses_leave_out_the_own_address() {
+        // Goal: a backup dials every other broker of ha-brokers-url, never itself. Method: a URL
+        // with this broker's address in the middle.
+        let config = member_of_three();
         let listen = config.listen_addr();
         let own = |host: &str, port: u16| host.parse().is_ok_and(|ip| is_listen_address(listen, ip, port));
         assert_eq!(config.link_addresses(own), ["127.0.0.1:1", "[::1]:3"]);
@@ -524,15 +529,7 @@ mod tests {
     fn member_index_is_the_place_of_the_own_address_in_the_brokers_url() {
         // Goal: the place that keeps this broker's epochs apart from the others' is its position
         // in ha-brokers-url (0 when the URL does not name it).
-        let config = BrokerConfig::from_args(&args(&[
-            "--ha-cluster",
-            "true",
-            "--ha-brokers-url",
-            "127.0.0.1:1,127.0.0.1:2,[::1]:3",
-            "--port",
-            "2",
-        ]))
-        .unwrap();
+        let config = member_of_three();
         assert_eq!(config.member_index(|_, port| port == 2), 1);
         assert_eq!(config.member_index(|_, port| port == 3), 2);
         assert_eq!(config.member_index(|_, _| false), 0);

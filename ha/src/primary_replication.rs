@@ -1456,6 +1456,16 @@ mod tests {
         assert_eq!(released(&mut replication), vec![hold(1)]);
     }
 
+    /// A seeded xorshift generator: `next(bound)` is below `bound`.
+    fn xorshift(mut state: u64) -> impl FnMut(u64) -> u64 {
+        move |bound| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state % bound
+        }
+    }
+
     #[test]
     fn random_links_events_and_timeouts_release_every_hold_once_per_counted_holder() {
         // Goal: the accounting invariant under any interleaving: each publish's hold comes back
@@ -1463,13 +1473,7 @@ mod tests {
         // Method: a seeded sequence of enqueues, duplicates (barriers), dequeues, link opens (with
         // the shard's snapshot), losses, confirms and timeouts over two expected backups and one
         // other; at the end every link is lost and every expected backup timed out.
-        let mut state = 0x9e37_79b9_7f4a_7c15u64;
-        let mut next = move |bound: u64| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state % bound
-        };
+        let mut next = xorshift(0x9e37_79b9_7f4a_7c15);
         let backups = ["b1:1", "b2:1", "other:1"];
         for round in 0..20 {
             let mut replication = PrimaryReplication::new(Epoch(2));
@@ -1700,13 +1704,7 @@ mod tests {
         // every link confirmed everything (or was lost) the bound reaches the last enqueue.
         // Method: a seeded sequence of enqueues (with holds while links are open), dequeues,
         // link opens (with the shard's snapshot), losses, batches sent and confirmed late.
-        let mut state = 0x2545_f491_4f6c_dd1du64;
-        let mut next = move |bound: u64| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state % bound
-        };
+        let mut next = xorshift(0x2545_f491_4f6c_dd1d);
         for round in 0..20 {
             let mut replication = PrimaryReplication::new(Epoch(1));
             replication.handle_event(created("q"));
