@@ -6,9 +6,10 @@
 //! hardened where that design was weak: epochs fence old primaries, and URLs, levels and states
 //! are checked strictly instead of being trusted.
 //!
-//! It does not open sockets, read files, spawn threads, read a clock or draw random numbers. The
-//! transport crate drives it: it feeds in what arrived (a promote command, a replication message,
-//! a timeout it measured) and carries out what comes back. So the whole HA protocol can be run
+//! It does not open sockets, read files, spawn threads, read a clock or draw random numbers (it
+//! logs through `tracing`, whose subscriber the binary installs). The transport crate drives it:
+//! it feeds in what arrived (a promote command, a replication message, a timeout it measured) and
+//! carries out what comes back. So the whole HA protocol can be run
 //! deterministically in tests and in the simulator. Dependencies point one way:
 //! `transport -> ha -> core`.
 //!
@@ -42,10 +43,13 @@
 //! - `membership`: the primary's view of its backups: which shards of each caught up, which
 //!   backups are ready, and their list for the `members` frame.
 //!
-//! Planned, not yet written (our HA issue):
-//! - `primary`: recovering mode across the shards: the `ha-backup-timeout` timer, and `recovering`
-//!   to `active` once no shard expects a backup (each shard's part is in `primary_replication`).
-//! - `backup`: promotion of the replica.
+//! - `shard_node`: one shard with all of its HA protocol, the machine the transport and the
+//!   simulator drive: bytes, closes, dial and probe answers and timeouts in, `node_output` out.
+//!   Its parts: `backup_session` (a backup shard's link to the primary), `served_links` (the
+//!   primary's end of backups' links), `primary_role` (shard 0 of a primary: readiness, `members`,
+//!   recovering mode and `ha-backup-timeout`) and `epoch_watch` (the probe for a newer primary).
+//! - `node_output`: what a node asks its shell to do, and what the nodes of one broker tell
+//!   each other.
 //!
 //! `broker_state` and `epoch` live in `ringmq-core` because the configuration coordinator (shard 0
 //! of `ringmq-core`) owns the broker's HA state and promotes it, and `ringmq-core` cannot depend
