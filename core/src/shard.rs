@@ -265,7 +265,8 @@ impl Shard {
             routing: RoutingTable::new(),
             queues: HashMap::default(),
             sessions: HashMap::default(),
-            coordinator: (id.0 == 0).then(|| ConfigCoordinator::new(initial_state(&config.ha), config.ha.replicate, config.ha.member)),
+            coordinator: (id.0 == 0)
+                .then(|| ConfigCoordinator::new(initial_state(&config.ha), config.ha.replicate, config.ha.member)),
             ha: HaView::new(config.ha.clone()),
             outbox: (0..count).map(|_| Vec::new()).collect(),
             loopback: VecDeque::new(),
