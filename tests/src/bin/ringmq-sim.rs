@@ -3,8 +3,8 @@
 //! - `ringmq-sim --seed S [--verbose]`: runs seed S and prints its outcome; on a failure, what
 //!   broke and the last events. `--verbose` prints every event as it happens. The same seed
 //!   always replays the same run.
-//! - `--strict` (with either): the open issues fail a seed too, and the cluster manager neither
-//!   fences nor avoids a second promotion (see `ringmq_tests::sim::invariants`).
+//! - `--strict` (with either): the open issue's losses fail a seed too, instead of being counted
+//!   (see `ringmq_tests::sim::invariants`).
 //! - `ringmq-sim --seeds N [--from K] [--jobs J]`: runs seeds K..K+N on J threads (default: one per
 //!   core), printing every failure's seed and violation as it comes, then the totals: seeds, steps,
 //!   steps per second, failures. Exits 1 if any seed failed.

@@ -42,8 +42,6 @@ pub struct BrokerStatus {
     pub reachable: bool,
     /// Shard 0's state when reachable.
     pub state: Option<BrokerState>,
-    /// Its epoch is not 0: it was promoted before in this life (its status says so).
-    pub promoted_before: bool,
 }
 
 /// What the manager decided at a tick.
@@ -90,9 +88,6 @@ pub struct ClusterManager {
     pub refused: u64,
     /// Cluster restarts.
     pub restarts: u64,
-    /// Never promote a broker that was promoted before in its life: the core panics on a second
-    /// promotion (an open issue), so a manager that knows this skips such a broker.
-    pub skip_promoted_before: bool,
 }
 
 impl ClusterManager {
@@ -106,7 +101,6 @@ impl ClusterManager {
             promotions: 0,
             refused: 0,
             restarts: 0,
-            skip_promoted_before: false,
         }
     }
 
@@ -139,7 +133,6 @@ impl ClusterManager {
         }
         let ready: Vec<usize> = (0..brokers.len())
             .filter(|&i| brokers[i].reachable && brokers[i].state == Some(BrokerState::Ready))
-            .filter(|&i| !(self.skip_promoted_before && brokers[i].promoted_before))
             .collect();
         if !ready.is_empty() {
             return ManagerDecision::Promote(ready[rng.index(ready.len())]);

@@ -128,6 +128,12 @@ pub struct Oracle {
     observed: Vec<Option<BrokerObservation>>,
     /// The highest epoch any broker was promoted in.
     pub epoch_highest: Epoch,
+    /// Per broker: the rank of its last promotion in this life among all seen (later is higher).
+    promotion_order: Vec<Option<u64>>,
+    /// Per broker: whether it serves clients now.
+    serving: Vec<bool>,
+    /// Promotions seen.
+    promotions_seen: u64,
     /// Counters.
     pub counters: OracleCounters,
 }
@@ -135,7 +141,22 @@ pub struct Oracle {
 impl Oracle {
     /// An oracle for `brokers` brokers.
     pub fn new(brokers: usize) -> Oracle {
-        Oracle { observed: vec![None; brokers], ..Oracle::default() }
+        Oracle {
+            observed: vec![None; brokers],
+            promotion_order: vec![None; brokers],
+            serving: vec![false; brokers],
+            ..Oracle::default()
+        }
+    }
+
+    /// Whether another broker serves clients since a later promotion than `broker`'s last one: a
+    /// confirm from `broker` (sent while it was a primary, perhaps received after it stepped
+    /// down) is then stale: the cluster manager's choice is the later one, whatever the epochs
+    /// say.
+    pub fn superseded(&self, broker: usize) -> bool {
+        let Some(own) = self.promotion_order[broker] else { return false };
+        (0..self.serving.len())
+            .any(|other| other != broker && self.serving[other] && self.promotion_order[other].is_some_and(|o| o > own))
     }
 
     /// The last observed state of a broker.
@@ -170,10 +191,17 @@ impl Oracle {
                     });
                 }
             }
+            if before.is_none() {
+                // A restart (or the first look): no promotion in this life yet.
+                self.promotion_order[broker] = None;
+            }
             let primary = current.state.is_some_and(BrokerState::is_primary);
             if primary && !old.is_some_and(BrokerState::is_primary) {
                 promoted.push((broker, old));
+                self.promotions_seen += 1;
+                self.promotion_order[broker] = Some(self.promotions_seen);
             }
+            self.serving[broker] = primary;
             if primary && current.epoch > self.epoch_highest {
                 self.epoch_highest = current.epoch;
             }

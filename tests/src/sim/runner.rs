@@ -69,8 +69,7 @@ pub struct SimConfig {
     pub liveness: Duration,
     /// Most steps in all (a run that loops without advancing time fails).
     pub steps_max: u64,
-    /// Fail on the open issues too (see `invariants`); otherwise they are counted, and the
-    /// cluster manager does not promote a broker a second time in one life (which panics).
+    /// Fail on the open issue too (see `invariants`); otherwise its losses are counted.
     pub strict: bool,
     /// The fault mix.
     pub faults: FaultPlan,
@@ -239,8 +238,6 @@ struct Simulation {
     faults_done: [u64; 5],
     /// Partitions in force: until when, from, to, both ways.
     partitions: Vec<(SimTime, usize, usize, bool)>,
-    /// The broker the cluster manager promoted last.
-    last_promoted: Option<usize>,
     /// Per broker, its holdings as computed at a step (`held_cached`).
     held_cache: Vec<Option<(u64, BTreeSet<u64>)>>,
 }
@@ -265,8 +262,7 @@ impl Simulation {
         );
         let producer = Producer::new(&mut rng, config.brokers);
         let consumer = Consumer::new(&mut rng, config.brokers);
-        let mut manager = ClusterManager::new(&mut rng, config.heartbeat, config.backup_timeout);
-        manager.skip_promoted_before = !config.strict;
+        let manager = ClusterManager::new(&mut rng, config.heartbeat, config.backup_timeout);
         let mut trace = Trace::new(verbose);
         trace.record(format!(
             "seed {}: {} brokers x {} shards, heartbeat {:?}, maintenance {:?}, backup timeout {:?}, safety {:?}; {}",
@@ -302,7 +298,6 @@ impl Simulation {
             notes: Vec::new(),
             faults_done: [0; 5],
             partitions: Vec::new(),
-            last_promoted: None,
             held_cache: vec![None; config_brokers],
         }
     }
@@ -951,9 +946,7 @@ impl Simulation {
                     if self.trace.verbose() {
                         self.trace.record(format!("{} producer: {number} confirmed by b{}", self.now, broker.0));
                     }
-                    let epoch = self.brokers[broker.0].status().map(|(_, e)| e).unwrap_or_default();
-                    let superseded =
-                        self.brokers.iter().any(|b| b.status().is_some_and(|(s, e)| s.is_primary() && e > epoch));
+                    let superseded = self.oracle.superseded(broker.0);
                     let detached = self.detached_from(broker.0, published_at);
                     let holders = self.linked_holders(broker.0, published_at, number);
                     self.oracle.confirmed(number, self.now, superseded, detached, &holders)?;
@@ -1149,26 +1142,11 @@ impl Simulation {
         let statuses: Vec<BrokerStatus> = self
             .brokers
             .iter()
-            .map(|b| BrokerStatus {
-                reachable: b.reachable(),
-                state: b.status().map(|(s, _)| s),
-                promoted_before: b.status().is_some_and(|(_, e)| e.0 != 0),
-            })
+            .map(|b| BrokerStatus { reachable: b.reachable(), state: b.status().map(|(s, _)| s) })
             .collect();
         match self.manager.tick(self.now, &statuses, &mut self.rng) {
             ManagerDecision::Wait => Ok(()),
             ManagerDecision::Promote(broker) => {
-                if let Some(last) = self.last_promoted.filter(|&last| last != broker && !self.config.strict) {
-                    // Fencing (STONITH), as a cluster manager does before promoting another: the
-                    // last broker promoted, now unreachable, is killed. Without it, a broker that
-                    // never heard of that promotion gets the same epoch (see the report's issue).
-                    if self.brokers[last].up() && !self.brokers[last].reachable() {
-                        self.trace.record(format!("{} manager fences b{last} before promoting b{broker}", self.now));
-                        let down = self.config.heartbeat.as_nanos() as u64;
-                        self.crash(last, Some(self.now.plus_nanos(down)));
-                    }
-                }
-                self.last_promoted = Some(broker);
                 self.trace.record(format!("{} manager promotes b{broker} ({:?})", self.now, statuses[broker].state));
                 let mut actions = std::mem::take(&mut self.actions);
                 actions.clear();
