@@ -5,18 +5,19 @@
 //! neither the `ringmq` binary nor the serial group of the process tests (`.config/nextest.toml`
 //! gives this binary its own override).
 
-use ringmq_tests::sim::{run, run_seed, Outcome, SimConfig};
+use ringmq_tests::sim::{run, run_seed, Outcome, SimConfig, QUEUE, QUEUE_SHARD_1};
 
 /// Seeds per test: the range is cut into tests of this many so that nextest runs them in
 /// parallel; about 1.5 s per test in release on a 2-core machine.
 const SEEDS_PER_TEST: u64 = 50;
 
-/// Runs `SEEDS_PER_TEST` seeds from `first`; fails listing every failed seed with its report.
-fn run_seeds(first: u64) {
+/// Runs `SEEDS_PER_TEST` seeds from `first` with the clients on `queue`; fails listing every
+/// failed seed with its report.
+fn run_seeds(first: u64, queue: &'static str) {
     let mut failures = Vec::new();
     let mut steps = 0;
     for seed in first..first + SEEDS_PER_TEST {
-        let outcome = run_seed(seed, false);
+        let outcome = run(SimConfig::from_seed(seed).with_queue(queue), false);
         steps += outcome.steps;
         if let Some(failure) = &outcome.failure {
             failures.push(format!("seed {seed}: {failure}\n  {}", outcome.summary));
@@ -32,25 +33,46 @@ fn run_seeds(first: u64) {
     );
 }
 
-/// One test per block of seeds: 20 blocks, seeds 0..1000.
+/// One test per block of seeds: 20 blocks, seeds 0..1000, with the queue on shard 0; 4 blocks,
+/// seeds 0..200 again, with the queue on shard 1 (of the brokers with two shards).
 macro_rules! seed_blocks {
-    ($($name:ident = $block:expr;)*) => {
+    ($($name:ident = $block:expr, $queue:expr;)*) => {
         $(
             #[test]
             fn $name() {
                 // Goal: no invariant breaks and the cluster converges, for every seed of the
                 // block. Method: run each seed's safety and liveness phases (see `sim::runner`).
-                run_seeds($block * SEEDS_PER_TEST);
+                run_seeds($block * SEEDS_PER_TEST, $queue);
             }
         )*
     };
 }
 
 seed_blocks! {
-    seeds_0000 = 0; seeds_0050 = 1; seeds_0100 = 2; seeds_0150 = 3; seeds_0200 = 4;
-    seeds_0250 = 5; seeds_0300 = 6; seeds_0350 = 7; seeds_0400 = 8; seeds_0450 = 9;
-    seeds_0500 = 10; seeds_0550 = 11; seeds_0600 = 12; seeds_0650 = 13; seeds_0700 = 14;
-    seeds_0750 = 15; seeds_0800 = 16; seeds_0850 = 17; seeds_0900 = 18; seeds_0950 = 19;
+    seeds_0000 = 0, QUEUE;
+    seeds_0050 = 1, QUEUE;
+    seeds_0100 = 2, QUEUE;
+    seeds_0150 = 3, QUEUE;
+    seeds_0200 = 4, QUEUE;
+    seeds_0250 = 5, QUEUE;
+    seeds_0300 = 6, QUEUE;
+    seeds_0350 = 7, QUEUE;
+    seeds_0400 = 8, QUEUE;
+    seeds_0450 = 9, QUEUE;
+    seeds_0500 = 10, QUEUE;
+    seeds_0550 = 11, QUEUE;
+    seeds_0600 = 12, QUEUE;
+    seeds_0650 = 13, QUEUE;
+    seeds_0700 = 14, QUEUE;
+    seeds_0750 = 15, QUEUE;
+    seeds_0800 = 16, QUEUE;
+    seeds_0850 = 17, QUEUE;
+    seeds_0900 = 18, QUEUE;
+    seeds_0950 = 19, QUEUE;
+    shard_1_seeds_0000 = 0, QUEUE_SHARD_1;
+    shard_1_seeds_0050 = 1, QUEUE_SHARD_1;
+    shard_1_seeds_0100 = 2, QUEUE_SHARD_1;
+    shard_1_seeds_0150 = 3, QUEUE_SHARD_1;
 }
 
 #[test]

@@ -5,6 +5,8 @@
 //!   always replays the same run.
 //! - `--strict` (with either): the open issue's losses fail a seed too, instead of being counted
 //!   (see `ringmq_tests::sim::invariants`).
+//! - `--queue-on-shard-1` (with either): the clients use a queue that shard 1 owns (on brokers
+//!   of two shards), so that replication crosses to the other shard's streams.
 //! - `ringmq-sim --seeds N [--from K] [--jobs J]`: runs seeds K..K+N on J threads (default: one per
 //!   core), printing every failure's seed and violation as it comes, then the totals: seeds, steps,
 //!   steps per second, failures. Exits 1 if any seed failed.
@@ -14,16 +16,19 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use ringmq_tests::sim::{run, SimConfig};
+use ringmq_tests::sim::{run, SimConfig, QUEUE, QUEUE_SHARD_1};
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match parse(&args) {
-        Ok(Command::One { seed, verbose, strict }) => one(seed, verbose, strict),
-        Ok(Command::Many { count, from, jobs, strict }) => many(count, from, jobs, strict),
+        Ok(Command::One { seed, verbose, options }) => one(seed, verbose, options),
+        Ok(Command::Many { count, from, jobs, options }) => many(count, from, jobs, options),
         Err(message) => {
             eprintln!("ringmq-sim: {message}");
-            eprintln!("usage: ringmq-sim --seed S [--verbose] [--strict] | --seeds N [--from K] [--jobs J] [--strict]");
+            eprintln!(
+                "usage: ringmq-sim --seed S [--verbose] | --seeds N [--from K] [--jobs J]; either with [--strict] \
+                 [--queue-on-shard-1]"
+            );
             ExitCode::from(2)
         }
     }
@@ -37,8 +42,8 @@ enum Command {
         seed: u64,
         /// Print every event.
         verbose: bool,
-        /// Fail on the open issues too.
-        strict: bool,
+        /// The run's options.
+        options: Options,
     },
     /// Many seeds.
     Many {
@@ -48,8 +53,8 @@ enum Command {
         from: u64,
         /// Threads.
         jobs: usize,
-        /// Fail on the open issues too.
-        strict: bool,
+        /// The runs' options.
+        options: Options,
     },
 }
 
@@ -60,6 +65,7 @@ fn parse(args: &[String]) -> Result<Command, String> {
     let mut jobs = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mut verbose = false;
     let mut strict = false;
+    let mut shard_1 = false;
     let mut iter = args.iter();
     while let Some(arg) = iter.next() {
         let mut value = |name: &str| -> Result<u64, String> {
@@ -73,24 +79,35 @@ fn parse(args: &[String]) -> Result<Command, String> {
             "--jobs" => jobs = value("--jobs")?.max(1) as usize,
             "--verbose" => verbose = true,
             "--strict" => strict = true,
+            "--queue-on-shard-1" => shard_1 = true,
             other => return Err(format!("unknown argument '{other}'")),
         }
     }
     match (seed, count) {
-        (Some(seed), None) => Ok(Command::One { seed, verbose, strict }),
-        (None, Some(count)) => Ok(Command::Many { count, from, jobs, strict }),
+        (Some(seed), None) => Ok(Command::One { seed, verbose, options: Options { strict, shard_1 } }),
+        (None, Some(count)) => Ok(Command::Many { count, from, jobs, options: Options { strict, shard_1 } }),
         _ => Err("give exactly one of --seed S and --seeds N".into()),
     }
 }
 
-/// The settings of `seed`, strict or not.
-fn config(seed: u64, strict: bool) -> SimConfig {
-    SimConfig { strict, ..SimConfig::from_seed(seed) }
+/// What the command line changes in a seed's settings.
+#[derive(Clone, Copy)]
+struct Options {
+    /// `--strict`.
+    strict: bool,
+    /// `--queue-on-shard-1`.
+    shard_1: bool,
 }
 
-fn one(seed: u64, verbose: bool, strict: bool) -> ExitCode {
+/// The settings of `seed` with the options.
+fn config(seed: u64, options: Options) -> SimConfig {
+    let queue = if options.shard_1 { QUEUE_SHARD_1 } else { QUEUE };
+    SimConfig { strict: options.strict, ..SimConfig::from_seed(seed) }.with_queue(queue)
+}
+
+fn one(seed: u64, verbose: bool, options: Options) -> ExitCode {
     let started = Instant::now();
-    let outcome = run(config(seed, strict), verbose);
+    let outcome = run(config(seed, options), verbose);
     let elapsed = started.elapsed();
     println!(
         "seed {seed}: {} steps, {} simulated, {:.0} steps/s, trace hash {:016x}",
@@ -109,7 +126,7 @@ fn one(seed: u64, verbose: bool, strict: bool) -> ExitCode {
     }
 }
 
-fn many(count: u64, from: u64, jobs: usize, strict: bool) -> ExitCode {
+fn many(count: u64, from: u64, jobs: usize, options: Options) -> ExitCode {
     // A panic fails its seed with the message (the run catches it); the default hook's report,
     // a backtrace per failing seed, would bury the summary.
     std::panic::set_hook(Box::new(|_| {}));
@@ -130,7 +147,7 @@ fn many(count: u64, from: u64, jobs: usize, strict: bool) -> ExitCode {
                 if seed >= end {
                     return;
                 }
-                let outcome = run(config(seed, strict), false);
+                let outcome = run(config(seed, options), false);
                 steps.fetch_add(outcome.steps, Ordering::Relaxed);
                 let c = &outcome.counters;
                 for (total, value) in

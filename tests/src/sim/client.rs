@@ -38,8 +38,11 @@ use super::clock::SimTime;
 use super::network::SimConnId;
 use super::rng::SimRng;
 
-/// The queue every client uses.
+/// The queue the clients use by default: owned by shard 0 (`shard_of`).
 pub const QUEUE: &str = "sim";
+/// A queue owned by shard 1 of a broker of two shards, for runs whose replication must cross to
+/// the other shard's streams (`SimConfig::queue`).
+pub const QUEUE_SHARD_1: &str = "sim-2";
 /// The dedup header (`ringmq_core::limits::DEDUP_HEADER`).
 const DEDUP_HEADER: &[u8] = b"x-ringmq-dedup";
 
@@ -150,10 +153,12 @@ struct ClientLink {
     retry_interval: Duration,
     /// The next request id.
     next_request: u32,
+    /// The queue.
+    queue: &'static str,
 }
 
 impl ClientLink {
-    fn new(brokers: usize, first: usize, retry_interval: Duration) -> ClientLink {
+    fn new(brokers: usize, first: usize, retry_interval: Duration, queue: &'static str) -> ClientLink {
         ClientLink {
             conn: None,
             broker: first,
@@ -164,6 +169,7 @@ impl ClientLink {
             brokers,
             retry_interval,
             next_request: 0,
+            queue,
         }
     }
 
@@ -252,7 +258,7 @@ impl ClientLink {
         let request = self.request();
         let frame = Frame::QueueDeclare {
             request,
-            name: QUEUE.to_string(),
+            name: self.queue.to_string(),
             options: QueueOptions::default(),
             arguments: vec![("qpid.replicate".to_string(), "all".to_string())],
         };
@@ -297,11 +303,11 @@ pub struct Producer {
 }
 
 impl Producer {
-    /// A producer with behaviour drawn from `rng`.
-    pub fn new(rng: &mut SimRng, brokers: usize) -> Producer {
+    /// A producer to `queue` with behaviour drawn from `rng`.
+    pub fn new(rng: &mut SimRng, brokers: usize, queue: &'static str) -> Producer {
         let retry = Duration::from_millis(rng.between(5, 50));
         Producer {
-            link: ClientLink::new(brokers, rng.index(brokers), retry),
+            link: ClientLink::new(brokers, rng.index(brokers), retry, queue),
             id: "p0".to_string(),
             next_number: 0,
             unconfirmed: BTreeSet::new(),
@@ -456,7 +462,7 @@ impl Producer {
             self.seq_numbers.insert(self.next_seq, number);
             self.next_seq += 1;
             messages.push(Message {
-                routing_key: Bytes::from_static(QUEUE.as_bytes()),
+                routing_key: Bytes::from_static(self.link.queue.as_bytes()),
                 message_id: Bytes::new(),
                 headers: vec![Header {
                     name: Bytes::from_static(DEDUP_HEADER),
@@ -488,11 +494,11 @@ pub struct Consumer {
 }
 
 impl Consumer {
-    /// A consumer with behaviour drawn from `rng`.
-    pub fn new(rng: &mut SimRng, brokers: usize) -> Consumer {
+    /// A consumer of `queue` with behaviour drawn from `rng`.
+    pub fn new(rng: &mut SimRng, brokers: usize, queue: &'static str) -> Consumer {
         let retry = Duration::from_millis(rng.between(5, 50));
         Consumer {
-            link: ClientLink::new(brokers, rng.index(brokers), retry),
+            link: ClientLink::new(brokers, rng.index(brokers), retry, queue),
             prefetch: rng.between(1, 32) as u32,
             unacked: BTreeMap::new(),
             ack_delay_max: Duration::from_millis(rng.between(0, 5)),
@@ -577,7 +583,7 @@ impl Consumer {
                     let frame = Frame::Subscribe {
                         request,
                         consumer: CONSUMER,
-                        queue: QUEUE.to_string(),
+                        queue: self.link.queue.to_string(),
                         prefetch: self.prefetch,
                     };
                     self.link.phase = Phase::AwaitSubscribe(request);

@@ -41,4 +41,5 @@ pub mod rng;
 pub mod runner;
 pub mod trace;
 
+pub use client::{QUEUE, QUEUE_SHARD_1};
 pub use runner::{run, run_seed, Failure, Outcome, SimConfig};

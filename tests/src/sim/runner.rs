@@ -71,6 +71,8 @@ pub struct SimConfig {
     pub steps_max: u64,
     /// Fail on the open issue too (see `invariants`); otherwise its losses are counted.
     pub strict: bool,
+    /// The queue the clients use (`client::QUEUE`, on shard 0, unless changed).
+    pub queue: &'static str,
     /// The fault mix.
     pub faults: FaultPlan,
 }
@@ -94,8 +96,15 @@ impl SimConfig {
             liveness: Duration::from_secs(40),
             steps_max: 3_000_000,
             strict: false,
+            queue: QUEUE,
             faults,
         }
+    }
+
+    /// The same run with the clients on `queue` (e.g. `client::QUEUE_SHARD_1`).
+    pub fn with_queue(mut self, queue: &'static str) -> SimConfig {
+        self.queue = queue;
+        self
     }
 
     /// The same run without any fault (latency only).
@@ -260,8 +269,8 @@ impl Simulation {
             config.faults.latency_max.as_nanos() as u64,
             config.faults.link,
         );
-        let producer = Producer::new(&mut rng, config.brokers);
-        let consumer = Consumer::new(&mut rng, config.brokers);
+        let producer = Producer::new(&mut rng, config.brokers, config.queue);
+        let consumer = Consumer::new(&mut rng, config.brokers, config.queue);
         let manager = ClusterManager::new(&mut rng, config.heartbeat, config.backup_timeout);
         let mut trace = Trace::new(verbose);
         trace.record(format!(
@@ -985,7 +994,7 @@ impl Simulation {
     /// to such a link holds the confirm of a publish enqueued after it opened until the backup
     /// applied it (a link opened later has it in its catch-up, which holds no confirm).
     fn linked_holders(&mut self, primary: usize, published_at: SimTime, number: u64) -> Vec<(usize, bool)> {
-        let queue_shard = ringmq_core::shard::shard_of(QUEUE, self.config.shards).0;
+        let queue_shard = ringmq_core::shard::shard_of(self.config.queue, self.config.shards).0;
         let mut linked: Vec<usize> = Vec::new();
         for connection in self.network.connections.values() {
             if connection.closed != [false, false] {
@@ -1332,7 +1341,7 @@ impl Simulation {
             node.shard().replication_snapshot(&mut events);
             for event in &events {
                 if let ReplicationEvent::Enqueued { queue, message, .. } = event {
-                    if &**queue == QUEUE {
+                    if &**queue == self.config.queue {
                         if let Some(number) = std::str::from_utf8(&message.body).ok().and_then(|t| t.parse().ok()) {
                             held.insert(number);
                         }
