@@ -307,10 +307,11 @@ fn a_backup_copying_a_deep_queue_does_not_hold_up_new_publishes() {
     // publishes to another queue and to the deep queue itself are confirmed (every linked backup,
     // the catching-up one included, stored them) before that backup holds everything. And a
     // backup in catch-up refuses promotion.
-    // Method: backup 2 is killed, 300k small messages are sent to "deep", backup 2 restarts; once
-    // the primary logged its catch-up of "deep", one message to "other" and one to "deep" are
-    // published and their confirms awaited; the primary must not have marked backup 2 ready yet
-    // (ordering, not timing). Then backup 2 becomes ready with every message.
+    // Method: backup 2 is killed, 300k messages of 100 bytes are sent to "deep", backup 2
+    // restarts; once the primary logged its catch-up of "deep", one message to "other" and one to
+    // "deep" are published while backup 2 is stopped (SIGSTOP), then it continues and their
+    // confirms are awaited; the primary must not have marked backup 2 ready yet. Then backup 2
+    // becomes ready with every message.
     const DEEP: u64 = 300_000;
     let mut brokers = ready_cluster(&["--ha-replicate", "all", "--link-heartbeat-interval", "2"]);
     let primary = client(&brokers[0]);
@@ -318,7 +319,7 @@ fn a_backup_copying_a_deep_queue_does_not_hold_up_new_publishes() {
     primary.declare_queue("other", QueueOptions::default(), &[]).unwrap();
     brokers[2].kill();
     let count = DEEP.to_string();
-    let sent = run_cli(&["send", "-b", &brokers[0].addr(), "-k", "deep", "--count", &count, "--size", "8"]);
+    let sent = run_cli(&["send", "-b", &brokers[0].addr(), "-k", "deep", "--count", &count, "--size", "100"]);
     assert!(sent.status.success(), "send: {}", String::from_utf8_lossy(&sent.stderr));
     wait_depth(&brokers[1], "deep", DEEP);
     let ready = format!("backup={}", brokers[2].addr());
@@ -339,12 +340,17 @@ fn a_backup_copying_a_deep_queue_does_not_hold_up_new_publishes() {
     wait_state(&brokers[2], "catchup");
     let stopped = Stopped::stop(&brokers[0]);
     let refused = run_cli(&["ha", "promote", "-b", &brokers[2].addr(), "--cluster-manager"]);
-    stopped.resume();
     let stderr = String::from_utf8_lossy(&refused.stderr).to_string();
     assert!(!refused.status.success() && stderr.contains("still catching up"), "promote in catch-up: {stderr}");
+    // The backup is held still while the primary resumes and takes the publishes, so the copy is
+    // unfinished when they come: its window of batches is out, the rest of the backlog waits, and
+    // the publishes' records go out before that rest.
+    let backup_stopped = Stopped::stop(&brokers[2]);
+    stopped.resume();
     let publisher = primary.publisher().unwrap();
     publisher.publish("", numbered("other", 1)).unwrap();
     publisher.publish("", numbered("deep", DEEP)).unwrap();
+    backup_stopped.resume();
     let summary = publisher.wait_for_confirms().unwrap();
     assert_eq!((summary.stored, summary.rejected), (2, 0), "{summary:?}");
     let log = plain_log(&brokers[0]);
