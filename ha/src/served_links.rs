@@ -235,8 +235,10 @@ impl ShardNode {
     /// shard 0, and closes links whose stream overflowed.
     pub(crate) fn send_batches(&mut self, now: Instant) {
         let Some(replication) = self.replication.as_mut() else { return };
-        let links: Vec<u64> = replication.links().collect();
-        for link in links {
+        // Kept between pumps: this runs after every input of a primary.
+        self.batch_links.clear();
+        self.batch_links.extend(replication.links());
+        for &link in &self.batch_links {
             let conn = ConnId(link as u32);
             let mut bytes = BytesMut::new();
             while let Some(batch) = replication.poll_batch(link, BATCH_BYTES_MAX as usize) {

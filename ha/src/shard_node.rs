@@ -89,6 +89,8 @@ pub struct ShardNode {
     own_controls: VecDeque<NodeControl>,
     /// Scratch for `settle`: replication events and released holds.
     scratch: (Vec<ReplicationEvent>, Vec<Hold>),
+    /// Scratch for `send_batches`: the links to write batches to.
+    pub(crate) batch_links: Vec<u64>,
 }
 
 impl ShardNode {
@@ -108,6 +110,7 @@ impl ShardNode {
             outputs: Outputs::default(),
             own_controls: VecDeque::new(),
             scratch: (Vec::new(), Vec::new()),
+            batch_links: Vec::new(),
         };
         node.follow_state(now);
         node
