@@ -43,8 +43,6 @@ pub const QUEUE: &str = "sim";
 /// A queue owned by shard 1 of a broker of two shards, for runs whose replication must cross to
 /// the other shard's streams (`SimConfig::queue`).
 pub const QUEUE_SHARD_1: &str = "sim-2";
-/// The dedup header (`ringmq_core::limits::DEDUP_HEADER`).
-const DEDUP_HEADER: &[u8] = b"x-ringmq-dedup";
 
 /// What a client asks the runner to do.
 #[derive(Debug)]
@@ -465,7 +463,7 @@ impl Producer {
                 routing_key: Bytes::from_static(self.link.queue.as_bytes()),
                 message_id: Bytes::new(),
                 headers: vec![Header {
-                    name: Bytes::from_static(DEDUP_HEADER),
+                    name: Bytes::from_static(ringmq_core::limits::DEDUP_HEADER),
                     value: Bytes::from(format!("{}/{number}", self.id)),
                 }],
                 body: Bytes::from(number.to_string()),
