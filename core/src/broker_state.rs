@@ -17,6 +17,7 @@
 //! | ready      | catchup    | `expected-backup-timed-out`: a recovering primary gave up on it    |
 //! | ready      | catchup    | `reconnected-behind-primary`: its new primary has more than it     |
 //! | ready      | ready      | `primary-lost`: the link to the primary dropped (issue, below)     |
+//! | ready      | joining    | `primary-lost-too-long`: `ha-backup-timeout` passed without word from the primary that marked it ready |
 //! | recovering | active     | `expected-backups-settled`: every expected backup is ready or timed out |
 //! | recovering | joining    | `superseded-by-newer-epoch`: another broker was promoted later     |
 //! | active     | joining    | `superseded-by-newer-epoch` (issue, below)                         |
@@ -36,6 +37,14 @@
 //! joining broker may be promoted), whether a backup's catch-up queues are all ready, and the
 //! `ha-backup-timeout` are decided by the membership and primary state machines; this module only
 //! says whether the step they ask for is in the table.
+//!
+//! The `primary-lost-too-long` row is ours as well. A ready backup that lost its primary stays
+//! ready so that it can be promoted if the primary died; but if the primary lives on, it holds
+//! confirms for that backup only for `ha-backup-timeout` (plus a margin), then confirms without
+//! it. So the backup stops counting as ready once `ha-backup-timeout` has passed since it last
+//! heard from that primary: as `joining`, it may be promoted only as the first primary of a new
+//! cluster, which loses what it lacks and is the cluster manager's explicit choice. (In the
+//! reference the backup stayed ready for good, and a promotion could lose confirmed messages.)
 //!
 //! The `superseded-by-newer-epoch` rows are ours too: the reference has no demotion and trusted
 //! the cluster manager never to leave two primaries. A primary that learns of a newer epoch (see
@@ -80,6 +89,9 @@ pub enum TransitionCause {
     MarkedReadyByPrimary,
     /// The link to the primary dropped; the backup keeps its state and data and reconnects.
     PrimaryLost,
+    /// A ready backup heard nothing from the primary that marked it ready for `ha-backup-timeout`:
+    /// that primary no longer holds confirms for it, so it is no longer ready.
+    PrimaryLostTooLong,
     /// A recovering primary's `ha-backup-timeout` passed before this expected backup was ready.
     ExpectedBackupTimedOut,
     /// The backup reconnected to a (new) primary that holds records the backup lacks.
@@ -163,6 +175,7 @@ pub fn allowed_causes(from: BrokerState, to: BrokerState) -> &'static [Transitio
         (Ready, Recovering) => &[Promoted],
         (Ready, CatchUp) => &[ExpectedBackupTimedOut, ReconnectedBehindPrimary],
         (Ready, Ready) => &[PrimaryLost],
+        (Ready, Joining) => &[PrimaryLostTooLong],
         (Recovering, Active) => &[ExpectedBackupsSettled],
         (Recovering, Joining) | (Active, Joining) => &[SupersededByNewerEpoch],
         _ => &[],
@@ -211,7 +224,7 @@ impl BrokerState {
             Standalone => &[Joining],
             Joining => &[CatchUp, Recovering],
             CatchUp => &[CatchUp, Ready],
-            Ready => &[CatchUp, Ready, Recovering],
+            Ready => &[Joining, CatchUp, Ready, Recovering],
             Recovering => &[Joining, Active],
             Active => &[Joining],
         }
@@ -220,12 +233,13 @@ impl BrokerState {
 
 impl TransitionCause {
     /// Every cause.
-    pub const ALL: [TransitionCause; 9] = [
+    pub const ALL: [TransitionCause; 10] = [
         TransitionCause::HaClusterEnabled,
         TransitionCause::PrimaryContacted,
         TransitionCause::Promoted,
         TransitionCause::MarkedReadyByPrimary,
         TransitionCause::PrimaryLost,
+        TransitionCause::PrimaryLostTooLong,
         TransitionCause::ExpectedBackupTimedOut,
         TransitionCause::ReconnectedBehindPrimary,
         TransitionCause::ExpectedBackupsSettled,
@@ -240,6 +254,7 @@ impl TransitionCause {
             TransitionCause::Promoted => "promoted",
             TransitionCause::MarkedReadyByPrimary => "marked-ready-by-primary",
             TransitionCause::PrimaryLost => "primary-lost",
+            TransitionCause::PrimaryLostTooLong => "primary-lost-too-long",
             TransitionCause::ExpectedBackupTimedOut => "expected-backup-timed-out",
             TransitionCause::ReconnectedBehindPrimary => "reconnected-behind-primary",
             TransitionCause::ExpectedBackupsSettled => "expected-backups-settled",
@@ -312,7 +327,7 @@ mod tests {
 
     /// The table of the module doc, written out again independently of `allowed_causes`, so that a
     /// change to either one fails the pair tests.
-    const EXPECTED: [(BrokerState, BrokerState, &[TransitionCause]); 11] = [
+    const EXPECTED: [(BrokerState, BrokerState, &[TransitionCause]); 12] = [
         (Standalone, Joining, &[HaClusterEnabled]),
         (Joining, CatchUp, &[PrimaryContacted]),
         (Joining, Recovering, &[Promoted]),
@@ -321,6 +336,7 @@ mod tests {
         (Ready, Recovering, &[Promoted]),
         (Ready, CatchUp, &[ExpectedBackupTimedOut, ReconnectedBehindPrimary]),
         (Ready, Ready, &[PrimaryLost]),
+        (Ready, Joining, &[PrimaryLostTooLong]),
         (Recovering, Active, &[ExpectedBackupsSettled]),
         (Recovering, Joining, &[SupersededByNewerEpoch]),
         (Active, Joining, &[SupersededByNewerEpoch]),
@@ -333,7 +349,7 @@ mod tests {
 
     #[test]
     fn every_legal_pair_passes_with_each_of_its_causes() {
-        // Goal: the 11 legal rows of the table are accepted, each for every cause it lists.
+        // Goal: the 12 legal rows of the table are accepted, each for every cause it lists.
         // Method: walk all 36 pairs; for the legal ones, call transition with each listed cause.
         let mut legal_pairs = 0;
         for from in BrokerState::ALL {
@@ -348,12 +364,12 @@ mod tests {
                 }
             }
         }
-        assert_eq!(legal_pairs, 11);
+        assert_eq!(legal_pairs, 12);
     }
 
     #[test]
     fn every_illegal_pair_fails_naming_from_to_and_allowed_targets() {
-        // Goal: the 25 pairs outside the table are refused for every cause, and the message names
+        // Goal: the 24 pairs outside the table are refused for every cause, and the message names
         // the state the broker is in, the state asked for, and every allowed target.
         // Method: walk all 36 pairs; for the illegal ones, try every cause and read the message.
         let mut illegal_pairs = 0;
@@ -378,7 +394,7 @@ mod tests {
                 }
             }
         }
-        assert_eq!(illegal_pairs, 25);
+        assert_eq!(illegal_pairs, 24);
     }
 
     #[test]
@@ -430,6 +446,18 @@ mod tests {
         for state in [Standalone, Joining, Recovering, Active] {
             assert!(transition(state, state, PrimaryLost).is_err(), "{state}");
         }
+    }
+
+    #[test]
+    fn ready_backup_unheard_from_for_too_long_becomes_joining_and_nothing_else_does() {
+        // Goal: only a ready backup leaves for joining when its primary was silent too long; a
+        // backup catching up has nothing to give up, and a primary never takes that cause.
+        assert_eq!(transition(Ready, Joining, PrimaryLostTooLong), Ok(Joining));
+        for state in [Standalone, Joining, CatchUp, Recovering, Active] {
+            assert!(transition(state, Joining, PrimaryLostTooLong).is_err(), "{state}");
+        }
+        let error = transition(Ready, Joining, PrimaryLost).unwrap_err();
+        assert!(error.to_string().ends_with("allowed causes: primary-lost-too-long"), "{error}");
     }
 
     #[test]

@@ -8,8 +8,8 @@
 //! `link-open` (this shard, the shard count, the highest epoch seen, the shard's holdings), wait
 //! for `link-accepted`; then apply batches in order, confirm them cumulatively after each read,
 //! and exchange heartbeats until one end hears nothing for twice the interval. Shard 0 moves the
-//! broker to catch-up when the primary accepts and to ready on `marked-ready`, and passes
-//! `members` to the other shards.
+//! broker to catch-up when the primary accepts and to ready on `marked-ready`, passes `members` to
+//! the other shards, and asks for its ready lease (`lease-request`, `ready_lease`).
 //!
 //! Catch-up sends only the difference: `link-open` carries what the shard holds of its queues
 //! (`Shard::replica_holdings`), and the primary sends the messages it lacks, drops those it no
@@ -38,6 +38,7 @@ use crate::limits::{BATCH_BYTES_MAX, HOLDINGS_QUEUES_MAX, HOLDINGS_RANGES_MAX, L
 use crate::link_frame::{decode_link_frame, LinkFrame, LinkOpen};
 use crate::link_heartbeat::{HeartbeatAction, LinkHeartbeat};
 use crate::node_output::{NodeControl, NodeOutput, Outputs};
+use crate::ready_lease::LeaseRequests;
 use crate::record::{encode_confirm, Batch};
 use crate::shard_node::NodeConfig;
 
@@ -54,6 +55,8 @@ pub(crate) struct BackupSession {
     connection: Option<Connection>,
     /// `stop` was called: the broker is no longer a backup.
     stopped: bool,
+    /// Shard 0: the lease requests on accepted links and the last one granted (`ready_lease`).
+    lease: Option<LeaseRequests>,
 }
 
 /// The dialled connection.
@@ -103,6 +106,21 @@ impl BackupSession {
             dialing: false,
             connection: None,
             stopped: false,
+            lease: (shard.id().0 == 0).then(|| LeaseRequests::new(config.backup_timeout)),
+        }
+    }
+
+    /// Shard 0: when the newest `lease-request` the primary answered was sent, if any was.
+    pub(crate) fn lease_granted(&self) -> Option<Instant> {
+        self.lease.as_ref().and_then(LeaseRequests::granted)
+    }
+
+    /// Ends the link, if one is accepted, as lost for `reason`; the session dials again in its
+    /// time. A link still in its handshake goes on.
+    pub(crate) fn drop_accepted_link(&mut self, reason: String, now: Instant, outputs: &mut Outputs) {
+        if let Some(connection) = self.connection.as_ref().filter(|c| c.heartbeat.is_some()) {
+            outputs.push(NodeOutput::Shutdown { conn: connection.conn });
+            self.end(LinkEnd::Lost(reason), now, outputs);
         }
     }
 
@@ -213,6 +231,9 @@ impl BackupSession {
                     tracing::info!(counters = ?self.link.counters(), epoch = %accepted.epoch, "link: connected to {}", connection.address);
                     connection.heartbeat = Some(LinkHeartbeat::new(now, config.heartbeat_interval));
                     connection.handshake = Handshake::Open;
+                    if let Some(lease) = self.lease.as_mut() {
+                        lease.handle_accepted(now);
+                    }
                 }
                 (Handshake::Open, LinkFrame::Batch(batch)) => {
                     if let Err(reason) = apply_batch(shard, &mut self.replica, batch) {
@@ -236,6 +257,11 @@ impl BackupSession {
                     *ready_members = ready;
                 }
                 (Handshake::Open, LinkFrame::Native(Frame::Heartbeat)) => {}
+                (Handshake::Open, LinkFrame::LeaseGrant(token)) => {
+                    if let Some(lease) = self.lease.as_mut() {
+                        lease.handle_grant(token);
+                    }
+                }
                 (handshake, LinkFrame::Native(Frame::Error { code, message })) => {
                     end = Some(match handshake {
                         Handshake::Open => LinkEnd::Lost(format!("error {code:?}: {message}")),
@@ -249,6 +275,7 @@ impl BackupSession {
                 }
             }
         }
+        self.send_lease_requests(now, outputs);
         if let Some(confirmed) = self.replica.poll_confirm() {
             let mut bytes = BytesMut::new();
             encode_confirm(confirmed, &mut bytes);
@@ -288,14 +315,29 @@ impl BackupSession {
                 },
             }
         }
+        self.send_lease_requests(now, outputs);
         self.poll_dial(now, outputs);
+    }
+
+    /// Shard 0, on an accepted link: sends the lease requests due.
+    fn send_lease_requests(&mut self, now: Instant, outputs: &mut Outputs) {
+        let (Some(lease), Some(connection)) = (self.lease.as_mut(), self.connection.as_ref()) else { return };
+        if connection.heartbeat.is_none() {
+            return;
+        }
+        while let Some(token) = lease.poll_request(now) {
+            outputs.write_link_frame(connection.conn, &LinkFrame::LeaseRequest(token));
+        }
     }
 
     /// The next instant `handle_timeout` has work.
     pub(crate) fn poll_timeout(&self) -> Option<Instant> {
         match &self.connection {
             Some(connection) => Some(match &connection.heartbeat {
-                Some(heartbeat) => heartbeat.poll_timeout(),
+                Some(heartbeat) => {
+                    let lease = self.lease.as_ref().and_then(LeaseRequests::poll_timeout);
+                    lease.map_or(heartbeat.poll_timeout(), |due| due.min(heartbeat.poll_timeout()))
+                }
                 None => connection.handshake_deadline,
             }),
             None if self.stopped || self.dialing => None,
@@ -319,6 +361,9 @@ impl BackupSession {
     /// Ends the link: closes its connection and tells the dial pacing.
     fn end(&mut self, end: LinkEnd, now: Instant, outputs: &mut Outputs) {
         let Some(connection) = self.connection.take() else { return };
+        if let Some(lease) = self.lease.as_mut() {
+            lease.handle_link_ended();
+        }
         outputs.push(NodeOutput::Close { conn: connection.conn });
         let counters = self.link.counters();
         let address = connection.address;

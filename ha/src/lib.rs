@@ -30,8 +30,9 @@
 //! - `primary_replication`: one primary shard's replication to all its backups: a stream per backup
 //!   link fed the shard's `ReplicationEvent`s, the catch-up of a link from the shard's snapshot
 //!   (only the difference from the backup's holdings, interleaved with the live changes),
-//!   holds released once per stream, overflowed links, and recovering mode's expected backups,
-//!   which hold publishes until their link caught up or `ha-backup-timeout` passed.
+//!   holds released once per stream, overflowed links, and expected backups (recovering mode's,
+//!   and detached ready ones), which hold publishes until their link caught up or
+//!   `ha-backup-timeout` passed.
 //! - `backup_stream`: the backup's side of one stream: epoch and sequence checks, handing records
 //!   back in order for the backup shard to store, coalesced confirms.
 //! - `link_frame`: every frame of a replication link (native `hello`/`heartbeat`/`error`, batches,
@@ -47,7 +48,9 @@
 //!   simulator drive: bytes, closes, dial and probe answers and timeouts in, `node_output` out.
 //!   Its parts: `backup_session` (a backup shard's link to the primary), `served_links` (the
 //!   primary's end of backups' links), `primary_role` (shard 0 of a primary: readiness, `members`,
-//!   recovering mode and `ha-backup-timeout`) and `epoch_watch` (the probe for a newer primary).
+//!   recovering mode, `ha-backup-timeout` and detached ready backups), `ready_lease` (how long a
+//!   backup stays `ready` without word from its primary) and `epoch_watch` (the probe for a newer
+//!   primary).
 //! - `node_output`: what a node asks its shell to do, and what the nodes of one broker tell
 //!   each other.
 //!
@@ -76,6 +79,7 @@ pub mod node_output;
 pub mod primary_replication;
 mod primary_role;
 pub mod primary_stream;
+mod ready_lease;
 pub mod record;
 mod served_links;
 pub mod shard_node;

@@ -108,6 +108,18 @@ pub const LINK_HEARTBEAT_INTERVAL_MAX: std::time::Duration = std::time::Duration
 /// reference's rule: two).
 pub const LINK_SILENT_INTERVALS_MAX: u32 = 2;
 
+/// The most a primary holds confirms for a detached ready backup beyond `ha-backup-timeout`
+/// (`primary_role`), as room for the two machines' clocks to disagree on how much time passed;
+/// the allowance is one `link-heartbeat-interval`, at most this. (The backup's lease runs from the
+/// sending of a `lease-request` the primary answered, which is before the primary saw the link
+/// end, so network delays need no room. Monotonic clocks drift by parts per million; the
+/// simulator's clock jumps stay below one heartbeat interval.)
+pub const LEASE_CLOCK_ALLOWANCE_MAX: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// A backup's lease requests go out every `ha-backup-timeout` divided by this (`ready_lease`), so
+/// that a live link renews its lease long before it runs out.
+pub const LEASE_REQUESTS_PER_TIMEOUT: u32 = 4;
+
 const _: () = assert!(LINK_SILENT_INTERVALS_MAX >= 2, "one interval would race the peer's own heartbeat");
 const _: () = assert!(LINK_HEARTBEAT_INTERVAL_MIN.as_nanos() < LINK_HEARTBEAT_INTERVAL_MAX.as_nanos());
 

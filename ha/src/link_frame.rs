@@ -4,7 +4,7 @@
 //! A replication link is a native-protocol connection opened by a backup shard with the backup
 //! preamble flag (`PROTOCOL.md`, "Broker-to-broker replication link"). Native frames (`hello`,
 //! `heartbeat`, `error`) and replication frames share it. Both are `u32 length, u8 type, body`, and
-//! the type byte tells them apart: the replication frames use 0x50..=0x55, which the native
+//! the type byte tells them apart: the replication frames use 0x50..=0x57, which the native
 //! protocol leaves unused.
 //!
 //! | type | frame          | direction          | body                                              |
@@ -15,8 +15,11 @@
 //! | 0x53 | link-accepted  | primary -> backup  | `u64 epoch, u16 shard_count`                      |
 //! | 0x54 | marked-ready   | primary -> backup  | nothing                                           |
 //! | 0x55 | members        | primary -> backup  | `u16 count, count x bytes16 address`              |
+//! | 0x56 | lease-request  | backup -> primary  | `u64 token`                                       |
+//! | 0x57 | lease-grant    | primary -> backup  | `u64 token` (the request's)                       |
 //!
-//! Owns: the link-only frames (`LinkOpen`, `LinkAccepted`, marked-ready, members), their bytes, and the
+//! Owns: the link-only frames (`LinkOpen`, `LinkAccepted`, marked-ready, members, the lease
+//! frames), their bytes, and the
 //! dispatch of a mixed stream to the native codec (`ringmq_core::codec`) or the record codec
 //! (`record`). Not here: which frame may come when (the link's state machine, in the transport),
 //! what a batch means (`primary_stream`, `backup_stream`).
@@ -55,6 +58,10 @@ pub const TYPE_LINK_ACCEPTED: u8 = 0x53;
 pub const TYPE_MARKED_READY: u8 = 0x54;
 /// Type byte of members (primary to backup).
 pub const TYPE_MEMBERS: u8 = 0x55;
+/// Type byte of lease-request (backup to primary).
+pub const TYPE_LEASE_REQUEST: u8 = 0x56;
+/// Type byte of lease-grant (primary to backup).
+pub const TYPE_LEASE_GRANT: u8 = 0x57;
 
 /// Any frame of a replication link.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -78,6 +85,13 @@ pub enum LinkFrame {
     /// the last list it got; when promoted, the other addresses in it are its expected backups
     /// (`PrimaryReplication::expect_backups`).
     Members(Vec<String>),
+    /// "Are you still serving this link?" (backup to primary, on its shard-0 link, while accepted):
+    /// a token the backup picks, answered by `LeaseGrant`.
+    LeaseRequest(u64),
+    /// The answer to `LeaseRequest` with its token (primary to backup, at once): the primary held
+    /// this link open after the request was sent, so the backup's ready lease runs from then
+    /// (`ready_lease`).
+    LeaseGrant(u64),
 }
 
 impl LinkFrame {
@@ -91,6 +105,8 @@ impl LinkFrame {
             LinkFrame::Accepted(_) => "link-accepted",
             LinkFrame::MarkedReady => "marked-ready",
             LinkFrame::Members(_) => "members",
+            LinkFrame::LeaseRequest(_) => "lease-request",
+            LinkFrame::LeaseGrant(_) => "lease-grant",
         }
     }
 }
@@ -209,6 +225,13 @@ pub fn encode_link_frame(frame: &LinkFrame, out: &mut BytesMut) {
             }
             finish(out, start);
         }
+        LinkFrame::LeaseRequest(token) | LinkFrame::LeaseGrant(token) => {
+            let type_byte =
+                if matches!(frame, LinkFrame::LeaseRequest(_)) { TYPE_LEASE_REQUEST } else { TYPE_LEASE_GRANT };
+            let start = begin(out, type_byte);
+            out.put_u64_le(*token);
+            finish(out, start);
+        }
     }
 }
 
@@ -235,7 +258,8 @@ pub fn decode_link_frame(buf: &mut BytesMut, bytes_max: u32) -> Result<Option<Li
     match type_byte {
         TYPE_BATCH => Ok(decode_batch(buf, bytes_max)?.map(LinkFrame::Batch)),
         TYPE_CONFIRM => Ok(decode_confirm(buf)?.map(LinkFrame::Confirm)),
-        TYPE_LINK_OPEN | TYPE_LINK_ACCEPTED | TYPE_MARKED_READY | TYPE_MEMBERS => {
+        TYPE_LINK_OPEN | TYPE_LINK_ACCEPTED | TYPE_MARKED_READY | TYPE_MEMBERS | TYPE_LEASE_REQUEST
+        | TYPE_LEASE_GRANT => {
             // `size <= bytes_max <= BATCH_BYTES_MAX`, so it fits a `usize`.
             if buf.len() < size as usize {
                 return Ok(None);
@@ -245,6 +269,12 @@ pub fn decode_link_frame(buf: &mut BytesMut, bytes_max: u32) -> Result<Option<Li
                 TYPE_LINK_OPEN => decode_open(Reader::new("link-open", bytes, FRAME_HEADER_BYTES))?,
                 TYPE_LINK_ACCEPTED => decode_accepted(Reader::new("link-accepted", bytes, FRAME_HEADER_BYTES))?,
                 TYPE_MEMBERS => decode_members(Reader::new("members", bytes, FRAME_HEADER_BYTES))?,
+                TYPE_LEASE_REQUEST => {
+                    LinkFrame::LeaseRequest(decode_token(Reader::new("lease-request", bytes, FRAME_HEADER_BYTES))?)
+                }
+                TYPE_LEASE_GRANT => {
+                    LinkFrame::LeaseGrant(decode_token(Reader::new("lease-grant", bytes, FRAME_HEADER_BYTES))?)
+                }
                 _ => {
                     Reader::new("marked-ready", bytes, FRAME_HEADER_BYTES).finish()?;
                     LinkFrame::MarkedReady
@@ -257,6 +287,13 @@ pub fn decode_link_frame(buf: &mut BytesMut, bytes_max: u32) -> Result<Option<Li
 }
 
 // ----- helpers -----
+
+/// Reads a lease frame's token, the whole body.
+fn decode_token(mut r: Reader) -> Result<u64, LinkDecodeError> {
+    let token = r.u64("token")?;
+    r.finish()?;
+    Ok(token)
+}
 
 fn decode_open(mut r: Reader) -> Result<LinkFrame, LinkDecodeError> {
     let invalid = |reason: String| LinkDecodeError::Invalid { frame: "link-open", reason };
@@ -468,6 +505,8 @@ mod tests {
             LinkFrame::MarkedReady,
             LinkFrame::Members(Vec::new()),
             LinkFrame::Members(vec!["b1.example:5672".to_string(), "[::1]:5673".to_string()]),
+            LinkFrame::LeaseRequest(0),
+            LinkFrame::LeaseGrant(u64::MAX),
         ]
     }
 
@@ -496,6 +535,8 @@ mod tests {
     fn marked_ready_and_link_frames_have_the_documented_bytes() {
         // Goal: the layouts in PROTOCOL.md, byte for byte.
         assert_eq!(&encoded(&LinkFrame::MarkedReady)[..], &[1, 0, 0, 0, 0x54]);
+        assert_eq!(&encoded(&LinkFrame::LeaseRequest(7))[..], &[9, 0, 0, 0, 0x56, 7, 0, 0, 0, 0, 0, 0, 0]);
+        assert_eq!(&encoded(&LinkFrame::LeaseGrant(7))[..], &[9, 0, 0, 0, 0x57, 7, 0, 0, 0, 0, 0, 0, 0]);
         let members = encoded(&LinkFrame::Members(vec!["a:1".to_string(), "bc:2".to_string()]));
         assert_eq!(&members[..], &[14, 0, 0, 0, 0x55, 2, 0, 3, 0, b'a', b':', b'1', 4, 0, b'b', b'c', b':', b'2']);
         assert_eq!(&encoded(&LinkFrame::Members(Vec::new()))[..], &[3, 0, 0, 0, 0x55, 0, 0]);
@@ -540,10 +581,14 @@ mod tests {
     fn bad_frames_are_errors_that_name_what_was_allowed_and_what_came() {
         // Goal: each broken rule is an error (not "incomplete"), with a message and an error code.
         // An unknown type byte, judged as soon as it arrives.
-        let mut unknown = BytesMut::from(&[9, 0, 0, 0, 0x56][..]);
+        let mut unknown = BytesMut::from(&[9, 0, 0, 0, 0x58][..]);
         let error = decode_link_frame(&mut unknown, BATCH_BYTES_MAX).unwrap_err();
-        assert_eq!(error, LinkDecodeError::Native(DecodeError::UnknownFrameType(0x56)));
+        assert_eq!(error, LinkDecodeError::Native(DecodeError::UnknownFrameType(0x58)));
         assert_eq!(error.code(), ErrorCode::Malformed);
+        // A lease frame with a short token.
+        let mut short = BytesMut::from(&[5, 0, 0, 0, 0x56, 1, 2, 3, 4][..]);
+        let error = decode_link_frame(&mut short, BATCH_BYTES_MAX).unwrap_err();
+        assert!(error.to_string().contains("lease-request") && error.to_string().contains("token"), "{error}");
         // Too large, judged from the length alone.
         let mut large = BytesMut::from(&[100, 0, 0, 0][..]);
         let error = decode_link_frame(&mut large, 64).unwrap_err();

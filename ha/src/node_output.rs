@@ -107,6 +107,9 @@ pub enum NodeControl {
         shard: u16,
         /// The link's connection on that shard.
         conn: ConnId,
+        /// That shard keeps the confirms the link held for the backup, and holds new ones, until
+        /// a new link of its catches up there or shard 0 sends `ExpectedTimedOut`.
+        kept: bool,
     },
     /// To shard 0: a backup linked with a newer epoch than ours; another primary exists.
     Superseded {
@@ -118,8 +121,8 @@ pub enum NodeControl {
         /// Their addresses.
         ready: Vec<String>,
     },
-    /// From shard 0 of a recovering primary: `ha-backup-timeout` passed for these expected
-    /// backups; stop holding confirms for them.
+    /// From shard 0 of a primary: stop holding confirms for these expected backups
+    /// (`ha-backup-timeout` passed, or they cannot be ready on this primary's account).
     ExpectedTimedOut {
         /// Their addresses.
         backups: Vec<String>,

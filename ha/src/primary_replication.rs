@@ -28,10 +28,11 @@
 //! Holds: an `Enqueued` event's hold goes to every stream, and each stream releases it once
 //! (`poll_released` yields it once per stream), so the shard counts `holding_streams()` releases
 //! per publish (`Shard::set_replica_holds`). A stream that overflowed (`StreamOverflow`: its backup
-//! cannot keep up) is finished at once, its holds released, and reported by `poll_overflowed`; until
-//! the transport closes the link and calls `handle_link_lost`, it still counts in
-//! `holding_streams()`, and every hold that comes for it is released at once, so the count the
-//! shard uses and the releases it gets always agree.
+//! cannot keep up) takes no more records and is reported by `poll_overflowed`; until the transport
+//! closes the link and calls `handle_link_lost`, it still counts in `holding_streams()`, and every
+//! hold that comes for it waits with the stream's own, so the count the shard uses and the
+//! releases it gets always agree. What a lost link's holds become depends on its backup (below,
+//! "Detached backups").
 //!
 //! Barriers: a `Barrier` event (a suppressed duplicate publish, `Shard::enqueue_batch`) brings a
 //! hold like an `Enqueued` one, counted the same, and every stream releases it once: once the
@@ -58,6 +59,17 @@
 //! delivery, so a recovering primary does not stall its consumers for `ha-backup-timeout`. A
 //! gated message dequeued unsent (a purge) leaves its link's run open until a later enqueue of
 //! the queue is confirmed; it only ever holds back messages that link must confirm anyway.
+//!
+//! Detached backups: a backup that was marked ready stays `ready` when its link drops, so that it
+//! can be promoted if this primary died; until it can no longer be promoted as ready (its
+//! `ha-backup-timeout` since it last heard from us) the confirms it may hold must stay held. So a
+//! link lost (or overflowed) after its catch-up was confirmed, or of a backup already expected
+//! here, does not release its holds: they are *kept* for its backup, which becomes expected here
+//! (below) as if it had collected them (by queue and position, so that a dequeue releases them
+//! as it does collected ones), and collects new holds from then on. `handle_link_lost` says so, and shard 0 decides
+//! how long (`primary_role`): until a new link of the backup catches up here, or until
+//! `handle_expected_timed_out`. A link lost before its catch-up, of a backup not expected, releases
+//! its holds: that backup is not ready on its account.
 //!
 //! Recovering mode (`PROTOCOL.md`, "Recovering"; the reference's expected backups and
 //! `ha-backup-timeout`): a newly promoted primary calls `expect_backups` with every backup that was
@@ -105,8 +117,8 @@
 //! Invariants:
 //! - Every hold an event brings is released exactly once per stream or collecting expected backup
 //!   counted in `holding_streams()` when the event came (by a confirm, by being dropped unsent, or
-//!   by the stream's loss or overflow; for an expected backup, by the catch-up of its link, its
-//!   timeout, or the message's dequeue). A `Barrier`'s hold too, never by a dequeue, and never
+//!   by the stream's loss; for an expected backup, and a lost link's holds kept for it, by the
+//!   catch-up of its link, its timeout, or the message's dequeue). A `Barrier`'s hold too, never by a dequeue, and never
 //!   before that stream's backup confirmed every enqueue of its queue fed to it before the barrier,
 //!   snapshot messages included.
 //! - An expected backup collects exactly while it has no link on this shard; it is released (and
@@ -134,7 +146,7 @@ use ringmq_core::replication::Position;
 pub use ringmq_core::replication::ReplicationEvent;
 
 use crate::limits::{BACKUPS_MAX, BATCHES_UNCONFIRMED_MAX, BATCH_HEADER_BYTES, BATCH_MESSAGES_MAX};
-use crate::primary_stream::{ConfirmError, Hold, PrimaryStream, StreamOverflow};
+use crate::primary_stream::{ConfirmError, HeldRecord, Hold, PrimaryStream, StreamOverflow};
 use crate::record::{Batch, Record, StreamSeq};
 
 /// The transport's id of one link connection.
@@ -192,7 +204,8 @@ struct LinkGate {
     confirmed: Position,
 }
 
-/// One expected backup on this shard (recovering mode).
+/// One expected backup on this shard: ready under the previous primary (recovering mode), or
+/// detached from this one (a lost link's holds kept for it).
 #[derive(Debug, Default)]
 struct Expected {
     /// Its links open on this shard; while there is none, it collects holds.
@@ -219,8 +232,11 @@ struct Link {
     backlog_len: usize,
     /// Set once the backlog is empty and the stream was marked.
     marked: bool,
-    /// Set when its stream overflowed: finished, waiting for `handle_link_lost`.
+    /// Set when its stream overflowed: it takes no more records, waiting for `handle_link_lost`.
     overflowed: bool,
+    /// Holds of events that came after the overflow (and of the one refused): they wait with the
+    /// stream's own.
+    held_after_overflow: Vec<HeldRecord>,
     /// Set once `poll_caught_up` reported it.
     caught_up_reported: bool,
     /// Per batch sent and not confirmed, per gated queue it carries enqueues of, the highest such
@@ -260,6 +276,7 @@ impl PrimaryReplication {
             backlog_len: 0,
             marked: false,
             overflowed: false,
+            held_after_overflow: Vec::new(),
             caught_up_reported: false,
             gate_tops: VecDeque::new(),
         };
@@ -312,8 +329,10 @@ impl PrimaryReplication {
         let mut event = Some(event);
         for (index, (&id, link)) in self.links.iter_mut().enumerate() {
             if link.overflowed {
-                // Counted by the shard, but finished: its share of the hold comes back now.
-                self.released.extend(hold);
+                // Counted by the shard, but taking no records: its share of the hold waits with it.
+                if let (Some(hold), Some(event)) = (hold, event.as_ref()) {
+                    link.held_after_overflow.push(held_record(event, hold));
+                }
                 continue;
             }
             // The last stream takes the event itself, the others a clone (message bodies are
@@ -422,7 +441,7 @@ impl PrimaryReplication {
     /// `ConfirmError` when the confirm is above the last batch sent, goes backwards, or the link is
     /// unknown or overflowed (`AfterLoss`); nothing changed, and the caller drops the link.
     pub fn handle_confirm(&mut self, link: LinkId, seq: StreamSeq) -> Result<(), ConfirmError> {
-        let Some(entry) = self.links.get_mut(&link) else {
+        let Some(entry) = self.links.get_mut(&link).filter(|entry| !entry.overflowed) else {
             return Err(ConfirmError::AfterLoss { confirmed: seq });
         };
         entry.stream.handle_confirm(seq)?;
@@ -442,18 +461,34 @@ impl PrimaryReplication {
         Ok(())
     }
 
-    /// The link closed, its heartbeat expired, or it overflowed and the transport closed it: every
-    /// hold it still has is released, and it no longer counts in `holding_streams()`. Unknown links
-    /// are ignored (a link lost twice). If its backup is expected and has no other link here, the
-    /// backup collects again (and counts instead), keeping what it collected before.
-    pub fn handle_link_lost(&mut self, link: LinkId) {
-        let Some(mut entry) = self.links.remove(&link) else { return };
-        entry.finish(&mut self.released);
+    /// The link closed, its heartbeat expired, or it overflowed and the transport closed it: it no
+    /// longer counts in `holding_streams()`, and gates nothing. Unknown links are ignored (a link
+    /// lost twice).
+    ///
+    /// If its catch-up had been confirmed, or its backup is expected here, every hold it still has
+    /// is kept for its backup, which is expected here from now on (see the module doc, "Detached
+    /// backups"): with no other link here it collects (and counts instead). Otherwise the holds are
+    /// released. Returns whether the backup is expected here after the loss: then only a caught-up
+    /// link of its, or `handle_expected_timed_out`, releases what is kept.
+    pub fn handle_link_lost(&mut self, link: LinkId) -> bool {
+        let Some(mut entry) = self.links.remove(&link) else { return false };
         self.ungate(link);
         self.overflowed.retain(|&id| id != link);
-        if let Some(expected) = self.expected.get_mut(&entry.backup) {
-            expected.links.remove(&link);
+        let keep = entry.snapshot_confirmed() || self.expected.contains_key(&entry.backup);
+        if !keep {
+            entry.finish(&mut self.released);
+            return false;
         }
+        let backup = std::mem::take(&mut entry.backup);
+        let others = self.links.iter().filter(|(_, other)| other.backup == backup).map(|(&id, _)| id).collect();
+        let expected =
+            self.expected.entry(backup.clone()).or_insert_with(|| Expected { links: others, ..Expected::default() });
+        expected.links.remove(&link);
+        for held in entry.take_held() {
+            expected.keep(held, &mut self.released);
+        }
+        self.settle_expected();
+        self.expected.contains_key(&backup)
     }
 
     /// The next batch to send on `link`: `None` when nothing is ready, the window is full, or the
@@ -646,6 +681,17 @@ impl PrimaryReplication {
     }
 }
 
+/// The hold `hold` of `event` (an `Enqueued` or a `Barrier`) with its queue and position.
+fn held_record(event: &ReplicationEvent, hold: Hold) -> HeldRecord {
+    match event {
+        ReplicationEvent::Enqueued { queue, position, .. } => {
+            HeldRecord { queue: queue.to_string(), position: Some(*position), hold }
+        }
+        ReplicationEvent::Barrier { queue, .. } => HeldRecord { queue: queue.to_string(), position: None, hold },
+        other => unreachable!("only enqueues and barriers carry holds, not {other:?}"),
+    }
+}
+
 impl Gate {
     /// The highest position every open link holding this queue's messages has confirmed (or
     /// holds none above), never above the last enqueue seen.
@@ -675,12 +721,28 @@ impl Expected {
         }
         released.extend(self.barriers.into_values().flatten());
     }
+
+    /// Keeps a lost link's hold as if collected: by queue and position, a barrier's by queue.
+    fn keep(&mut self, held: HeldRecord, released: &mut Vec<Hold>) {
+        let queue: Arc<str> = Arc::from(held.queue);
+        match held.position {
+            // Positions are never reused within a queue; should one be, the earlier hold is
+            // released rather than lost.
+            Some(position) => released.extend(self.collected.entry(queue).or_default().insert(position, held.hold)),
+            None => self.barriers.entry(queue).or_default().push(held.hold),
+        }
+    }
 }
 
 impl Link {
     /// True once every snapshot event was fed and confirmed by the backup (never when overflowed).
     fn is_caught_up(&self) -> bool {
-        !self.overflowed && self.marked && self.stream.mark_confirmed()
+        !self.overflowed && self.snapshot_confirmed()
+    }
+
+    /// True once every snapshot event was fed and confirmed by the backup, overflowed or not.
+    fn snapshot_confirmed(&self) -> bool {
+        self.marked && self.stream.mark_confirmed()
     }
 
     /// Marks the stream once the backlog is empty (each link once).
@@ -798,7 +860,12 @@ impl Link {
                 Ok(())
             }
             ReplicationEvent::Enqueued { queue, position, message, hold } => {
-                self.stream.handle_enqueued(&queue, position, message, hold)
+                let result = self.stream.handle_enqueued(&queue, position, message, hold);
+                if let Err(StreamOverflow { hold: Some(hold), .. }) = &result {
+                    let queue = queue.to_string();
+                    self.held_after_overflow.push(HeldRecord { queue, position: Some(position), hold: *hold });
+                }
+                result
             }
             ReplicationEvent::Dequeued { queue, position } => self.stream.handle_dequeued(&queue, position),
             ReplicationEvent::DequeuedRanges { queue, ranges } => self.stream.handle_dequeued_ranges(&queue, &ranges),
@@ -833,24 +900,34 @@ impl Link {
             }
         };
         self.stream.poll_released(released);
-        if let Err(StreamOverflow { hold, .. }) = result {
-            released.extend(hold);
-            self.finish(released);
+        if result.is_err() {
+            // The stream takes nothing more; its holds (the refused record's with them, above)
+            // wait for the loss, which decides whether they are released or kept for the backup.
+            // The backlog will never be sent.
             self.overflowed = true;
+            self.backlog.clear();
+            self.backlog_len = 0;
             overflowed.push_back(id);
         }
     }
 
-    /// Releases every hold the link still has (in its stream, and barriers waiting for the
-    /// backlog; the backlog's messages hold none) and drops its backlog.
+    /// Releases every hold the link still has (in its stream, those that came after an overflow,
+    /// and barriers waiting for the backlog; the backlog's messages hold none) and drops its
+    /// backlog.
     fn finish(&mut self, released: &mut Vec<Hold>) {
-        if !self.overflowed {
-            self.stream.handle_backup_lost();
-            self.stream.poll_released(released);
-        }
-        released.extend(self.barriers_waiting.drain(..).map(|(_, hold)| hold));
+        released.extend(self.take_held().into_iter().map(|held| held.hold));
+    }
+
+    /// Hands back every hold the link still has, with its queue and position (see `finish`), and
+    /// drops its backlog.
+    fn take_held(&mut self) -> Vec<HeldRecord> {
+        let mut held = self.stream.take_held();
+        held.append(&mut self.held_after_overflow);
+        let barriers = self.barriers_waiting.drain(..);
+        held.extend(barriers.map(|(queue, hold)| HeldRecord { queue: queue.to_string(), position: None, hold }));
         self.backlog.clear();
         self.backlog_len = 0;
+        held
     }
 }
 
@@ -1080,8 +1157,9 @@ mod tests {
     #[test]
     fn an_overflowed_stream_is_reported_once_and_every_hold_for_it_comes_back() {
         // Goal: a backup that never confirms makes its stream overflow; the link is reported for
-        // dropping, its holds are released, holds arriving before `handle_link_lost` are released
-        // at once, and the other backup is not affected.
+        // dropping, holds arriving before `handle_link_lost` wait with the stream's own, the loss
+        // keeps them for the (caught-up, so maybe ready) backup until it times out, and the other
+        // backup is not affected.
         let mut replication = PrimaryReplication::new(Epoch(1));
         replication.handle_link_opened(1, "fast:1", Vec::new());
         replication.handle_link_opened(2, "stuck:1", Vec::new());
@@ -1098,7 +1176,7 @@ mod tests {
             assert!(position <= STREAM_PENDING_MAX as u64 + 10, "never overflowed");
         }
         assert_eq!(replication.poll_overflowed(), None, "reported once");
-        // Still counted until the transport closes it; its share of new holds comes back at once.
+        // Still counted until the transport closes it; its share of new holds waits with it.
         assert_eq!(replication.holding_streams(), 2);
         assert_eq!(replication.poll_batch(2, BYTES), None);
         assert!(!replication.links().any(|link| link == 2));
@@ -1108,11 +1186,15 @@ mod tests {
             replication.handle_confirm(2, StreamSeq(1)),
             Err(ConfirmError::AfterLoss { confirmed: StreamSeq(1) })
         );
-        replication.handle_link_lost(2);
-        assert_eq!(replication.holding_streams(), 1);
+        assert!(replication.handle_link_lost(2), "its empty catch-up was confirmed: kept for stuck:1");
+        assert_eq!(replication.holding_streams(), 2, "stuck:1 collects");
         drain(&mut replication, 1);
+        assert_eq!(released(&mut replication).len() as u64, holds_out / 2, "the fast stream's share");
+        assert_eq!(replication.expected_held("stuck:1") as u64, holds_out / 2);
+        replication.handle_expected_timed_out("stuck:1");
+        assert_eq!(replication.holding_streams(), 1);
         // Every hold came back: once from each stream.
-        assert_eq!(released(&mut replication).len() as u64, holds_out);
+        assert_eq!(released(&mut replication).len() as u64, holds_out / 2);
         assert!(!replication.producers_must_pause());
         assert_eq!(replication.poll_caught_up(), Some((1, "fast:1".to_string())));
         assert_eq!(replication.poll_caught_up(), None, "an overflowed link is never caught up");
@@ -1259,13 +1341,14 @@ mod tests {
         assert_eq!(replication.holding_streams(), 3);
         replication.handle_event(enqueued("q", 1, Some(2)));
         assert_eq!((replication.expected_held("b1:1"), replication.expected_held("b2:1")), (1, 2));
-        // b1's link is lost before its catch-up: its stream's hold comes back, the collected stays.
-        replication.handle_link_lost(1);
+        // b1's link is lost before its catch-up: its stream's hold is kept with the collected.
+        assert!(replication.handle_link_lost(1));
         assert_eq!(replication.holding_streams(), 3);
-        assert_eq!(released(&mut replication), vec![hold(2)]);
+        assert!(released(&mut replication).is_empty());
+        assert_eq!(replication.expected_held("b1:1"), 2);
         assert_eq!(pending(&replication), vec!["b1:1", "b2:1"]);
         replication.handle_event(enqueued("q", 2, Some(3)));
-        assert_eq!(replication.expected_held("b1:1"), 2, "collecting again");
+        assert_eq!(replication.expected_held("b1:1"), 3, "collecting again");
         // b1 reconnects and catches up: everything it collected comes back.
         replication.handle_link_opened(
             4,
@@ -1275,7 +1358,7 @@ mod tests {
         assert_eq!(positions(&drain(&mut replication, 4), "q"), vec![0, 1, 2]);
         let mut holds = released(&mut replication);
         holds.sort();
-        assert_eq!(holds, vec![hold(1), hold(3)]);
+        assert_eq!(holds, vec![hold(1), hold(2), hold(3)]);
         assert_eq!(pending(&replication), vec!["b2:1"]);
         // The unexpected backup and b2 still hold 1, 2 and 3 (b2 collected them).
         assert_eq!(replication.expected_held("b2:1"), 3);
@@ -1283,12 +1366,15 @@ mod tests {
         let mut holds = released(&mut replication);
         holds.sort();
         assert_eq!(holds, vec![hold(2), hold(3)], "the unexpected link's stream held 2 and 3");
-        replication.handle_link_lost(3);
-        assert_eq!(replication.holding_streams(), 2, "b1's link and b2 collecting");
+        // The unexpected backup's link had caught up: it is detached, and collects.
+        assert!(replication.handle_link_lost(3));
+        assert_eq!(replication.holding_streams(), 3, "b1's link, b2 and new:1 collecting");
         replication.handle_expected_timed_out("b2:1");
         let mut holds = released(&mut replication);
         holds.sort();
         assert_eq!(holds, vec![hold(1), hold(2), hold(3)]);
+        replication.handle_expected_timed_out("new:1");
+        assert!(released(&mut replication).is_empty(), "nothing came after its loss");
         assert_eq!(replication.holding_streams(), 1);
     }
 
@@ -1302,7 +1388,9 @@ mod tests {
         replication.expect_backups(&names(&["early:1", "b1:1", "b2:1"]));
         assert_eq!(pending(&replication), vec!["b1:1", "b2:1"], "early:1 caught up here already");
         assert_eq!(replication.holding_streams(), 3);
-        replication.handle_link_lost(9);
+        assert!(replication.handle_link_lost(9), "caught up: kept for early:1");
+        assert_eq!(replication.holding_streams(), 3);
+        replication.handle_expected_timed_out("early:1");
         // Expecting again is a no-op for those already expected.
         replication.expect_backups(&names(&["b1:1"]));
         assert_eq!(replication.holding_streams(), 2);
@@ -1349,8 +1437,8 @@ mod tests {
     #[test]
     fn a_barrier_is_released_by_each_stream_only_once_its_backup_confirmed_the_original() {
         // Goal: a duplicate's hold comes back once per stream, each only after that backup
-        // confirmed the batch carrying the original; an overflowed link hands it back at once, a
-        // lost one with its other holds. Nothing is sent for a barrier.
+        // confirmed the batch carrying the original; a lost link's with its other holds. Nothing
+        // is sent for a barrier.
         let mut replication = PrimaryReplication::new(Epoch(3));
         replication.handle_link_opened(1, "b1:1", Vec::new());
         replication.handle_link_opened(2, "b2:1", Vec::new());
@@ -1368,7 +1456,9 @@ mod tests {
         replication.handle_event(enqueued("q", 1, Some(12)));
         replication.handle_event(barrier("q", 13));
         assert!(released(&mut replication).is_empty());
-        replication.handle_link_lost(2);
+        assert!(replication.handle_link_lost(2), "kept for b2, which may be ready");
+        assert!(released(&mut replication).is_empty());
+        replication.handle_expected_timed_out("b2:1");
         let mut holds = released(&mut replication);
         holds.sort();
         assert_eq!(holds, vec![hold(10), hold(11), hold(12), hold(13)]);
@@ -1536,7 +1626,8 @@ mod tests {
             for link in open {
                 replication.handle_link_lost(link);
             }
-            for backup in &backups[..2] {
+            // Every backup may be expected by now: `other:1` too, after a caught-up link's loss.
+            for backup in &backups {
                 replication.handle_expected_timed_out(backup);
             }
             replication.poll_released(&mut out);

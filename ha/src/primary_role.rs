@@ -10,20 +10,35 @@
 //! broker to `active` once all are settled. A primary that expects nobody is `active` at once (the
 //! coordinator does that at promotion, see `Shard::set_expected_backups`).
 //!
+//! Detached backups: a backup this primary marked ready stays `ready` when a link of its drops,
+//! and the shard of that link keeps the confirms it held (`NodeControl::LinkLost { kept }`,
+//! `primary_replication`, "Detached backups"). The backup leaves `ready` `ha-backup-timeout` after
+//! it sent the last `lease-request` we answered on its shard-0 link (`ready_lease`); so that link
+//! must end too: when another shard's link is lost, shard 0 closes it. Every request we answered
+//! was sent before the link ended, so from its end every shard holds confirms for the backup for
+//! `ha-backup-timeout` plus a clock allowance (`detached_hold`), then gives up on it
+//! (`ExpectedTimedOut`), unless it is marked ready again first. A backup never marked ready by this primary is not
+//! ready on its account: what a lost link kept for it is released at once (in recovering mode,
+//! an expected backup's are released by the recovering timeout instead).
+//!
 //! Invariants:
 //! - `marked-ready` goes to a backup once per change to ready; `members` goes to every linked
 //!   backup after each change to the set of ready backups.
 //! - The broker leaves `recovering` only when no expected backup is left unsettled.
+//! - While a backup may be `ready` on this primary's account (its `marked-ready` link is open, or
+//!   ended less than `ha-backup-timeout` plus the margin ago), no shard releases the confirms a
+//!   lost link of its kept.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use ringmq_core::broker_state::{BrokerState, TransitionCause};
 use ringmq_core::ids::ConnId;
 
+use crate::limits::LEASE_CLOCK_ALLOWANCE_MAX;
 use crate::link_frame::LinkFrame;
 use crate::membership::Membership;
-use crate::node_output::NodeControl;
+use crate::node_output::{NodeControl, NodeOutput};
 use crate::primary_replication::PrimaryReplication;
 use crate::shard_node::ShardNode;
 
@@ -40,6 +55,11 @@ pub(crate) struct PrimaryRole {
     expected: BTreeSet<String>,
     /// When `ha-backup-timeout` passes for the expected backups.
     expected_deadline: Option<Instant>,
+    /// The shard-0 link each backup was last marked ready on (this backup's lease, on its side).
+    marked_on: BTreeMap<String, ConnId>,
+    /// Backups whose `marked-ready` link ended while links of theirs kept confirms, with the
+    /// instant every shard stops holding confirms for them.
+    detached: BTreeMap<String, Instant>,
 }
 
 impl PrimaryRole {
@@ -50,13 +70,23 @@ impl PrimaryRole {
             links: BTreeMap::new(),
             expected: BTreeSet::new(),
             expected_deadline: None,
+            marked_on: BTreeMap::new(),
+            detached: BTreeMap::new(),
         }
     }
 
-    /// When `ha-backup-timeout` passes, while backups are expected.
+    /// When `ha-backup-timeout` passes, while backups are expected, or the first detached
+    /// backup's hold ends.
     pub(crate) fn poll_timeout(&self) -> Option<Instant> {
-        self.expected_deadline.filter(|_| !self.expected.is_empty())
+        let expected = self.expected_deadline.filter(|_| !self.expected.is_empty());
+        expected.into_iter().chain(self.detached.values().copied()).min()
     }
+}
+
+/// How long shards hold confirms for a detached backup after its `marked-ready` link ended: its
+/// lease's length plus room for the clocks (`LEASE_CLOCK_ALLOWANCE_MAX`).
+pub(crate) fn detached_hold(backup_timeout: Duration, heartbeat_interval: Duration) -> Duration {
+    backup_timeout + heartbeat_interval.min(LEASE_CLOCK_ALLOWANCE_MAX)
 }
 
 impl ShardNode {
@@ -80,8 +110,11 @@ impl ShardNode {
             return;
         }
         tracing::info!(%backup, "backup holds everything: marked ready");
-        if let Some(conn) = self.role.links.get(&(backup.to_owned(), 0)) {
-            self.outputs.write_link_frame(*conn, &LinkFrame::MarkedReady);
+        if let Some(&conn) = self.role.links.get(&(backup.to_owned(), 0)) {
+            self.outputs.write_link_frame(conn, &LinkFrame::MarkedReady);
+            // A fresh lease: what earlier links kept for it was released by their catch-ups.
+            self.role.marked_on.insert(backup.to_owned(), conn);
+            self.role.detached.remove(backup);
         }
         let settled = self.role.expected.remove(backup);
         self.send_members();
@@ -90,8 +123,11 @@ impl ShardNode {
         }
     }
 
-    /// Shard 0: a backup's link on `shard` ended.
-    pub(crate) fn role_link_lost(&mut self, backup: &str, shard: u16, conn: ConnId) {
+    /// Shard 0: a backup's link on `shard` ended; that shard `kept` the confirms it held.
+    pub(crate) fn role_link_lost(&mut self, backup: &str, shard: u16, conn: ConnId, kept: bool, now: Instant) {
+        if kept {
+            self.hold_for_detached(backup, shard, conn, now);
+        }
         if !self.is_current_link(backup, shard, conn) {
             // An older link, already replaced by a newer one of the same backup and shard.
             return;
@@ -101,6 +137,31 @@ impl ShardNode {
         self.role.membership.handle_shard_lost(backup, shard);
         if was_ready {
             self.send_members();
+        }
+    }
+
+    /// Shard 0: `shard` keeps confirms for `backup`, whose link `lost` there ended. Decides until
+    /// when (see the module doc, "Detached backups").
+    fn hold_for_detached(&mut self, backup: &str, shard: u16, lost: ConnId, now: Instant) {
+        if self.role.detached.contains_key(backup) {
+            // Its lease ended already; nothing held after that can matter past the deadline.
+            return;
+        }
+        let Some(&marked_on) = self.role.marked_on.get(backup) else {
+            if !self.role.expected.contains(backup) {
+                // Never ready on our account: nothing to keep for it.
+                let backups = vec![backup.to_owned()];
+                self.send_control(shard, NodeControl::ExpectedTimedOut { backups });
+            }
+            return;
+        };
+        let hold = detached_hold(self.config.backup_timeout, self.config.heartbeat_interval);
+        tracing::warn!(%backup, shard, ?hold, "ready backup detached: holding its confirms until it is ready again");
+        self.role.detached.insert(backup.to_owned(), now + hold);
+        if self.is_current_link(backup, 0, marked_on) && (shard, lost) != (0, marked_on) {
+            // Its lease runs on while this link lives: end it, so that it leaves `ready` in time.
+            self.outputs.push(NodeOutput::Shutdown { conn: marked_on });
+            self.handle_served_closed(marked_on, "another link of this backup was lost");
         }
     }
 
@@ -124,9 +185,25 @@ impl ShardNode {
         self.role.expected_deadline = Some(now + timeout);
     }
 
-    /// Shard 0: `ha-backup-timeout` passed for the backups still expected.
+    /// Shard 0: `ha-backup-timeout` passed for the backups still expected, or a detached
+    /// backup's hold ended.
     pub(crate) fn role_timeout(&mut self, now: Instant) {
         if self.role.poll_timeout().is_none_or(|deadline| now < deadline) {
+            return;
+        }
+        let ended: Vec<String> =
+            self.role.detached.iter().filter(|(_, deadline)| **deadline <= now).map(|(name, _)| name.clone()).collect();
+        if !ended.is_empty() {
+            tracing::warn!(backups = ?ended, "detached backups not ready again in time: no longer holding confirms for them");
+            for backup in &ended {
+                self.role.detached.remove(backup);
+                self.role.marked_on.remove(backup);
+            }
+            for shard in 0..self.config.shard_count {
+                self.send_control(shard, NodeControl::ExpectedTimedOut { backups: ended.clone() });
+            }
+        }
+        if self.role.expected_deadline.is_none_or(|deadline| now < deadline) || self.role.expected.is_empty() {
             return;
         }
         self.role.expected_deadline = None;

@@ -525,27 +525,41 @@ impl PrimaryStream {
     /// still waiting on it is released, and the stream is finished. The caller drops it after
     /// polling the holds; a reconnecting backup gets a new stream (and catch-up).
     pub fn handle_backup_lost(&mut self) {
+        let held = self.take_held();
+        self.counters.holds_released_by_loss += held.len() as u64;
+        self.released.extend(held.into_iter().map(|held| held.hold));
+    }
+
+    /// The backup is gone, but its holds must outlive the stream (the backup may be promoted, see
+    /// `primary_replication`, "Detached backups"): every hold still waiting on it is handed back
+    /// with its message's queue and position (`None` for a barrier's), not released, and the
+    /// stream is finished.
+    pub fn take_held(&mut self) -> Vec<HeldRecord> {
+        let mut held = Vec::new();
         for batch in self.inflight.drain(..) {
-            self.counters.holds_released_by_loss += batch.holds.len() as u64;
-            self.released.extend(batch.holds);
+            let mut positions = batch.positions.into_iter();
+            let mut holds = batch.holds.into_iter();
+            for (queue, count) in batch.queues {
+                for (position, hold) in positions.by_ref().zip(holds.by_ref()).take(count) {
+                    held.push(HeldRecord { queue: queue.clone(), position: Some(position), hold });
+                }
+            }
         }
-        for queue in self.queues.values_mut() {
-            for enqueue in queue.enqueues.drain(..) {
+        for (name, queue) in std::mem::take(&mut self.queues) {
+            for enqueue in queue.enqueues {
                 if let (Some(_), Some(hold)) = (enqueue.message, enqueue.hold) {
-                    self.counters.holds_released_by_loss += 1;
-                    self.released.push(hold);
+                    held.push(HeldRecord { queue: name.clone(), position: Some(enqueue.position), hold });
                 }
             }
         }
         for barrier in self.barriers.drain(..) {
-            self.counters.holds_released_by_loss += 1;
-            self.released.push(barrier.hold);
+            held.push(HeldRecord { queue: barrier.queue, position: None, hold: barrier.hold });
         }
-        self.queues.clear();
         self.ready.clear();
         self.config.clear();
         self.pending = 0;
         self.lost = true;
+        held
     }
 
     /// The next batch to send: pending records drained in order, as many as fit `bytes_max`
@@ -688,7 +702,8 @@ impl PrimaryStream {
         self.sent_last = seq;
         self.counters.batches_sent += 1;
         self.counters.messages_sent += builder.messages as u64;
-        self.inflight.push_back(InflightBatch { seq, holds: builder.holds });
+        let (holds, positions, queues) = (builder.holds, builder.held_positions, builder.held_queues);
+        self.inflight.push_back(InflightBatch { seq, holds, positions, queues });
         assert!(self.inflight.len() <= BATCHES_UNCONFIRMED_MAX);
         let batch = Batch { epoch: self.epoch, stream_seq: seq, records: builder.records };
         assert!(batch.records.len() <= BATCH_RECORDS_MAX as usize);
@@ -823,6 +838,21 @@ struct InflightBatch {
     seq: StreamSeq,
     /// The holds of the messages it carries, in order.
     holds: Vec<Hold>,
+    /// The positions of those messages, in the same order.
+    positions: Vec<Position>,
+    /// Their queues, in the same order: each queue with how many of them are its.
+    queues: Vec<(String, usize)>,
+}
+
+/// A hold a lost stream hands back (`PrimaryStream::take_held`), with what it waited for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeldRecord {
+    /// The queue of the message (or of the suppressed duplicate).
+    pub queue: String,
+    /// The message's position; `None` for a barrier (a suppressed duplicate's hold).
+    pub position: Option<Position>,
+    /// The publish waiting.
+    pub hold: Hold,
 }
 
 /// A batch being filled, with its budget.
@@ -842,6 +872,10 @@ struct BatchBuilder {
     dedup_ranges: usize,
     /// Holds of the messages so far.
     holds: Vec<Hold>,
+    /// Positions of those messages.
+    held_positions: Vec<Position>,
+    /// Queues of those messages, with how many are each's, in order.
+    held_queues: Vec<(String, usize)>,
     /// Set once something did not fit: later queues wait for the next batch.
     exhausted: bool,
 }
@@ -859,6 +893,17 @@ impl BatchBuilder {
     /// positions as `Enqueued` records, then ranges as one `Dequeued` record. Returns how many
     /// pending records it took.
     fn take_from(&mut self, name: &str, queue: &mut QueuePending) -> usize {
+        let held_before = self.holds.len();
+        let taken = self.take_enqueues_and_dequeues(name, queue);
+        let held = self.holds.len() - held_before;
+        if held > 0 {
+            self.held_queues.push((name.to_string(), held));
+        }
+        taken
+    }
+
+    /// `take_from`'s work, without the bookkeeping of the held messages' queue.
+    fn take_enqueues_and_dequeues(&mut self, name: &str, queue: &mut QueuePending) -> usize {
         let mut taken = 0;
         // Enqueues, one record per run of consecutive positions.
         while let Some(front) = queue.enqueues.front() {
@@ -886,6 +931,7 @@ impl BatchBuilder {
                 messages.push(enqueue.message.expect("checked live above"));
                 if let Some(hold) = enqueue.hold {
                     self.holds.push(hold);
+                    self.held_positions.push(enqueue.position);
                 }
                 next = next.next();
             }

@@ -10,12 +10,14 @@
 //! - opens a replication stream whose catch-up is the shard's snapshot of its replicated queues
 //!   (only the difference from the holdings the `link-open` carried), taken in the same step, so
 //!   every later change follows it on the stream;
-//! - reads confirms and heartbeats until the link ends, then drops the stream, which releases the
-//!   confirms it held, and tells shard 0 (`NodeControl::LinkLost`).
+//! - reads confirms, heartbeats and lease requests (answered at once, `ready_lease`) until the
+//!   link ends, then drops the stream, and tells shard 0 (`NodeControl::LinkLost`). The confirms the stream held are released, or, when its backup may
+//!   be ready on its account (the catch-up was confirmed), kept for that backup until shard 0
+//!   says otherwise (`primary_replication`, "Detached backups").
 //!
 //! Invariants:
 //! - A stream exists exactly while its link is served: opened before the first batch, dropped
-//!   (holds released) when the link ends for any reason.
+//!   (holds released or kept) when the link ends for any reason.
 //! - Changes the shard made before a stream opened go to the streams open before it, never to it.
 
 use std::collections::BTreeMap;
@@ -98,6 +100,11 @@ impl ShardNode {
                     }
                 }
                 Ok(Some(LinkFrame::Native(Frame::Heartbeat))) => continue,
+                Ok(Some(LinkFrame::LeaseRequest(token))) => {
+                    // Served, so the backup's ready lease may run from the request's sending.
+                    self.outputs.write_link_frame(conn, &LinkFrame::LeaseGrant(token));
+                    continue;
+                }
                 Ok(Some(other)) => format!("unexpected {} from a backup", other.name()),
                 Err(error) => format!("undecodable frame: {error}"),
             };
@@ -213,8 +220,8 @@ impl ShardNode {
         Ok(())
     }
 
-    /// A served link ended for `reason`: its stream is dropped, releasing its holds, and shard 0
-    /// learns it. The caller closed the connection, or saw it close.
+    /// A served link ended for `reason`: its stream is dropped, its holds released or kept for its
+    /// backup, and shard 0 learns it. The caller closed the connection, or saw it close.
     pub(crate) fn handle_served_closed(&mut self, conn: ConnId, reason: &str) {
         if self.served.awaiting.remove(&conn).is_some() {
             return;
@@ -222,13 +229,14 @@ impl ShardNode {
         let Some(served) = self.served.served.remove(&conn) else { return };
         // Changes made before the loss still go to this stream, so their holds come back with it.
         self.settle();
+        let mut kept = false;
         if let Some(replication) = self.replication.as_mut() {
-            replication.handle_link_lost(u64::from(conn.0));
+            kept = replication.handle_link_lost(u64::from(conn.0));
             self.shard.set_replica_holds(replication.holding_streams());
         }
         let shard = self.shard.id().0;
-        tracing::warn!(backup = %served.backup, shard, "backup link lost: {reason}");
-        self.send_control(0, NodeControl::LinkLost { backup: served.backup, shard, conn });
+        tracing::warn!(backup = %served.backup, shard, kept, "backup link lost: {reason}");
+        self.send_control(0, NodeControl::LinkLost { backup: served.backup, shard, conn, kept });
     }
 
     /// Queues every batch the streams have ready for their links, reports caught-up backups to

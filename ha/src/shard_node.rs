@@ -11,13 +11,15 @@
 //! - `primary_role`: shard 0 of a primary: readiness of backups, `members`, recovering mode and
 //!   `ha-backup-timeout`.
 //! - `epoch_watch`: shard 0 of a primary probes its peers and steps down for a newer primary.
+//! - `ready_lease`: shard 0 of a backup leaves `ready` when its primary was silent too long.
 //!
 //! Every connection, client or link, accepted or dialled, has a `ConnId` the shell allocates. A
 //! connection the core admits as a backup link (its preamble says so and this broker is the
 //! primary) leaves the core after `hello` and is served here.
 //!
 //! Call contract: after any `handle_*` call `pump(now)`, then take every `poll_output`; call
-//! `handle_timeout(now)` at `poll_timeout()`. `now` never goes backwards.
+//! `handle_timeout(now)` at `poll_timeout()`. `now` never goes backwards. Messages from other
+//! shards' cores go through `handle_peer`, so that the checks due before any input run first.
 //!
 //! Invariants:
 //! - The shard's replica hold count equals the number of streams holding confirms, after every
@@ -34,6 +36,7 @@ use ringmq_core::broker_state::BrokerState;
 use ringmq_core::ids::ConnId;
 use ringmq_core::replication::{Hold, ReplicationEvent};
 use ringmq_core::shard::Shard;
+use ringmq_core::shard_message::ShardMessage;
 
 use crate::backup_session::BackupSession;
 use crate::epoch_watch::EpochWatch;
@@ -73,7 +76,7 @@ pub struct ShardNode {
     /// Backups' links served here.
     pub(crate) served: ServedLinks,
     /// The link to the primary, while a backup of a cluster.
-    backup: Option<BackupSession>,
+    pub(crate) backup: Option<BackupSession>,
     /// Shard 0 of a primary: its backups and recovering mode.
     pub(crate) role: PrimaryRole,
     /// Shard 0 of a primary: probes for a newer primary.
@@ -121,7 +124,7 @@ impl ShardNode {
         &self.shard
     }
 
-    /// The core shard, for the messages of other shards (`handle_peer`, `poll_peer`).
+    /// The core shard, for its messages to other shards (`poll_peer`).
     pub fn shard_mut(&mut self) -> &mut Shard {
         &mut self.shard
     }
@@ -138,6 +141,7 @@ impl ShardNode {
 
     /// Bytes arrived on a connection; every complete frame of `buf` is consumed.
     pub fn handle_read(&mut self, conn: ConnId, buf: &mut BytesMut, now: Instant) {
+        self.before_input(now);
         if let Some(backup) = self.backup.as_mut().filter(|b| b.owns(conn)) {
             backup.handle_read(buf, now, &self.config, &mut self.shard, &mut self.ready_members, &mut self.outputs);
             return;
@@ -160,6 +164,7 @@ impl ShardNode {
 
     /// A connection ended.
     pub fn handle_closed(&mut self, conn: ConnId, now: Instant) {
+        self.before_input(now);
         if let Some(backup) = self.backup.as_mut().filter(|b| b.owns(conn)) {
             backup.handle_closed(now, &mut self.outputs);
         } else if self.served.knows(conn) {
@@ -171,6 +176,7 @@ impl ShardNode {
 
     /// The dial asked for by `NodeOutput::Dial` connected as `conn`.
     pub fn handle_dialed(&mut self, conn: ConnId, now: Instant) {
+        self.before_input(now);
         match self.backup.as_mut() {
             Some(backup) => backup.handle_dialed(conn, now, &self.config, &mut self.outputs),
             None => self.outputs.push(NodeOutput::Shutdown { conn }),
@@ -179,17 +185,30 @@ impl ShardNode {
 
     /// The dial asked for by `NodeOutput::Dial` failed.
     pub fn handle_dial_failed(&mut self, now: Instant) {
+        self.before_input(now);
         if let Some(backup) = self.backup.as_mut() {
             backup.handle_dial_failed(now);
         }
     }
 
+    /// A message from another shard's core of this broker (`Shard::poll_peer` there).
+    pub fn handle_peer(&mut self, message: ShardMessage, now: Instant) {
+        self.before_input(now);
+        self.shard.handle_peer(message);
+    }
+
     /// A message from another shard's node of this broker.
-    pub fn handle_control(&mut self, control: NodeControl) {
+    pub fn handle_control(&mut self, control: NodeControl, now: Instant) {
+        self.before_input(now);
+        self.apply_control(control, now);
+    }
+
+    /// Acts on a control, from another shard or this one.
+    fn apply_control(&mut self, control: NodeControl, now: Instant) {
         match control {
             NodeControl::LinkOpened { backup, shard, conn } => self.role_link_opened(&backup, shard, conn),
             NodeControl::CaughtUp { backup, shard, conn } => self.role_caught_up(&backup, shard, conn),
-            NodeControl::LinkLost { backup, shard, conn } => self.role_link_lost(&backup, shard, conn),
+            NodeControl::LinkLost { backup, shard, conn, kept } => self.role_link_lost(&backup, shard, conn, kept, now),
             NodeControl::Superseded { epoch } => self.step_down(epoch),
             NodeControl::Members { ready } => self.ready_members = ready,
             NodeControl::ExpectedTimedOut { backups } => self.expected_timed_out(&backups),
@@ -202,6 +221,7 @@ impl ShardNode {
         if let Some(backup) = self.backup.as_mut() {
             backup.handle_timeout(now, &mut self.outputs);
         }
+        self.before_input(now);
         self.role_timeout(now);
         self.watch_timeout(now);
     }
@@ -213,6 +233,7 @@ impl ShardNode {
             self.backup.as_ref().and_then(BackupSession::poll_timeout),
             self.role.poll_timeout(),
             self.watch_poll_timeout(),
+            self.ready_deadline(),
         ]
         .into_iter()
         .flatten()
@@ -240,7 +261,7 @@ impl ShardNode {
             self.send_batches(now);
             self.follow_state(now);
             let Some(control) = self.own_controls.pop_front() else { break };
-            self.handle_control(control);
+            self.apply_control(control, now);
         }
     }
 
@@ -340,6 +361,7 @@ impl ShardNode {
 
     /// Adopts a backup link another shard of this broker accepted and handed over.
     pub fn handle_link_adopted(&mut self, conn: ConnId, open: LinkOpen, pending: BytesMut, now: Instant) {
+        self.before_input(now);
         self.serve_link(conn, open, pending, now);
     }
 }

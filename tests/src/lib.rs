@@ -161,8 +161,20 @@ impl Stopped {
     /// # Panics
     /// If `kill` fails.
     pub fn stop(broker: &BrokerProcess) -> Stopped {
-        signal("-STOP", broker.pid());
-        Stopped { pid: broker.pid(), resumed: false }
+        let pid = broker.pid();
+        signal("-STOP", pid);
+        // `kill` returns once the signal is queued; the process stops when the thread that took
+        // it next runs, and until then its other threads go on serving IO (on a loaded machine,
+        // for milliseconds: a stopped backup was seen confirming a batch after `kill` returned).
+        eventually(&format!("every thread of process {pid} stopped"), Duration::from_secs(10), || {
+            let states = thread_states(pid);
+            if !states.is_empty() && states.iter().all(|&state| state == 'T' || state == 't') {
+                Ok(())
+            } else {
+                Err(states)
+            }
+        });
+        Stopped { pid, resumed: false }
     }
 
     /// Continues it with SIGCONT.
@@ -170,6 +182,18 @@ impl Stopped {
         self.resumed = true;
         signal("-CONT", self.pid);
     }
+}
+
+/// The state letter of every thread of process `pid` (`/proc/PID/task/*/stat`: `R` running, `S`
+/// sleeping, `T` stopped, ...); empty if the process is gone.
+fn thread_states(pid: u32) -> Vec<char> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return Vec::new() };
+    tasks
+        .filter_map(Result::ok)
+        .filter_map(|task| std::fs::read_to_string(task.path().join("stat")).ok())
+        // The name, in parentheses, may hold spaces: the state is the first field after it.
+        .filter_map(|stat| stat.rsplit_once(')').and_then(|(_, rest)| rest.trim_start().chars().next()))
+        .collect()
 }
 
 impl Drop for Stopped {

@@ -141,18 +141,25 @@ fn replication_levels_decide_what_a_backup_holds() {
 }
 
 #[test]
-fn a_stopped_backup_holds_confirms_until_it_is_dropped() {
-    // Goal: a confirm waits for every backup; a hung (SIGSTOPped) backup holds publishers only
-    // until the primary drops it after 2x link-heartbeat-interval (0.5 s here), then the held
-    // confirms are released; the dropped backup reconnects and catches up once continued.
+fn a_stopped_backup_holds_confirms_until_it_can_no_longer_be_promoted() {
+    // Goal: a confirm waits for every backup. A hung (SIGSTOPped) ready backup holds publishers
+    // past the loss of its links (2x link-heartbeat-interval): until ha-backup-timeout plus 4
+    // intervals later it could still be promoted as ready, so what is confirmed must be on it.
+    // Then the held confirms are released. Continued, the backup finds that its primary was
+    // silent too long, leaves ready, reconnects, catches up and is ready again.
     // Method: stop backup 2, publish 100; the confirms must come only after the primary logged
-    // the loss of that backup's links, and within the detection bound.
-    let brokers = ready_cluster(&["--ha-replicate", "all", "--link-heartbeat-interval", "0.5"]);
+    // the loss of that backup's links and the end of its hold.
+    let options = ["--ha-replicate", "all", "--link-heartbeat-interval", "0.25", "--ha-backup-timeout", "0.5"];
+    let brokers = ready_cluster(&options);
     client(&brokers[0]).declare_queue("held", QueueOptions::default(), &[]).unwrap();
     send(&brokers[0], "held", 0..10);
     let stopped = Stopped::stop(&brokers[2]);
-    let lost = format!("backup={}", brokers[2].addr());
-    let dropped = |log: &str| log.lines().any(|line| line.contains("backup link lost") && line.contains(&lost));
+    let name = brokers[2].addr();
+    let dropped = |log: &str| log.lines().any(|line| line.contains("backup link lost") && line.contains(&name));
+    let detached = |log: &str| log.lines().any(|line| line.contains("ready backup detached") && line.contains(&name));
+    let released = |log: &str| {
+        log.lines().any(|line| line.contains("no longer holding confirms for them") && line.contains(&name))
+    };
     assert!(!dropped(&plain_log(&brokers[0])), "backup 2 lost before it was stopped");
     let connection = client(&brokers[0]);
     let publisher = connection.publisher().unwrap();
@@ -162,12 +169,15 @@ fn a_stopped_backup_holds_confirms_until_it_is_dropped() {
     let summary = publisher.wait_for_confirms().unwrap();
     assert_eq!(summary.stored, 100);
     let log = plain_log(&brokers[0]);
-    assert!(dropped(&log), "confirmed before the stopped backup was dropped:\n{log}");
-    // Backup 1 kept up all along; backup 2 catches up once continued.
+    assert!(dropped(&log) && detached(&log), "confirmed before the stopped backup was dropped:\n{log}");
+    assert!(released(&log), "confirmed while the detached backup was still held for:\n{log}");
+    // Backup 1 kept up all along; backup 2 leaves ready once continued, then catches up.
     wait_depth(&brokers[1], "held", 110);
     stopped.resume();
-    wait_state(&brokers[2], "ready");
     wait_depth(&brokers[2], "held", 110);
+    wait_state(&brokers[2], "ready");
+    let log = plain_log(&brokers[2]);
+    assert!(log.contains("nothing from the primary for ha-backup-timeout: no longer ready"), "{log}");
 }
 
 #[test]

@@ -5,8 +5,10 @@
 //! off from the network (both directions); the primary drops both of its links (one per shard)
 //! within about 2x `link-heartbeat-interval` (0.25 s here), by heartbeat, not by a TCP error; a
 //! publisher then gets every confirm (100 messages, `ringmq send`) while backup 3 is still cut
-//! off; after the network heals, backup 3 reconnects, catches up and is ready, holding what the
-//! primary holds.
+//! off, once the primary stopped holding confirms for it (`ha-backup-timeout`, 1 s here, plus 4
+//! intervals after the drop: until then backup 3 could still be promoted as ready); backup 3
+//! leaves `ready` on its own side meanwhile; after the network heals, it reconnects, catches up
+//! and is ready, holding what the primary holds.
 //!
 //! Method: per run, a bridge `rmqpPIDbr` with address 10.77.S.254/24 in the test's namespace
 //! (the subnet S is the first free one from the PID on), and namespaces `rmqpPIDnK` (K = 1..3)
@@ -276,6 +278,8 @@ fn a_cut_off_backup_is_dropped_publishers_continue_and_it_catches_up_after_the_h
         "0.1",
         "--link-heartbeat-interval",
         "0.25",
+        "--ha-backup-timeout",
+        "1",
     ];
     let brokers: Vec<BrokerProcess> = (1..=3)
         .map(|k| {
@@ -311,10 +315,15 @@ fn a_cut_off_backup_is_dropped_publishers_continue_and_it_catches_up_after_the_h
     // Nothing resets a cut-off connection: only the heartbeat can have found it.
     assert!(dropped_after >= HEARTBEAT, "dropped after {dropped_after:?}, before one heartbeat interval");
 
-    // Publishers continue: every confirm comes, from the primary and backup 2 alone.
+    // Publishers continue: every confirm comes, from the primary and backup 2 alone, once the
+    // primary gave up holding them for backup 3.
     let send_took = send(primary, "orders", 100);
     wait_depth(&brokers[1], "orders", 200);
     assert_eq!(queue_info(primary, "orders").map(|q| q.depth), Some(200));
+    let log = plain_log(primary);
+    let name = backup_3.addr();
+    let released = log.lines().any(|line| line.contains("no longer holding confirms for them") && line.contains(&name));
+    assert!(released, "confirmed while the cut-off backup was still held for:\n{log}");
 
     // The heal: backup 3 reconnects, downloads the 100 it missed and is ready with the primary's
     // depth.
@@ -322,5 +331,7 @@ fn a_cut_off_backup_is_dropped_publishers_continue_and_it_catches_up_after_the_h
     wait_depth(backup_3, "orders", 200);
     wait_state(backup_3, "ready");
     assert_eq!(queue_info(backup_3, "orders").map(|q| q.depth), queue_info(primary, "orders").map(|q| q.depth));
+    let log = plain_log(backup_3);
+    assert!(log.contains("nothing from the primary for ha-backup-timeout: no longer ready"), "{log}");
     println!("cut-off backup dropped after {dropped_after:?}; 100 sent with confirms in {send_took:?} while cut off");
 }

@@ -272,11 +272,12 @@ async fn inbox_task(context: Rc<ShardContext>) {
         {
             let mut rings = context.rings.borrow_mut();
             let mut node = context.node.borrow_mut();
+            let now = Instant::now();
             for (_, consumer) in rings.inbound.iter_mut() {
                 for _ in 0..INBOX_BATCH_MAX {
                     match consumer.pop() {
                         Ok(message) => {
-                            node.shard_mut().handle_peer(message);
+                            node.handle_peer(message, now);
                             moved = true;
                         }
                         Err(_) => break,
@@ -286,7 +287,7 @@ async fn inbox_task(context: Rc<ShardContext>) {
         }
         for control in context.controls.take(own) {
             match control {
-                Control::Node(control) => context.node.borrow_mut().handle_control(control),
+                Control::Node(control) => context.node.borrow_mut().handle_control(control, Instant::now()),
                 Control::AdoptLink { stream, pending, open } => adopt_link(&context, stream, pending, open),
             }
             moved = true;

@@ -83,7 +83,10 @@ impl SimConfig {
         let mut rng = SimRng::new(seed ^ CONFIG_SEED_SALT);
         let heartbeat = Duration::from_millis(rng.between(50, 300));
         let maintenance = Duration::from_millis(rng.between(10, 150));
-        let backup_timeout = Duration::from_millis(rng.between(100, 1500));
+        // The cluster manager must promote a ready backup before its lease runs out (at the
+        // earliest three quarters of `ha-backup-timeout` after the primary's end): it notices
+        // within a maintenance interval and waits at most 3 heartbeat intervals.
+        let backup_timeout = (maintenance + heartbeat) * 4 + Duration::from_millis(rng.between(0, 1000));
         let faults = FaultPlan::draw(&mut rng, heartbeat);
         SimConfig {
             seed,
@@ -447,7 +450,7 @@ impl Simulation {
                         } else {
                             self.trace.record(format!("{} {} peer from {from}", self.now, node_name(node)));
                         }
-                        self.with_node(node, |node, _| node.shard_mut().handle_peer(message))
+                        self.with_node(node, |node, now| node.handle_peer(message, now))
                     }
                     LocalKind::Control => {
                         let Some(control) =
@@ -456,7 +459,7 @@ impl Simulation {
                             return Ok(());
                         };
                         self.trace.record(format!("{} {} control from {from}: {control:?}", self.now, node_name(node)));
-                        self.with_node(node, |node, _| node.handle_control(control))
+                        self.with_node(node, |node, now| node.handle_control(control, now))
                     }
                 }
             }
@@ -1148,6 +1151,14 @@ impl Simulation {
 
     /// The cluster manager's tick.
     fn manager_tick(&mut self) -> Result<(), Violation> {
+        for broker in 0..self.brokers.len() {
+            if self.brokers[broker].reachable() {
+                // A status probe is an input: the broker first runs what is due (a resumed ready
+                // broker whose lease ended answers `joining`).
+                let node = self.brokers[broker].node_ref(0);
+                self.with_node(node, |node, now| node.handle_timeout(now))?;
+            }
+        }
         let statuses: Vec<BrokerStatus> = self
             .brokers
             .iter()
