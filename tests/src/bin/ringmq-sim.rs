@@ -3,8 +3,6 @@
 //! - `ringmq-sim --seed S [--verbose]`: runs seed S and prints its outcome; on a failure, what
 //!   broke and the last events. `--verbose` prints every event as it happens. The same seed
 //!   always replays the same run.
-//! - `--strict` (with either): the open issue's losses fail a seed too, instead of being counted
-//!   (see `ringmq_tests::sim::invariants`).
 //! - `--queue-on-shard-1` (with either): the clients use a queue that shard 1 owns (on brokers
 //!   of two shards), so that replication crosses to the other shard's streams.
 //! - `ringmq-sim --seeds N [--from K] [--jobs J]`: runs seeds K..K+N on J threads (default: one per
@@ -26,7 +24,7 @@ fn main() -> ExitCode {
         Err(message) => {
             eprintln!("ringmq-sim: {message}");
             eprintln!(
-                "usage: ringmq-sim --seed S [--verbose] | --seeds N [--from K] [--jobs J]; either with [--strict] \
+                "usage: ringmq-sim --seed S [--verbose] | --seeds N [--from K] [--jobs J]; either with \
                  [--queue-on-shard-1]"
             );
             ExitCode::from(2)
@@ -64,7 +62,6 @@ fn parse(args: &[String]) -> Result<Command, String> {
     let mut from = 0;
     let mut jobs = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mut verbose = false;
-    let mut strict = false;
     let mut shard_1 = false;
     let mut iter = args.iter();
     while let Some(arg) = iter.next() {
@@ -78,14 +75,13 @@ fn parse(args: &[String]) -> Result<Command, String> {
             "--from" => from = value("--from")?,
             "--jobs" => jobs = value("--jobs")?.max(1) as usize,
             "--verbose" => verbose = true,
-            "--strict" => strict = true,
             "--queue-on-shard-1" => shard_1 = true,
             other => return Err(format!("unknown argument '{other}'")),
         }
     }
     match (seed, count) {
-        (Some(seed), None) => Ok(Command::One { seed, verbose, options: Options { strict, shard_1 } }),
-        (None, Some(count)) => Ok(Command::Many { count, from, jobs, options: Options { strict, shard_1 } }),
+        (Some(seed), None) => Ok(Command::One { seed, verbose, options: Options { shard_1 } }),
+        (None, Some(count)) => Ok(Command::Many { count, from, jobs, options: Options { shard_1 } }),
         _ => Err("give exactly one of --seed S and --seeds N".into()),
     }
 }
@@ -93,8 +89,6 @@ fn parse(args: &[String]) -> Result<Command, String> {
 /// What the command line changes in a seed's settings.
 #[derive(Clone, Copy)]
 struct Options {
-    /// `--strict`.
-    strict: bool,
     /// `--queue-on-shard-1`.
     shard_1: bool,
 }
@@ -102,7 +96,7 @@ struct Options {
 /// The settings of `seed` with the options.
 fn config(seed: u64, options: Options) -> SimConfig {
     let queue = if options.shard_1 { QUEUE_SHARD_1 } else { QUEUE };
-    SimConfig { strict: options.strict, ..SimConfig::from_seed(seed) }.with_queue(queue)
+    SimConfig::from_seed(seed).with_queue(queue)
 }
 
 fn one(seed: u64, verbose: bool, options: Options) -> ExitCode {
@@ -134,8 +128,8 @@ fn many(count: u64, from: u64, jobs: usize, options: Options) -> ExitCode {
     let next = Arc::new(AtomicU64::new(from));
     let end = from.saturating_add(count);
     let steps = Arc::new(AtomicU64::new(0));
-    // Over all seeds: duplicates, stale confirms, lost detached ready, lost with cluster.
-    let counts = Arc::new([AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)]);
+    // Over all seeds: duplicates, stale confirms, lost with cluster.
+    let counts = Arc::new([AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)]);
     let done = Arc::new(AtomicU64::new(0));
     let failures = Arc::new(Mutex::new(Vec::new()));
     let threads: Vec<_> = (0..jobs)
@@ -150,9 +144,7 @@ fn many(count: u64, from: u64, jobs: usize, options: Options) -> ExitCode {
                 let outcome = run(config(seed, options), false);
                 steps.fetch_add(outcome.steps, Ordering::Relaxed);
                 let c = &outcome.counters;
-                for (total, value) in
-                    counts.iter().zip([c.duplicates, c.stale_confirms, c.lost_detached_ready, c.lost_with_cluster])
-                {
+                for (total, value) in counts.iter().zip([c.duplicates, c.stale_confirms, c.lost_with_cluster]) {
                     total.fetch_add(value, Ordering::Relaxed);
                 }
                 let finished = done.fetch_add(1, Ordering::Relaxed) + 1;
@@ -182,13 +174,11 @@ fn many(count: u64, from: u64, jobs: usize, options: Options) -> ExitCode {
         failures.len(),
         if failures.is_empty() { String::new() } else { format!(": {failures:?}") }
     );
-    let [duplicates, stale, detached, cluster] = &*counts;
+    let [duplicates, stale, cluster] = &*counts;
     println!(
-        "over all seeds: {} duplicates, {} stale confirms, {} lost by a detached ready backup (open issue), {} \
-         written off with the cluster",
+        "over all seeds: {} duplicates, {} stale confirms, {} written off with the cluster",
         duplicates.load(Ordering::Relaxed),
         stale.load(Ordering::Relaxed),
-        detached.load(Ordering::Relaxed),
         cluster.load(Ordering::Relaxed)
     );
     if failures.is_empty() {

@@ -94,9 +94,6 @@ pub struct OracleCounters {
     pub confirm_checks: u64,
     /// Delivery checks against the linked backups.
     pub delivery_checks: u64,
-    /// Confirmed messages lost by promoting a ready backup that was detached from the primary
-    /// when they were confirmed (the open issue: a backup stays `ready` after losing its link).
-    pub lost_detached_ready: u64,
 }
 
 /// What the clients saw and what the brokers were.
@@ -118,12 +115,6 @@ pub struct Oracle {
     pub forgiven: BTreeSet<u64>,
     /// Numbers confirmed by a superseded primary.
     pub stale: BTreeSet<u64>,
-    /// Per confirmed number, the brokers whose confirm the primary did not wait for: not every
-    /// shard had a link to it accepted before the message was published and still open.
-    detached: BTreeMap<u64, Vec<usize>>,
-    /// Whether a ready backup promoted without messages confirmed while it was detached fails
-    /// the run (`strict`), or is counted (the known open issue, see `check_promotion`).
-    pub strict: bool,
     /// The last observation of each broker.
     observed: Vec<Option<BrokerObservation>>,
     /// The highest epoch any broker was promoted in.
@@ -246,30 +237,14 @@ impl Oracle {
         }
         if before == Some(BrokerState::Ready) {
             self.counters.promotion_checks += 1;
-            // The open issue: a ready backup whose link dropped stays `ready`, while the primary
-            // confirms without it. What it missed that way is counted apart, unless strict.
-            let detached: Vec<u64> = missing
-                .iter()
-                .copied()
-                .filter(|n| self.detached.get(n).is_some_and(|brokers| brokers.contains(&broker)))
-                .collect();
-            let attached: Vec<u64> = missing.iter().copied().filter(|n| !detached.contains(n)).collect();
-            if !attached.is_empty() || self.strict {
-                return Err(Violation {
-                    invariant: "confirmed survives failover",
-                    detail: format!(
-                        "broker {broker}, promoted from ready, lacks {} confirmed unacked messages: {} ({} of them \
-                         confirmed without waiting for it, as it had no link from before their publish: {})",
-                        missing.len(),
-                        list(&missing),
-                        detached.len(),
-                        list(&detached)
-                    ),
-                });
-            }
-            self.counters.lost_detached_ready += detached.len() as u64;
-            self.forgiven.extend(detached);
-            return Ok(());
+            return Err(Violation {
+                invariant: "confirmed survives failover",
+                detail: format!(
+                    "broker {broker}, promoted from ready, lacks {} confirmed unacked messages: {}",
+                    missing.len(),
+                    list(&missing)
+                ),
+            });
         }
         self.counters.lost_with_cluster += missing.len() as u64;
         self.forgiven.extend(missing);
@@ -285,9 +260,7 @@ impl Oracle {
     }
 
     /// The producer got a `stored` confirm from a primary, `superseded` when a running broker
-    /// serves clients in a newer epoch (the confirm is then stale). `detached` are the brokers
-    /// with no link to the confirming primary at that moment. `ready_holders`
-    /// are, for each backup the primary counts as ready, whether it holds the message (when the
+    /// serves clients in a newer epoch (the confirm is then stale). `ready_holders` are, for each backup the primary counts as ready, whether it holds the message (when the
     /// driver tells which backups those are).
     ///
     /// # Errors
@@ -297,13 +270,9 @@ impl Oracle {
         number: u64,
         at: SimTime,
         superseded: bool,
-        detached: Vec<usize>,
         ready_holders: &[(usize, bool)],
     ) -> Result<(), Violation> {
         self.confirmed.entry(number).or_insert(at);
-        if !detached.is_empty() {
-            self.detached.insert(number, detached);
-        }
         if superseded {
             self.counters.stale_confirms += 1;
             self.stale.insert(number);

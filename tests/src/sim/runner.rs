@@ -69,8 +69,6 @@ pub struct SimConfig {
     pub liveness: Duration,
     /// Most steps in all (a run that loops without advancing time fails).
     pub steps_max: u64,
-    /// Fail on the open issue too (see `invariants`); otherwise its losses are counted.
-    pub strict: bool,
     /// The queue the clients use (`client::QUEUE`, on shard 0, unless changed).
     pub queue: &'static str,
     /// The fault mix.
@@ -98,7 +96,6 @@ impl SimConfig {
             safety: Duration::from_millis(rng.between(2_000, 6_000)),
             liveness: Duration::from_secs(40),
             steps_max: 3_000_000,
-            strict: false,
             queue: QUEUE,
             faults,
         }
@@ -288,8 +285,7 @@ impl Simulation {
             config.faults.describe()
         ));
         let config_brokers = config.brokers;
-        let mut oracle = Oracle::new(config.brokers);
-        oracle.strict = config.strict;
+        let oracle = Oracle::new(config.brokers);
         Simulation {
             oracle,
             paused_reads: vec![BTreeSet::new(); config.brokers],
@@ -959,9 +955,8 @@ impl Simulation {
                         self.trace.record(format!("{} producer: {number} confirmed by b{}", self.now, broker.0));
                     }
                     let superseded = self.oracle.superseded(broker.0);
-                    let detached = self.detached_from(broker.0, published_at);
                     let holders = self.linked_holders(broker.0, published_at, number);
-                    self.oracle.confirmed(number, self.now, superseded, detached, &holders)?;
+                    self.oracle.confirmed(number, self.now, superseded, &holders)?;
                 }
                 ClientNote::Delivered { number, redelivered, conn } => {
                     let Some(broker) = self.broker_of(conn) else { continue };
@@ -1025,26 +1020,6 @@ impl Simulation {
             self.held_cache[broker] = Some((steps, held));
         }
         &self.held_cache[broker].as_ref().expect("just filled").1
-    }
-
-    /// The running brokers other than `primary` of which some shard has no link to `primary`
-    /// that was accepted before `published_at` and is open at both ends: the primary's confirm of
-    /// a message published then does not wait for them (issue 1 of `tests/SIMULATION.md`).
-    fn detached_from(&self, primary: usize, published_at: SimTime) -> Vec<usize> {
-        let mut linked = vec![0u32; self.brokers.len()];
-        for connection in self.network.connections.values() {
-            if connection.closed != [false, false] || connection.link_accepted_at.is_none_or(|at| at >= published_at) {
-                continue;
-            }
-            if let (End::Node { node: from, .. }, End::Node { node: to, .. }) = (connection.ends[0], connection.ends[1])
-            {
-                if to.broker == primary && from.broker != primary {
-                    linked[from.broker] |= 1 << from.shard;
-                }
-            }
-        }
-        let all = (1u32 << self.config.shards) - 1;
-        (0..self.brokers.len()).filter(|&b| b != primary && self.brokers[b].up() && linked[b] != all).collect()
     }
 
     /// The broker (and incarnation) a client connection goes to.
@@ -1415,7 +1390,7 @@ impl Simulation {
         let counters = &self.oracle.counters;
         let summary = format!(
             "{} published, {} confirmed, {} delivered; duplicates {}, redelivered again {}, stale confirms {} ({} never delivered), lost with \
-             cluster {}, lost detached ready {}; checks: {} confirms, {} deliveries; promotions {}, cluster restarts {}; faults: resets {}, partitions {}, crashes {}, pauses {}, \
+             cluster {}; checks: {} confirms, {} deliveries; promotions {}, cluster restarts {}; faults: resets {}, partitions {}, crashes {}, pauses {}, \
              clock jumps {}; batches lost {}, duplicated {}",
             self.producer.next_number,
             self.oracle.confirmed.len(),
@@ -1425,7 +1400,6 @@ impl Simulation {
             counters.stale_confirms,
             self.oracle.stale.iter().filter(|n| !self.consumer.received.contains(n)).count(),
             counters.lost_with_cluster,
-            counters.lost_detached_ready,
             counters.confirm_checks,
             counters.delivery_checks,
             counters.promotions,
