@@ -74,6 +74,8 @@ struct Connection {
     heartbeat: Option<LinkHeartbeat>,
     /// Whether the `link-open` carried the shard's holdings (else the catch-up is a full resync).
     holdings_sent: bool,
+    /// When the `link-open` went out: `link-accepted` grants it as a lease request.
+    open_sent: Option<Instant>,
 }
 
 /// Where a link is in its handshake.
@@ -168,6 +170,7 @@ impl BackupSession {
             handshake_deadline: now + config.heartbeat_interval * LINK_SILENT_INTERVALS_MAX,
             heartbeat: None,
             holdings_sent: false,
+            open_sent: None,
         });
     }
 
@@ -217,6 +220,7 @@ impl BackupSession {
             match (connection.handshake, frame) {
                 (Handshake::Hello, LinkFrame::Native(Frame::Hello { .. })) => {
                     connection.holdings_sent = send_link_open(conn, config, shard, &self.replica, outputs);
+                    connection.open_sent = Some(now);
                     connection.handshake = Handshake::Accepted;
                 }
                 (Handshake::Accepted, LinkFrame::Accepted(accepted)) => {
@@ -231,8 +235,8 @@ impl BackupSession {
                     tracing::info!(counters = ?self.link.counters(), epoch = %accepted.epoch, "link: connected to {}", connection.address);
                     connection.heartbeat = Some(LinkHeartbeat::new(now, config.heartbeat_interval));
                     connection.handshake = Handshake::Open;
-                    if let Some(lease) = self.lease.as_mut() {
-                        lease.handle_accepted(now);
+                    if let (Some(lease), Some(open_sent)) = (self.lease.as_mut(), connection.open_sent) {
+                        lease.handle_accepted(open_sent, now);
                     }
                 }
                 (Handshake::Open, LinkFrame::Batch(batch)) => {

@@ -13,8 +13,8 @@
 //! was sent, so the lease lasts until `ha-backup-timeout` after the *sending* of the newest
 //! granted request. However late a grant arrives (a partition that healed, a backup that was
 //! stopped), it never stretches the lease past `ha-backup-timeout` after the primary saw the link
-//! end. The primary answers requests in the order they came and before any later frame, so the
-//! grant of the request sent on accepting comes before `marked-ready`.
+//! end. The `link-open` is the first request, and `link-accepted` its grant: `marked-ready` may
+//! come before the answer to any `lease-request` (an empty catch-up is confirmed at once).
 //!
 //! Any new accepted shard-0 link moves a ready broker to `catchup` first, so a ready broker's
 //! lease always comes from the link that carried its `marked-ready` (or a later `marked-ready`).
@@ -65,8 +65,10 @@ impl LeaseRequests {
         }
     }
 
-    /// A link was accepted: a request is due at once.
-    pub(crate) fn handle_accepted(&mut self, now: Instant) {
+    /// A link whose `link-open` was sent at `open_sent` was accepted at `now`: that grants the
+    /// `link-open` as a request, and a `lease-request` is due at once.
+    pub(crate) fn handle_accepted(&mut self, open_sent: Instant, now: Instant) {
+        self.granted = Some(self.granted.map_or(open_sent, |granted| granted.max(open_sent)));
         self.due = Some(now);
     }
 
@@ -163,7 +165,9 @@ mod tests {
         let at = |ms: u64| start + Duration::from_millis(ms);
         let mut lease = LeaseRequests::new(Duration::from_millis(400));
         assert_eq!(lease.poll_request(at(0)), None, "no link accepted");
-        lease.handle_accepted(at(10));
+        assert_eq!(lease.granted(), None);
+        lease.handle_accepted(at(2), at(10));
+        assert_eq!(lease.granted(), Some(at(2)), "the link-open was the first request");
         assert_eq!(lease.poll_request(at(10)), Some(0));
         assert_eq!(lease.poll_request(at(10)), None);
         assert_eq!(lease.poll_timeout(), Some(at(110)));
@@ -190,14 +194,14 @@ mod tests {
         // oldest request is forgotten, and its grant counts for nothing.
         let start = Instant::now();
         let mut lease = LeaseRequests::new(Duration::from_millis(4));
-        lease.handle_accepted(start);
+        lease.handle_accepted(start, start);
         let mut now = start;
         for _ in 0..=REQUESTS_REMEMBERED_MAX {
             assert!(lease.poll_request(now).is_some());
             now += Duration::from_millis(1);
         }
         lease.handle_grant(0);
-        assert_eq!(lease.granted(), None);
+        assert_eq!(lease.granted(), Some(start), "only the link-open's");
         lease.handle_grant(1);
         assert_eq!(lease.granted(), Some(start + Duration::from_millis(1)));
     }

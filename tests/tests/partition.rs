@@ -332,6 +332,6 @@ fn a_cut_off_backup_is_dropped_publishers_continue_and_it_catches_up_after_the_h
     wait_state(backup_3, "ready");
     assert_eq!(queue_info(backup_3, "orders").map(|q| q.depth), queue_info(primary, "orders").map(|q| q.depth));
     let log = plain_log(backup_3);
-    assert!(log.contains("nothing from the primary for ha-backup-timeout: no longer ready"), "{log}");
+    assert!(log.contains("for ha-backup-timeout: no longer ready"), "{log}");
     println!("cut-off backup dropped after {dropped_after:?}; 100 sent with confirms in {send_took:?} while cut off");
 }
