@@ -1411,6 +1411,54 @@ mod tests {
     }
 
     #[test]
+    fn a_lost_link_keeps_its_holds_only_when_its_backup_may_be_ready() {
+        // Goal: a link lost during its catch-up releases its holds (its backup is not ready on
+        // its account); one lost after its catch-up keeps them for its backup, which then collects
+        // new ones; a dequeue releases a kept hold as it does a collected one, and a new link's
+        // catch-up releases the rest.
+        let mut replication = PrimaryReplication::new(Epoch(1));
+        replication.handle_event(created("q"));
+        replication.handle_event(enqueued("q", 0, None));
+        // Catching up (the snapshot's message not confirmed): lost, released.
+        replication.handle_link_opened(1, "slow:1", vec![created("q"), enqueued("q", 0, None)]);
+        replication.handle_event(enqueued("q", 1, Some(1)));
+        assert!(!replication.handle_link_lost(1));
+        assert_eq!(released(&mut replication), vec![hold(1)]);
+        assert!(pending(&replication).is_empty());
+        // Caught up, then lost with two publishes unconfirmed: both kept.
+        replication.handle_link_opened(2, "b:1", vec![created("q"), enqueued("q", 0, None), enqueued("q", 1, None)]);
+        drain(&mut replication, 2);
+        assert_eq!(replication.poll_caught_up(), Some((2, "b:1".to_string())));
+        replication.handle_event(enqueued("q", 2, Some(2)));
+        replication.handle_event(enqueued("q", 3, Some(3)));
+        assert_eq!(replication.poll_batch(2, BYTES).map(|batch| positions(&batch.records, "q")), Some(vec![2, 3]));
+        assert!(replication.handle_link_lost(2));
+        assert!(released(&mut replication).is_empty());
+        assert_eq!(pending(&replication), vec!["b:1"]);
+        assert_eq!(replication.holding_streams(), 1, "b:1 collects");
+        replication.handle_event(enqueued("q", 4, Some(4)));
+        assert_eq!(replication.expected_held("b:1"), 3);
+        // Consumed meanwhile: confirmed as consumed.
+        replication.handle_event(dequeued("q", 2));
+        assert_eq!(released(&mut replication), vec![hold(2)]);
+        // A new link of b:1 catches up: the rest comes back, and b:1 is an ordinary link again.
+        let snapshot = vec![
+            created("q"),
+            enqueued("q", 0, None),
+            enqueued("q", 1, None),
+            enqueued("q", 3, None),
+            enqueued("q", 4, None),
+        ];
+        replication.handle_link_opened(3, "b:1", snapshot);
+        drain(&mut replication, 3);
+        let mut holds = released(&mut replication);
+        holds.sort();
+        assert_eq!(holds, vec![hold(3), hold(4)]);
+        assert!(pending(&replication).is_empty());
+        assert_eq!(replication.holding_streams(), 1);
+    }
+
+    #[test]
     fn an_expected_backup_whose_link_overflows_keeps_its_holds_until_its_timeout() {
         // Goal: an overflowed link never counts as caught up, so it releases no collected hold.
         let mut replication = PrimaryReplication::new(Epoch(2));
