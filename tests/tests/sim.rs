@@ -115,12 +115,12 @@ fn a_run_without_faults_converges_with_nothing_lost() {
 fn detached_ready_backup_promoted_keeps_confirmed_messages() {
     // Goal: a ready backup promoted after its link dropped holds every confirmed message (issue 1:
     // the primary confirmed without it, and a promotion lost what it confirmed meanwhile).
-    // Method: seed 79 (3 brokers x 2 shards): a partition b0 -> b2 (1.58 s to 1.96 s) ends the
-    // link of the ready b0 to the primary b2 at 1.66 s (`LinkLost { kept: true }`); b0 is not
-    // marked ready again, b2 goes on confirming (up to 1.78 s) and crashes at 1.83 s; the manager
-    // promotes b0 from ready at 2.06 s, which must hold every confirmed, unacked message (b2 kept
+    // Method: seed 215 (2 brokers x 2 shards): a partition b1 -> b0 (0.09 s to 0.42 s) ends the
+    // link of the ready b0 to the primary b1 at 0.33 s (`LinkLost { kept: true }`); b0 is not
+    // marked ready again, b1 goes on confirming (up to 0.45 s) and crashes at 0.45 s; the manager
+    // promotes b0 from ready at 0.79 s, which must hold every confirmed, unacked message (b1 kept
     // its holds for b0, so it confirmed only what was acked).
-    check(79);
+    check(215);
 }
 
 #[test]
