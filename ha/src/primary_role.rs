@@ -17,17 +17,17 @@
 //! must end too: when another shard's link is lost, shard 0 closes it. Every request we answered
 //! was sent before the link ended, so from its end every shard holds confirms for the backup for
 //! `ha-backup-timeout` plus a clock allowance (`detached_hold`), then gives up on it
-//! (`ExpectedTimedOut`), unless it is marked ready again first. A backup never marked ready by this primary is not
-//! ready on its account: what a lost link kept for it is released at once (in recovering mode,
-//! an expected backup's are released by the recovering timeout instead).
+//! (`ExpectedTimedOut`), unless it is marked ready again first. A backup never marked ready by
+//! this primary is not ready on its account: what a lost link kept for it is released at once (in
+//! recovering mode, an expected backup's are released by the recovering timeout instead).
 //!
 //! Invariants:
 //! - `marked-ready` goes to a backup once per change to ready; `members` goes to every linked
 //!   backup after each change to the set of ready backups.
 //! - The broker leaves `recovering` only when no expected backup is left unsettled.
 //! - While a backup may be `ready` on this primary's account (its `marked-ready` link is open, or
-//!   ended less than `ha-backup-timeout` plus the margin ago), no shard releases the confirms a
-//!   lost link of its kept.
+//!   ended less than `detached_hold` ago), no shard releases the confirms a lost link of its
+//!   kept, except for messages dequeued meanwhile.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};

@@ -11,9 +11,10 @@
 //!   (only the difference from the holdings the `link-open` carried), taken in the same step, so
 //!   every later change follows it on the stream;
 //! - reads confirms, heartbeats and lease requests (answered at once, `ready_lease`) until the
-//!   link ends, then drops the stream, and tells shard 0 (`NodeControl::LinkLost`). The confirms the stream held are released, or, when its backup may
-//!   be ready on its account (the catch-up was confirmed), kept for that backup until shard 0
-//!   says otherwise (`primary_replication`, "Detached backups").
+//!   link ends, then drops the stream, and tells shard 0 (`NodeControl::LinkLost`). The confirms
+//!   the stream held are released, or, when its backup may be ready on its account (the catch-up
+//!   was confirmed), kept for that backup until shard 0 says otherwise (`primary_replication`,
+//!   "Detached backups").
 //!
 //! Invariants:
 //! - A stream exists exactly while its link is served: opened before the first batch, dropped
