@@ -188,6 +188,14 @@ impl DedupWindow {
         }
     }
 
+    /// Forgets every producer and every key (its counters stay): a backup about to catch up takes
+    /// its primary's window from the catch-up instead (`Shard::clear_replica_configuration`).
+    pub fn forget_all(&mut self) {
+        let counters = self.counters;
+        *self = DedupWindow::new(self.window, self.producers_max);
+        self.counters = counters;
+    }
+
     /// A disabled window: nothing is suppressed.
     pub fn disabled() -> DedupWindow {
         DedupWindow::new(0, 1)
@@ -482,6 +490,21 @@ mod tests {
         assert_eq!(window.check("a", 3), Verdict::Fresh);
         assert_eq!(window.counters(), DedupCounters { duplicates: 1, ..DedupCounters::default() });
         assert_eq!(window.producers(), 2);
+    }
+
+    #[test]
+    fn forgetting_all_keeps_the_settings_and_counters_and_nothing_else() {
+        // Goal: after `forget_all` every key is fresh again, the window's size and producer bound
+        // are unchanged, and what it counted before stays counted.
+        let mut window = DedupWindow::new(8, 2);
+        window.check_and_record("a", 1);
+        window.check_and_record("a", 1);
+        window.forget_all();
+        assert_eq!(window.producers(), 0);
+        assert_eq!(window.window(), 8);
+        assert_eq!(window.check_and_record("a", 1), Verdict::Fresh);
+        assert_eq!(window.check_and_record("a", 1), Verdict::Duplicate);
+        assert_eq!(window.counters(), DedupCounters { duplicates: 2, ..DedupCounters::default() });
     }
 
     #[test]

@@ -501,6 +501,11 @@ impl Queue {
         Some(out.len() - start)
     }
 
+    /// Forgets every dedup key (`DedupWindow::forget_all`).
+    pub fn forget_dedup_keys(&mut self) {
+        self.dedup.forget_all();
+    }
+
     /// The position `enqueue` gives the next message.
     pub fn next_position(&self) -> Position {
         self.next_position

@@ -803,13 +803,20 @@ impl Shard {
     /// the configuration part of `clear_replicas` (the request to the coordinator, made before
     /// the records that follow); on every shard, each owned queue's ready messages put in
     /// position order (`Queue::sort_ready_by_position`: a broker that was a primary may hold them
-    /// otherwise), so that the catch-up's messages are inserted in their place.
+    /// otherwise), so that the catch-up's messages are inserted in their place; and each owned
+    /// `all` queue's dedup keys forgotten: the catch-up carries the primary's window before any
+    /// message, and a key only this broker has (of a message it stored as a primary whose epoch
+    /// ended, and that the catch-up removes) would otherwise suppress that message's re-send once
+    /// this broker is promoted, confirming a message stored nowhere.
     pub fn clear_replica_configuration(&mut self) {
         if self.coordinator.is_some() {
             self.request_replica_change(ConfigRequest::ReplicaConfigurationCleared);
         }
         for queue in self.queues.values_mut() {
             queue.sort_ready_by_position();
+            if queue.level() == ReplicationLevel::All {
+                queue.forget_dedup_keys();
+            }
         }
     }
 

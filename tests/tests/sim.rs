@@ -135,21 +135,22 @@ fn ready_backup_whose_lease_ran_out_is_not_promoted_as_ready() {
 }
 
 #[test]
-#[ignore = "open issue 5 of tests/SIMULATION.md: a ready backup promoted without 64 confirmed messages"]
-fn ready_backup_that_relinked_through_resets_keeps_confirmed_messages() {
-    // Goal: the same as the seed-215 test, on another path. Method: seed 4793 (3 brokers x 2
-    // shards): b0 is promoted at 2.79 s, marks b1 ready at 2.87 s and confirms 227..=290; b1's
-    // links are reset and it relinks several times (3.29 s, 3.63 s); b0 pauses at 4.6 s and the
-    // manager promotes b1 from ready at 4.95 s, which lacks 227..=290. Not yet explained.
+fn a_resynchronised_backup_forgets_dedup_keys_its_primary_does_not_have() {
+    // Goal: a broker that stored messages as a primary, then lost them in a catch-up from a newer
+    // primary, does not suppress their re-sends once promoted (it confirmed them, stored nowhere).
+    // Method: seed 4793 (3 brokers x 2 shards): b0, primary of epoch 1, pauses; resumed at 2.17 s
+    // it stores the buffered 227..=290 (keys included), steps down, and the catch-up from b2
+    // removes those messages; their re-send to b2 reaches b1 but not b0 (a lost batch); b0 is
+    // promoted at 2.79 s and took the re-sends for duplicates, so b1's catch-up removed b2's copies
+    // and b1, promoted at 4.95 s, lacked 227..=290. A catch-up now replaces the window.
     check(4793);
 }
 
 #[test]
-#[ignore = "open issue 5 of tests/SIMULATION.md: 15 confirmed messages held by no broker after healing"]
 fn confirmed_messages_survive_to_the_liveness_phase() {
-    // Goal: every confirmed message reaches the consumer. Method: seed 16526: after healing, b0 is
-    // active and b1 ready, every publish confirmed, and the consumer misses 212..=226, which
-    // neither broker holds. Not yet explained.
+    // Goal: every confirmed message reaches the consumer. Method: seed 16526: the consumer missed
+    // 212..=226 after healing (b0 active, b1 ready, neither holding them): confirmed as
+    // duplicates of keys only a former primary remembered, as in seed 4793.
     check(16526);
 }
 
