@@ -17,7 +17,7 @@
 //! | ready      | catchup    | `expected-backup-timed-out`: a recovering primary gave up on it    |
 //! | ready      | catchup    | `reconnected-behind-primary`: its new primary has more than it     |
 //! | ready      | ready      | `primary-lost`: the link to the primary dropped (issue, below)     |
-//! | ready      | joining    | `primary-lost-too-long`: `ha-backup-timeout` passed without word from the primary that marked it ready |
+//! | ready      | joining    | `primary-lost-too-long`: its ready lease ran out (below)           |
 //! | recovering | active     | `expected-backups-settled`: every expected backup is ready or timed out |
 //! | recovering | joining    | `superseded-by-newer-epoch`: another broker was promoted later     |
 //! | active     | joining    | `superseded-by-newer-epoch` (issue, below)                         |
@@ -41,8 +41,8 @@
 //! The `primary-lost-too-long` row is ours as well. A ready backup that lost its primary stays
 //! ready so that it can be promoted if the primary died; but if the primary lives on, it holds
 //! confirms for that backup only for `ha-backup-timeout` (plus a margin), then confirms without
-//! it. So the backup stops counting as ready once `ha-backup-timeout` has passed since it last
-//! heard from that primary: as `joining`, it may be promoted only as the first primary of a new
+//! it. So the backup stops counting as ready once `ha-backup-timeout` has passed since that
+//! primary last answered it (its ready lease, `ringmq-ha`'s `ready_lease`): as `joining`, it may be promoted only as the first primary of a new
 //! cluster, which loses what it lacks and is the cluster manager's explicit choice. (In the
 //! reference the backup stayed ready for good, and a promotion could lose confirmed messages.)
 //!

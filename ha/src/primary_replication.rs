@@ -61,15 +61,15 @@
 //! the queue is confirmed; it only ever holds back messages that link must confirm anyway.
 //!
 //! Detached backups: a backup that was marked ready stays `ready` when its link drops, so that it
-//! can be promoted if this primary died; until it can no longer be promoted as ready (its
-//! `ha-backup-timeout` since it last heard from us) the confirms it may hold must stay held. So a
-//! link lost (or overflowed) after its catch-up was confirmed, or of a backup already expected
-//! here, does not release its holds: they are *kept* for its backup, which becomes expected here
-//! (below) as if it had collected them (by queue and position, so that a dequeue releases them
-//! as it does collected ones), and collects new holds from then on. `handle_link_lost` says so, and shard 0 decides
-//! how long (`primary_role`): until a new link of the backup catches up here, or until
-//! `handle_expected_timed_out`. A link lost before its catch-up, of a backup not expected, releases
-//! its holds: that backup is not ready on its account.
+//! can be promoted if this primary died; until it can no longer be promoted as ready (its ready
+//! lease ran out, `ready_lease`) the confirms it may hold must stay held. So a link lost (or
+//! overflowed) after its catch-up was confirmed, or of a backup already expected here, does not
+//! release its holds: they are *kept* for its backup, which becomes expected here (below) as if it
+//! had collected them (by queue and position, so that a dequeue releases them as it does
+//! collected ones), and collects new holds from then on. `handle_link_lost` says so, and shard 0
+//! decides how long (`primary_role`): until a new link of the backup catches up here, or until
+//! `handle_expected_timed_out`. A link lost before its catch-up, of a backup not expected,
+//! releases its holds: that backup is not ready on its account.
 //!
 //! Recovering mode (`PROTOCOL.md`, "Recovering"; the reference's expected backups and
 //! `ha-backup-timeout`): a newly promoted primary calls `expect_backups` with every backup that was
@@ -105,10 +105,11 @@
 //!   `links()` until it returns `None` (encode and send);
 //! - while `producers_must_pause()`, the shard stops reading producers.
 //!
-//! - while recovering, the broker-wide rule is the caller's: the primary is `recovering` until no
-//!   shard has `expected_pending()` left; the `ha-backup-timeout` timer, measured by the transport,
-//!   ends in `handle_expected_timed_out` on every shard for each backup still pending (the reference
-//!   times out only backups that are not connected; either is safe here).
+//! - while recovering, the broker-wide rule is the caller's (`primary_role` on shard 0): the
+//!   primary is `recovering` until every backup it expects is ready again or timed out; the
+//!   `ha-backup-timeout` timer, measured by the caller, ends in `handle_expected_timed_out` on every
+//!   shard for each backup still pending (the reference times out only backups that are not
+//!   connected; either is safe here). The same call ends a detached backup's hold.
 //!
 //! Not here: IO, time, the link's handshake (`link_frame`) and heartbeats (`link_heartbeat`), which
 //! backups are ready (`membership`), which exchanges and bindings are replicated (shard 0 reports
@@ -118,9 +119,9 @@
 //! - Every hold an event brings is released exactly once per stream or collecting expected backup
 //!   counted in `holding_streams()` when the event came (by a confirm, by being dropped unsent, or
 //!   by the stream's loss; for an expected backup, and a lost link's holds kept for it, by the
-//!   catch-up of its link, its timeout, or the message's dequeue). A `Barrier`'s hold too, never by a dequeue, and never
-//!   before that stream's backup confirmed every enqueue of its queue fed to it before the barrier,
-//!   snapshot messages included.
+//!   catch-up of its link, its timeout, or the message's dequeue). A `Barrier`'s hold too, never
+//!   by a dequeue, and never before that stream's backup confirmed every enqueue of its queue fed
+//!   to it before the barrier, snapshot messages included.
 //! - An expected backup collects exactly while it has no link on this shard; it is released (and
 //!   forgotten) only by the catch-up of a link opened after everything it collected, or by its
 //!   timeout.
@@ -419,7 +420,7 @@ impl PrimaryReplication {
     }
 
     /// The expected backups still pending on this shard (neither caught up here nor timed out),
-    /// by address. The primary stays `recovering` while any shard has one.
+    /// by address: recovering mode's and detached ones alike.
     pub fn expected_pending(&self) -> impl Iterator<Item = &str> + '_ {
         self.expected.keys().map(String::as_str)
     }

@@ -1458,6 +1458,8 @@ fn frame_kinds(bytes: &[u8]) -> String {
             0x53 => "link-accepted",
             0x54 => "marked-ready",
             0x55 => "members",
+            0x56 => "lease-request",
+            0x57 => "lease-grant",
             0x80 => "hello",
             0x81 => "ok",
             0x82 => "failed",
