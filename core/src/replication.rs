@@ -210,6 +210,9 @@ pub enum ReplicationEvent {
         /// when no stream held it (no stream then, or a catch-up snapshot). Each stream of the
         /// shard must release it once (`Shard::handle_holds_released`).
         hold: Option<Hold>,
+        /// How many holds the publish took for it (`Shard::set_replica_holds` when it was stored;
+        /// 0 without a hold): replication asserts that exactly that many holders receive it.
+        holders: u32,
     },
     /// A message was removed for good (acked, rejected, purged) from a queue of level `all`.
     Dequeued {
@@ -229,6 +232,8 @@ pub enum ReplicationEvent {
         queue: Arc<str>,
         /// The duplicate publish, whose confirm waits.
         hold: Hold,
+        /// How many holds the duplicate took, as for an `Enqueued` event.
+        holders: u32,
     },
     /// Catch-up only (`Shard::replication_snapshot_for`): what the queue's dedup window remembers
     /// (`Queue::dedup_seen`), so that the backup suppresses re-sends of messages consumed before
@@ -247,6 +252,18 @@ pub enum ReplicationEvent {
         /// Inclusive position ranges, increasing, neither overlapping nor adjacent; at least one.
         ranges: Vec<(Position, Position)>,
     },
+}
+
+impl ReplicationEvent {
+    /// For a live `Enqueued` or `Barrier` event: how many holds its publish took, each of which
+    /// one holder (a stream, or an expected backup collecting) must release. `None` for the
+    /// other events, which bring no hold.
+    pub fn holders(&self) -> Option<u32> {
+        match self {
+            ReplicationEvent::Enqueued { holders, .. } | ReplicationEvent::Barrier { holders, .. } => Some(*holders),
+            _ => None,
+        }
+    }
 }
 
 /// What a backup shard holds of one queue it owns, sent with its link-open so that the primary

@@ -407,6 +407,18 @@ impl Shard {
         );
     }
 
+    /// The admitted backup link `conn` leaves the core, still open: past its `hello` it speaks the
+    /// replication link protocol, which the HA layer serves. The core forgets it as it would a
+    /// closed connection (the other shards and the coordinator hear of its end as a client's, so
+    /// nothing it could hold outlives it).
+    ///
+    /// # Panics
+    /// If `conn` is not an admitted backup link (`is_backup_link`).
+    pub fn handle_link_detached(&mut self, conn: ConnId) {
+        assert!(self.is_backup_link(conn), "connection {} detached but it is not an admitted backup link", conn.0);
+        self.handle_closed(conn);
+    }
+
     /// A message from another shard (or from ourselves).
     pub fn handle_peer(&mut self, message: ShardMessage) {
         match message {
@@ -632,7 +644,13 @@ impl Shard {
                     } else {
                         diff.sent += 1;
                         let message = message.clone();
-                        out.push(ReplicationEvent::Enqueued { queue: name.clone(), position, message, hold: None });
+                        out.push(ReplicationEvent::Enqueued {
+                            queue: name.clone(),
+                            position,
+                            message,
+                            hold: None,
+                            holders: 0,
+                        });
                     }
                 });
             }
@@ -1127,7 +1145,7 @@ impl Shard {
                                     let hold = Hold { shard: origin.shard, conn: origin.conn, seq: current.seq };
                                     holds = stream_holds;
                                     let queue = queue_name.clone();
-                                    self.replication.push(ReplicationEvent::Barrier { queue, hold });
+                                    self.replication.push(ReplicationEvent::Barrier { queue, hold, holders: holds });
                                 }
                                 ConfirmOutcome::Stored
                             }
@@ -1152,6 +1170,7 @@ impl Shard {
                                         position,
                                         message,
                                         hold,
+                                        holders: holds,
                                     });
                                 }
                                 ConfirmOutcome::Stored

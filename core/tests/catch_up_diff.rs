@@ -131,7 +131,8 @@ fn the_diff_sends_what_the_backup_lacks_and_drops_what_the_primary_no_longer_hol
                 queue: q.clone(),
                 position: Position(E1 + 1),
                 message: message("q", "b"),
-                hold: None
+                hold: None,
+                holders: 0
             },
             ReplicationEvent::DequeuedRanges { queue: q.clone(), ranges: ranges(&[(E1 + 3, E1 + 5)]) },
         ]

@@ -161,7 +161,8 @@ fn on_a_primary_a_duplicate_is_held_like_an_enqueue_until_each_stream_releases_i
         events,
         [ReplicationEvent::Barrier {
             queue: Arc::from(queue.as_str()),
-            hold: Hold { shard: ShardId(0), conn: ConnId(2), seq: Seq(0) }
+            hold: Hold { shard: ShardId(0), conn: ConnId(2), seq: Seq(0) },
+            holders: 2
         }]
     );
     let (_, barriers) = holds_of(&events);

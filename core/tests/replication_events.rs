@@ -84,8 +84,13 @@ fn created(name: &str, level: ReplicationLevel) -> ReplicationEvent {
 }
 
 fn enqueued(queue: &str, position: u64, body: &'static str, hold: Option<Hold>) -> ReplicationEvent {
+    enqueued_held(queue, position, body, hold, 0)
+}
+
+/// An `Enqueued` event whose publish took `holders` holds.
+fn enqueued_held(queue: &str, position: u64, body: &'static str, hold: Option<Hold>, holders: u32) -> ReplicationEvent {
     let message = message(queue, body);
-    ReplicationEvent::Enqueued { queue: Arc::from(queue), position: Position(position), message, hold }
+    ReplicationEvent::Enqueued { queue: Arc::from(queue), position: Position(position), message, hold, holders }
 }
 
 fn dequeued(queue: &str, position: u64) -> ReplicationEvent {
@@ -209,7 +214,10 @@ fn a_replicated_enqueue_holds_its_confirm_until_every_stream_released_it() {
             panic!("{all:?}")
         };
         assert_eq!(second.0, first.0 + 1);
-        assert_eq!(all[1], [enqueued(&name, first.0, "a", hold(10)), enqueued(&name, second.0, "b", hold(11))]);
+        assert_eq!(
+            all[1],
+            [enqueued_held(&name, first.0, "a", hold(10), 2), enqueued_held(&name, second.0, "b", hold(11), 2)]
+        );
         // One stream confirmed both, the other only the second: nothing goes out (in order).
         let holds = [hold(10).unwrap(), hold(11).unwrap(), hold(11).unwrap()];
         mesh.shards[1].handle_holds_released(&holds);

@@ -53,6 +53,8 @@
 //!   primary).
 //! - `node_output`: what a node asks its shell to do, and what the nodes of one broker tell
 //!   each other.
+//! - `node_shell`: the `NodeShell` trait every IO shell implements and `pump_and_carry_out`, the
+//!   one carrying-out of a node's outputs that the broker and the simulator both call.
 //!
 //! `broker_state` and `epoch` live in `ringmq-core` because the configuration coordinator (shard 0
 //! of `ringmq-core`) owns the broker's HA state and promotes it, and `ringmq-core` cannot depend
@@ -76,6 +78,7 @@ pub mod link_frame;
 pub mod link_heartbeat;
 pub mod membership;
 pub mod node_output;
+pub mod node_shell;
 pub mod primary_replication;
 mod primary_role;
 pub mod primary_stream;

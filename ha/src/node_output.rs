@@ -5,7 +5,8 @@
 //! Invariants:
 //! - Outputs for one connection are carried out in the order they were produced: a `Close`
 //!   after the `Write`s queued before it.
-//! - `Control`s from one shard to another arrive in the order they were produced.
+//! - `Control`s from one shard to another arrive in the order they were produced, and so do
+//!   `Peer` messages (a separate channel: the core's ring between the two shards).
 
 use std::collections::VecDeque;
 
@@ -13,7 +14,8 @@ use bytes::BytesMut;
 use ringmq_core::codec;
 use ringmq_core::epoch::Epoch;
 use ringmq_core::frame::{ErrorCode, Frame};
-use ringmq_core::ids::ConnId;
+use ringmq_core::ids::{ConnId, ShardId};
+use ringmq_core::shard_message::ShardMessage;
 
 use crate::link_frame::{encode_link_frame, LinkFrame, LinkOpen};
 
@@ -71,6 +73,14 @@ pub enum NodeOutput {
     Probe {
         /// `host:port`.
         address: String,
+    },
+    /// Deliver `message` from this shard's core to shard `shard`'s (`ShardNode::handle_peer`
+    /// there), after every message produced for that shard before it.
+    Peer {
+        /// The receiving shard.
+        shard: ShardId,
+        /// The core's message.
+        message: ShardMessage,
     },
 }
 

@@ -96,7 +96,9 @@
 //! - drain those events *before* `handle_link_opened`, `handle_link_lost`, `expect_backups` and
 //!   `handle_expected_timed_out`, and right after any of them call
 //!   `Shard::set_replica_holds(holding_streams())`: every event is then fed to exactly the streams
-//!   (and expected backups) its hold was counted for;
+//!   (and expected backups) its hold was counted for. In the broker, `ShardNode::change_holders`
+//!   is the one place that does this, and each event's `holders` is asserted equal to
+//!   `holding_streams()` where it is fed;
 //! - `handle_confirm` for each confirm a backup sends; on `Err`, close the link and call
 //!   `handle_link_lost`;
 //! - then `poll_released` (hand the holds to the shard) and `poll_replicated` (hand the delivery
@@ -283,7 +285,7 @@ impl PrimaryReplication {
         };
         for event in snapshot {
             match event {
-                ReplicationEvent::Enqueued { queue, position, message, hold } => {
+                ReplicationEvent::Enqueued { queue, position, message, hold, .. } => {
                     assert!(hold.is_none(), "a snapshot's enqueues carry no hold");
                     if entry.backlog.entry(queue).or_default().insert(position, message).is_none() {
                         entry.backlog_len += 1;
@@ -650,7 +652,7 @@ impl PrimaryReplication {
                     }
                 }
             }
-            ReplicationEvent::Barrier { queue, hold } => {
+            ReplicationEvent::Barrier { queue, hold, .. } => {
                 for expected in self.expected.values_mut().filter(|expected| expected.links.is_empty()) {
                     expected.barriers.entry(queue.clone()).or_default().push(*hold);
                 }
@@ -816,7 +818,7 @@ impl Link {
             self.backlog_len -= 1;
             bytes += size;
             messages += 1;
-            let event = ReplicationEvent::Enqueued { queue, position, message, hold: None };
+            let event = ReplicationEvent::Enqueued { queue, position, message, hold: None, holders: 0 };
             self.feed(event, released, overflowed, id);
             if self.overflowed {
                 return;
@@ -860,7 +862,7 @@ impl Link {
                 self.stream.handle_queue_deleted(&name);
                 Ok(())
             }
-            ReplicationEvent::Enqueued { queue, position, message, hold } => {
+            ReplicationEvent::Enqueued { queue, position, message, hold, .. } => {
                 let result = self.stream.handle_enqueued(&queue, position, message, hold);
                 if let Err(StreamOverflow { hold: Some(hold), .. }) = &result {
                     let queue = queue.to_string();
@@ -874,7 +876,7 @@ impl Link {
                 self.stream.handle_dedup_seen(&queue, keys);
                 Ok(())
             }
-            ReplicationEvent::Barrier { queue, hold } => {
+            ReplicationEvent::Barrier { queue, hold, .. } => {
                 if self.backlog.contains_key(&queue) {
                     // The original may still be in the backlog: the barrier waits for it to be fed.
                     self.barriers_waiting.push((queue, hold));
@@ -966,6 +968,7 @@ mod tests {
             position: Position(position),
             message: Message { body: Bytes::from(position.to_le_bytes().to_vec()), ..Message::default() },
             hold: hold_seq.map(hold),
+            holders: u32::from(hold_seq.is_some()),
         }
     }
 
@@ -1480,7 +1483,7 @@ mod tests {
     }
 
     fn barrier(queue: &str, hold_seq: u64) -> ReplicationEvent {
-        ReplicationEvent::Barrier { queue: Arc::from(queue), hold: hold(hold_seq) }
+        ReplicationEvent::Barrier { queue: Arc::from(queue), hold: hold(hold_seq), holders: 1 }
     }
 
     #[test]

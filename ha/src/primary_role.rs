@@ -39,7 +39,6 @@ use crate::limits::LEASE_CLOCK_ALLOWANCE_MAX;
 use crate::link_frame::LinkFrame;
 use crate::membership::Membership;
 use crate::node_output::{NodeControl, NodeOutput};
-use crate::primary_replication::PrimaryReplication;
 use crate::shard_node::ShardNode;
 
 /// Shard 0's view of the cluster while this broker is a primary.
@@ -171,11 +170,7 @@ impl ShardNode {
         let own = &self.config.own_address;
         let expected: Vec<String> = self.ready_members.iter().filter(|name| *name != own).cloned().collect();
         // Changes made before are not held for the expected backups (there were none to hold).
-        self.settle();
-        let epoch = self.shard.ha().epoch();
-        let replication = self.replication.get_or_insert_with(|| PrimaryReplication::new(epoch));
-        replication.expect_backups(&expected);
-        self.shard.set_replica_holds(replication.holding_streams());
+        self.change_holders(|replication| replication.expect_backups(&expected));
         if self.shard.id().0 != 0 || expected.is_empty() {
             return;
         }
@@ -218,12 +213,14 @@ impl ShardNode {
     /// Any shard: shard 0 gave up waiting for `backups`; the confirms held for them are released.
     pub(crate) fn expected_timed_out(&mut self, backups: &[String]) {
         self.settle();
-        if let Some(replication) = self.replication.as_mut() {
+        if self.replication.is_none() {
+            return;
+        }
+        self.change_holders(|replication| {
             for backup in backups {
                 replication.handle_expected_timed_out(backup);
             }
-            self.shard.set_replica_holds(replication.holding_streams());
-        }
+        });
     }
 
     /// Shard 0: `active` once no expected backup is left.

@@ -32,7 +32,6 @@ use crate::limits::{BATCH_BYTES_MAX, LINK_SILENT_INTERVALS_MAX};
 use crate::link_frame::{decode_link_frame, LinkAccepted, LinkFrame, LinkOpen};
 use crate::link_heartbeat::{HeartbeatAction, LinkHeartbeat};
 use crate::node_output::{NodeControl, NodeOutput};
-use crate::primary_replication::PrimaryReplication;
 use crate::record::encode_batch;
 use crate::shard_node::ShardNode;
 
@@ -213,9 +212,7 @@ impl ShardNode {
                 tracing::info!(backup = %open.backup, shard = open.shard, "catch-up: full resync of {} messages", diff.sent)
             }
         }
-        let replication = self.replication.get_or_insert_with(|| PrimaryReplication::new(epoch));
-        replication.handle_link_opened(u64::from(conn.0), &open.backup, snapshot);
-        self.shard.set_replica_holds(replication.holding_streams());
+        self.change_holders(|replication| replication.handle_link_opened(u64::from(conn.0), &open.backup, snapshot));
         self.send_control(0, NodeControl::LinkOpened { backup: open.backup.clone(), shard: open.shard, conn });
         self.outputs.write_link_frame(conn, &LinkFrame::Accepted(LinkAccepted { epoch, shard_count }));
         Ok(())
@@ -230,11 +227,8 @@ impl ShardNode {
         let Some(served) = self.served.served.remove(&conn) else { return };
         // Changes made before the loss still go to this stream, so their holds come back with it.
         self.settle();
-        let mut kept = false;
-        if let Some(replication) = self.replication.as_mut() {
-            kept = replication.handle_link_lost(u64::from(conn.0));
-            self.shard.set_replica_holds(replication.holding_streams());
-        }
+        let kept = self.replication.is_some()
+            && self.change_holders(|replication| replication.handle_link_lost(u64::from(conn.0)));
         let shard = self.shard.id().0;
         tracing::warn!(backup = %served.backup, shard, kept, "backup link lost: {reason}");
         self.send_control(0, NodeControl::LinkLost { backup: served.backup, shard, conn, kept });

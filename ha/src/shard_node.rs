@@ -17,13 +17,16 @@
 //! connection the core admits as a backup link (its preamble says so and this broker is the
 //! primary) leaves the core after `hello` and is served here.
 //!
-//! Call contract: after any `handle_*` call `pump(now)`, then take every `poll_output`; call
-//! `handle_timeout(now)` at `poll_timeout()`. `now` never goes backwards. Messages from other
+//! Call contract: after any `handle_*` call `pump(now)`, then take every `poll_output`
+//! (`node_shell::pump_and_carry_out` does both, for every shell); call `handle_timeout(now)` at
+//! `poll_timeout()`. `now` never goes backwards. Messages from other
 //! shards' cores go through `handle_peer`, so that the checks due before any input run first.
 //!
 //! Invariants:
-//! - The shard's replica hold count equals the number of streams holding confirms, after every
-//!   change to the streams (`Shard::set_replica_holds`).
+//! - The shard's replica hold count equals the number of holders of its publishes (streams and
+//!   collecting expected backups), after every change to them: they change only through
+//!   `change_holders`, and each live event's hold count is asserted equal to the holders it
+//!   reaches where it is fed (`replicate`).
 //! - A replication stream exists only while the broker is a primary; a backup session only while
 //!   it is a backup of a cluster.
 //! - Controls a node sends itself are handled within the same `pump`, in order.
@@ -33,7 +36,7 @@ use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use ringmq_core::broker_state::BrokerState;
-use ringmq_core::ids::ConnId;
+use ringmq_core::ids::{ConnId, ShardId};
 use ringmq_core::replication::{Hold, ReplicationEvent};
 use ringmq_core::shard::Shard;
 use ringmq_core::shard_message::ShardMessage;
@@ -94,6 +97,8 @@ pub struct ShardNode {
     scratch: (Vec<ReplicationEvent>, Vec<Hold>),
     /// Scratch for `send_batches`: the links to write batches to.
     pub(crate) batch_links: Vec<u64>,
+    /// The core's messages for other shards, taken out for `poll_output`, not handed out yet.
+    peer_outbox: VecDeque<(ShardId, ShardMessage)>,
 }
 
 impl ShardNode {
@@ -114,6 +119,7 @@ impl ShardNode {
             own_controls: VecDeque::new(),
             scratch: (Vec::new(), Vec::new()),
             batch_links: Vec::new(),
+            peer_outbox: VecDeque::new(),
         };
         node.follow_state(now);
         node
@@ -122,11 +128,6 @@ impl ShardNode {
     /// The core shard.
     pub fn shard(&self) -> &Shard {
         &self.shard
-    }
-
-    /// The core shard, for its messages to other shards (`poll_peer`).
-    pub fn shard_mut(&mut self) -> &mut Shard {
-        &mut self.shard
     }
 
     /// Settings.
@@ -156,7 +157,7 @@ impl ShardNode {
             // core forgets it once its `hello` is out.
             self.settle();
             self.transmit();
-            self.shard.handle_closed(conn);
+            self.shard.handle_link_detached(conn);
             self.handle_link_admitted(conn, now);
             self.handle_served_read(conn, buf, now);
         }
@@ -265,9 +266,21 @@ impl ShardNode {
         }
     }
 
-    /// The next thing for the shell to do.
+    /// The next thing for the shell to do: the node's own outputs in order, then its core's
+    /// messages for the other shards (`NodeOutput::Peer`), by destination, in order per
+    /// destination.
     pub fn poll_output(&mut self) -> Option<NodeOutput> {
-        self.outputs.pop()
+        if let Some(output) = self.outputs.pop() {
+            return Some(output);
+        }
+        if self.peer_outbox.is_empty() && self.shard.has_peer_output() {
+            let own = self.shard.id();
+            for to in (0..self.config.shard_count).map(ShardId).filter(|&to| to != own) {
+                self.peer_outbox.extend(self.shard.poll_peer(to).map(|message| (to, message)));
+            }
+        }
+        let (shard, message) = self.peer_outbox.pop_front()?;
+        Some(NodeOutput::Peer { shard, message })
     }
 
     /// Sends `control` to shard `to` of this broker (handled in this `pump` when `to` is this
@@ -303,6 +316,16 @@ impl ShardNode {
             return false;
         };
         for event in events.drain(..) {
+            // The pair of the count the shard took the holds with (`Shard::set_replica_holds`, kept
+            // by `change_holders`): exactly the holders that will release them receive the event.
+            if let Some(holders) = event.holders() {
+                assert_eq!(
+                    holders,
+                    replication.holding_streams(),
+                    "a publish took {holders} holds, but {} holders receive its event",
+                    replication.holding_streams()
+                );
+            }
             replication.handle_event(event);
         }
         holds.clear();
@@ -313,6 +336,27 @@ impl ShardNode {
         // Delivery waits for the backups: messages they all confirmed may now go to consumers.
         let deliverable = self.shard.handle_replicated(replication.poll_replicated());
         released > 0 || deliverable
+    }
+
+    /// The one way the holders of this shard's publishes change (streams opened or lost,
+    /// expected backups added or timed out): every event made so far first goes to the holders its
+    /// holds were counted for, then `change` runs, then the shard takes as many holds per new
+    /// publish as there now are holders. A primary's first change creates its replication.
+    /// `replicate` asserts the pair: each event's hold count equals the holders it reaches.
+    pub(crate) fn change_holders<R>(&mut self, change: impl FnOnce(&mut PrimaryReplication) -> R) -> R {
+        self.settle();
+        let epoch = self.shard.ha().epoch();
+        let replication = self.replication.get_or_insert_with(|| PrimaryReplication::new(epoch));
+        let result = change(replication);
+        self.shard.set_replica_holds(replication.holding_streams());
+        result
+    }
+
+    /// Stepped down: the streams and every hold they had end with them (a backup confirms no
+    /// publish); new publishes take no hold.
+    fn drop_holders(&mut self) {
+        self.replication = None;
+        self.shard.set_replica_holds(0);
     }
 
     /// Queues the core's bytes for its client connections.
@@ -331,9 +375,9 @@ impl ShardNode {
     fn follow_state(&mut self, now: Instant) {
         let state = self.shard.ha().state();
         if state.is_backup() {
-            if self.replication.take().is_some() {
+            if self.replication.is_some() {
                 // Stepped down: the streams to our former backups end, and with them their links.
-                self.shard.set_replica_holds(0);
+                self.drop_holders();
                 self.drop_served_links();
             }
             if self.backup.is_none() && !self.config.peer_addresses.is_empty() {

@@ -1,7 +1,9 @@
-//! Carries out what a shard's node asks for (`ringmq_ha::node_output::NodeOutput`): writes,
-//! closes, dials of a backup's link, probes of peers, and the hand-over of a backup link's socket
-//! to the shard that serves it. Every decision was made by the node; this module only does the IO
-//! and reports how it ended.
+//! The broker's IO shell for a shard's node: `ShardShell` implements `ringmq_ha::node_shell::
+//! NodeShell` over io_uring (compio) sockets, the shard rings and the control queues, and `pump`
+//! runs the one carrying-out the simulator runs too (`pump_and_carry_out`). Writes, closes, dials
+//! of a backup's link, probes of peers, the hand-over of a backup link's socket to the shard that
+//! serves it, and messages to other shards. Every decision was made by the node; this module only
+//! does the IO and reports how it ended.
 //!
 //! Invariants:
 //! - Every `Dial` is answered exactly once, `handle_dialed` or `handle_dial_failed`, within
@@ -10,7 +12,11 @@
 //!   `PROBE_TIMEOUT_MIN`).
 //! - A handed-over socket is owned by exactly one shard at a time: this shard drops its handle
 //!   before the other adopts the duplicate.
+//! - A peer shard's doorbell rings once per round that sent it something, after the round's last
+//!   message for it.
 
+use std::cell::RefMut;
+use std::convert::Infallible;
 use std::os::fd::AsFd;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -23,42 +29,124 @@ use ringmq_core::broker_state::BrokerState;
 use ringmq_core::codec;
 use ringmq_core::epoch::Epoch;
 use ringmq_core::frame::{Frame, Preamble, PREAMBLE_FLAG_ADMIN, PROTOCOL_VERSION};
-use ringmq_core::ids::{ConnId, RequestId};
+use ringmq_core::ids::{ConnId, RequestId, ShardId};
 use ringmq_core::limits::FRAME_BYTES_MAX;
+use ringmq_core::shard_message::ShardMessage;
 use ringmq_ha::limits::LINK_SILENT_INTERVALS_MAX;
 use ringmq_ha::link_frame::LinkOpen;
-use ringmq_ha::node_output::NodeOutput;
+use ringmq_ha::node_output::NodeControl;
+use ringmq_ha::node_shell::{pump_and_carry_out, NodeShell};
+use ringmq_ha::shard_node::ShardNode;
 
 use crate::shard_control::Control;
-use crate::shard_loop::{pump, reader_task, shutdown, ShardContext, READ_BUFFER_BYTES};
+use crate::shard_loop::{reader_task, shutdown, ShardContext, READ_BUFFER_BYTES};
 
 /// The least time a probe may take, whatever the maintenance interval.
 const PROBE_TIMEOUT_MIN: Duration = Duration::from_millis(100);
+/// Most shards a broker runs (the `shards` option's bound): the doorbell bits of a round.
+const SHARDS_MAX: usize = 256;
+const _: () = assert!(SHARDS_MAX <= 2 * 128, "ShardShell::woken holds one bit per shard");
 /// Read buffer of a probe: a hello and a status reply.
 const PROBE_BUFFER_BYTES: usize = 4096;
 
-/// Carries out one output of the node.
-pub(crate) fn carry_out(context: &ShardContext, output: NodeOutput) {
-    match output {
-        NodeOutput::Write { conn, bytes } => {
-            if let Some(queue) = context.writers.borrow().get(&conn) {
-                queue.push(bytes, false);
+/// Pumps the node and carries out every output it produced (`pump_and_carry_out`, the same
+/// function the simulator calls), then re-arms the timer if the node's next timeout moved
+/// earlier.
+pub(crate) fn pump(context: &ShardContext) {
+    let mut shell = ShardShell { node: context.node.borrow_mut(), context, woken: [0; 2], overflow_retried: false };
+    let Ok(()) = pump_and_carry_out(&mut shell, Instant::now());
+    let next = shell.node.poll_timeout();
+    drop(shell);
+    context.rearm_timer(next);
+}
+
+/// The shell of one round: the node, borrowed for the round (no output touches it), and the
+/// shard's IO.
+struct ShardShell<'a> {
+    /// The node.
+    node: RefMut<'a, ShardNode>,
+    /// Sockets, writers, rings, controls.
+    context: &'a ShardContext,
+    /// Peer shards sent a message this round whose doorbell must ring: one bit per shard index
+    /// (`SHARDS_MAX` bits).
+    woken: [u128; 2],
+    /// Whether this round already retried the rings' overflow, before its first peer message.
+    overflow_retried: bool,
+}
+
+impl NodeShell for ShardShell<'_> {
+    type Error = Infallible;
+
+    fn node(&mut self) -> &mut ShardNode {
+        &mut self.node
+    }
+
+    fn write(&mut self, conn: ConnId, bytes: BytesMut) -> Result<(), Infallible> {
+        if let Some(queue) = self.context.writers.borrow().get(&conn) {
+            queue.push(bytes, false);
+        }
+        Ok(())
+    }
+
+    fn close(&mut self, conn: ConnId) -> Result<(), Infallible> {
+        if let Some(queue) = self.context.writers.borrow().get(&conn) {
+            queue.push(BytesMut::new(), true);
+        }
+        Ok(())
+    }
+
+    fn shutdown(&mut self, conn: ConnId) -> Result<(), Infallible> {
+        if let Some(stream) = self.context.streams.borrow().get(&conn) {
+            shutdown(stream);
+        }
+        Ok(())
+    }
+
+    fn dial(&mut self, address: String) -> Result<(), Infallible> {
+        spawn_with_context(self.context, |context| dial(context, address));
+        Ok(())
+    }
+
+    fn probe(&mut self, address: String) -> Result<(), Infallible> {
+        spawn_with_context(self.context, |context| probe(context, address));
+        Ok(())
+    }
+
+    fn hand_over(&mut self, conn: ConnId, shard: u16, open: LinkOpen, pending: BytesMut) -> Result<(), Infallible> {
+        hand_over(self.context, conn, shard, open, pending);
+        Ok(())
+    }
+
+    fn send_control(&mut self, shard: u16, control: NodeControl) -> Result<(), Infallible> {
+        self.context.controls.send(shard, Control::Node(control));
+        Ok(())
+    }
+
+    fn send_peer(&mut self, shard: ShardId, message: ShardMessage) -> Result<(), Infallible> {
+        let mut rings = self.context.rings.borrow_mut();
+        if !self.overflow_retried {
+            // Older messages that did not fit go first.
+            self.overflow_retried = true;
+            rings.retry_overflow();
+        }
+        if rings.send(shard, message) {
+            let index = usize::from(shard.0);
+            self.woken[index / 128] |= 1 << (index % 128);
+        }
+        Ok(())
+    }
+
+    fn outputs_done(&mut self, producers_paused: bool) -> Result<(), Infallible> {
+        let rings = self.context.rings.borrow();
+        for (index, doorbell) in rings.doorbells.iter().enumerate() {
+            if self.woken[index / 128] & (1 << (index % 128)) != 0 {
+                doorbell.ring();
             }
         }
-        NodeOutput::Close { conn } => {
-            if let Some(queue) = context.writers.borrow().get(&conn) {
-                queue.push(BytesMut::new(), true);
-            }
+        if !producers_paused {
+            self.context.resume_paused_readers();
         }
-        NodeOutput::Shutdown { conn } => {
-            if let Some(stream) = context.streams.borrow().get(&conn) {
-                shutdown(stream);
-            }
-        }
-        NodeOutput::Dial { address } => spawn_with_context(context, |context| dial(context, address)),
-        NodeOutput::Probe { address } => spawn_with_context(context, |context| probe(context, address)),
-        NodeOutput::HandOver { conn, shard, open, pending } => hand_over(context, conn, shard, open, pending),
-        NodeOutput::Control { shard, control } => context.controls.send(shard, Control::Node(control)),
+        Ok(())
     }
 }
 

@@ -8,9 +8,10 @@
 //! carry out a node's dials and probes (`node_shell`). They share the node through a `RefCell`
 //! that is never borrowed across an await, so no two of them ever see it half-changed.
 //!
-//! After every input the loop *pumps*: `ShardNode::pump`, then every output is carried out
-//! (`node_shell::carry_out`), every `poll_peer` batch goes into its ring, and the timer is re-armed
-//! if the node's next timeout moved earlier.
+//! After every input the loop *pumps* (`node_shell::pump`): `ShardNode::pump`, then every output
+//! is carried out by `ringmq_ha::node_shell::pump_and_carry_out` (the simulator's too), the core's
+//! messages for other shards going into their rings, and the timer is re-armed if the node's next
+//! timeout moved earlier.
 //!
 //! Invariants:
 //! - Only this thread touches the node, its connections and its ring ends.
@@ -32,11 +33,11 @@ use bytes::BytesMut;
 use compio::buf::BufResult;
 use compio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use compio::net::{TcpListener, TcpStream};
-use ringmq_core::ids::{ConnId, ShardId};
+use ringmq_core::ids::ConnId;
 use ringmq_core::shard::Shard;
 use ringmq_ha::shard_node::{NodeConfig, ShardNode};
 
-use crate::node_shell::{adopt_link, carry_out};
+use crate::node_shell::{adopt_link, pump};
 use crate::shard_control::{Control, ShardControls};
 use crate::shard_ring::ShardRings;
 
@@ -53,7 +54,7 @@ pub(crate) struct ShardContext {
     /// The sans-IO shard and its HA protocol.
     pub(crate) node: RefCell<ShardNode>,
     /// This shard's ring ends.
-    rings: RefCell<ShardRings>,
+    pub(crate) rings: RefCell<ShardRings>,
     /// Writers of the open connections.
     pub(crate) writers: RefCell<HashMap<ConnId, Rc<WriteQueue>>>,
     /// Sockets of the open connections, to shut one down or hand it over.
@@ -88,6 +89,26 @@ impl ShardContext {
     /// The node's settings.
     pub(crate) fn config(&self) -> NodeConfig {
         self.node.borrow().config().clone()
+    }
+
+    /// Wakes the client readers `wait_until_readable` parked: the node no longer asks producers
+    /// to pause.
+    pub(crate) fn resume_paused_readers(&self) {
+        for waker in self.paused_readers.borrow_mut().drain(..) {
+            waker.wake();
+        }
+    }
+
+    /// Wakes the timer task if the node's next timeout `next` is earlier than the one it sleeps
+    /// until.
+    pub(crate) fn rearm_timer(&self, next: Option<Instant>) {
+        let armed = self.timer.0.get();
+        if next.is_some_and(|next| armed.is_none_or(|armed| next < armed)) {
+            self.timer.0.set(next);
+            if let Some(waker) = self.timer.1.borrow_mut().take() {
+                waker.wake();
+            }
+        }
     }
 
     /// Registers a connection's socket and starts its writer.
@@ -343,62 +364,6 @@ async fn timer_task(context: Rc<ShardContext>) {
 /// An instant the timer never reaches while the node has no timeout.
 fn far_future() -> Instant {
     Instant::now() + Duration::from_secs(3600)
-}
-
-/// Runs the node until nothing moves and carries its outputs out.
-pub(crate) fn pump(context: &ShardContext) {
-    context.node.borrow_mut().pump(Instant::now());
-    loop {
-        let output = context.node.borrow_mut().poll_output();
-        let Some(output) = output else { break };
-        carry_out(context, output);
-    }
-    send_peer_messages(context);
-    resume_paused_readers(context);
-    let next = context.node.borrow().poll_timeout();
-    let armed = context.timer.0.get();
-    if next.is_some_and(|next| armed.is_none_or(|armed| next < armed)) {
-        context.timer.0.set(next);
-        if let Some(waker) = context.timer.1.borrow_mut().take() {
-            waker.wake();
-        }
-    }
-}
-
-/// Moves the shard's messages for other shards into their rings and rings their doorbells.
-fn send_peer_messages(context: &ShardContext) {
-    let mut node = context.node.borrow_mut();
-    let shard = node.shard_mut();
-    if !shard.has_peer_output() {
-        return;
-    }
-    let mut rings = context.rings.borrow_mut();
-    rings.retry_overflow();
-    let own = shard.id();
-    for index in 0..rings.outbound.len() {
-        let to = ShardId(index as u16);
-        if to == own {
-            continue;
-        }
-        let mut wake = false;
-        for message in shard.poll_peer(to) {
-            wake |= rings.send(to, message);
-        }
-        if wake {
-            rings.doorbells[index].ring();
-        }
-    }
-}
-
-/// Wakes the client readers `wait_until_readable` parked, once the streams no longer ask for a
-/// pause.
-fn resume_paused_readers(context: &ShardContext) {
-    if context.paused_readers.borrow().is_empty() || context.node.borrow().producers_must_pause() {
-        return;
-    }
-    for waker in context.paused_readers.borrow_mut().drain(..) {
-        waker.wake();
-    }
 }
 
 /// Shuts a socket down in both directions, so that its reader sees the end.

@@ -27,15 +27,19 @@
 //!   it while paused is deferred, in order, until it resumes.
 //! - Each node's `now` never goes backwards.
 
+mod shell;
+
 use std::collections::{BTreeSet, VecDeque};
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use ringmq_core::broker_state::BrokerState;
-use ringmq_core::ids::{ConnId, ShardId};
+use ringmq_core::ids::ConnId;
 use ringmq_core::replication::ReplicationEvent;
 use ringmq_ha::link_frame::LinkOpen;
+use ringmq_ha::node_shell::pump_and_carry_out;
 
+use self::shell::SimShell;
 use super::broker::{BrokerSettings, SimBroker};
 use super::client::{ClientAction, ClientNote, Consumer, Producer, QUEUE};
 use super::clock::SimTime;
@@ -44,7 +48,7 @@ use super::event::{Dialer, Event, EventQueue, LocalKind, NodeRef};
 use super::faults::{FaultPlan, FAULT_TICK};
 use super::invariants::{BrokerObservation, Oracle, OracleCounters, Violation};
 use super::network::{Delivery, End, Network, SimConnId};
-use super::node::{NodeOutput, ShardNode};
+use super::node::ShardNode;
 use super::rng::SimRng;
 use super::trace::Trace;
 
@@ -534,10 +538,8 @@ impl Simulation {
             return Ok(());
         }
         let now = broker.clock.now(self.now);
-        let shard = &mut broker.nodes[usize::from(node.shard)];
-        input(shard, now);
-        shard.pump(now);
-        self.drain(node)?;
+        input(&mut broker.nodes[usize::from(node.shard)], now);
+        pump_and_carry_out(&mut SimShell { sim: self, node }, now)?;
         while let Some((target, input)) = self.work.pop_front() {
             let broker = &mut self.brokers[target.broker];
             if broker.incarnation != target.incarnation || !broker.up() {
@@ -546,13 +548,11 @@ impl Simulation {
             let now = broker.clock.now(self.now);
             match input {
                 NodeInput::Adopt { conn, open, pending } => {
-                    let shard = &mut broker.nodes[usize::from(target.shard)];
-                    shard.handle_link_adopted(conn, open, pending, now);
-                    shard.pump(now);
+                    broker.nodes[usize::from(target.shard)].handle_link_adopted(conn, open, pending, now);
                 }
                 NodeInput::ResumeReads => self.feed_held_reads(target),
             }
-            self.drain(target)?;
+            pump_and_carry_out(&mut SimShell { sim: self, node: target }, now)?;
         }
         Ok(())
     }
@@ -566,125 +566,11 @@ impl Simulation {
         Ok(())
     }
 
-    /// Carries out every output of `node` and queues its messages for other shards.
-    fn drain(&mut self, node: NodeRef) -> Result<(), Violation> {
-        loop {
-            let broker = &mut self.brokers[node.broker];
-            let Some(output) = broker.nodes[usize::from(node.shard)].poll_output() else { break };
-            self.output(node, output)?;
-        }
-        let shards = self.config.shards;
-        for to in 0..shards {
-            if to == node.shard {
-                continue;
-            }
-            let broker = &mut self.brokers[node.broker];
-            let messages: Vec<_> = broker.nodes[usize::from(node.shard)].shard_mut().poll_peer(ShardId(to)).collect();
-            let count = messages.len();
-            broker.peer_queues.entry((node.shard, to)).or_default().extend(messages);
-            for _ in 0..count {
-                self.schedule_local(node.broker, node.shard, to, LocalKind::Peer);
-            }
-        }
-        // Reads held back while producers had to pause go on once they no longer must.
-        let broker = &self.brokers[node.broker];
-        let held = self.paused_reads[node.broker].iter().any(|&(shard, _)| shard == node.shard);
-        if held && !broker.nodes[usize::from(node.shard)].producers_must_pause() {
-            self.work.push_back((node, NodeInput::ResumeReads));
-        }
-        Ok(())
-    }
-
     /// Schedules delivery of the next message of a broker's (from, to) channel.
     fn schedule_local(&mut self, broker: usize, from: u16, to: u16, kind: LocalKind) {
         let delay = self.rng.between(1_000, 50_000);
         let incarnation = self.brokers[broker].incarnation;
         self.queue.schedule(self.now.plus_nanos(delay), Event::Local { broker, incarnation, from, to, kind });
-    }
-
-    /// Carries out one output of a node.
-    fn output(&mut self, node: NodeRef, output: NodeOutput) -> Result<(), Violation> {
-        let name = node_name(node);
-        match output {
-            NodeOutput::Write { conn, bytes } => {
-                let Some(&(sim, end)) = self.brokers[node.broker].conns.get(&(node.shard, conn.0)) else {
-                    return Err(violation("driver contract", format!("{name} wrote on unknown connection {}", conn.0)));
-                };
-                if self.trace.verbose() {
-                    let kinds = frame_kinds(&bytes);
-                    self.trace.record(format!("{} {name} write {sim} {}B {kinds}", self.now, bytes.len()));
-                } else {
-                    self.trace.record(format!("{} {name} write {sim} {}B", self.now, bytes.len()));
-                }
-                let (lost, duplicated) = (self.network.counters.frames_lost, self.network.counters.frames_duplicated);
-                if let Some(at) = self.network.send(sim, end, bytes, self.now, &mut self.rng) {
-                    self.queue.schedule(at, Event::Pipe { conn: sim, dir: end });
-                }
-                let lost = self.network.counters.frames_lost - lost;
-                let duplicated = self.network.counters.frames_duplicated - duplicated;
-                if lost + duplicated > 0 {
-                    self.trace.record(format!("{} fault: {sim}: {lost} batches lost, {duplicated} doubled", self.now));
-                }
-            }
-            NodeOutput::Close { conn } => {
-                let Some(&(sim, end)) = self.brokers[node.broker].conns.get(&(node.shard, conn.0)) else {
-                    return Ok(());
-                };
-                self.trace.record(format!("{} {name} close {sim}", self.now));
-                if let Some(at) = self.network.send_fin(sim, end, self.now, &mut self.rng) {
-                    self.queue.schedule(at, Event::Pipe { conn: sim, dir: end });
-                }
-            }
-            NodeOutput::Shutdown { conn } => {
-                let Some(&(sim, end)) = self.brokers[node.broker].conns.get(&(node.shard, conn.0)) else {
-                    return Ok(());
-                };
-                self.trace.record(format!("{} {name} shutdown {sim}", self.now));
-                if let Some(at) = self.network.send_fin(sim, end, self.now, &mut self.rng) {
-                    self.queue.schedule(at, Event::Pipe { conn: sim, dir: end });
-                }
-                self.queue.schedule(self.now, Event::Closed { conn: sim, end });
-            }
-            NodeOutput::Dial { address } => {
-                self.trace.record(format!("{} {name} dial {address}", self.now));
-                self.brokers[node.broker].dialing[usize::from(node.shard)] = true;
-                self.dial(Dialer::Node(node), &address);
-            }
-            NodeOutput::HandOver { conn, shard, open, pending } => {
-                let broker = &mut self.brokers[node.broker];
-                let Some((sim, end)) = broker.conns.remove(&(node.shard, conn.0)) else {
-                    return Err(violation(
-                        "driver contract",
-                        format!("{name} handed over unknown connection {}", conn.0),
-                    ));
-                };
-                let leftover = broker.rx.remove(&(node.shard, conn.0)).unwrap_or_default();
-                if !leftover.is_empty() {
-                    return Err(violation(
-                        "driver contract",
-                        format!("{name} handed over {sim} with {} bytes left in its read buffer", leftover.len()),
-                    ));
-                }
-                let adopted = broker.new_conn(shard);
-                broker.conns.insert((shard, adopted.0), (sim, end));
-                let target = broker.node_ref(shard);
-                if let Some(connection) = self.network.connections.get_mut(&sim) {
-                    connection.ends[end] = End::Node { node: target, conn: adopted };
-                }
-                self.trace.record(format!("{} {name} hand over {sim} to shard {shard}", self.now));
-                self.work.push_back((target, NodeInput::Adopt { conn: adopted, open, pending }));
-            }
-            NodeOutput::Control { shard, control } => {
-                let broker = &mut self.brokers[node.broker];
-                broker.control_queues.entry((node.shard, shard)).or_default().push_back(control);
-                self.schedule_local(node.broker, node.shard, shard, LocalKind::Control);
-            }
-            NodeOutput::Probe { address } => {
-                let delay = self.network.latency(&mut self.rng);
-                self.queue.schedule(self.now.plus_nanos(delay), Event::ProbeArrive { from: node, address });
-            }
-        }
-        Ok(())
     }
 
     /// Opens a connection from `dialer` to the broker at `address`, or fails the dial.
