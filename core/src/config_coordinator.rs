@@ -50,7 +50,7 @@
 
 use crate::hash_state::HashMap;
 
-use crate::broker_state::{transition, BrokerState, TransitionCause};
+use crate::broker_state::{transition, BrokerState, IllegalTransition, TransitionCause};
 use crate::epoch::{Epoch, EpochClock, Observed};
 use crate::frame::{ErrorCode, ExchangeKind, Frame, QueueOptions};
 use crate::ids::RequestId;
@@ -98,6 +98,22 @@ pub enum Decision {
     /// Apply these changes (validated by applying them on the coordinator first), then answer
     /// `Ok` once every shard applied them. An empty list answers `Ok` at once.
     Apply(Vec<ConfigChange>),
+}
+
+/// Why the coordinator refused an HA state transition the replication link asked for.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TransitionRefused {
+    /// A promotion: only `ha promote` makes one, since it takes a new epoch.
+    #[error("HA state transition {from} -> {to} (promoted) is a promotion: only ha promote makes one")]
+    Promotion {
+        /// The state the broker is in.
+        from: BrokerState,
+        /// The state asked for.
+        to: BrokerState,
+    },
+    /// Off the state table (`broker_state::transition`).
+    #[error(transparent)]
+    Illegal(#[from] IllegalTransition),
 }
 
 impl ConfigCoordinator {
@@ -244,7 +260,7 @@ impl ConfigCoordinator {
             }),
             ConfigRequest::HaPromote => match self.decide_promotion() {
                 Ok(changes) => Decision::Apply(changes),
-                Err(reason) => failed(ErrorCode::PreconditionFailed, reason),
+                Err(reason) => failed(ErrorCode::PreconditionFailed, reason.to_string()),
             },
             ConfigRequest::ReplicaQueueCreated { name, options } => Decision::Apply(match self.queues.get(&name) {
                 Some((existing, _, _)) if *existing == options => Vec::new(),
@@ -292,21 +308,25 @@ impl ConfigCoordinator {
             ),
             ConfigRequest::HaTransition { to, cause } => match self.decide_transition(to, cause) {
                 Ok(change) => Decision::Apply(vec![change]),
-                Err(reason) => failed(ErrorCode::PreconditionFailed, reason),
+                Err(reason) => failed(ErrorCode::PreconditionFailed, reason.to_string()),
             },
         }
     }
 
     /// The change a transition asked by the replication link makes, or why it is refused (off the
     /// state table, or a promotion, which only `HaPromote` makes since it takes an epoch).
-    pub fn decide_transition(&self, to: BrokerState, cause: TransitionCause) -> Result<ConfigChange, String> {
+    ///
+    /// # Errors
+    /// `TransitionRefused` with the reason; nothing changes.
+    pub fn decide_transition(
+        &self,
+        to: BrokerState,
+        cause: TransitionCause,
+    ) -> Result<ConfigChange, TransitionRefused> {
         if cause == TransitionCause::Promoted {
-            return Err(format!(
-                "HA state transition {} -> {to} ({cause}) is a promotion: only ha promote makes one",
-                self.ha_state
-            ));
+            return Err(TransitionRefused::Promotion { from: self.ha_state, to });
         }
-        let state = transition(self.ha_state, to, cause).map_err(|error| error.to_string())?;
+        let state = transition(self.ha_state, to, cause)?;
         Ok(ConfigChange::HaState { state, epoch: self.epochs.promoted().unwrap_or_default(), cause })
     }
 

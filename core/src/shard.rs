@@ -89,7 +89,7 @@ use bytes::BytesMut;
 use crate::broker_state::{BrokerState, TransitionCause};
 use crate::codec::{self, ConfirmWriter, DecodeError, DeliverWriter};
 use crate::completion_tracker::CompletionTracker;
-use crate::config_coordinator::{ConfigCoordinator, Decision};
+use crate::config_coordinator::{ConfigCoordinator, Decision, TransitionRefused};
 use crate::epoch::{Epoch, Observed};
 use crate::exchange::Bound;
 use crate::frame::{
@@ -106,6 +106,17 @@ use crate::replication::{
 use crate::replication_level::{binding_replicated, ReplicationLevel};
 use crate::routing_table::{Declared, RoutingTable};
 use crate::shard_message::{ConfigChange, ConfigRequest, ConnRef, EnqueueItem, EnqueueResult, ShardMessage};
+
+/// Bytes for one connection (`Shard::poll_transmit`).
+#[derive(Debug)]
+pub struct Transmit {
+    /// The connection.
+    pub conn: ConnId,
+    /// Encoded frames, in order; may be empty when only `close` is news.
+    pub bytes: BytesMut,
+    /// Close the connection once `bytes` are written: an `Error` frame went out, nothing follows.
+    pub close: bool,
+}
 
 /// Settings a shard needs from the broker's configuration.
 #[derive(Debug, Clone)]
@@ -220,13 +231,10 @@ pub struct Shard {
 /// A client connection's state on the shard that accepted it.
 #[derive(Debug)]
 struct Session {
-    /// False until the preamble arrived.
-    open: bool,
-    /// Admin connection (`--ha-admin`).
-    admin: bool,
-    /// A backup's link to us as its primary (`PREAMBLE_FLAG_BACKUP`); it may send only
-    /// heartbeats until replication exists.
-    backup_link: bool,
+    /// What the preamble announced: a client, an admin connection (`--ha-admin`), or a backup's
+    /// link to us as its primary (`PREAMBLE_FLAG_BACKUP`), which sends only heartbeats until the
+    /// HA layer takes it over; `None` until the preamble arrived.
+    kind: Option<ConnectionKind>,
     /// Set once an `Error` went out; nothing more is read.
     closing: bool,
     /// Bytes waiting to be written.
@@ -303,7 +311,7 @@ impl Shard {
     /// Whether `conn` is an admitted backup link (it opened with `PREAMBLE_FLAG_BACKUP` and this
     /// broker is its primary). The transport runs the link's heartbeats for it.
     pub fn is_backup_link(&self, conn: ConnId) -> bool {
-        self.sessions.get(&conn).is_some_and(|s| s.open && s.backup_link && !s.closing)
+        self.sessions.get(&conn).is_some_and(|s| s.kind == Some(ConnectionKind::BackupLink) && !s.closing)
     }
 
     /// A connection was accepted.
@@ -312,9 +320,7 @@ impl Shard {
     /// If `conn` is already in use.
     pub fn handle_accept(&mut self, conn: ConnId) {
         let session = Session {
-            open: false,
-            admin: false,
-            backup_link: false,
+            kind: None,
             closing: false,
             out: BytesMut::new(),
             dirty: false,
@@ -335,7 +341,7 @@ impl Shard {
             buf.clear();
             return;
         }
-        if !session.open {
+        if session.kind.is_none() {
             match codec::decode_preamble(buf) {
                 Ok(None) => return,
                 Ok(Some(preamble)) if preamble.version != PROTOCOL_VERSION => {
@@ -348,10 +354,8 @@ impl Shard {
                 }
                 Ok(Some(preamble)) => {
                     let _ = buf.split_to(crate::frame::PREAMBLE_LEN);
-                    session.open = true;
                     let kind = ConnectionKind::from_flags(preamble.flags);
-                    session.admin = kind == ConnectionKind::Admin;
-                    session.backup_link = kind == ConnectionKind::BackupLink;
+                    session.kind = Some(kind);
                     if let Admission::RefusedNotPrimary { message } = self.ha.admission(kind) {
                         if kind == ConnectionKind::BackupLink {
                             self.counters.backup_links_refused_not_primary += 1;
@@ -848,7 +852,7 @@ impl Shard {
     ///
     /// # Panics
     /// On a shard other than 0.
-    pub fn handle_ha_transition(&mut self, to: BrokerState, cause: TransitionCause) -> Result<(), String> {
+    pub fn handle_ha_transition(&mut self, to: BrokerState, cause: TransitionCause) -> Result<(), TransitionRefused> {
         let coordinator = self.coordinator.as_ref().expect("handle_ha_transition is for shard 0, the coordinator");
         if let Err(reason) = coordinator.decide_transition(to, cause) {
             self.counters.ha_transitions_refused += 1;
@@ -900,16 +904,15 @@ impl Shard {
         self.release_confirms();
     }
 
-    /// The next bytes to write: the connection, the bytes, and whether to close it once they are
-    /// written.
-    pub fn poll_transmit(&mut self) -> Option<(ConnId, BytesMut, bool)> {
+    /// The next bytes to write, and whether to close the connection once they are written.
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
         while let Some(conn) = self.dirty_sessions.pop() {
             let Some(session) = self.sessions.get_mut(&conn) else { continue };
             session.dirty = false;
             if session.out.is_empty() && !session.closing {
                 continue;
             }
-            return Some((conn, session.out.split(), session.closing));
+            return Some(Transmit { conn, bytes: session.out.split(), close: session.closing });
         }
         None
     }
@@ -927,7 +930,7 @@ impl Shard {
 
     fn handle_frame(&mut self, conn: ConnId, frame: Frame) {
         let origin = self.conn_ref(conn);
-        if self.sessions.get(&conn).is_some_and(|s| s.backup_link) && frame != Frame::Heartbeat {
+        if self.is_backup_link(conn) && frame != Frame::Heartbeat {
             // No replication yet: a backup link carries heartbeats only.
             let message = format!("a backup link may send only heartbeat; got {}", frame.name());
             self.fail_connection(conn, ErrorCode::UnexpectedFrame, message);
@@ -1018,7 +1021,7 @@ impl Shard {
             Frame::Heartbeat => {
                 // Echoed so that a client detects a dead or stalled broker by the silence
                 // (PROTOCOL.md 1.3); a backup link's heartbeats are its own business.
-                if !self.sessions.get(&conn).is_some_and(|s| s.backup_link) {
+                if !self.is_backup_link(conn) {
                     self.write_frame(conn, &Frame::Heartbeat);
                 }
             }
@@ -1648,8 +1651,12 @@ impl Shard {
     /// A newer primary exists: every client connection (not admin ones) gets `NotPrimary` and is
     /// closed, so that nothing more is published to or consumed from this broker's copy.
     fn close_clients_superseded(&mut self) {
-        let clients: Vec<ConnId> =
-            self.sessions.iter().filter(|(_, s)| s.open && !s.admin && !s.closing).map(|(conn, _)| *conn).collect();
+        let clients: Vec<ConnId> = self
+            .sessions
+            .iter()
+            .filter(|(_, s)| matches!(s.kind, Some(ConnectionKind::Client | ConnectionKind::BackupLink)) && !s.closing)
+            .map(|(conn, _)| *conn)
+            .collect();
         for conn in clients {
             let message = "this broker was a primary and another broker was promoted in a newer epoch; connect to the \
                            new primary"

@@ -456,7 +456,7 @@ fn the_replication_link_moves_the_backup_through_the_state_table() {
     // Method: a joining broker of 2 shards.
     let mut mesh = backup(2);
     let refused = mesh.shards[0].handle_ha_transition(BrokerState::Ready, TransitionCause::MarkedReadyByPrimary);
-    assert!(refused.unwrap_err().contains("illegal HA state transition joining -> ready"));
+    assert!(refused.unwrap_err().to_string().contains("illegal HA state transition joining -> ready"));
     let promotion = mesh.shards[0].handle_ha_transition(BrokerState::Recovering, TransitionCause::Promoted);
     assert!(promotion.is_err());
     assert_eq!(mesh.shards[0].counters().ha_transitions_refused, 2);

@@ -38,7 +38,7 @@ use bytes::BytesMut;
 use ringmq_core::broker_state::BrokerState;
 use ringmq_core::ids::{ConnId, ShardId};
 use ringmq_core::replication::{Hold, ReplicationEvent};
-use ringmq_core::shard::Shard;
+use ringmq_core::shard::{Shard, Transmit};
 use ringmq_core::shard_message::ShardMessage;
 
 use crate::backup_session::BackupSession;
@@ -361,7 +361,7 @@ impl ShardNode {
 
     /// Queues the core's bytes for its client connections.
     fn transmit(&mut self) {
-        while let Some((conn, bytes, close)) = self.shard.poll_transmit() {
+        while let Some(Transmit { conn, bytes, close }) = self.shard.poll_transmit() {
             self.outputs.write(conn, bytes);
             if close {
                 self.outputs.push(NodeOutput::Close { conn });

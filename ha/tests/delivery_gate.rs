@@ -22,7 +22,7 @@ use ringmq_core::ha_view::HaSettings;
 use ringmq_core::ids::{ConnId, ConsumerId, RequestId, Seq, ShardId};
 use ringmq_core::replication::{Hold, ReplicationEvent};
 use ringmq_core::replication_level::ReplicationLevel;
-use ringmq_core::shard::{Shard, ShardConfig};
+use ringmq_core::shard::{Shard, ShardConfig, Transmit};
 use ringmq_ha::primary_replication::PrimaryReplication;
 
 /// The admin connection that promotes.
@@ -107,7 +107,7 @@ impl Primary {
                 break;
             }
         }
-        while let Some((conn, mut bytes, _close)) = self.shard.poll_transmit() {
+        while let Some(Transmit { conn, mut bytes, .. }) = self.shard.poll_transmit() {
             let frames = self.inbox.entry(conn.0).or_default();
             while let Some(frame) = decode(&mut bytes, 1 << 24).expect("broker output decodes") {
                 frames.push(frame);

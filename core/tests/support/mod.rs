@@ -13,7 +13,7 @@ use ringmq_core::ha_view::HaSettings;
 use ringmq_core::ids::{ConnId, RequestId, ShardId};
 use ringmq_core::replication::ReplicationEvent;
 use ringmq_core::replication_level::ReplicationLevel;
-use ringmq_core::shard::{shard_of, Shard, ShardConfig};
+use ringmq_core::shard::{shard_of, Shard, ShardConfig, Transmit};
 
 /// Shards wired together in memory.
 pub struct Mesh {
@@ -102,7 +102,7 @@ impl Mesh {
             let mut moved = false;
             for from in 0..self.shards.len() {
                 self.shards[from].drive();
-                while let Some((conn, mut bytes, close)) = self.shards[from].poll_transmit() {
+                while let Some(Transmit { conn, mut bytes, close }) = self.shards[from].poll_transmit() {
                     let frames = self.inbox.entry((from as u16, conn.0)).or_default();
                     while let Some(frame) = decode(&mut bytes, 1 << 24).expect("broker output decodes") {
                         frames.push(frame);

@@ -16,7 +16,8 @@ use ringmq_ha::link_frame::LinkOpen;
 use ringmq_ha::node_output::NodeControl;
 use ringmq_ha::node_shell::NodeShell;
 
-use super::{frame_kinds, node_name, violation, NodeInput, Simulation};
+use super::observer::frame_kinds;
+use super::{node_name, violation, NodeInput, Simulation};
 use crate::sim::event::{Dialer, Event, LocalKind, NodeRef};
 use crate::sim::invariants::Violation;
 use crate::sim::network::End;
