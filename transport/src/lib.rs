@@ -8,6 +8,7 @@
 //! lock on the message path.
 //!
 //! Layout:
+//! - `limits`: every queue, buffer, batch, retry and wait bound of the shell.
 //! - `runtime`: starts the shard threads.
 //! - `listener`: the SO_REUSEPORT listening sockets.
 //! - `shard_loop`: one shard's tasks (acceptor, connection readers and writers, inbox, timer)
@@ -23,6 +24,7 @@
 //! Not here: any protocol or broker logic (see `ringmq-core` and `ringmq-ha`).
 
 pub mod doorbell;
+pub mod limits;
 pub mod listener;
 mod node_shell;
 pub mod runtime;

@@ -13,7 +13,7 @@
 
 use std::os::fd::AsFd;
 use std::rc::Rc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bytes::BytesMut;
 use compio::buf::BufResult;
@@ -29,13 +29,9 @@ use ringmq_ha::limits::LINK_SILENT_INTERVALS_MAX;
 use ringmq_ha::link_frame::LinkOpen;
 use ringmq_ha::node_output::NodeOutput;
 
+use crate::limits::{PROBE_BUFFER_BYTES, PROBE_TIMEOUT_MIN, READ_BUFFER_BYTES};
 use crate::shard_control::Control;
-use crate::shard_loop::{pump, reader_task, shutdown, ShardContext, READ_BUFFER_BYTES};
-
-/// The least time a probe may take, whatever the maintenance interval.
-const PROBE_TIMEOUT_MIN: Duration = Duration::from_millis(100);
-/// Read buffer of a probe: a hello and a status reply.
-const PROBE_BUFFER_BYTES: usize = 4096;
+use crate::shard_loop::{pump, reader_task, shutdown, ShardContext};
 
 /// Carries out one output of the node.
 pub(crate) fn carry_out(context: &ShardContext, output: NodeOutput) {

@@ -26,7 +26,7 @@ use std::os::fd::AsFd;
 use std::pin::pin;
 use std::rc::{Rc, Weak};
 use std::task::{Poll, Waker};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bytes::BytesMut;
 use compio::buf::BufResult;
@@ -36,17 +36,10 @@ use ringmq_core::ids::{ConnId, ShardId};
 use ringmq_core::shard::Shard;
 use ringmq_ha::shard_node::{NodeConfig, ShardNode};
 
+use crate::limits::{ACCEPT_RETRY, INBOX_BATCH_MAX, OVERFLOW_RETRY, READ_BUFFER_BYTES, TIMER_IDLE_SLEEP};
 use crate::node_shell::{adopt_link, carry_out};
 use crate::shard_control::{Control, ShardControls};
 use crate::shard_ring::ShardRings;
-
-/// Bytes reserved in a connection's read buffer before each read. Large enough that one read
-/// takes several 64 KiB publish frames at once.
-pub(crate) const READ_BUFFER_BYTES: usize = 256 * 1024;
-/// How long the inbox task waits before retrying a full ring.
-const OVERFLOW_RETRY: Duration = Duration::from_micros(50);
-/// Most messages taken from one inbound ring before looking at the others, for fairness.
-const INBOX_BATCH_MAX: usize = 64;
 
 /// Everything the shard's tasks share.
 pub(crate) struct ShardContext {
@@ -165,7 +158,7 @@ pub(crate) async fn run_shard(
             Err(error) => {
                 // Out of file descriptors or similar: keep serving the open connections.
                 tracing::warn!(%error, "accept failed");
-                compio::runtime::time::sleep(Duration::from_millis(10)).await;
+                compio::runtime::time::sleep(ACCEPT_RETRY).await;
                 continue;
             }
         };
@@ -342,7 +335,7 @@ async fn timer_task(context: Rc<ShardContext>) {
 
 /// An instant the timer never reaches while the node has no timeout.
 fn far_future() -> Instant {
-    Instant::now() + Duration::from_secs(3600)
+    Instant::now() + TIMER_IDLE_SLEEP
 }
 
 /// Runs the node until nothing moves and carries its outputs out.

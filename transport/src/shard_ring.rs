@@ -16,10 +16,7 @@ use ringmq_core::ids::ShardId;
 use ringmq_core::shard_message::ShardMessage;
 
 use crate::doorbell::Doorbell;
-
-/// Capacity of one ring, in messages (each a batch). 4096 batches of up to 4096 messages each
-/// is far more than a peer can fall behind by before the producers' own windows stop them.
-pub const RING_CAPACITY: usize = 4096;
+use crate::limits::RING_CAPACITY;
 
 /// One shard's ends of the mesh.
 pub struct ShardRings {
