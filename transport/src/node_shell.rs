@@ -31,7 +31,7 @@ use ringmq_ha::node_output::NodeOutput;
 
 use crate::limits::{PROBE_BUFFER_BYTES, PROBE_TIMEOUT_MIN, READ_BUFFER_BYTES};
 use crate::shard_control::Control;
-use crate::shard_loop::{pump, reader_task, shutdown, ShardContext};
+use crate::shard_loop::{pump, reader_task, shutdown, ReaderOrigin, ShardContext};
 
 /// Carries out one output of the node.
 pub(crate) fn carry_out(context: &ShardContext, output: NodeOutput) {
@@ -90,7 +90,7 @@ async fn dial(context: Rc<ShardContext>, address: String) {
     context.register(conn, &stream);
     context.node.borrow_mut().handle_dialed(conn, Instant::now());
     pump(&context);
-    reader_task(context, stream, conn, BytesMut::with_capacity(READ_BUFFER_BYTES)).await;
+    reader_task(context, stream, conn, BytesMut::with_capacity(READ_BUFFER_BYTES), ReaderOrigin::Link).await;
 }
 
 /// Hands the backup link `conn` to shard `shard`: its writer ends without shutting the socket
@@ -120,7 +120,7 @@ pub(crate) fn adopt_link(context: &ShardContext, stream: std::net::TcpStream, pe
     context.register(conn, &stream);
     context.node.borrow_mut().handle_link_adopted(conn, open, pending, Instant::now());
     spawn_with_context(context, move |context| {
-        reader_task(context, stream, conn, BytesMut::with_capacity(READ_BUFFER_BYTES))
+        reader_task(context, stream, conn, BytesMut::with_capacity(READ_BUFFER_BYTES), ReaderOrigin::Link)
     });
 }
 

@@ -17,6 +17,9 @@
 //! - A connection's writer writes buffers in the order the node produced them; after a buffer
 //!   marked `close`, it shuts the socket down and writes nothing more.
 //! - The timer task sleeps no later than the node's `poll_timeout()`.
+//! - A client connection is not read while the node asks producers to pause or while the shard's
+//!   rings are backed up (`ShardRings::backed_up`); a broker-to-broker link and the inbox are
+//!   always read, since they are what drains both.
 
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -57,7 +60,8 @@ pub(crate) struct ShardContext {
     next_conn: Cell<u32>,
     /// The control queues between the shards' IO shells.
     pub(crate) controls: ShardControls,
-    /// Client readers waiting for the replication streams to drain (`producers_must_pause`).
+    /// Client readers waiting for the replication streams (`producers_must_pause`) or the
+    /// overflow toward other shards (`ShardRings::backed_up`) to drain.
     paused_readers: RefCell<Vec<Waker>>,
     /// The instant the timer task sleeps until, and the task while it sleeps.
     timer: (Cell<Option<Instant>>, RefCell<Option<Waker>>),
@@ -170,15 +174,31 @@ pub(crate) async fn run_shard(
         context.register(conn, &stream);
         context.node.borrow_mut().handle_accept(conn);
         let buffer = BytesMut::with_capacity(READ_BUFFER_BYTES);
-        compio::runtime::spawn(reader_task(context.clone(), stream, conn, buffer)).detach();
+        compio::runtime::spawn(reader_task(context.clone(), stream, conn, buffer, ReaderOrigin::Accepted)).detach();
     }
+}
+
+/// How a connection came to this shard, which decides whether its reader may pause.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ReaderOrigin {
+    /// Accepted on the shared port: a client, an admin tool, or a backup's link once it opened
+    /// (the node knows which).
+    Accepted,
+    /// A broker-to-broker link this shell dialed, or adopted from another shard.
+    Link,
 }
 
 /// Reads a connection until it closes or is handed to another shard, feeding the node; `buffer`
 /// holds bytes already read.
-pub(crate) async fn reader_task(context: Rc<ShardContext>, stream: Rc<TcpStream>, conn: ConnId, mut buffer: BytesMut) {
+pub(crate) async fn reader_task(
+    context: Rc<ShardContext>,
+    stream: Rc<TcpStream>,
+    conn: ConnId,
+    mut buffer: BytesMut,
+    origin: ReaderOrigin,
+) {
     loop {
-        wait_until_readable(&context, conn).await;
+        wait_until_readable(&context, conn, origin).await;
         buffer.reserve(READ_BUFFER_BYTES);
         // `append` reads after the partial frame already in the buffer; `read` would overwrite it.
         let BufResult(result, returned) = (&*stream).append(buffer).await;
@@ -206,12 +226,14 @@ pub(crate) async fn reader_task(context: Rc<ShardContext>, stream: Rc<TcpStream>
     pump(&context);
 }
 
-/// Backpressure: while a replication stream of this shard holds too many unsent records, client
-/// connections are not read (neither publishes nor acks, which both add records) until batches
-/// went out and confirms came back. Backup links are read on, since their confirms end the wait.
-async fn wait_until_readable(context: &ShardContext, conn: ConnId) {
+/// Backpressure: while a replication stream of this shard holds too many unsent records, or the
+/// shard's overflow toward another shard passed its limit, client connections are not read
+/// (neither publishes nor acks, which both add records and messages for other shards) until
+/// batches went out and confirms came back, and the other shards took their messages. Backup
+/// links are read on, since their confirms end the first wait and their heartbeats must not stop.
+async fn wait_until_readable(context: &ShardContext, conn: ConnId, origin: ReaderOrigin) {
     poll_fn(|cx| {
-        if context.node.borrow().read_paused(conn) {
+        if reader_must_wait(&context.node.borrow(), &context.rings.borrow(), conn, origin) {
             context.paused_readers.borrow_mut().push(cx.waker().clone());
             Poll::Pending
         } else {
@@ -219,6 +241,15 @@ async fn wait_until_readable(context: &ShardContext, conn: ConnId) {
         }
     })
     .await;
+}
+
+/// Whether the reader of `conn` must wait before its next read: the node pauses it for its
+/// replication streams, or the rings are backed up and it is not a broker-to-broker link.
+fn reader_must_wait(node: &ShardNode, rings: &ShardRings, conn: ConnId, origin: ReaderOrigin) -> bool {
+    if node.read_paused(conn) {
+        return true;
+    }
+    rings.backed_up() && origin == ReaderOrigin::Accepted && !node.shard().is_backup_link(conn)
 }
 
 /// Writes a connection's buffers in order; shuts it down when told to close.
@@ -285,20 +316,24 @@ async fn inbox_task(context: Rc<ShardContext>) {
             }
             moved = true;
         }
+        // Retried on every turn, not only when idle: a shard busy with its inbox must still move
+        // its overflow, or its paused client readers would wait for the inbox to go quiet.
+        let overflow = context.rings.borrow_mut().retry_overflow();
+        resume_paused_readers(&context);
         if moved {
             pump(&context);
             // Let connection tasks run between inbox batches.
             yield_now().await;
             continue;
         }
-        let overflow = context.rings.borrow_mut().retry_overflow();
         if overflow {
             compio::runtime::time::sleep(OVERFLOW_RETRY).await;
             continue;
         }
         poll_fn(|cx| {
             doorbell.prepare_sleep(cx.waker());
-            if context.rings.borrow().has_inbound() || context.controls.has_pending(own) {
+            let rings = context.rings.borrow();
+            if rings.has_inbound() || rings.has_overflow() || context.controls.has_pending(own) {
                 doorbell.awake();
                 Poll::Ready(())
             } else {
@@ -383,10 +418,13 @@ fn send_peer_messages(context: &ShardContext) {
     }
 }
 
-/// Wakes the client readers `wait_until_readable` parked, once the streams no longer ask for a
-/// pause.
+/// Wakes the client readers `wait_until_readable` parked, once neither the streams nor the
+/// rings ask for a pause.
 fn resume_paused_readers(context: &ShardContext) {
-    if context.paused_readers.borrow().is_empty() || context.node.borrow().producers_must_pause() {
+    if context.paused_readers.borrow().is_empty()
+        || context.node.borrow().producers_must_pause()
+        || context.rings.borrow().backed_up()
+    {
         return;
     }
     for waker in context.paused_readers.borrow_mut().drain(..) {
@@ -414,4 +452,77 @@ async fn yield_now() {
         }
     })
     .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use ringmq_core::ha_view::HaSettings;
+    use ringmq_core::shard::ShardConfig;
+    use ringmq_core::shard_message::ShardMessage;
+
+    use super::*;
+    use crate::limits::{OVERFLOW_MESSAGES_MAX, RING_CAPACITY};
+
+    /// Shard 0 of two, alone, with no cluster.
+    fn node() -> ShardNode {
+        let config = ShardConfig {
+            shard_count: 2,
+            frame_bytes_max: 1 << 20,
+            publish_inflight_max: 1024,
+            deliver_batch_max: 64,
+            broker_name: "test".into(),
+            ha: HaSettings::default(),
+            dedup_window: 0,
+        };
+        let shard = Shard::new(ShardId(0), config);
+        let config = NodeConfig {
+            heartbeat_interval: Duration::from_secs(1),
+            maintenance_interval: Duration::from_secs(1),
+            peer_addresses: Vec::new(),
+            own_address: "127.0.0.1:5672".into(),
+            backup_timeout: Duration::from_secs(10),
+            shard_count: 2,
+        };
+        ShardNode::new(shard, config, Instant::now())
+    }
+
+    #[test]
+    fn a_backed_up_shard_pauses_its_client_readers_and_never_its_links() {
+        // Goal: the overflow's bound feeds the reader's pause. While shard 0's overflow toward
+        // shard 1 is past its limit, an accepted client connection waits before its next read;
+        // a broker-to-broker link never does; once shard 1 drained the ring, the client reads on.
+        // Method: a real node and a mesh of two shards; shard 1's consumer end is popped by hand.
+        let mut node = node();
+        let client = ConnId(1);
+        let link = ConnId(2);
+        node.handle_accept(client);
+        let mut mesh = ShardRings::mesh(2);
+        let mut receiver = mesh.pop().unwrap();
+        let mut rings = mesh.pop().unwrap();
+
+        // Nothing waits yet: both are read.
+        assert!(!reader_must_wait(&node, &rings, client, ReaderOrigin::Accepted));
+        assert!(!reader_must_wait(&node, &rings, link, ReaderOrigin::Link));
+
+        // Shard 0 sends past the ring and the overflow limit, shard 1 taking nothing.
+        for n in 0..=(RING_CAPACITY + OVERFLOW_MESSAGES_MAX) as u32 {
+            rings.send(ShardId(1), ShardMessage::HoldsReleased { conn: ConnId(n), seqs: Vec::new() });
+        }
+        assert!(rings.backed_up());
+        // The client waits; the link is read on.
+        assert!(reader_must_wait(&node, &rings, client, ReaderOrigin::Accepted));
+        assert!(!reader_must_wait(&node, &rings, link, ReaderOrigin::Link));
+
+        // Shard 1 drains its ring and shard 0 retries until its overflow is empty.
+        let (_, consumer) = &mut receiver.inbound[0];
+        while rings.has_overflow() {
+            while consumer.pop().is_ok() {}
+            rings.retry_overflow();
+        }
+        // The client is read again.
+        assert!(!rings.backed_up());
+        assert!(!reader_must_wait(&node, &rings, client, ReaderOrigin::Accepted));
+    }
 }
