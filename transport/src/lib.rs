@@ -11,6 +11,8 @@
 //! - `limits`: every queue, buffer, batch, retry and wait bound of the shell.
 //! - `runtime`: starts the shard threads.
 //! - `listener`: the SO_REUSEPORT listening sockets.
+//! - `connection_stream`: the one type a connection's bytes go through (TCP today), so another
+//!   transport is a variant there and no change to the readers and writers.
 //! - `shard_loop`: one shard's tasks (acceptor, connection readers and writers, inbox, timer)
 //!   and pump.
 //! - `shard_ring`: the ring mesh between shards.
@@ -23,6 +25,7 @@
 //!
 //! Not here: any protocol or broker logic (see `ringmq-core` and `ringmq-ha`).
 
+mod connection_stream;
 pub mod doorbell;
 pub mod limits;
 pub mod listener;

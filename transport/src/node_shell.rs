@@ -11,14 +11,11 @@
 //! - A handed-over socket is owned by exactly one shard at a time: this shard drops its handle
 //!   before the other adopts the duplicate.
 
-use std::os::fd::AsFd;
 use std::rc::Rc;
 use std::time::Instant;
 
 use bytes::BytesMut;
 use compio::buf::BufResult;
-use compio::io::{AsyncReadExt, AsyncWriteExt};
-use compio::net::TcpStream;
 use ringmq_core::broker_state::BrokerState;
 use ringmq_core::codec;
 use ringmq_core::epoch::Epoch;
@@ -29,6 +26,7 @@ use ringmq_ha::limits::LINK_SILENT_INTERVALS_MAX;
 use ringmq_ha::link_frame::LinkOpen;
 use ringmq_ha::node_output::NodeOutput;
 
+use crate::connection_stream::ConnectionStream;
 use crate::limits::{PROBE_BUFFER_BYTES, PROBE_TIMEOUT_MIN, READ_BUFFER_BYTES};
 use crate::shard_control::Control;
 use crate::shard_loop::{pump, reader_task, shutdown, ReaderOrigin, ShardContext};
@@ -71,7 +69,7 @@ where
 /// Dials a backup link to `address`, then reads it until it ends.
 async fn dial(context: Rc<ShardContext>, address: String) {
     let limit = context.config().heartbeat_interval * LINK_SILENT_INTERVALS_MAX;
-    let stream = match compio::runtime::time::timeout(limit, TcpStream::connect(&address)).await {
+    let stream = match compio::runtime::time::timeout(limit, ConnectionStream::connect(&address)).await {
         Ok(Ok(stream)) => Rc::new(stream),
         outcome => {
             match outcome {
@@ -83,7 +81,7 @@ async fn dial(context: Rc<ShardContext>, address: String) {
             return;
         }
     };
-    if let Err(error) = stream.set_nodelay(true) {
+    if let Err(error) = stream.set_nodelay() {
         tracing::debug!(%error, "TCP_NODELAY failed on a backup link");
     }
     let conn = context.new_conn();
@@ -101,7 +99,7 @@ fn hand_over(context: &ShardContext, conn: ConnId, shard: u16, open: LinkOpen, p
     }
     context.handed_over.borrow_mut().insert(conn);
     let Some(stream) = context.streams.borrow_mut().remove(&conn) else { return };
-    match stream.as_fd().try_clone_to_owned().map(std::net::TcpStream::from) {
+    match stream.hand_over() {
         Ok(stream) => context.controls.send(shard, Control::AdoptLink { stream, pending, open }),
         Err(error) => tracing::warn!(%error, "could not hand a backup link to its shard"),
     }
@@ -109,7 +107,7 @@ fn hand_over(context: &ShardContext, conn: ConnId, shard: u16, open: LinkOpen, p
 
 /// Serves a backup link another shard handed over.
 pub(crate) fn adopt_link(context: &ShardContext, stream: std::net::TcpStream, pending: BytesMut, open: LinkOpen) {
-    let stream = match TcpStream::from_std(stream) {
+    let stream = match ConnectionStream::adopt(stream) {
         Ok(stream) => Rc::new(stream),
         Err(error) => {
             tracing::warn!(%error, "could not adopt a backup link");
@@ -141,11 +139,11 @@ async fn probe(context: Rc<ShardContext>, address: String) {
 
 /// One `ha-status` exchange over an admin connection; see `probe`.
 async fn ask_status(address: &str) -> Result<(BrokerState, Epoch), String> {
-    let stream = TcpStream::connect(address).await.map_err(|e| format!("connect: {e}"))?;
+    let stream = ConnectionStream::connect(address).await.map_err(|e| format!("connect: {e}"))?;
     let mut request = BytesMut::new();
     codec::encode_preamble(Preamble { version: PROTOCOL_VERSION, flags: PREAMBLE_FLAG_ADMIN }, &mut request);
     codec::encode(&Frame::HaStatus { request: RequestId(1) }, &mut request);
-    let BufResult(written, _) = (&stream).write_all(request).await;
+    let BufResult(written, _) = stream.write_all(request).await;
     written.map_err(|e| format!("write: {e}"))?;
     let mut buffer = BytesMut::with_capacity(PROBE_BUFFER_BYTES);
     loop {
@@ -161,7 +159,7 @@ async fn ask_status(address: &str) -> Result<(BrokerState, Epoch), String> {
             }
         }
         buffer.reserve(PROBE_BUFFER_BYTES);
-        let BufResult(read, returned) = (&stream).append(buffer).await;
+        let BufResult(read, returned) = stream.append(buffer).await;
         buffer = returned;
         match read {
             Ok(0) => return Err("closed".into()),

@@ -25,7 +25,6 @@ use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::future::{poll_fn, Future};
 use std::io;
-use std::os::fd::AsFd;
 use std::pin::pin;
 use std::rc::{Rc, Weak};
 use std::task::{Poll, Waker};
@@ -33,12 +32,12 @@ use std::time::Instant;
 
 use bytes::BytesMut;
 use compio::buf::BufResult;
-use compio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use compio::net::{TcpListener, TcpStream};
+use compio::net::TcpListener;
 use ringmq_core::ids::{ConnId, ShardId};
 use ringmq_core::shard::Shard;
 use ringmq_ha::shard_node::{NodeConfig, ShardNode};
 
+use crate::connection_stream::ConnectionStream;
 use crate::limits::{ACCEPT_RETRY, INBOX_BATCH_MAX, OVERFLOW_RETRY, READ_BUFFER_BYTES, TIMER_IDLE_SLEEP};
 use crate::node_shell::{adopt_link, carry_out};
 use crate::shard_control::{Control, ShardControls};
@@ -52,8 +51,8 @@ pub(crate) struct ShardContext {
     rings: RefCell<ShardRings>,
     /// Writers of the open connections.
     pub(crate) writers: RefCell<HashMap<ConnId, Rc<WriteQueue>>>,
-    /// Sockets of the open connections, to shut one down or hand it over.
-    pub(crate) streams: RefCell<HashMap<ConnId, Rc<TcpStream>>>,
+    /// Streams of the open connections, to shut one down or hand it over.
+    pub(crate) streams: RefCell<HashMap<ConnId, Rc<ConnectionStream>>>,
     /// Connections handed to another shard, whose readers must stop.
     pub(crate) handed_over: RefCell<HashSet<ConnId>>,
     /// The next connection id.
@@ -88,7 +87,7 @@ impl ShardContext {
     }
 
     /// Registers a connection's socket and starts its writer.
-    pub(crate) fn register(&self, conn: ConnId, stream: &Rc<TcpStream>) {
+    pub(crate) fn register(&self, conn: ConnId, stream: &Rc<ConnectionStream>) {
         let queue = Rc::new(WriteQueue::default());
         self.writers.borrow_mut().insert(conn, queue.clone());
         self.streams.borrow_mut().insert(conn, stream.clone());
@@ -166,7 +165,8 @@ pub(crate) async fn run_shard(
                 continue;
             }
         };
-        if let Err(error) = stream.set_nodelay(true) {
+        let stream = ConnectionStream::from(stream);
+        if let Err(error) = stream.set_nodelay() {
             tracing::warn!(%error, "TCP_NODELAY failed");
         }
         let conn = context.new_conn();
@@ -192,7 +192,7 @@ pub(crate) enum ReaderOrigin {
 /// holds bytes already read.
 pub(crate) async fn reader_task(
     context: Rc<ShardContext>,
-    stream: Rc<TcpStream>,
+    stream: Rc<ConnectionStream>,
     conn: ConnId,
     mut buffer: BytesMut,
     origin: ReaderOrigin,
@@ -201,7 +201,7 @@ pub(crate) async fn reader_task(
         wait_until_readable(&context, conn, origin).await;
         buffer.reserve(READ_BUFFER_BYTES);
         // `append` reads after the partial frame already in the buffer; `read` would overwrite it.
-        let BufResult(result, returned) = (&*stream).append(buffer).await;
+        let BufResult(result, returned) = stream.append(buffer).await;
         buffer = returned;
         match result {
             Ok(0) => break,
@@ -253,7 +253,7 @@ fn reader_must_wait(node: &ShardNode, rings: &ShardRings, conn: ConnId, origin: 
 }
 
 /// Writes a connection's buffers in order; shuts it down when told to close.
-pub(crate) async fn writer_task(stream: Rc<TcpStream>, queue: Rc<WriteQueue>) {
+pub(crate) async fn writer_task(stream: Rc<ConnectionStream>, queue: Rc<WriteQueue>) {
     loop {
         let next = poll_fn(|cx| {
             if let Some(buffer) = queue.buffers.borrow_mut().pop_front() {
@@ -267,7 +267,7 @@ pub(crate) async fn writer_task(stream: Rc<TcpStream>, queue: Rc<WriteQueue>) {
         })
         .await;
         let Some(buffer) = next else { break };
-        let BufResult(result, _) = (&*stream).write_all(buffer).await;
+        let BufResult(result, _) = stream.write_all(buffer).await;
         if let Err(error) = result {
             tracing::debug!(%error, "write failed");
             break;
@@ -278,7 +278,7 @@ pub(crate) async fn writer_task(stream: Rc<TcpStream>, queue: Rc<WriteQueue>) {
     }
     // Shutting down the write side makes the peer see the end; our reader then sees EOF or an
     // error and cleans up the session.
-    if let Err(error) = AsyncWrite::shutdown(&mut &*stream).await {
+    if let Err(error) = stream.shutdown_write().await {
         tracing::debug!(%error, "shutdown failed");
     }
 }
@@ -433,8 +433,8 @@ fn resume_paused_readers(context: &ShardContext) {
 }
 
 /// Shuts a socket down in both directions, so that its reader sees the end.
-pub(crate) fn shutdown(stream: &TcpStream) {
-    if let Err(error) = socket2::SockRef::from(&stream.as_fd()).shutdown(std::net::Shutdown::Both) {
+pub(crate) fn shutdown(stream: &ConnectionStream) {
+    if let Err(error) = stream.shutdown_now() {
         tracing::debug!(%error, "shutdown failed");
     }
 }
