@@ -10,6 +10,7 @@
 //! Layout:
 //! - `limits`: every queue, buffer, batch, retry and wait bound of the shell.
 //! - `runtime`: starts the shard threads.
+//! - `shard_exit`: how a shard thread ended, reported to the starter; which shard a thread runs.
 //! - `listener`: the SO_REUSEPORT listening sockets.
 //! - `connection_stream`: the one type a connection's bytes go through (TCP today), so another
 //!   transport is a variant there and no change to the readers and writers.
@@ -32,5 +33,6 @@ pub mod listener;
 mod node_shell;
 pub mod runtime;
 mod shard_control;
+pub mod shard_exit;
 pub mod shard_loop;
 pub mod shard_ring;

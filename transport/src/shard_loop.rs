@@ -128,7 +128,8 @@ impl WriteQueue {
     }
 }
 
-/// Runs shard `rings.id` on the current thread until the listener fails.
+/// Runs shard `rings.id` on the current thread until the listener fails; `panics` is the test
+/// fault of `TransportConfig::panic_shard`.
 ///
 /// # Errors
 /// The listener could not be registered with the runtime.
@@ -138,6 +139,7 @@ pub(crate) async fn run_shard(
     listener: std::net::TcpListener,
     config: NodeConfig,
     controls: ShardControls,
+    panics: bool,
 ) -> io::Result<()> {
     let listener = TcpListener::from_std(listener)?;
     let context = Rc::new_cyclic(|this| ShardContext {
@@ -154,6 +156,11 @@ pub(crate) async fn run_shard(
     });
     compio::runtime::spawn(inbox_task(context.clone())).detach();
     compio::runtime::spawn(timer_task(context.clone())).detach();
+    if panics {
+        // The test fault (`TransportConfig::panic_shard`): a panic in a task, the kind the
+        // runtime catches and keeps, so only a panic hook sees it.
+        compio::runtime::spawn(async { panic!("test fault: a deliberate panic in a task of this shard") }).detach();
+    }
     pump(&context);
     loop {
         let (stream, _peer) = match listener.accept().await {
