@@ -11,6 +11,7 @@ mod cli;
 mod cluster;
 mod config;
 mod daemon;
+mod fatal;
 mod ha;
 mod manage;
 mod shell;

@@ -330,6 +330,22 @@ pub fn run_cli(args: &[&str]) -> std::process::Output {
 /// # Panics
 /// If the binary cannot be started.
 pub fn run_cli_within(args: &[&str], timeout: Duration) -> Result<std::process::Output, std::process::Output> {
+    run_cli_with_env_within(args, &[], timeout)
+}
+
+/// As `run_cli_within`, with the environment variables `env` (name, value) added to the
+/// inherited ones: a test fault trigger, for one.
+///
+/// # Errors
+/// As `run_cli_within`.
+///
+/// # Panics
+/// As `run_cli_within`.
+pub fn run_cli_with_env_within(
+    args: &[&str],
+    env: &[(&str, &str)],
+    timeout: Duration,
+) -> Result<std::process::Output, std::process::Output> {
     let binary = broker_binary();
     let stamp = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
     let out_path = std::env::temp_dir().join(format!("ringmq-test-cli-{}-{stamp}.out", std::process::id()));
@@ -340,6 +356,7 @@ pub fn run_cli_within(args: &[&str], timeout: Duration) -> Result<std::process::
     let stderr = File::create(&err_path).unwrap_or_else(|e| panic!("creating {}: {e}", err_path.display()));
     let mut child = Command::new(&binary)
         .args(args)
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(stdout)
         .stderr(stderr)

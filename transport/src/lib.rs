@@ -8,8 +8,12 @@
 //! lock on the message path.
 //!
 //! Layout:
+//! - `limits`: every queue, buffer, batch, retry and wait bound of the shell.
 //! - `runtime`: starts the shard threads.
+//! - `shard_exit`: how a shard thread ended, reported to the starter; which shard a thread runs.
 //! - `listener`: the SO_REUSEPORT listening sockets.
+//! - `connection_stream`: the one type a connection's bytes go through (TCP today), so another
+//!   transport is a variant there and no change to the readers and writers.
 //! - `shard_loop`: one shard's tasks (acceptor, connection readers and writers, inbox, timer)
 //!   and pump.
 //! - `shard_ring`: the ring mesh between shards.
@@ -22,10 +26,13 @@
 //!
 //! Not here: any protocol or broker logic (see `ringmq-core` and `ringmq-ha`).
 
+mod connection_stream;
 pub mod doorbell;
+pub mod limits;
 pub mod listener;
 mod node_shell;
 pub mod runtime;
 mod shard_control;
+pub mod shard_exit;
 pub mod shard_loop;
 pub mod shard_ring;

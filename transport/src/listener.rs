@@ -10,8 +10,7 @@ use std::net::SocketAddr;
 
 use socket2::{Domain, Protocol, Socket, Type};
 
-/// Backlog of each shard's listener.
-const LISTEN_BACKLOG: i32 = 1024;
+use crate::limits::{LISTEN_BACKLOG, PORT_RELEASE_WAIT};
 
 /// Binds `count` listeners to `addr`. With port 0, the first listener picks the port and the
 /// others share it.
@@ -59,9 +58,6 @@ fn ensure_port_free(addr: SocketAddr) -> io::Result<()> {
     }
     Ok(())
 }
-
-/// How long a port found listening may take to be released before startup fails.
-const PORT_RELEASE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Whether any TCP socket (IPv4 or IPv6) listens on `port`.
 fn port_listened_on(port: u16) -> bool {

@@ -17,14 +17,11 @@
 
 use std::cell::RefMut;
 use std::convert::Infallible;
-use std::os::fd::AsFd;
 use std::rc::Rc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bytes::BytesMut;
 use compio::buf::BufResult;
-use compio::io::{AsyncReadExt, AsyncWriteExt};
-use compio::net::TcpStream;
 use ringmq_core::broker_state::BrokerState;
 use ringmq_core::codec;
 use ringmq_core::epoch::Epoch;
@@ -38,16 +35,14 @@ use ringmq_ha::node_output::NodeControl;
 use ringmq_ha::node_shell::{pump_and_carry_out, NodeShell};
 use ringmq_ha::shard_node::ShardNode;
 
+use crate::connection_stream::ConnectionStream;
+use crate::limits::{PROBE_BUFFER_BYTES, PROBE_TIMEOUT_MIN, READ_BUFFER_BYTES};
 use crate::shard_control::Control;
-use crate::shard_loop::{reader_task, shutdown, ShardContext, READ_BUFFER_BYTES};
+use crate::shard_loop::{reader_task, shutdown, ReaderOrigin, ShardContext};
 
-/// The least time a probe may take, whatever the maintenance interval.
-const PROBE_TIMEOUT_MIN: Duration = Duration::from_millis(100);
 /// Most shards a broker runs (the `shards` option's bound): the doorbell bits of a round.
 const SHARDS_MAX: usize = 256;
 const _: () = assert!(SHARDS_MAX <= 2 * 128, "ShardShell::woken holds one bit per shard");
-/// Read buffer of a probe: a hello and a status reply.
-const PROBE_BUFFER_BYTES: usize = 4096;
 
 /// Pumps the node and carries out every output it produced (`pump_and_carry_out`, the same
 /// function the simulator calls), then re-arms the timer if the node's next timeout moved
@@ -137,15 +132,12 @@ impl NodeShell for ShardShell<'_> {
     }
 
     fn outputs_done(&mut self, producers_paused: bool) -> Result<(), Infallible> {
-        let rings = self.context.rings.borrow();
-        for (index, doorbell) in rings.doorbells.iter().enumerate() {
+        for (index, doorbell) in self.context.rings.borrow().doorbells.iter().enumerate() {
             if self.woken[index / 128] & (1 << (index % 128)) != 0 {
                 doorbell.ring();
             }
         }
-        if !producers_paused {
-            self.context.resume_paused_readers();
-        }
+        self.context.resume_paused_readers(producers_paused);
         Ok(())
     }
 }
@@ -163,7 +155,7 @@ where
 /// Dials a backup link to `address`, then reads it until it ends.
 async fn dial(context: Rc<ShardContext>, address: String) {
     let limit = context.config().heartbeat_interval * LINK_SILENT_INTERVALS_MAX;
-    let stream = match compio::runtime::time::timeout(limit, TcpStream::connect(&address)).await {
+    let stream = match compio::runtime::time::timeout(limit, ConnectionStream::connect(&address)).await {
         Ok(Ok(stream)) => Rc::new(stream),
         outcome => {
             match outcome {
@@ -175,14 +167,14 @@ async fn dial(context: Rc<ShardContext>, address: String) {
             return;
         }
     };
-    if let Err(error) = stream.set_nodelay(true) {
+    if let Err(error) = stream.set_nodelay() {
         tracing::debug!(%error, "TCP_NODELAY failed on a backup link");
     }
     let conn = context.new_conn();
     context.register(conn, &stream);
     context.node.borrow_mut().handle_dialed(conn, Instant::now());
     pump(&context);
-    reader_task(context, stream, conn, BytesMut::with_capacity(READ_BUFFER_BYTES)).await;
+    reader_task(context, stream, conn, BytesMut::with_capacity(READ_BUFFER_BYTES), ReaderOrigin::Link).await;
 }
 
 /// Hands the backup link `conn` to shard `shard`: its writer ends without shutting the socket
@@ -193,7 +185,7 @@ fn hand_over(context: &ShardContext, conn: ConnId, shard: u16, open: LinkOpen, p
     }
     context.handed_over.borrow_mut().insert(conn);
     let Some(stream) = context.streams.borrow_mut().remove(&conn) else { return };
-    match stream.as_fd().try_clone_to_owned().map(std::net::TcpStream::from) {
+    match stream.hand_over() {
         Ok(stream) => context.controls.send(shard, Control::AdoptLink { stream, pending, open }),
         Err(error) => tracing::warn!(%error, "could not hand a backup link to its shard"),
     }
@@ -201,7 +193,7 @@ fn hand_over(context: &ShardContext, conn: ConnId, shard: u16, open: LinkOpen, p
 
 /// Serves a backup link another shard handed over.
 pub(crate) fn adopt_link(context: &ShardContext, stream: std::net::TcpStream, pending: BytesMut, open: LinkOpen) {
-    let stream = match TcpStream::from_std(stream) {
+    let stream = match ConnectionStream::adopt(stream) {
         Ok(stream) => Rc::new(stream),
         Err(error) => {
             tracing::warn!(%error, "could not adopt a backup link");
@@ -212,7 +204,7 @@ pub(crate) fn adopt_link(context: &ShardContext, stream: std::net::TcpStream, pe
     context.register(conn, &stream);
     context.node.borrow_mut().handle_link_adopted(conn, open, pending, Instant::now());
     spawn_with_context(context, move |context| {
-        reader_task(context, stream, conn, BytesMut::with_capacity(READ_BUFFER_BYTES))
+        reader_task(context, stream, conn, BytesMut::with_capacity(READ_BUFFER_BYTES), ReaderOrigin::Link)
     });
 }
 
@@ -233,11 +225,11 @@ async fn probe(context: Rc<ShardContext>, address: String) {
 
 /// One `ha-status` exchange over an admin connection; see `probe`.
 async fn ask_status(address: &str) -> Result<(BrokerState, Epoch), String> {
-    let stream = TcpStream::connect(address).await.map_err(|e| format!("connect: {e}"))?;
+    let stream = ConnectionStream::connect(address).await.map_err(|e| format!("connect: {e}"))?;
     let mut request = BytesMut::new();
     codec::encode_preamble(Preamble { version: PROTOCOL_VERSION, flags: PREAMBLE_FLAG_ADMIN }, &mut request);
     codec::encode(&Frame::HaStatus { request: RequestId(1) }, &mut request);
-    let BufResult(written, _) = (&stream).write_all(request).await;
+    let BufResult(written, _) = stream.write_all(request).await;
     written.map_err(|e| format!("write: {e}"))?;
     let mut buffer = BytesMut::with_capacity(PROBE_BUFFER_BYTES);
     loop {
@@ -253,7 +245,7 @@ async fn ask_status(address: &str) -> Result<(BrokerState, Epoch), String> {
             }
         }
         buffer.reserve(PROBE_BUFFER_BYTES);
-        let BufResult(read, returned) = (&stream).append(buffer).await;
+        let BufResult(read, returned) = stream.append(buffer).await;
         buffer = returned;
         match read {
             Ok(0) => return Err("closed".into()),

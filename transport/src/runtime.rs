@@ -1,10 +1,15 @@
 //! Starts the broker's shards: one OS thread per shard, pinned to its core, each running its own
-//! io_uring runtime and its own `Shard`.
+//! io_uring runtime and its own `Shard`; and tells the starter when the first of them ends.
+//!
+//! Invariants:
+//! - Each shard thread reports its end exactly once (`shard_exit`), panic included, so
+//!   `RunningBroker::wait` returns as soon as any shard ends, whichever it is.
 
 use std::collections::HashSet;
 use std::io;
 use std::net::SocketAddr;
-use std::thread::JoinHandle;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::mpsc;
 
 use ringmq_core::ids::ShardId;
 use ringmq_core::shard::{Shard, ShardConfig};
@@ -12,6 +17,7 @@ use ringmq_ha::shard_node::NodeConfig;
 
 use crate::listener::bind_shared;
 use crate::shard_control::ShardControls;
+use crate::shard_exit::{enter_shard, panic_message, ShardExit, ShardExitCause};
 use crate::shard_loop::run_shard;
 use crate::shard_ring::ShardRings;
 
@@ -26,14 +32,25 @@ pub struct TransportConfig {
     pub ring_entries: u32,
     /// The HA settings of every shard: heartbeats, the cluster's other brokers.
     pub link: NodeConfig,
+    /// Test fault trigger: this shard panics in a task of its loop as soon as it runs, to test
+    /// that a broker never runs on with a shard gone. `None` outside such tests.
+    pub panic_shard: Option<ShardId>,
 }
 
-/// A running broker: its address and its shard threads.
+/// A running broker: its address and the ends of its shard threads.
 pub struct RunningBroker {
     /// The bound address (the real port when 0 was asked for).
     pub local_addr: SocketAddr,
-    /// One thread per shard; each ends only if its runtime fails.
-    pub threads: Vec<JoinHandle<io::Result<()>>>,
+    /// Where every shard thread reports its end; a thread ends only on a failure.
+    exits: mpsc::Receiver<ShardExit>,
+}
+
+impl RunningBroker {
+    /// Blocks until the first shard thread ends, and tells which and why. `None` only if every
+    /// thread ended without a report, which `shard_exit`'s invariant rules out.
+    pub fn wait(&self) -> Option<ShardExit> {
+        self.exits.recv().ok()
+    }
 }
 
 /// Binds the listeners and starts every shard.
@@ -46,7 +63,7 @@ pub fn start(transport: &TransportConfig, shard_config: ShardConfig) -> io::Resu
     let listeners = bind_shared(transport.listen, count)?;
     let local_addr = listeners[0].local_addr()?;
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let mut threads = Vec::with_capacity(usize::from(count));
+    let (report, exits) = mpsc::channel();
     let mesh = ShardRings::mesh(count);
     let controls = ShardControls::new(mesh[0].doorbells.clone());
     for ((index, listener), rings) in listeners.into_iter().enumerate().zip(mesh) {
@@ -56,20 +73,31 @@ pub fn start(transport: &TransportConfig, shard_config: ShardConfig) -> io::Resu
         let ring_entries = transport.ring_entries;
         let link = transport.link.clone();
         let controls = controls.clone();
-        let thread = std::thread::Builder::new().name(format!("ringmq-shard-{index}")).spawn(move || {
-            let mut builder = compio::runtime::RuntimeBuilder::new();
-            if let Some(cpu) = pin {
-                builder.thread_affinity(HashSet::from([cpu]));
-            }
-            let mut proactor = compio::driver::ProactorBuilder::new();
-            proactor.capacity(ring_entries);
-            builder.with_proactor(proactor);
-            let runtime = builder.build()?;
-            runtime.block_on(run_shard(shard, rings, listener, link, controls))
+        let panics = transport.panic_shard == Some(id);
+        let report = report.clone();
+        std::thread::Builder::new().name(format!("ringmq-shard-{index}")).spawn(move || {
+            enter_shard(id);
+            let outcome = catch_unwind(AssertUnwindSafe(|| {
+                let mut builder = compio::runtime::RuntimeBuilder::new();
+                if let Some(cpu) = pin {
+                    builder.thread_affinity(HashSet::from([cpu]));
+                }
+                let mut proactor = compio::driver::ProactorBuilder::new();
+                proactor.capacity(ring_entries);
+                builder.with_proactor(proactor);
+                let runtime = builder.build()?;
+                runtime.block_on(run_shard(shard, rings, listener, link, controls, panics))
+            }));
+            let cause = match outcome {
+                Ok(Ok(())) => ShardExitCause::Stopped,
+                Ok(Err(error)) => ShardExitCause::RuntimeFailed(error),
+                Err(payload) => ShardExitCause::Panicked(panic_message(payload.as_ref())),
+            };
+            // The starter may have stopped listening (it ends the process on the first report).
+            let _ = report.send(ShardExit { shard: id, cause });
         })?;
-        threads.push(thread);
     }
-    Ok(RunningBroker { local_addr, threads })
+    Ok(RunningBroker { local_addr, exits })
 }
 
 /// Turns transparent huge pages off for this process.
