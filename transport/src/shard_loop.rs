@@ -432,6 +432,7 @@ mod tests {
     use std::time::Duration;
 
     use ringmq_core::ha_view::HaSettings;
+    use ringmq_core::ids::ShardId;
     use ringmq_core::shard::ShardConfig;
     use ringmq_core::shard_message::ShardMessage;
 
