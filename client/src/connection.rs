@@ -268,6 +268,7 @@ impl Connection {
         let consumer = self.shared.next_consumer_id();
         let (events, receiver) = mpsc::unbounded_channel();
         let slot = ConsumerSlot::new(events, queue.to_owned(), prefetch);
+        let subscription = slot.subscription(consumer);
         let pending = self.shared.subscribe(consumer, slot)?;
         let result = match pending.reply.await {
             Ok(result) => result.and_then(|reply| reply.expect_done("subscribe")),
@@ -282,7 +283,7 @@ impl Connection {
                 return Err(err);
             }
         }
-        Ok(Consumer::new(Arc::clone(&self.shared), consumer, queue.to_owned(), prefetch, receiver, pending.session))
+        Ok(Consumer::new(Arc::clone(&self.shared), subscription, receiver, pending.session))
     }
 
     /// Closes the connection: what was queued is sent, the socket is shut down, and the call

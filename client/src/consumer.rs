@@ -29,7 +29,7 @@ use ringmq_core::frame::{Delivered, Frame, Message, Settlement};
 use ringmq_core::ids::{ConsumerId, Tag};
 use tokio::sync::mpsc;
 
-use crate::consumer_registry::ConsumerEvent;
+use crate::consumer_registry::{ConsumerEvent, Subscription};
 use crate::error::ClientError;
 use crate::limits::SETTLE_FLUSH_PREFETCH_DIVISOR;
 use crate::settlement_batch::SettlementBatch;
@@ -210,12 +210,11 @@ impl Consumer {
     /// A consumer for a subscription the broker accepted.
     pub(crate) fn new(
         shared: Arc<Shared>,
-        id: ConsumerId,
-        queue: String,
-        prefetch: u32,
+        subscription: Subscription,
         events: mpsc::UnboundedReceiver<ConsumerEvent>,
         session: u64,
     ) -> Consumer {
+        let Subscription { consumer: id, queue, prefetch } = subscription;
         Consumer {
             shared,
             id,

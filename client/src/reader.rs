@@ -2,9 +2,9 @@
 //!
 //! It reads into one `BytesMut`, decodes every complete frame with the zero-copy codec (message
 //! fields are slices of the read buffer) and hands each to its waiter: replies to the request
-//! table, `Deliver` frames to their subscription (one channel send per frame), `Confirm` ranges
-//! to the publish window and the confirm queue. Confirms of all the frames decoded from one read
-//! are applied together, under one lock each.
+//! table, `Deliver` frames to their subscription through the consumer registry (one channel send
+//! per frame), `Confirm` ranges to the publish window and the confirm queue. Confirms of all the
+//! frames decoded from one read are applied together, under one lock each.
 //!
 //! Invariants:
 //! - Any frame the broker may not send, a `Deliver` whose first tag is not the subscription's
