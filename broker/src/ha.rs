@@ -21,7 +21,7 @@ use std::time::Duration;
 use ringmq_client::blocking::Connection;
 use ringmq_client::{ClientError, ConnectOptions, HaStatus};
 use ringmq_ha::broker_state::BrokerState;
-use ringmq_ha::url::BrokerUrl;
+use ringmq_ha::url::{BrokerUrl, UrlError};
 
 use crate::cli::{BrokerArgs, HaCommand};
 
@@ -66,14 +66,14 @@ fn status(broker: &BrokerArgs, expect: Option<&str>, all: bool) -> ExitCode {
         return verdict(expected, [own.state.as_str()]);
     }
     let mut states = Vec::new();
-    for (shown, target) in members {
-        match ask_status(&target, PEER_TIMEOUT) {
+    for member in members {
+        match ask_status(&member.dial, PEER_TIMEOUT) {
             Ok(status) => {
-                println!("{shown} {}", status.state);
+                println!("{} {}", member.shown, status.state);
                 states.push(status.state);
             }
             Err(error) => {
-                println!("{shown} unreachable: {error}");
+                println!("{} unreachable: {error}", member.shown);
                 states.push(String::new());
             }
         }
@@ -127,43 +127,73 @@ fn promote(broker: &BrokerArgs, cluster_manager: bool) -> ExitCode {
     }
 }
 
+/// Why the StatusCheck refuses to promote a joining broker.
+#[derive(Debug, thiserror::Error)]
+enum StatusCheckError {
+    /// Another broker of `ha-brokers-url` answered with a state past `joining`.
+    #[error(
+        "broker {shown} is {state}: a joining broker may be promoted only when no other broker of \
+         ha-brokers-url is past joining (the first primary of a new cluster); promote a ready backup instead"
+    )]
+    PeerPastJoining {
+        /// The other broker, as its `ha-brokers-url` shows it.
+        shown: String,
+        /// The state it answered with.
+        state: String,
+    },
+    /// The broker's own `ha-brokers-url` cannot be read, so its peers are unknown.
+    #[error(transparent)]
+    Members(#[from] MembersError),
+}
+
+/// Why the members of a broker's cluster cannot be listed.
+#[derive(Debug, thiserror::Error)]
+enum MembersError {
+    /// The `ha-brokers-url` the broker reported is outside the URL grammar.
+    #[error("its ha-brokers-url does not parse: {0}")]
+    BrokersUrl(#[from] UrlError),
+}
+
+/// One broker of a `ha-brokers-url`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Member {
+    /// The address as the URL shows it.
+    shown: String,
+    /// `host:port` to dial (an IPv6 host in brackets).
+    dial: String,
+}
+
 /// The reference's StatusCheck: `Err` naming the first other broker of `ha-brokers-url` that
 /// answers with a state other than `joining`.
-fn status_check(addr: &str, status: &HaStatus) -> Result<(), String> {
+fn status_check(addr: &str, status: &HaStatus) -> Result<(), StatusCheckError> {
     let own: HashSet<SocketAddr> = addr.to_socket_addrs().map(Iterator::collect).unwrap_or_default();
-    for (shown, target) in members(status)? {
-        let resolved: HashSet<SocketAddr> = target.to_socket_addrs().map(Iterator::collect).unwrap_or_default();
-        if target == addr || (!resolved.is_empty() && !resolved.is_disjoint(&own)) {
+    for member in members(status)? {
+        let resolved: HashSet<SocketAddr> = member.dial.to_socket_addrs().map(Iterator::collect).unwrap_or_default();
+        if member.dial == addr || (!resolved.is_empty() && !resolved.is_disjoint(&own)) {
             continue;
         }
         // A broker that does not answer is not counted, as in the reference.
-        let Ok(other) = ask_status(&target, PEER_TIMEOUT) else { continue };
+        let Ok(other) = ask_status(&member.dial, PEER_TIMEOUT) else { continue };
         if other.state != BrokerState::Joining.name() {
-            return Err(format!(
-                "broker {shown} is {}: a joining broker may be promoted only when no other broker of \
-                 ha-brokers-url is past joining (the first primary of a new cluster); promote a ready \
-                 backup instead",
-                other.state
-            ));
+            return Err(StatusCheckError::PeerPastJoining { shown: member.shown, state: other.state });
         }
     }
     Ok(())
 }
 
-/// The addresses of the broker's `ha-brokers-url`: (as shown in the URL, `host:port` to dial).
-fn members(status: &HaStatus) -> Result<Vec<(String, String)>, String> {
+/// The brokers of the broker's `ha-brokers-url`; none when it has none.
+fn members(status: &HaStatus) -> Result<Vec<Member>, MembersError> {
     if status.brokers_url.is_empty() {
         return Ok(Vec::new());
     }
-    let url: BrokerUrl =
-        status.brokers_url.parse().map_err(|error| format!("its ha-brokers-url does not parse: {error}"))?;
+    let url: BrokerUrl = status.brokers_url.parse()?;
     Ok(url
         .addresses()
         .iter()
         .map(|address| {
             let host =
                 if address.host().contains(':') { format!("[{}]", address.host()) } else { address.host().to_string() };
-            (address.to_string(), format!("{host}:{}", address.port()))
+            Member { shown: address.to_string(), dial: format!("{host}:{}", address.port()) }
         })
         .collect())
 }
@@ -193,3 +223,39 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Longest wait for each other broker in the StatusCheck and `--all`: a dead peer must not hold a
 /// cluster manager's promote for long.
 const PEER_TIMEOUT: Duration = Duration::from_secs(2);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status_with(brokers_url: &str) -> HaStatus {
+        HaStatus {
+            state: "joining".to_string(),
+            epoch: 0,
+            brokers_url: brokers_url.to_string(),
+            public_url: String::new(),
+        }
+    }
+
+    #[test]
+    fn members_are_shown_as_in_the_url_and_dialled_with_brackets() {
+        // Goal: an IPv6 member is dialled as `[host]:port`, shown as the URL gives it.
+        let listed = members(&status_with("tcp:node1:5672,tcp:[::1]:5673")).unwrap();
+        let dialled: Vec<&str> = listed.iter().map(|member| member.dial.as_str()).collect();
+        assert_eq!(dialled, ["node1:5672", "[::1]:5673"]);
+        assert!(members(&status_with("")).unwrap().is_empty());
+    }
+
+    #[test]
+    fn refusals_keep_their_text() {
+        // Goal: the typed errors print what the command printed before they were typed.
+        let refusal = StatusCheckError::PeerPastJoining { shown: "tcp:b:5672".into(), state: "active".into() };
+        assert_eq!(
+            refusal.to_string(),
+            "broker tcp:b:5672 is active: a joining broker may be promoted only when no other broker of \
+             ha-brokers-url is past joining (the first primary of a new cluster); promote a ready backup instead"
+        );
+        let unreadable = members(&status_with("ssl:")).unwrap_err();
+        assert!(unreadable.to_string().starts_with("its ha-brokers-url does not parse: "), "{unreadable}");
+    }
+}

@@ -25,6 +25,7 @@ use crate::connection::ConnectionStats;
 use crate::consumer::Delivery;
 use crate::error::ClientError;
 use crate::options::ConnectOptions;
+use crate::outbox::PublishPush;
 use ringmq_core::frame::{ConfirmRange, ExchangeInfo, ExchangeKind, Message, QueueInfo, QueueOptions};
 use ringmq_core::ids::{ConsumerId, Seq, Tag};
 
@@ -230,8 +231,8 @@ impl Publisher {
     /// As the async method.
     pub fn publish(&self, exchange: &str, message: Message) -> Result<Seq, ClientError> {
         match self.inner.try_publish(exchange, message)? {
-            Ok(seq) => Ok(seq),
-            Err(message) => self.runtime.block_on(self.inner.publish(exchange, message)),
+            PublishPush::Queued(seq) => Ok(seq),
+            PublishPush::WindowFull(message) => self.runtime.block_on(self.inner.publish(exchange, message)),
         }
     }
 

@@ -24,15 +24,16 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use ringmq_core::frame::{Binding, ExchangeInfo, ExchangeKind, Frame, QueueInfo, QueueOptions};
-use ringmq_core::ids::Tag;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::argument_check::{check_arguments, check_name, check_prefetch};
 use crate::broker_list::parse_broker_list;
-use crate::consumer::{Consumer, ConsumerSlot};
+use crate::consumer::Consumer;
+use crate::consumer_registry::ConsumerSlot;
 use crate::error::ClientError;
 use crate::failover::Failover;
+use crate::ha_status::HaStatus;
 use crate::options::ConnectOptions;
 use crate::publisher::Publisher;
 use crate::request_table::Reply;
@@ -68,19 +69,6 @@ pub struct ConnectionStats {
     /// Settlements dropped because their deliveries came on a socket that was lost: the broker
     /// redelivers those messages.
     pub settlements_stale: u64,
-}
-
-/// A broker's HA state, as `HaStatusReply` carries it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HaStatus {
-    /// standalone, joining, catchup, ready, recovering or active.
-    pub state: String,
-    /// The epoch the broker was promoted in; 0 while it has not been.
-    pub epoch: u64,
-    /// Its `ha-brokers-url` (credentials hidden); empty if unset.
-    pub brokers_url: String,
-    /// Its `ha-public-url` (credentials hidden); empty if unset.
-    pub public_url: String,
 }
 
 impl Connection {
@@ -279,9 +267,10 @@ impl Connection {
         check_prefetch(prefetch)?;
         let consumer = self.shared.next_consumer_id();
         let (events, receiver) = mpsc::unbounded_channel();
-        let slot = ConsumerSlot { events, next_tag: Tag(0), queue: queue.to_owned(), prefetch };
-        let (reply, session) = self.shared.subscribe(consumer, slot)?;
-        let result = match reply.await {
+        let slot = ConsumerSlot::new(events, queue.to_owned(), prefetch);
+        let subscription = slot.subscription(consumer);
+        let pending = self.shared.subscribe(consumer, slot)?;
+        let result = match pending.reply.await {
             Ok(result) => result.and_then(|reply| reply.expect_done("subscribe")),
             // The table only drops a waiter by completing it.
             Err(_) => Err(self.shared.closed_error()),
@@ -290,11 +279,11 @@ impl Connection {
             // The socket was lost: the slot stays, so the reconnect subscribes it again.
             Ok(()) | Err(ClientError::Reconnecting { .. }) => {}
             Err(err) => {
-                locked(&self.shared.consumers).remove(&consumer);
+                locked(&self.shared.consumers).remove(consumer);
                 return Err(err);
             }
         }
-        Ok(Consumer::new(Arc::clone(&self.shared), consumer, queue.to_owned(), prefetch, receiver, session))
+        Ok(Consumer::new(Arc::clone(&self.shared), subscription, receiver, pending.session))
     }
 
     /// Closes the connection: what was queued is sent, the socket is shut down, and the call

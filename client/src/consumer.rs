@@ -7,8 +7,8 @@
 //! wait, when a quarter of the prefetch credit is pending, or on `flush` and `cancel`.
 //!
 //! Invariants:
-//! - Deliveries come out in tag order, with consecutive tags from 0 (the reader checks the
-//!   broker's `first_tag` against the subscription's next tag).
+//! - Deliveries come out in tag order, with consecutive tags from 0 (the consumer registry checks
+//!   the broker's `first_tag` against the subscription's next tag).
 //! - Only tags already returned by `recv` can be settled; pending settlements are sent before
 //!   `recv` waits, so a consumer never starves itself of credit.
 //! - The event channel is unbounded in type but bounded by the prefetch: every delivery in it is
@@ -29,6 +29,7 @@ use ringmq_core::frame::{Delivered, Frame, Message, Settlement};
 use ringmq_core::ids::{ConsumerId, Tag};
 use tokio::sync::mpsc;
 
+use crate::consumer_registry::{ConsumerEvent, Subscription};
 use crate::error::ClientError;
 use crate::limits::SETTLE_FLUSH_PREFETCH_DIVISOR;
 use crate::settlement_batch::SettlementBatch;
@@ -165,7 +166,7 @@ impl Consumer {
             Ok(()) => self.shared.request("cancel", |request| Frame::Cancel { request, consumer: id }).await,
             Err(err) => Err(err),
         };
-        locked(&self.shared.consumers).remove(&self.id);
+        locked(&self.shared.consumers).remove(self.id);
         self.batch = Vec::new().into_iter();
         self.end = Some(ConsumerEnd::Cancelled { reason: "cancelled by this client".to_string() });
         match result {
@@ -209,12 +210,11 @@ impl Consumer {
     /// A consumer for a subscription the broker accepted.
     pub(crate) fn new(
         shared: Arc<Shared>,
-        id: ConsumerId,
-        queue: String,
-        prefetch: u32,
+        subscription: Subscription,
         events: mpsc::UnboundedReceiver<ConsumerEvent>,
         session: u64,
     ) -> Consumer {
+        let Subscription { consumer: id, queue, prefetch } = subscription;
         Consumer {
             shared,
             id,
@@ -260,7 +260,11 @@ impl Consumer {
     fn handle_event(&mut self, event: ConsumerEvent) {
         match event {
             ConsumerEvent::Deliveries { first_tag, messages } => {
-                assert_eq!(first_tag.0 + self.session_base, self.next_tag.0, "the reader checks tags are consecutive");
+                assert_eq!(
+                    first_tag.0 + self.session_base,
+                    self.next_tag.0,
+                    "the consumer registry checks tags are consecutive"
+                );
                 assert_eq!(self.batch.len(), 0, "a new frame is taken only when the last is used up");
                 self.batch = messages.into_iter();
             }
@@ -291,46 +295,8 @@ impl Drop for Consumer {
         let _ = self.flush();
         let id = self.id;
         let _ = self.shared.request_detached("cancel", |request| Frame::Cancel { request, consumer: id });
-        locked(&self.shared.consumers).remove(&self.id);
+        locked(&self.shared.consumers).remove(self.id);
     }
-}
-
-/// What the reader task tells a subscription.
-#[derive(Debug)]
-pub(crate) enum ConsumerEvent {
-    /// One `Deliver` frame.
-    Deliveries {
-        /// Tag of the first message.
-        first_tag: Tag,
-        /// The messages.
-        messages: Vec<Delivered>,
-    },
-    /// The broker ended the subscription.
-    Cancelled {
-        /// The broker's reason.
-        reason: String,
-    },
-    /// The connection ended.
-    Closed(ClientError),
-    /// The connection was re-established and the subscription made again on socket session
-    /// `session`; its broker tags start at 0 again.
-    Resubscribed {
-        /// The new session.
-        session: u64,
-    },
-}
-
-/// The reader task's side of a subscription.
-#[derive(Debug)]
-pub(crate) struct ConsumerSlot {
-    /// Where events go.
-    pub(crate) events: mpsc::UnboundedSender<ConsumerEvent>,
-    /// The broker tag the next `Deliver` frame must start at (0 again on each socket session).
-    pub(crate) next_tag: Tag,
-    /// The queue, to subscribe again after a reconnect.
-    pub(crate) queue: String,
-    /// The prefetch, to subscribe again after a reconnect.
-    pub(crate) prefetch: u32,
 }
 
 /// How a subscription ended.

@@ -2,6 +2,9 @@
 //!
 //! Options in `ConnectOptions` may choose values inside these bounds; the bounds themselves come
 //! from `ringmq_core::limits`, so that a client never sends what a broker must refuse.
+//!
+//! Invariants: every bound derived from the broker's is at most the broker's; the defaults lie
+//! inside their bounds; the relationships below hold at compile time (`const _: () = assert!`).
 
 use std::time::Duration;
 

@@ -16,7 +16,7 @@
 //! - Every queued publish holds a reservation in `window`, so the outbox never holds more
 //!   messages than the publish window.
 //! - Nothing is pushed after the outbox stopped accepting (`Draining` or `Stopped`).
-//! - With `retain` (the connection reconnects), every publish stays in `retained` until its
+//! - With `Retention::UntilConfirmed` (the connection reconnects), every publish stays in `retained` until its
 //!   confirm, in sequence order: `retained` holds exactly the seqs `confirmed_next..next` of the
 //!   window. While `Suspended` (the socket was lost, a reconnect is under way) publishes are
 //!   accepted into `retained` only and encoded frames are refused; `resume` starts a new session
@@ -77,6 +77,24 @@ pub(crate) enum PublishPush {
     WindowFull(Message),
 }
 
+/// How long the outbox keeps a publish.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Retention {
+    /// Until the writer took it: the connection does not reconnect, so nothing is re-sent.
+    UntilSent,
+    /// Until its confirm, for re-sending on the next socket session after a reconnect.
+    UntilConfirmed,
+}
+
+/// What `push_in_session` did with a frame of a socket session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SessionPush {
+    /// Its session is the current one: queued.
+    Queued,
+    /// Its session is over: dropped, since its tags would name other deliveries now.
+    Stale,
+}
+
 /// Why the outbox refused an item.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct OutboxClosed;
@@ -99,9 +117,9 @@ pub(crate) struct Outbox {
     publish_head_bytes: usize,
     /// Message vectors the writer emptied, reused for new publish groups.
     spare_messages: Vec<Vec<Message>>,
-    /// Keep every publish until confirmed, for re-sending after a reconnect.
-    retain: bool,
-    /// Unconfirmed publishes in sequence order (only with `retain`).
+    /// How long publishes are kept.
+    retention: Retention,
+    /// Unconfirmed publishes in sequence order (only with `Retention::UntilConfirmed`).
     retained: VecDeque<RetainedRun>,
     /// The id put in every publish's `x-ringmq-dedup` header.
     producer_id: Option<String>,
@@ -126,15 +144,16 @@ impl Outbox {
     /// An open, empty outbox, without retention or producer id.
     #[cfg(test)]
     pub(crate) fn new(publish_window: u64, frame_bytes_max: u32) -> Outbox {
-        Outbox::with_failover(publish_window, frame_bytes_max, false, None)
+        Outbox::with_failover(publish_window, frame_bytes_max, Retention::UntilSent, None)
     }
 
-    /// An open, empty outbox; `retain` keeps unconfirmed publishes for re-sending, `producer_id`
+    /// An open, empty outbox; `retention` says whether unconfirmed publishes are kept for
+    /// re-sending, `producer_id`
     /// stamps every publish with the dedup header.
     pub(crate) fn with_failover(
         publish_window: u64,
         frame_bytes_max: u32,
-        retain: bool,
+        retention: Retention,
         producer_id: Option<String>,
     ) -> Outbox {
         let mut head = BytesMut::new();
@@ -147,7 +166,7 @@ impl Outbox {
             frame_bytes_max,
             publish_head_bytes: head.len(),
             spare_messages: Vec::new(),
-            retain,
+            retention,
             retained: VecDeque::new(),
             producer_id,
             session: 0,
@@ -193,7 +212,7 @@ impl Outbox {
             }
             return Ok(Ok(PublishPush::WindowFull(message)));
         };
-        if self.retain {
+        if self.retention == Retention::UntilConfirmed {
             self.retain_publish(exchange, seq, message.clone());
         }
         if self.state == OutboxState::Suspended {
@@ -237,7 +256,7 @@ impl Outbox {
     pub(crate) fn handle_confirm(&mut self, first: Seq, last: Seq) -> Result<u64, ConfirmRangeError> {
         let released = self.window.handle_confirm(first, last)?;
         let mut left = released;
-        while left > 0 && self.retain {
+        while left > 0 && self.retention == Retention::UntilConfirmed {
             let run = self.retained.front_mut().expect("every unconfirmed publish is retained");
             assert_eq!(run.first_seq.0, last.0 + 1 - left, "retained publishes follow the window");
             let take = left.min(run.messages.len() as u64);
@@ -294,11 +313,11 @@ impl Outbox {
     }
 
     /// Queues an encoded frame that belongs to socket session `session` (a settlement: its tags
-    /// are that session's); drops it, returning `Ok(false)`, when that session is over.
-    pub(crate) fn push_in_session(&mut self, frame: Bytes, session: u64) -> Result<bool, OutboxClosed> {
+    /// are that session's); drops it, returning `SessionPush::Stale`, when that session is over.
+    pub(crate) fn push_in_session(&mut self, frame: Bytes, session: u64) -> Result<SessionPush, OutboxClosed> {
         match self.state {
-            OutboxState::Open if self.session == session => self.push_encoded(frame).map(|()| true),
-            OutboxState::Open | OutboxState::Suspended => Ok(false),
+            OutboxState::Open if self.session == session => self.push_encoded(frame).map(|()| SessionPush::Queued),
+            OutboxState::Open | OutboxState::Suspended => Ok(SessionPush::Stale),
             OutboxState::Draining | OutboxState::Stopped => Err(OutboxClosed),
         }
     }
@@ -461,7 +480,7 @@ mod tests {
         // Goal: a reconnect re-sends exactly the unconfirmed publishes, in order, with their own
         // seqs and dedup stamps, after the frames of the new session; publishes made while
         // suspended join them.
-        let mut outbox = Outbox::with_failover(10, 1 << 20, true, Some("p1".into()));
+        let mut outbox = Outbox::with_failover(10, 1 << 20, Retention::UntilConfirmed, Some("p1".into()));
         for body in [b"a", b"b", b"c"] {
             queued(outbox.push_publish("x", message(body)));
         }
@@ -469,7 +488,7 @@ mod tests {
         outbox.suspend("lost".into());
         assert!(outbox.is_empty());
         assert!(outbox.push_encoded(Bytes::from_static(b"f")).is_err());
-        assert_eq!(outbox.push_in_session(Bytes::from_static(b"s"), 0), Ok(false));
+        assert_eq!(outbox.push_in_session(Bytes::from_static(b"s"), 0), Ok(SessionPush::Stale));
         assert_eq!(queued(outbox.push_publish("y", message(b"d"))), Seq(3));
         assert_eq!(outbox.resume(vec![Bytes::from_static(b"subscribe")]), Some(1));
         let mut items = Vec::new();
@@ -494,8 +513,8 @@ mod tests {
             ]
         );
         // Old-session settlements are dropped, new ones go.
-        assert_eq!(outbox.push_in_session(Bytes::from_static(b"s"), 0), Ok(false));
-        assert_eq!(outbox.push_in_session(Bytes::from_static(b"s"), 1), Ok(true));
+        assert_eq!(outbox.push_in_session(Bytes::from_static(b"s"), 0), Ok(SessionPush::Stale));
+        assert_eq!(outbox.push_in_session(Bytes::from_static(b"s"), 1), Ok(SessionPush::Queued));
         // Confirms release the retained ones across runs.
         assert_eq!(outbox.handle_confirm(Seq(1), Seq(3)), Ok(3));
         assert!(outbox.retained.is_empty());

@@ -43,8 +43,8 @@ impl Publisher {
     /// queued, no sequence number is used); the connection's cause when it ended.
     pub async fn publish(&self, exchange: &str, message: Message) -> Result<Seq, ClientError> {
         let mut message = match self.try_publish(exchange, message)? {
-            Ok(seq) => return Ok(seq),
-            Err(message) => message,
+            PublishPush::Queued(seq) => return Ok(seq),
+            PublishPush::WindowFull(message) => message,
         };
         loop {
             // Enable the wake-up before looking, so a confirm between the look and the wait is
@@ -52,8 +52,8 @@ impl Publisher {
             let mut wake = pin!(self.shared.confirm_wake.notified());
             wake.as_mut().enable();
             message = match self.try_publish(exchange, message)? {
-                Ok(seq) => return Ok(seq),
-                Err(message) => message,
+                PublishPush::Queued(seq) => return Ok(seq),
+                PublishPush::WindowFull(message) => message,
             };
             wake.await;
         }
@@ -124,7 +124,10 @@ impl Publisher {
     }
 
     /// Queues the message if the window has room, else hands it back; never waits.
-    pub(crate) fn try_publish(&self, exchange: &str, message: Message) -> Result<Result<Seq, Message>, ClientError> {
+    ///
+    /// # Errors
+    /// As `publish`.
+    pub(crate) fn try_publish(&self, exchange: &str, message: Message) -> Result<PublishPush, ClientError> {
         let (push, wake) = {
             let mut outbox = locked(&self.shared.outbox);
             let push = outbox.push_publish(exchange, message)?;
@@ -134,10 +137,6 @@ impl Publisher {
         if wake {
             self.shared.writer_wake.notify_one();
         }
-        match push {
-            Ok(PublishPush::Queued(seq)) => Ok(Ok(seq)),
-            Ok(PublishPush::WindowFull(message)) => Ok(Err(message)),
-            Err(_closed) => Err(self.shared.closed_error()),
-        }
+        push.map_err(|_closed| self.shared.closed_error())
     }
 }

@@ -2,9 +2,9 @@
 //!
 //! It reads into one `BytesMut`, decodes every complete frame with the zero-copy codec (message
 //! fields are slices of the read buffer) and hands each to its waiter: replies to the request
-//! table, `Deliver` frames to their subscription (one channel send per frame), `Confirm` ranges
-//! to the publish window and the confirm queue. Confirms of all the frames decoded from one read
-//! are applied together, under one lock each.
+//! table, `Deliver` frames to their subscription through the consumer registry (one channel send
+//! per frame), `Confirm` ranges to the publish window and the confirm queue. Confirms of all the
+//! frames decoded from one read are applied together, under one lock each.
 //!
 //! Invariants:
 //! - Any frame the broker may not send, a `Deliver` whose first tag is not the subscription's
@@ -25,8 +25,9 @@ use tokio::io::AsyncReadExt;
 use tokio::net::tcp::OwnedReadHalf;
 use tokio::time::Instant;
 
-use crate::consumer::ConsumerEvent;
+use crate::consumer_registry::{ConsumerEvent, DeliverOutcome};
 use crate::error::ClientError;
+use crate::ha_status::HaStatus;
 use crate::limits::{CLOSE_LINGER, READ_BUFFER_BYTES, READ_CHUNK_BYTES_MIN};
 use crate::request_table::Reply;
 use crate::shared::{locked, Shared};
@@ -139,42 +140,24 @@ fn dispatch(shared: &Shared, frame: Frame, confirms: &mut Vec<ConfirmRange>) -> 
         Frame::QueueListReply { request, queues } => complete(shared, request, Ok(Reply::Queues(queues))),
         Frame::ExchangeListReply { request, exchanges } => complete(shared, request, Ok(Reply::Exchanges(exchanges))),
         Frame::HaStatusReply { request, state, epoch, brokers_url, public_url } => {
-            let status = crate::connection::HaStatus { state, epoch, brokers_url, public_url };
+            let status = HaStatus { state, epoch, brokers_url, public_url };
             complete(shared, request, Ok(Reply::HaStatus(status)))
         }
         Frame::Confirm { ranges } => confirms.extend(ranges),
         Frame::Deliver { consumer, first_tag, messages } => {
-            let mut consumers = locked(&shared.consumers);
-            let Some(slot) = consumers.get_mut(&consumer) else {
-                drop(consumers);
-                shared.deliveries_after_cancel.fetch_add(messages.len() as u64, Ordering::Relaxed);
-                tracing::debug!(
-                    consumer = consumer.0,
-                    count = messages.len(),
-                    "deliveries for a cancelled subscription"
-                );
-                return Ok(());
-            };
-            if first_tag != slot.next_tag {
-                return Err(ClientError::Protocol {
-                    reason: format!(
-                        "deliver to consumer {} must start at tag {}; got {}",
-                        consumer.0, slot.next_tag.0, first_tag.0
-                    ),
-                });
-            }
-            slot.next_tag.0 += messages.len() as u64;
-            if slot.events.send(ConsumerEvent::Deliveries { first_tag, messages }).is_err() {
-                // The consumer was dropped between its cancel and the removal of its slot; its
-                // cancel returns these to the queue.
-                consumers.remove(&consumer);
+            let outcome = locked(&shared.consumers).handle_deliver(consumer, first_tag, messages);
+            match outcome.map_err(|err| ClientError::Protocol { reason: err.to_string() })? {
+                DeliverOutcome::Delivered | DeliverOutcome::ConsumerGone => {}
+                DeliverOutcome::AfterCancel { count } => {
+                    shared.deliveries_after_cancel.fetch_add(count as u64, Ordering::Relaxed);
+                    tracing::debug!(consumer = consumer.0, count, "deliveries for a cancelled subscription");
+                }
             }
         }
         Frame::ConsumerCancelled { consumer, reason } => {
-            let slot = locked(&shared.consumers).remove(&consumer);
+            let slot = locked(&shared.consumers).remove(consumer);
             match slot {
-                // A consumer that was dropped has nobody to tell.
-                Some(slot) => drop(slot.events.send(ConsumerEvent::Cancelled { reason })),
+                Some(slot) => slot.tell(ConsumerEvent::Cancelled { reason }),
                 None => {
                     tracing::debug!(consumer = consumer.0, "broker cancelled a subscription already cancelled here")
                 }

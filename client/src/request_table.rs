@@ -17,6 +17,7 @@ use ringmq_core::ids::RequestId;
 use tokio::sync::oneshot;
 
 use crate::error::ClientError;
+use crate::ha_status::HaStatus;
 
 /// What a successful request returned.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -28,7 +29,7 @@ pub(crate) enum Reply {
     /// `ExchangeListReply`.
     Exchanges(Vec<ExchangeInfo>),
     /// `HaStatusReply`.
-    HaStatus(crate::connection::HaStatus),
+    HaStatus(HaStatus),
 }
 
 impl Reply {

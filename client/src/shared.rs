@@ -1,8 +1,16 @@
-//! The state one connection shares between the caller's handles and its two background tasks.
+//! The state one connection shares between the caller's handles and its background tasks.
 //!
-//! `Connection`, `Publisher` and every `Consumer` hold an `Arc<Shared>`; so do the reader task
-//! (which completes requests, releases the publish window and hands deliveries to consumers) and
-//! the writer task (which drains the outbox into the socket).
+//! `Connection`, `Publisher` and every `Consumer` hold an `Arc<Shared>`; so do the supervisor,
+//! the reader task (which completes requests, releases the publish window and hands deliveries
+//! to consumers) and the writer task (which drains the outbox into the socket).
+//!
+//! Owns: the outbox (`outbox.rs`, with the publish window), the confirm queue
+//! (`confirm_queue.rs`), the request table (`request_table.rs`), the consumer registry
+//! (`consumer_registry.rs`), the wake-ups between them, the close cause and the counters of
+//! ignored input. Each of those types is defined in its own module, which imports nothing of
+//! `Shared`: dependencies point from the handles and tasks to `Shared`, and from `Shared` to the
+//! state it holds, never back. What `Shared` adds is what spans several of them at once (a
+//! subscription registered and its request queued; a close that completes every waiter).
 //!
 //! Locks are `std::sync::Mutex`, held for a few instructions and never across an `.await`, and
 //! never two at a time (every path takes one, releases it, then takes the next), except
@@ -21,22 +29,21 @@
 //!   starts the next socket session with every active subscription re-sent, then every
 //!   unconfirmed publish. `closed` is set only when the caller closes or reconnecting gives up.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, OnceLock};
 
 use bytes::{Bytes, BytesMut};
 use ringmq_core::codec;
 use ringmq_core::frame::Frame;
-use ringmq_core::ids::{ConsumerId, RequestId, Tag};
+use ringmq_core::ids::{ConsumerId, RequestId};
 use tokio::sync::{oneshot, Notify};
 
 use crate::confirm_queue::ConfirmQueue;
-use crate::consumer::{ConsumerEvent, ConsumerSlot};
+use crate::consumer_registry::{ConsumerEvent, ConsumerRegistry, ConsumerSlot};
 use crate::error::ClientError;
 use crate::options::ConnectOptions;
-use crate::outbox::{Outbox, OutboxState};
-use crate::request_table::{Reply, RequestTable};
+use crate::outbox::{Outbox, OutboxState, Retention, SessionPush};
+use crate::request_table::{Reply, ReplyResult, RequestTable};
 
 /// One connection's shared state.
 #[derive(Debug)]
@@ -56,7 +63,7 @@ pub(crate) struct Shared {
     /// Requests waiting for replies.
     pub(crate) requests: Mutex<RequestTable>,
     /// Subscriptions by id.
-    pub(crate) consumers: Mutex<HashMap<ConsumerId, ConsumerSlot>>,
+    pub(crate) consumers: Mutex<ConsumerRegistry>,
     /// The cause the connection ended with; set once.
     pub(crate) closed: OnceLock<ClientError>,
     /// Wakes the reader when the connection starts closing, so it stops after a linger.
@@ -86,7 +93,16 @@ pub(crate) struct Resubscription {
     /// The subscription.
     pub(crate) consumer: ConsumerId,
     /// The broker's reply to the new `Subscribe`.
-    pub(crate) reply: oneshot::Receiver<Result<Reply, ClientError>>,
+    pub(crate) reply: oneshot::Receiver<ReplyResult>,
+}
+
+/// A `Subscribe` queued by `Shared::subscribe`, and the wait for its reply.
+#[derive(Debug)]
+pub(crate) struct PendingSubscribe {
+    /// The broker's reply.
+    pub(crate) reply: oneshot::Receiver<ReplyResult>,
+    /// The socket session the subscription's deliveries and settlements belong to.
+    pub(crate) session: u64,
 }
 
 impl Shared {
@@ -95,7 +111,7 @@ impl Shared {
         let outbox = Outbox::with_failover(
             options.publish_window,
             options.frame_bytes_max,
-            options.reconnect,
+            if options.reconnect { Retention::UntilConfirmed } else { Retention::UntilSent },
             options.producer_id.clone(),
         );
         Shared {
@@ -105,7 +121,7 @@ impl Shared {
             confirms: Mutex::new(ConfirmQueue::default()),
             confirm_wake: Notify::new(),
             requests: Mutex::new(RequestTable::default()),
-            consumers: Mutex::new(HashMap::new()),
+            consumers: Mutex::new(ConsumerRegistry::default()),
             closed: OnceLock::new(),
             closing: Notify::new(),
             next_consumer: AtomicU32::new(0),
@@ -139,24 +155,24 @@ impl Shared {
         let mut consumers = locked(&self.consumers);
         let mut frames: Vec<Bytes> = Vec::new();
         let mut waits = Vec::new();
-        for (id, slot) in consumers.iter_mut() {
-            slot.next_tag = Tag(0);
+        for subscription in consumers.restart() {
             let (waiter, reply) = oneshot::channel();
             let request = locked(&self.requests).register(waiter);
-            let frame = Frame::Subscribe { request, consumer: *id, queue: slot.queue.clone(), prefetch: slot.prefetch };
+            let frame = Frame::Subscribe {
+                request,
+                consumer: subscription.consumer,
+                queue: subscription.queue,
+                prefetch: subscription.prefetch,
+            };
             let mut bytes = BytesMut::new();
             codec::encode(&frame, &mut bytes);
             frames.push(bytes.freeze());
-            waits.push(Resubscription { consumer: *id, reply });
+            waits.push(Resubscription { consumer: subscription.consumer, reply });
         }
         let session = locked(&self.outbox).resume(frames)?;
         self.reconnects.fetch_add(1, Ordering::Relaxed);
-        for wait in &waits {
-            if let Some(slot) = consumers.get(&wait.consumer) {
-                // A consumer that was dropped has nobody to tell.
-                let _ = slot.events.send(ConsumerEvent::Resubscribed { session });
-            }
-        }
+        // The lock is held since `restart`: the slots told are exactly the ones re-sent.
+        consumers.tell_resubscribed(session);
         Some(waits)
     }
 
@@ -167,21 +183,17 @@ impl Shared {
     ///
     /// # Errors
     /// The close cause when closed (nothing is registered then).
-    pub(crate) fn subscribe(
-        &self,
-        consumer: ConsumerId,
-        slot: ConsumerSlot,
-    ) -> Result<(oneshot::Receiver<Result<Reply, ClientError>>, u64), ClientError> {
+    pub(crate) fn subscribe(&self, consumer: ConsumerId, slot: ConsumerSlot) -> Result<PendingSubscribe, ClientError> {
         let mut consumers = locked(&self.consumers);
         self.check_open()?;
-        let (queue, prefetch) = (slot.queue.clone(), slot.prefetch);
+        let subscription = slot.subscription(consumer);
         // Registered before the request goes out: deliveries may follow the `Ok` at once.
-        let previous = consumers.insert(consumer, slot);
-        assert!(previous.is_none(), "consumer id {} reused", consumer.0);
+        consumers.insert(consumer, slot);
         let (waiter, reply) = oneshot::channel();
         let request = locked(&self.requests).register(waiter);
         let mut bytes = BytesMut::new();
-        codec::encode(&Frame::Subscribe { request, consumer, queue, prefetch }, &mut bytes);
+        let frame = Frame::Subscribe { request, consumer, queue: subscription.queue, prefetch: subscription.prefetch };
+        codec::encode(&frame, &mut bytes);
         let mut outbox = locked(&self.outbox);
         let session = outbox.session();
         match outbox.push_encoded(bytes.freeze()) {
@@ -194,7 +206,7 @@ impl Shared {
                 let cause = match outbox.state() {
                     OutboxState::Suspended => ClientError::Reconnecting { cause: outbox.suspended_cause().to_string() },
                     _ => {
-                        consumers.remove(&consumer);
+                        consumers.remove(consumer);
                         self.closed_error()
                     }
                 };
@@ -203,7 +215,7 @@ impl Shared {
                 let _ = locked(&self.requests).complete(request, Err(cause));
             }
         }
-        Ok((reply, session))
+        Ok(PendingSubscribe { reply, session })
     }
 
     /// Queues a settle frame of socket session `session`; drops it (counted) when that session
@@ -217,8 +229,8 @@ impl Shared {
         let wake = {
             let mut outbox = locked(&self.outbox);
             match outbox.push_in_session(bytes.freeze(), session) {
-                Ok(true) => outbox.take_writer_wake(),
-                Ok(false) => {
+                Ok(SessionPush::Queued) => outbox.take_writer_wake(),
+                Ok(SessionPush::Stale) => {
                     self.settlements_stale.fetch_add(1, Ordering::Relaxed);
                     false
                 }
@@ -248,10 +260,9 @@ impl Shared {
         locked(&self.outbox).close(if graceful { OutboxState::Draining } else { OutboxState::Stopped });
         self.writer_wake.notify_one();
         locked(&self.requests).fail_all(&cause);
-        let slots: Vec<ConsumerSlot> = locked(&self.consumers).drain().map(|(_, slot)| slot).collect();
+        let slots = locked(&self.consumers).take_all();
         for slot in slots {
-            // A consumer that was dropped has nobody to tell.
-            let _ = slot.events.send(ConsumerEvent::Closed(cause.clone()));
+            slot.tell(ConsumerEvent::Closed(cause.clone()));
         }
         self.confirm_wake.notify_waiters();
         self.closing.notify_one();
@@ -348,7 +359,7 @@ impl Shared {
         result
     }
 
-    fn register_request(&self, waiter: oneshot::Sender<Result<Reply, ClientError>>) -> Result<RequestId, ClientError> {
+    fn register_request(&self, waiter: oneshot::Sender<ReplyResult>) -> Result<RequestId, ClientError> {
         let mut requests = locked(&self.requests);
         self.check_open()?;
         Ok(requests.register(waiter))

@@ -30,7 +30,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use crate::broker_list::learned_from_public_url;
-use crate::consumer::ConsumerEvent;
+use crate::consumer_registry::ConsumerEvent;
 use crate::error::ClientError;
 use crate::failover::{Failover, Step};
 use crate::limits::READ_BUFFER_BYTES;
@@ -198,10 +198,9 @@ async fn await_resubscription(shared: Arc<Shared>, resubscription: Resubscriptio
         Ok(Ok(other)) => other.unexpected("subscribe").to_string(),
         Ok(Err(error)) => format!("subscribing again after a reconnect failed: {error}"),
     };
-    let slot = locked(&shared.consumers).remove(&resubscription.consumer);
+    let slot = locked(&shared.consumers).remove(resubscription.consumer);
     if let Some(slot) = slot {
-        // A consumer that was dropped has nobody to tell.
-        let _ = slot.events.send(ConsumerEvent::Cancelled { reason });
+        slot.tell(ConsumerEvent::Cancelled { reason });
     }
 }
 
