@@ -355,8 +355,8 @@ impl ConfigCoordinator {
         };
         let promoted = ConfigChange::HaState { state: recovering, epoch, cause: TransitionCause::Promoted };
         if self.expected_backups > 0 {
-            // Recovering until the expected backups are ready again or time out (the transport
-            // decides, with `HaTransition`).
+            // Recovering until the expected backups are ready again or time out (shard 0's HA
+            // node decides, with `HaTransition`).
             return Ok(vec![promoted]);
         }
         let active = transition(recovering, BrokerState::Active, TransitionCause::ExpectedBackupsSettled)

@@ -18,7 +18,7 @@
 //! (`ringmq ha replicate`) carries that cluster's epochs and needs its own clock.
 //!
 //! Not here: carrying the epoch on the wire, persisting it, or acting on the answers (dropping a
-//! link, refusing clients); the transport and the primary and backup state machines do that.
+//! link, refusing clients); the HA layer's primary and backup state machines (`ringmq-ha`) do that.
 //!
 //! Invariants:
 //! - `highest` never decreases; `Epoch(0)` means no promotion has been seen.

@@ -13,15 +13,15 @@
 //! without the admin flag gets an `Error` `NotPrimary` and is closed, and an admin connection's
 //! requests that would change a replicated object get `Failed` `NotPrimary` (a publish: a confirm
 //! with outcome `Rejected` `NotPrimary`). A backup link (preamble flag `PREAMBLE_FLAG_BACKUP`) is
-//! admitted only by a primary, and may send only heartbeats until replication exists; the
-//! transport runs its heartbeats (`is_backup_link`).
+//! admitted only by a primary, and may send only `hello` and heartbeats here: once admitted, the
+//! HA layer takes it over (`handle_link_detached`) and speaks the replication link protocol on it.
 //!
 //! Replication (see `replication`, `replication_level`): every queue has a level, decided by the
 //! coordinator at declare. While this broker is a primary (`recovering`, `active`; never
 //! standalone, never a backup), the owner of a replicated queue reports each change it makes to
 //! it, in order, through `poll_replication`: creation and deletion for levels `configuration` and
 //! `all`, each stored and each removed message (ack, reject, purge) for `all`. A message stored
-//! in an `all` queue while the transport has backup streams on this shard (`set_replica_holds`)
+//! in an `all` queue while the HA layer has backup streams on this shard (`set_replica_holds`)
 //! holds its publish's confirm: the producer's tracker takes that many holds before the target is
 //! counted, and each is released by `handle_holds_released` once a stream's backup confirmed it.
 //! Such a message is also *gated* (`Queue::gate_delivery`): it is delivered to consumers only once
@@ -63,7 +63,8 @@
 //! keys of what they apply, so a promoted backup suppresses re-sends of messages it received by
 //! replication.
 //!
-//! Not here: sockets, rings, threads; the transport carries bytes and messages in and out.
+//! Not here: sockets, rings, threads (the IO shell carries bytes and messages in and out), and
+//! the replication protocol itself (`ringmq-ha`).
 //!
 //! Invariants:
 //! - A queue is owned by exactly one shard, `shard_of(name)`; only that shard holds its `Queue`.
@@ -309,7 +310,7 @@ impl Shard {
     }
 
     /// Whether `conn` is an admitted backup link (it opened with `PREAMBLE_FLAG_BACKUP` and this
-    /// broker is its primary). The transport runs the link's heartbeats for it.
+    /// broker is its primary), until the HA layer takes it over (`handle_link_detached`).
     pub fn is_backup_link(&self, conn: ConnId) -> bool {
         self.sessions.get(&conn).is_some_and(|s| s.kind == Some(ConnectionKind::BackupLink) && !s.closing)
     }
@@ -535,8 +536,8 @@ impl Shard {
         out.append(&mut self.replication);
     }
 
-    /// How many backup streams on this shard hold each new enqueue's confirm; the transport keeps
-    /// it equal to its number of streams here. Each of them must release each hold once.
+    /// How many holders (backup streams, expected backups) on this shard hold each new enqueue's
+    /// confirm; the HA layer keeps it equal to their number (`ShardNode::change_holders`). Each of them must release each hold once.
     pub fn set_replica_holds(&mut self, holds: u32) {
         self.replica_holds = holds;
     }
@@ -931,7 +932,7 @@ impl Shard {
     fn handle_frame(&mut self, conn: ConnId, frame: Frame) {
         let origin = self.conn_ref(conn);
         if self.is_backup_link(conn) && frame != Frame::Heartbeat {
-            // No replication yet: a backup link carries heartbeats only.
+            // Before the HA layer takes it over, a backup link carries heartbeats only.
             let message = format!("a backup link may send only heartbeat; got {}", frame.name());
             self.fail_connection(conn, ErrorCode::UnexpectedFrame, message);
             return;
