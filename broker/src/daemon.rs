@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use ringmq_core::ha_view::HaSettings;
 use ringmq_core::shard::ShardConfig;
-use ringmq_ha::shard_node::NodeConfig;
+use ringmq_ha::node::shard_node::NodeConfig;
 use ringmq_transport::runtime::{start, TransportConfig};
 
 use crate::config::{is_listen_address, option_table, BrokerConfig};

@@ -69,23 +69,11 @@
 //! - A broker takes only the transitions in `broker_state`'s table.
 //! - A backup never applies a record from an epoch older than the highest it has seen.
 
-pub mod backup_link;
-mod backup_session;
-pub mod backup_stream;
-mod epoch_watch;
+pub mod backup;
 pub mod limits;
-pub mod link_frame;
-pub mod link_heartbeat;
-pub mod membership;
-pub mod node_output;
-pub mod node_shell;
-pub mod primary_replication;
-mod primary_role;
-pub mod primary_stream;
-mod ready_lease;
-pub mod record;
-mod served_links;
-pub mod shard_node;
+pub mod link;
+pub mod node;
+pub mod primary;
 pub mod url;
 
 pub use ringmq_core::{broker_state, epoch, replication_level};

@@ -23,7 +23,7 @@ use ringmq_core::ids::{ConnId, ConsumerId, RequestId, Seq, ShardId};
 use ringmq_core::replication::{Hold, ReplicationEvent};
 use ringmq_core::replication_level::ReplicationLevel;
 use ringmq_core::shard::{Shard, ShardConfig};
-use ringmq_ha::primary_replication::PrimaryReplication;
+use ringmq_ha::primary::replication::PrimaryReplication;
 
 /// The admin connection that promotes.
 const ADMIN: u32 = 99;

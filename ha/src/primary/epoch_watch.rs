@@ -24,8 +24,8 @@ use std::time::{Duration, Instant};
 use ringmq_core::broker_state::{BrokerState, TransitionCause};
 use ringmq_core::epoch::Epoch;
 
-use crate::node_output::NodeOutput;
-use crate::shard_node::ShardNode;
+use crate::node::output::NodeOutput;
+use crate::node::shard_node::ShardNode;
 
 /// When shard 0 probes its peers next.
 #[derive(Debug)]

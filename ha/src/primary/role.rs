@@ -36,10 +36,10 @@ use ringmq_core::broker_state::{BrokerState, TransitionCause};
 use ringmq_core::ids::ConnId;
 
 use crate::limits::LEASE_CLOCK_ALLOWANCE_MAX;
-use crate::link_frame::LinkFrame;
-use crate::membership::Membership;
-use crate::node_output::{NodeControl, NodeOutput};
-use crate::shard_node::ShardNode;
+use crate::link::frame::LinkFrame;
+use crate::node::output::{NodeControl, NodeOutput};
+use crate::node::shard_node::ShardNode;
+use crate::primary::membership::Membership;
 
 /// Shard 0's view of the cluster while this broker is a primary.
 #[derive(Debug)]

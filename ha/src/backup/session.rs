@@ -32,15 +32,15 @@ use ringmq_core::frame::{Frame, Preamble, PREAMBLE_FLAG_BACKUP, PROTOCOL_VERSION
 use ringmq_core::ids::ConnId;
 use ringmq_core::shard::Shard;
 
-use crate::backup_link::{BackupLink, LinkStatus};
-use crate::backup_stream::{BackupStream, IgnoreReason};
+use crate::backup::link::{BackupLink, LinkStatus};
+use crate::backup::ready_lease::LeaseRequests;
+use crate::backup::stream::{BackupStream, IgnoreReason};
 use crate::limits::{BATCH_BYTES_MAX, HOLDINGS_QUEUES_MAX, HOLDINGS_RANGES_MAX, LINK_SILENT_INTERVALS_MAX};
-use crate::link_frame::{decode_link_frame, LinkFrame, LinkOpen};
-use crate::link_heartbeat::{HeartbeatAction, LinkHeartbeat};
-use crate::node_output::{NodeControl, NodeOutput, Outputs};
-use crate::ready_lease::LeaseRequests;
-use crate::record::{encode_confirm, Batch};
-use crate::shard_node::NodeConfig;
+use crate::link::frame::{decode_link_frame, LinkFrame, LinkOpen};
+use crate::link::heartbeat::{HeartbeatAction, LinkHeartbeat};
+use crate::link::record::{encode_confirm, Batch};
+use crate::node::output::{NodeControl, NodeOutput, Outputs};
+use crate::node::shard_node::NodeConfig;
 
 /// A backup shard's link to the primary. See the module doc.
 #[derive(Debug)]

@@ -17,7 +17,7 @@ use ringmq_core::frame::{ErrorCode, Frame};
 use ringmq_core::ids::{ConnId, ShardId};
 use ringmq_core::shard_message::ShardMessage;
 
-use crate::link_frame::{encode_link_frame, LinkFrame, LinkOpen};
+use crate::link::frame::{encode_link_frame, LinkFrame, LinkOpen};
 
 /// One thing for the IO shell to do.
 #[derive(Debug)]

@@ -29,11 +29,11 @@ use ringmq_core::frame::{ErrorCode, Frame};
 use ringmq_core::ids::ConnId;
 
 use crate::limits::{BATCH_BYTES_MAX, LINK_SILENT_INTERVALS_MAX};
-use crate::link_frame::{decode_link_frame, LinkAccepted, LinkFrame, LinkOpen};
-use crate::link_heartbeat::{HeartbeatAction, LinkHeartbeat};
-use crate::node_output::{NodeControl, NodeOutput};
-use crate::record::encode_batch;
-use crate::shard_node::ShardNode;
+use crate::link::frame::{decode_link_frame, LinkAccepted, LinkFrame, LinkOpen};
+use crate::link::heartbeat::{HeartbeatAction, LinkHeartbeat};
+use crate::link::record::encode_batch;
+use crate::node::output::{NodeControl, NodeOutput};
+use crate::node::shard_node::ShardNode;
 
 /// The backup links of one shard, by connection (ordered, so that outputs come in one order).
 #[derive(Debug, Default)]

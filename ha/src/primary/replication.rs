@@ -149,8 +149,8 @@ use ringmq_core::replication::Position;
 pub use ringmq_core::replication::ReplicationEvent;
 
 use crate::limits::{BACKUPS_MAX, BATCHES_UNCONFIRMED_MAX, BATCH_HEADER_BYTES, BATCH_MESSAGES_MAX};
-use crate::primary_stream::{ConfirmError, HeldRecord, Hold, PrimaryStream, StreamOverflow};
-use crate::record::{Batch, Record, StreamSeq};
+use crate::link::record::{Batch, Record, StreamSeq};
+use crate::primary::stream::{ConfirmError, HeldRecord, Hold, PrimaryStream, StreamOverflow};
 
 /// The transport's id of one link connection.
 pub type LinkId = u64;
@@ -946,7 +946,7 @@ mod tests {
 
     use super::*;
     use crate::limits::{STREAM_PENDING_MAX, STREAM_PENDING_PAUSE};
-    use crate::record::{Position, Record};
+    use crate::link::record::{Position, Record};
 
     const BYTES: usize = 64 * 1024;
 

@@ -41,13 +41,13 @@ use ringmq_core::replication::{Hold, ReplicationEvent};
 use ringmq_core::shard::Shard;
 use ringmq_core::shard_message::ShardMessage;
 
-use crate::backup_session::BackupSession;
-use crate::epoch_watch::EpochWatch;
-use crate::link_frame::LinkOpen;
-use crate::node_output::{NodeControl, NodeOutput, Outputs};
-use crate::primary_replication::PrimaryReplication;
-use crate::primary_role::PrimaryRole;
-use crate::served_links::ServedLinks;
+use crate::backup::session::BackupSession;
+use crate::link::frame::LinkOpen;
+use crate::node::output::{NodeControl, NodeOutput, Outputs};
+use crate::primary::epoch_watch::EpochWatch;
+use crate::primary::replication::PrimaryReplication;
+use crate::primary::role::PrimaryRole;
+use crate::primary::served_links::ServedLinks;
 
 /// A shard's HA settings.
 #[derive(Debug, Clone)]

@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 use ringmq_core::broker_state::{BrokerState, TransitionCause};
 
 use crate::limits::LEASE_REQUESTS_PER_TIMEOUT;
-use crate::shard_node::ShardNode;
+use crate::node::shard_node::ShardNode;
 
 /// Lease requests not answered that a backup remembers; older ones are forgotten (their grants,
 /// should they come, are then ignored, which only shortens the lease).
