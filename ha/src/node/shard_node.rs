@@ -43,6 +43,7 @@ use ringmq_core::shard_message::ShardMessage;
 
 use crate::backup::session::BackupSession;
 use crate::link::frame::LinkOpen;
+use crate::link::LinkId;
 use crate::node::output::{NodeControl, NodeOutput, Outputs};
 use crate::primary::epoch_watch::EpochWatch;
 use crate::primary::replication::PrimaryReplication;
@@ -96,7 +97,7 @@ pub struct ShardNode {
     /// Scratch for `settle`: replication events and released holds.
     scratch: (Vec<ReplicationEvent>, Vec<Hold>),
     /// Scratch for `send_batches`: the links to write batches to.
-    pub(crate) batch_links: Vec<u64>,
+    pub(crate) batch_links: Vec<LinkId>,
     /// The core's messages for other shards, taken out for `poll_output`, not handed out yet.
     peer_outbox: VecDeque<(ShardId, ShardMessage)>,
 }

@@ -32,6 +32,7 @@ use crate::limits::{BATCH_BYTES_MAX, LINK_SILENT_INTERVALS_MAX};
 use crate::link::frame::{decode_link_frame, LinkAccepted, LinkFrame, LinkOpen};
 use crate::link::heartbeat::{HeartbeatAction, LinkHeartbeat};
 use crate::link::record::encode_batch;
+use crate::link::LinkId;
 use crate::node::output::{NodeControl, NodeOutput};
 use crate::node::shard_node::ShardNode;
 
@@ -89,7 +90,7 @@ impl ShardNode {
         }
         let Some(served) = self.served.served.get_mut(&conn) else { return };
         served.heartbeat.handle_received(now);
-        let link = u64::from(conn.0);
+        let link = LinkId(conn);
         loop {
             let reason = match decode_link_frame(buf, BATCH_BYTES_MAX) {
                 Ok(None) => return,
@@ -212,7 +213,7 @@ impl ShardNode {
                 tracing::info!(backup = %open.backup, shard = open.shard, "catch-up: full resync of {} messages", diff.sent)
             }
         }
-        self.change_holders(|replication| replication.handle_link_opened(u64::from(conn.0), &open.backup, snapshot));
+        self.change_holders(|replication| replication.handle_link_opened(LinkId(conn), &open.backup, snapshot));
         self.send_control(0, NodeControl::LinkOpened { backup: open.backup.clone(), shard: open.shard, conn });
         self.outputs.write_link_frame(conn, &LinkFrame::Accepted(LinkAccepted { epoch, shard_count }));
         Ok(())
@@ -227,8 +228,8 @@ impl ShardNode {
         let Some(served) = self.served.served.remove(&conn) else { return };
         // Changes made before the loss still go to this stream, so their holds come back with it.
         self.settle();
-        let kept = self.replication.is_some()
-            && self.change_holders(|replication| replication.handle_link_lost(u64::from(conn.0)));
+        let kept =
+            self.replication.is_some() && self.change_holders(|replication| replication.handle_link_lost(LinkId(conn)));
         let shard = self.shard.id().0;
         tracing::warn!(backup = %served.backup, shard, kept, "backup link lost: {reason}");
         self.send_control(0, NodeControl::LinkLost { backup: served.backup, shard, conn, kept });
@@ -242,7 +243,7 @@ impl ShardNode {
         self.batch_links.clear();
         self.batch_links.extend(replication.links());
         for &link in &self.batch_links {
-            let conn = ConnId(link as u32);
+            let LinkId(conn) = link;
             let mut bytes = BytesMut::new();
             while let Some(batch) = replication.poll_batch(link, BATCH_BYTES_MAX as usize) {
                 // One allocation per batch: growing the buffer while encoding copied it again and again.
@@ -256,11 +257,11 @@ impl ShardNode {
         }
         let mut caught_up = Vec::new();
         while let Some((link, backup)) = replication.poll_caught_up() {
-            caught_up.push((backup, ConnId(link as u32)));
+            caught_up.push((backup, link.0));
         }
         let mut overflowed = Vec::new();
         while let Some(link) = replication.poll_overflowed() {
-            overflowed.push(ConnId(link as u32));
+            overflowed.push(link.0);
         }
         let shard = self.shard.id().0;
         for (backup, conn) in caught_up {

@@ -47,8 +47,8 @@ use ringmq_core::epoch::Epoch;
 use ringmq_core::frame::Message;
 use ringmq_core::replication::{Position, ReplicationEvent};
 
-use super::LinkId;
 use crate::limits::{BATCHES_UNCONFIRMED_MAX, BATCH_HEADER_BYTES, BATCH_MESSAGES_MAX};
+use crate::link::LinkId;
 use crate::primary::stream::{HeldRecord, Hold, PrimaryStream, StreamOverflow};
 
 /// One backup's link to this shard.
@@ -349,32 +349,32 @@ mod tests {
         // carrying the last snapshot message is confirmed.
         let mut replication = PrimaryReplication::new(Epoch(1));
         // An empty snapshot is caught up at the first poll, and reported once.
-        replication.handle_link_opened(7, "empty:1", Vec::new());
-        assert_eq!(replication.poll_caught_up(), Some((7, "empty:1".to_string())));
+        replication.handle_link_opened(link(7), "empty:1", Vec::new());
+        assert_eq!(replication.poll_caught_up(), Some((link(7), "empty:1".to_string())));
         assert_eq!(replication.poll_caught_up(), None);
         // A snapshot of two queues; a later event comes before any batch.
         let snapshot = vec![created("a"), created("b"), enqueued("a", 0, None), enqueued("b", 4, None)];
-        replication.handle_link_opened(8, "full:1", snapshot);
+        replication.handle_link_opened(link(8), "full:1", snapshot);
         replication.handle_event(enqueued("a", 1, Some(1)));
         assert_eq!(replication.poll_caught_up(), None);
         // The first batch: the creates and the live enqueue; its hold comes back on its confirm.
-        let batch = replication.poll_batch(8, BYTES).unwrap();
+        let batch = replication.poll_batch(link(8), BYTES).unwrap();
         assert!(matches!(&batch.records[0], Record::QueueCreated { name, .. } if name == "a"));
         assert_eq!(positions(&batch.records, "a"), vec![1]);
         assert!(positions(&batch.records, "b").is_empty());
-        replication.handle_confirm(8, batch.stream_seq).unwrap();
+        replication.handle_confirm(link(8), batch.stream_seq).unwrap();
         assert_eq!(released(&mut replication), vec![hold(1)]);
         assert_eq!(replication.poll_caught_up(), None);
         // The second: the snapshot's messages; until it is confirmed, no catch-up.
-        let batch = replication.poll_batch(8, BYTES).unwrap();
+        let batch = replication.poll_batch(link(8), BYTES).unwrap();
         assert_eq!(positions(&batch.records, "a"), vec![0]);
         assert_eq!(positions(&batch.records, "b"), vec![4]);
         assert_eq!(replication.poll_caught_up(), None);
-        replication.handle_confirm(8, batch.stream_seq).unwrap();
-        assert_eq!(replication.poll_caught_up(), Some((8, "full:1".to_string())));
+        replication.handle_confirm(link(8), batch.stream_seq).unwrap();
+        assert_eq!(replication.poll_caught_up(), Some((link(8), "full:1".to_string())));
         assert_eq!(replication.poll_caught_up(), None);
         // Link 7 got the later event but no snapshot; the hold: once per stream.
-        assert_eq!(positions(&drain(&mut replication, 7), "a"), vec![1]);
+        assert_eq!(positions(&drain(&mut replication, link(7)), "a"), vec![1]);
         assert_eq!(released(&mut replication), vec![hold(1)]);
     }
 
@@ -388,13 +388,13 @@ mod tests {
         let mut snapshot = vec![created("deep"), created("other")];
         snapshot.extend((0..depth).map(|position| enqueued("deep", position, None)));
         let mut replication = PrimaryReplication::new(Epoch(1));
-        replication.handle_link_opened(1, "b:1", snapshot);
-        assert_eq!(replication.backlog_len(1), depth as usize);
+        replication.handle_link_opened(link(1), "b:1", snapshot);
+        assert_eq!(replication.backlog_len(link(1)), depth as usize);
         // A few backlog batches go out (and are confirmed) first.
         let mut records = Vec::new();
         for _ in 0..3 {
-            let batch = replication.poll_batch(1, BYTES).unwrap();
-            replication.handle_confirm(1, batch.stream_seq).unwrap();
+            let batch = replication.poll_batch(link(1), BYTES).unwrap();
+            replication.handle_confirm(link(1), batch.stream_seq).unwrap();
             records.extend(batch.records);
         }
         // Live: an enqueue to the deep queue and one to another, each with a hold, and a dequeue
@@ -403,25 +403,25 @@ mod tests {
         replication.handle_event(enqueued("other", 0, Some(6)));
         replication.handle_event(dequeued("deep", depth - 1));
         assert!(!replication.producers_must_pause(), "live events do not pause producers");
-        let batch = replication.poll_batch(1, BYTES).unwrap();
+        let batch = replication.poll_batch(link(1), BYTES).unwrap();
         assert_eq!(positions(&batch.records, "deep"), vec![depth], "the live enqueue is not behind the backlog");
         assert_eq!(positions(&batch.records, "other"), vec![0]);
-        replication.handle_confirm(1, batch.stream_seq).unwrap();
+        replication.handle_confirm(link(1), batch.stream_seq).unwrap();
         records.extend(batch.records);
         let mut holds = released(&mut replication);
         holds.sort();
         assert_eq!(holds, vec![hold(5), hold(6)], "released before the backlog finished");
-        assert!(replication.backlog_len(1) > depth as usize / 2, "most of the backlog is unsent");
+        assert!(replication.backlog_len(link(1)) > depth as usize / 2, "most of the backlog is unsent");
         assert_eq!(replication.poll_caught_up(), None);
-        records.extend(drain(&mut replication, 1));
+        records.extend(drain(&mut replication, link(1)));
         let mut sent = positions(&records, "deep");
         assert!(!sent.contains(&(depth - 1)), "a dequeued backlog message is not sent");
         assert!(!records.iter().any(|record| matches!(record, Record::Dequeued { .. })), "nor its dequeue");
         sent.sort_unstable();
         let expected: Vec<u64> = (0..=depth).filter(|&position| position != depth - 1).collect();
         assert_eq!(sent, expected, "every other position once");
-        assert_eq!(replication.poll_caught_up(), Some((1, "b:1".to_string())));
-        assert_eq!(replication.backlog_len(1), 0);
+        assert_eq!(replication.poll_caught_up(), Some((link(1), "b:1".to_string())));
+        assert_eq!(replication.backlog_len(link(1)), 0);
         assert_eq!(replication.poll_overflowed(), None);
     }
 
@@ -439,28 +439,28 @@ mod tests {
         ];
         snapshot.extend((0..3).map(|position| enqueued("q", position, None)));
         snapshot.extend((0..5000).map(|position| enqueued("r", position, None)));
-        replication.handle_link_opened(1, "b:1", snapshot);
-        let batch = replication.poll_batch(1, BYTES).unwrap();
+        replication.handle_link_opened(link(1), "b:1", snapshot);
+        let batch = replication.poll_batch(link(1), BYTES).unwrap();
         assert!(matches!(&batch.records[0], Record::QueueDeleted { name } if name == "gone"));
         let ranges: Vec<&Record> = batch.records.iter().filter(|r| matches!(r, Record::Dequeued { .. })).collect();
         assert_eq!(ranges, [&Record::Dequeued { queue: "q".to_string(), ranges: vec![(Position(10), Position(12))] }]);
         assert!(positions(&batch.records, "q").is_empty(), "the diff's records go alone first");
-        replication.handle_confirm(1, batch.stream_seq).unwrap();
+        replication.handle_confirm(link(1), batch.stream_seq).unwrap();
         // The next batch carries q's three messages and the start of r's.
-        let batch = replication.poll_batch(1, BYTES).unwrap();
+        let batch = replication.poll_batch(link(1), BYTES).unwrap();
         assert_eq!(positions(&batch.records, "q"), vec![0, 1, 2]);
-        replication.handle_confirm(1, batch.stream_seq).unwrap();
+        replication.handle_confirm(link(1), batch.stream_seq).unwrap();
         // q:1 was sent: its dequeue goes out. r is deleted: its backlog goes, the delete is sent.
         replication.handle_event(dequeued("q", 1));
         replication.handle_event(ReplicationEvent::QueueDeleted { name: Arc::from("r") });
-        assert_eq!(replication.backlog_len(1), 0);
-        let records = drain(&mut replication, 1);
+        assert_eq!(replication.backlog_len(link(1)), 0);
+        let records = drain(&mut replication, link(1));
         assert!(
             records.contains(&Record::Dequeued { queue: "q".to_string(), ranges: vec![(Position(1), Position(1))] })
         );
         assert!(records.contains(&Record::QueueDeleted { name: "r".to_string() }));
         assert!(positions(&records, "r").is_empty());
-        assert_eq!(replication.poll_caught_up(), Some((1, "b:1".to_string())));
+        assert_eq!(replication.poll_caught_up(), Some((link(1), "b:1".to_string())));
     }
 
     #[test]
@@ -472,22 +472,22 @@ mod tests {
         let depth = 3 * BATCH_MESSAGES_MAX as u64;
         let mut snapshot = vec![created("deep"), created("q")];
         snapshot.extend((0..depth).map(|position| enqueued("deep", position, None)));
-        replication.handle_link_opened(1, "b:1", snapshot);
+        replication.handle_link_opened(link(1), "b:1", snapshot);
         // The original is the last backlog message of "deep".
         replication.handle_event(barrier("deep", 1));
         replication.handle_event(enqueued("q", 0, Some(2)));
         replication.handle_event(barrier("q", 3));
         // The creates and the live enqueue go first, before any backlog message.
-        let live = replication.poll_batch(1, BYTES).unwrap();
+        let live = replication.poll_batch(link(1), BYTES).unwrap();
         assert_eq!(positions(&live.records, "q"), vec![0]);
         assert!(positions(&live.records, "deep").is_empty());
-        replication.handle_confirm(1, live.stream_seq).unwrap();
+        replication.handle_confirm(link(1), live.stream_seq).unwrap();
         assert_eq!(released(&mut replication), vec![hold(2), hold(3)], "q's barrier waits for q only");
         let mut sent = Vec::new();
-        while replication.backlog_len(1) > 0 {
-            let batch = replication.poll_batch(1, BYTES).unwrap();
+        while replication.backlog_len(link(1)) > 0 {
+            let batch = replication.poll_batch(link(1), BYTES).unwrap();
             sent.extend(positions(&batch.records, "deep"));
-            replication.handle_confirm(1, batch.stream_seq).unwrap();
+            replication.handle_confirm(link(1), batch.stream_seq).unwrap();
             if !sent.contains(&(depth - 1)) {
                 assert!(released(&mut replication).is_empty(), "released before the original was sent");
             }
@@ -498,11 +498,11 @@ mod tests {
         // Lost while a barrier waits for the backlog: released with the loss.
         let mut snapshot = vec![created("deep")];
         snapshot.extend((0..depth).map(|position| enqueued("deep", position, None)));
-        replication.handle_link_opened(2, "c:1", snapshot);
+        replication.handle_link_opened(link(2), "c:1", snapshot);
         replication.handle_event(barrier("deep", 4));
         assert_eq!(released(&mut replication), vec![hold(4)], "link 1 had confirmed everything");
-        replication.poll_batch(2, BYTES).unwrap();
-        replication.handle_link_lost(2);
+        replication.poll_batch(link(2), BYTES).unwrap();
+        replication.handle_link_lost(link(2));
         assert_eq!(released(&mut replication), vec![hold(4)]);
     }
 
@@ -514,9 +514,9 @@ mod tests {
         let mut replication = PrimaryReplication::new(Epoch(1));
         let keys = vec![("p".to_string(), vec![(1, 9)])];
         let dedup = ReplicationEvent::DedupSeen { queue: Arc::from("q"), keys: keys.clone() };
-        replication.handle_link_opened(1, "b:1", vec![created("q"), dedup, enqueued("q", 9, None)]);
+        replication.handle_link_opened(link(1), "b:1", vec![created("q"), dedup, enqueued("q", 9, None)]);
         // The stream has the create and the window pending, so the backlog waits for them.
-        let batch = replication.poll_batch(1, BYTES).unwrap();
+        let batch = replication.poll_batch(link(1), BYTES).unwrap();
         assert_eq!(
             batch.records,
             [
@@ -524,9 +524,9 @@ mod tests {
                 Record::DedupSeen { queue: "q".into(), keys },
             ]
         );
-        replication.handle_confirm(1, batch.stream_seq).unwrap();
+        replication.handle_confirm(link(1), batch.stream_seq).unwrap();
         assert_eq!(replication.poll_caught_up(), None, "the backlog's message is not sent yet");
-        assert_eq!(positions(&drain(&mut replication, 1), "q"), [9]);
-        assert_eq!(replication.poll_caught_up(), Some((1, "b:1".to_string())));
+        assert_eq!(positions(&drain(&mut replication, link(1)), "q"), [9]);
+        assert_eq!(replication.poll_caught_up(), Some((link(1), "b:1".to_string())));
     }
 }

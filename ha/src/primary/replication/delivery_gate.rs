@@ -32,8 +32,8 @@ use std::sync::Arc;
 
 use ringmq_core::replication::Position;
 
-use super::LinkId;
 use crate::link::record::{Batch, Record, StreamSeq};
+use crate::link::LinkId;
 
 /// Every delivery gate of one primary shard.
 #[derive(Debug, Default)]
@@ -211,24 +211,24 @@ mod tests {
         // sent and unconfirmed, and is once its batch is confirmed; the bound only rises, in
         // position order. Method: one link, enqueues with holds, batches confirmed one by one.
         let mut replication = PrimaryReplication::new(Epoch(1));
-        replication.handle_link_opened(1, "b:1", Vec::new());
+        replication.handle_link_opened(link(1), "b:1", Vec::new());
         replication.handle_event(created("q"));
         replication.handle_event(enqueued("q", 1, Some(1)));
         assert!(bounds(&mut replication).is_empty(), "unsent");
-        let first = replication.poll_batch(1, BYTES).unwrap();
+        let first = replication.poll_batch(link(1), BYTES).unwrap();
         replication.handle_event(enqueued("q", 2, Some(2)));
         replication.handle_event(enqueued("q", 3, Some(3)));
-        let second = replication.poll_batch(1, BYTES).unwrap();
+        let second = replication.poll_batch(link(1), BYTES).unwrap();
         assert!(bounds(&mut replication).is_empty(), "sent, not confirmed");
-        replication.handle_confirm(1, first.stream_seq).unwrap();
+        replication.handle_confirm(link(1), first.stream_seq).unwrap();
         assert_eq!(bounds(&mut replication), [("q".to_string(), 1)]);
         assert!(bounds(&mut replication).is_empty(), "reported once");
-        replication.handle_confirm(1, second.stream_seq).unwrap();
+        replication.handle_confirm(link(1), second.stream_seq).unwrap();
         assert_eq!(bounds(&mut replication), [("q".to_string(), 3)]);
         // Another queue's enqueue does not move this one's bound.
         replication.handle_event(created("r"));
         replication.handle_event(enqueued("r", 1, Some(4)));
-        drain(&mut replication, 1);
+        drain(&mut replication, link(1));
         assert_eq!(bounds(&mut replication), [("r".to_string(), 1)]);
     }
 
@@ -237,27 +237,27 @@ mod tests {
         // Goal: with two links a message is deliverable once both confirmed it, or once the one
         // that has not is lost; an overflowed link stops gating at once, before it is closed.
         let mut replication = PrimaryReplication::new(Epoch(1));
-        replication.handle_link_opened(1, "b1:1", Vec::new());
-        replication.handle_link_opened(2, "b2:1", Vec::new());
+        replication.handle_link_opened(link(1), "b1:1", Vec::new());
+        replication.handle_link_opened(link(2), "b2:1", Vec::new());
         replication.handle_event(created("q"));
         replication.handle_event(enqueued("q", 1, Some(1)));
-        drain(&mut replication, 1);
+        drain(&mut replication, link(1));
         assert!(bounds(&mut replication).is_empty(), "link 2 has not confirmed");
-        replication.poll_batch(2, BYTES).unwrap();
-        replication.handle_link_lost(2);
+        replication.poll_batch(link(2), BYTES).unwrap();
+        replication.handle_link_lost(link(2));
         assert_eq!(bounds(&mut replication), [("q".to_string(), 1)]);
         // A link that never confirms overflows: what it gated is deliverable once the other
         // link confirmed it, without waiting for the transport to close it.
-        replication.handle_link_opened(3, "stuck:1", Vec::new());
+        replication.handle_link_opened(link(3), "stuck:1", Vec::new());
         let mut position = 2;
         while replication.poll_overflowed().is_none() {
             replication.handle_event(enqueued("q", position, Some(position)));
             position += 1;
             if position.is_multiple_of(4096) {
-                drain(&mut replication, 1);
+                drain(&mut replication, link(1));
             }
         }
-        drain(&mut replication, 1);
+        drain(&mut replication, link(1));
         assert_eq!(bounds(&mut replication), [("q".to_string(), position - 1)]);
     }
 
@@ -278,12 +278,12 @@ mod tests {
         assert_eq!(replication.expected_held("b1:1"), 2, "its confirms are still held");
         // The backup links: its snapshot's messages are not gated, the next enqueue is.
         let snapshot = vec![created("q"), enqueued("q", 1, None), enqueued("q", 2, None), enqueued("q", 3, None)];
-        replication.handle_link_opened(1, "b1:1", snapshot);
+        replication.handle_link_opened(link(1), "b1:1", snapshot);
         replication.handle_event(enqueued("q", 4, Some(4)));
         assert!(bounds(&mut replication).is_empty());
-        let live = replication.poll_batch(1, BYTES).unwrap();
+        let live = replication.poll_batch(link(1), BYTES).unwrap();
         assert_eq!(positions(&live.records, "q"), [4]);
-        replication.handle_confirm(1, live.stream_seq).unwrap();
+        replication.handle_confirm(link(1), live.stream_seq).unwrap();
         assert_eq!(bounds(&mut replication), [("q".to_string(), 4)], "the backlog does not gate");
     }
 
@@ -293,31 +293,31 @@ mod tests {
         // messages that link must confirm anyway; a deleted queue's gate goes with it, and a
         // queue re-created under its name (positions above) is gated afresh.
         let mut replication = PrimaryReplication::new(Epoch(1));
-        replication.handle_link_opened(1, "b:1", Vec::new());
+        replication.handle_link_opened(link(1), "b:1", Vec::new());
         replication.handle_event(created("q"));
         replication.handle_event(enqueued("q", 1, Some(1)));
         replication.handle_event(enqueued("q", 2, Some(2)));
         replication.handle_event(dequeued("q", 1));
         replication.handle_event(dequeued("q", 2));
-        drain(&mut replication, 1);
+        drain(&mut replication, link(1));
         assert!(bounds(&mut replication).is_empty(), "nothing was sent, nothing confirmed");
         replication.handle_event(enqueued("q", 3, Some(3)));
         assert!(bounds(&mut replication).is_empty());
-        drain(&mut replication, 1);
+        drain(&mut replication, link(1));
         assert_eq!(bounds(&mut replication), [("q".to_string(), 3)]);
         // Deleted with a gated message in flight, then re-created above it.
         replication.handle_event(enqueued("q", 4, Some(4)));
-        let inflight = replication.poll_batch(1, BYTES).unwrap();
+        let inflight = replication.poll_batch(link(1), BYTES).unwrap();
         replication.handle_event(ReplicationEvent::QueueDeleted { name: Arc::from("q") });
         replication.handle_event(created("q"));
         replication.handle_event(enqueued("q", 10, Some(5)));
-        replication.handle_confirm(1, inflight.stream_seq).unwrap();
+        replication.handle_confirm(link(1), inflight.stream_seq).unwrap();
         let reported = bounds(&mut replication);
         assert!(
             reported.iter().all(|(_, bound)| *bound < 10),
             "the old queue's confirm opened the new one: {reported:?}"
         );
-        drain(&mut replication, 1);
+        drain(&mut replication, link(1));
         assert_eq!(bounds(&mut replication), [("q".to_string(), 10)]);
     }
 
@@ -341,7 +341,7 @@ mod tests {
             let mut held_positions: BTreeSet<u64> = BTreeSet::new();
             // Per open link: held positions not yet confirmed, and batches sent and unconfirmed.
             let mut open: BTreeMap<LinkId, LinkModel> = BTreeMap::new();
-            let (mut position, mut next_link, mut bound) = (1u64, 1 as LinkId, 0u64);
+            let (mut position, mut next_link, mut bound) = (1u64, link(1), 0u64);
             for _ in 0..400 {
                 match next(7) {
                     0..=2 => {
@@ -371,7 +371,7 @@ mod tests {
                         snapshot.extend(stored.iter().map(|&p| enqueued("q", p, None)));
                         replication.handle_link_opened(next_link, "b:1", snapshot);
                         open.insert(next_link, (BTreeSet::new(), Vec::new()));
-                        next_link += 1;
+                        next_link = link(next_link.0 .0 + 1);
                     }
                     5 if !open.is_empty() => {
                         let link = *open.keys().nth(next(open.len() as u64) as usize).unwrap();

@@ -51,8 +51,8 @@ use std::sync::Arc;
 
 use ringmq_core::replication::{Position, ReplicationEvent};
 
-use super::LinkId;
 use crate::limits::BACKUPS_MAX;
+use crate::link::LinkId;
 use crate::primary::stream::{HeldRecord, Hold};
 
 /// The expected backups of one primary shard, by address.
@@ -249,28 +249,32 @@ mod tests {
         assert!(released(&mut replication).is_empty());
         assert_eq!(replication.expected_held("b1:1"), 2);
         // It reconnects: the stream takes the holds from now on, the count is unchanged.
-        replication.handle_link_opened(1, "b1:1", vec![created("q"), enqueued("q", 0, None), enqueued("q", 1, None)]);
+        replication.handle_link_opened(
+            link(1),
+            "b1:1",
+            vec![created("q"), enqueued("q", 0, None), enqueued("q", 1, None)],
+        );
         assert_eq!(replication.holding_streams(), 1);
         replication.handle_event(enqueued("q", 2, Some(3)));
         assert_eq!(replication.expected_held("b1:1"), 2, "the stream holds the new one");
         // Sent, not confirmed: still held. The live enqueue goes first, then the snapshot's.
-        let live = replication.poll_batch(1, BYTES).unwrap();
+        let live = replication.poll_batch(link(1), BYTES).unwrap();
         assert_eq!(positions(&live.records, "q"), vec![2]);
-        let batch = replication.poll_batch(1, BYTES).unwrap();
+        let batch = replication.poll_batch(link(1), BYTES).unwrap();
         assert_eq!(positions(&batch.records, "q"), vec![0, 1]);
         assert!(released(&mut replication).is_empty());
         assert_eq!(pending(&replication), vec!["b1:1"]);
         // The live batch confirmed: its hold only.
-        replication.handle_confirm(1, live.stream_seq).unwrap();
+        replication.handle_confirm(link(1), live.stream_seq).unwrap();
         assert_eq!(released(&mut replication), vec![hold(3)]);
         assert_eq!(pending(&replication), vec!["b1:1"]);
         // Confirmed: caught up; the collected holds come back, once each.
-        replication.handle_confirm(1, batch.stream_seq).unwrap();
+        replication.handle_confirm(link(1), batch.stream_seq).unwrap();
         let mut holds = released(&mut replication);
         holds.sort();
         assert_eq!(holds, vec![hold(1), hold(2)]);
         assert!(pending(&replication).is_empty());
-        assert_eq!(replication.poll_caught_up(), Some((1, "b1:1".to_string())));
+        assert_eq!(replication.poll_caught_up(), Some((link(1), "b1:1".to_string())));
         assert_eq!(replication.holding_streams(), 1);
         // A timeout after the catch-up changes nothing.
         replication.handle_expected_timed_out("b1:1");
@@ -296,7 +300,7 @@ mod tests {
         replication.handle_expected_timed_out("never:1");
         assert!(released(&mut replication).is_empty());
         // When it does come back, it is an ordinary link.
-        replication.handle_link_opened(1, "gone:1", vec![created("q")]);
+        replication.handle_link_opened(link(1), "gone:1", vec![created("q")]);
         assert_eq!(replication.holding_streams(), 1);
         assert!(pending(&replication).is_empty());
     }
@@ -335,15 +339,15 @@ mod tests {
         replication.handle_event(created("q"));
         replication.handle_event(enqueued("q", 0, Some(1)));
         // A backup that was not expected adds a stream.
-        replication.handle_link_opened(3, "new:1", vec![created("q"), enqueued("q", 0, None)]);
+        replication.handle_link_opened(link(3), "new:1", vec![created("q"), enqueued("q", 0, None)]);
         assert_eq!(replication.holding_streams(), 3);
         // b1's link replaces its collecting: unchanged.
-        replication.handle_link_opened(1, "b1:1", vec![created("q"), enqueued("q", 0, None)]);
+        replication.handle_link_opened(link(1), "b1:1", vec![created("q"), enqueued("q", 0, None)]);
         assert_eq!(replication.holding_streams(), 3);
         replication.handle_event(enqueued("q", 1, Some(2)));
         assert_eq!((replication.expected_held("b1:1"), replication.expected_held("b2:1")), (1, 2));
         // b1's link is lost before its catch-up: its stream's hold is kept with the collected.
-        assert!(replication.handle_link_lost(1));
+        assert!(replication.handle_link_lost(link(1)));
         assert_eq!(replication.holding_streams(), 3);
         assert!(released(&mut replication).is_empty());
         assert_eq!(replication.expected_held("b1:1"), 2);
@@ -352,23 +356,23 @@ mod tests {
         assert_eq!(replication.expected_held("b1:1"), 3, "collecting again");
         // b1 reconnects and catches up: everything it collected comes back.
         replication.handle_link_opened(
-            4,
+            link(4),
             "b1:1",
             vec![created("q"), enqueued("q", 0, None), enqueued("q", 1, None), enqueued("q", 2, None)],
         );
-        assert_eq!(positions(&drain(&mut replication, 4), "q"), vec![0, 1, 2]);
+        assert_eq!(positions(&drain(&mut replication, link(4)), "q"), vec![0, 1, 2]);
         let mut holds = released(&mut replication);
         holds.sort();
         assert_eq!(holds, vec![hold(1), hold(2), hold(3)]);
         assert_eq!(pending(&replication), vec!["b2:1"]);
         // The unexpected backup and b2 still hold 1, 2 and 3 (b2 collected them).
         assert_eq!(replication.expected_held("b2:1"), 3);
-        drain(&mut replication, 3);
+        drain(&mut replication, link(3));
         let mut holds = released(&mut replication);
         holds.sort();
         assert_eq!(holds, vec![hold(2), hold(3)], "the unexpected link's stream held 2 and 3");
         // The unexpected backup's link had caught up: it is detached, and collects.
-        assert!(replication.handle_link_lost(3));
+        assert!(replication.handle_link_lost(link(3)));
         assert_eq!(replication.holding_streams(), 3, "b1's link, b2 and new:1 collecting");
         replication.handle_expected_timed_out("b2:1");
         let mut holds = released(&mut replication);
@@ -385,11 +389,11 @@ mod tests {
         // when that backup caught up or timed out; and an expected backup already linked and caught
         // up is not pending.
         let mut replication = PrimaryReplication::new(Epoch(2));
-        replication.handle_link_opened(9, "early:1", Vec::new());
+        replication.handle_link_opened(link(9), "early:1", Vec::new());
         replication.expect_backups(&names(&["early:1", "b1:1", "b2:1"]));
         assert_eq!(pending(&replication), vec!["b1:1", "b2:1"], "early:1 caught up here already");
         assert_eq!(replication.holding_streams(), 3);
-        assert!(replication.handle_link_lost(9), "caught up: kept for early:1");
+        assert!(replication.handle_link_lost(link(9)), "caught up: kept for early:1");
         assert_eq!(replication.holding_streams(), 3);
         replication.handle_expected_timed_out("early:1");
         // Expecting again is a no-op for those already expected.
@@ -398,12 +402,12 @@ mod tests {
         replication.handle_event(created("q"));
         replication.handle_event(enqueued("q", 0, Some(1)));
         assert!(released(&mut replication).is_empty());
-        replication.handle_link_opened(1, "b1:1", vec![created("q"), enqueued("q", 0, None)]);
-        drain(&mut replication, 1);
+        replication.handle_link_opened(link(1), "b1:1", vec![created("q"), enqueued("q", 0, None)]);
+        drain(&mut replication, link(1));
         assert_eq!(released(&mut replication), vec![hold(1)]);
         assert_eq!(pending(&replication), vec!["b2:1"]);
         replication.handle_event(enqueued("q", 1, Some(2)));
-        drain(&mut replication, 1);
+        drain(&mut replication, link(1));
         assert_eq!(released(&mut replication), vec![hold(2)], "b1's stream only; b2 holds it");
         replication.handle_expected_timed_out("b2:1");
         assert_eq!(released(&mut replication), vec![hold(1), hold(2)]);
@@ -421,19 +425,26 @@ mod tests {
         replication.handle_event(created("q"));
         replication.handle_event(enqueued("q", 0, None));
         // Catching up (the snapshot's message not confirmed): lost, released.
-        replication.handle_link_opened(1, "slow:1", vec![created("q"), enqueued("q", 0, None)]);
+        replication.handle_link_opened(link(1), "slow:1", vec![created("q"), enqueued("q", 0, None)]);
         replication.handle_event(enqueued("q", 1, Some(1)));
-        assert!(!replication.handle_link_lost(1));
+        assert!(!replication.handle_link_lost(link(1)));
         assert_eq!(released(&mut replication), vec![hold(1)]);
         assert!(pending(&replication).is_empty());
         // Caught up, then lost with two publishes unconfirmed: both kept.
-        replication.handle_link_opened(2, "b:1", vec![created("q"), enqueued("q", 0, None), enqueued("q", 1, None)]);
-        drain(&mut replication, 2);
-        assert_eq!(replication.poll_caught_up(), Some((2, "b:1".to_string())));
+        replication.handle_link_opened(
+            link(2),
+            "b:1",
+            vec![created("q"), enqueued("q", 0, None), enqueued("q", 1, None)],
+        );
+        drain(&mut replication, link(2));
+        assert_eq!(replication.poll_caught_up(), Some((link(2), "b:1".to_string())));
         replication.handle_event(enqueued("q", 2, Some(2)));
         replication.handle_event(enqueued("q", 3, Some(3)));
-        assert_eq!(replication.poll_batch(2, BYTES).map(|batch| positions(&batch.records, "q")), Some(vec![2, 3]));
-        assert!(replication.handle_link_lost(2));
+        assert_eq!(
+            replication.poll_batch(link(2), BYTES).map(|batch| positions(&batch.records, "q")),
+            Some(vec![2, 3])
+        );
+        assert!(replication.handle_link_lost(link(2)));
         assert!(released(&mut replication).is_empty());
         assert_eq!(pending(&replication), vec!["b:1"]);
         assert_eq!(replication.holding_streams(), 1, "b:1 collects");
@@ -450,8 +461,8 @@ mod tests {
             enqueued("q", 3, None),
             enqueued("q", 4, None),
         ];
-        replication.handle_link_opened(3, "b:1", snapshot);
-        drain(&mut replication, 3);
+        replication.handle_link_opened(link(3), "b:1", snapshot);
+        drain(&mut replication, link(3));
         let mut holds = released(&mut replication);
         holds.sort();
         assert_eq!(holds, vec![hold(3), hold(4)]);
@@ -466,14 +477,14 @@ mod tests {
         replication.expect_backups(&names(&["b1:1"]));
         replication.handle_event(created("q"));
         replication.handle_event(enqueued("q", 0, Some(1)));
-        replication.handle_link_opened(1, "b1:1", vec![created("q"), enqueued("q", 0, None)]);
+        replication.handle_link_opened(link(1), "b1:1", vec![created("q"), enqueued("q", 0, None)]);
         let mut position = 1;
         while replication.poll_overflowed().is_none() {
             replication.handle_event(enqueued("q", position, None));
             position += 1;
         }
         assert_eq!(replication.expected_held("b1:1"), 1);
-        replication.handle_link_lost(1);
+        replication.handle_link_lost(link(1));
         assert_eq!(replication.holding_streams(), 1, "collecting again");
         replication.handle_expected_timed_out("b1:1");
         assert_eq!(released(&mut replication), vec![hold(1)]);
@@ -498,9 +509,9 @@ mod tests {
         replication.handle_event(ReplicationEvent::QueueDeleted { name: Arc::from("r") });
         assert_eq!(released(&mut replication), vec![hold(2), hold(2)]);
         // b1 reconnects and catches up: its share comes back; b2 times out: its share too.
-        replication.handle_link_opened(1, "b1:1", vec![created("q"), enqueued("q", 1, None)]);
+        replication.handle_link_opened(link(1), "b1:1", vec![created("q"), enqueued("q", 1, None)]);
         assert!(released(&mut replication).is_empty());
-        drain(&mut replication, 1);
+        drain(&mut replication, link(1));
         assert_eq!(released(&mut replication), vec![hold(1)]);
         assert_eq!(pending(&replication), vec!["b2:1"]);
         replication.handle_expected_timed_out("b2:1");

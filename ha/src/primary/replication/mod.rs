@@ -63,6 +63,7 @@ use ringmq_core::replication::Position;
 pub use ringmq_core::replication::ReplicationEvent;
 
 use crate::link::record::{Batch, StreamSeq};
+pub use crate::link::LinkId;
 use crate::primary::stream::{ConfirmError, Hold, PrimaryStream};
 
 mod catch_up;
@@ -72,9 +73,6 @@ mod expected_backups;
 use catch_up::Link;
 use delivery_gate::DeliveryGates;
 use expected_backups::ExpectedBackups;
-
-/// The transport's id of one link connection.
-pub type LinkId = u64;
 
 /// One primary shard's replication streams, one per backup link.
 #[derive(Debug)]
@@ -385,6 +383,11 @@ mod test_support {
     pub(crate) use crate::link::record::{Record, StreamSeq};
     pub(crate) use crate::primary::stream::{ConfirmError, Hold};
 
+    /// The link of connection `id`.
+    pub(crate) fn link(id: u32) -> LinkId {
+        LinkId(ConnId(id))
+    }
+
     pub(crate) const BYTES: usize = 64 * 1024;
 
     pub(crate) fn hold(seq: u64) -> Hold {
@@ -486,32 +489,32 @@ mod tests {
         // Goal: with two backups, a publish's hold comes back twice, once per stream, each after
         // that backup confirmed the batch carrying the message.
         let mut replication = PrimaryReplication::new(Epoch(3));
-        replication.handle_link_opened(1, "b1:5672", Vec::new());
-        replication.handle_link_opened(2, "b2:5672", Vec::new());
+        replication.handle_link_opened(link(1), "b1:5672", Vec::new());
+        replication.handle_link_opened(link(2), "b2:5672", Vec::new());
         assert_eq!(replication.holding_streams(), 2);
         replication.handle_event(created("q"));
         replication.handle_event(enqueued("q", 0, Some(10)));
-        assert_eq!(replication.links().collect::<Vec<_>>(), vec![1, 2]);
-        let first = replication.poll_batch(1, BYTES).unwrap();
-        let second = replication.poll_batch(2, BYTES).unwrap();
+        assert_eq!(replication.links().collect::<Vec<_>>(), vec![link(1), link(2)]);
+        let first = replication.poll_batch(link(1), BYTES).unwrap();
+        let second = replication.poll_batch(link(2), BYTES).unwrap();
         assert_eq!(first, second);
         assert_eq!(first.epoch, Epoch(3));
         assert!(released(&mut replication).is_empty());
-        replication.handle_confirm(1, first.stream_seq).unwrap();
+        replication.handle_confirm(link(1), first.stream_seq).unwrap();
         assert_eq!(released(&mut replication), vec![hold(10)]);
-        replication.handle_confirm(2, second.stream_seq).unwrap();
+        replication.handle_confirm(link(2), second.stream_seq).unwrap();
         assert_eq!(released(&mut replication), vec![hold(10)]);
         // Nothing left to send: no link is listed.
         assert_eq!(replication.links().count(), 0);
         // Dequeued events reach the backups too.
         replication.handle_event(ReplicationEvent::Dequeued { queue: Arc::from("q"), position: Position(0) });
         assert_eq!(
-            drain(&mut replication, 1),
+            drain(&mut replication, link(1)),
             vec![Record::Dequeued { queue: "q".into(), ranges: vec![(Position(0), Position(0))] }]
         );
         // A confirm on an unknown link is the backup's error, not a panic.
         assert_eq!(
-            replication.handle_confirm(9, StreamSeq(1)),
+            replication.handle_confirm(link(9), StreamSeq(1)),
             Err(ConfirmError::AfterLoss { confirmed: StreamSeq(1) })
         );
     }
@@ -523,8 +526,8 @@ mod tests {
         // keeps them for the (caught-up, so maybe ready) backup until it times out, and the other
         // backup is not affected.
         let mut replication = PrimaryReplication::new(Epoch(1));
-        replication.handle_link_opened(1, "fast:1", Vec::new());
-        replication.handle_link_opened(2, "stuck:1", Vec::new());
+        replication.handle_link_opened(link(1), "fast:1", Vec::new());
+        replication.handle_link_opened(link(2), "stuck:1", Vec::new());
         replication.handle_event(created("q"));
         let mut holds_out = 0u64;
         let mut position = 0u64;
@@ -533,24 +536,24 @@ mod tests {
             holds_out += 2;
             position += 1;
             if position.is_multiple_of(4096) {
-                drain(&mut replication, 1);
+                drain(&mut replication, link(1));
             }
             assert!(position <= STREAM_PENDING_MAX as u64 + 10, "never overflowed");
         }
         assert_eq!(replication.poll_overflowed(), None, "reported once");
         // Still counted until the transport closes it; its share of new holds waits with it.
         assert_eq!(replication.holding_streams(), 2);
-        assert_eq!(replication.poll_batch(2, BYTES), None);
-        assert!(!replication.links().any(|link| link == 2));
+        assert_eq!(replication.poll_batch(link(2), BYTES), None);
+        assert!(!replication.links().any(|id| id == link(2)));
         replication.handle_event(enqueued("q", position, Some(position)));
         holds_out += 2;
         assert_eq!(
-            replication.handle_confirm(2, StreamSeq(1)),
+            replication.handle_confirm(link(2), StreamSeq(1)),
             Err(ConfirmError::AfterLoss { confirmed: StreamSeq(1) })
         );
-        assert!(replication.handle_link_lost(2), "its empty catch-up was confirmed: kept for stuck:1");
+        assert!(replication.handle_link_lost(link(2)), "its empty catch-up was confirmed: kept for stuck:1");
         assert_eq!(replication.holding_streams(), 2, "stuck:1 collects");
-        drain(&mut replication, 1);
+        drain(&mut replication, link(1));
         assert_eq!(released(&mut replication).len() as u64, holds_out / 2, "the fast stream's share");
         assert_eq!(replication.expected_held("stuck:1") as u64, holds_out / 2);
         replication.handle_expected_timed_out("stuck:1");
@@ -558,7 +561,7 @@ mod tests {
         // Every hold came back: once from each stream.
         assert_eq!(released(&mut replication).len() as u64, holds_out / 2);
         assert!(!replication.producers_must_pause());
-        assert_eq!(replication.poll_caught_up(), Some((1, "fast:1".to_string())));
+        assert_eq!(replication.poll_caught_up(), Some((link(1), "fast:1".to_string())));
         assert_eq!(replication.poll_caught_up(), None, "an overflowed link is never caught up");
     }
 
@@ -568,19 +571,19 @@ mod tests {
         let mut replication = PrimaryReplication::new(Epoch(1));
         let mut snapshot = vec![created("q")];
         snapshot.extend((0..STREAM_PENDING_PAUSE as u64 + 10).map(|position| enqueued("q", position, None)));
-        replication.handle_link_opened(1, "b:1", snapshot);
+        replication.handle_link_opened(link(1), "b:1", snapshot);
         let first = STREAM_PENDING_PAUSE as u64 + 10;
         // These go to the stream, the snapshot's messages stay in the backlog.
         replication.handle_event(enqueued("q", first, Some(1)));
         replication.handle_event(enqueued("q", first + 1, Some(2)));
         assert!(released(&mut replication).is_empty());
-        replication.handle_link_lost(1);
+        replication.handle_link_lost(link(1));
         assert_eq!(released(&mut replication), vec![hold(1), hold(2)]);
         assert_eq!(replication.holding_streams(), 0);
-        assert_eq!(replication.poll_batch(1, BYTES), None);
+        assert_eq!(replication.poll_batch(link(1), BYTES), None);
         assert_eq!(replication.poll_caught_up(), None);
         // Losing it again changes nothing.
-        replication.handle_link_lost(1);
+        replication.handle_link_lost(link(1));
         assert!(released(&mut replication).is_empty());
     }
 
@@ -590,29 +593,29 @@ mod tests {
         // confirmed the batch carrying the original; a lost link's with its other holds. Nothing
         // is sent for a barrier.
         let mut replication = PrimaryReplication::new(Epoch(3));
-        replication.handle_link_opened(1, "b1:1", Vec::new());
-        replication.handle_link_opened(2, "b2:1", Vec::new());
+        replication.handle_link_opened(link(1), "b1:1", Vec::new());
+        replication.handle_link_opened(link(2), "b2:1", Vec::new());
         replication.handle_event(created("q"));
         replication.handle_event(enqueued("q", 0, Some(10)));
         replication.handle_event(barrier("q", 11));
-        let first = replication.poll_batch(1, BYTES).unwrap();
-        let second = replication.poll_batch(2, BYTES).unwrap();
+        let first = replication.poll_batch(link(1), BYTES).unwrap();
+        let second = replication.poll_batch(link(2), BYTES).unwrap();
         assert_eq!(first, second);
         assert_eq!(positions(&first.records, "q"), vec![0]);
         assert!(released(&mut replication).is_empty(), "sent, not confirmed");
-        replication.handle_confirm(1, first.stream_seq).unwrap();
+        replication.handle_confirm(link(1), first.stream_seq).unwrap();
         assert_eq!(released(&mut replication), vec![hold(10), hold(11)]);
         // The second backup has not confirmed: its share of both is still held, until it is lost.
         replication.handle_event(enqueued("q", 1, Some(12)));
         replication.handle_event(barrier("q", 13));
         assert!(released(&mut replication).is_empty());
-        assert!(replication.handle_link_lost(2), "kept for b2, which may be ready");
+        assert!(replication.handle_link_lost(link(2)), "kept for b2, which may be ready");
         assert!(released(&mut replication).is_empty());
         replication.handle_expected_timed_out("b2:1");
         let mut holds = released(&mut replication);
         holds.sort();
         assert_eq!(holds, vec![hold(10), hold(11), hold(12), hold(13)]);
-        assert_eq!(drain(&mut replication, 1), positions_record("q", 1));
+        assert_eq!(drain(&mut replication, link(1)), positions_record("q", 1));
         assert_eq!(released(&mut replication), vec![hold(12), hold(13)]);
         // A barrier for a queue whose every record is confirmed comes back at once.
         replication.handle_event(barrier("q", 14));
@@ -635,7 +638,7 @@ mod tests {
             let mut held: BTreeMap<u64, u32> = BTreeMap::new();
             let mut stored: BTreeSet<u64> = BTreeSet::new();
             let mut open: Vec<LinkId> = Vec::new();
-            let (mut position, mut next_link) = (0u64, 1 as LinkId);
+            let (mut position, mut next_link) = (0u64, link(1));
             let mut out = Vec::new();
             for _ in 0..400 {
                 match next(8) {
@@ -660,7 +663,7 @@ mod tests {
                         snapshot.extend(stored.iter().map(|&p| enqueued("q", p, None)));
                         replication.handle_link_opened(next_link, backups[next(3) as usize], snapshot);
                         open.push(next_link);
-                        next_link += 1;
+                        next_link = link(next_link.0 .0 + 1);
                     }
                     5 if !open.is_empty() => {
                         let link = open.swap_remove(next(open.len() as u64) as usize);
