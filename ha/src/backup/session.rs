@@ -34,13 +34,13 @@ use ringmq_core::shard::Shard;
 
 use crate::backup::link::{BackupLink, LinkStatus};
 use crate::backup::ready_lease::LeaseRequests;
-use crate::backup::stream::{BackupStream, IgnoreReason};
+use crate::backup::stream::{BackupStream, IgnoreReason, Ignored};
 use crate::limits::{BATCH_BYTES_MAX, HOLDINGS_QUEUES_MAX, HOLDINGS_RANGES_MAX, LINK_SILENT_INTERVALS_MAX};
 use crate::link::frame::{decode_link_frame, LinkFrame, LinkOpen};
 use crate::link::heartbeat::{HeartbeatAction, LinkHeartbeat};
 use crate::link::record::{encode_confirm, Batch};
+use crate::node::config::NodeConfig;
 use crate::node::output::{NodeControl, NodeOutput, Outputs};
-use crate::node::shard_node::NodeConfig;
 
 /// A backup shard's link to the primary. See the module doc.
 #[derive(Debug)]
@@ -240,8 +240,8 @@ impl BackupSession {
                     }
                 }
                 (Handshake::Open, LinkFrame::Batch(batch)) => {
-                    if let Err(reason) = apply_batch(shard, &mut self.replica, batch) {
-                        end = Some(LinkEnd::Lost(reason));
+                    if let Err(ignored) = apply_batch(shard, &mut self.replica, batch) {
+                        end = Some(LinkEnd::Lost(ignored.to_string()));
                         break;
                     }
                 }
@@ -444,9 +444,13 @@ fn begin_catch_up(shard: &mut Shard, holdings_sent: bool) {
     }
 }
 
-/// Applies one batch from the primary to the shard's queues. An `Err` ends the link: a gap (a
-/// batch went missing) or a primary of an older epoch cannot be followed.
-fn apply_batch(shard: &mut Shard, replica: &mut BackupStream, batch: Batch) -> Result<(), String> {
+/// Applies one batch from the primary to the shard's queues; a duplicate is ignored.
+///
+/// # Errors
+///
+/// The batch's `Ignored` when it cannot be followed (a gap: a batch went missing; or a primary of
+/// an older epoch): the link ends.
+fn apply_batch(shard: &mut Shard, replica: &mut BackupStream, batch: Batch) -> Result<(), Ignored> {
     match replica.handle_batch(batch) {
         Ok(applied) => {
             for record in applied.records {
@@ -456,7 +460,7 @@ fn apply_batch(shard: &mut Shard, replica: &mut BackupStream, batch: Batch) -> R
         }
         Err(ignored) => match ignored.reason {
             IgnoreReason::Duplicate { .. } => Ok(()),
-            IgnoreReason::StaleEpoch(_) | IgnoreReason::Gap { .. } => Err(ignored.to_string()),
+            IgnoreReason::StaleEpoch(_) | IgnoreReason::Gap { .. } => Err(ignored),
         },
     }
 }

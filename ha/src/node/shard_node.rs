@@ -1,103 +1,76 @@
 //! One shard of one broker with all of its HA protocol, as a sans-IO machine: the core `Shard`
 //! plus the broker-to-broker links of that shard, their heartbeats, replication, and on shard 0
-//! the cluster-wide roles. The real transport and the simulator drive it the same way: they feed
-//! in what happened (bytes read, a connection closed, a dial answered, a timeout, a message from
-//! another shard) with the time, call `pump`, and carry out `poll_output` (`node_output`).
+//! the cluster-wide roles. The broker's IO shell and the simulator drive it the same way: they
+//! feed in what happened (bytes read, a connection closed, a dial answered, a timeout, a message
+//! from another shard) with the time, call `pump`, and carry out `poll_output` (`node::output`).
 //!
-//! The parts, each in its own module, all `impl ShardNode` or driven from here:
-//! - `backup_session`: a backup shard's link to the primary (dialling, handshake, batches).
-//! - `served_links`: the primary's end of backups' links (hand-over to the named shard, catch-up,
-//!   confirms), feeding this shard's `PrimaryReplication`.
-//! - `primary_role`: shard 0 of a primary: readiness of backups, `members`, recovering mode and
+//! The node owns its parts and routes each input to the one it concerns; the parts take the state
+//! they share (`node::core`: the shard, its replication, the outputs) as an argument, so that they
+//! depend on it and never on the node:
+//! - `backup::session`: a backup shard's link to the primary (dialling, handshake, batches).
+//! - `primary::served_links`: the primary's end of backups' links (hand-over to the named shard,
+//!   catch-up, confirms), feeding this shard's `PrimaryReplication`.
+//! - `primary::role`: shard 0 of a primary: readiness of backups, `members`, recovering mode and
 //!   `ha-backup-timeout`.
-//! - `epoch_watch`: shard 0 of a primary probes its peers and steps down for a newer primary.
-//! - `ready_lease`: shard 0 of a backup leaves `ready` when its primary was silent too long.
+//! - `primary::epoch_watch`: shard 0 of a primary probes its peers and steps down for a newer
+//!   primary.
+//! - `backup::ready_lease`: shard 0 of a backup leaves `ready` when its primary was silent too
+//!   long.
 //!
 //! Every connection, client or link, accepted or dialled, has a `ConnId` the shell allocates. A
 //! connection the core admits as a backup link (its preamble says so and this broker is the
 //! primary) leaves the core after `hello` and is served here.
 //!
 //! Call contract: after any `handle_*` call `pump(now)`, then take every `poll_output`
-//! (`node_shell::pump_and_carry_out` does both, for every shell); call `handle_timeout(now)` at
+//! (`node::shell::pump_and_carry_out` does both, for every shell); call `handle_timeout(now)` at
 //! `poll_timeout()`. `now` never goes backwards. Messages from other
 //! shards' cores go through `handle_peer`, so that the checks due before any input run first.
 //!
 //! Invariants:
 //! - The shard's replica hold count equals the number of holders of its publishes (streams and
-//!   collecting expected backups), after every change to them: they change only through
-//!   `change_holders`, and each live event's hold count is asserted equal to the holders it
-//!   reaches where it is fed (`replicate`).
+//!   collecting expected backups), after every change to them (`node::core`, `change_holders`).
 //! - A replication stream exists only while the broker is a primary; a backup session only while
 //!   it is a backup of a cluster.
 //! - Controls a node sends itself are handled within the same `pump`, in order.
 
 use std::collections::VecDeque;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bytes::BytesMut;
 use ringmq_core::broker_state::BrokerState;
+use ringmq_core::epoch::Epoch;
 use ringmq_core::ids::{ConnId, ShardId};
-use ringmq_core::replication::{Hold, ReplicationEvent};
 use ringmq_core::shard::Shard;
 use ringmq_core::shard_message::ShardMessage;
 
+use crate::backup::ready_lease;
 use crate::backup::session::BackupSession;
 use crate::link::frame::LinkOpen;
-use crate::link::LinkId;
-use crate::node::output::{NodeControl, NodeOutput, Outputs};
-use crate::primary::epoch_watch::EpochWatch;
+pub use crate::node::config::NodeConfig;
+use crate::node::core::NodeCore;
+use crate::node::output::{NodeControl, NodeOutput};
+use crate::primary::epoch_watch::{self, EpochWatch};
 use crate::primary::replication::PrimaryReplication;
-use crate::primary::role::PrimaryRole;
+use crate::primary::role::{self, PrimaryRole};
 use crate::primary::served_links::ServedLinks;
-
-/// A shard's HA settings.
-#[derive(Debug, Clone)]
-pub struct NodeConfig {
-    /// `link-heartbeat-interval`.
-    pub heartbeat_interval: Duration,
-    /// `link-maintenance-interval`: pacing of a backup's dials, period of a primary's probes.
-    pub maintenance_interval: Duration,
-    /// The other brokers of `ha-brokers-url`, `host:port`, this broker left out; empty when the
-    /// broker is not in a cluster (no links, no probes).
-    pub peer_addresses: Vec<String>,
-    /// This broker's own address, `host:port`: its name to the primary (`link-open`).
-    pub own_address: String,
-    /// `ha-backup-timeout`: how long a newly promoted primary holds confirms for each backup that
-    /// was ready under the previous primary, waiting for it to come back ready.
-    pub backup_timeout: Duration,
-    /// Shards in the broker (every member of a cluster has the same number).
-    pub shard_count: u16,
-}
 
 /// One shard and its HA protocol. See the module doc.
 pub struct ShardNode {
-    /// The core state machine.
-    pub(crate) shard: Shard,
-    /// Settings.
-    pub(crate) config: NodeConfig,
-    /// Streams to this shard's backups, while a primary (from the first link or the promotion).
-    pub(crate) replication: Option<PrimaryReplication>,
+    /// The shard, its replication and the outputs, shared by the parts below.
+    core: NodeCore,
     /// Backups' links served here.
-    pub(crate) served: ServedLinks,
+    served: ServedLinks,
     /// The link to the primary, while a backup of a cluster.
-    pub(crate) backup: Option<BackupSession>,
+    backup: Option<BackupSession>,
     /// Shard 0 of a primary: its backups and recovering mode.
-    pub(crate) role: PrimaryRole,
+    role: PrimaryRole,
     /// Shard 0 of a primary: probes for a newer primary.
-    pub(crate) watch: EpochWatch,
+    watch: EpochWatch,
     /// On a backup: the primary's ready backups as it last said (`members`); the others are
     /// this broker's expected backups if it is promoted.
-    pub(crate) ready_members: Vec<String>,
+    ready_members: Vec<String>,
     /// The HA state as of the last pump, to act on changes.
     seen_state: BrokerState,
-    /// Outputs not taken yet.
-    pub(crate) outputs: Outputs,
-    /// Controls this node sent itself, handled in `pump`.
-    own_controls: VecDeque<NodeControl>,
-    /// Scratch for `settle`: replication events and released holds.
-    scratch: (Vec<ReplicationEvent>, Vec<Hold>),
-    /// Scratch for `send_batches`: the links to write batches to.
-    pub(crate) batch_links: Vec<LinkId>,
     /// The core's messages for other shards, taken out for `poll_output`, not handed out yet.
     peer_outbox: VecDeque<(ShardId, ShardMessage)>,
 }
@@ -109,17 +82,11 @@ impl ShardNode {
         let mut node = ShardNode {
             role: PrimaryRole::new(config.shard_count),
             watch: EpochWatch::new(now, config.maintenance_interval),
-            shard,
-            config,
-            replication: None,
+            core: NodeCore::new(shard, config),
             served: ServedLinks::default(),
             backup: None,
             ready_members: Vec::new(),
             seen_state,
-            outputs: Outputs::default(),
-            own_controls: VecDeque::new(),
-            scratch: (Vec::new(), Vec::new()),
-            batch_links: Vec::new(),
             peer_outbox: VecDeque::new(),
         };
         node.follow_state(now);
@@ -128,39 +95,40 @@ impl ShardNode {
 
     /// The core shard.
     pub fn shard(&self) -> &Shard {
-        &self.shard
+        &self.core.shard
     }
 
     /// Settings.
     pub fn config(&self) -> &NodeConfig {
-        &self.config
+        &self.core.config
     }
 
     /// A connection was accepted.
     pub fn handle_accept(&mut self, conn: ConnId) {
-        self.shard.handle_accept(conn);
+        self.core.shard.handle_accept(conn);
     }
 
     /// Bytes arrived on a connection; every complete frame of `buf` is consumed.
     pub fn handle_read(&mut self, conn: ConnId, buf: &mut BytesMut, now: Instant) {
         self.before_input(now);
+        let core = &mut self.core;
         if let Some(backup) = self.backup.as_mut().filter(|b| b.owns(conn)) {
-            backup.handle_read(buf, now, &self.config, &mut self.shard, &mut self.ready_members, &mut self.outputs);
+            backup.handle_read(buf, now, &core.config, &mut core.shard, &mut self.ready_members, &mut core.outputs);
             return;
         }
         if self.served.knows(conn) {
-            self.handle_served_read(conn, buf, now);
+            self.served.handle_read(conn, buf, now, core);
             return;
         }
-        self.shard.handle_read(conn, buf);
-        if self.shard.is_backup_link(conn) {
+        core.shard.handle_read(conn, buf);
+        if core.shard.is_backup_link(conn) {
             // Past `hello`, a backup link speaks the replication link protocol, served here; the
             // core forgets it once its `hello` is out.
-            self.settle();
-            self.transmit();
-            self.shard.handle_link_detached(conn);
-            self.handle_link_admitted(conn, now);
-            self.handle_served_read(conn, buf, now);
+            core.settle();
+            core.transmit();
+            core.shard.handle_link_detached(conn);
+            self.served.handle_admitted(conn, now, core);
+            self.served.handle_read(conn, buf, now, core);
         }
     }
 
@@ -168,11 +136,11 @@ impl ShardNode {
     pub fn handle_closed(&mut self, conn: ConnId, now: Instant) {
         self.before_input(now);
         if let Some(backup) = self.backup.as_mut().filter(|b| b.owns(conn)) {
-            backup.handle_closed(now, &mut self.outputs);
+            backup.handle_closed(now, &mut self.core.outputs);
         } else if self.served.knows(conn) {
-            self.handle_served_closed(conn, "closed by the backup");
+            self.served.handle_closed(conn, "closed by the backup", &mut self.core);
         } else {
-            self.shard.handle_closed(conn);
+            self.core.shard.handle_closed(conn);
         }
     }
 
@@ -180,8 +148,8 @@ impl ShardNode {
     pub fn handle_dialed(&mut self, conn: ConnId, now: Instant) {
         self.before_input(now);
         match self.backup.as_mut() {
-            Some(backup) => backup.handle_dialed(conn, now, &self.config, &mut self.outputs),
-            None => self.outputs.push(NodeOutput::Shutdown { conn }),
+            Some(backup) => backup.handle_dialed(conn, now, &self.core.config, &mut self.core.outputs),
+            None => self.core.outputs.push(NodeOutput::Shutdown { conn }),
         }
     }
 
@@ -196,7 +164,7 @@ impl ShardNode {
     /// A message from another shard's core of this broker (`Shard::poll_peer` there).
     pub fn handle_peer(&mut self, message: ShardMessage, now: Instant) {
         self.before_input(now);
-        self.shard.handle_peer(message);
+        self.core.shard.handle_peer(message);
     }
 
     /// A message from another shard's node of this broker.
@@ -205,37 +173,52 @@ impl ShardNode {
         self.apply_control(control, now);
     }
 
+    /// A probe of `address` answered with its state and epoch, or not at all (`None`).
+    pub fn handle_probe_answer(&mut self, address: &str, answer: Option<(BrokerState, Epoch)>) {
+        epoch_watch::handle_probe_answer(address, answer, &mut self.core);
+    }
+
+    /// Adopts a backup link another shard of this broker accepted and handed over.
+    pub fn handle_link_adopted(&mut self, conn: ConnId, open: LinkOpen, pending: BytesMut, now: Instant) {
+        self.before_input(now);
+        self.served.serve(conn, open, pending, now, &mut self.core);
+    }
+
     /// Acts on a control, from another shard or this one.
     fn apply_control(&mut self, control: NodeControl, now: Instant) {
+        let core = &mut self.core;
         match control {
-            NodeControl::LinkOpened { backup, shard, conn } => self.role_link_opened(&backup, shard, conn),
-            NodeControl::CaughtUp { backup, shard, conn } => self.role_caught_up(&backup, shard, conn),
-            NodeControl::LinkLost { backup, shard, conn, kept } => self.role_link_lost(&backup, shard, conn, kept, now),
-            NodeControl::Superseded { epoch } => self.step_down(epoch),
+            NodeControl::LinkOpened { backup, shard, conn } => self.role.handle_link_opened(&backup, shard, conn),
+            NodeControl::CaughtUp { backup, shard, conn } => self.role.handle_caught_up(&backup, shard, conn, core),
+            NodeControl::LinkLost { backup, shard, conn, kept } => {
+                self.role.handle_link_lost(&backup, shard, conn, kept, now, core, &mut self.served)
+            }
+            NodeControl::Superseded { epoch } => epoch_watch::step_down(epoch, core),
             NodeControl::Members { ready } => self.ready_members = ready,
-            NodeControl::ExpectedTimedOut { backups } => self.expected_timed_out(&backups),
+            NodeControl::ExpectedTimedOut { backups } => role::release_expected(&backups, core),
         }
     }
 
     /// Time passed: heartbeats, handshakes, dials, `ha-backup-timeout`, probes.
     pub fn handle_timeout(&mut self, now: Instant) {
-        self.served_timeouts(now);
+        self.served.handle_timeout(now, &mut self.core);
         if let Some(backup) = self.backup.as_mut() {
-            backup.handle_timeout(now, &mut self.outputs);
+            backup.handle_timeout(now, &mut self.core.outputs);
         }
         self.before_input(now);
-        self.role_timeout(now);
-        self.watch_timeout(now);
+        self.role.handle_timeout(now, &mut self.core);
+        self.watch.handle_timeout(now, &mut self.core);
     }
 
     /// The next instant `handle_timeout` has work.
     pub fn poll_timeout(&self) -> Option<Instant> {
+        let granted = self.backup.as_ref().and_then(BackupSession::lease_granted);
         [
             self.served.poll_timeout(),
             self.backup.as_ref().and_then(BackupSession::poll_timeout),
             self.role.poll_timeout(),
-            self.watch_poll_timeout(),
-            self.ready_deadline(),
+            self.watch.poll_timeout(&self.core),
+            ready_lease::ready_deadline(&self.core, granted),
         ]
         .into_iter()
         .flatten()
@@ -251,18 +234,18 @@ impl ShardNode {
 
     /// Whether a replication stream holds so many unsent records that clients must wait.
     pub fn producers_must_pause(&self) -> bool {
-        self.replication.as_ref().is_some_and(PrimaryReplication::producers_must_pause)
+        self.core.replication.as_ref().is_some_and(PrimaryReplication::producers_must_pause)
     }
 
     /// Runs the shard and its replication until nothing moves, queues their outputs, and acts on
     /// a change of the broker's HA state.
     pub fn pump(&mut self, now: Instant) {
         loop {
-            self.settle();
-            self.transmit();
-            self.send_batches(now);
+            self.core.settle();
+            self.core.transmit();
+            self.served.send_batches(now, &mut self.core);
             self.follow_state(now);
-            let Some(control) = self.own_controls.pop_front() else { break };
+            let Some(control) = self.core.poll_own_control() else { break };
             self.apply_control(control, now);
         }
     }
@@ -271,125 +254,54 @@ impl ShardNode {
     /// messages for the other shards (`NodeOutput::Peer`), by destination, in order per
     /// destination.
     pub fn poll_output(&mut self) -> Option<NodeOutput> {
-        if let Some(output) = self.outputs.pop() {
+        if let Some(output) = self.core.outputs.pop() {
             return Some(output);
         }
-        if self.peer_outbox.is_empty() && self.shard.has_peer_output() {
-            let own = self.shard.id();
-            for to in (0..self.config.shard_count).map(ShardId).filter(|&to| to != own) {
-                self.peer_outbox.extend(self.shard.poll_peer(to).map(|message| (to, message)));
+        let shard = &mut self.core.shard;
+        if self.peer_outbox.is_empty() && shard.has_peer_output() {
+            let own = shard.id();
+            for to in (0..self.core.config.shard_count).map(ShardId).filter(|&to| to != own) {
+                self.peer_outbox.extend(shard.poll_peer(to).map(|message| (to, message)));
             }
         }
         let (shard, message) = self.peer_outbox.pop_front()?;
         Some(NodeOutput::Peer { shard, message })
     }
 
-    /// Sends `control` to shard `to` of this broker (handled in this `pump` when `to` is this
-    /// shard).
-    pub(crate) fn send_control(&mut self, to: u16, control: NodeControl) {
-        if to == self.shard.id().0 {
-            self.own_controls.push_back(control);
-        } else {
-            self.outputs.push(NodeOutput::Control { shard: to, control });
+    /// Runs the checks that must precede any input at `now`: an expired ready lease takes effect
+    /// (`backup::ready_lease`), and the link it ran on ends.
+    fn before_input(&mut self, now: Instant) {
+        let granted = self.backup.as_ref().and_then(BackupSession::lease_granted);
+        if !ready_lease::expire_ready(granted, now, &mut self.core) {
+            return;
         }
-    }
-
-    /// Drives the shard and feeds its replication events to the streams until no held confirm is
-    /// released any more.
-    pub(crate) fn settle(&mut self) {
-        loop {
-            self.shard.drive();
-            if !self.replicate() {
-                break;
-            }
-        }
-    }
-
-    /// Feeds the shard's replication events to its streams and hands released holds and raised
-    /// delivery bounds back to the shard. Returns whether either happened (the shard has confirms
-    /// or deliveries to drive).
-    fn replicate(&mut self) -> bool {
-        let (events, holds) = &mut self.scratch;
-        self.shard.poll_replication(events);
-        let Some(replication) = self.replication.as_mut() else {
-            // No backup has linked to this shard yet: there is nobody to tell.
-            events.clear();
-            return false;
-        };
-        for event in events.drain(..) {
-            // The pair of the count the shard took the holds with (`Shard::set_replica_holds`, kept
-            // by `change_holders`): exactly the holders that will release them receive the event.
-            if let Some(holders) = event.holders() {
-                assert_eq!(
-                    holders,
-                    replication.holding_streams(),
-                    "a publish took {holders} holds, but {} holders receive its event",
-                    replication.holding_streams()
-                );
-            }
-            replication.handle_event(event);
-        }
-        holds.clear();
-        let released = replication.poll_released(holds);
-        if released > 0 {
-            self.shard.handle_holds_released(holds);
-        }
-        // Delivery waits for the backups: messages they all confirmed may now go to consumers.
-        let deliverable = self.shard.handle_replicated(replication.poll_replicated());
-        released > 0 || deliverable
-    }
-
-    /// The one way the holders of this shard's publishes change (streams opened or lost,
-    /// expected backups added or timed out): every event made so far first goes to the holders its
-    /// holds were counted for, then `change` runs, then the shard takes as many holds per new
-    /// publish as there now are holders. A primary's first change creates its replication.
-    /// `replicate` asserts the pair: each event's hold count equals the holders it reaches.
-    pub(crate) fn change_holders<R>(&mut self, change: impl FnOnce(&mut PrimaryReplication) -> R) -> R {
-        self.settle();
-        let epoch = self.shard.ha().epoch();
-        let replication = self.replication.get_or_insert_with(|| PrimaryReplication::new(epoch));
-        let result = change(replication);
-        self.shard.set_replica_holds(replication.holding_streams());
-        result
-    }
-
-    /// Stepped down: the streams and every hold they had end with them (a backup confirms no
-    /// publish); new publishes take no hold.
-    fn drop_holders(&mut self) {
-        self.replication = None;
-        self.shard.set_replica_holds(0);
-    }
-
-    /// Queues the core's bytes for its client connections.
-    fn transmit(&mut self) {
-        while let Some((conn, bytes, close)) = self.shard.poll_transmit() {
-            self.outputs.write(conn, bytes);
-            if close {
-                self.outputs.push(NodeOutput::Close { conn });
-            }
+        if let Some(backup) = self.backup.as_mut() {
+            let reason = "its ready lease ran out".to_string();
+            backup.drop_accepted_link(reason, now, &mut self.core.outputs);
         }
     }
 
     /// Follows the broker's HA state: a backup of a cluster keeps a link to the primary; a broker
     /// that became a backup drops its streams; a promoted one stops its link and, entering
-    /// `recovering`, holds confirms for its expected backups.
+    /// `recovering`, holds acks for its expected backups.
     fn follow_state(&mut self, now: Instant) {
-        let state = self.shard.ha().state();
+        let core = &mut self.core;
+        let state = core.shard.ha().state();
         if state.is_backup() {
-            if self.replication.is_some() {
+            if core.replication.is_some() {
                 // Stepped down: the streams to our former backups end, and with them their links.
-                self.drop_holders();
-                self.drop_served_links();
+                core.drop_holders();
+                self.served.drop_all(core);
             }
-            if self.backup.is_none() && !self.config.peer_addresses.is_empty() {
-                self.backup = Some(BackupSession::new(now, &self.config, &self.shard));
+            if self.backup.is_none() && !core.config.peer_addresses.is_empty() {
+                self.backup = Some(BackupSession::new(now, &core.config, &core.shard));
             }
             if let Some(backup) = self.backup.as_mut() {
-                backup.poll_dial(now, &mut self.outputs);
+                backup.poll_dial(now, &mut core.outputs);
             }
         } else if let Some(mut backup) = self.backup.take() {
             // Promoted: the link to the old primary ends.
-            backup.stop(&mut self.outputs);
+            backup.stop(&mut core.outputs);
         }
         let previous = std::mem::replace(&mut self.seen_state, state);
         if state == previous {
@@ -397,16 +309,10 @@ impl ShardNode {
         }
         if state.is_primary() && !previous.is_primary() {
             // A fresh view of the backups: links of an earlier term as primary are gone.
-            self.role = PrimaryRole::new(self.config.shard_count);
+            self.role = PrimaryRole::new(core.config.shard_count);
         }
         if state == BrokerState::Recovering {
-            self.begin_recovery(now);
+            self.role.begin_recovery(now, &self.ready_members, core);
         }
-    }
-
-    /// Adopts a backup link another shard of this broker accepted and handed over.
-    pub fn handle_link_adopted(&mut self, conn: ConnId, open: LinkOpen, pending: BytesMut, now: Instant) {
-        self.before_input(now);
-        self.serve_link(conn, open, pending, now);
     }
 }

@@ -25,7 +25,7 @@ use ringmq_core::shard_message::ShardMessage;
 
 use crate::link::frame::LinkOpen;
 use crate::node::output::{NodeControl, NodeOutput};
-use crate::node::shard_node::ShardNode;
+use crate::node::ShardNode;
 
 /// What an IO shell does for one shard's node. Each method does one kind of `NodeOutput`; see
 /// that enum for what each must guarantee (answers to dials and probes, hand-over ownership).
