@@ -1,8 +1,8 @@
-//! The backup's side of a detached ready backup (`primary_role`, "Detached backups"): how long a
+//! The backup's side of a detached ready backup (`primary::role`, "Detached backups"): how long a
 //! `ready` broker may stay ready without word from its primary.
 //!
 //! A ready backup whose link dropped stays `ready` (`primary-lost`), so that the cluster manager
-//! can promote it if the primary died. But a primary that lives on holds confirms for it only for
+//! can promote it if the primary died. But a primary that lives on holds acks for it only for
 //! `ha-backup-timeout` plus a clock allowance after its `marked-ready` link ended, then confirms
 //! without it; a promotion after that would lose what it missed. So a ready broker holds a
 //! *lease*, and leaves `ready` for `joining` (`primary-lost-too-long`) when it runs out.

@@ -1,6 +1,6 @@
 //! One backup shard's link to the primary's same-numbered shard, as a sans-IO machine: which
-//! address to dial (`backup_link`), the handshake, applying the primary's batches to the shard
-//! (`backup_stream`), confirming them, heartbeats (`link_heartbeat`), and the HA transitions the
+//! address to dial (`backup::link`), the handshake, applying the primary's batches to the shard
+//! (`backup::stream`), confirming them, heartbeats (`link::heartbeat`), and the HA transitions the
 //! link decides on shard 0.
 //!
 //! A link, from the backup: dial (the shell gives up after `2 x link-heartbeat-interval`), send
@@ -9,7 +9,7 @@
 //! for `link-accepted`; then apply batches in order, confirm them cumulatively after each read,
 //! and exchange heartbeats until one end hears nothing for twice the interval. Shard 0 moves the
 //! broker to catch-up when the primary accepts and to ready on `marked-ready`, passes `members` to
-//! the other shards, and asks for its ready lease (`lease-request`, `ready_lease`).
+//! the other shards, and asks for its ready lease (`lease-request`, `backup::ready_lease`).
 //!
 //! Catch-up sends only the difference: `link-open` carries what the shard holds of its queues
 //! (`Shard::replica_holdings`), and the primary sends the messages it lacks, drops those it no
@@ -55,7 +55,7 @@ pub(crate) struct BackupSession {
     connection: Option<Connection>,
     /// `stop` was called: the broker is no longer a backup.
     stopped: bool,
-    /// Shard 0: the lease requests on accepted links and the last one granted (`ready_lease`).
+    /// Shard 0: the lease requests on accepted links and the last one granted (`backup::ready_lease`).
     lease: Option<LeaseRequests>,
 }
 

@@ -1,4 +1,6 @@
-//! The broker-to-broker replication link, either end.
+//! The broker-to-broker replication link, either end: its frames (`frame`), the records and
+//! batches a primary sends (`record`), dead-peer detection (`heartbeat`), and `LinkId`, the
+//! primary's name for one backup's link.
 
 pub mod frame;
 pub mod heartbeat;

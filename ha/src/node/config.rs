@@ -18,7 +18,7 @@ pub struct NodeConfig {
     pub peer_addresses: Vec<String>,
     /// This broker's own address, `host:port`: its name to the primary (`link-open`).
     pub own_address: String,
-    /// `ha-backup-timeout`: how long a newly promoted primary holds confirms for each backup that
+    /// `ha-backup-timeout`: how long a newly promoted primary holds acks for each backup that
     /// was ready under the previous primary, waiting for it to come back ready.
     pub backup_timeout: Duration,
     /// Shards in the broker (every member of a cluster has the same number).

@@ -5,17 +5,17 @@
 //! Recovering mode (the reference's, section 7 of its internals): a newly promoted primary
 //! expects every backup that was ready under the previous primary (the last `members` list this
 //! broker received as a backup, itself left out). Each shard's `PrimaryReplication` holds new
-//! confirms for them (`expect_backups`); shard 0 counts an expected backup settled when it is
+//! acks for them (`expect_backups`); shard 0 counts an expected backup settled when it is
 //! ready again (every shard's link caught up) or when `ha-backup-timeout` passes, and moves the
 //! broker to `active` once all are settled. A primary that expects nobody is `active` at once (the
 //! coordinator does that at promotion, see `Shard::set_expected_backups`).
 //!
 //! Detached backups: a backup this primary marked ready stays `ready` when a link of its drops,
-//! and the shard of that link keeps the confirms it held (`NodeControl::LinkLost { kept }`,
-//! `primary_replication`, "Detached backups"). The backup leaves `ready` `ha-backup-timeout` after
-//! it sent the last `lease-request` we answered on its shard-0 link (`ready_lease`); so that link
+//! and the shard of that link keeps the acks it held (`NodeControl::LinkLost { kept }`,
+//! `primary::replication`, "Detached backups"). The backup leaves `ready` `ha-backup-timeout` after
+//! it sent the last `lease-request` we answered on its shard-0 link (`backup::ready_lease`); so that link
 //! must end too: when another shard's link is lost, shard 0 closes it. Every request we answered
-//! was sent before the link ended, so from its end every shard holds confirms for the backup for
+//! was sent before the link ended, so from its end every shard holds acks for the backup for
 //! `ha-backup-timeout` plus a clock allowance (`detached_hold`), then gives up on it
 //! (`ExpectedTimedOut`), unless it is marked ready again first. A backup never marked ready by
 //! this primary is not ready on its account: what a lost link kept for it is released at once (in
@@ -26,7 +26,7 @@
 //!   backup after each change to the set of ready backups.
 //! - The broker leaves `recovering` only when no expected backup is left unsettled.
 //! - While a backup may be `ready` on this primary's account (its `marked-ready` link is open, or
-//!   ended less than `detached_hold` ago), no shard releases the confirms a lost link of its
+//!   ended less than `detached_hold` ago), no shard releases the acks a lost link of its
 //!   kept, except for messages dequeued meanwhile.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -57,8 +57,8 @@ pub(crate) struct PrimaryRole {
     expected_deadline: Option<Instant>,
     /// The shard-0 link each backup was last marked ready on (this backup's lease, on its side).
     marked_on: BTreeMap<String, ConnId>,
-    /// Backups whose `marked-ready` link ended while links of theirs kept confirms, with the
-    /// instant every shard stops holding confirms for them.
+    /// Backups whose `marked-ready` link ended while links of theirs kept acks, with the
+    /// instant every shard stops holding acks for them.
     detached: BTreeMap<String, Instant>,
 }
 
@@ -115,7 +115,7 @@ impl PrimaryRole {
         }
     }
 
-    /// Shard 0: a backup's link on `shard` ended; that shard `kept` the confirms it held.
+    /// Shard 0: a backup's link on `shard` ended; that shard `kept` the acks it held.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn handle_link_lost(
         &mut self,
@@ -142,7 +142,7 @@ impl PrimaryRole {
         }
     }
 
-    /// Shard 0: `shard` keeps confirms for `backup`, whose link `lost` there ended. Decides until
+    /// Shard 0: `shard` keeps acks for `backup`, whose link `lost` there ended. Decides until
     /// when (see the module doc, "Detached backups").
     fn hold_for_detached(
         &mut self,
@@ -243,7 +243,7 @@ impl PrimaryRole {
     }
 }
 
-/// Any shard: shard 0 gave up waiting for `backups`; the confirms held for them are released.
+/// Any shard: shard 0 gave up waiting for `backups`; the acks held for them are released.
 pub(crate) fn release_expected(backups: &[String], core: &mut NodeCore) {
     core.settle();
     if core.replication.is_none() {
@@ -256,7 +256,7 @@ pub(crate) fn release_expected(backups: &[String], core: &mut NodeCore) {
     });
 }
 
-/// How long shards hold confirms for a detached backup after its `marked-ready` link ended: its
+/// How long shards hold acks for a detached backup after its `marked-ready` link ended: its
 /// lease's length plus room for the clocks (`LEASE_CLOCK_ALLOWANCE_MAX`).
 pub(crate) fn detached_hold(backup_timeout: Duration, heartbeat_interval: Duration) -> Duration {
     backup_timeout + heartbeat_interval.min(LEASE_CLOCK_ALLOWANCE_MAX)

@@ -1,7 +1,7 @@
 //! The primary's end of backups' replication links, on one shard: the `ShardNode`'s side of
 //! `PrimaryReplication`.
 //!
-//! A backup opens one link per shard (`backup_session`). Any shard of the primary may accept it
+//! A backup opens one link per shard (`backup::session`). Any shard of the primary may accept it
 //! (the port is shared), so after the preamble and `hello` the accepting shard reads the backup's
 //! `link-open`, which names the shard it wants, and hands the connection over
 //! (`NodeOutput::HandOver`) unless it is that shard. The serving shard then:
@@ -10,10 +10,10 @@
 //! - opens a replication stream whose catch-up is the shard's snapshot of its replicated queues
 //!   (only the difference from the holdings the `link-open` carried), taken in the same step, so
 //!   every later change follows it on the stream;
-//! - reads confirms, heartbeats and lease requests (answered at once, `ready_lease`) until the
+//! - reads confirms, heartbeats and lease requests (answered at once, `backup::ready_lease`) until the
 //!   link ends, then drops the stream, and tells shard 0 (`NodeControl::LinkLost`). The confirms
 //!   the stream held are released, or, when its backup may be ready on its account (the catch-up
-//!   was confirmed), kept for that backup until shard 0 says otherwise (`primary_replication`,
+//!   was confirmed), kept for that backup until shard 0 says otherwise (`primary::replication`,
 //!   "Detached backups").
 //!
 //! Invariants:

@@ -14,13 +14,13 @@
 //! position of each gated queue it carries; `handle_confirm` raises that link's confirmed position;
 //! `handle_link_lost` and an overflow drop the link's runs. `poll_replicated` reports each queue
 //! whose bound rose, for `Shard::handle_replicated`. An enqueue that took holds with no link open
-//! (only expected backups collect) is reported at once: expected backups hold confirms, never
+//! (only expected backups collect) is reported at once: expected backups hold acks, never
 //! delivery, so a recovering primary does not stall its consumers for `ha-backup-timeout`. A
 //! gated message dequeued unsent (a purge) leaves its link's run open until a later enqueue of
 //! the queue is confirmed; it only ever holds back messages that link must confirm anyway.
 //!
 //! Not here: which links are open or overflowed (`PrimaryReplication` says, as events and batches
-//! come), the holds on publish confirms (released by the streams, not the gates).
+//! come), the holds on publish acks (released by the streams, not the gates).
 //!
 //! Invariants:
 //! - A queue's reported delivery bound only rises, never exceeds the last enqueue event seen for
@@ -247,7 +247,7 @@ mod tests {
         replication.handle_link_lost(link(2));
         assert_eq!(bounds(&mut replication), [("q".to_string(), 1)]);
         // A link that never confirms overflows: what it gated is deliverable once the other
-        // link confirmed it, without waiting for the transport to close it.
+        // link confirmed it, without waiting for the node to close it.
         replication.handle_link_opened(link(3), "stuck:1", Vec::new());
         let mut position = 2;
         while replication.poll_overflowed().is_none() {

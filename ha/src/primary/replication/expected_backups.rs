@@ -4,12 +4,12 @@
 //!
 //! Detached backups: a backup that was marked ready stays `ready` when its link drops, so that it
 //! can be promoted if this primary died; until it can no longer be promoted as ready (its ready
-//! lease ran out, `ready_lease`) the confirms it may hold must stay held. So a link lost (or
+//! lease ran out, `backup::ready_lease`) the acks it may hold must stay held. So a link lost (or
 //! overflowed) after its catch-up was confirmed, or of a backup already expected here, does not
 //! release its holds: they are *kept* for its backup, which becomes expected here (below) as if it
 //! had collected them (by queue and position, so that a dequeue releases them as it does
 //! collected ones), and collects new holds from then on. `handle_link_lost` says so, and shard 0
-//! decides how long (`primary_role`): until a new link of the backup catches up here, or until
+//! decides how long (`primary::role`): until a new link of the backup catches up here, or until
 //! `handle_expected_timed_out`. A link lost before its catch-up, of a backup not expected,
 //! releases its holds: that backup is not ready on its account.
 //!
@@ -31,7 +31,7 @@
 //! is collected too, per queue, and released by the catch-up, the timeout or its queue's deletion,
 //! but not by a dequeue: it has no position of its own, and the original it waits for was stored
 //! before the backup's link opened, so the snapshot of its catch-up carries it (or the original
-//! was consumed, which releases the duplicate's confirm as late as it would the original's).
+//! was consumed, which releases the duplicate's ack as late as it would the original's).
 //!
 //! The broker-wide rule while recovering is the caller's (`primary::role` on shard 0): the primary
 //! is `recovering` until every backup it expects is ready again or timed out; the

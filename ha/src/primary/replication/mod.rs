@@ -43,7 +43,7 @@
 //!   `links()` until it returns `None` (encode and send);
 //! - while `producers_must_pause()`, the shard stops reading producers.
 //!
-//! Not here: IO, time, the link's handshake (`link_frame`) and heartbeats (`link_heartbeat`), which
+//! Not here: IO, time, the link's handshake (`link::frame`) and heartbeats (`link::heartbeat`), which
 //! backups are ready (`membership`), which exchanges and bindings are replicated (shard 0 reports
 //! them as events like any other; they reach the stream in order).
 //!
@@ -541,7 +541,7 @@ mod tests {
             assert!(position <= STREAM_PENDING_MAX as u64 + 10, "never overflowed");
         }
         assert_eq!(replication.poll_overflowed(), None, "reported once");
-        // Still counted until the transport closes it; its share of new holds waits with it.
+        // Still counted until the node closes it; its share of new holds waits with it.
         assert_eq!(replication.holding_streams(), 2);
         assert_eq!(replication.poll_batch(link(2), BYTES), None);
         assert!(!replication.links().any(|id| id == link(2)));
