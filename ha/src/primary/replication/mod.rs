@@ -32,7 +32,7 @@
 //! - drain those events *before* `handle_link_opened`, `handle_link_lost`, `expect_backups` and
 //!   `handle_expected_timed_out`, and right after any of them call
 //!   `Shard::set_replica_holds(holding_streams())`: every event is then fed to exactly the streams
-//!   (and expected backups) its hold was counted for. In the broker, `ShardNode::change_holders`
+//!   (and expected backups) its hold was counted for. In the broker, `NodeCore::change_holders`
 //!   is the one place that does this, and each event's `holders` is asserted equal to
 //!   `holding_streams()` where it is fed;
 //! - `handle_confirm` for each confirm a backup sends; on `Err`, close the link and call
