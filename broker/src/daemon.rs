@@ -26,7 +26,7 @@ use std::process::ExitCode;
 use ringmq_core::ha_view::HaSettings;
 use ringmq_core::ids::ShardId;
 use ringmq_core::shard::ShardConfig;
-use ringmq_ha::shard_node::NodeConfig;
+use ringmq_ha::node::shard_node::NodeConfig;
 use ringmq_transport::runtime::{start, TransportConfig};
 use ringmq_transport::shard_exit::ShardExitCause;
 

@@ -7,54 +7,44 @@
 //! are checked strictly instead of being trusted.
 //!
 //! It does not open sockets, read files, spawn threads, read a clock or draw random numbers (it
-//! logs through `tracing`, whose subscriber the binary installs). The transport crate drives it:
-//! it feeds in what arrived (a promote command, a replication message, a timeout it measured) and
-//! carries out what comes back. So the whole HA protocol can be run
-//! deterministically in tests and in the simulator. Dependencies point one way:
-//! `transport -> ha -> core`.
+//! logs through `tracing`, whose subscriber the binary installs). The replication protocol runs in
+//! the node (`node::ShardNode`) and its parts; an IO shell feeds it what arrived (bytes, closes,
+//! dial answers, timeouts it measured) and carries out what comes back (`node::shell`), and only
+//! carries bytes. The broker's shell (`ringmq-transport`) and the simulator (`ringmq-tests`) call
+//! the same carrying-out, so the whole HA protocol runs deterministically in tests and in the
+//! simulator. Dependencies point one way: `transport -> ha -> core`, and inside this crate the node
+//! on its parts, the parts on `node::core`.
 //!
 //! Layout:
-//! - `broker_state` (re-exported from `ringmq-core`): the six broker states, the table of legal
-//!   transitions and their causes.
+//! - `node/`: one shard with all of its HA protocol. `shard_node` (the machine every shell drives:
+//!   inputs in, `output` out), `core` (the state the parts share and the one hold path: who holds
+//!   each publish's ack, `change_holders`), `config`, `output` (what a node asks its shell to do,
+//!   and what the nodes of one broker tell each other), `shell` (`NodeShell` and
+//!   `pump_and_carry_out`, the one carrying-out of a node's outputs).
+//! - `primary/`: the primary's side. `replication/` (one shard's replication to all its backups:
+//!   fan-out of events to the streams, `catch_up` backlogs, `delivery_gate`s, `expected_backups`),
+//!   `stream` (one stream to one backup: batching, the window of unconfirmed batches, cumulative
+//!   confirms), `served_links` (the primary's end of backups' links), `role` (shard 0: readiness,
+//!   `members`, recovering mode, detached backups), `membership` (which backups are ready),
+//!   `epoch_watch` (the probe for a newer primary).
+//! - `backup/`: the backup's side. `session` (a backup shard's link to the primary), `stream`
+//!   (epoch and sequence checks, records in order, coalesced confirms), `link` (which address of
+//!   `ha-brokers-url` to dial next and when), `ready_lease` (how long a backup stays `ready`
+//!   without word from its primary).
+//! - `link/`: the broker-to-broker link, either end. `frame` (every frame of a replication link and
+//!   one decoder for the mixed stream), `record` (replication records and the batches that carry
+//!   them, with their bytes), `heartbeat` (dead-peer detection), `LinkId`.
 //! - `url`: the reference's broker URL grammar (`ha-brokers-url`, `ha-public-url`, client
 //!   failover lists), parsed strictly and printed canonically.
-//! - `replication_level`: `none` / `configuration` / `all`, the `qpid.replicate` argument, and which
-//!   queues, exchanges and bindings are replicated.
-//! - `epoch` (re-exported from `ringmq-core`): leadership generations; the rules that fence a
-//!   stale primary.
 //! - `limits`: every bound of this crate, with their relationships asserted at compile time.
-//! - `record`: message replication's records (queue created/deleted, enqueued at positions,
-//!   dequeued position ranges) and the batches that carry them, with their binary encoding.
-//! - `primary_stream`: one primary shard's replication stream to one backup: batching, the window
-//!   of unconfirmed batches, cumulative confirms, and the holds on publish confirms they release.
-//! - `primary_replication`: one primary shard's replication to all its backups: a stream per backup
-//!   link fed the shard's `ReplicationEvent`s, the catch-up of a link from the shard's snapshot
-//!   (only the difference from the backup's holdings, interleaved with the live changes),
-//!   holds released once per stream, overflowed links, and expected backups (recovering mode's,
-//!   and detached ready ones), which hold publishes until their link caught up or
-//!   `ha-backup-timeout` passed.
-//! - `backup_stream`: the backup's side of one stream: epoch and sequence checks, handing records
-//!   back in order for the backup shard to store, coalesced confirms.
-//! - `link_frame`: every frame of a replication link (native `hello`/`heartbeat`/`error`, batches,
-//!   confirms, link-open with the backup shard's holdings, link-accepted, marked-ready, members)
-//!   and one decoder for the mixed stream.
-//! - `backup_link`: a backup's outgoing link to the primary: which address of `ha-brokers-url` to
-//!   dial next and when.
-//! - `link_heartbeat`: heartbeats and dead-peer detection on a broker-to-broker link, either end.
-//! - `membership`: the primary's view of its backups: which shards of each caught up, which
-//!   backups are ready, and their list for the `members` frame.
+//! - Re-exported from `ringmq-core`: `broker_state` (the six broker states, the table of legal
+//!   transitions and their causes), `epoch` (leadership generations; the rules that fence a stale
+//!   primary), `replication_level` (`none` / `configuration` / `all`, and which queues, exchanges
+//!   and bindings are replicated).
 //!
-//! - `shard_node`: one shard with all of its HA protocol, the machine the transport and the
-//!   simulator drive: bytes, closes, dial and probe answers and timeouts in, `node_output` out.
-//!   Its parts: `backup_session` (a backup shard's link to the primary), `served_links` (the
-//!   primary's end of backups' links), `primary_role` (shard 0 of a primary: readiness, `members`,
-//!   recovering mode, `ha-backup-timeout` and detached ready backups), `ready_lease` (how long a
-//!   backup stays `ready` without word from its primary) and `epoch_watch` (the probe for a newer
-//!   primary).
-//! - `node_output`: what a node asks its shell to do, and what the nodes of one broker tell
-//!   each other.
-//! - `node_shell`: the `NodeShell` trait every IO shell implements and `pump_and_carry_out`, the
-//!   one carrying-out of a node's outputs that the broker and the simulator both call.
+//! Terms: an *ack* is what a client receives for a publish; a *confirm* is what a backup sends the
+//! primary for a batch. A publish's ack is *held* once per holder (stream or expected backup) and
+//! released when each holder's backup confirmed it (or it ended).
 //!
 //! `broker_state` and `epoch` live in `ringmq-core` because the configuration coordinator (shard 0
 //! of `ringmq-core`) owns the broker's HA state and promotes it, and `ringmq-core` cannot depend
@@ -69,23 +59,11 @@
 //! - A broker takes only the transitions in `broker_state`'s table.
 //! - A backup never applies a record from an epoch older than the highest it has seen.
 
-pub mod backup_link;
-mod backup_session;
-pub mod backup_stream;
-mod epoch_watch;
+pub mod backup;
 pub mod limits;
-pub mod link_frame;
-pub mod link_heartbeat;
-pub mod membership;
-pub mod node_output;
-pub mod node_shell;
-pub mod primary_replication;
-mod primary_role;
-pub mod primary_stream;
-mod ready_lease;
-pub mod record;
-mod served_links;
-pub mod shard_node;
+pub mod link;
+pub mod node;
+pub mod primary;
 pub mod url;
 
 pub use ringmq_core::{broker_state, epoch, replication_level};

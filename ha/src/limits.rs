@@ -28,7 +28,7 @@ const _: () = assert!(
 );
 const _: () = assert!(URL_ADDRESSES_MAX >= 1);
 
-// ----- message replication (`record`, `primary_stream`, `backup_stream`) -----
+// ----- message replication (`record`, `primary::stream`, `backup::stream`) -----
 
 /// Largest replication batch on the wire, in bytes, length prefix included: the native protocol's
 /// frame cap, so the link reads batches with the same buffers as client frames. A batch of one
@@ -90,12 +90,12 @@ const _: () = assert!(BATCH_DEDUP_RANGES_MAX >= 1);
 const _: () = assert!(BATCHES_UNCONFIRMED_MAX >= 1);
 const _: () = assert!(BATCH_RECORDS_MAX >= 1 && BATCH_MESSAGES_MAX >= 1 && BATCH_RANGES_MAX >= 1);
 const _: () = assert!(STREAM_PENDING_PAUSE < STREAM_PENDING_MAX);
-// A catching-up stream is fed one batch's worth of its backlog at a time (`primary_replication`).
+// A catching-up stream is fed one batch's worth of its backlog at a time (`primary::replication`).
 const _: () = assert!(BATCH_MESSAGES_MAX as usize <= STREAM_PENDING_PAUSE);
 // A paused shard still finishes the publish frame it is in: the slack must hold at least one.
 const _: () = assert!(STREAM_PENDING_MAX - STREAM_PENDING_PAUSE >= BATCH_MESSAGES_MAX as usize);
 
-// ----- broker-to-broker links (`backup_link`, `link_heartbeat`) -----
+// ----- broker-to-broker links (`backup::link`, `link::heartbeat`) -----
 
 /// Shortest `link-heartbeat-interval` and `link-maintenance-interval`. Sub-second intervals must
 /// work (the reference truncated to whole seconds and silently disabled heartbeats below 1 s);
@@ -108,22 +108,22 @@ pub const LINK_HEARTBEAT_INTERVAL_MAX: std::time::Duration = std::time::Duration
 /// reference's rule: two).
 pub const LINK_SILENT_INTERVALS_MAX: u32 = 2;
 
-/// The most a primary holds confirms for a detached ready backup beyond `ha-backup-timeout`
-/// (`primary_role`), as room for the two machines' clocks to disagree on how much time passed;
+/// The most a primary holds acks for a detached ready backup beyond `ha-backup-timeout`
+/// (`primary::role`), as room for the two machines' clocks to disagree on how much time passed;
 /// the allowance is one `link-heartbeat-interval`, at most this. (The backup's lease runs from the
 /// sending of a `lease-request` the primary answered, which is before the primary saw the link
 /// end, so network delays need no room. Monotonic clocks drift by parts per million; the
 /// simulator's clock jumps stay below one heartbeat interval.)
 pub const LEASE_CLOCK_ALLOWANCE_MAX: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// A backup's lease requests go out every `ha-backup-timeout` divided by this (`ready_lease`), so
+/// A backup's lease requests go out every `ha-backup-timeout` divided by this (`backup::ready_lease`), so
 /// that a live link renews its lease long before it runs out.
 pub const LEASE_REQUESTS_PER_TIMEOUT: u32 = 4;
 
 const _: () = assert!(LINK_SILENT_INTERVALS_MAX >= 2, "one interval would race the peer's own heartbeat");
 const _: () = assert!(LINK_HEARTBEAT_INTERVAL_MIN.as_nanos() < LINK_HEARTBEAT_INTERVAL_MAX.as_nanos());
 
-// ----- the replication link's own frames (`link_frame`) -----
+// ----- the replication link's own frames (`link::frame`) -----
 
 /// Longest backup address in a `LinkOpen` frame (`host:port`), in bytes: the longest host name
 /// plus `:65535`. A bracketed IPv6 literal is shorter than the longest host name (asserted above).
@@ -163,7 +163,7 @@ const _: () = assert!(HOLDINGS_RANGES_MAX <= u32::MAX as usize, "range counts tr
 /// A peer inventing new names cannot grow the primary's membership past it.
 pub const BACKUPS_MAX: usize = URL_ADDRESSES_MAX;
 
-/// Bytes of the largest `members` frame (`link_frame`): length, type, count, then `BACKUPS_MAX`
+/// Bytes of the largest `members` frame (`link::frame`): length, type, count, then `BACKUPS_MAX`
 /// addresses of the longest length, each with its `u16` length.
 pub const MEMBERS_FRAME_BYTES_MAX: usize = 4 + 1 + 2 + BACKUPS_MAX * (2 + LINK_ADDRESS_BYTES_MAX);
 

@@ -23,7 +23,8 @@ use ringmq_core::ids::{ConnId, ConsumerId, RequestId, Seq, ShardId};
 use ringmq_core::replication::{Hold, ReplicationEvent};
 use ringmq_core::replication_level::ReplicationLevel;
 use ringmq_core::shard::{Shard, ShardConfig, Transmit};
-use ringmq_ha::primary_replication::PrimaryReplication;
+use ringmq_ha::link::LinkId;
+use ringmq_ha::primary::replication::PrimaryReplication;
 
 /// The admin connection that promotes.
 const ADMIN: u32 = 99;
@@ -130,18 +131,18 @@ impl Primary {
     }
 
     /// A backup's link opens with the shard's snapshot (after pumping, as the shell does).
-    fn open_link(&mut self, link: u64, backup: &str) {
+    fn open_link(&mut self, id: u32, backup: &str) {
         self.pump();
         let mut snapshot = Vec::new();
         self.shard.replication_snapshot_for(None, &mut snapshot);
-        self.replication.handle_link_opened(link, backup, snapshot);
+        self.replication.handle_link_opened(link(id), backup, snapshot);
         self.shard.set_replica_holds(self.replication.holding_streams());
     }
 
     /// The backup of `link` confirms every batch there is to send.
-    fn confirm_all(&mut self, link: u64) {
-        while let Some(batch) = self.replication.poll_batch(link, 64 * 1024) {
-            self.replication.handle_confirm(link, batch.stream_seq).unwrap();
+    fn confirm_all(&mut self, id: u32) {
+        while let Some(batch) = self.replication.poll_batch(link(id), 64 * 1024) {
+            self.replication.handle_confirm(link(id), batch.stream_seq).unwrap();
         }
         self.pump();
     }
@@ -216,10 +217,10 @@ fn a_message_reaches_the_consumer_only_once_the_linked_backup_confirmed_it() {
     assert!(primary.delivered().is_empty(), "delivered before the backup held it");
     assert_eq!(primary.confirmed(), []);
     // The batch is sent but not confirmed yet: still nothing.
-    let batch = primary.replication.poll_batch(1, 64 * 1024).unwrap();
+    let batch = primary.replication.poll_batch(link(1), 64 * 1024).unwrap();
     primary.pump();
     assert!(primary.delivered().is_empty());
-    primary.replication.handle_confirm(1, batch.stream_seq).unwrap();
+    primary.replication.handle_confirm(link(1), batch.stream_seq).unwrap();
     primary.pump();
     assert_eq!(primary.delivered(), ["a", "b"]);
     assert_eq!(primary.confirmed(), [(0, 1)]);
@@ -242,12 +243,12 @@ fn a_lost_link_releases_delivery_and_without_a_backup_messages_go_at_once() {
     assert_eq!(primary.confirmed(), [(0, 0)]);
     primary.open_link(1, "b1:1");
     primary.publish(1, &["held"]);
-    primary.replication.poll_batch(1, 64 * 1024).unwrap();
+    primary.replication.poll_batch(link(1), 64 * 1024).unwrap();
     primary.pump();
     assert!(primary.delivered().is_empty());
     // The backup is dropped (heartbeat expired): delivery and confirm go on.
     primary.pump();
-    primary.replication.handle_link_lost(1);
+    primary.replication.handle_link_lost(link(1));
     primary.shard.set_replica_holds(primary.replication.holding_streams());
     primary.pump();
     assert_eq!(primary.delivered(), ["held"]);
@@ -269,4 +270,9 @@ fn an_expected_backup_holds_the_confirm_but_not_the_delivery() {
     primary.open_link(1, "b1:1");
     primary.confirm_all(1);
     assert_eq!(primary.confirmed(), [(0, 0)]);
+}
+
+/// The replication link of connection `id`.
+fn link(id: u32) -> LinkId {
+    LinkId(ConnId(id))
 }

@@ -2,7 +2,7 @@
 //!
 //! One thread per shard, pinned to its core, runs one io_uring loop (compio, pinned to an exact
 //! version and used only through this crate). The loop turns socket reads and ring messages into
-//! calls on the shard's sans-IO node (`ringmq_ha::shard_node::ShardNode`: the core shard and its HA
+//! calls on the shard's sans-IO node (`ringmq_ha::node::shard_node::ShardNode`: the core shard and its HA
 //! protocol) and carries its outputs (bytes for connections, dials, probes, batches for other
 //! shards) out. Shards talk only over single-producer/single-consumer rings; there is no
 //! lock on the message path.
@@ -20,7 +20,7 @@
 //! - `doorbell`: the cross-thread wakeup for a shard's inbox.
 //! - `node_shell`: carries out the node's outputs: writes, closes, dials of a backup's links,
 //!   probes of peers, and the hand-over of a backup link to the shard it names. The HA protocol
-//!   itself is `ringmq_ha::shard_node`, sans-IO.
+//!   itself is `ringmq_ha::node::shard_node`, sans-IO.
 //! - `shard_control`: rare messages between the shards' IO shells (a link handed over, the nodes'
 //!   controls).
 //!

@@ -1,4 +1,4 @@
-//! The broker's IO shell for a shard's node: `ShardShell` implements `ringmq_ha::node_shell::
+//! The broker's IO shell for a shard's node: `ShardShell` implements `ringmq_ha::node::shell::
 //! NodeShell` over io_uring (compio) sockets, the shard rings and the control queues, and `pump`
 //! runs the one carrying-out the simulator runs too (`pump_and_carry_out`). Writes, closes, dials
 //! of a backup's link, probes of peers, the hand-over of a backup link's socket to the shard that
@@ -30,10 +30,10 @@ use ringmq_core::ids::{ConnId, RequestId, ShardId};
 use ringmq_core::limits::FRAME_BYTES_MAX;
 use ringmq_core::shard_message::ShardMessage;
 use ringmq_ha::limits::LINK_SILENT_INTERVALS_MAX;
-use ringmq_ha::link_frame::LinkOpen;
-use ringmq_ha::node_output::NodeControl;
-use ringmq_ha::node_shell::{pump_and_carry_out, NodeShell};
-use ringmq_ha::shard_node::ShardNode;
+use ringmq_ha::link::frame::LinkOpen;
+use ringmq_ha::node::output::NodeControl;
+use ringmq_ha::node::shard_node::ShardNode;
+use ringmq_ha::node::shell::{pump_and_carry_out, NodeShell};
 
 use crate::connection_stream::ConnectionStream;
 use crate::limits::{PROBE_BUFFER_BYTES, PROBE_TIMEOUT_MIN, READ_BUFFER_BYTES};

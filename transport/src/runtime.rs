@@ -13,7 +13,7 @@ use std::sync::mpsc;
 
 use ringmq_core::ids::ShardId;
 use ringmq_core::shard::{Shard, ShardConfig};
-use ringmq_ha::shard_node::NodeConfig;
+use ringmq_ha::node::shard_node::NodeConfig;
 
 use crate::listener::bind_shared;
 use crate::shard_control::ShardControls;

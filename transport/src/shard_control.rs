@@ -15,8 +15,8 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 
 use bytes::BytesMut;
-use ringmq_ha::link_frame::LinkOpen;
-use ringmq_ha::node_output::NodeControl;
+use ringmq_ha::link::frame::LinkOpen;
+use ringmq_ha::node::output::NodeControl;
 
 use crate::doorbell::Doorbell;
 

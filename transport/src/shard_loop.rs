@@ -1,7 +1,7 @@
 //! One shard's event loop: an io_uring runtime (compio) on a thread pinned to its core, that
 //! accepts connections on the shared port, reads and writes them, drains the rings from other
 //! shards, sleeps until the node's next timeout, and feeds it all to the shard's sans-IO node
-//! (`ringmq_ha::shard_node::ShardNode`: the core shard and its HA protocol).
+//! (`ringmq_ha::node::shard_node::ShardNode`: the core shard and its HA protocol).
 //!
 //! Tasks on the shard's thread: one acceptor, one inbox task, one timer task, a reader and a
 //! writer per connection (clients and broker-to-broker links alike), and the short tasks that
@@ -9,7 +9,7 @@
 //! that is never borrowed across an await, so no two of them ever see it half-changed.
 //!
 //! After every input the loop *pumps* (`node_shell::pump`): `ShardNode::pump`, then every output
-//! is carried out by `ringmq_ha::node_shell::pump_and_carry_out` (the simulator's too), the core's
+//! is carried out by `ringmq_ha::node::shell::pump_and_carry_out` (the simulator's too), the core's
 //! messages for other shards going into their rings, and the timer is re-armed if the node's next
 //! timeout moved earlier.
 //!
@@ -36,7 +36,7 @@ use compio::buf::BufResult;
 use compio::net::TcpListener;
 use ringmq_core::ids::ConnId;
 use ringmq_core::shard::Shard;
-use ringmq_ha::shard_node::{NodeConfig, ShardNode};
+use ringmq_ha::node::shard_node::{NodeConfig, ShardNode};
 
 use crate::connection_stream::ConnectionStream;
 use crate::limits::{ACCEPT_RETRY, INBOX_BATCH_MAX, OVERFLOW_RETRY, READ_BUFFER_BYTES, TIMER_IDLE_SLEEP};

@@ -1,5 +1,5 @@
 //! A deterministic simulation of ringmq's HA protocol: N brokers' real state machines (each
-//! shard a `ringmq_ha::shard_node::ShardNode` owning a `ringmq_core::shard::Shard`) in one thread,
+//! shard a `ringmq_ha::node::shard_node::ShardNode` owning a `ringmq_core::shard::Shard`) in one thread,
 //! with a simulated clock, network, clients and cluster manager, seeded faults, and invariants
 //! checked after every step.
 //!

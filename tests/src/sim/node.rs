@@ -1,5 +1,5 @@
-//! The per-shard HA driver the simulator runs: `ringmq_ha::shard_node::ShardNode`, the same code
+//! The per-shard HA driver the simulator runs: `ringmq_ha::node::shard_node::ShardNode`, the same code
 //! the real transport drives, with its outputs and cross-shard controls.
 
-pub use ringmq_ha::node_output::{NodeControl, NodeOutput};
-pub use ringmq_ha::shard_node::{NodeConfig, ShardNode};
+pub use ringmq_ha::node::output::{NodeControl, NodeOutput};
+pub use ringmq_ha::node::shard_node::{NodeConfig, ShardNode};

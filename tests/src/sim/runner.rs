@@ -41,8 +41,8 @@ use bytes::BytesMut;
 use ringmq_core::broker_state::BrokerState;
 use ringmq_core::ids::ConnId;
 use ringmq_core::replication::ReplicationEvent;
-use ringmq_ha::link_frame::LinkOpen;
-use ringmq_ha::node_shell::pump_and_carry_out;
+use ringmq_ha::link::frame::LinkOpen;
+use ringmq_ha::node::shell::pump_and_carry_out;
 
 use self::shell::SimShell;
 use super::broker::{BrokerSettings, SimBroker};

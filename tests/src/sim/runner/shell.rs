@@ -1,4 +1,4 @@
-//! The simulator's IO shell: `SimShell` implements `ringmq_ha::node_shell::NodeShell` over the
+//! The simulator's IO shell: `SimShell` implements `ringmq_ha::node::shell::NodeShell` over the
 //! simulated network, the agenda and each broker's shard channels, so that a node's outputs are
 //! carried out by the same `pump_and_carry_out` the broker runs.
 //!
@@ -12,9 +12,9 @@
 use bytes::BytesMut;
 use ringmq_core::ids::{ConnId, ShardId};
 use ringmq_core::shard_message::ShardMessage;
-use ringmq_ha::link_frame::LinkOpen;
-use ringmq_ha::node_output::NodeControl;
-use ringmq_ha::node_shell::NodeShell;
+use ringmq_ha::link::frame::LinkOpen;
+use ringmq_ha::node::output::NodeControl;
+use ringmq_ha::node::shell::NodeShell;
 
 use super::observer::frame_kinds;
 use super::{node_name, violation, NodeInput, Simulation};

@@ -24,8 +24,8 @@ use std::time::{Duration, Instant};
 use ringmq_core::broker_state::{BrokerState, TransitionCause};
 use ringmq_core::epoch::Epoch;
 
-use crate::node_output::NodeOutput;
-use crate::shard_node::ShardNode;
+use crate::node::core::NodeCore;
+use crate::node::output::NodeOutput;
 
 /// When shard 0 probes its peers next.
 #[derive(Debug)]
@@ -41,59 +41,55 @@ impl EpochWatch {
     pub(crate) fn new(now: Instant, interval: Duration) -> EpochWatch {
         EpochWatch { interval, next_at: now + interval }
     }
-}
-
-impl ShardNode {
-    /// Whether this shard probes: shard 0 of a primary of a cluster.
-    fn watches(&self) -> bool {
-        let state = self.shard.ha().state();
-        self.shard.id().0 == 0
-            && !self.config.peer_addresses.is_empty()
-            && matches!(state, BrokerState::Recovering | BrokerState::Active)
-    }
 
     /// The next round of probes, while this shard probes.
-    pub(crate) fn watch_poll_timeout(&self) -> Option<Instant> {
-        self.watches().then_some(self.watch.next_at)
+    pub(crate) fn poll_timeout(&self, core: &NodeCore) -> Option<Instant> {
+        watches(core).then_some(self.next_at)
     }
 
     /// Starts a round of probes when one is due.
-    pub(crate) fn watch_timeout(&mut self, now: Instant) {
-        if now < self.watch.next_at {
+    pub(crate) fn handle_timeout(&mut self, now: Instant, core: &mut NodeCore) {
+        if now < self.next_at {
             return;
         }
-        self.watch.next_at = now + self.watch.interval;
-        if !self.watches() {
+        self.next_at = now + self.interval;
+        if !watches(core) {
             return;
         }
-        for address in &self.config.peer_addresses {
-            self.outputs.push(NodeOutput::Probe { address: address.clone() });
+        for address in &core.config.peer_addresses {
+            core.outputs.push(NodeOutput::Probe { address: address.clone() });
         }
     }
+}
 
-    /// A probe of `address` answered with its state and epoch, or not at all (`None`).
-    pub fn handle_probe_answer(&mut self, address: &str, answer: Option<(BrokerState, Epoch)>) {
-        let Some((state, epoch)) = answer else { return };
-        let ours = self.shard.ha().epoch();
-        if epoch > ours && matches!(state, BrokerState::Recovering | BrokerState::Active) && self.watches() {
-            tracing::warn!(peer = %address, %epoch, %ours, "a newer primary exists: stepping down");
-            self.step_down(epoch);
-        }
+/// Whether this shard probes: shard 0 of a primary of a cluster.
+fn watches(core: &NodeCore) -> bool {
+    let state = core.shard.ha().state();
+    core.shard.id().0 == 0
+        && !core.config.peer_addresses.is_empty()
+        && matches!(state, BrokerState::Recovering | BrokerState::Active)
+}
+
+/// A probe of `address` answered with its state and epoch, or not at all (`None`).
+pub(crate) fn handle_probe_answer(address: &str, answer: Option<(BrokerState, Epoch)>, core: &mut NodeCore) {
+    let Some((state, epoch)) = answer else { return };
+    let ours = core.shard.ha().epoch();
+    if epoch > ours && matches!(state, BrokerState::Recovering | BrokerState::Active) && watches(core) {
+        tracing::warn!(peer = %address, %epoch, %ours, "a newer primary exists: stepping down");
+        step_down(epoch, core);
     }
+}
 
-    /// Shard 0: this primary learned of a newer epoch; it becomes a joining backup. The other
-    /// shards follow through the core, and each node drops its streams when it sees the backup
-    /// state (`ShardNode::pump`).
-    pub(crate) fn step_down(&mut self, epoch: Epoch) {
-        let state = self.shard.ha().state();
-        if !state.is_primary() || state == BrokerState::Standalone {
-            return;
-        }
-        self.shard.observe_epoch(epoch);
-        if let Err(error) =
-            self.shard.handle_ha_transition(BrokerState::Joining, TransitionCause::SupersededByNewerEpoch)
-        {
-            tracing::warn!(%error, "could not step down");
-        }
+/// Shard 0: this primary learned of a newer epoch; it becomes a joining backup. The other
+/// shards follow through the core, and each node drops its streams when it sees the backup
+/// state (`ShardNode::pump`).
+pub(crate) fn step_down(epoch: Epoch, core: &mut NodeCore) {
+    let state = core.shard.ha().state();
+    if !state.is_primary() || state == BrokerState::Standalone {
+        return;
+    }
+    core.shard.observe_epoch(epoch);
+    if let Err(error) = core.shard.handle_ha_transition(BrokerState::Joining, TransitionCause::SupersededByNewerEpoch) {
+        tracing::warn!(%error, "could not step down");
     }
 }

@@ -1,8 +1,8 @@
-//! The backup's side of a detached ready backup (`primary_role`, "Detached backups"): how long a
+//! The backup's side of a detached ready backup (`primary::role`, "Detached backups"): how long a
 //! `ready` broker may stay ready without word from its primary.
 //!
 //! A ready backup whose link dropped stays `ready` (`primary-lost`), so that the cluster manager
-//! can promote it if the primary died. But a primary that lives on holds confirms for it only for
+//! can promote it if the primary died. But a primary that lives on holds acks for it only for
 //! `ha-backup-timeout` plus a clock allowance after its `marked-ready` link ended, then confirms
 //! without it; a promotion after that would lose what it missed. So a ready broker holds a
 //! *lease*, and leaves `ready` for `joining` (`primary-lost-too-long`) when it runs out.
@@ -20,7 +20,7 @@
 //! lease always comes from the link that carried its `marked-ready` (or a later `marked-ready`).
 //!
 //! Invariants:
-//! - Before any input is handled (`before_input`), an expired lease takes effect: a broker that
+//! - Before any input is handled (`ShardNode::before_input`), an expired lease takes effect: a broker that
 //!   was stopped (a pause, SIGSTOP) and resumes never answers anyone, nor takes a promotion, as
 //!   `ready` on a lease that ran out meanwhile.
 //! - The lease's end is `poll_timeout`'s too, so an idle broker leaves `ready` on time.
@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 use ringmq_core::broker_state::{BrokerState, TransitionCause};
 
 use crate::limits::LEASE_REQUESTS_PER_TIMEOUT;
-use crate::shard_node::ShardNode;
+use crate::node::core::NodeCore;
 
 /// Lease requests not answered that a backup remembers; older ones are forgotten (their grants,
 /// should they come, are then ignored, which only shortens the lease).
@@ -112,44 +112,34 @@ impl LeaseRequests {
     }
 }
 
-impl ShardNode {
-    /// Runs the checks that must precede any input at `now`: an expired ready lease takes effect.
-    pub(crate) fn before_input(&mut self, now: Instant) {
-        self.expire_ready(now);
+/// When a ready broker's lease ends (shard 0): `ha-backup-timeout` after the sending of the
+/// newest request its primary granted (`granted`, `LeaseRequests::granted`). `None` on other
+/// shards, in other states, and when no request was granted (then the lease is over already).
+pub(crate) fn ready_deadline(core: &NodeCore, granted: Option<Instant>) -> Option<Instant> {
+    if core.shard.id().0 != 0 || core.shard.ha().state() != BrokerState::Ready {
+        return None;
     }
+    Some(granted? + core.config.backup_timeout)
+}
 
-    /// When a ready broker's lease ends (shard 0): `ha-backup-timeout` after the sending of the
-    /// newest request its primary granted. `None` on other shards, in other states, and when no
-    /// request was granted (then the lease is over already).
-    pub(crate) fn ready_deadline(&self) -> Option<Instant> {
-        if self.shard.id().0 != 0 || self.shard.ha().state() != BrokerState::Ready {
-            return None;
-        }
-        let granted = self.backup.as_ref()?.lease_granted()?;
-        Some(granted + self.config.backup_timeout)
+/// Shard 0, before any input at `now`: a ready broker whose lease ended becomes `joining`.
+/// Returns whether it did; then the caller ends the link the lease ran on, so that the broker
+/// links and catches up again as any joining backup does.
+pub(crate) fn expire_ready(granted: Option<Instant>, now: Instant, core: &mut NodeCore) -> bool {
+    if core.shard.id().0 != 0 || core.shard.ha().state() != BrokerState::Ready {
+        return false;
     }
-
-    /// Shard 0: a ready broker whose lease ended becomes `joining` and ends its link, to link and
-    /// catch up again as any joining backup does.
-    fn expire_ready(&mut self, now: Instant) {
-        if self.shard.id().0 != 0 || self.shard.ha().state() != BrokerState::Ready {
-            return;
-        }
-        if self.ready_deadline().is_some_and(|deadline| now < deadline) {
-            return;
-        }
-        let timeout = self.config.backup_timeout;
-        match self.shard.handle_ha_transition(BrokerState::Joining, TransitionCause::PrimaryLostTooLong) {
-            Ok(()) => {
-                tracing::warn!(?timeout, "no lease granted by the primary for ha-backup-timeout: no longer ready")
-            }
-            Err(error) => tracing::warn!(%error, "could not leave ready"),
-        }
-        if let Some(backup) = self.backup.as_mut() {
-            let reason = "its ready lease ran out".to_string();
-            backup.drop_accepted_link(reason, now, &mut self.outputs);
-        }
+    if ready_deadline(core, granted).is_some_and(|deadline| now < deadline) {
+        return false;
     }
+    let timeout = core.config.backup_timeout;
+    match core.shard.handle_ha_transition(BrokerState::Joining, TransitionCause::PrimaryLostTooLong) {
+        Ok(()) => {
+            tracing::warn!(?timeout, "no lease granted by the primary for ha-backup-timeout: no longer ready")
+        }
+        Err(error) => tracing::warn!(%error, "could not leave ready"),
+    }
+    true
 }
 
 #[cfg(test)]

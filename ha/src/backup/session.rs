@@ -1,6 +1,6 @@
 //! One backup shard's link to the primary's same-numbered shard, as a sans-IO machine: which
-//! address to dial (`backup_link`), the handshake, applying the primary's batches to the shard
-//! (`backup_stream`), confirming them, heartbeats (`link_heartbeat`), and the HA transitions the
+//! address to dial (`backup::link`), the handshake, applying the primary's batches to the shard
+//! (`backup::stream`), confirming them, heartbeats (`link::heartbeat`), and the HA transitions the
 //! link decides on shard 0.
 //!
 //! A link, from the backup: dial (the shell gives up after `2 x link-heartbeat-interval`), send
@@ -9,7 +9,7 @@
 //! for `link-accepted`; then apply batches in order, confirm them cumulatively after each read,
 //! and exchange heartbeats until one end hears nothing for twice the interval. Shard 0 moves the
 //! broker to catch-up when the primary accepts and to ready on `marked-ready`, passes `members` to
-//! the other shards, and asks for its ready lease (`lease-request`, `ready_lease`).
+//! the other shards, and asks for its ready lease (`lease-request`, `backup::ready_lease`).
 //!
 //! Catch-up sends only the difference: `link-open` carries what the shard holds of its queues
 //! (`Shard::replica_holdings`), and the primary sends the messages it lacks, drops those it no
@@ -32,15 +32,15 @@ use ringmq_core::frame::{Frame, Preamble, PREAMBLE_FLAG_BACKUP, PROTOCOL_VERSION
 use ringmq_core::ids::ConnId;
 use ringmq_core::shard::Shard;
 
-use crate::backup_link::{BackupLink, LinkStatus};
-use crate::backup_stream::{BackupStream, IgnoreReason};
+use crate::backup::link::{BackupLink, LinkStatus};
+use crate::backup::ready_lease::LeaseRequests;
+use crate::backup::stream::{BackupStream, IgnoreReason, Ignored};
 use crate::limits::{BATCH_BYTES_MAX, HOLDINGS_QUEUES_MAX, HOLDINGS_RANGES_MAX, LINK_SILENT_INTERVALS_MAX};
-use crate::link_frame::{decode_link_frame, LinkFrame, LinkOpen};
-use crate::link_heartbeat::{HeartbeatAction, LinkHeartbeat};
-use crate::node_output::{NodeControl, NodeOutput, Outputs};
-use crate::ready_lease::LeaseRequests;
-use crate::record::{encode_confirm, Batch};
-use crate::shard_node::NodeConfig;
+use crate::link::frame::{decode_link_frame, LinkFrame, LinkOpen};
+use crate::link::heartbeat::{HeartbeatAction, LinkHeartbeat};
+use crate::link::record::{encode_confirm, Batch};
+use crate::node::config::NodeConfig;
+use crate::node::output::{NodeControl, NodeOutput, Outputs};
 
 /// A backup shard's link to the primary. See the module doc.
 #[derive(Debug)]
@@ -55,7 +55,7 @@ pub(crate) struct BackupSession {
     connection: Option<Connection>,
     /// `stop` was called: the broker is no longer a backup.
     stopped: bool,
-    /// Shard 0: the lease requests on accepted links and the last one granted (`ready_lease`).
+    /// Shard 0: the lease requests on accepted links and the last one granted (`backup::ready_lease`).
     lease: Option<LeaseRequests>,
 }
 
@@ -240,8 +240,8 @@ impl BackupSession {
                     }
                 }
                 (Handshake::Open, LinkFrame::Batch(batch)) => {
-                    if let Err(reason) = apply_batch(shard, &mut self.replica, batch) {
-                        end = Some(LinkEnd::Lost(reason));
+                    if let Err(ignored) = apply_batch(shard, &mut self.replica, batch) {
+                        end = Some(LinkEnd::Lost(ignored.to_string()));
                         break;
                     }
                 }
@@ -444,9 +444,13 @@ fn begin_catch_up(shard: &mut Shard, holdings_sent: bool) {
     }
 }
 
-/// Applies one batch from the primary to the shard's queues. An `Err` ends the link: a gap (a
-/// batch went missing) or a primary of an older epoch cannot be followed.
-fn apply_batch(shard: &mut Shard, replica: &mut BackupStream, batch: Batch) -> Result<(), String> {
+/// Applies one batch from the primary to the shard's queues; a duplicate is ignored.
+///
+/// # Errors
+///
+/// The batch's `Ignored` when it cannot be followed (a gap: a batch went missing; or a primary of
+/// an older epoch): the link ends.
+fn apply_batch(shard: &mut Shard, replica: &mut BackupStream, batch: Batch) -> Result<(), Ignored> {
     match replica.handle_batch(batch) {
         Ok(applied) => {
             for record in applied.records {
@@ -456,7 +460,7 @@ fn apply_batch(shard: &mut Shard, replica: &mut BackupStream, batch: Batch) -> R
         }
         Err(ignored) => match ignored.reason {
             IgnoreReason::Duplicate { .. } => Ok(()),
-            IgnoreReason::StaleEpoch(_) | IgnoreReason::Gap { .. } => Err(ignored.to_string()),
+            IgnoreReason::StaleEpoch(_) | IgnoreReason::Gap { .. } => Err(ignored),
         },
     }
 }

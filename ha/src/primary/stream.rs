@@ -106,7 +106,7 @@ use crate::limits::{
     BATCHES_UNCONFIRMED_MAX, BATCH_BYTES_MAX, BATCH_DEDUP_RANGES_MAX, BATCH_HEADER_BYTES, BATCH_MESSAGES_MAX,
     BATCH_RANGES_MAX, BATCH_RECORDS_MAX, STREAM_PENDING_MAX, STREAM_PENDING_PAUSE,
 };
-use crate::record::{
+use crate::link::record::{
     dedup_producer_bytes_len, dedup_seen_header_bytes_len, dequeued_header_bytes_len, enqueued_header_bytes_len,
     record_encoded_len, Batch, Position, Record, StreamSeq,
 };

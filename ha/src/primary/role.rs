@@ -5,17 +5,17 @@
 //! Recovering mode (the reference's, section 7 of its internals): a newly promoted primary
 //! expects every backup that was ready under the previous primary (the last `members` list this
 //! broker received as a backup, itself left out). Each shard's `PrimaryReplication` holds new
-//! confirms for them (`expect_backups`); shard 0 counts an expected backup settled when it is
+//! acks for them (`expect_backups`); shard 0 counts an expected backup settled when it is
 //! ready again (every shard's link caught up) or when `ha-backup-timeout` passes, and moves the
 //! broker to `active` once all are settled. A primary that expects nobody is `active` at once (the
 //! coordinator does that at promotion, see `Shard::set_expected_backups`).
 //!
 //! Detached backups: a backup this primary marked ready stays `ready` when a link of its drops,
-//! and the shard of that link keeps the confirms it held (`NodeControl::LinkLost { kept }`,
-//! `primary_replication`, "Detached backups"). The backup leaves `ready` `ha-backup-timeout` after
-//! it sent the last `lease-request` we answered on its shard-0 link (`ready_lease`); so that link
+//! and the shard of that link keeps the acks it held (`NodeControl::LinkLost { kept }`,
+//! `primary::replication`, "Detached backups"). The backup leaves `ready` `ha-backup-timeout` after
+//! it sent the last `lease-request` we answered on its shard-0 link (`backup::ready_lease`); so that link
 //! must end too: when another shard's link is lost, shard 0 closes it. Every request we answered
-//! was sent before the link ended, so from its end every shard holds confirms for the backup for
+//! was sent before the link ended, so from its end every shard holds acks for the backup for
 //! `ha-backup-timeout` plus a clock allowance (`detached_hold`), then gives up on it
 //! (`ExpectedTimedOut`), unless it is marked ready again first. A backup never marked ready by
 //! this primary is not ready on its account: what a lost link kept for it is released at once (in
@@ -26,7 +26,7 @@
 //!   backup after each change to the set of ready backups.
 //! - The broker leaves `recovering` only when no expected backup is left unsettled.
 //! - While a backup may be `ready` on this primary's account (its `marked-ready` link is open, or
-//!   ended less than `detached_hold` ago), no shard releases the confirms a lost link of its
+//!   ended less than `detached_hold` ago), no shard releases the acks a lost link of its
 //!   kept, except for messages dequeued meanwhile.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -36,10 +36,11 @@ use ringmq_core::broker_state::{BrokerState, TransitionCause};
 use ringmq_core::ids::ConnId;
 
 use crate::limits::LEASE_CLOCK_ALLOWANCE_MAX;
-use crate::link_frame::LinkFrame;
-use crate::membership::Membership;
-use crate::node_output::{NodeControl, NodeOutput};
-use crate::shard_node::ShardNode;
+use crate::link::frame::LinkFrame;
+use crate::node::core::NodeCore;
+use crate::node::output::{NodeControl, NodeOutput};
+use crate::primary::membership::Membership;
+use crate::primary::served_links::ServedLinks;
 
 /// Shard 0's view of the cluster while this broker is a primary.
 #[derive(Debug)]
@@ -56,8 +57,8 @@ pub(crate) struct PrimaryRole {
     expected_deadline: Option<Instant>,
     /// The shard-0 link each backup was last marked ready on (this backup's lease, on its side).
     marked_on: BTreeMap<String, ConnId>,
-    /// Backups whose `marked-ready` link ended while links of theirs kept confirms, with the
-    /// instant every shard stops holding confirms for them.
+    /// Backups whose `marked-ready` link ended while links of theirs kept acks, with the
+    /// instant every shard stops holding acks for them.
     detached: BTreeMap<String, Instant>,
 }
 
@@ -80,167 +81,183 @@ impl PrimaryRole {
         let expected = self.expected_deadline.filter(|_| !self.expected.is_empty());
         expected.into_iter().chain(self.detached.values().copied()).min()
     }
-}
 
-/// How long shards hold confirms for a detached backup after its `marked-ready` link ended: its
-/// lease's length plus room for the clocks (`LEASE_CLOCK_ALLOWANCE_MAX`).
-pub(crate) fn detached_hold(backup_timeout: Duration, heartbeat_interval: Duration) -> Duration {
-    backup_timeout + heartbeat_interval.min(LEASE_CLOCK_ALLOWANCE_MAX)
-}
-
-impl ShardNode {
     /// Shard 0: a backup's link on `shard` opened as `conn` there.
-    pub(crate) fn role_link_opened(&mut self, backup: &str, shard: u16, conn: ConnId) {
-        if let Err(error) = self.role.membership.handle_shard_opened(backup, shard) {
+    pub(crate) fn handle_link_opened(&mut self, backup: &str, shard: u16, conn: ConnId) {
+        if let Err(error) = self.membership.handle_shard_opened(backup, shard) {
             tracing::warn!(%error, "backup not tracked");
             return;
         }
-        self.role.links.insert((backup.to_owned(), shard), conn);
+        self.links.insert((backup.to_owned(), shard), conn);
     }
 
     /// Whether `conn` is `backup`'s current link on `shard`.
     fn is_current_link(&self, backup: &str, shard: u16, conn: ConnId) -> bool {
-        self.role.links.get(&(backup.to_owned(), shard)) == Some(&conn)
+        self.links.get(&(backup.to_owned(), shard)) == Some(&conn)
     }
 
     /// Shard 0: a backup's link on `shard` holds everything that shard had when it opened.
-    pub(crate) fn role_caught_up(&mut self, backup: &str, shard: u16, conn: ConnId) {
-        if !self.is_current_link(backup, shard, conn) || !self.role.membership.handle_shard_caught_up(backup, shard) {
+    pub(crate) fn handle_caught_up(&mut self, backup: &str, shard: u16, conn: ConnId, core: &mut NodeCore) {
+        if !self.is_current_link(backup, shard, conn) || !self.membership.handle_shard_caught_up(backup, shard) {
             return;
         }
         tracing::info!(%backup, "backup holds everything: marked ready");
-        if let Some(&conn) = self.role.links.get(&(backup.to_owned(), 0)) {
-            self.outputs.write_link_frame(conn, &LinkFrame::MarkedReady);
+        if let Some(&conn) = self.links.get(&(backup.to_owned(), 0)) {
+            core.outputs.write_link_frame(conn, &LinkFrame::MarkedReady);
             // A fresh lease: what earlier links kept for it was released by their catch-ups.
-            self.role.marked_on.insert(backup.to_owned(), conn);
-            self.role.detached.remove(backup);
+            self.marked_on.insert(backup.to_owned(), conn);
+            self.detached.remove(backup);
         }
-        let settled = self.role.expected.remove(backup);
-        self.send_members();
+        let settled = self.expected.remove(backup);
+        self.send_members(core);
         if settled {
-            self.settle_if_done();
+            self.settle_if_done(core);
         }
     }
 
-    /// Shard 0: a backup's link on `shard` ended; that shard `kept` the confirms it held.
-    pub(crate) fn role_link_lost(&mut self, backup: &str, shard: u16, conn: ConnId, kept: bool, now: Instant) {
+    /// Shard 0: a backup's link on `shard` ended; that shard `kept` the acks it held.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn handle_link_lost(
+        &mut self,
+        backup: &str,
+        shard: u16,
+        conn: ConnId,
+        kept: bool,
+        now: Instant,
+        core: &mut NodeCore,
+        served: &mut ServedLinks,
+    ) {
         if kept {
-            self.hold_for_detached(backup, shard, conn, now);
+            self.hold_for_detached(backup, shard, conn, now, core, served);
         }
         if !self.is_current_link(backup, shard, conn) {
             // An older link, already replaced by a newer one of the same backup and shard.
             return;
         }
-        self.role.links.remove(&(backup.to_owned(), shard));
-        let was_ready = self.role.membership.is_ready(backup);
-        self.role.membership.handle_shard_lost(backup, shard);
+        self.links.remove(&(backup.to_owned(), shard));
+        let was_ready = self.membership.is_ready(backup);
+        self.membership.handle_shard_lost(backup, shard);
         if was_ready {
-            self.send_members();
+            self.send_members(core);
         }
     }
 
-    /// Shard 0: `shard` keeps confirms for `backup`, whose link `lost` there ended. Decides until
+    /// Shard 0: `shard` keeps acks for `backup`, whose link `lost` there ended. Decides until
     /// when (see the module doc, "Detached backups").
-    fn hold_for_detached(&mut self, backup: &str, shard: u16, lost: ConnId, now: Instant) {
-        if self.role.detached.contains_key(backup) {
+    fn hold_for_detached(
+        &mut self,
+        backup: &str,
+        shard: u16,
+        lost: ConnId,
+        now: Instant,
+        core: &mut NodeCore,
+        served: &mut ServedLinks,
+    ) {
+        if self.detached.contains_key(backup) {
             // Its lease ended already; nothing held after that can matter past the deadline.
             return;
         }
-        let Some(&marked_on) = self.role.marked_on.get(backup) else {
-            if !self.role.expected.contains(backup) {
+        let Some(&marked_on) = self.marked_on.get(backup) else {
+            if !self.expected.contains(backup) {
                 // Never ready on our account: nothing to keep for it.
                 let backups = vec![backup.to_owned()];
-                self.send_control(shard, NodeControl::ExpectedTimedOut { backups });
+                core.send_control(shard, NodeControl::ExpectedTimedOut { backups });
             }
             return;
         };
-        let hold = detached_hold(self.config.backup_timeout, self.config.heartbeat_interval);
+        let hold = detached_hold(core.config.backup_timeout, core.config.heartbeat_interval);
         tracing::warn!(%backup, shard, ?hold, "ready backup detached: holding its confirms until it is ready again");
-        self.role.detached.insert(backup.to_owned(), now + hold);
+        self.detached.insert(backup.to_owned(), now + hold);
         if self.is_current_link(backup, 0, marked_on) && (shard, lost) != (0, marked_on) {
             // Its lease runs on while this link lives: end it, so that it leaves `ready` in time.
-            self.outputs.push(NodeOutput::Shutdown { conn: marked_on });
-            self.handle_served_closed(marked_on, "another link of this backup was lost");
+            core.outputs.push(NodeOutput::Shutdown { conn: marked_on });
+            served.handle_closed(marked_on, "another link of this backup was lost", core);
         }
     }
 
     /// Any shard: the broker was just promoted (it is `recovering`). Opens the shard's replication
     /// with the expected backups, and on shard 0 starts the `ha-backup-timeout` clock.
-    pub(crate) fn begin_recovery(&mut self, now: Instant) {
-        let own = &self.config.own_address;
-        let expected: Vec<String> = self.ready_members.iter().filter(|name| *name != own).cloned().collect();
+    pub(crate) fn begin_recovery(&mut self, now: Instant, ready_members: &[String], core: &mut NodeCore) {
+        let own = &core.config.own_address;
+        let expected: Vec<String> = ready_members.iter().filter(|name| *name != own).cloned().collect();
         // Changes made before are not held for the expected backups (there were none to hold).
-        self.change_holders(|replication| replication.expect_backups(&expected));
-        if self.shard.id().0 != 0 || expected.is_empty() {
+        core.change_holders(|replication| replication.expect_backups(&expected));
+        if core.shard.id().0 != 0 || expected.is_empty() {
             return;
         }
-        let timeout = self.config.backup_timeout;
+        let timeout = core.config.backup_timeout;
         tracing::info!(?expected, ?timeout, "recovering: waiting for the backups that were ready");
-        self.role.expected = expected.into_iter().collect();
-        self.role.expected_deadline = Some(now + timeout);
+        self.expected = expected.into_iter().collect();
+        self.expected_deadline = Some(now + timeout);
     }
 
     /// Shard 0: `ha-backup-timeout` passed for the backups still expected, or a detached
     /// backup's hold ended.
-    pub(crate) fn role_timeout(&mut self, now: Instant) {
-        if self.role.poll_timeout().is_none_or(|deadline| now < deadline) {
+    pub(crate) fn handle_timeout(&mut self, now: Instant, core: &mut NodeCore) {
+        if self.poll_timeout().is_none_or(|deadline| now < deadline) {
             return;
         }
         let ended: Vec<String> =
-            self.role.detached.iter().filter(|(_, deadline)| **deadline <= now).map(|(name, _)| name.clone()).collect();
+            self.detached.iter().filter(|(_, deadline)| **deadline <= now).map(|(name, _)| name.clone()).collect();
         if !ended.is_empty() {
             tracing::warn!(backups = ?ended, "detached backups not ready again in time: no longer holding confirms for them");
             for backup in &ended {
-                self.role.detached.remove(backup);
-                self.role.marked_on.remove(backup);
+                self.detached.remove(backup);
+                self.marked_on.remove(backup);
             }
-            for shard in 0..self.config.shard_count {
-                self.send_control(shard, NodeControl::ExpectedTimedOut { backups: ended.clone() });
+            for shard in 0..core.config.shard_count {
+                core.send_control(shard, NodeControl::ExpectedTimedOut { backups: ended.clone() });
             }
         }
-        if self.role.expected_deadline.is_none_or(|deadline| now < deadline) || self.role.expected.is_empty() {
+        if self.expected_deadline.is_none_or(|deadline| now < deadline) || self.expected.is_empty() {
             return;
         }
-        self.role.expected_deadline = None;
-        let late: Vec<String> = std::mem::take(&mut self.role.expected).into_iter().collect();
+        self.expected_deadline = None;
+        let late: Vec<String> = std::mem::take(&mut self.expected).into_iter().collect();
         tracing::warn!(?late, "ha-backup-timeout passed: no longer waiting for these backups");
-        for shard in 0..self.config.shard_count {
-            self.send_control(shard, NodeControl::ExpectedTimedOut { backups: late.clone() });
+        for shard in 0..core.config.shard_count {
+            core.send_control(shard, NodeControl::ExpectedTimedOut { backups: late.clone() });
         }
-        self.settle_if_done();
-    }
-
-    /// Any shard: shard 0 gave up waiting for `backups`; the confirms held for them are released.
-    pub(crate) fn expected_timed_out(&mut self, backups: &[String]) {
-        self.settle();
-        if self.replication.is_none() {
-            return;
-        }
-        self.change_holders(|replication| {
-            for backup in backups {
-                replication.handle_expected_timed_out(backup);
-            }
-        });
+        self.settle_if_done(core);
     }
 
     /// Shard 0: `active` once no expected backup is left.
-    fn settle_if_done(&mut self) {
-        if !self.role.expected.is_empty() || self.shard.ha().state() != BrokerState::Recovering {
+    fn settle_if_done(&mut self, core: &mut NodeCore) {
+        if !self.expected.is_empty() || core.shard.ha().state() != BrokerState::Recovering {
             return;
         }
-        match self.shard.handle_ha_transition(BrokerState::Active, TransitionCause::ExpectedBackupsSettled) {
+        match core.shard.handle_ha_transition(BrokerState::Active, TransitionCause::ExpectedBackupsSettled) {
             Ok(()) => tracing::info!("every expected backup is ready or timed out: active"),
             Err(error) => tracing::warn!(%error, "could not leave recovering"),
         }
     }
 
     /// Shard 0: tells every linked backup which backups are ready.
-    fn send_members(&mut self) {
-        let frame = LinkFrame::Members(self.role.membership.ready_list());
-        for ((_, shard), conn) in &self.role.links {
+    fn send_members(&mut self, core: &mut NodeCore) {
+        let frame = LinkFrame::Members(self.membership.ready_list());
+        for ((_, shard), conn) in &self.links {
             if *shard == 0 {
-                self.outputs.write_link_frame(*conn, &frame);
+                core.outputs.write_link_frame(*conn, &frame);
             }
         }
     }
+}
+
+/// Any shard: shard 0 gave up waiting for `backups`; the acks held for them are released.
+pub(crate) fn release_expected(backups: &[String], core: &mut NodeCore) {
+    core.settle();
+    if core.replication.is_none() {
+        return;
+    }
+    core.change_holders(|replication| {
+        for backup in backups {
+            replication.handle_expected_timed_out(backup);
+        }
+    });
+}
+
+/// How long shards hold acks for a detached backup after its `marked-ready` link ended: its
+/// lease's length plus room for the clocks (`LEASE_CLOCK_ALLOWANCE_MAX`).
+pub(crate) fn detached_hold(backup_timeout: Duration, heartbeat_interval: Duration) -> Duration {
+    backup_timeout + heartbeat_interval.min(LEASE_CLOCK_ALLOWANCE_MAX)
 }

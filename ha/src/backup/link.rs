@@ -5,7 +5,7 @@
 //! primary: it tries each address of `ha-brokers-url` in turn (its own address left out by the
 //! caller). Another backup answers with an `error` `NotPrimary` and closes; the primary answers
 //! `hello` and keeps the link. When the link drops (closed by the peer, or its heartbeats stop:
-//! `link_heartbeat`), the backup goes back to trying addresses, starting with the one after the
+//! `link::heartbeat`), the backup goes back to trying addresses, starting with the one after the
 //! address it was connected to.
 //!
 //! Pacing (ours; the reference made one attempt per `link-maintenance-interval`): attempts go in
@@ -26,9 +26,10 @@
 //! link ended). `poll_timeout()` is the next instant an attempt is due. `handle_stop` ends it all
 //! (the broker is no longer a backup). `now` never goes backwards.
 //!
-//! Not here: the socket, the preamble, the frames (the transport), and any change of the backup's
-//! HA state: joining -> catchup needs the first replication message, which does not exist yet, and
-//! a backup that loses its primary keeps its state (`broker_state`'s `primary-lost` rows).
+//! Not here: the preamble and the frames (`backup::session` writes and reads them; the shell only
+//! carries the bytes), and any change of the backup's HA state: `backup::session` moves joining ->
+//! catchup once the primary accepted the link, and a backup that loses its primary keeps its state
+//! (`broker_state`'s `primary-lost` rows).
 //!
 //! Invariants:
 //! - At most one pass over the addresses starts per `link-maintenance-interval` (per tenth of it

@@ -1,6 +1,7 @@
 //! What a `ShardNode` asks its IO shell to do, and the messages the nodes of one broker's shards
-//! send each other. The shell is the real transport (sockets, io_uring, timers) or the
-//! simulator; both carry these out the same way.
+//! send each other. The shell is the broker's IO shell (`ringmq-transport`: sockets, io_uring,
+//! timers) or the simulator; both carry these out the same way (`node::shell`), and neither decides
+//! anything about replication: they only carry bytes, closes, dials and timers.
 //!
 //! Invariants:
 //! - Outputs for one connection are carried out in the order they were produced: a `Close`
@@ -17,7 +18,7 @@ use ringmq_core::frame::{ErrorCode, Frame};
 use ringmq_core::ids::{ConnId, ShardId};
 use ringmq_core::shard_message::ShardMessage;
 
-use crate::link_frame::{encode_link_frame, LinkFrame, LinkOpen};
+use crate::link::frame::{encode_link_frame, LinkFrame, LinkOpen};
 
 /// One thing for the IO shell to do.
 #[derive(Debug)]
@@ -117,7 +118,7 @@ pub enum NodeControl {
         shard: u16,
         /// The link's connection on that shard.
         conn: ConnId,
-        /// That shard keeps the confirms the link held for the backup, and holds new ones, until
+        /// That shard keeps the acks the link held for the backup, and holds new ones, until
         /// a new link of its catches up there or shard 0 sends `ExpectedTimedOut`.
         kept: bool,
     },
@@ -131,7 +132,7 @@ pub enum NodeControl {
         /// Their addresses.
         ready: Vec<String>,
     },
-    /// From shard 0 of a primary: stop holding confirms for these expected backups
+    /// From shard 0 of a primary: stop holding acks for these expected backups
     /// (`ha-backup-timeout` passed, or they cannot be ready on this primary's account).
     ExpectedTimedOut {
         /// Their addresses.

@@ -45,7 +45,7 @@ use ringmq_core::frame::{ErrorCode, Frame};
 use ringmq_core::replication::{Position, QueueHoldings};
 
 use crate::limits::{BACKUPS_MAX, HOLDINGS_QUEUES_MAX, HOLDINGS_RANGES_MAX, LINK_ADDRESS_BYTES_MAX};
-use crate::record::{
+use crate::link::record::{
     decode_batch, decode_confirm, encode_batch, encode_confirm, peek_frame_header, Batch, HeaderError,
     RecordDecodeError, StreamSeq, FRAME_HEADER_BYTES, TYPE_BATCH, TYPE_CONFIRM, ZERO_LENGTH,
 };
@@ -464,7 +464,7 @@ mod tests {
 
     use super::*;
     use crate::limits::BATCH_BYTES_MAX;
-    use crate::record::{Position, Record};
+    use crate::link::record::{Position, Record};
 
     fn samples() -> Vec<LinkFrame> {
         vec![

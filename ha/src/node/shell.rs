@@ -23,9 +23,9 @@ use bytes::BytesMut;
 use ringmq_core::ids::{ConnId, ShardId};
 use ringmq_core::shard_message::ShardMessage;
 
-use crate::link_frame::LinkOpen;
-use crate::node_output::{NodeControl, NodeOutput};
-use crate::shard_node::ShardNode;
+use crate::link::frame::LinkOpen;
+use crate::node::output::{NodeControl, NodeOutput};
+use crate::node::ShardNode;
 
 /// What an IO shell does for one shard's node. Each method does one kind of `NodeOutput`; see
 /// that enum for what each must guarantee (answers to dials and probes, hand-over ownership).

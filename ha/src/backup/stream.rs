@@ -41,7 +41,7 @@
 
 use ringmq_core::epoch::{Epoch, EpochClock, StaleEpoch};
 
-use crate::record::{Batch, Record, StreamSeq};
+use crate::link::record::{Batch, Record, StreamSeq};
 
 /// The backup side of one stream from one primary shard.
 #[derive(Debug)]
@@ -209,8 +209,8 @@ mod tests {
 
     use super::*;
     use crate::limits::BATCH_BYTES_MAX;
-    use crate::primary_stream::{Hold, PrimaryStream};
-    use crate::record::{decode_batch, encode_batch, Position};
+    use crate::link::record::{decode_batch, encode_batch, Position};
+    use crate::primary::stream::{Hold, PrimaryStream};
 
     fn message(body: u64) -> Message {
         Message { body: Bytes::from(body.to_le_bytes().to_vec()), ..Message::default() }

@@ -11,7 +11,8 @@
 //! anything arrived; `poll_timeout()` is the next instant `handle_timeout(now)` must be called at
 //! (earlier calls do nothing); `handle_timeout` returns what to do. `now` never goes backwards.
 //!
-//! Not here: the bytes of a heartbeat and the socket; the transport sends and closes.
+//! Not here: the bytes of a heartbeat and the socket: the node (`primary::served_links`,
+//! `backup::session`) writes the heartbeat and asks for the close, and its shell carries them out.
 //!
 //! Invariants:
 //! - `poll_timeout()` is never later than `last_received + 2 * interval`, so a silent peer is
@@ -33,7 +34,7 @@ pub struct LinkHeartbeat {
     received_last: Instant,
 }
 
-/// What `handle_timeout` asks the transport to do.
+/// What `handle_timeout` asks the link's owner (the node) to do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HeartbeatAction {
     /// Send a `heartbeat` frame: nothing was sent for an interval.
