@@ -537,7 +537,8 @@ impl Shard {
     }
 
     /// How many holders (backup streams, expected backups) on this shard hold each new enqueue's
-    /// confirm; the HA layer keeps it equal to their number (`NodeCore::change_holders` of `ringmq-ha`). Each of them must release each hold once.
+    /// confirm; the HA layer keeps it equal to their number (`NodeCore::change_holders` of
+    /// `ringmq-ha`). Each of them must release each hold once.
     pub fn set_replica_holds(&mut self, holds: u32) {
         self.replica_holds = holds;
     }
