@@ -87,11 +87,9 @@ use std::sync::Arc;
 use bytes::BytesMut;
 
 use crate::broker_state::{BrokerState, TransitionCause};
-use crate::codec::{self, ConfirmWriter, DecodeError, DeliverWriter};
 use crate::completion_tracker::CompletionTracker;
 use crate::config_coordinator::{ConfigCoordinator, Decision};
 use crate::epoch::{Epoch, Observed};
-use crate::exchange::Bound;
 use crate::frame::{
     Binding, ConfirmOutcome, ConfirmRange, Delivered, ErrorCode, Frame, Message, QueueInfo, QueueOptions,
     PROTOCOL_VERSION,
@@ -99,13 +97,15 @@ use crate::frame::{
 use crate::ha_view::{initial_state, Admission, ConnectionKind, HaSettings, HaView};
 use crate::ids::{ConnId, ConsumerId, RequestId, Seq, ShardId, Tag};
 use crate::limits::{DELIVER_FRAME_BYTES_TARGET, DELIVER_FRAME_OVERHEAD_BYTES};
-use crate::queue::{DeliveryBatch, Enqueued, Queue, SubscriberKey};
+use crate::model::exchange::Bound;
+use crate::model::queue::{DeliveryBatch, Enqueued, Queue, SubscriberKey};
+use crate::model::routing_table::{Declared, RoutingTable};
 use crate::replication::{
     CatchUpDiff, DedupSeenKeys, Hold, Position, QueueHoldings, Record, ReplicationEvent, DEDUP_SEEN_RANGES_MAX,
 };
 use crate::replication_level::{binding_replicated, ReplicationLevel};
-use crate::routing_table::{Declared, RoutingTable};
 use crate::shard_message::{ConfigChange, ConfigRequest, ConnRef, EnqueueItem, EnqueueResult, ShardMessage};
+use crate::wire::{self as codec, ConfirmWriter, DecodeError, DeliverWriter};
 
 /// Settings a shard needs from the broker's configuration.
 #[derive(Debug, Clone)]
@@ -1501,7 +1501,7 @@ impl Shard {
 
     /// Applies a configuration change to this shard's routing table and queues.
     fn apply_config(&mut self, change: ConfigChange) -> Result<(), (ErrorCode, String)> {
-        let routing_error = |e: crate::routing_table::RoutingError| (e.code(), e.to_string());
+        let routing_error = |e: crate::model::routing_table::RoutingError| (e.code(), e.to_string());
         match change {
             ConfigChange::CreateQueue { name, options, exclusive_owner, level } => {
                 let declared = self.routing.add_queue(&name).map_err(routing_error)?;

@@ -20,7 +20,7 @@
 //!
 //! Owns: the link-only frames (`LinkOpen`, `LinkAccepted`, marked-ready, members, the lease
 //! frames), their bytes, and the
-//! dispatch of a mixed stream to the native codec (`ringmq_core::codec`) or the record codec
+//! dispatch of a mixed stream to the native codec (`ringmq_core::wire`) or the record codec
 //! (`record`). Not here: which frame may come when (the link's state machine, in the transport),
 //! what a batch means (`primary_stream`, `backup_stream`).
 //!
@@ -39,10 +39,10 @@
 //!   a link (a `publish`, say) is the link state machine's decision, as on a client connection.
 
 use bytes::{BufMut, BytesMut};
-use ringmq_core::codec::{self, put_bytes16, put_name, DecodeError, Reader};
 use ringmq_core::epoch::Epoch;
 use ringmq_core::frame::{ErrorCode, Frame};
 use ringmq_core::replication::{Position, QueueHoldings};
+use ringmq_core::wire::{codec, put_bytes16, put_name, DecodeError, Reader};
 
 use crate::limits::{BACKUPS_MAX, HOLDINGS_QUEUES_MAX, HOLDINGS_RANGES_MAX, LINK_ADDRESS_BYTES_MAX};
 use crate::record::{

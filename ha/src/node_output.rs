@@ -10,10 +10,10 @@
 use std::collections::VecDeque;
 
 use bytes::BytesMut;
-use ringmq_core::codec;
 use ringmq_core::epoch::Epoch;
 use ringmq_core::frame::{ErrorCode, Frame};
 use ringmq_core::ids::ConnId;
+use ringmq_core::wire::codec;
 
 use crate::link_frame::{encode_link_frame, LinkFrame, LinkOpen};
 

@@ -140,11 +140,11 @@
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 
-use ringmq_core::codec::message_bytes_len;
 use ringmq_core::epoch::Epoch;
 use ringmq_core::frame::Message;
 use ringmq_core::replication::Position;
 pub use ringmq_core::replication::ReplicationEvent;
+use ringmq_core::wire::message_bytes_len;
 
 use crate::limits::{BACKUPS_MAX, BATCHES_UNCONFIRMED_MAX, BATCH_HEADER_BYTES, BATCH_MESSAGES_MAX};
 use crate::primary_stream::{ConfirmError, HeldRecord, Hold, PrimaryStream, StreamOverflow};

@@ -22,7 +22,7 @@
 //!   consumed);
 //! - the backup was lost (`handle_backup_lost`): a dropped backup stops holding publishers.
 //!
-//! Barriers (`handle_barrier`): a duplicate publish (`ringmq_core::dedup_window`) stores nothing,
+//! Barriers (`handle_barrier`): a duplicate publish (`ringmq_core::model::dedup_window`) stores nothing,
 //! but its confirm must not overtake the original's message to this backup. Its hold is released
 //! once every enqueue of its queue fed before the barrier is in a batch the backup confirmed (or
 //! was dropped unsent: dequeued, or its queue deleted), or when the backup is lost. The original
@@ -31,7 +31,7 @@
 //! out and confirms come in.
 //!
 //! Dedup keys: a message dequeued before it was batched is not sent, but if it carries a valid
-//! `x-ringmq-dedup` key (`ringmq_core::dedup_window`) the key is: the stream keeps it with the
+//! `x-ringmq-dedup` key (`ringmq_core::model::dedup_window`) the key is: the stream keeps it with the
 //! queue's pending data, compacted into ranges per producer, and sends it in a `DedupSeen` record
 //! of the queue's next batch, so that the backup, once promoted, suppresses a re-send of the
 //! message. The message's hold is still released at once: the producer re-sends exactly what is
@@ -95,11 +95,11 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
-use ringmq_core::codec::message_bytes_len;
 use ringmq_core::epoch::Epoch;
 use ringmq_core::frame::{ExchangeKind, Message, QueueOptions};
+use ringmq_core::wire::message_bytes_len;
 
-use ringmq_core::dedup_window::dedup_key;
+use ringmq_core::model::dedup_window::dedup_key;
 use ringmq_core::replication::DedupSeenKeys;
 
 use crate::limits::{

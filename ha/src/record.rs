@@ -58,10 +58,10 @@
 use std::fmt;
 
 use bytes::{BufMut, Bytes, BytesMut};
-use ringmq_core::codec::{message_bytes_len, put_message, put_name, put_queue_options, DecodeError, Reader};
 use ringmq_core::epoch::Epoch;
 use ringmq_core::frame::{ExchangeKind, QueueOptions};
 pub use ringmq_core::replication::{Position, Record};
+use ringmq_core::wire::{message_bytes_len, put_message, put_name, put_queue_options, DecodeError, Reader};
 
 use crate::limits::{
     BATCH_BYTES_MAX, BATCH_DEDUP_RANGES_MAX, BATCH_HEADER_BYTES, BATCH_MESSAGES_MAX, BATCH_RANGES_MAX,

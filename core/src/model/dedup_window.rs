@@ -36,8 +36,8 @@ use std::collections::VecDeque;
 
 use crate::hash_state::HashMap;
 
-use crate::frame::Header;
 use crate::limits::{DEDUP_HEADER, DEDUP_PRODUCER_ID_BYTES_MAX, DEDUP_WINDOW_MAX};
+use crate::wire::frame::Header;
 
 /// What the window says of one key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

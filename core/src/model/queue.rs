@@ -54,13 +54,13 @@
 
 use std::collections::VecDeque;
 
-use crate::dedup_window::{DedupCounters, DedupWindow, Verdict};
 use crate::epoch::Epoch;
-use crate::frame::{Delivered, ErrorCode, Message, QueueInfo, QueueOptions, Settlement, TagRange};
 use crate::ids::{ConnId, ConsumerId, ShardId, Tag};
 use crate::limits::DEDUP_PRODUCERS_PER_QUEUE_MAX;
+use crate::model::dedup_window::{DedupCounters, DedupWindow, Verdict};
 use crate::replication::Position;
 use crate::replication_level::ReplicationLevel;
+use crate::wire::frame::{Delivered, ErrorCode, Message, QueueInfo, QueueOptions, Settlement, TagRange};
 
 /// How many positions one epoch owns: a primary of epoch `e` starts its queues' positions at
 /// `e << EPOCH_POSITION_SHIFT` (see `Queue::begin_epoch`).
@@ -1253,7 +1253,7 @@ mod tests {
 
     /// A message carrying the dedup key `producer/seq`.
     fn keyed(body: &'static str, key: &'static str) -> Message {
-        let header = crate::frame::Header {
+        let header = crate::wire::frame::Header {
             name: Bytes::from_static(crate::limits::DEDUP_HEADER),
             value: Bytes::from_static(key.as_bytes()),
         };
