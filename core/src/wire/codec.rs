@@ -38,7 +38,7 @@ use crate::wire::frame_type::FrameType;
 use crate::wire::primitives::{
     assert_batch_fits_u64, assert_confirm_range_follows, deliver_flags, error_code_to_u16, exchange_kind_byte,
     put_arguments, put_binding, put_bool, put_confirm_range, put_count, put_message, put_name, put_queue_options,
-    put_text, settlement_byte, DELIVER_FLAG_REDELIVERED,
+    put_text, settlement_byte, DELIVER_FLAG_REDELIVERED, MESSAGE_BYTES_MIN,
 };
 use crate::wire::reader::Reader;
 
@@ -414,8 +414,6 @@ fn decode_body(frame_type: FrameType, r: &mut Reader) -> Result<Frame, DecodeErr
 
 /// A cursor over one complete frame. Every read checks the bounds first, so no input can make it
 
-/// Smallest encoded message, in bytes: empty routing key, message id, headers and body.
-const MESSAGE_BYTES_MIN: usize = 2 + 2 + 2 + 4;
 /// An encoded settle range, in bytes: `first` and `last`.
 const TAG_RANGE_BYTES: usize = 8 + 8;
 /// Smallest encoded confirm range, in bytes: `first`, `last` and a one-byte outcome.

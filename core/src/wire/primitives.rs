@@ -211,6 +211,9 @@ pub(crate) fn error_code_from_u16(value: u16) -> Option<ErrorCode> {
 
 // ----- constants -----
 
+/// Smallest encoded message, in bytes: empty routing key, message id, headers and body.
+pub const MESSAGE_BYTES_MIN: usize = 2 + 2 + 2 + 4;
+
 /// Every error code, for decoding.
 pub(crate) const ERROR_CODES: [ErrorCode; 11] = [
     ErrorCode::Malformed,
