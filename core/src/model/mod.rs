@@ -14,6 +14,7 @@
 pub mod dedup_window;
 pub mod exchange;
 pub mod queue;
+pub mod range_set;
 pub mod routing_table;
 pub mod topic;
 pub mod topic_trie;

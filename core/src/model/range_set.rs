@@ -128,6 +128,11 @@ impl RangeSet {
         self.ranges.first_key_value().map(|(&first, &last)| (first, last))
     }
 
+    /// The highest range, `(first, last)`.
+    pub fn last(&self) -> Option<(u64, u64)> {
+        self.ranges.last_key_value().map(|(&first, &last)| (first, last))
+    }
+
     /// Removes and returns the lowest range.
     pub fn pop_first(&mut self) -> Option<(u64, u64)> {
         self.ranges.pop_first()
@@ -220,6 +225,7 @@ mod tests {
         let set: RangeSet = [(10, 12), (0, 0), (u64::MAX - 1, u64::MAX)].into_iter().collect();
         assert_eq!(ranges(&set), [(0, 0), (10, 12), (u64::MAX - 1, u64::MAX)]);
         assert_eq!(set.first(), Some((0, 0)));
+        assert_eq!(set.last(), Some((u64::MAX - 1, u64::MAX)));
         for (value, expected) in [(0, true), (1, false), (9, false), (10, true), (12, true), (13, false)] {
             assert_eq!(set.contains(value), expected, "{value}");
         }
