@@ -15,10 +15,10 @@ use std::hint::black_box;
 
 use bytes::{Bytes, BytesMut};
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
-use ringmq_core::codec::{self, PublishWriter};
 use ringmq_core::frame::{Frame, Header, Message};
 use ringmq_core::ids::Seq;
 use ringmq_core::limits::FRAME_BYTES_MAX;
+use ringmq_core::wire::{codec, message_bytes_len, PublishWriter};
 
 /// One benchmarked workload.
 struct Case {
@@ -110,7 +110,7 @@ fn messages(body_bytes: usize) -> Vec<Message> {
             }],
             body: (0..body_bytes).map(|offset| (index * 31 + offset) as u8).collect(),
         };
-        frame_bytes += codec::message_bytes_len(&message);
+        frame_bytes += message_bytes_len(&message);
         if frame_bytes > FRAME_BYTES_TARGET {
             return messages;
         }

@@ -8,7 +8,7 @@ use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use ringmq_core::frame::{Message, QueueOptions, Settlement, TagRange};
 use ringmq_core::ids::{ConnId, ConsumerId, ShardId, Tag};
-use ringmq_core::queue::{Queue, SubscriberKey};
+use ringmq_core::model::queue::{Queue, SubscriberKey};
 
 /// Messages per iteration.
 const MESSAGES: u64 = 102_400;

@@ -10,8 +10,8 @@ use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use ringmq_core::frame::Binding;
-use ringmq_core::routing_table::RoutingTable;
-use ringmq_core::topic::Pattern;
+use ringmq_core::model::routing_table::RoutingTable;
+use ringmq_core::model::topic::Pattern;
 
 /// Routing keys per iteration: a frame's worth of messages.
 const KEYS: usize = 1024;

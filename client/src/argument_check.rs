@@ -4,7 +4,7 @@
 //! a bug), so the client checks them first and turns a violation into
 //! `ClientError::InvalidArgument` instead of a panic.
 //!
-//! Invariants: a value accepted here never trips an encoding assertion of `ringmq_core::codec`.
+//! Invariants: a value accepted here never trips an encoding assertion of `ringmq_core::wire`.
 
 use ringmq_core::frame::Message;
 use ringmq_core::limits::{ARGUMENTS_MAX, HEADERS_MAX, NAME_BYTES_MAX, PREFETCH_MAX};

@@ -26,9 +26,9 @@
 use std::collections::VecDeque;
 
 use bytes::{Bytes, BytesMut};
-use ringmq_core::codec::{self, message_bytes_len};
 use ringmq_core::frame::{Frame, Header, Message};
 use ringmq_core::ids::Seq;
+use ringmq_core::wire::{codec, message_bytes_len};
 
 use crate::argument_check::{check_message, check_name};
 use crate::error::ClientError;

@@ -19,8 +19,8 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use bytes::BytesMut;
-use ringmq_core::codec;
 use ringmq_core::frame::{ConfirmRange, Frame};
+use ringmq_core::wire::codec;
 use tokio::io::AsyncReadExt;
 use tokio::net::tcp::OwnedReadHalf;
 use tokio::time::Instant;

@@ -33,9 +33,9 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, OnceLock};
 
 use bytes::{Bytes, BytesMut};
-use ringmq_core::codec;
 use ringmq_core::frame::Frame;
 use ringmq_core::ids::{ConsumerId, RequestId};
+use ringmq_core::wire::codec;
 use tokio::sync::{oneshot, Notify};
 
 use crate::confirm_queue::ConfirmQueue;

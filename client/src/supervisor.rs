@@ -23,8 +23,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use ringmq_core::codec;
 use ringmq_core::frame::{ErrorCode, Frame, Preamble, PREAMBLE_FLAG_ADMIN, PROTOCOL_VERSION};
+use ringmq_core::wire::codec;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;

@@ -21,9 +21,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use ringmq_core::codec::{self, message_bytes_len, PublishWriter};
 use ringmq_core::frame::{Frame, Message};
 use ringmq_core::ids::Seq;
+use ringmq_core::wire::{codec, message_bytes_len, PublishWriter};
 use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::time::Instant;

@@ -52,10 +52,10 @@ use crate::hash_state::HashMap;
 
 use crate::broker_state::{transition, BrokerState, IllegalTransition, TransitionCause};
 use crate::epoch::{Epoch, EpochClock, Observed};
-use crate::frame::{ErrorCode, ExchangeKind, Frame, QueueOptions};
 use crate::ids::RequestId;
 use crate::replication_level::{effective_level, exchange_level, ReplicationLevel};
 use crate::shard_message::{ConfigChange, ConfigRequest, ConnRef};
+use crate::wire::frame::{ErrorCode, ExchangeKind, Frame, QueueOptions};
 
 /// Shard 0's bookkeeping for configuration changes.
 #[derive(Debug)]

@@ -32,7 +32,7 @@
 use std::fmt;
 use std::str::FromStr;
 
-use crate::routing_table::{DEFAULT_EXCHANGE, RESERVED_PREFIX};
+use crate::model::routing_table::{DEFAULT_EXCHANGE, RESERVED_PREFIX};
 
 /// How much of an object is replicated. Ordered from least to most.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]

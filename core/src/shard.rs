@@ -88,11 +88,9 @@ use std::sync::Arc;
 use bytes::BytesMut;
 
 use crate::broker_state::{BrokerState, TransitionCause};
-use crate::codec::{self, ConfirmWriter, DecodeError, DeliverWriter};
 use crate::completion_tracker::CompletionTracker;
 use crate::config_coordinator::{ConfigCoordinator, Decision, TransitionRefused};
 use crate::epoch::{Epoch, Observed};
-use crate::exchange::Bound;
 use crate::frame::{
     Binding, ConfirmOutcome, ConfirmRange, Delivered, ErrorCode, Frame, Message, QueueInfo, QueueOptions,
     PROTOCOL_VERSION,
@@ -100,13 +98,16 @@ use crate::frame::{
 use crate::ha_view::{initial_state, Admission, ConnectionKind, HaSettings, HaView};
 use crate::ids::{ConnId, ConsumerId, RequestId, Seq, ShardId, Tag};
 use crate::limits::{DELIVER_FRAME_BYTES_TARGET, DELIVER_FRAME_OVERHEAD_BYTES};
-use crate::queue::{DeliveryBatch, Enqueued, Queue, SubscriberKey};
+use crate::model::exchange::Bound;
+use crate::model::queue::{DeliveryBatch, Enqueued, Queue, SubscriberKey};
+use crate::model::range_set::RangeSet;
+use crate::model::routing_table::{Declared, RoutingTable};
 use crate::replication::{
     CatchUpDiff, DedupSeenKeys, Hold, Position, QueueHoldings, Record, ReplicationEvent, DEDUP_SEEN_RANGES_MAX,
 };
 use crate::replication_level::{binding_replicated, ReplicationLevel};
-use crate::routing_table::{Declared, RoutingTable};
 use crate::shard_message::{ConfigChange, ConfigRequest, ConnRef, EnqueueItem, EnqueueResult, ShardMessage};
+use crate::wire::{self as codec, ConfirmWriter, DecodeError, DeliverWriter};
 
 /// Bytes for one connection (`Shard::poll_transmit`).
 #[derive(Debug)]
@@ -636,16 +637,13 @@ impl Shard {
                 // consumed before it (re)joined, which no `Enqueued` will carry.
                 push_dedup_seen(name, queue.dedup_seen(DEDUP_SEEN_RANGES_MAX), out);
             }
-            let backup: &[(Position, Position)] = held.get(&**name).copied().unwrap_or_default();
-            let backup_holds = |position: Position| {
-                let index = backup.partition_point(|&(_, last)| last < position);
-                backup.get(index).is_some_and(|&(first, _)| first <= position)
-            };
-            let mut primary: Vec<Position> = Vec::new();
+            // What the backup holds that this queue does not: its holdings less every position
+            // this queue holds.
+            let backup_ranges: &[(Position, Position)] = held.get(&**name).copied().unwrap_or_default();
+            let mut backup: RangeSet = backup_ranges.iter().map(|&(first, last)| (first.0, last.0)).collect();
             if level.replicates_messages() {
                 queue.for_each_held(|position, message| {
-                    primary.push(position);
-                    if backup_holds(position) {
+                    if backup.remove(position.0) {
                         diff.held += 1;
                     } else {
                         diff.sent += 1;
@@ -660,7 +658,8 @@ impl Shard {
                     }
                 });
             }
-            let ranges = ranges_without(backup, &primary);
+            let ranges: Vec<(Position, Position)> =
+                backup.iter().map(|(first, last)| (Position(first), Position(last))).collect();
             if !ranges.is_empty() {
                 let positions = ranges.iter().map(|&(first, last)| (last.0 - first.0).saturating_add(1));
                 diff.dequeued = positions.fold(diff.dequeued, u64::saturating_add);
@@ -1525,7 +1524,7 @@ impl Shard {
 
     /// Applies a configuration change to this shard's routing table and queues.
     fn apply_config(&mut self, change: ConfigChange) -> Result<(), (ErrorCode, String)> {
-        let routing_error = |e: crate::routing_table::RoutingError| (e.code(), e.to_string());
+        let routing_error = |e: crate::model::routing_table::RoutingError| (e.code(), e.to_string());
         match change {
             ConfigChange::CreateQueue { name, options, exclusive_owner, level } => {
                 let declared = self.routing.add_queue(&name).map_err(routing_error)?;
@@ -1756,7 +1755,6 @@ fn changes_replicated_state(frame: &Frame) -> Option<RequestId> {
 /// The origin of requests the broker makes by itself; never answered, so never looked up.
 const BROKER_ITSELF: ConnId = ConnId(u32::MAX);
 
-/// The positions of `ranges` (increasing, disjoint) not in `held` (increasing), as ranges.
 /// Appends `keys` (a queue's dedup window) as `DedupSeen` events of at most
 /// `DEDUP_SEEN_RANGES_MAX` ranges each (a producer's ranges may be split across two); nothing
 /// when empty.
@@ -1779,24 +1777,6 @@ fn push_dedup_seen(queue: &Arc<str>, keys: DedupSeenKeys, out: &mut Vec<Replicat
     if !chunk.is_empty() {
         out.push(ReplicationEvent::DedupSeen { queue: queue.clone(), keys: chunk });
     }
-}
-
-fn ranges_without(ranges: &[(Position, Position)], held: &[Position]) -> Vec<(Position, Position)> {
-    let mut out = Vec::new();
-    for &(first, last) in ranges {
-        let mut from = first.0;
-        let start = held.partition_point(|&p| p < first);
-        for &position in held[start..].iter().take_while(|&&p| p <= last) {
-            if position.0 > from {
-                out.push((Position(from), Position(position.0 - 1)));
-            }
-            from = position.0 + 1;
-        }
-        if from <= last.0 {
-            out.push((Position(from), last));
-        }
-    }
-    out
 }
 
 fn not_found_queue(request: RequestId, queue: &str) -> Frame {

@@ -13,7 +13,7 @@
 
 use bytes::BytesMut;
 use libfuzzer_sys::fuzz_target;
-use ringmq_core::codec::{self, DeliverWriter, PublishWriter};
+use ringmq_core::wire::{codec, DeliverWriter, PublishWriter};
 use ringmq_core::frame::Frame;
 use ringmq_core::limits::FRAME_BYTES_MAX;
 

@@ -14,7 +14,6 @@
 use std::collections::HashMap;
 
 use bytes::{Bytes, BytesMut};
-use ringmq_core::codec::{decode, encode, encode_preamble};
 use ringmq_core::frame::{
     ConfirmOutcome, ConfirmRange, Frame, Message, Preamble, QueueOptions, PREAMBLE_FLAG_ADMIN, PROTOCOL_VERSION,
 };
@@ -23,6 +22,7 @@ use ringmq_core::ids::{ConnId, ConsumerId, RequestId, Seq, ShardId};
 use ringmq_core::replication::{Hold, ReplicationEvent};
 use ringmq_core::replication_level::ReplicationLevel;
 use ringmq_core::shard::{Shard, ShardConfig, Transmit};
+use ringmq_core::wire::{decode, encode, encode_preamble};
 use ringmq_ha::link::LinkId;
 use ringmq_ha::primary::replication::PrimaryReplication;
 

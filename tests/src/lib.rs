@@ -550,7 +550,7 @@ pub fn frames_until_closed(addr: &str, flags: u16, wait: Duration) -> Vec<ringmq
     stream.set_read_timeout(Some(Duration::from_millis(100))).expect("read timeout");
     let mut preamble = bytes::BytesMut::new();
     let version = ringmq_core::frame::PROTOCOL_VERSION;
-    ringmq_core::codec::encode_preamble(ringmq_core::frame::Preamble { version, flags }, &mut preamble);
+    ringmq_core::wire::encode_preamble(ringmq_core::frame::Preamble { version, flags }, &mut preamble);
     stream.write_all(&preamble).expect("sending the preamble");
     let mut received = bytes::BytesMut::new();
     let mut chunk = [0u8; 4096];
@@ -567,7 +567,7 @@ pub fn frames_until_closed(addr: &str, flags: u16, wait: Duration) -> Vec<ringmq
     }
     let mut frames = Vec::new();
     while let Some(frame) =
-        ringmq_core::codec::decode(&mut received, ringmq_core::limits::FRAME_BYTES_MAX).expect("broker output decodes")
+        ringmq_core::wire::decode(&mut received, ringmq_core::limits::FRAME_BYTES_MAX).expect("broker output decodes")
     {
         frames.push(frame);
     }

@@ -2,7 +2,7 @@
 //! frame that names the problem (what was allowed and what came), closes that connection, and
 //! keeps serving everyone else.
 //!
-//! Method throughout: write the bad bytes by hand, decode the reply with `ringmq_core::codec`,
+//! Method throughout: write the bad bytes by hand, decode the reply with `ringmq_core::wire`,
 //! expect exactly one `Error` frame followed by end of stream within a deadline; then check that
 //! a connection opened before the bad one, and a fresh one opened after, still declare, publish
 //! and consume.
@@ -17,10 +17,10 @@ use std::time::{Duration, Instant};
 use bytes::{BufMut, Bytes, BytesMut};
 use ringmq_client::blocking::Connection;
 use ringmq_client::{ConnectOptions, Message, QueueOptions};
-use ringmq_core::codec;
 use ringmq_core::frame::{ConfirmOutcome, ConfirmRange, ErrorCode, Frame, Preamble, PROTOCOL_VERSION};
 use ringmq_core::ids::{RequestId, Seq};
 use ringmq_core::limits::FRAME_BYTES_MAX;
+use ringmq_core::wire::codec;
 use ringmq_tests::BrokerProcess;
 
 /// The broker's `max-frame-size` in these tests, in bytes.

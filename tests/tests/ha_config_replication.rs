@@ -21,9 +21,9 @@ use std::net::TcpStream;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use ringmq_core::codec;
 use ringmq_core::frame::{ExchangeKind, Frame, Message, Preamble, QueueOptions, PROTOCOL_VERSION};
 use ringmq_core::ids::RequestId;
+use ringmq_core::wire::codec;
 use ringmq_tests::ha::{admin, client, plain_log, promote, ready_cluster, wait_state, SETTLE_WAIT};
 use ringmq_tests::{eventually, BrokerProcess, Stopped};
 

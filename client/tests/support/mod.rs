@@ -7,9 +7,9 @@
 use std::time::Duration;
 
 use bytes::BytesMut;
-use ringmq_core::codec;
 use ringmq_core::frame::{Frame, PREAMBLE_LEN, PROTOCOL_VERSION};
 use ringmq_core::limits::FRAME_BYTES_MAX;
+use ringmq_core::wire::codec;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 

@@ -7,13 +7,13 @@
 
 use bytes::BytesMut;
 use ringmq_core::broker_state::BrokerState;
-use ringmq_core::codec::{decode, encode, encode_preamble};
 use ringmq_core::frame::{Frame, Preamble, QueueOptions, PROTOCOL_VERSION};
 use ringmq_core::ha_view::HaSettings;
 use ringmq_core::ids::{ConnId, RequestId, ShardId};
 use ringmq_core::replication::ReplicationEvent;
 use ringmq_core::replication_level::ReplicationLevel;
 use ringmq_core::shard::{shard_of, Shard, ShardConfig, Transmit};
+use ringmq_core::wire::{decode, encode, encode_preamble};
 
 /// Shards wired together in memory.
 pub struct Mesh {

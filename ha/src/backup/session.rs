@@ -27,10 +27,10 @@ use std::time::Instant;
 
 use bytes::BytesMut;
 use ringmq_core::broker_state::{BrokerState, TransitionCause};
-use ringmq_core::codec;
 use ringmq_core::frame::{Frame, Preamble, PREAMBLE_FLAG_BACKUP, PROTOCOL_VERSION};
 use ringmq_core::ids::ConnId;
 use ringmq_core::shard::Shard;
+use ringmq_core::wire::codec;
 
 use crate::backup::link::{BackupLink, LinkStatus};
 use crate::backup::ready_lease::LeaseRequests;

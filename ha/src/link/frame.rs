@@ -5,7 +5,9 @@
 //! preamble flag (`PROTOCOL.md`, "Broker-to-broker replication link"). Native frames (`hello`,
 //! `heartbeat`, `error`) and replication frames share it. Both are `u32 length, u8 type, body`, and
 //! the type byte tells them apart: the replication frames use 0x50..=0x57, which the native
-//! protocol leaves unused.
+//! protocol leaves unused. Every type byte is declared once, in `ringmq_core::wire::frame_type`
+//! (which asserts at compile time that none collides), and the `u32 length, u8 type` head is read
+//! by `ringmq_core::wire::frame_header`, as for native frames and batches.
 //!
 //! | type | frame          | direction          | body                                              |
 //! |------|----------------|--------------------|---------------------------------------------------|
@@ -20,9 +22,9 @@
 //!
 //! Owns: the link-only frames (`LinkOpen`, `LinkAccepted`, marked-ready, members, the lease
 //! frames), their bytes, and the
-//! dispatch of a mixed stream to the native codec (`ringmq_core::codec`) or the record codec
-//! (`record`). Not here: which frame may come when (the link's state machine, in the transport),
-//! what a batch means (`primary_stream`, `backup_stream`).
+//! dispatch of a mixed stream to the native codec (`ringmq_core::wire`) or the record codec
+//! (`record`). Not here: which frame may come when (the link's state machines, `primary::served_links` and `backup::session`),
+//! what a batch means (`primary::stream`, `backup::stream`).
 //!
 //! Call contract: the reader of a link calls `decode_link_frame` on its receive buffer until it
 //! returns `Ok(None)`; on `Err` it sends an `error` frame with `LinkDecodeError::code` and closes
@@ -39,29 +41,22 @@
 //!   a link (a `publish`, say) is the link state machine's decision, as on a client connection.
 
 use bytes::{BufMut, BytesMut};
-use ringmq_core::codec::{self, put_bytes16, put_name, DecodeError, Reader};
 use ringmq_core::epoch::Epoch;
 use ringmq_core::frame::{ErrorCode, Frame};
 use ringmq_core::replication::{Position, QueueHoldings};
-
-use crate::limits::{BACKUPS_MAX, HOLDINGS_QUEUES_MAX, HOLDINGS_RANGES_MAX, LINK_ADDRESS_BYTES_MAX};
-use crate::link::record::{
-    decode_batch, decode_confirm, encode_batch, encode_confirm, peek_frame_header, Batch, HeaderError,
-    RecordDecodeError, StreamSeq, FRAME_HEADER_BYTES, TYPE_BATCH, TYPE_CONFIRM, ZERO_LENGTH,
+use ringmq_core::wire::frame_header::{
+    begin_frame, end_frame, peek_frame_header, FrameHeader, FrameHeaderError, FRAME_HEADER_BYTES,
 };
+use ringmq_core::wire::frame_type::{
+    LINK_ACCEPTED, LINK_BATCH, LINK_CONFIRM, LINK_LEASE_GRANT, LINK_LEASE_REQUEST, LINK_MARKED_READY, LINK_MEMBERS,
+    LINK_OPEN,
+};
+use ringmq_core::wire::{codec, put_bytes16, put_name, DecodeError, Reader};
 
-/// Type byte of `LinkOpen` (backup to primary).
-pub const TYPE_LINK_OPEN: u8 = 0x52;
-/// Type byte of `LinkAccepted` (primary to backup).
-pub const TYPE_LINK_ACCEPTED: u8 = 0x53;
-/// Type byte of marked-ready (primary to backup).
-pub const TYPE_MARKED_READY: u8 = 0x54;
-/// Type byte of members (primary to backup).
-pub const TYPE_MEMBERS: u8 = 0x55;
-/// Type byte of lease-request (backup to primary).
-pub const TYPE_LEASE_REQUEST: u8 = 0x56;
-/// Type byte of lease-grant (primary to backup).
-pub const TYPE_LEASE_GRANT: u8 = 0x57;
+use crate::limits::{BACKUPS_MAX, BATCH_BYTES_MAX, HOLDINGS_QUEUES_MAX, HOLDINGS_RANGES_MAX, LINK_ADDRESS_BYTES_MAX};
+use crate::link::record::{
+    decode_batch, decode_confirm, encode_batch, encode_confirm, Batch, RecordDecodeError, StreamSeq, ZERO_LENGTH,
+};
 
 /// Any frame of a replication link.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -196,41 +191,41 @@ pub fn encode_link_frame(frame: &LinkFrame, out: &mut BytesMut) {
         LinkFrame::Open(open) => {
             assert_address(&open.backup);
             assert!(open.shard < open.shard_count, "shard {} of {} shards", open.shard, open.shard_count);
-            let start = begin(out, TYPE_LINK_OPEN);
+            let start = begin_frame(out, LINK_OPEN);
             put_bytes16(out, open.backup.as_bytes());
             out.put_u16_le(open.shard);
             out.put_u16_le(open.shard_count);
             out.put_u64_le(open.epoch_highest.0);
             put_holdings(out, open.holdings.as_deref());
-            finish(out, start);
+            end_frame(out, start);
         }
         LinkFrame::Accepted(accepted) => {
             assert!(accepted.shard_count >= 1, "link-accepted with 0 shards");
-            let start = begin(out, TYPE_LINK_ACCEPTED);
+            let start = begin_frame(out, LINK_ACCEPTED);
             out.put_u64_le(accepted.epoch.0);
             out.put_u16_le(accepted.shard_count);
-            finish(out, start);
+            end_frame(out, start);
         }
         LinkFrame::MarkedReady => {
-            let start = begin(out, TYPE_MARKED_READY);
-            finish(out, start);
+            let start = begin_frame(out, LINK_MARKED_READY);
+            end_frame(out, start);
         }
         LinkFrame::Members(members) => {
             assert!(members.len() <= BACKUPS_MAX, "{} members, at most {BACKUPS_MAX} allowed", members.len());
-            let start = begin(out, TYPE_MEMBERS);
+            let start = begin_frame(out, LINK_MEMBERS);
             out.put_u16_le(members.len() as u16);
             for member in members {
                 assert_address(member);
                 put_bytes16(out, member.as_bytes());
             }
-            finish(out, start);
+            end_frame(out, start);
         }
         LinkFrame::LeaseRequest(token) | LinkFrame::LeaseGrant(token) => {
             let type_byte =
-                if matches!(frame, LinkFrame::LeaseRequest(_)) { TYPE_LEASE_REQUEST } else { TYPE_LEASE_GRANT };
-            let start = begin(out, type_byte);
+                if matches!(frame, LinkFrame::LeaseRequest(_)) { LINK_LEASE_REQUEST } else { LINK_LEASE_GRANT };
+            let start = begin_frame(out, type_byte);
             out.put_u64_le(*token);
-            finish(out, start);
+            end_frame(out, start);
         }
     }
 }
@@ -250,29 +245,31 @@ pub fn encode_link_frame(frame: &LinkFrame, out: &mut BytesMut) {
 ///
 /// When `bytes_max` is above `BATCH_BYTES_MAX`: a runtime option may lower a limit, never raise it.
 pub fn decode_link_frame(buf: &mut BytesMut, bytes_max: u32) -> Result<Option<LinkFrame>, LinkDecodeError> {
+    assert!(bytes_max <= BATCH_BYTES_MAX, "bytes_max {bytes_max} is above BATCH_BYTES_MAX {BATCH_BYTES_MAX}");
     let header = peek_frame_header(buf, bytes_max).map_err(|error| match error {
-        HeaderError::TooLarge { size, max } => LinkDecodeError::FrameTooLarge { size, max },
-        HeaderError::ZeroLength => LinkDecodeError::Invalid { frame: "link frame", reason: ZERO_LENGTH.to_string() },
+        FrameHeaderError::TooLarge { size, max } => LinkDecodeError::FrameTooLarge { size, max },
+        FrameHeaderError::ZeroLength => {
+            LinkDecodeError::Invalid { frame: "link frame", reason: ZERO_LENGTH.to_string() }
+        }
     })?;
-    let Some((size, type_byte)) = header else { return Ok(None) };
+    let Some(FrameHeader { size, type_byte }) = header else { return Ok(None) };
     match type_byte {
-        TYPE_BATCH => Ok(decode_batch(buf, bytes_max)?.map(LinkFrame::Batch)),
-        TYPE_CONFIRM => Ok(decode_confirm(buf)?.map(LinkFrame::Confirm)),
-        TYPE_LINK_OPEN | TYPE_LINK_ACCEPTED | TYPE_MARKED_READY | TYPE_MEMBERS | TYPE_LEASE_REQUEST
-        | TYPE_LEASE_GRANT => {
+        LINK_BATCH => Ok(decode_batch(buf, bytes_max)?.map(LinkFrame::Batch)),
+        LINK_CONFIRM => Ok(decode_confirm(buf)?.map(LinkFrame::Confirm)),
+        LINK_OPEN | LINK_ACCEPTED | LINK_MARKED_READY | LINK_MEMBERS | LINK_LEASE_REQUEST | LINK_LEASE_GRANT => {
             // `size <= bytes_max <= BATCH_BYTES_MAX`, so it fits a `usize`.
             if buf.len() < size as usize {
                 return Ok(None);
             }
             let bytes = buf.split_to(size as usize).freeze();
             let frame = match type_byte {
-                TYPE_LINK_OPEN => decode_open(Reader::new("link-open", bytes, FRAME_HEADER_BYTES))?,
-                TYPE_LINK_ACCEPTED => decode_accepted(Reader::new("link-accepted", bytes, FRAME_HEADER_BYTES))?,
-                TYPE_MEMBERS => decode_members(Reader::new("members", bytes, FRAME_HEADER_BYTES))?,
-                TYPE_LEASE_REQUEST => {
+                LINK_OPEN => decode_open(Reader::new("link-open", bytes, FRAME_HEADER_BYTES))?,
+                LINK_ACCEPTED => decode_accepted(Reader::new("link-accepted", bytes, FRAME_HEADER_BYTES))?,
+                LINK_MEMBERS => decode_members(Reader::new("members", bytes, FRAME_HEADER_BYTES))?,
+                LINK_LEASE_REQUEST => {
                     LinkFrame::LeaseRequest(decode_token(Reader::new("lease-request", bytes, FRAME_HEADER_BYTES))?)
                 }
-                TYPE_LEASE_GRANT => {
+                LINK_LEASE_GRANT => {
                     LinkFrame::LeaseGrant(decode_token(Reader::new("lease-grant", bytes, FRAME_HEADER_BYTES))?)
                 }
                 _ => {
@@ -443,27 +440,13 @@ fn assert_address(address: &str) {
     );
 }
 
-/// Writes a placeholder length and the type; returns where the frame starts.
-fn begin(out: &mut BytesMut, type_byte: u8) -> usize {
-    let start = out.len();
-    out.put_u32_le(0);
-    out.put_u8(type_byte);
-    start
-}
-
-/// Fills in the length of the frame that starts at `start`.
-fn finish(out: &mut BytesMut, start: usize) {
-    let length = (out.len() - start - 4) as u32;
-    out[start..start + 4].copy_from_slice(&length.to_le_bytes());
-}
-
 #[cfg(test)]
 mod tests {
     use bytes::Bytes;
     use ringmq_core::frame::Message;
 
     use super::*;
-    use crate::limits::BATCH_BYTES_MAX;
+
     use crate::link::record::{Position, Record};
 
     fn samples() -> Vec<LinkFrame> {

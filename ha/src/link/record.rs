@@ -36,7 +36,9 @@
 //! name16 = u16 length, UTF-8 bytes (at most NAME_BYTES_MAX); option_u64 = bool, u64 (0 if absent)
 //! ```
 //! The type bytes 0x50 and 0x51 are unused by the client protocol, so a link that mixes these
-//! with native frames (heartbeats) cannot confuse them.
+//! with native frames (heartbeats) cannot confuse them; they are declared, with every other type
+//! byte, in `ringmq_core::wire::frame_type`, and the header is read by
+//! `ringmq_core::wire::frame_header`.
 //!
 //! Kinds 5 to 8 come only on shard 0's stream, which carries the configuration in the primary
 //! coordinator's order (see `ringmq_core::replication`). Kind 9 carries dedup keys the backup
@@ -58,10 +60,18 @@
 use std::fmt;
 
 use bytes::{BufMut, Bytes, BytesMut};
-use ringmq_core::codec::{message_bytes_len, put_message, put_name, put_queue_options, DecodeError, Reader};
 use ringmq_core::epoch::Epoch;
 use ringmq_core::frame::{ExchangeKind, QueueOptions};
 pub use ringmq_core::replication::{Position, Record};
+use ringmq_core::wire::frame_header::{
+    begin_frame, end_frame, peek_frame_header, FrameHeader, FrameHeaderError, FRAME_HEADER_BYTES,
+};
+use ringmq_core::wire::frame_type::{LINK_BATCH, LINK_CONFIRM};
+use ringmq_core::wire::primitives::MESSAGE_BYTES_MIN;
+use ringmq_core::wire::{
+    exchange_kind_byte, exchange_kind_from_byte, message_bytes_len, put_message, put_name, put_queue_options,
+    DecodeError, Reader,
+};
 
 use crate::limits::{
     BATCH_BYTES_MAX, BATCH_DEDUP_RANGES_MAX, BATCH_HEADER_BYTES, BATCH_MESSAGES_MAX, BATCH_RANGES_MAX,
@@ -131,9 +141,7 @@ pub enum RecordDecodeError {
 /// `u64`, ranges not increasing or touching, a name longer than `NAME_BYTES_MAX`, a field longer
 /// than its length prefix allows, or a frame above `BATCH_BYTES_MAX`.
 pub fn encode_batch(batch: &Batch, out: &mut BytesMut) {
-    let start = out.len();
-    out.put_u32_le(0);
-    out.put_u8(TYPE_BATCH);
+    let start = begin_frame(out, LINK_BATCH);
     out.put_u64_le(batch.epoch.0);
     out.put_u64_le(batch.stream_seq.0);
     assert!(batch.stream_seq.0 >= 1, "stream seq 0 means no batch; the first batch is 1");
@@ -239,7 +247,7 @@ pub fn encode_batch(batch: &Batch, out: &mut BytesMut) {
     assert!(dedup_ranges_total <= BATCH_DEDUP_RANGES_MAX as usize, "batch of {dedup_ranges_total} dedup ranges");
     let size = out.len() - start;
     assert!(size <= BATCH_BYTES_MAX as usize, "batch of {size} bytes exceeds BATCH_BYTES_MAX {BATCH_BYTES_MAX}");
-    out[start..start + 4].copy_from_slice(&((size - 4) as u32).to_le_bytes());
+    end_frame(out, start);
 }
 
 /// Decodes the replication batch at the front of `buf`.
@@ -256,7 +264,7 @@ pub fn encode_batch(batch: &Batch, out: &mut BytesMut) {
 ///
 /// When `bytes_max` is above `BATCH_BYTES_MAX`: a runtime option may lower a limit, never raise it.
 pub fn decode_batch(buf: &mut BytesMut, bytes_max: u32) -> Result<Option<Batch>, RecordDecodeError> {
-    let Some(bytes) = take_frame(buf, bytes_max, TYPE_BATCH)? else {
+    let Some(bytes) = take_frame(buf, bytes_max, LINK_BATCH)? else {
         return Ok(None);
     };
     let mut r = Reader::new("replication-batch", bytes, FRAME_HEADER_BYTES);
@@ -387,9 +395,9 @@ pub fn decode_batch(buf: &mut BytesMut, bytes_max: u32) -> Result<Option<Batch>,
 
 /// Appends a backup's confirm, "every batch up to `stream_seq` is applied", to `out`.
 pub fn encode_confirm(stream_seq: StreamSeq, out: &mut BytesMut) {
-    out.put_u32_le(CONFIRM_BYTES as u32 - 4);
-    out.put_u8(TYPE_CONFIRM);
+    let start = begin_frame(out, LINK_CONFIRM);
     out.put_u64_le(stream_seq.0);
+    end_frame(out, start);
 }
 
 /// Decodes the confirm at the front of `buf`: `Ok(None)` while incomplete, consuming nothing.
@@ -398,7 +406,7 @@ pub fn encode_confirm(stream_seq: StreamSeq, out: &mut BytesMut) {
 ///
 /// A [`RecordDecodeError`] when the bytes are not a confirm frame.
 pub fn decode_confirm(buf: &mut BytesMut) -> Result<Option<StreamSeq>, RecordDecodeError> {
-    let Some(bytes) = take_frame(buf, CONFIRM_BYTES as u32, TYPE_CONFIRM)? else {
+    let Some(bytes) = take_frame(buf, CONFIRM_BYTES as u32, LINK_CONFIRM)? else {
         return Ok(None);
     };
     let mut r = Reader::new("replication-confirm", bytes, FRAME_HEADER_BYTES);
@@ -494,12 +502,16 @@ pub(crate) fn dedup_producer_bytes_len(producer: &str, ranges: usize) -> usize {
 // ----- helpers -----
 
 /// Checks the length and type of the frame at the front of `buf` and splits it off when complete.
+///
+/// # Panics
+/// When `bytes_max` is above `BATCH_BYTES_MAX`: a runtime option may lower a limit, never raise it.
 fn take_frame(buf: &mut BytesMut, bytes_max: u32, expected: u8) -> Result<Option<Bytes>, RecordDecodeError> {
+    assert!(bytes_max <= BATCH_BYTES_MAX, "bytes_max {bytes_max} is above BATCH_BYTES_MAX {BATCH_BYTES_MAX}");
     let header = peek_frame_header(buf, bytes_max).map_err(|error| match error {
-        HeaderError::TooLarge { size, max } => RecordDecodeError::FrameTooLarge { size, max },
-        HeaderError::ZeroLength => RecordDecodeError::Invalid(ZERO_LENGTH.to_string()),
+        FrameHeaderError::TooLarge { size, max } => RecordDecodeError::FrameTooLarge { size, max },
+        FrameHeaderError::ZeroLength => RecordDecodeError::Invalid(ZERO_LENGTH.to_string()),
     })?;
-    let Some((size, type_byte)) = header else { return Ok(None) };
+    let Some(FrameHeader { size, type_byte }) = header else { return Ok(None) };
     if type_byte != expected {
         return Err(RecordDecodeError::WrongType { expected, got: type_byte });
     }
@@ -509,42 +521,8 @@ fn take_frame(buf: &mut BytesMut, bytes_max: u32, expected: u8) -> Result<Option
     Ok(Some(buf.split_to(size as usize).freeze()))
 }
 
-/// A frame header (`u32 length, u8 type`) that cannot start a valid frame.
-pub(crate) enum HeaderError {
-    /// The frame, length prefix included, is above the limit.
-    TooLarge {
-        /// Its size, length prefix included (saturating).
-        size: u32,
-        /// The limit.
-        max: u32,
-    },
-    /// The length is 0: not even the type byte.
-    ZeroLength,
-}
-
-/// Why a zero length is refused, for both decoders' messages.
+/// Why a zero length is refused, for both decoders' messages (this module's and `link_frame`'s).
 pub(crate) const ZERO_LENGTH: &str = "length is 0, at least 1 needed (the type)";
-
-/// The size (length prefix included) and type byte of the frame at the front of `buf`, once both
-/// arrived; consumes nothing. Shared by this module's decoders and `link_frame`'s.
-///
-/// # Panics
-/// When `bytes_max` is above `BATCH_BYTES_MAX`: a runtime option may lower a limit, never raise it.
-pub(crate) fn peek_frame_header(buf: &[u8], bytes_max: u32) -> Result<Option<(u32, u8)>, HeaderError> {
-    assert!(bytes_max <= BATCH_BYTES_MAX, "bytes_max {bytes_max} is above BATCH_BYTES_MAX {BATCH_BYTES_MAX}");
-    let [l0, l1, l2, l3, ref after_length @ ..] = buf[..] else {
-        return Ok(None);
-    };
-    let length = u32::from_le_bytes([l0, l1, l2, l3]);
-    let size = length.saturating_add(4);
-    if size > bytes_max {
-        return Err(HeaderError::TooLarge { size, max: bytes_max });
-    }
-    if length == 0 {
-        return Err(HeaderError::ZeroLength);
-    }
-    Ok(after_length.first().map(|&type_byte| (size, type_byte)))
-}
 
 fn check_total(what: &'static str, total: u64, max: u32) -> Result<(), RecordDecodeError> {
     if total > u64::from(max) {
@@ -553,10 +531,6 @@ fn check_total(what: &'static str, total: u64, max: u32) -> Result<(), RecordDec
     Ok(())
 }
 
-/// Type byte of a batch frame (primary to backup).
-pub(crate) const TYPE_BATCH: u8 = 0x50;
-/// Type byte of a confirm frame (backup to primary).
-pub(crate) const TYPE_CONFIRM: u8 = 0x51;
 const KIND_QUEUE_CREATED: u8 = 1;
 const KIND_QUEUE_DELETED: u8 = 2;
 const KIND_ENQUEUED: u8 = 3;
@@ -566,38 +540,21 @@ const KIND_EXCHANGE_DELETED: u8 = 6;
 const KIND_BOUND: u8 = 7;
 const KIND_UNBOUND: u8 = 8;
 const KIND_DEDUP_SEEN: u8 = 9;
-/// Length prefix and type byte.
-pub(crate) const FRAME_HEADER_BYTES: usize = 5;
 /// A whole confirm frame: length, type, stream seq.
 const CONFIRM_BYTES: usize = FRAME_HEADER_BYTES + 8;
 /// The smallest record: kind and an empty name.
 const RECORD_BYTES_MIN: usize = 1 + 2;
-/// The smallest message: three empty fields and an empty body.
-const MESSAGE_BYTES_MIN: usize = 2 + 2 + 2 + 4;
 /// One dequeue (or dedup) range.
 pub(crate) const RANGE_BYTES: usize = 16;
 /// The smallest producer part of a dedup-seen record: a one-byte id, the range count, one range.
 const DEDUP_PRODUCER_BYTES_MIN: usize = 2 + 1 + 4 + RANGE_BYTES;
 
-/// An exchange kind's byte, as the native protocol writes it.
-fn exchange_kind_byte(kind: ExchangeKind) -> u8 {
-    match kind {
-        ExchangeKind::Direct => 0,
-        ExchangeKind::Fanout => 1,
-        ExchangeKind::Topic => 2,
-    }
-}
-
 /// Reads an exchange kind's byte.
 fn read_exchange_kind(r: &mut Reader) -> Result<ExchangeKind, RecordDecodeError> {
-    match r.u8("exchange kind")? {
-        0 => Ok(ExchangeKind::Direct),
-        1 => Ok(ExchangeKind::Fanout),
-        2 => Ok(ExchangeKind::Topic),
-        other => Err(RecordDecodeError::Invalid(format!(
-            "exchange kind is {other}, must be 0 (direct), 1 (fanout) or 2 (topic)"
-        ))),
-    }
+    let byte = r.u8("exchange kind")?;
+    exchange_kind_from_byte(byte).ok_or_else(|| {
+        RecordDecodeError::Invalid(format!("exchange kind is {byte}, must be 0 (direct), 1 (fanout) or 2 (topic)"))
+    })
 }
 
 /// A `u32` count checked against `min..=max` before anything is allocated for it.

@@ -12,11 +12,11 @@
 use std::collections::VecDeque;
 
 use bytes::BytesMut;
-use ringmq_core::codec;
 use ringmq_core::epoch::Epoch;
 use ringmq_core::frame::{ErrorCode, Frame};
 use ringmq_core::ids::{ConnId, ShardId};
 use ringmq_core::shard_message::ShardMessage;
+use ringmq_core::wire::codec;
 
 use crate::link::frame::{encode_link_frame, LinkFrame, LinkOpen};
 

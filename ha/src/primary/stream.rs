@@ -22,7 +22,7 @@
 //!   consumed);
 //! - the backup was lost (`handle_backup_lost`): a dropped backup stops holding publishers.
 //!
-//! Barriers (`handle_barrier`): a duplicate publish (`ringmq_core::dedup_window`) stores nothing,
+//! Barriers (`handle_barrier`): a duplicate publish (`ringmq_core::model::dedup_window`) stores nothing,
 //! but its confirm must not overtake the original's message to this backup. Its hold is released
 //! once every enqueue of its queue fed before the barrier is in a batch the backup confirmed (or
 //! was dropped unsent: dequeued, or its queue deleted), or when the backup is lost. The original
@@ -31,7 +31,7 @@
 //! out and confirms come in.
 //!
 //! Dedup keys: a message dequeued before it was batched is not sent, but if it carries a valid
-//! `x-ringmq-dedup` key (`ringmq_core::dedup_window`) the key is: the stream keeps it with the
+//! `x-ringmq-dedup` key (`ringmq_core::model::dedup_window`) the key is: the stream keeps it with the
 //! queue's pending data, compacted into ranges per producer, and sends it in a `DedupSeen` record
 //! of the queue's next batch, so that the backup, once promoted, suppresses a re-send of the
 //! message. The message's hold is still released at once: the producer re-sends exactly what is
@@ -95,12 +95,12 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
-use ringmq_core::codec::message_bytes_len;
 use ringmq_core::epoch::Epoch;
 use ringmq_core::frame::{ExchangeKind, Message, QueueOptions};
-
-use ringmq_core::dedup_window::dedup_key;
+use ringmq_core::model::dedup_window::dedup_key;
+use ringmq_core::model::range_set::RangeSet;
 use ringmq_core::replication::DedupSeenKeys;
+use ringmq_core::wire::message_bytes_len;
 
 use crate::limits::{
     BATCHES_UNCONFIRMED_MAX, BATCH_BYTES_MAX, BATCH_DEDUP_RANGES_MAX, BATCH_HEADER_BYTES, BATCH_MESSAGES_MAX,
@@ -431,7 +431,7 @@ impl PrimaryStream {
                 if let Some(Ok(key)) = dedup_key(&message.headers) {
                     let ranges = entry.dedup.entry(key.producer.to_string()).or_default();
                     let before = ranges.len();
-                    insert_position(ranges, key.seq, false);
+                    ranges.insert(key.seq);
                     let after = ranges.len();
                     entry.dedup_ranges = entry.dedup_ranges + after - before;
                     self.pending = self.pending + after - before;
@@ -444,9 +444,10 @@ impl PrimaryStream {
         let full = self.pending >= STREAM_PENDING_MAX;
         let entry = self.entry(queue);
         let ranges_before = entry.dequeues.len();
-        if !insert_position(&mut entry.dequeues, position.0, full) {
+        if full && entry.dequeues.adds_range(position.0, position.0) {
             return Err(StreamOverflow { hold: None, pending: self.pending, max: STREAM_PENDING_MAX });
         }
+        entry.dequeues.insert(position.0);
         let ranges_after = entry.dequeues.len();
         self.pending = self.pending + ranges_after - ranges_before;
         Ok(())
@@ -482,9 +483,10 @@ impl PrimaryStream {
             let full = self.pending >= STREAM_PENDING_MAX;
             let entry = self.entry(queue);
             let ranges_before = entry.dequeues.len();
-            if !insert_range(&mut entry.dequeues, first.0, last.0, full) {
+            if full && entry.dequeues.adds_range(first.0, last.0) {
                 return Err(StreamOverflow { hold: None, pending: self.pending, max: STREAM_PENDING_MAX });
             }
+            entry.dequeues.insert_range(first.0, last.0);
             let ranges_after = entry.dequeues.len();
             self.pending = self.pending + ranges_after - ranges_before;
         }
@@ -585,7 +587,7 @@ impl PrimaryStream {
         let mut queues = BTreeMap::new();
         for (name, queue) in &self.queues {
             let enqueued = queue.enqueues.back().map(|enqueue| enqueue.position);
-            let dequeued = queue.dequeues.last_key_value().map(|(_, &last)| last);
+            let dequeued = queue.dequeues.last().map(|(_, last)| last);
             let dedup = (!queue.dedup.is_empty()).then_some(queue.dedup_drained);
             if enqueued.is_some() || dequeued.is_some() || dedup.is_some() {
                 queues.insert(name.clone(), (enqueued, dequeued, dedup));
@@ -610,9 +612,10 @@ impl PrimaryStream {
         let queues = &self.queues;
         mark.queues.retain(|name, (enqueued, dequeued, dedup)| {
             let Some(queue) = queues.get(name) else { return false };
-            // Enqueues leave in position order, front first; dequeue ranges lowest first.
+            // Enqueues leave in position order, front first; dequeue ranges lowest first, so one
+            // starts at or below `p` if the lowest does.
             let enqueues_left = enqueued.is_some_and(|p| queue.enqueues.front().is_some_and(|e| e.position <= p));
-            let dequeues_left = dequeued.is_some_and(|p| queue.dequeues.range(..=p).next().is_some());
+            let dequeues_left = dequeued.is_some_and(|p| queue.dequeues.first().is_some_and(|(first, _)| first <= p));
             // The keys pending at the mark are all batched once the queue's keys were drained since.
             let dedup_left = dedup.is_some_and(|drained| queue.dedup_drained == drained);
             enqueues_left || dequeues_left || dedup_left
@@ -779,11 +782,11 @@ struct QueuePending {
     live: usize,
     /// Positions dequeued after their enqueue was batched: inclusive ranges, first -> last,
     /// neither overlapping nor adjacent.
-    dequeues: BTreeMap<u64, u64>,
+    dequeues: RangeSet,
     /// Dedup keys of messages dequeued before they were batched, to go out as a `DedupSeen`
     /// record: per producer id, sequences as ranges first -> last, neither overlapping nor
     /// adjacent; no producer without one.
-    dedup: BTreeMap<String, BTreeMap<u64, u64>>,
+    dedup: BTreeMap<String, RangeSet>,
     /// Ranges in `dedup` (each counts as a pending record).
     dedup_ranges: usize,
     /// Times `dedup` was emptied (drained into batches, or dropped with the queue): for `Mark`.
@@ -957,7 +960,7 @@ impl BatchBuilder {
             }
             self.bytes += dequeued_header_bytes_len(name);
             let mut ranges = Vec::new();
-            while let Some((&first, &last)) = queue.dequeues.first_key_value() {
+            while let Some((first, last)) = queue.dequeues.first() {
                 let room = ranges.is_empty() || self.bytes + RANGE_BYTES <= self.bytes_max;
                 if self.ranges >= BATCH_RANGES_MAX as usize || !room {
                     self.exhausted = true;
@@ -986,7 +989,7 @@ impl BatchBuilder {
             let mut keys: DedupSeenKeys = Vec::new();
             'producers: while let Some(mut entry) = queue.dedup.first_entry() {
                 let mut ranges = Vec::new();
-                while let Some((&first, &last)) = entry.get().first_key_value() {
+                while let Some((first, last)) = entry.get().first() {
                     let bytes = if ranges.is_empty() { dedup_producer_bytes_len(entry.key(), 1) } else { RANGE_BYTES };
                     let room = keys.is_empty() && ranges.is_empty() || self.bytes + bytes <= self.bytes_max;
                     if self.dedup_ranges >= BATCH_DEDUP_RANGES_MAX as usize || !room {
@@ -1030,62 +1033,6 @@ impl QueuePending {
         }
         assert_eq!(self.live == 0, self.enqueues.is_empty());
     }
-}
-
-/// Adds `position` to the ranges, merging with neighbours. Returns false, changing nothing, when
-/// it would need a new range and `full` is set. Adding a position already present changes nothing.
-fn insert_position(ranges: &mut BTreeMap<u64, u64>, position: u64, full: bool) -> bool {
-    let below = ranges.range(..=position).next_back().map(|(&first, &last)| (first, last));
-    if let Some((_, last)) = below {
-        if position <= last {
-            return true;
-        }
-    }
-    let joins_below = below.filter(|&(_, last)| last + 1 == position);
-    let above = position.checked_add(1).and_then(|next| ranges.get(&next).map(|&last| (next, last)));
-    match (joins_below, above) {
-        (Some((first, _)), Some((above_first, above_last))) => {
-            ranges.remove(&above_first);
-            ranges.insert(first, above_last);
-        }
-        (Some((first, _)), None) => {
-            ranges.insert(first, position);
-        }
-        (None, Some((above_first, above_last))) => {
-            ranges.remove(&above_first);
-            ranges.insert(position, above_last);
-        }
-        (None, None) => {
-            if full {
-                return false;
-            }
-            ranges.insert(position, position);
-        }
-    }
-    true
-}
-
-/// Adds `first..=last` to the ranges, merging every range it overlaps or touches. Returns false,
-/// changing nothing, when it would need a new range and `full` is set.
-fn insert_range(ranges: &mut BTreeMap<u64, u64>, first: u64, last: u64, full: bool) -> bool {
-    let mut merged = (first, last);
-    let mut absorbed = Vec::new();
-    // Ranges starting at or below `last + 1` that end at or above `first - 1` touch it.
-    for (&start, &end) in ranges.range(..=last.saturating_add(1)).rev() {
-        if end.saturating_add(1) < first {
-            break;
-        }
-        absorbed.push(start);
-        merged = (merged.0.min(start), merged.1.max(end));
-    }
-    if absorbed.is_empty() && full {
-        return false;
-    }
-    for start in absorbed {
-        ranges.remove(&start);
-    }
-    ranges.insert(merged.0, merged.1);
-    true
 }
 
 /// Bytes of one dequeue range on the wire.

@@ -1,5 +1,5 @@
 //! Simulated clients: a numbered producer and a consumer that acks, speaking the native protocol
-//! through `ringmq_core::codec`, and failing over as the real client does.
+//! through `ringmq_core::wire`, and failing over as the real client does.
 //!
 //! Both connect to the brokers in turn until one answers `hello` (a backup answers `error`
 //! `NotPrimary` and closes, and the client moves on at once; after a whole pass it waits
@@ -28,11 +28,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use ringmq_core::codec;
 use ringmq_core::frame::{
     ConfirmOutcome, Frame, Header, Message, Preamble, QueueOptions, Settlement, TagRange, PROTOCOL_VERSION,
 };
 use ringmq_core::ids::{ConsumerId, RequestId, Seq, Tag};
+use ringmq_core::wire::codec;
 
 use super::clock::SimTime;
 use super::network::SimConnId;

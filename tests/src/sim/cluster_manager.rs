@@ -26,9 +26,9 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use ringmq_core::broker_state::BrokerState;
-use ringmq_core::codec;
 use ringmq_core::frame::{Frame, Preamble, PREAMBLE_FLAG_ADMIN, PROTOCOL_VERSION};
 use ringmq_core::ids::RequestId;
+use ringmq_core::wire::codec;
 
 use super::client::{encoded, ClientAction};
 use super::clock::SimTime;

@@ -433,10 +433,10 @@ struct FrameSplitter {
     header: Vec<u8>,
 }
 
-/// The replication batch frame's type byte (`ringmq_ha::link::record::TYPE_BATCH`).
-const TYPE_BATCH: u8 = 0x50;
+/// The replication batch frame's type byte.
+const TYPE_BATCH: u8 = ringmq_core::wire::frame_type::LINK_BATCH;
 /// The link-accepted frame's type byte.
-const TYPE_LINK_ACCEPTED: u8 = ringmq_ha::link::frame::TYPE_LINK_ACCEPTED;
+const TYPE_LINK_ACCEPTED: u8 = ringmq_core::wire::frame_type::LINK_ACCEPTED;
 
 impl FrameSplitter {
     /// Cuts `bytes` into pieces; drops or repeats whole batch frames that lie within this write.

@@ -42,10 +42,10 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 
-use ringmq_core::codec::message_bytes_len;
 use ringmq_core::epoch::Epoch;
 use ringmq_core::frame::Message;
 use ringmq_core::replication::{Position, ReplicationEvent};
+use ringmq_core::wire::message_bytes_len;
 
 use crate::limits::{BATCHES_UNCONFIRMED_MAX, BATCH_HEADER_BYTES, BATCH_MESSAGES_MAX};
 use crate::link::LinkId;

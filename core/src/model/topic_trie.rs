@@ -25,8 +25,8 @@
 
 use crate::hash_state::HashMap;
 
-use crate::exchange::{Bound, Unbound};
-use crate::topic::{key_words, Pattern, PatternWord};
+use crate::model::exchange::{Bound, Unbound};
+use crate::model::topic::{key_words, Pattern, PatternWord};
 
 /// Wildcard patterns and their queues, shared by prefix.
 #[derive(Debug, Clone)]

@@ -1,6 +1,6 @@
 //! The frames of the native protocol, as Rust values.
 //!
-//! This module owns the *meaning* of each frame; `codec.rs` owns their bytes. The layout on the
+//! This module owns the *meaning* of each frame; `codec` owns their bytes. The layout on the
 //! wire, the handshake and the error codes are specified in `PROTOCOL.md` at the repository root.
 //!
 //! Batches are the normal case: a `Publish` carries many messages with consecutive sequence

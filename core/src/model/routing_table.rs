@@ -33,9 +33,9 @@ use crate::hash_state::HashMap;
 use std::fmt;
 use std::sync::Arc;
 
-use crate::exchange::{Bound, Exchange, Unbound};
-use crate::frame::{Binding, ErrorCode, ExchangeInfo, ExchangeKind};
 use crate::limits::{BINDINGS_PER_EXCHANGE_MAX, EXCHANGES_MAX, NAME_BYTES_MAX};
+use crate::model::exchange::{Bound, Exchange, Unbound};
+use crate::wire::frame::{Binding, ErrorCode, ExchangeInfo, ExchangeKind};
 
 /// Every exchange, queue name and binding, as one shard knows them.
 #[derive(Debug, Clone)]

@@ -9,7 +9,10 @@
 //!
 //! Owns, per queue: for each producer, the highest sequence seen and which of the last `window`
 //! sequences up to it were seen (a bitset ring, one bit per sequence); and the producers in
-//! least-recently-used order, at most `producers_max` of them.
+//! least-recently-used order, at most `producers_max` of them. The ring is not a `RangeSet`: it
+//! is a sliding window that forgets a sequence as soon as the highest one moves `window` past it,
+//! and costs one bit per sequence whatever the gaps, so a lookup never allocates or searches. Only
+//! `seen` (a catch-up's copy of the window) speaks in ranges, and builds them with `RangeSet`.
 //!
 //! What it promises, and where it stops (documented in README, "Duplicate suppression"):
 //! - A key is a `Duplicate` if it was recorded and is still remembered: its producer was not
@@ -32,12 +35,10 @@
 //! Cost: one hash lookup per message with the header; a sequence jump of `k` clears `min(k,
 //! window)` bits (each bit once per advance, so O(1) amortised for increasing sequences).
 
-use std::collections::VecDeque;
-
 use crate::hash_state::HashMap;
-
-use crate::frame::Header;
 use crate::limits::{DEDUP_HEADER, DEDUP_PRODUCER_ID_BYTES_MAX, DEDUP_WINDOW_MAX};
+use crate::model::range_set::RangeSet;
+use crate::wire::frame::Header;
 
 /// What the window says of one key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -315,7 +316,7 @@ impl DedupWindow {
         let mut slot = self.tail;
         while slot != NIL {
             let entry = &self.slots[slot];
-            let mut ranges: VecDeque<(u64, u64)> = VecDeque::new();
+            let mut ranges = RangeSet::new();
             let mut seq = entry.highest.saturating_sub(window - 1);
             loop {
                 let index = seq % window;
@@ -328,14 +329,11 @@ impl DedupWindow {
                     continue;
                 }
                 if bit(&entry.bits, index) {
-                    match ranges.back_mut() {
-                        Some((_, last)) if last.checked_add(1) == Some(seq) => *last = seq,
-                        _ => {
-                            if ranges.len() == ranges_max {
-                                ranges.pop_front();
-                            }
-                            ranges.push_back((seq, seq));
-                        }
+                    // Ascending: `seq` extends the last range or starts a new one, which pushes
+                    // the oldest out once there are `ranges_max`.
+                    ranges.insert(seq);
+                    if ranges.len() > ranges_max {
+                        ranges.pop_first();
                     }
                 }
                 if seq == entry.highest {
@@ -344,7 +342,7 @@ impl DedupWindow {
                 seq += 1;
             }
             if !ranges.is_empty() {
-                out.push((entry.producer.to_string(), ranges.into()));
+                out.push((entry.producer.to_string(), ranges.iter().collect()));
             }
             slot = entry.prev;
         }

@@ -25,9 +25,9 @@
 use crate::hash_state::{HashMap, HashSet};
 use std::hash::Hash;
 
-use crate::frame::ExchangeKind;
-use crate::topic::Pattern;
-use crate::topic_trie::TopicTrie;
+use crate::model::topic::Pattern;
+use crate::model::topic_trie::TopicTrie;
+use crate::wire::frame::ExchangeKind;
 
 /// An exchange's bindings and the index its kind routes with.
 #[derive(Debug, Clone)]
@@ -467,7 +467,7 @@ mod tests {
             let routing_key = routing_key.join(".");
             let mut expected: Vec<u32> = reference
                 .iter()
-                .filter(|(k, _)| crate::topic::matches(k.as_bytes(), routing_key.as_bytes()))
+                .filter(|(k, _)| crate::model::topic::matches(k.as_bytes(), routing_key.as_bytes()))
                 .map(|(_, q)| *q)
                 .collect();
             expected.sort_unstable();

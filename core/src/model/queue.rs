@@ -54,13 +54,14 @@
 
 use std::collections::VecDeque;
 
-use crate::dedup_window::{DedupCounters, DedupWindow, Verdict};
 use crate::epoch::Epoch;
-use crate::frame::{Delivered, ErrorCode, Message, QueueInfo, QueueOptions, Settlement, TagRange};
 use crate::ids::{ConnId, ConsumerId, ShardId, Tag};
 use crate::limits::DEDUP_PRODUCERS_PER_QUEUE_MAX;
+use crate::model::dedup_window::{DedupCounters, DedupWindow, Verdict};
+use crate::model::range_set::{ranges_contain, RangeSet};
 use crate::replication::Position;
 use crate::replication_level::ReplicationLevel;
+use crate::wire::frame::{Delivered, ErrorCode, Message, QueueInfo, QueueOptions, Settlement, TagRange};
 
 /// How many positions one epoch owns: a primary of epoch `e` starts its queues' positions at
 /// `e << EPOCH_POSITION_SHIFT` (see `Queue::begin_epoch`).
@@ -480,25 +481,15 @@ impl Queue {
     }
 
     /// Backup: appends every held position (ready and unsettled) to `out` as inclusive ranges,
-    /// increasing, neither overlapping nor adjacent; returns how many ranges it appended. Stops
-    /// (returning `None`, `out` partly filled) once more than `ranges_max` would be needed.
+    /// increasing, neither overlapping nor adjacent; returns how many ranges it appended. Returns
+    /// `None`, appending nothing, when more than `ranges_max` would be needed.
     pub fn held_ranges(&self, ranges_max: usize, out: &mut Vec<(Position, Position)>) -> Option<usize> {
-        let mut positions: Vec<Position> = self.ready.iter().chain(self.unsettled()).map(|h| h.position).collect();
-        positions.sort_unstable();
-        let start = out.len();
-        for position in positions {
-            let extends = out.len() > start;
-            match out.last_mut() {
-                Some((_, last)) if extends && last.0.checked_add(1) == Some(position.0) => *last = position,
-                _ => {
-                    if out.len() - start >= ranges_max {
-                        return None;
-                    }
-                    out.push((position, position));
-                }
-            }
+        let held: RangeSet = self.ready.iter().chain(self.unsettled()).map(|h| (h.position.0, h.position.0)).collect();
+        if held.len() > ranges_max {
+            return None;
         }
-        Some(out.len() - start)
+        out.extend(held.iter().map(|(first, last)| (Position(first), Position(last))));
+        Some(held.len())
     }
 
     /// Forgets every dedup key (`DedupWindow::forget_all`).
@@ -560,10 +551,7 @@ impl Queue {
     /// Cost: the front of the queue is checked first (the usual case, the primary's consumers
     /// take from the front); a range not found there costs one pass over the ready messages.
     pub fn dequeue_at(&mut self, ranges: &[(Position, Position)]) -> u64 {
-        let in_ranges = |position: Position| {
-            let index = ranges.partition_point(|&(_, last)| last < position);
-            ranges.get(index).is_some_and(|&(first, _)| first <= position)
-        };
+        let in_ranges = |position: Position| ranges_contain(ranges, position);
         let wanted: u64 = ranges.iter().map(|&(first, last)| (last.0 + 1).saturating_sub(first.0)).sum();
         let mut removed = 0u64;
         while let Some(held) = self.ready.front() {
@@ -1253,7 +1241,7 @@ mod tests {
 
     /// A message carrying the dedup key `producer/seq`.
     fn keyed(body: &'static str, key: &'static str) -> Message {
-        let header = crate::frame::Header {
+        let header = crate::wire::frame::Header {
             name: Bytes::from_static(crate::limits::DEDUP_HEADER),
             value: Bytes::from_static(key.as_bytes()),
         };
