@@ -10,6 +10,7 @@
 //! - `decode_error`: why bytes are not a valid frame (*invalid*; *incomplete* is `Ok(None)`).
 //! - `codec`: the preamble, and `encode` / `decode` of whole native frames.
 //! - `writers`: streaming writers of the hot batch frames (publish, deliver, confirm).
+//! - `protocol`: which protocol a new connection speaks, by its first bytes (native or AMQP).
 //!
 //! The layout of every frame is specified in `PROTOCOL.md` at the repository root.
 //!
@@ -22,6 +23,7 @@ pub mod frame;
 pub mod frame_header;
 pub mod frame_type;
 pub mod primitives;
+pub mod protocol;
 pub mod reader;
 pub mod writers;
 
@@ -31,5 +33,6 @@ pub use primitives::{
     exchange_kind_byte, exchange_kind_from_byte, message_bytes_len, put_bool, put_bytes16, put_message, put_name,
     put_option_u64, put_queue_options,
 };
+pub use protocol::{detect_protocol, WireProtocol};
 pub use reader::Reader;
 pub use writers::{ConfirmWriter, DeliverWriter, PublishWriter};
