@@ -23,7 +23,11 @@
 //!   the test itself.
 //! - The process never outlives its `BrokerProcess`.
 
+pub mod cluster_manager;
+pub mod fault_proxy;
+pub mod firewall;
 pub mod ha;
+pub mod netns;
 pub mod sim;
 
 use std::fs::File;
