@@ -13,6 +13,10 @@
 //! address of that network namespace instead (the partition test).
 //!
 //! Module `ha`: what the HA process tests share (a promoted cluster, states, depths on backups).
+//! Module `netns`: a bridge and one network namespace per broker (partition and fault-injection
+//! tests); `firewall`: nftables drop rules between addresses; `fault_proxy`: a TCP proxy that
+//! delays, stalls and cuts links; `cluster_manager`: a Pacemaker-like loop that promotes a ready
+//! broker when no primary answers.
 //! Module `sim`: the deterministic simulation of the HA protocol (no processes; see its doc).
 //!
 //! `eventually` polls a condition against a deadline, for state that settles asynchronously (queue
@@ -23,7 +27,11 @@
 //!   the test itself.
 //! - The process never outlives its `BrokerProcess`.
 
+pub mod cluster_manager;
+pub mod fault_proxy;
+pub mod firewall;
 pub mod ha;
+pub mod netns;
 pub mod sim;
 
 use std::fs::File;
@@ -647,6 +655,15 @@ impl CliProcess {
             }
             std::thread::sleep(POLL_INTERVAL);
         }
+    }
+
+    /// Asks it to finish (SIGTERM): `send --numbered` and `receive --numbered` then wait for
+    /// their outstanding confirms or acks and print their summary.
+    ///
+    /// # Panics
+    /// If `kill` fails (the process was reaped already).
+    pub fn terminate(&self) {
+        signal("-TERM", self.pid());
     }
 
     /// Kills it now (SIGKILL) and waits for it to exit.

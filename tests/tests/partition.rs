@@ -10,17 +10,14 @@
 //! leaves `ready` on its own side meanwhile; after the network heals, it reconnects, catches up
 //! and is ready, holding what the primary holds.
 //!
-//! Method: per run, a bridge `rmqpPIDbr` with address 10.77.S.254/24 in the test's namespace
-//! (the subnet S is the first free one from the PID on), and namespaces `rmqpPIDnK` (K = 1..3)
-//! each with one end of a veth pair, address 10.77.S.K/24; the other end `rmqpPIDhK` is a port of
-//! the bridge. The brokers run with `BrokerProcess::start_in_namespace` (`ip netns exec`) on
-//! 10.77.S.K:5672; the test reaches them from its own namespace through the bridge, with the CLI
-//! (`ringmq ha promote`, `ha status`, `send`) and admin connections of the blocking client. The cut
-//! sets the bridge's end of backup 3's veth down (no frame passes either way, nothing is reset);
-//! the heal sets it up. Waits poll the primary's log and the brokers' state with deadlines, never
-//! fixed sleeps. A guard deletes the namespaces and the bridge on drop, so a failing test leaves
-//! nothing behind; names carry the PID, so parallel runs do not collide, and leftovers of runs
-//! whose process is gone (killed before the guard ran) are deleted first.
+//! Method: the network of `ringmq_tests::netns` with prefix `rmqp`: a bridge in the test's
+//! namespace and one namespace per broker, 10.77.S.K/24, joined by veth pairs. The brokers run
+//! with `BrokerProcess::start_in_namespace` (`ip netns exec`) on 10.77.S.K:5672; the test reaches
+//! them from its own namespace through the bridge, with the CLI (`ringmq ha promote`, `ha status`,
+//! `send`) and admin connections of the blocking client. The cut sets the bridge's end of backup
+//! 3's veth down (no frame passes either way, nothing is reset); the heal sets it up. Waits poll
+//! the primary's log and the brokers' state with deadlines, never fixed sleeps. The network's
+//! guard deletes the namespaces and the bridge on drop, so a failing test leaves nothing behind.
 //!
 //! Needs root and `ip` (iproute2) with namespaces, veth and bridges. Without them the test prints
 //! `SKIPPED: ...` with the reason and returns: it passes without having run. `.config/nextest.toml`
@@ -29,13 +26,12 @@
 //! skip a failure instead: `RINGMQ_REQUIRE_NETNS=1 cargo nextest run -p ringmq-tests --test partition`.
 //! Build the broker first: `cargo build -p ringmq`.
 
-use std::net::SocketAddr;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use ringmq_client::{blocking, ConnectOptions};
 use ringmq_core::frame::QueueOptions;
 use ringmq_tests::ha::{plain_log, queue_info, wait_depth, wait_state};
+use ringmq_tests::netns::{skip, Network};
 use ringmq_tests::{eventually, run_cli, run_cli_within, success, BrokerProcess};
 
 /// `link-heartbeat-interval` of the test brokers.
@@ -43,188 +39,13 @@ const HEARTBEAT: Duration = Duration::from_millis(250);
 /// Longest a cut-off backup may take to be dropped: 2x the heartbeat interval, plus a margin for
 /// timers on a loaded machine and the polling of the log.
 const DETECT_WAIT: Duration = Duration::from_millis(2 * 250 + 1500);
-/// Longest a `ringmq send` of 100 messages may take once the cut-off backup is dropped (it takes
-/// milliseconds; this bounds a hang on a held confirm).
-const SEND_WAIT: Duration = Duration::from_secs(10);
 /// The port every broker listens on, each on its own address.
 const PORT: u16 = 5672;
 /// Prefix of every name this test gives a namespace or an interface.
 const PREFIX: &str = "rmqp";
-/// With this set (to anything but `0`), a machine that cannot run the test fails it.
-const REQUIRE_ENV: &str = "RINGMQ_REQUIRE_NETNS";
-
-/// The test's network: a bridge in the test's namespace, and one namespace per broker with a veth
-/// pair to the bridge. Deleted on drop.
-struct Network {
-    /// `rmqpPID`, the start of every name.
-    name: String,
-    /// The third octet of the subnet 10.77.S.0/24.
-    subnet: u8,
-    /// Whether each part exists, for the cleanup: the bridge, and the namespaces created so far.
-    bridge: bool,
-    namespaces: Vec<u8>,
-}
-
-impl Network {
-    /// Creates the bridge and `count` namespaces, numbered from 1, each linked to the bridge.
-    ///
-    /// # Errors
-    /// Why the machine cannot: not root, no `ip`, or a command that failed (with its output).
-    fn create(count: u8) -> Result<Network, String> {
-        // `ip` refuses to create namespaces for non-root users with a less clear message.
-        let uid = command_output("id", &["-u"])?;
-        if uid.trim() != "0" {
-            return Err(format!("needs root for network namespaces (uid {})", uid.trim()));
-        }
-        remove_leftovers();
-        let name = format!("{PREFIX}{}", std::process::id());
-        let mut network = Network { subnet: free_subnet()?, name, bridge: false, namespaces: Vec::new() };
-        let bridge = network.bridge_name();
-        ip(&["link", "add", &bridge, "type", "bridge"])?;
-        network.bridge = true;
-        ip(&["addr", "add", &format!("{}/24", network.ip(254)), "dev", &bridge])?;
-        ip(&["link", "set", &bridge, "up"])?;
-        for k in 1..=count {
-            let namespace = network.namespace(k);
-            ip(&["netns", "add", &namespace])?;
-            network.namespaces.push(k);
-            let (host_end, inner_end) = (network.host_end(k), format!("{}p{k}", network.name));
-            ip(&["link", "add", &host_end, "type", "veth", "peer", "name", &inner_end])?;
-            // Moved first: deleting the namespace then deletes the pair.
-            ip(&["link", "set", &inner_end, "netns", &namespace])?;
-            ip(&["link", "set", &host_end, "master", &bridge, "up"])?;
-            ip(&["-n", &namespace, "addr", "add", &format!("{}/24", network.ip(k)), "dev", &inner_end])?;
-            ip(&["-n", &namespace, "link", "set", &inner_end, "up"])?;
-            ip(&["-n", &namespace, "link", "set", "lo", "up"])?;
-        }
-        Ok(network)
-    }
-
-    /// `10.77.S.host`.
-    fn ip(&self, host: u8) -> String {
-        format!("10.77.{}.{host}", self.subnet)
-    }
-
-    /// Where broker `k` listens.
-    fn broker_addr(&self, k: u8) -> SocketAddr {
-        format!("{}:{PORT}", self.ip(k)).parse().expect("an IPv4 socket address")
-    }
-
-    fn bridge_name(&self) -> String {
-        format!("{}br", self.name)
-    }
-
-    fn namespace(&self, k: u8) -> String {
-        format!("{}n{k}", self.name)
-    }
-
-    /// The bridge's end of namespace `k`'s veth pair.
-    fn host_end(&self, k: u8) -> String {
-        format!("{}h{k}", self.name)
-    }
-
-    /// Cuts namespace `k` off: its veth's bridge end goes down, so no frame passes either way.
-    fn cut(&self, k: u8) {
-        ip(&["link", "set", &self.host_end(k), "down"]).expect("cutting a namespace off");
-    }
-
-    /// Undoes `cut`.
-    fn heal(&self, k: u8) {
-        ip(&["link", "set", &self.host_end(k), "up"]).expect("healing a namespace");
-    }
-}
-
-impl Drop for Network {
-    fn drop(&mut self) {
-        // Best effort: each part is deleted even if another could not be; a failure is reported,
-        // not raised, since this may run during a panic. The veth pairs go first and by name: a
-        // deleted namespace lingers, with its end of the pair, while a socket of it is still
-        // closing (and setup may have failed before the pair existed, hence no report).
-        for &k in &self.namespaces {
-            let _ = ip(&["link", "del", &self.host_end(k)]);
-        }
-        for &k in &self.namespaces {
-            if let Err(error) = ip(&["netns", "del", &self.namespace(k)]) {
-                eprintln!("partition test cleanup: {error}");
-            }
-        }
-        if self.bridge {
-            if let Err(error) = ip(&["link", "del", &self.bridge_name()]) {
-                eprintln!("partition test cleanup: {error}");
-            }
-        }
-    }
-}
-
-/// Runs `ip ARGS...`.
-///
-/// # Errors
-/// `ip` could not be run or failed; the message holds the command and its stderr.
-fn ip(args: &[&str]) -> Result<String, String> {
-    command_output("ip", args)
-}
-
-/// Runs `program ARGS...` and returns its stdout.
-///
-/// # Errors
-/// It could not be run or exited non-zero; the message holds the command and its stderr.
-fn command_output(program: &str, args: &[&str]) -> Result<String, String> {
-    let command = format!("`{program} {}`", args.join(" "));
-    let output = Command::new(program).args(args).output().map_err(|error| format!("{command}: {error}"))?;
-    if !output.status.success() {
-        return Err(format!("{command}: {}: {}", output.status, String::from_utf8_lossy(&output.stderr).trim()));
-    }
-    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
-}
-
-/// A subnet 10.77.S.0/24 no route of this namespace uses, starting from one picked by the PID.
-///
-/// # Errors
-/// `ip route` failed, or all are taken.
-fn free_subnet() -> Result<u8, String> {
-    let routes = ip(&["-4", "route", "show", "table", "all"])?;
-    let first = std::process::id() % 250;
-    (0..250)
-        .map(|offset| ((first + offset) % 250 + 1) as u8)
-        .find(|subnet| !routes.contains(&format!("10.77.{subnet}.")))
-        .ok_or_else(|| "every subnet 10.77.1-250.0/24 is routed already".to_owned())
-}
-
-/// Deletes the namespaces and bridges of earlier runs whose process is gone (killed before their
-/// guard could run). Only names `rmqpPIDnK`, `rmqpPIDhK` and `rmqpPIDbr` of PIDs that do not exist
-/// are touched.
-fn remove_leftovers() {
-    let dead = |name: &str| -> Option<String> {
-        let rest = name.strip_prefix(PREFIX)?;
-        let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
-        let tail = &rest[digits.len()..];
-        let numbered = |letter| tail.strip_prefix(letter).is_some_and(|k: &str| k.parse::<u8>().is_ok());
-        let ours = !digits.is_empty() && (tail == "br" || numbered('n') || numbered('h'));
-        (ours && !std::path::Path::new(&format!("/proc/{digits}")).exists()).then(|| name.to_owned())
-    };
-    for line in ip(&["netns", "list"]).unwrap_or_default().lines() {
-        if let Some(namespace) = line.split_whitespace().next().and_then(dead) {
-            eprintln!("partition test: deleting namespace {namespace} of a run that is gone");
-            let _ = ip(&["netns", "del", &namespace]);
-        }
-    }
-    for line in ip(&["-o", "link", "show"]).unwrap_or_default().lines() {
-        // `N: NAME: <FLAGS> ...`, NAME `rmqpPIDh1@if14` for a veth.
-        let name = line.split(": ").nth(1).and_then(|name| name.split('@').next());
-        if let Some(link) = name.and_then(dead) {
-            eprintln!("partition test: deleting link {link} of a run that is gone");
-            let _ = ip(&["link", "del", &link]);
-        }
-    }
-}
-
-/// Says why the test does not run, and fails if `RINGMQ_REQUIRE_NETNS` demands that it runs.
-fn skip(reason: &str) {
-    let required = std::env::var(REQUIRE_ENV).is_ok_and(|value| value != "0");
-    assert!(!required, "{REQUIRE_ENV} is set but the partition test cannot run: {reason}");
-    println!("SKIPPED: partition test: network namespaces unavailable: {reason}");
-    eprintln!("SKIPPED: partition test: network namespaces unavailable: {reason}");
-}
+/// Longest a `ringmq send` of 100 messages may take once the cut-off backup is dropped (it takes
+/// milliseconds; this bounds a hang on a held confirm).
+const SEND_WAIT: Duration = Duration::from_secs(10);
 
 /// `ringmq send -b PRIMARY -k QUEUE --count COUNT`, which waits for every confirm; returns how long
 /// it took.
@@ -260,11 +81,11 @@ fn a_cut_off_backup_is_dropped_publishers_continue_and_it_catches_up_after_the_h
     // 2x link-heartbeat-interval, publishers continue meanwhile, and after the heal the backup
     // catches up and is ready. Method: see the file's comment; broker 1 is the primary, backup 3
     // is cut off.
-    let network = match Network::create(3) {
+    let network = match Network::create(PREFIX, 3) {
         Ok(network) => network,
-        Err(reason) => return skip(&reason),
+        Err(reason) => return skip("partition test", &reason),
     };
-    let url = (1..=3).map(|k| network.broker_addr(k).to_string()).collect::<Vec<_>>().join(",");
+    let url = (1..=3).map(|k| network.addr(k, PORT).to_string()).collect::<Vec<_>>().join(",");
     let options = [
         "--shards",
         "2",
@@ -283,7 +104,7 @@ fn a_cut_off_backup_is_dropped_publishers_continue_and_it_catches_up_after_the_h
     ];
     let brokers: Vec<BrokerProcess> = (1..=3)
         .map(|k| {
-            BrokerProcess::start_in_namespace(&network.namespace(k), network.broker_addr(k), &options)
+            BrokerProcess::start_in_namespace(&network.namespace(k), network.addr(k, PORT), &options)
                 .unwrap_or_else(|failure| panic!("broker {k}: {failure}"))
         })
         .collect();
