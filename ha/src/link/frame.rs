@@ -11,7 +11,7 @@
 //!
 //! | type | frame          | direction          | body                                              |
 //! |------|----------------|--------------------|---------------------------------------------------|
-//! | 0x50 | batch          | primary -> backup  | see `record`                                      |
+//! | 0x50 | batch          | primary -> backup  | see `link::record`                                |
 //! | 0x51 | confirm        | backup -> primary  | `u64 stream_seq`                                  |
 //! | 0x52 | link-open      | backup -> primary  | `bytes16 backup, u16 shard, u16 shard_count, u64 epoch_highest, u8 has_holdings`, then if 1: `u32 count, count x (name, u32 ranges, ranges x (u64 first, u64 last))` |
 //! | 0x53 | link-accepted  | primary -> backup  | `u64 epoch, u16 shard_count`                      |
@@ -23,7 +23,7 @@
 //! Owns: the link-only frames (`LinkOpen`, `LinkAccepted`, marked-ready, members, the lease
 //! frames), their bytes, and the
 //! dispatch of a mixed stream to the native codec (`ringmq_core::wire`) or the record codec
-//! (`record`). Not here: which frame may come when (the link's state machines, `primary::served_links` and `backup::session`),
+//! (`link::record`). Not here: which frame may come when (the link's state machines, `primary::served_links` and `backup::session`),
 //! what a batch means (`primary::stream`, `backup::stream`).
 //!
 //! Call contract: the reader of a link calls `decode_link_frame` on its receive buffer until it
@@ -85,7 +85,7 @@ pub enum LinkFrame {
     LeaseRequest(u64),
     /// The answer to `LeaseRequest` with its token (primary to backup, at once): the primary held
     /// this link open after the request was sent, so the backup's ready lease runs from then
-    /// (`ready_lease`).
+    /// (`backup::ready_lease`).
     LeaseGrant(u64),
 }
 

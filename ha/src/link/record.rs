@@ -44,8 +44,8 @@
 //! coordinator's order (see `ringmq_core::replication`). Kind 9 carries dedup keys the backup
 //! records without storing anything (`Record::DedupSeen`; PROTOCOL.md 2.5.4).
 //!
-//! Not here: heartbeats and the link handshake, which batches to build (see `primary_stream`) or
-//! how to apply them (see `backup_stream`, `Shard::apply_replica`).
+//! Not here: heartbeats and the link handshake, which batches to build (see `primary::stream`) or
+//! how to apply them (see `backup::stream`, `Shard::apply_replica`).
 //!
 //! Invariants:
 //! - `decode_batch` never panics, whatever the bytes, and consumes bytes only when it returns a
@@ -521,7 +521,7 @@ fn take_frame(buf: &mut BytesMut, bytes_max: u32, expected: u8) -> Result<Option
     Ok(Some(buf.split_to(size as usize).freeze()))
 }
 
-/// Why a zero length is refused, for both decoders' messages (this module's and `link_frame`'s).
+/// Why a zero length is refused, for both decoders' messages (this module's and `link::frame`'s).
 pub(crate) const ZERO_LENGTH: &str = "length is 0, at least 1 needed (the type)";
 
 fn check_total(what: &'static str, total: u64, max: u32) -> Result<(), RecordDecodeError> {
