@@ -4,6 +4,8 @@
 //! Invariants:
 //! - It only reads the brokers' state; nothing it does changes a node or the agenda.
 
+use ringmq_core::wire::frame_type::{FrameType, LINK_FRAME_TYPES};
+
 use super::*;
 
 impl Simulation {
@@ -188,35 +190,27 @@ impl Simulation {
     }
 }
 
-/// The names of the whole frames at the start of `bytes`, for the verbose trace.
+/// The names of the whole frames at the start of `bytes`, for the verbose trace: each type byte's
+/// name in the frame-type registry, native or link, and `other` for a byte it does not know.
 pub(super) fn frame_kinds(bytes: &[u8]) -> String {
     let mut kinds = Vec::new();
     let mut rest = bytes;
     while rest.len() >= 5 {
         let length = u32::from_le_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
-        let kind = match rest[4] {
-            0x01 => "heartbeat",
-            0x50 => "batch",
-            0x51 => "link-confirm",
-            0x52 => "link-open",
-            0x53 => "link-accepted",
-            0x54 => "marked-ready",
-            0x55 => "members",
-            0x56 => "lease-request",
-            0x57 => "lease-grant",
-            0x80 => "hello",
-            0x81 => "ok",
-            0x82 => "failed",
-            0x83 => "error",
-            0x90 => "confirm",
-            0x91 => "deliver",
-            _ => "other",
-        };
-        kinds.push(kind);
+        kinds.push(frame_type_name(rest[4]));
         if length == 0 || rest.len() < 4 + length {
             break;
         }
         rest = &rest[4 + length..];
     }
     format!("[{}]", kinds.join(" "))
+}
+
+/// The name of the frame type `byte` in `ringmq_core::wire::frame_type`: a native type's
+/// (`FrameType::name`), a replication link type's (`LINK_FRAME_TYPES`), or `other`.
+fn frame_type_name(byte: u8) -> &'static str {
+    if let Some(frame_type) = FrameType::from_u8(byte) {
+        return frame_type.name();
+    }
+    LINK_FRAME_TYPES.iter().find(|(link, _)| *link == byte).map_or("other", |(_, name)| name)
 }
