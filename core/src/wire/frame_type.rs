@@ -1,6 +1,6 @@
 //! The registry of frame type bytes: every type byte that travels on a ringmq connection is
 //! declared here and nowhere else, the native protocol's ([`FrameType`]) and the broker-to-broker
-//! replication link's (`LINK_*`, decoded by `ringmq-ha`'s `record` and `link_frame`).
+//! replication link's (`LINK_*`, decoded by `ringmq-ha`'s `link::record` and `link::frame`).
 //!
 //! Native numbers: client to broker below 0x80, broker to client from 0x80; `Heartbeat` travels
 //! both ways. The replication link uses 0x50..=0x57, which the native protocol leaves unused, so
