@@ -68,6 +68,9 @@ pub struct HaView {
     state: BrokerState,
     /// The epoch of this broker's promotion; `Epoch(0)` before it.
     epoch: Epoch,
+    /// On a backup: the address (`host:port` of `ha-brokers-url`) of the primary its link on this
+    /// shard was last accepted by, named in the refusal a client gets; `None` before any.
+    primary_followed: Option<String>,
 }
 
 /// What a connection announced itself as in its preamble flags.
@@ -111,7 +114,7 @@ impl HaView {
     /// The state a broker starts in: `joining` with `ha-cluster`, else `standalone`.
     pub fn new(settings: HaSettings) -> HaView {
         let state = initial_state(&settings);
-        HaView { settings, state, epoch: Epoch(0) }
+        HaView { settings, state, epoch: Epoch(0), primary_followed: None }
     }
 
     /// The broker's HA state.
@@ -144,12 +147,24 @@ impl HaView {
              (--ha-admin)",
             self.state
         );
-        if self.settings.public_url.is_empty() {
-            message.push_str("; connect to the cluster's primary");
-        } else {
-            message.push_str(&format!("; connect to the cluster at {}", self.settings.public_url));
+        // `ha-public-url` first: it is the cluster's own word on where clients go. Without it, the
+        // primary this backup follows, in the same form, so that clients move on to it at once.
+        match (&self.settings.public_url, &self.primary_followed) {
+            (url, _) if !url.is_empty() => message.push_str(&format!("; connect to the cluster at {url}")),
+            (_, Some(primary)) => {
+                message.push_str(&format!("; connect to the cluster at {primary} (the primary this backup follows)"))
+            }
+            (_, None) => message.push_str("; connect to the cluster's primary"),
         }
         Admission::RefusedNotPrimary { message }
+    }
+
+    /// A backup's link was accepted by the primary at `address` (`host:port`); refusals name it
+    /// until another primary accepts a link.
+    pub fn set_primary_followed(&mut self, address: &str) {
+        if self.primary_followed.as_deref() != Some(address) {
+            self.primary_followed = Some(address.to_string());
+        }
     }
 
     /// `Some(reason)` when this broker is a backup, so `what` (a frame name such as
@@ -234,6 +249,31 @@ mod tests {
         assert_eq!(view.admission(ConnectionKind::Client), Admission::Served);
         assert_eq!(view.refusal("publish"), None);
         assert_eq!(view.epoch(), Epoch(1));
+    }
+
+    #[test]
+    fn a_backups_refusal_names_where_clients_go() {
+        // Goal: a refused client learns where to go: `ha-public-url` when set, else the primary
+        // this backup follows once a link of it was accepted, else only that it should find the
+        // primary. Method: refusals of views with and without a public URL, before and after
+        // `set_primary_followed`.
+        let refusal = |view: &HaView| match view.admission(ConnectionKind::Client) {
+            Admission::RefusedNotPrimary { message } => message,
+            Admission::Served => panic!("a backup served a client"),
+        };
+        let mut bare = cluster("");
+        assert!(refusal(&bare).ends_with("; connect to the cluster's primary"), "{}", refusal(&bare));
+        bare.set_primary_followed("10.0.0.7:5672");
+        let message = refusal(&bare);
+        assert!(
+            message.ends_with("; connect to the cluster at 10.0.0.7:5672 (the primary this backup follows)"),
+            "{message}"
+        );
+        let mut public = cluster("amqp:tcp:vip:5672");
+        public.set_primary_followed("10.0.0.7:5672");
+        let message = refusal(&public);
+        assert!(message.ends_with("; connect to the cluster at amqp:tcp:vip:5672"), "{message}");
+        assert!(!message.contains("10.0.0.7"), "{message}");
     }
 
     #[test]

@@ -154,6 +154,36 @@ fn a_new_cluster_starts_joining_and_promotes_its_first_primary() {
 }
 
 #[test]
+fn a_ready_backup_refuses_a_client_naming_the_primary_it_follows() {
+    // Goal: without `ha-public-url`, a backup's refusal names the primary it follows, in the form
+    // the client learns addresses from, so clients and people move on at once.
+    // Method: promote broker 0, wait until broker 1 is ready (every shard's link accepted, so
+    // whichever shard takes the connection knows), then read broker 1's refusal from a raw
+    // socket, and connect the ringmq client to broker 1 alone.
+    let cluster = Cluster::start();
+    let (a0, a1) = (cluster.addr(0), cluster.addr(1));
+    let (code, stdout, stderr) = cli(&["ha", "promote", "-b", &a0, "--cluster-manager"]);
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    eventually("broker 1 ready", WAIT, || match cli(&["ha", "status", "-b", &a1, "--expect", "ready"]) {
+        (Some(0), _, _) => Ok(()),
+        (_, stdout, stderr) => Err(format!("{stdout}{stderr}")),
+    });
+    // On the wire: one Error NotPrimary naming the primary, then the close.
+    let named = format!("connect to the cluster at {a0} (the primary this backup follows)");
+    match frames_until_closed(&a1, 0, WAIT).as_slice() {
+        [Frame::Error { code: ErrorCode::NotPrimary, message }] => assert!(message.ends_with(&named), "{message}"),
+        other => panic!("expected one Error NotPrimary before the close, got {other:?}"),
+    }
+    // The ringmq client, given only the backup's address (no reconnect), moves on to the
+    // primary it names at once: the connection it gets is served as the primary serves.
+    let connection = client(&a1).expect("the client follows the refusal to the primary");
+    connection.declare_queue("declared-through-the-backups-refusal", QueueOptions::default(), &[]).unwrap();
+    connection.close().unwrap();
+    let primary_admin = admin(&a0);
+    assert!(primary_admin.list_queues().unwrap().iter().any(|q| q.name == "declared-through-the-backups-refusal"));
+}
+
+#[test]
 fn a_standalone_broker_serves_clients_and_refuses_promotion() {
     // Goal: without ha-cluster nothing changes for clients, and promotion is refused with the
     // reason. Method: a broker with default options; a client declares; `ha promote`.

@@ -331,6 +331,12 @@ impl Shard {
         }
     }
 
+    /// A backup's link on this shard was accepted by the primary at `address` (`host:port`): the
+    /// refusal a client gets here names it, unless `ha-public-url` is set.
+    pub fn handle_primary_followed(&mut self, address: &str) {
+        self.ha.set_primary_followed(address);
+    }
+
     /// Backup: drops every ready message of every `all` queue this shard owns, before a full
     /// resync; returns how many. On shard 0 it also asks the coordinator to delete every
     /// replicated exchange, and with them every replicated binding, and to remove every replicated

@@ -232,6 +232,7 @@ impl BackupSession {
                         shard.observe_epoch(accepted.epoch);
                     }
                     begin_catch_up(shard, connection.holdings_sent);
+                    shard.handle_primary_followed(&connection.address);
                     tracing::info!(counters = ?self.link.counters(), epoch = %accepted.epoch, "link: connected to {}", connection.address);
                     connection.heartbeat = Some(LinkHeartbeat::new(now, config.heartbeat_interval));
                     connection.handshake = Handshake::Open;
