@@ -1,8 +1,8 @@
 //! ringmq-core: the broker's state, with no IO and no clock.
 //!
 //! Everything here is a plain struct that takes inputs and returns outputs; time, when it matters,
-//! comes in as an argument. The transport crate feeds bytes and timer ticks in and carries the
-//! outputs out, so the same code runs under io_uring, in tests, and in the deterministic simulator.
+//! comes in as an argument. An IO shell (the transport crate's, or the simulator's) feeds bytes
+//! and timer ticks in and carries the outputs out, so the same code runs under io_uring, in tests, and in the deterministic simulator.
 //!
 //! Layout, by folder:
 //! - `wire/`: the bytes on the wire. The native protocol's frames (`wire::frame`, re-exported as
@@ -13,9 +13,13 @@
 //!   `exchange`, `topic` and `topic_trie` (routing), `routing_table` (what every shard knows of
 //!   exchanges, bindings and queue names; which shard owns a queue is a hash, see `shard`), and
 //!   `range_set` (sets of `u64` kept as inclusive ranges).
-//! - `shard`: one shard's whole state machine, composed of the above, with `shard_message` (what
+//! - `shard/`: one shard's whole state machine, composed of the above, one part per concept
+//!   (`session`: connections and the dispatch of frames; `publish`: the publish path; `consumers`;
+//!   `replica`: the replication API of both ends; `configuration`), with `shard_message` (what
 //!   shards send each other) and `completion_tracker` (the one place that decides when publish
 //!   acks are released).
+//! - `wire::protocol`: which protocol a new connection speaks, by its first bytes: the seam where
+//!   a second protocol (AMQP 1.0) enters.
 //! - `replication`: positions, holds, records and the shard's replication events, shared with
 //!   `ringmq-ha`'s streams; `replication_level`: which objects are replicated.
 //! - `config_coordinator`: shard 0's ordering of configuration changes, HA promotion included.
