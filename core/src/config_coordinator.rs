@@ -31,7 +31,11 @@
 //! shard 0 asks `ReplicaConfigurationCleared`: every replicated exchange (so every replicated
 //! binding) is deleted and every replicated queue name leaves routing (its owner keeps the
 //! `Queue`), and the snapshot that follows re-creates exactly the primary's. Objects
-//! created from records get level `all`, as if declared so: a promoted backup replicates them on.
+//! created from records get the level the record carries, the one they have on the primary: a
+//! promoted backup replicates them on exactly as the old primary did (a `configuration` queue
+//! without its messages, bindings by `replication_level::binding_replicated`). Before records
+//! carried it, every replica took level `all`, and a promoted backup replicated the messages of
+//! `configuration` queues.
 //! Shard 0 also asks for the link's state transitions (`HaTransition`: joining -> catchup,
 //! catchup -> ready, ready -> catchup), checked against the state table like a promotion.
 //! `observe_epoch` lets the clock learn the primary's epoch, so that a later promotion takes an
@@ -176,13 +180,13 @@ impl ConfigCoordinator {
         queues
     }
 
-    /// Every exchange replicated at all (`configuration` or `all`), by name, with its kind.
-    pub fn replicated_exchanges(&self) -> Vec<(&str, ExchangeKind)> {
+    /// Every exchange replicated at all (`configuration` or `all`), by name, with its kind and level.
+    pub fn replicated_exchanges(&self) -> Vec<(&str, ExchangeKind, ReplicationLevel)> {
         let mut exchanges: Vec<_> = self
             .exchanges
             .iter()
             .filter(|(_, (_, level))| level.replicates_configuration())
-            .map(|(name, &(kind, _))| (name.as_str(), kind))
+            .map(|(name, &(kind, level))| (name.as_str(), kind, level))
             .collect();
         exchanges.sort_unstable_by(|a, b| a.0.cmp(b.0));
         exchanges
@@ -262,29 +266,38 @@ impl ConfigCoordinator {
                 Ok(changes) => Decision::Apply(changes),
                 Err(reason) => failed(ErrorCode::PreconditionFailed, reason.to_string()),
             },
-            ConfigRequest::ReplicaQueueCreated { name, options } => Decision::Apply(match self.queues.get(&name) {
-                Some((existing, _, _)) if *existing == options => Vec::new(),
-                // Recreated on the primary with other options while the old name was still here.
-                Some(_) => vec![
-                    ConfigChange::RemoveReplicaQueue { name: name.clone() },
-                    ConfigChange::AddReplicaQueue { name, options },
-                ],
-                None => vec![ConfigChange::AddReplicaQueue { name, options }],
-            }),
+            ConfigRequest::ReplicaQueueCreated { name, options, level } => {
+                Decision::Apply(match self.queues.get(&name) {
+                    Some((existing, _, existing_level)) if *existing == options && *existing_level == level => {
+                        Vec::new()
+                    }
+                    // Recreated on the primary with other options or another level while the old
+                    // name was still here.
+                    Some(_) => vec![
+                        ConfigChange::RemoveReplicaQueue { name: name.clone() },
+                        ConfigChange::AddReplicaQueue { name, options, level },
+                    ],
+                    None => vec![ConfigChange::AddReplicaQueue { name, options, level }],
+                })
+            }
             ConfigRequest::ReplicaQueueDeleted { name } => Decision::Apply(if self.queues.contains_key(&name) {
                 vec![ConfigChange::RemoveReplicaQueue { name }]
             } else {
                 Vec::new()
             }),
-            ConfigRequest::ReplicaExchangeCreated { name, kind } => Decision::Apply(match self.exchanges.get(&name) {
-                Some(&(existing, _)) if existing == kind => Vec::new(),
-                // Re-created on the primary with another kind while the old one was still here.
-                Some(_) => vec![
-                    ConfigChange::DeleteExchange { name: name.clone() },
-                    ConfigChange::CreateExchange { name, kind, level: ReplicationLevel::All },
-                ],
-                None => vec![ConfigChange::CreateExchange { name, kind, level: ReplicationLevel::All }],
-            }),
+            ConfigRequest::ReplicaExchangeCreated { name, kind, level } => {
+                Decision::Apply(match self.exchanges.get(&name) {
+                    Some(&(existing, existing_level)) if existing == kind && existing_level == level => Vec::new(),
+                    // Re-created on the primary with another kind or level while the old one was
+                    // still here (or declared here, at another level, while this broker was a
+                    // primary): a redeclare keeps the first level, so it is made anew.
+                    Some(_) => vec![
+                        ConfigChange::DeleteExchange { name: name.clone() },
+                        ConfigChange::CreateExchange { name, kind, level },
+                    ],
+                    None => vec![ConfigChange::CreateExchange { name, kind, level }],
+                })
+            }
             ConfigRequest::ReplicaExchangeDeleted { name } => Decision::Apply(if self.exchanges.contains_key(&name) {
                 vec![ConfigChange::DeleteExchange { name }]
             } else {
@@ -298,7 +311,7 @@ impl ConfigCoordinator {
             ConfigRequest::ReplicaConfigurationCleared => Decision::Apply(
                 self.replicated_exchanges()
                     .into_iter()
-                    .map(|(name, _)| ConfigChange::DeleteExchange { name: name.to_owned() })
+                    .map(|(name, ..)| ConfigChange::DeleteExchange { name: name.to_owned() })
                     .chain(
                         self.replicated_queues()
                             .into_iter()
@@ -374,8 +387,8 @@ impl ConfigCoordinator {
             ConfigChange::CreateQueue { name, options, exclusive_owner, level } => {
                 self.queues.insert(name.clone(), (options.clone(), *exclusive_owner, *level));
             }
-            ConfigChange::AddReplicaQueue { name, options } => {
-                self.queues.insert(name.clone(), (options.clone(), None, ReplicationLevel::All));
+            ConfigChange::AddReplicaQueue { name, options, level } => {
+                self.queues.insert(name.clone(), (options.clone(), None, *level));
             }
             ConfigChange::DeleteQueue { name } | ConfigChange::RemoveReplicaQueue { name } => {
                 self.queues.remove(name);

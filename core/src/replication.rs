@@ -75,6 +75,9 @@ pub enum Record {
         name: String,
         /// Its options as declared.
         options: QueueOptions,
+        /// Its level on the primary, `configuration` or `all`: the backup's replica takes it, so
+        /// that once promoted it replicates the queue as the primary did.
+        level: ReplicationLevel,
     },
     /// A queue was deleted, with every message it held.
     QueueDeleted {
@@ -103,6 +106,8 @@ pub enum Record {
         name: String,
         /// Its type.
         kind: ExchangeKind,
+        /// Its level on the primary, `configuration` or `all`, which the backup's exchange takes.
+        level: ReplicationLevel,
     },
     /// An exchange was deleted, with its bindings.
     ExchangeDeleted {
@@ -174,6 +179,8 @@ pub enum ReplicationEvent {
         name: Arc<str>,
         /// Its type.
         kind: ExchangeKind,
+        /// Its level, `configuration` or `all`.
+        level: ReplicationLevel,
     },
     /// Shard 0 only: an exchange of level `configuration` or `all` was deleted, with its bindings.
     ExchangeDeleted {

@@ -78,6 +78,9 @@ pub enum ConfigChange {
         name: String,
         /// Its options, as the owner created it.
         options: QueueOptions,
+        /// Its level on the primary (stored by the coordinator only, which replicates the queue
+        /// at that level once this broker is promoted).
+        level: ReplicationLevel,
     },
     /// Backup: remove a replica queue's name (and its bindings) from the routing table (shard 0's
     /// stream asked). Its owner shard drops the `Queue` when its own stream's `QueueDeleted`
@@ -148,6 +151,8 @@ pub enum ConfigRequest {
         name: String,
         /// Its options.
         options: QueueOptions,
+        /// Its level on the primary, `configuration` or `all`.
+        level: ReplicationLevel,
     },
     /// Backup: shard 0 applied a `QueueDeleted` record; remove the name (and its bindings) from
     /// every shard's routing table. The owner drops the `Queue` for its own stream's record.
@@ -156,14 +161,16 @@ pub enum ConfigRequest {
         /// Queue name.
         name: String,
     },
-    /// Backup: shard 0 applied an `ExchangeCreated` record; create the exchange (level `all`) on
-    /// every shard, or re-create it if it exists with another kind. Asked by the broker itself, in
-    /// any HA state, like every `Replica*` request.
+    /// Backup: shard 0 applied an `ExchangeCreated` record; create the exchange at the primary's
+    /// level on every shard, or re-create it if it exists with another kind or level. Asked by the
+    /// broker itself, in any HA state, like every `Replica*` request.
     ReplicaExchangeCreated {
         /// Exchange name.
         name: String,
         /// Its type.
         kind: ExchangeKind,
+        /// Its level on the primary, `configuration` or `all`.
+        level: ReplicationLevel,
     },
     /// Backup: shard 0 applied an `ExchangeDeleted` record; delete the exchange and its bindings
     /// if it exists.

@@ -52,7 +52,11 @@ fn ranges(list: &[(u64, u64)]) -> Vec<(Position, Position)> {
 /// A joining backup of one shard holding `queue` at `positions` (bodies "old<position>").
 fn backup_holding(queue: &str, positions: &[u64]) -> Mesh {
     let mut mesh = Mesh::new(1, ha_settings(true, ReplicationLevel::None));
-    mesh.shards[0].apply_replica(Record::QueueCreated { name: queue.to_string(), options: QueueOptions::default() });
+    mesh.shards[0].apply_replica(Record::QueueCreated {
+        name: queue.to_string(),
+        options: QueueOptions::default(),
+        level: ReplicationLevel::All,
+    });
     for &position in positions {
         let body: &'static str = Box::leak(format!("old{position}").into_boxed_str());
         let messages = vec![message(queue, body)];
@@ -69,8 +73,8 @@ fn backup_holding(queue: &str, positions: &[u64]) -> Mesh {
 fn apply(backup: &mut Mesh, snapshot: Vec<ReplicationEvent>) {
     for event in snapshot {
         let record = match event {
-            ReplicationEvent::QueueCreated { name, options, .. } => {
-                Record::QueueCreated { name: name.to_string(), options }
+            ReplicationEvent::QueueCreated { name, options, level } => {
+                Record::QueueCreated { name: name.to_string(), options, level }
             }
             ReplicationEvent::QueueDeleted { name } => Record::QueueDeleted { name: name.to_string() },
             ReplicationEvent::Enqueued { queue, position, message, .. } => {
@@ -88,7 +92,11 @@ fn apply(backup: &mut Mesh, snapshot: Vec<ReplicationEvent>) {
 fn holdings_list_each_replica_queue_as_ranges_within_the_bounds() {
     let mut backup = backup_holding("q", &[1, 2, 3, 4, 5, 9]);
     backup.shards[0].apply_replica(Record::Dequeued { queue: "q".into(), ranges: ranges(&[(3, 3)]) });
-    backup.shards[0].apply_replica(Record::QueueCreated { name: "empty".into(), options: QueueOptions::default() });
+    backup.shards[0].apply_replica(Record::QueueCreated {
+        name: "empty".into(),
+        options: QueueOptions::default(),
+        level: ReplicationLevel::All,
+    });
     let holdings = backup.shards[0].replica_holdings(16, 16).unwrap();
     assert_eq!(
         holdings,

@@ -87,8 +87,8 @@ fn queue_deleted(name: &str) -> ReplicationEvent {
     ReplicationEvent::QueueDeleted { name: Arc::from(name) }
 }
 
-fn exchange_created(name: &str, kind: ExchangeKind) -> ReplicationEvent {
-    ReplicationEvent::ExchangeCreated { name: Arc::from(name), kind }
+fn exchange_created(name: &str, kind: ExchangeKind, level: ReplicationLevel) -> ReplicationEvent {
+    ReplicationEvent::ExchangeCreated { name: Arc::from(name), kind, level }
 }
 
 fn bound(exchange: &str, queue: &str, key: &str) -> ReplicationEvent {
@@ -104,12 +104,12 @@ fn records(events: &[ReplicationEvent]) -> Vec<Record> {
     events
         .iter()
         .map(|event| match event.clone() {
-            ReplicationEvent::QueueCreated { name, options, .. } => {
-                Record::QueueCreated { name: name.to_string(), options }
+            ReplicationEvent::QueueCreated { name, options, level } => {
+                Record::QueueCreated { name: name.to_string(), options, level }
             }
             ReplicationEvent::QueueDeleted { name } => Record::QueueDeleted { name: name.to_string() },
-            ReplicationEvent::ExchangeCreated { name, kind } => {
-                Record::ExchangeCreated { name: name.to_string(), kind }
+            ReplicationEvent::ExchangeCreated { name, kind, level } => {
+                Record::ExchangeCreated { name: name.to_string(), kind, level }
             }
             ReplicationEvent::ExchangeDeleted { name } => Record::ExchangeDeleted { name: name.to_string() },
             ReplicationEvent::Bound { exchange, queue, key } => {
@@ -180,7 +180,7 @@ fn shard_0_reports_the_replicated_configuration_in_the_coordinators_order() {
         shard_0,
         [
             queue_created(&queue, Configuration),
-            exchange_created("x", ExchangeKind::Topic),
+            exchange_created("x", ExchangeKind::Topic, Configuration),
             bound("x", &queue, "a.*"),
             unbound("x", &queue, "a.*"),
             bound("x", &queue, "b"),
@@ -202,7 +202,10 @@ fn a_queue_shard_0_owns_is_reported_once_and_nothing_comes_from_a_backup() {
     ok(&mut mesh, bind("x", &queue, ""));
     assert_eq!(
         replication_events(&mut mesh),
-        [vec![queue_created(&queue, All), exchange_created("x", ExchangeKind::Fanout), bound("x", &queue, "")], vec![]]
+        [
+            vec![queue_created(&queue, All), exchange_created("x", ExchangeKind::Fanout, All), bound("x", &queue, "")],
+            vec![]
+        ]
     );
 
     let mut standalone = Mesh::new(2, HaSettings { replicate: All, ..HaSettings::default() });
@@ -240,8 +243,8 @@ fn shard_0_snapshot_lists_queues_then_exchanges_then_bindings() {
         [
             queue_created(&q0, All),
             queue_created(&q1, Configuration),
-            exchange_created("a-x", ExchangeKind::Direct),
-            exchange_created("b-x", ExchangeKind::Fanout),
+            exchange_created("a-x", ExchangeKind::Direct, Configuration),
+            exchange_created("b-x", ExchangeKind::Fanout, All),
             bound("b-x", &q0, ""),
             bound("a-x", &q1, "k"),
         ]
@@ -290,7 +293,11 @@ fn a_backup_applies_configuration_on_every_shard_and_a_resync_leaves_exactly_the
     assert!(matches!(refused.as_slice(), [Frame::Failed { code: ErrorCode::NotPrimary, .. }]), "{refused:?}");
     // Configuration records on a shard other than 0 are ignored and counted.
     let ignored = backup.shards[1].counters().replica_records_ignored;
-    backup.shards[1].apply_replica(Record::ExchangeCreated { name: "stray".into(), kind: ExchangeKind::Direct });
+    backup.shards[1].apply_replica(Record::ExchangeCreated {
+        name: "stray".into(),
+        kind: ExchangeKind::Direct,
+        level: ReplicationLevel::All,
+    });
     assert_eq!(backup.shards[1].counters().replica_records_ignored, ignored + 1);
     // A bind naming a queue that does not exist is refused by routing and counted.
     backup.shards[0].apply_replica(Record::Bound { exchange: "x".into(), queue: "missing".into(), key: "k".into() });
@@ -341,10 +348,14 @@ fn an_exchange_recreated_with_another_kind_is_replaced_on_the_backup() {
     // bindings go with the old one); unbound and deleted records apply, and repeat harmlessly.
     let mut backup = backup(2);
     let queue = name_on(1, 2, "q");
-    backup.shards[1].apply_replica(Record::QueueCreated { name: queue.clone(), options: QueueOptions::default() });
+    backup.shards[1].apply_replica(Record::QueueCreated {
+        name: queue.clone(),
+        options: QueueOptions::default(),
+        level: ReplicationLevel::All,
+    });
     let steps = [
-        Record::QueueCreated { name: queue.clone(), options: QueueOptions::default() },
-        Record::ExchangeCreated { name: "x".into(), kind: ExchangeKind::Direct },
+        Record::QueueCreated { name: queue.clone(), options: QueueOptions::default(), level: ReplicationLevel::All },
+        Record::ExchangeCreated { name: "x".into(), kind: ExchangeKind::Direct, level: ReplicationLevel::All },
         Record::Bound { exchange: "x".into(), queue: queue.clone(), key: "a".into() },
         Record::Bound { exchange: "x".into(), queue: queue.clone(), key: "b".into() },
         Record::Unbound { exchange: "x".into(), queue: queue.clone(), key: "a".into() },
@@ -355,7 +366,11 @@ fn an_exchange_recreated_with_another_kind_is_replaced_on_the_backup() {
     }
     backup.settle();
     assert_eq!(exchanges_everywhere(&mut backup), [("x".to_string(), ExchangeKind::Direct, 1)]);
-    backup.shards[0].apply_replica(Record::ExchangeCreated { name: "x".into(), kind: ExchangeKind::Fanout });
+    backup.shards[0].apply_replica(Record::ExchangeCreated {
+        name: "x".into(),
+        kind: ExchangeKind::Fanout,
+        level: ReplicationLevel::All,
+    });
     backup.settle();
     assert_eq!(exchanges_everywhere(&mut backup), [("x".to_string(), ExchangeKind::Fanout, 0)]);
     for _ in 0..2 {
@@ -364,9 +379,107 @@ fn an_exchange_recreated_with_another_kind_is_replaced_on_the_backup() {
     backup.settle();
     assert_eq!(exchanges_everywhere(&mut backup), []);
     // Deleting the queue through shard 0's stream removes it from routing.
-    backup.shards[0].apply_replica(Record::ExchangeCreated { name: "y".into(), kind: ExchangeKind::Fanout });
+    backup.shards[0].apply_replica(Record::ExchangeCreated {
+        name: "y".into(),
+        kind: ExchangeKind::Fanout,
+        level: ReplicationLevel::All,
+    });
     backup.shards[0].apply_replica(Record::Bound { exchange: "y".into(), queue: queue.clone(), key: String::new() });
     backup.shards[0].apply_replica(Record::QueueDeleted { name: queue.clone() });
     backup.settle();
     assert_eq!(exchanges_everywhere(&mut backup), [("y".to_string(), ExchangeKind::Fanout, 0)]);
+}
+
+#[test]
+fn a_promoted_backup_replicates_each_object_at_the_level_the_primary_gave_it() {
+    // Goal: a backup creates each replica queue and exchange at the level its record carries, so
+    // that once promoted it replicates exactly what the old primary did: a `configuration` queue
+    // as an object only (no message events), an `all` queue with its messages, exchanges at their
+    // levels and bindings by `binding_replicated`. Before records carried the level, every replica
+    // took `all` and the promoted backup reported the `configuration` queue's messages.
+    // Method: a primary of 2 shards with ha-replicate all declares a `configuration` queue (shard
+    // 1), an `all` queue (shard 0), a `configuration` and an `all` exchange, and binds them; one
+    // backup applies the live events (each owner's stream and shard 0's), another the catch-up
+    // snapshots; each is promoted, then publishes to both queues and binds anew.
+    let mut primary = primary(2, All);
+    let config_queue = name_on(1, 2, "settings");
+    let all_queue = name_on(0, 2, "orders");
+    ok(&mut primary, declare_queue(&config_queue, &[("qpid.replicate", "configuration")]));
+    ok(&mut primary, declare_queue(&all_queue, &[]));
+    ok(&mut primary, declare_exchange("config-x", ExchangeKind::Fanout, &[("replicate", "configuration")]));
+    ok(&mut primary, declare_exchange("all-x", ExchangeKind::Fanout, &[]));
+    ok(&mut primary, bind("config-x", &config_queue, ""));
+    ok(&mut primary, bind("all-x", &all_queue, ""));
+    let live = replication_events(&mut primary);
+    let snapshots: Vec<Vec<ReplicationEvent>> = primary
+        .shards
+        .iter()
+        .map(|shard| {
+            let mut out = Vec::new();
+            shard.replication_snapshot(&mut out);
+            out
+        })
+        .collect();
+    // What the old primary's shard 0 would describe to a backup: every object at its level.
+    let expected_snapshot = [
+        queue_created(&all_queue, All),
+        queue_created(&config_queue, Configuration),
+        exchange_created("all-x", ExchangeKind::Fanout, All),
+        exchange_created("config-x", ExchangeKind::Fanout, Configuration),
+        bound("all-x", &all_queue, ""),
+        bound("config-x", &config_queue, ""),
+    ];
+    assert_eq!(snapshots[0], expected_snapshot);
+    for (source, events) in [("live events", live), ("catch-up snapshots", snapshots)] {
+        let mut backup = backup(2);
+        // Shard 1's stream first: the owner creates its queue, as it may before shard 0's.
+        for record in records(&events[1]) {
+            backup.shards[1].apply_replica(record);
+        }
+        for record in records(&events[0]) {
+            backup.shards[0].apply_replica(record);
+        }
+        backup.settle();
+        assert_eq!(
+            exchanges_everywhere(&mut backup),
+            [("all-x".to_string(), ExchangeKind::Fanout, 1), ("config-x".to_string(), ExchangeKind::Fanout, 1)],
+            "{source}"
+        );
+
+        // Promoted, it describes every object at the old primary's level.
+        promote(&mut backup, ADMIN);
+        assert!(replication_events(&mut backup).iter().all(Vec::is_empty), "{source}");
+        let mut snapshot = Vec::new();
+        backup.shards[0].replication_snapshot(&mut snapshot);
+        assert_eq!(snapshot[..4], expected_snapshot[..4], "{source}");
+        // Bindings go by queue: the backup's routing may hold its queues in another order.
+        assert_eq!(snapshot.len(), expected_snapshot.len(), "{source}");
+        assert!(expected_snapshot[4..].iter().all(|bound| snapshot[4..].contains(bound)), "{source}: {snapshot:?}");
+        let mut snapshot = Vec::new();
+        backup.shards[1].replication_snapshot(&mut snapshot);
+        assert_eq!(snapshot, [queue_created(&config_queue, Configuration)], "{source}");
+
+        // A message to each queue, through each exchange: only the `all` queue's is reported.
+        backup.connect(0, CLIENT, 0);
+        for (seq, exchange) in [(Seq(0), "config-x"), (Seq(1), "all-x")] {
+            let publish = Frame::Publish { exchange: exchange.into(), first_seq: seq, messages: vec![message("k")] };
+            let confirm = backup.ask(0, CLIENT, &publish);
+            let stored = ConfirmRange { first: seq, last: seq, outcome: ConfirmOutcome::Stored };
+            assert_eq!(confirm, [Frame::Confirm { ranges: vec![stored] }], "{source}: {exchange}");
+        }
+        let [on_0, on_1] = <[_; 2]>::try_from(replication_events(&mut backup)).unwrap();
+        assert!(on_1.is_empty(), "{source}: the configuration queue's message was reported: {on_1:?}");
+        assert!(
+            matches!(on_0.as_slice(), [ReplicationEvent::Enqueued { queue, .. }] if **queue == *all_queue),
+            "{source}: {on_0:?}"
+        );
+
+        // Bindings follow binding_replicated on the levels the records carried: a new binding
+        // between the replicated objects is reported, one to a queue of level none is not.
+        let local = name_on(1, 2, "local");
+        ok(&mut backup, declare_queue(&local, &[("replicate", "none")]));
+        ok(&mut backup, bind("config-x", &all_queue, "k"));
+        ok(&mut backup, bind("config-x", &local, "k"));
+        assert_eq!(replication_events(&mut backup), [vec![bound("config-x", &all_queue, "k")], vec![]], "{source}");
+    }
 }

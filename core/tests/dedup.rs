@@ -195,7 +195,11 @@ fn a_promoted_backup_suppresses_re_sends_of_what_it_received_by_replication() {
     mesh.connect(0, ADMIN, PREAMBLE_FLAG_ADMIN);
     let queue = name_on(1, 2, "r");
     for shard in 0..2 {
-        let record = Record::QueueCreated { name: queue.clone(), options: QueueOptions::default() };
+        let record = Record::QueueCreated {
+            name: queue.clone(),
+            options: QueueOptions::default(),
+            level: ReplicationLevel::All,
+        };
         mesh.shards[shard].apply_replica(record);
     }
     let messages = ["p/10", "p/11", "p/12"].map(|key| message(&queue, Some(key), key)).to_vec();
@@ -244,7 +248,11 @@ fn promote_and_re_send(queue: &str, records: Vec<Record>, keys: &[&str]) -> (u64
     let mut mesh = Mesh::new(2, ha_settings(true, ReplicationLevel::None));
     mesh.connect(0, ADMIN, PREAMBLE_FLAG_ADMIN);
     for shard in 0..2 {
-        let record = Record::QueueCreated { name: queue.to_string(), options: QueueOptions::default() };
+        let record = Record::QueueCreated {
+            name: queue.to_string(),
+            options: QueueOptions::default(),
+            level: ReplicationLevel::All,
+        };
         mesh.shards[shard].apply_replica(record);
     }
     for record in records {

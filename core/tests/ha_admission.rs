@@ -6,7 +6,8 @@
 //! every shard before its `Ok`, takes epoch 1, and then the broker serves everyone; the state
 //! table's refusals (standalone, already primary) come back as `Failed` with the reason; a backup
 //! link is refused by a backup and a standalone broker and admitted by a primary, where it may
-//! send only heartbeats.
+//! send only heartbeats; a backup link must announce the replication link version, and a client
+//! the protocol version.
 
 mod support;
 
@@ -14,10 +15,12 @@ use bytes::Bytes;
 use ringmq_core::broker_state::BrokerState;
 use ringmq_core::epoch::Epoch;
 use ringmq_core::frame::{
-    ConfirmOutcome, ErrorCode, ExchangeKind, Frame, Message, PREAMBLE_FLAG_ADMIN, PREAMBLE_FLAG_BACKUP,
+    ConfirmOutcome, ErrorCode, ExchangeKind, Frame, Message, Preamble, LINK_VERSION, PREAMBLE_FLAG_ADMIN,
+    PREAMBLE_FLAG_BACKUP, PROTOCOL_VERSION,
 };
 use ringmq_core::ha_view::HaSettings;
 use ringmq_core::ids::{ConnId, ConsumerId, RequestId, Seq};
+use ringmq_core::wire::encode_preamble;
 use support::{declare, Mesh};
 
 fn failed_not_primary(frames: &[Frame], what: &str) {
@@ -193,4 +196,37 @@ fn only_a_primary_admits_a_backup_link_and_it_carries_only_heartbeats() {
         panic!("expected one Error UnexpectedFrame, got {frames:?}");
     };
     assert!(message.contains("a backup link may send only heartbeat; got queue-declare"), "{message}");
+}
+
+#[test]
+fn a_backup_link_of_another_link_version_is_refused_naming_both_versions() {
+    // Goal: brokers whose replication records differ refuse each other's links at the preamble
+    // instead of misreading records: a backup link must announce LINK_VERSION (and is answered
+    // hello with it), a client PROTOCOL_VERSION. Method: a promoted broker of 1 shard; preambles
+    // with each flag and each version.
+    let mut mesh = Mesh::cluster(1);
+    mesh.connect(0, 1, PREAMBLE_FLAG_ADMIN);
+    assert_eq!(mesh.ask(0, 1, &Frame::HaPromote { request: RequestId(1) }), [Frame::Ok { request: RequestId(1) }]);
+    let mut open = |conn: u32, version: u16, flags: u16| {
+        mesh.shards[0].handle_accept(ConnId(conn));
+        let mut bytes = bytes::BytesMut::new();
+        encode_preamble(Preamble { version, flags }, &mut bytes);
+        mesh.feed(0, conn, bytes);
+        mesh.take(0, conn)
+    };
+    // A backup of link version 1 (records without levels) is refused.
+    let frames = open(2, 1, PREAMBLE_FLAG_BACKUP);
+    let expected = format!(
+        "replication link version 1 is not supported; this broker speaks {LINK_VERSION} (the brokers of a cluster \
+         must run releases with the same link version)"
+    );
+    assert_eq!(frames, [Frame::Error { code: ErrorCode::UnsupportedVersion, message: expected }]);
+    // The current link version is admitted, and hello answers with it.
+    let frames = open(3, LINK_VERSION, PREAMBLE_FLAG_BACKUP);
+    assert!(matches!(frames.as_slice(), [Frame::Hello { version: LINK_VERSION, .. }]), "{frames:?}");
+    // A client announcing the link version is refused with the protocol's version.
+    assert_ne!(LINK_VERSION, PROTOCOL_VERSION);
+    let frames = open(4, LINK_VERSION, 0);
+    let expected = format!("protocol version {LINK_VERSION} is not supported; this broker speaks {PROTOCOL_VERSION}");
+    assert_eq!(frames, [Frame::Error { code: ErrorCode::UnsupportedVersion, message: expected }]);
 }

@@ -117,8 +117,16 @@ fn events_come_only_from_a_primary_of_an_ha_cluster() {
     let mut mesh = backup(2);
     let name = name_on(1, 2, "r");
     // The owner's stream and shard 0's configuration stream both announce the queue.
-    mesh.shards[0].apply_replica(Record::QueueCreated { name: name.clone(), options: QueueOptions::default() });
-    mesh.shards[1].apply_replica(Record::QueueCreated { name: name.clone(), options: QueueOptions::default() });
+    mesh.shards[0].apply_replica(Record::QueueCreated {
+        name: name.clone(),
+        options: QueueOptions::default(),
+        level: ReplicationLevel::All,
+    });
+    mesh.shards[1].apply_replica(Record::QueueCreated {
+        name: name.clone(),
+        options: QueueOptions::default(),
+        level: ReplicationLevel::All,
+    });
     let messages = vec![message(&name, "a")];
     mesh.shards[1].apply_replica(Record::Enqueued { queue: name.clone(), first_position: Position(1), messages });
     mesh.settle();
@@ -391,8 +399,16 @@ fn a_backup_applies_records_and_a_promotion_continues_in_the_new_epoch() {
     let mut mesh = backup(3);
     let name = name_on(2, 3, "replica");
     let exclusive = QueueOptions { exclusive: true, ..QueueOptions::default() };
-    mesh.shards[2].apply_replica(Record::QueueCreated { name: name.clone(), options: exclusive.clone() });
-    mesh.shards[0].apply_replica(Record::QueueCreated { name: name.clone(), options: exclusive });
+    mesh.shards[2].apply_replica(Record::QueueCreated {
+        name: name.clone(),
+        options: exclusive.clone(),
+        level: ReplicationLevel::All,
+    });
+    mesh.shards[0].apply_replica(Record::QueueCreated {
+        name: name.clone(),
+        options: exclusive,
+        level: ReplicationLevel::All,
+    });
     let messages = vec![message(&name, "a"), message(&name, "b"), message(&name, "c")];
     mesh.shards[2].apply_replica(Record::Enqueued { queue: name.clone(), first_position: Position(5), messages });
     // Applied twice: ignored and counted.
@@ -404,7 +420,11 @@ fn a_backup_applies_records_and_a_promotion_continues_in_the_new_epoch() {
     });
     assert_eq!(mesh.shards[2].counters().replica_messages_ignored, 1);
     // A record for a queue another shard owns is counted and ignored.
-    mesh.shards[1].apply_replica(Record::QueueCreated { name: name.clone(), options: QueueOptions::default() });
+    mesh.shards[1].apply_replica(Record::QueueCreated {
+        name: name.clone(),
+        options: QueueOptions::default(),
+        level: ReplicationLevel::All,
+    });
     assert_eq!(mesh.shards[1].counters().replica_records_ignored, 1);
     mesh.shards[2].apply_replica(Record::Dequeued { queue: name.clone(), ranges: vec![(Position(6), Position(6))] });
     mesh.settle();
@@ -423,11 +443,17 @@ fn a_backup_applies_records_and_a_promotion_continues_in_the_new_epoch() {
     // Deleted and re-created before the coordinator ran: the new queue survives, in routing.
     let other = name_on(1, 3, "gone");
     for shard in [1, 0] {
-        mesh.shards[shard]
-            .apply_replica(Record::QueueCreated { name: other.clone(), options: QueueOptions::default() });
+        mesh.shards[shard].apply_replica(Record::QueueCreated {
+            name: other.clone(),
+            options: QueueOptions::default(),
+            level: ReplicationLevel::All,
+        });
         mesh.shards[shard].apply_replica(Record::QueueDeleted { name: other.clone() });
-        mesh.shards[shard]
-            .apply_replica(Record::QueueCreated { name: other.clone(), options: QueueOptions::default() });
+        mesh.shards[shard].apply_replica(Record::QueueCreated {
+            name: other.clone(),
+            options: QueueOptions::default(),
+            level: ReplicationLevel::All,
+        });
     }
     let messages = vec![message(&other, "new")];
     mesh.shards[1].apply_replica(Record::Enqueued { queue: other.clone(), first_position: Position(1), messages });

@@ -15,7 +15,7 @@ use std::collections::HashMap;
 
 use bytes::{Bytes, BytesMut};
 use ringmq_core::frame::{
-    ConfirmOutcome, ConfirmRange, Frame, Message, Preamble, QueueOptions, PREAMBLE_FLAG_ADMIN, PROTOCOL_VERSION,
+    preamble_version, ConfirmOutcome, ConfirmRange, Frame, Message, Preamble, QueueOptions, PREAMBLE_FLAG_ADMIN,
 };
 use ringmq_core::ha_view::HaSettings;
 use ringmq_core::ids::{ConnId, ConsumerId, RequestId, Seq, ShardId};
@@ -82,7 +82,7 @@ impl Primary {
     fn connect(&mut self, conn: u32, flags: u16) {
         self.shard.handle_accept(ConnId(conn));
         let mut bytes = BytesMut::new();
-        encode_preamble(Preamble { version: PROTOCOL_VERSION, flags }, &mut bytes);
+        encode_preamble(Preamble { version: preamble_version(flags), flags }, &mut bytes);
         self.shard.handle_read(ConnId(conn), &mut bytes);
         self.pump();
         assert!(matches!(self.take(conn).as_slice(), [Frame::Hello { .. }]));

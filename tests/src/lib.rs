@@ -557,7 +557,7 @@ pub fn frames_until_closed(addr: &str, flags: u16, wait: Duration) -> Vec<ringmq
     let deadline = Instant::now() + wait;
     stream.set_read_timeout(Some(Duration::from_millis(100))).expect("read timeout");
     let mut preamble = bytes::BytesMut::new();
-    let version = ringmq_core::frame::PROTOCOL_VERSION;
+    let version = ringmq_core::frame::preamble_version(flags);
     ringmq_core::wire::encode_preamble(ringmq_core::frame::Preamble { version, flags }, &mut preamble);
     stream.write_all(&preamble).expect("sending the preamble");
     let mut received = bytes::BytesMut::new();

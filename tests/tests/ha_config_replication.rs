@@ -7,7 +7,8 @@
 //! restarted after changes (kill, restart) and a backup that was stopped and dropped and then
 //! resynchronised both hold exactly the primary's replicated configuration; after kill -9 of the
 //! primary and the promotion of a backup, a publish to a replicated exchange routes through the
-//! replicated binding to the replicated queue, and the other backup follows.
+//! replicated binding to the replicated queue, and the other backup follows, holding the `all`
+//! queue's messages and none of the `configuration` queue's (each replica keeps its level).
 //!
 //! Method: `start_cluster` for the brokers; the blocking client for queues, bindings, data and
 //! admin reads (`--ha-admin` connections, served by backups); a raw connection for exchange
@@ -24,7 +25,9 @@ use bytes::{Bytes, BytesMut};
 use ringmq_core::frame::{ExchangeKind, Frame, Message, Preamble, QueueOptions, PROTOCOL_VERSION};
 use ringmq_core::ids::RequestId;
 use ringmq_core::wire::codec;
-use ringmq_tests::ha::{admin, client, plain_log, promote, ready_cluster, wait_state, SETTLE_WAIT};
+use ringmq_tests::ha::{
+    admin, client, plain_log, promote, queue_info, ready_cluster, wait_depth, wait_state, SETTLE_WAIT,
+};
 use ringmq_tests::{eventually, BrokerProcess, Stopped};
 
 /// Longest wait for one message or one reply.
@@ -256,7 +259,9 @@ fn after_failover_a_replicated_binding_routes_on_the_new_primary() {
     // Goal: after kill -9 of the primary and the promotion of a ready backup, a message published
     // to a replicated exchange on the new primary routes through the replicated binding to the
     // replicated queue (and a key no binding matches is unroutable); the other backup follows the
-    // new primary and holds the same configuration, then new bindings made there.
+    // new primary and holds the same configuration, then new bindings made there; the new primary
+    // replicates each queue at the old primary's level: the `configuration` queue's messages are
+    // not on its backup, the `all` queue's are.
     let mut brokers = ready_cluster(&["--ha-replicate", "all"]);
     let primary = client(&brokers[0]);
     primary.declare_queue("orders", QueueOptions::default(), &[]).unwrap();
@@ -280,4 +285,15 @@ fn after_failover_a_replicated_binding_routes_on_the_new_primary() {
     wait_state(&brokers[2], "ready");
     new_primary.bind("events", "orders", "us.*").unwrap();
     wait_exchanges(&brokers[2], &[("events", ExchangeKind::Topic, 2)]);
+    // ...at the levels the old primary gave: the `configuration` queue's messages (the one
+    // published before the backup rejoined, one published after) stay on the new primary,
+    // the `all` queue's reach the backup. A message to an `all` queue is confirmed only once the
+    // ready backup holds it, so the backup is read right after the confirms.
+    assert_eq!(publish(&brokers[1], "", "audit", "kept-here"), (1, 0, 0));
+    assert_eq!(publish(&brokers[1], "events", "us.ca", "replicated"), (1, 0, 0));
+    let on_primary = queue_info(&brokers[1], "audit").expect("audit on the new primary");
+    assert_eq!(on_primary.depth, 2, "{on_primary:?}");
+    wait_depth(&brokers[2], "orders", 1);
+    let on_backup = queue_info(&brokers[2], "audit").expect("the configuration queue on the backup");
+    assert_eq!((on_backup.depth, on_backup.enqueued), (0, 0), "{on_backup:?}");
 }

@@ -318,6 +318,17 @@ impl Queue {
         self.level
     }
 
+    /// Backup: takes the level of the primary's queue of this name, from a queue-created record
+    /// announcing a queue held here already (a catch-up after the primary re-created it at
+    /// another level). Leaving `all` drops the dequeued log, kept only at that level; the
+    /// catch-up removes the messages a `configuration` queue must not hold.
+    pub fn set_level(&mut self, level: ReplicationLevel) {
+        self.level = level;
+        if level != ReplicationLevel::All {
+            self.dequeued_log.clear();
+        }
+    }
+
     /// Messages ready for delivery.
     pub fn depth(&self) -> u64 {
         self.ready.len() as u64

@@ -132,7 +132,7 @@ impl Shard {
                 }
                 Ok(())
             }
-            ConfigChange::AddReplicaQueue { name, options: _ } => {
+            ConfigChange::AddReplicaQueue { name, .. } => {
                 self.routing.add_queue(&name).map(|_| ()).map_err(routing_error)
             }
             ConfigChange::RemoveReplicaQueue { name } => {
@@ -167,7 +167,7 @@ impl Shard {
                 let declared = self.routing.declare_exchange(&name, kind).map_err(routing_error)?;
                 if declared == Declared::Created && level.replicates_configuration() {
                     let name: Arc<str> = Arc::from(name.as_str());
-                    self.report_configuration(|| ReplicationEvent::ExchangeCreated { name, kind });
+                    self.report_configuration(|| ReplicationEvent::ExchangeCreated { name, kind, level });
                 }
                 Ok(())
             }

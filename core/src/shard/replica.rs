@@ -28,9 +28,11 @@
 //! (`replica_holdings`, sent with its link-open).
 //!
 //! On a backup, `apply_replica` applies the primary's records: the owner of a queue keeps its
-//! `Queue` (a `QueueCreated` record makes it at once, level `all`, so the records after it apply;
-//! `QueueDeleted` drops it), and shard 0 alone changes the routing tables, asking the coordinator
-//! for what its configuration records imply (queue names, exchanges, bindings), in their order.
+//! `Queue` (a `QueueCreated` record makes it at once, at the level the record carries, the
+//! primary's, so the records after it apply; `QueueDeleted` drops it), and shard 0 alone changes
+//! the routing tables, asking the coordinator for what its configuration records imply (queue
+//! names and levels, exchanges and levels, bindings), in their order. A promoted backup so
+//! replicates each object as the old primary did: a `configuration` queue without its messages.
 //! These requests are the broker's own and are accepted in any HA state, although clients'
 //! changes are refused on a backup. Before a full resync, `clear_replicas` drops messages, and on
 //! shard 0 every replicated exchange and binding, which the snapshot then re-creates; before a
@@ -221,8 +223,8 @@ impl Shard {
                 out.push(ReplicationEvent::QueueCreated { name: Arc::from(name), options: options.clone(), level });
             }
         }
-        for (name, kind) in coordinator.replicated_exchanges() {
-            out.push(ReplicationEvent::ExchangeCreated { name: Arc::from(name), kind });
+        for (name, kind, level) in coordinator.replicated_exchanges() {
+            out.push(ReplicationEvent::ExchangeCreated { name: Arc::from(name), kind, level });
         }
         for binding in self.routing.bindings() {
             if self.binding_replicated(&binding) {
@@ -238,8 +240,9 @@ impl Shard {
     /// Backup: applies one record of the primary's.
     ///
     /// Two streams meet here (see `replication`). The owner of a queue applies its stream's
-    /// records to the `Queue`: a `QueueCreated` makes it at once (level `all`, not exclusive here:
-    /// its owner is on the primary), so the records after it apply; a `QueueDeleted` drops it.
+    /// records to the `Queue`: a `QueueCreated` makes it at once (at the record's level, not
+    /// exclusive here: its owner is on the primary), so the records after it apply, or gives a
+    /// queue held already the record's level; a `QueueDeleted` drops it.
     /// Shard 0 applies the configuration stream to the routing tables, through its coordinator,
     /// as the broker's own requests (accepted in any HA state, though clients' changes are refused
     /// on a backup): queue names, exchanges, bindings, in the primary coordinator's order. Only
@@ -253,21 +256,28 @@ impl Shard {
     pub fn apply_replica(&mut self, record: Record) {
         let coordinator = self.coordinator.is_some();
         match record {
-            Record::QueueCreated { name, options } => {
+            Record::QueueCreated { name, options, level } => {
+                assert!(level.replicates_configuration(), "queue-created record of '{name}' at level none");
                 let owner = shard_of(&name, self.config.shard_count) == self.id;
                 if !owner && !coordinator {
                     self.counters.replica_records_ignored += 1;
                     return;
                 }
                 let options = QueueOptions { passive: false, exclusive: false, ..options };
-                // Announced again (a reconnect): the queue here keeps its messages.
-                if owner && !self.queues.contains_key(name.as_str()) {
-                    let queue = Queue::new(name.clone(), options.clone(), None, ReplicationLevel::All)
-                        .with_dedup_window(self.config.dedup_window);
-                    self.queues.insert(Arc::from(name.as_str()), queue);
+                if owner {
+                    match self.queues.get_mut(name.as_str()) {
+                        // Announced again (a reconnect): the queue here keeps its messages, and
+                        // takes the primary's level (the catch-up drops what that level excludes).
+                        Some(queue) => queue.set_level(level),
+                        None => {
+                            let queue = Queue::new(name.clone(), options.clone(), None, level)
+                                .with_dedup_window(self.config.dedup_window);
+                            self.queues.insert(Arc::from(name.as_str()), queue);
+                        }
+                    }
                 }
                 if coordinator {
-                    self.request_replica_change(ConfigRequest::ReplicaQueueCreated { name, options });
+                    self.request_replica_change(ConfigRequest::ReplicaQueueCreated { name, options, level });
                 }
             }
             Record::QueueDeleted { name } => {
@@ -289,8 +299,9 @@ impl Shard {
                     self.request_replica_change(ConfigRequest::ReplicaQueueDeleted { name });
                 }
             }
-            Record::ExchangeCreated { name, kind } if coordinator => {
-                self.request_replica_change(ConfigRequest::ReplicaExchangeCreated { name, kind });
+            Record::ExchangeCreated { name, kind, level } if coordinator => {
+                assert!(level.replicates_configuration(), "exchange-created record of '{name}' at level none");
+                self.request_replica_change(ConfigRequest::ReplicaExchangeCreated { name, kind, level });
             }
             Record::ExchangeDeleted { name } if coordinator => {
                 self.request_replica_change(ConfigRequest::ReplicaExchangeDeleted { name });

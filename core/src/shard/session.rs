@@ -63,11 +63,19 @@ impl Shard {
             }
             match codec::decode_preamble(buf) {
                 Ok(None) => return,
-                Ok(Some(preamble)) if preamble.version != PROTOCOL_VERSION => {
-                    let message = format!(
-                        "protocol version {} is not supported; this broker speaks {PROTOCOL_VERSION}",
-                        preamble.version
-                    );
+                Ok(Some(preamble)) if preamble.version != preamble_version(preamble.flags) => {
+                    let message = if preamble.flags & PREAMBLE_FLAG_BACKUP != 0 {
+                        format!(
+                            "replication link version {} is not supported; this broker speaks {LINK_VERSION} (the \
+                             brokers of a cluster must run releases with the same link version)",
+                            preamble.version
+                        )
+                    } else {
+                        format!(
+                            "protocol version {} is not supported; this broker speaks {PROTOCOL_VERSION}",
+                            preamble.version
+                        )
+                    };
                     self.fail_connection(conn, ErrorCode::UnsupportedVersion, message);
                     return;
                 }
@@ -85,7 +93,7 @@ impl Shard {
                         buf.clear();
                         return;
                     }
-                    let hello = Frame::Hello { version: PROTOCOL_VERSION, broker: self.config.broker_name.clone() };
+                    let hello = Frame::Hello { version: preamble.version, broker: self.config.broker_name.clone() };
                     self.write_frame(conn, &hello);
                 }
                 Err(error) => {

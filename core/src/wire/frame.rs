@@ -38,6 +38,22 @@ pub const PREAMBLE_FLAG_ADMIN: u16 = 1;
 /// Preamble flag: a backup broker's link to the primary, served only by a primary (recovering or
 /// active); anything else answers `Error` `NotPrimary` and closes it.
 pub const PREAMBLE_FLAG_BACKUP: u16 = 2;
+/// The replication link's version, which a backup link's preamble (`PREAMBLE_FLAG_BACKUP`)
+/// carries instead of `PROTOCOL_VERSION`: the replication records change apart from the client
+/// protocol, and brokers of two releases must refuse each other's links rather than misread
+/// records. 2: queue-created and exchange-created records carry the object's replication level
+/// (version 1 had none, and a backup's replicas took level `all`).
+pub const LINK_VERSION: u16 = 2;
+
+/// The version a connection opened with preamble `flags` must announce, and the broker's `hello`
+/// answers with: `LINK_VERSION` for a backup link, `PROTOCOL_VERSION` for any other.
+pub fn preamble_version(flags: u16) -> u16 {
+    if flags & PREAMBLE_FLAG_BACKUP != 0 {
+        LINK_VERSION
+    } else {
+        PROTOCOL_VERSION
+    }
+}
 
 /// One message as published and as delivered.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]

@@ -7,7 +7,7 @@
 
 use bytes::BytesMut;
 use ringmq_core::broker_state::BrokerState;
-use ringmq_core::frame::{Frame, Preamble, QueueOptions, PROTOCOL_VERSION};
+use ringmq_core::frame::{preamble_version, Frame, Preamble, QueueOptions};
 use ringmq_core::ha_view::HaSettings;
 use ringmq_core::ids::{ConnId, RequestId, ShardId};
 use ringmq_core::replication::ReplicationEvent;
@@ -68,7 +68,7 @@ impl Mesh {
     pub fn open(&mut self, shard: u16, conn: u32, flags: u16) -> Vec<Frame> {
         self.shards[usize::from(shard)].handle_accept(ConnId(conn));
         let mut bytes = BytesMut::new();
-        encode_preamble(Preamble { version: PROTOCOL_VERSION, flags }, &mut bytes);
+        encode_preamble(Preamble { version: preamble_version(flags), flags }, &mut bytes);
         self.feed(shard, conn, bytes);
         self.take(shard, conn)
     }

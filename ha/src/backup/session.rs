@@ -4,7 +4,8 @@
 //! link decides on shard 0.
 //!
 //! A link, from the backup: dial (the shell gives up after `2 x link-heartbeat-interval`), send
-//! the preamble with `PREAMBLE_FLAG_BACKUP`, wait (as long) for `hello` or `error`; send
+//! the preamble with `PREAMBLE_FLAG_BACKUP` and `LINK_VERSION` (a broker of another link version
+//! refuses it, and a `hello` of another version ends it), wait (as long) for `hello` or `error`; send
 //! `link-open` (this shard, the shard count, the highest epoch seen, the shard's holdings), wait
 //! for `link-accepted`; then apply batches in order, confirm them cumulatively after each read,
 //! and exchange heartbeats until one end hears nothing for twice the interval. Shard 0 moves the
@@ -27,7 +28,7 @@ use std::time::Instant;
 
 use bytes::BytesMut;
 use ringmq_core::broker_state::{BrokerState, TransitionCause};
-use ringmq_core::frame::{Frame, Preamble, PREAMBLE_FLAG_BACKUP, PROTOCOL_VERSION};
+use ringmq_core::frame::{Frame, Preamble, LINK_VERSION, PREAMBLE_FLAG_BACKUP};
 use ringmq_core::ids::ConnId;
 use ringmq_core::shard::Shard;
 use ringmq_core::wire::codec;
@@ -161,7 +162,7 @@ impl BackupSession {
             return;
         }
         let mut preamble = BytesMut::new();
-        codec::encode_preamble(Preamble { version: PROTOCOL_VERSION, flags: PREAMBLE_FLAG_BACKUP }, &mut preamble);
+        codec::encode_preamble(Preamble { version: LINK_VERSION, flags: PREAMBLE_FLAG_BACKUP }, &mut preamble);
         outputs.write(conn, preamble);
         self.connection = Some(Connection {
             conn,
@@ -218,6 +219,14 @@ impl BackupSession {
             };
             let Some(connection) = self.connection.as_mut() else { break };
             match (connection.handshake, frame) {
+                (Handshake::Hello, LinkFrame::Native(Frame::Hello { version, .. })) if version != LINK_VERSION => {
+                    // A broker that accepted another link version would send records this one
+                    // misreads.
+                    let reason =
+                        format!("hello of replication link version {version}; this broker speaks {LINK_VERSION}");
+                    end = Some(LinkEnd::Refused(reason));
+                    break;
+                }
                 (Handshake::Hello, LinkFrame::Native(Frame::Hello { .. })) => {
                     connection.holdings_sent = send_link_open(conn, config, shard, &self.replica, outputs);
                     connection.open_sent = Some(now);

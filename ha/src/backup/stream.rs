@@ -206,6 +206,7 @@ mod tests {
     use bytes::{Bytes, BytesMut};
     use ringmq_core::frame::{Message, QueueOptions};
     use ringmq_core::ids::{ConnId, Seq, ShardId};
+    use ringmq_core::replication_level::ReplicationLevel;
 
     use super::*;
     use crate::limits::BATCH_BYTES_MAX;
@@ -221,7 +222,7 @@ mod tests {
     }
 
     fn created(name: &str) -> Record {
-        Record::QueueCreated { name: name.into(), options: QueueOptions::default() }
+        Record::QueueCreated { name: name.into(), options: QueueOptions::default(), level: ReplicationLevel::All }
     }
 
     fn enqueued(queue: &str, first: u64, count: u64) -> Record {
@@ -360,7 +361,7 @@ mod tests {
         let mut backup = BackupStream::new(Epoch(1));
         let mut replica = Replica::default();
         let hold = |seq| Some(Hold { shard: ShardId(1), conn: ConnId(2), seq: Seq(seq) });
-        primary.handle_queue_created("q", QueueOptions::default());
+        primary.handle_queue_created("q", QueueOptions::default(), ReplicationLevel::All);
         primary.handle_enqueued("q", Position(0), message(0), hold(0)).unwrap();
         let first = primary.poll_batch(4096).unwrap();
         primary.handle_enqueued("q", Position(1), message(1), hold(1)).unwrap();
@@ -444,7 +445,7 @@ mod tests {
         let mut to_primary: VecDeque<(u64, StreamSeq)> = VecDeque::new();
         let mut delivered = StreamSeq(0);
         for name in queues {
-            primary.handle_queue_created(name, QueueOptions::default());
+            primary.handle_queue_created(name, QueueOptions::default(), ReplicationLevel::All);
         }
         for step in 0..steps + 1000 {
             let draining = step >= steps;

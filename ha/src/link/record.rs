@@ -17,13 +17,13 @@
 //!           u32 record count (1..=BATCH_RECORDS_MAX), records
 //! record  = u8 kind, name16 name (kinds 1..=4 and 9: the queue; 5..=8: the exchange), then by kind:
 //!           1 queue-created:    bool exclusive, bool auto_delete, bool passive,
-//!                               option_u64 max_count, option_u64 max_bytes
+//!                               option_u64 max_count, option_u64 max_bytes, u8 level
 //!           2 queue-deleted:    nothing
 //!           3 enqueued:         u64 first_position, u32 count (>= 1), messages as in a publish frame
 //!           4 dequeued:         u32 range count (>= 1), (u64 first, u64 last) per range, increasing,
 //!                               neither overlapping nor adjacent
 //!           5 exchange-created: u8 exchange kind (0 direct, 1 fanout, 2 topic, as in the native
-//!                               protocol)
+//!                               protocol), u8 level
 //!           6 exchange-deleted: nothing
 //!           7 bound:            name16 queue, name16 key
 //!           8 unbound:          name16 queue, name16 key
@@ -34,7 +34,12 @@
 //!                               in the batch's dedup-seen records together
 //! confirm = u32 length, u8 type 0x51, u64 stream_seq
 //! name16 = u16 length, UTF-8 bytes (at most NAME_BYTES_MAX); option_u64 = bool, u64 (0 if absent)
+//! level = the object's replication level on the primary: 1 configuration, 2 all (never 0, none:
+//!         such objects are not replicated)
 //! ```
+//! The level bytes came with replication link version 2 (`ringmq_core::frame::LINK_VERSION`): a
+//! backup's replica takes its object's level, so that once promoted it replicates the object as
+//! the old primary did. Version 1 had none, and replicas took level `all`.
 //! The type bytes 0x50 and 0x51 are unused by the client protocol, so a link that mixes these
 //! with native frames (heartbeats) cannot confuse them; they are declared, with every other type
 //! byte, in `ringmq_core::wire::frame_type`, and the header is read by
@@ -78,6 +83,7 @@ use crate::limits::{
     BATCH_RECORDS_MAX,
 };
 use ringmq_core::limits::DEDUP_PRODUCER_ID_BYTES_MAX;
+use ringmq_core::replication_level::ReplicationLevel;
 
 /// A batch's number in its stream: the first batch is 1, and each next one is +1. `StreamSeq(0)`
 /// means "no batch yet", as in a confirm of nothing.
@@ -151,10 +157,11 @@ pub fn encode_batch(batch: &Batch, out: &mut BytesMut) {
     let (mut messages_total, mut ranges_total, mut dedup_ranges_total) = (0usize, 0usize, 0usize);
     for record in &batch.records {
         match record {
-            Record::QueueCreated { name, options } => {
+            Record::QueueCreated { name, options, level } => {
                 out.put_u8(KIND_QUEUE_CREATED);
                 put_name(out, name);
                 put_queue_options(out, options);
+                out.put_u8(level_byte(*level));
             }
             Record::QueueDeleted { name } => {
                 out.put_u8(KIND_QUEUE_DELETED);
@@ -195,10 +202,11 @@ pub fn encode_batch(batch: &Batch, out: &mut BytesMut) {
                     previous = Some(last);
                 }
             }
-            Record::ExchangeCreated { name, kind } => {
+            Record::ExchangeCreated { name, kind, level } => {
                 out.put_u8(KIND_EXCHANGE_CREATED);
                 put_name(out, name);
                 out.put_u8(exchange_kind_byte(*kind));
+                out.put_u8(level_byte(*level));
             }
             Record::ExchangeDeleted { name } => {
                 out.put_u8(KIND_EXCHANGE_DELETED);
@@ -298,7 +306,7 @@ pub fn decode_batch(buf: &mut BytesMut, bytes_max: u32) -> Result<Option<Batch>,
                     max_count: r.option_u64("max_count")?,
                     max_bytes: r.option_u64("max_bytes")?,
                 };
-                Record::QueueCreated { name, options }
+                Record::QueueCreated { name, options, level: read_level(&mut r)? }
             }
             KIND_QUEUE_DELETED => Record::QueueDeleted { name },
             KIND_ENQUEUED => {
@@ -382,7 +390,10 @@ pub fn decode_batch(buf: &mut BytesMut, bytes_max: u32) -> Result<Option<Batch>,
                 }
                 Record::DedupSeen { queue: name, keys }
             }
-            KIND_EXCHANGE_CREATED => Record::ExchangeCreated { name, kind: read_exchange_kind(&mut r)? },
+            KIND_EXCHANGE_CREATED => {
+                let kind = read_exchange_kind(&mut r)?;
+                Record::ExchangeCreated { name, kind, level: read_level(&mut r)? }
+            }
             KIND_EXCHANGE_DELETED => Record::ExchangeDeleted { name },
             KIND_BOUND => Record::Bound { exchange: name, queue: r.name("queue name")?, key: r.name("binding key")? },
             _ => Record::Unbound { exchange: name, queue: r.name("queue name")?, key: r.name("binding key")? },
@@ -440,7 +451,7 @@ pub fn record_encoded_len(record: &Record) -> usize {
                 enqueued_header_bytes_len(queue) + messages.iter().map(message_bytes_len).sum::<usize>()
             }
             Record::Dequeued { queue, ranges } => dequeued_header_bytes_len(queue) + RANGE_BYTES * ranges.len(),
-            Record::ExchangeCreated { name, .. } => 1 + 2 + name.len() + 1,
+            Record::ExchangeCreated { name, .. } => 1 + 2 + name.len() + 1 + 1,
             Record::ExchangeDeleted { name } => 1 + 2 + name.len(),
             Record::DedupSeen { queue, keys } => {
                 dedup_seen_header_bytes_len(queue)
@@ -469,9 +480,10 @@ impl fmt::Display for StreamSeq {
     }
 }
 
-/// Bytes of a `QueueCreated` record for queue `name`.
+/// Bytes of a `QueueCreated` record for queue `name`: kind, name, three bools, two option_u64,
+/// level.
 pub(crate) fn queue_created_bytes_len(name: &str) -> usize {
-    1 + 2 + name.len() + 3 + 2 * 9
+    1 + 2 + name.len() + 3 + 2 * 9 + 1
 }
 
 /// Bytes of a `QueueDeleted` record for queue `name`.
@@ -540,6 +552,10 @@ const KIND_EXCHANGE_DELETED: u8 = 6;
 const KIND_BOUND: u8 = 7;
 const KIND_UNBOUND: u8 = 8;
 const KIND_DEDUP_SEEN: u8 = 9;
+/// The level byte of an object replicated as `configuration` (its existence, not its messages).
+const LEVEL_CONFIGURATION: u8 = 1;
+/// The level byte of an object replicated as `all` (a queue with its messages).
+const LEVEL_ALL: u8 = 2;
 /// A whole confirm frame: length, type, stream seq.
 const CONFIRM_BYTES: usize = FRAME_HEADER_BYTES + 8;
 /// The smallest record: kind and an empty name.
@@ -555,6 +571,29 @@ fn read_exchange_kind(r: &mut Reader) -> Result<ExchangeKind, RecordDecodeError>
     exchange_kind_from_byte(byte).ok_or_else(|| {
         RecordDecodeError::Invalid(format!("exchange kind is {byte}, must be 0 (direct), 1 (fanout) or 2 (topic)"))
     })
+}
+
+/// The byte of a replicated object's level.
+///
+/// # Panics
+/// For level `none`: such an object is never replicated, so sending one would be a bug.
+fn level_byte(level: ReplicationLevel) -> u8 {
+    match level {
+        ReplicationLevel::None => panic!("a replication record names an object of level none"),
+        ReplicationLevel::Configuration => LEVEL_CONFIGURATION,
+        ReplicationLevel::All => LEVEL_ALL,
+    }
+}
+
+/// Reads a replicated object's level byte: 1 or 2; any other (0, none, included) is invalid.
+fn read_level(r: &mut Reader) -> Result<ReplicationLevel, RecordDecodeError> {
+    match r.u8("replication level")? {
+        LEVEL_CONFIGURATION => Ok(ReplicationLevel::Configuration),
+        LEVEL_ALL => Ok(ReplicationLevel::All),
+        byte => Err(RecordDecodeError::Invalid(format!(
+            "replication level is {byte}, must be 1 (configuration) or 2 (all)"
+        ))),
+    }
 }
 
 /// A `u32` count checked against `min..=max` before anything is allocated for it.
@@ -593,6 +632,7 @@ mod tests {
                 Record::QueueCreated {
                     name: "q".to_string(),
                     options: QueueOptions { max_count: Some(10), ..QueueOptions::default() },
+                    level: ReplicationLevel::All,
                 },
                 Record::Enqueued {
                     queue: "q".to_string(),
@@ -604,7 +644,11 @@ mod tests {
                     ranges: vec![(Position(1), Position(2)), (Position(4), Position(4))],
                 },
                 Record::QueueDeleted { name: "old".to_string() },
-                Record::ExchangeCreated { name: "orders".to_string(), kind: ExchangeKind::Topic },
+                Record::ExchangeCreated {
+                    name: "orders".to_string(),
+                    kind: ExchangeKind::Topic,
+                    level: ReplicationLevel::All,
+                },
                 Record::Bound { exchange: "orders".to_string(), queue: "q".to_string(), key: "eu.*".to_string() },
                 Record::Unbound { exchange: "orders".to_string(), queue: "q".to_string(), key: String::new() },
                 Record::ExchangeDeleted { name: "orders".to_string() },
@@ -615,7 +659,7 @@ mod tests {
     /// A batch of configuration records only, one of each kind 5..=8.
     fn configuration() -> Batch {
         let records = vec![
-            Record::ExchangeCreated { name: "x".to_string(), kind: ExchangeKind::Fanout },
+            Record::ExchangeCreated { name: "x".to_string(), kind: ExchangeKind::Fanout, level: ReplicationLevel::All },
             Record::Bound { exchange: "x".to_string(), queue: "q".to_string(), key: "k".to_string() },
             Record::Unbound { exchange: "x".to_string(), queue: "q".to_string(), key: "k".to_string() },
             Record::ExchangeDeleted { name: "x".to_string() },
@@ -705,7 +749,7 @@ mod tests {
         let bytes = encoded(&batch);
         assert_eq!(bytes.len(), batch.encoded_len());
         let mut expected = Vec::new();
-        expected.extend_from_slice(&[5, 1, 0, b'x', 1]);
+        expected.extend_from_slice(&[5, 1, 0, b'x', 1, 2]);
         for kind in [7u8, 8] {
             expected.extend_from_slice(&[kind, 1, 0, b'x', 1, 0, b'q', 1, 0, b'k']);
         }
@@ -713,7 +757,7 @@ mod tests {
         assert_eq!(&bytes[BATCH_HEADER_BYTES..], &expected[..]);
         assert_eq!(decode_batch(&mut bytes.clone(), BATCH_BYTES_MAX), Ok(Some(batch)));
         for kind in [ExchangeKind::Direct, ExchangeKind::Fanout, ExchangeKind::Topic] {
-            let record = Record::ExchangeCreated { name: "e".to_string(), kind };
+            let record = Record::ExchangeCreated { name: "e".to_string(), kind, level: ReplicationLevel::All };
             let batch = Batch { epoch: Epoch(1), stream_seq: StreamSeq(1), records: vec![record] };
             assert_eq!(decode_batch(&mut encoded(&batch), BATCH_BYTES_MAX), Ok(Some(batch)));
         }
@@ -745,6 +789,71 @@ mod tests {
         short[..4].copy_from_slice(&length.to_le_bytes());
         let error = decode_batch(&mut short, BATCH_BYTES_MAX).unwrap_err().to_string();
         assert!(error.contains("binding key"), "{error}");
+    }
+
+    #[test]
+    fn created_records_carry_each_level_with_the_documented_layout() {
+        // Goal: queue-created and exchange-created end with the object's level byte, 1
+        // (configuration) or 2 (all), as the module doc and PROTOCOL.md say, and round-trip at
+        // each level.
+        for (level, byte) in [(ReplicationLevel::Configuration, 1u8), (ReplicationLevel::All, 2)] {
+            let options = QueueOptions { max_count: Some(3), ..QueueOptions::default() };
+            let records = vec![
+                Record::QueueCreated { name: "q".into(), options, level },
+                Record::ExchangeCreated { name: "x".into(), kind: ExchangeKind::Topic, level },
+            ];
+            let batch = Batch { epoch: Epoch(1), stream_seq: StreamSeq(1), records };
+            let bytes = encoded(&batch);
+            assert_eq!(bytes.len(), batch.encoded_len());
+            // kind, name "q", exclusive, auto_delete, passive, max_count Some(3), max_bytes None, level.
+            let mut expected = vec![1, 1, 0, b'q', 0, 0, 0, 1];
+            expected.extend_from_slice(&3u64.to_le_bytes());
+            expected.push(0);
+            expected.extend_from_slice(&0u64.to_le_bytes());
+            expected.push(byte);
+            // kind, name "x", exchange kind topic, level.
+            expected.extend_from_slice(&[5, 1, 0, b'x', 2, byte]);
+            assert_eq!(&bytes[BATCH_HEADER_BYTES..], &expected[..], "{level}");
+            assert_eq!(decode_batch(&mut bytes.clone(), BATCH_BYTES_MAX), Ok(Some(batch)), "{level}");
+        }
+    }
+
+    #[test]
+    fn an_unknown_level_byte_is_an_error_naming_the_allowed_ones() {
+        // Goal: a level byte other than 1 or 2 (0, none, included: such objects are never
+        // replicated) in either created record is an error saying what was allowed and what
+        // came, never a panic and never a record.
+        let records = vec![
+            Record::QueueCreated { name: "q".into(), options: QueueOptions::default(), level: ReplicationLevel::All },
+            Record::ExchangeCreated { name: "x".into(), kind: ExchangeKind::Direct, level: ReplicationLevel::All },
+        ];
+        let whole = encoded(&Batch { epoch: Epoch(1), stream_seq: StreamSeq(1), records });
+        let queue_level = BATCH_HEADER_BYTES + queue_created_bytes_len("q") - 1;
+        let exchange_level = whole.len() - 1;
+        assert_eq!((whole[queue_level], whole[exchange_level]), (2, 2));
+        for at in [queue_level, exchange_level] {
+            for byte in [0u8, 3, 0xff] {
+                let mut bad = whole.clone();
+                bad[at] = byte;
+                let error = decode_batch(&mut bad, BATCH_BYTES_MAX).unwrap_err().to_string();
+                assert_eq!(
+                    error,
+                    format!("replication frame: replication level is {byte}, must be 1 (configuration) or 2 (all)")
+                );
+            }
+        }
+        // A batch cut right before the level byte is incomplete, not a record without a level.
+        let mut short = BytesMut::from(&whole[..exchange_level]);
+        assert_eq!(decode_batch(&mut short, BATCH_BYTES_MAX), Ok(None));
+    }
+
+    #[test]
+    #[should_panic(expected = "level none")]
+    fn encoding_an_object_of_level_none_is_a_bug() {
+        // Goal: a primary never sends a record its backups would refuse: level none panics.
+        let record =
+            Record::QueueCreated { name: "q".into(), options: QueueOptions::default(), level: ReplicationLevel::None };
+        encoded(&Batch { epoch: Epoch(1), stream_seq: StreamSeq(1), records: vec![record] });
     }
 
     #[test]

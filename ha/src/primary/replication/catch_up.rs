@@ -247,8 +247,8 @@ impl Link {
         id: LinkId,
     ) {
         let result = match event {
-            ReplicationEvent::QueueCreated { name, options, .. } => {
-                self.stream.handle_queue_created(&name, options);
+            ReplicationEvent::QueueCreated { name, options, level } => {
+                self.stream.handle_queue_created(&name, options, level);
                 Ok(())
             }
             ReplicationEvent::QueueDeleted { name } => {
@@ -278,8 +278,8 @@ impl Link {
                 }
                 Ok(())
             }
-            ReplicationEvent::ExchangeCreated { name, kind } => {
-                self.stream.handle_exchange_created(&name, kind);
+            ReplicationEvent::ExchangeCreated { name, kind, level } => {
+                self.stream.handle_exchange_created(&name, kind, level);
                 Ok(())
             }
             ReplicationEvent::ExchangeDeleted { name } => {
@@ -520,7 +520,11 @@ mod tests {
         assert_eq!(
             batch.records,
             [
-                Record::QueueCreated { name: "q".into(), options: QueueOptions::default() },
+                Record::QueueCreated {
+                    name: "q".into(),
+                    options: QueueOptions::default(),
+                    level: ReplicationLevel::All
+                },
                 Record::DedupSeen { queue: "q".into(), keys },
             ]
         );

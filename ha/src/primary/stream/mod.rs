@@ -81,6 +81,7 @@ use ringmq_core::epoch::Epoch;
 use ringmq_core::frame::{ExchangeKind, Message, QueueOptions};
 use ringmq_core::model::dedup_window::dedup_key;
 use ringmq_core::replication::DedupSeenKeys;
+use ringmq_core::replication_level::ReplicationLevel;
 
 use self::batch_builder::{BatchBuilder, InflightBatch};
 use self::pending::{Barrier, Mark, PendingEnqueue, QueuePending};
@@ -221,9 +222,9 @@ impl PrimaryStream {
     /// # Panics
     ///
     /// If the backup was lost (the caller must drop the stream then).
-    pub fn handle_queue_created(&mut self, name: &str, options: QueueOptions) {
+    pub fn handle_queue_created(&mut self, name: &str, options: QueueOptions, level: ReplicationLevel) {
         self.assert_alive();
-        self.config.push_back(Record::QueueCreated { name: name.to_string(), options });
+        self.config.push_back(Record::QueueCreated { name: name.to_string(), options, level });
         self.config_fed += 1;
         self.pending += 1;
     }
@@ -266,8 +267,8 @@ impl PrimaryStream {
     /// # Panics
     ///
     /// If the backup was lost.
-    pub fn handle_exchange_created(&mut self, name: &str, kind: ExchangeKind) {
-        self.push_config(Record::ExchangeCreated { name: name.to_string(), kind });
+    pub fn handle_exchange_created(&mut self, name: &str, kind: ExchangeKind, level: ReplicationLevel) {
+        self.push_config(Record::ExchangeCreated { name: name.to_string(), kind, level });
     }
 
     /// A replicated exchange was deleted with its bindings (shard 0). Never refused.

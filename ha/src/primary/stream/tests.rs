@@ -55,8 +55,8 @@ fn configuration_records_go_out_in_the_order_fed_before_queue_data() {
     // queue creates and deletes, exactly as fed, and ahead of the data of any queue; a batch
     // too small for all of them keeps that order across batches; they count as pending.
     let mut stream = PrimaryStream::new(Epoch(1));
-    stream.handle_exchange_created("x", ExchangeKind::Topic);
-    stream.handle_queue_created("q", QueueOptions::default());
+    stream.handle_exchange_created("x", ExchangeKind::Topic, ReplicationLevel::All);
+    stream.handle_queue_created("q", QueueOptions::default(), ReplicationLevel::All);
     stream.handle_enqueued("q", Position(0), message(0), None).unwrap();
     stream.handle_bound("x", "q", "a.*");
     stream.handle_unbound("x", "q", "a.*");
@@ -64,8 +64,8 @@ fn configuration_records_go_out_in_the_order_fed_before_queue_data() {
     stream.handle_exchange_deleted("x");
     assert_eq!(stream.pending_records(), 7);
     let config = vec![
-        Record::ExchangeCreated { name: "x".into(), kind: ExchangeKind::Topic },
-        Record::QueueCreated { name: "q".into(), options: QueueOptions::default() },
+        Record::ExchangeCreated { name: "x".into(), kind: ExchangeKind::Topic, level: ReplicationLevel::All },
+        Record::QueueCreated { name: "q".into(), options: QueueOptions::default(), level: ReplicationLevel::All },
         Record::Bound { exchange: "x".into(), queue: "q".into(), key: "a.*".into() },
         Record::Unbound { exchange: "x".into(), queue: "q".into(), key: "a.*".into() },
         Record::QueueDeleted { name: "old".into() },
@@ -80,8 +80,8 @@ fn configuration_records_go_out_in_the_order_fed_before_queue_data() {
 
     // Room for only a few records a batch: the same order, cut in several batches.
     let mut small = PrimaryStream::new(Epoch(1));
-    small.handle_exchange_created("x", ExchangeKind::Topic);
-    small.handle_queue_created("q", QueueOptions::default());
+    small.handle_exchange_created("x", ExchangeKind::Topic, ReplicationLevel::All);
+    small.handle_queue_created("q", QueueOptions::default(), ReplicationLevel::All);
     small.handle_enqueued("q", Position(0), message(0), None).unwrap();
     small.handle_bound("x", "q", "a.*");
     small.handle_unbound("x", "q", "a.*");
@@ -257,14 +257,14 @@ fn queue_create_goes_before_its_data_and_a_delete_drops_unsent_messages() {
     enqueue(&mut stream, "q", 7);
     stream.handle_queue_deleted("q");
     assert_eq!(released(&mut stream), holds(&[7]));
-    stream.handle_queue_created("q", QueueOptions::default());
+    stream.handle_queue_created("q", QueueOptions::default(), ReplicationLevel::All);
     enqueue(&mut stream, "q", 0);
     let batch = stream.poll_batch(BYTES).unwrap();
     assert_eq!(
         batch.records,
         vec![
             Record::QueueDeleted { name: "q".into() },
-            Record::QueueCreated { name: "q".into(), options: QueueOptions::default() },
+            Record::QueueCreated { name: "q".into(), options: QueueOptions::default(), level: ReplicationLevel::All },
             Record::Enqueued { queue: "q".into(), first_position: Position(0), messages: vec![message(0)] },
         ]
     );
@@ -325,8 +325,8 @@ fn mark_turns_confirmed_once_every_record_fed_before_it_is_in_a_confirmed_batch(
     stream.mark_fed();
     assert!(stream.mark_confirmed());
     // A snapshot: two queues, three messages; one of them is consumed before it is batched.
-    stream.handle_queue_created("a", QueueOptions::default());
-    stream.handle_queue_created("b", QueueOptions::default());
+    stream.handle_queue_created("a", QueueOptions::default(), ReplicationLevel::All);
+    stream.handle_queue_created("b", QueueOptions::default(), ReplicationLevel::All);
     stream.handle_enqueued("a", Position(0), message(0), None).unwrap();
     stream.handle_enqueued("a", Position(1), message(1), None).unwrap();
     stream.handle_enqueued("b", Position(5), message(5), None).unwrap();
@@ -356,7 +356,7 @@ fn mark_turns_confirmed_once_every_record_fed_before_it_is_in_a_confirmed_batch(
 fn mark_waits_for_the_batch_carrying_the_last_marked_record_not_for_later_ones() {
     // Goal: exactly the batch that carried the last marked record must be confirmed.
     let mut stream = PrimaryStream::new(Epoch(1));
-    stream.handle_queue_created("q", QueueOptions::default());
+    stream.handle_queue_created("q", QueueOptions::default(), ReplicationLevel::All);
     stream.handle_enqueued("q", Position(0), message(0), None).unwrap();
     stream.mark_fed();
     let first = stream.poll_batch(BYTES).unwrap();
@@ -538,7 +538,7 @@ fn catch_up_dedup_keys_go_with_the_queue_creates_and_count_for_the_mark() {
     // Goal: a snapshot's DedupSeen goes out right after its queue's create, before any queue
     // data; the mark waits for it, and for live keys kept before the mark.
     let mut stream = PrimaryStream::new(Epoch(1));
-    stream.handle_queue_created("q", QueueOptions::default());
+    stream.handle_queue_created("q", QueueOptions::default(), ReplicationLevel::All);
     stream.handle_dedup_seen("q", vec![("p".to_string(), vec![(1, 10)])]);
     stream.handle_enqueued("q", Position(11), keyed("p", 11), None).unwrap();
     stream.handle_dequeued("q", Position(11)).unwrap();
@@ -547,7 +547,7 @@ fn catch_up_dedup_keys_go_with_the_queue_creates_and_count_for_the_mark() {
     assert_eq!(
         batch.records,
         vec![
-            Record::QueueCreated { name: "q".into(), options: QueueOptions::default() },
+            Record::QueueCreated { name: "q".into(), options: QueueOptions::default(), level: ReplicationLevel::All },
             dedup_seen("q", &[("p", &[(1, 10)])]),
             dedup_seen("q", &[("p", &[(11, 11)])]),
         ]
