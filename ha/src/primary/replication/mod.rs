@@ -8,7 +8,9 @@
 //! The parts, each in its own module: `catch_up` (one link: its stream, its catch-up backlog, its
 //! overflow), `delivery_gate` (how far each queue's held messages may be delivered) and
 //! `expected_backups` (backups that hold acks without a link caught up here: recovering mode's
-//! and detached ones). This type fans each event out to them and keeps the holds' accounting.
+//! and detached ones) and `ready_quorum` (`ha-min-ready-backups`: one more holder while too few
+//! backups are ready here). This type fans each event out to them and keeps the holds'
+//! accounting.
 //!
 //! Holds: an `Enqueued` event's hold goes to every stream, and each stream releases it once
 //! (`poll_released` yields it once per stream), so the shard counts `holding_streams()` releases
@@ -124,7 +126,11 @@ impl PrimaryReplication {
         }
     }
 
-    /// The time of the events fed from now on; it never goes backwards.
+    /// The time of the events fed from now on.
+    ///
+    /// # Panics
+    ///
+    /// If `now` is before the time given last: time never goes backwards.
     pub fn set_time(&mut self, now: Instant) {
         assert!(self.now.is_none_or(|before| before <= now), "time went backwards");
         self.now = Some(now);
