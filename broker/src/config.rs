@@ -55,6 +55,12 @@ pub struct BrokerConfig {
     /// `ha-backup-timeout`: how long a newly promoted primary holds confirms for a backup that was
     /// ready under the previous primary and has not come back ready.
     pub ha_backup_timeout: Duration,
+    /// `ha-min-ready-backups`: a primary with fewer ready backups holds publish confirms (0: it
+    /// confirms without backups, as the reference).
+    pub ha_min_ready_backups: usize,
+    /// `ha-min-ready-timeout`: how long a publish held for want of ready backups waits before it
+    /// is rejected; `None` (`none`): until enough backups are ready.
+    pub ha_min_ready_timeout: Option<Duration>,
     /// `dedup-window`: sequences remembered per producer per queue for duplicate suppression; 0
     /// disables it.
     pub dedup_window: u32,
@@ -153,6 +159,18 @@ const OPTIONS: &[OptionSpec] = &[
         help: "how long a new primary waits for the backups that were ready under the old one before it drops them",
     },
     OptionSpec {
+        name: "ha-min-ready-backups",
+        default: "0",
+        help: "a primary with fewer ready backups than this holds publish confirms instead of confirming alone \
+               (0: confirm without backups; at most the other brokers of ha-brokers-url)",
+    },
+    OptionSpec {
+        name: "ha-min-ready-timeout",
+        default: "none",
+        help: "how long a publish held by ha-min-ready-backups waits before it is rejected (none: until enough \
+               backups are ready)",
+    },
+    OptionSpec {
         name: "link-maintenance-interval",
         default: "2s",
         help: "how often a backup dials the next address of ha-brokers-url looking for the primary (0.1 = 100ms)",
@@ -236,7 +254,20 @@ impl BrokerConfig {
                 "",
             ));
         }
+        let ha_min_ready_backups = parse_min_ready_backups(ha_cluster, ha_brokers_url.as_ref(), &get)?;
+        let ha_min_ready_timeout = match get("ha-min-ready-timeout").trim() {
+            "none" => None,
+            value => Some(parse_duration("ha-min-ready-timeout", value).map_err(|_| {
+                bad(
+                    "ha-min-ready-timeout",
+                    "must be 'none' or a duration: seconds as a number (0.1) or with a unit (10s, 10ms)",
+                    value,
+                )
+            })?),
+        };
         Ok(BrokerConfig {
+            ha_min_ready_backups,
+            ha_min_ready_timeout,
             link_maintenance_interval: parse_link_interval(
                 "link-maintenance-interval",
                 &get("link-maintenance-interval"),
@@ -435,6 +466,33 @@ pub fn parse_duration(name: &str, value: &str) -> Result<Duration, ConfigError> 
     }
 }
 
+/// Parses `ha-min-ready-backups`: 0 (the default), or with `ha-cluster`, at most the number of
+/// other brokers `ha-brokers-url` lists (a primary could never have more backups ready).
+fn parse_min_ready_backups(
+    ha_cluster: bool,
+    brokers_url: Option<&BrokerUrl>,
+    get: &impl Fn(&str) -> String,
+) -> Result<usize, ConfigError> {
+    const NAME: &str = "ha-min-ready-backups";
+    let value = get(NAME);
+    let others = brokers_url.map_or(0, |url| url.addresses().len().saturating_sub(1));
+    let required = parse_int(NAME, &value, 0, ringmq_ha::limits::BACKUPS_MAX as u64)? as usize;
+    if required > 0 && !ha_cluster {
+        return Err(bad(NAME, "must be 0 without ha-cluster true (a standalone broker has no backups)", &value));
+    }
+    if required > others {
+        return Err(bad(
+            NAME,
+            format!(
+                "must be at most {others}, the brokers of ha-brokers-url other than the primary (a primary \
+                 could never have more backups ready)"
+            ),
+            &value,
+        ));
+    }
+    Ok(required)
+}
+
 /// Parses a link interval: a duration (`parse_duration`) in
 /// `LINK_HEARTBEAT_INTERVAL_MIN..=LINK_HEARTBEAT_INTERVAL_MAX`. Sub-second values are kept exactly
 /// (the reference truncated them to whole seconds, which disabled heartbeats).
@@ -576,6 +634,43 @@ mod tests {
         assert!(error.to_string().starts_with("option 'ha-cluster': must be true/false"), "{error}");
         // Without ha-cluster the broker is standalone.
         assert!(!BrokerConfig::from_args(&[]).unwrap().ha_settings().cluster);
+    }
+
+    #[test]
+    fn min_ready_backups_and_its_timeout_are_checked_against_the_cluster() {
+        // Goal: ha-min-ready-backups defaults to 0, takes up to the other brokers of
+        // ha-brokers-url, needs ha-cluster, and a bad value names the option, what is allowed and
+        // what came; ha-min-ready-timeout is 'none' or a duration. Method: from_args on each case.
+        let cluster = ["--ha-cluster", "true", "--ha-brokers-url", "127.0.0.1:1,127.0.0.1:2,127.0.0.1:3"];
+        let with = |extra: &[&str]| BrokerConfig::from_args(&args(&[&cluster[..], extra].concat()));
+        let config = with(&[]).unwrap();
+        assert_eq!(config.ha_min_ready_backups, 0);
+        assert_eq!(config.ha_min_ready_timeout, None);
+        let config = with(&["--ha-min-ready-backups", "2", "--ha-min-ready-timeout", "1.5"]).unwrap();
+        assert_eq!(config.ha_min_ready_backups, 2);
+        assert_eq!(config.ha_min_ready_timeout, Some(Duration::from_millis(1500)));
+        assert_eq!(with(&["--ha-min-ready-timeout", "0"]).unwrap().ha_min_ready_timeout, Some(Duration::ZERO));
+        assert_eq!(with(&["--ha-min-ready-timeout", "none"]).unwrap().ha_min_ready_timeout, None);
+        let error = with(&["--ha-min-ready-backups", "3"]).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "option 'ha-min-ready-backups': must be at most 2, the brokers of ha-brokers-url other than the \
+             primary (a primary could never have more backups ready); got '3'"
+        );
+        let error = with(&["--ha-min-ready-backups", "-1"]).unwrap_err();
+        assert_eq!(error.to_string(), "option 'ha-min-ready-backups': must be an integer in 0..=64; got '-1'");
+        let error = BrokerConfig::from_args(&args(&["--ha-min-ready-backups", "1"])).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "option 'ha-min-ready-backups': must be 0 without ha-cluster true (a standalone broker has no \
+             backups); got '1'"
+        );
+        let error = with(&["--ha-min-ready-timeout", "soon"]).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "option 'ha-min-ready-timeout': must be 'none' or a duration: seconds as a number (0.1) or with a \
+             unit (10s, 10ms); got 'soon'"
+        );
     }
 
     #[test]

@@ -68,6 +68,8 @@ pub fn run(args: &[String]) -> ExitCode {
         own_address: listen.to_string(),
         backup_timeout: config.ha_backup_timeout,
         shard_count: config.shards,
+        min_ready_backups: config.ha_min_ready_backups,
+        min_ready_timeout: config.ha_min_ready_timeout,
     };
     let transport =
         TransportConfig { listen, pin_cores: config.pin_cores, ring_entries: config.ring_entries, link, panic_shard };

@@ -180,6 +180,23 @@ impl CompletionTracker {
         slot.mark_if_releasable();
     }
 
+    /// Releases one hold on publish `seq` with a rejection: the HA layer gave up waiting for the
+    /// condition the hold stood for (`ha-min-ready-timeout`). The publish's confirm carries the
+    /// first rejection it got, from a target or a hold, once nothing else is outstanding.
+    ///
+    /// # Panics
+    ///
+    /// If `seq` is not tracked or has no hold outstanding.
+    pub fn handle_hold_rejected(&mut self, seq: Seq, code: ErrorCode, reason: String) {
+        let slot = self.waiting_slot_mut(seq);
+        assert!(slot.holds_pending > 0, "hold rejected on publish {} without one", seq.0);
+        if slot.rejection.is_none() {
+            slot.rejection = Some(Box::new(Rejection { code, reason }));
+        }
+        slot.holds_pending -= 1;
+        slot.mark_if_releasable();
+    }
+
     /// Appends every confirm that can be released now, oldest first, merging consecutive
     /// publishes with the same outcome into one range (only among ranges this call appends).
     /// Returns how many publishes were released.
@@ -516,6 +533,30 @@ mod tests {
         // The other confirms: both go out.
         tracker.handle_hold_released(Seq(0));
         assert_eq!(polled(&mut tracker), [range(0, 1, ConfirmOutcome::Stored)]);
+    }
+
+    // Goal: a hold released with a rejection (ha-min-ready-timeout) makes the confirm `Rejected`
+    // with its reason, once the publish's other holds are released too; a target's earlier
+    // rejection wins.
+    #[test]
+    fn a_rejected_hold_rejects_the_publish_once_nothing_else_is_outstanding() {
+        let mut tracker = CompletionTracker::new(4);
+        let too_few =
+            |reason: &str| ConfirmOutcome::Rejected { code: ErrorCode::NotEnoughBackups, reason: reason.to_owned() };
+        tracker.handle_publish(Seq(0), 1).unwrap();
+        tracker.handle_publish(Seq(1), 1).unwrap();
+        tracker.handle_hold(Seq(0), 2);
+        tracker.handle_hold(Seq(1), 1);
+        tracker.handle_enqueued(Seq(0), ConfirmOutcome::Stored);
+        tracker.handle_enqueued(Seq(1), rejected("q full"));
+        // Publish 0: its quorum hold gives up, a stream's hold is still out.
+        tracker.handle_hold_rejected(Seq(0), ErrorCode::NotEnoughBackups, "too few".into());
+        assert_eq!(polled(&mut tracker), []);
+        tracker.handle_hold_released(Seq(0));
+        assert_eq!(polled(&mut tracker), [range(0, 0, too_few("too few"))]);
+        // Publish 1: the target's rejection came first and is the one reported.
+        tracker.handle_hold_rejected(Seq(1), ErrorCode::NotEnoughBackups, "too few".into());
+        assert_eq!(polled(&mut tracker), [range(1, 1, rejected("q full"))]);
     }
 
     // Goal: one poll drains everything releasable, even past a confirm frame's range limit

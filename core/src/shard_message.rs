@@ -235,6 +235,20 @@ pub enum ShardMessage {
         /// The publishes, one release each (a seq may repeat).
         seqs: Vec<Seq>,
     },
+    /// To the producer's shard: one hold is released on each of these publishes with a
+    /// rejection (the HA layer gave up waiting for enough ready backups,
+    /// `ha-min-ready-timeout`). Sent after the `Enqueued` that took the hold, like
+    /// `HoldsReleased`.
+    HoldsRejected {
+        /// The producer's connection.
+        conn: ConnId,
+        /// The publishes, one release each (a seq may repeat).
+        seqs: Vec<Seq>,
+        /// Why, as an error code.
+        code: ErrorCode,
+        /// Why, in words.
+        reason: String,
+    },
     /// To a queue's owner: add a subscription.
     Subscribe {
         /// The consumer's connection.

@@ -22,7 +22,8 @@
 //!   and what the nodes of one broker tell each other), `shell` (`NodeShell` and
 //!   `pump_and_carry_out`, the one carrying-out of a node's outputs).
 //! - `primary/`: the primary's side. `replication/` (one shard's replication to all its backups:
-//!   fan-out of events to the streams, `catch_up` backlogs, `delivery_gate`s, `expected_backups`),
+//!   fan-out of events to the streams, `catch_up` backlogs, `delivery_gate`s, `expected_backups`,
+//!   `ready_quorum`),
 //!   `stream` (one stream to one backup: batching, the window of unconfirmed batches, cumulative
 //!   confirms), `served_links` (the primary's end of backups' links), `role` (shard 0: readiness,
 //!   `members`, recovering mode, detached backups), `membership` (which backups are ready),

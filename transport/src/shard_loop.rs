@@ -458,6 +458,8 @@ mod tests {
             own_address: "127.0.0.1:5672".into(),
             backup_timeout: Duration::from_secs(10),
             shard_count: 2,
+            min_ready_backups: 0,
+            min_ready_timeout: None,
         };
         ShardNode::new(shard, config, Instant::now())
     }

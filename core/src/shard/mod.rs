@@ -256,6 +256,11 @@ impl Shard {
                     self.release_hold(conn, seq);
                 }
             }
+            ShardMessage::HoldsRejected { conn, seqs, code, reason } => {
+                for seq in seqs {
+                    self.reject_hold(conn, seq, code, &reason);
+                }
+            }
             ShardMessage::Subscribe { origin, request, consumer, queue, prefetch } => {
                 let result = self.subscribe_local(origin, consumer, &queue, prefetch);
                 let message = ShardMessage::Subscribed { conn: origin.conn, request, consumer, result };

@@ -236,6 +236,16 @@ impl Shard {
         self.mark_confirms_due(conn);
     }
 
+    /// One hold on publish `seq` of local connection `conn` is released with a rejection.
+    pub(super) fn reject_hold(&mut self, conn: ConnId, seq: Seq, code: ErrorCode, reason: &str) {
+        let Some(tracker) = self.sessions.get_mut(&conn).and_then(|s| s.tracker.as_mut()) else {
+            self.counters.holds_released_to_closed_connection += 1;
+            return;
+        };
+        tracker.handle_hold_rejected(seq, code, reason.to_owned());
+        self.mark_confirms_due(conn);
+    }
+
     pub(super) fn mark_confirms_due(&mut self, conn: ConnId) {
         if let Some(session) = self.sessions.get_mut(&conn) {
             if !session.confirms_due {

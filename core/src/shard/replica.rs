@@ -89,6 +89,27 @@ impl Shard {
         }
     }
 
+    /// Releases one hold per entry with a rejection (`code`, `reason`), on the producer's
+    /// tracker: here, or through the producer's shard (`ShardMessage::HoldsRejected`); the
+    /// publish's confirm is then `Rejected` with them, unless a target rejected it first. Same
+    /// rules as `handle_holds_released`.
+    pub fn handle_holds_rejected(&mut self, holds: &[Hold], code: ErrorCode, reason: &str) {
+        let mut remote: Vec<(ShardId, ConnId, Vec<Seq>)> = Vec::new();
+        for hold in holds {
+            if hold.shard == self.id {
+                self.reject_hold(hold.conn, hold.seq, code, reason);
+                continue;
+            }
+            match remote.iter_mut().find(|(shard, conn, _)| *shard == hold.shard && *conn == hold.conn) {
+                Some((_, _, seqs)) => seqs.push(hold.seq),
+                None => remote.push((hold.shard, hold.conn, vec![hold.seq])),
+            }
+        }
+        for (shard, conn, seqs) in remote {
+            self.send(shard, ShardMessage::HoldsRejected { conn, seqs, code, reason: reason.to_owned() });
+        }
+    }
+
     /// The backups hold every gated message of each named queue up to its position (or the
     /// streams that gated them ended): those messages may now be delivered
     /// (`Queue::open_delivery_to`). Must be called on the shard whose events carried the

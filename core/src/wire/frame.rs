@@ -232,6 +232,10 @@ pub enum ErrorCode {
     NotPrimary,
     /// The broker failed; the connection should be retried.
     Internal,
+    /// The primary had fewer ready backups than `ha-min-ready-backups` for
+    /// `ha-min-ready-timeout`: the message was not confirmed (it may be stored on the primary
+    /// alone).
+    NotEnoughBackups,
 }
 
 /// Every frame of the native protocol, in both directions.

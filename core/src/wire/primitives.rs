@@ -201,6 +201,7 @@ pub(crate) fn error_code_to_u16(code: ErrorCode) -> u16 {
         ErrorCode::ResourceLocked => 9,
         ErrorCode::NotPrimary => 10,
         ErrorCode::Internal => 11,
+        ErrorCode::NotEnoughBackups => 12,
     }
 }
 
@@ -215,7 +216,7 @@ pub(crate) fn error_code_from_u16(value: u16) -> Option<ErrorCode> {
 pub const MESSAGE_BYTES_MIN: usize = 2 + 2 + 2 + 4;
 
 /// Every error code, for decoding.
-pub(crate) const ERROR_CODES: [ErrorCode; 11] = [
+pub(crate) const ERROR_CODES: [ErrorCode; 12] = [
     ErrorCode::Malformed,
     ErrorCode::LimitExceeded,
     ErrorCode::UnsupportedVersion,
@@ -227,11 +228,12 @@ pub(crate) const ERROR_CODES: [ErrorCode; 11] = [
     ErrorCode::ResourceLocked,
     ErrorCode::NotPrimary,
     ErrorCode::Internal,
+    ErrorCode::NotEnoughBackups,
 ];
 /// The lowest error code number.
 pub(crate) const ERROR_CODE_FIRST: u16 = 1;
 /// The highest error code number.
-pub(crate) const ERROR_CODE_LAST: u16 = 11;
+pub(crate) const ERROR_CODE_LAST: u16 = 12;
 
 /// Confirm outcome: stored on every queue it routed to.
 pub(crate) const OUTCOME_STORED: u8 = 0;

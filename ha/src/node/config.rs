@@ -1,5 +1,6 @@
 //! A shard's HA settings, as the broker's options give them: the pacing of links and probes, the
-//! other members of the cluster, this broker's own address and `ha-backup-timeout`.
+//! other members of the cluster, this broker's own address, `ha-backup-timeout` and the ready
+//! quorum (`ha-min-ready-backups`, `ha-min-ready-timeout`).
 //!
 //! Invariants: every shard of one broker gets the same settings; `shard_count` is the same on
 //! every member of a cluster (a backup link of another count is refused).
@@ -23,4 +24,10 @@ pub struct NodeConfig {
     pub backup_timeout: Duration,
     /// Shards in the broker (every member of a cluster has the same number).
     pub shard_count: u16,
+    /// `ha-min-ready-backups`: while a primary has fewer ready backups, it holds every new
+    /// publish's confirm (0: never; `primary::replication`, "ready quorum").
+    pub min_ready_backups: usize,
+    /// `ha-min-ready-timeout`: how long a publish held for want of ready backups waits before it
+    /// is rejected (`None`: until enough backups are ready).
+    pub min_ready_timeout: Option<Duration>,
 }

@@ -9,15 +9,17 @@
 //! on its parts, the parts on this.
 //!
 //! Invariants:
-//! - The shard's replica hold count equals the number of holders of its publishes (streams and
-//!   collecting expected backups), after every change to them: they change only through
+//! - The shard's replica hold count equals the number of holders of its publishes (streams,
+//!   collecting expected backups and a short ready quorum), after every change to them: they change only through
 //!   `change_holders`, and each live event's hold count is asserted equal to the holders it
 //!   reaches where it is fed (`replicate`).
 //! - Every event the shard reported goes to the holders counted when it was made: `settle` runs
 //!   before any change to them.
 
 use std::collections::VecDeque;
+use std::time::Instant;
 
+use ringmq_core::frame::ErrorCode;
 use ringmq_core::replication::{Hold, ReplicationEvent};
 use ringmq_core::shard::{Shard, Transmit};
 
@@ -39,11 +41,13 @@ pub(crate) struct NodeCore {
     own_controls: VecDeque<NodeControl>,
     /// Scratch for `settle`: replication events and released holds.
     scratch: (Vec<ReplicationEvent>, Vec<Hold>),
+    /// The time of the input being handled (`set_time`): when the events it makes happen.
+    now: Instant,
 }
 
 impl NodeCore {
-    /// The shared state around `shard`, with no replication and no output.
-    pub(crate) fn new(shard: Shard, config: NodeConfig) -> NodeCore {
+    /// The shared state around `shard`, with no replication and no output, at `now`.
+    pub(crate) fn new(shard: Shard, config: NodeConfig, now: Instant) -> NodeCore {
         NodeCore {
             shard,
             config,
@@ -51,6 +55,27 @@ impl NodeCore {
             outputs: Outputs::default(),
             own_controls: VecDeque::new(),
             scratch: (Vec::new(), Vec::new()),
+            now,
+        }
+    }
+
+    /// An input at `now` is being handled: the events the shard makes from now on happen then.
+    /// `now` never goes backwards; should a shell pass an earlier instant than before (one taken
+    /// before its last call), the later one is kept.
+    pub(crate) fn set_time(&mut self, now: Instant) {
+        self.now = self.now.max(now);
+    }
+
+    /// `ha-min-ready-timeout` passed at `now` for publishes held for want of ready backups: they
+    /// are rejected (`NotEnoughBackups`, naming the option, the backups ready and the number
+    /// required). The hold count is unchanged: a rejection releases a hold like a confirm.
+    pub(crate) fn handle_quorum_timeout(&mut self, now: Instant) {
+        self.settle();
+        let Some(replication) = self.replication.as_mut() else { return };
+        let mut rejected = Vec::new();
+        if let Some(reason) = replication.handle_quorum_timeout(now, &mut rejected) {
+            tracing::warn!(publishes = rejected.len(), %reason, "ha-min-ready-timeout: rejecting held publishes");
+            self.shard.handle_holds_rejected(&rejected, ErrorCode::NotEnoughBackups, &reason.to_string());
         }
     }
 
@@ -91,6 +116,7 @@ impl NodeCore {
             events.clear();
             return false;
         };
+        replication.set_time(self.now);
         for event in events.drain(..) {
             // The pair of the count the shard took the holds with (`Shard::set_replica_holds`, kept
             // by `change_holders`): exactly the holders that will release them receive the event.
@@ -122,7 +148,13 @@ impl NodeCore {
     pub(crate) fn change_holders<R>(&mut self, change: impl FnOnce(&mut PrimaryReplication) -> R) -> R {
         self.settle();
         let epoch = self.shard.ha().epoch();
-        let replication = self.replication.get_or_insert_with(|| PrimaryReplication::new(epoch));
+        let (required, timeout) = (self.config.min_ready_backups, self.config.min_ready_timeout);
+        let now = self.now;
+        let replication = self.replication.get_or_insert_with(|| {
+            let mut replication = PrimaryReplication::with_quorum(epoch, required, timeout);
+            replication.set_time(now);
+            replication
+        });
         let result = change(replication);
         self.shard.set_replica_holds(replication.holding_streams());
         result

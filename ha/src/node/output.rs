@@ -132,6 +132,12 @@ pub enum NodeControl {
         /// Their addresses.
         ready: Vec<String>,
     },
+    /// From shard 0 of a primary to every shard, with `ha-min-ready-backups` above 0: the ready
+    /// backups, after each change to the set (`PrimaryReplication::set_ready_backups`).
+    ReadyBackups {
+        /// Their addresses.
+        ready: Vec<String>,
+    },
     /// From shard 0 of a primary: stop holding acks for these expected backups
     /// (`ha-backup-timeout` passed, or they cannot be ready on this primary's account).
     ExpectedTimedOut {

@@ -27,8 +27,8 @@
 //! shards' cores go through `handle_peer`, so that the checks due before any input run first.
 //!
 //! Invariants:
-//! - The shard's replica hold count equals the number of holders of its publishes (streams and
-//!   collecting expected backups), after every change to them (`node::core`, `change_holders`).
+//! - The shard's replica hold count equals the number of holders of its publishes (streams,
+//!   collecting expected backups and a short ready quorum), after every change to them (`node::core`, `change_holders`).
 //! - A replication stream exists only while the broker is a primary; a backup session only while
 //!   it is a backup of a cluster.
 //! - Controls a node sends itself are handled within the same `pump`, in order.
@@ -82,7 +82,7 @@ impl ShardNode {
         let mut node = ShardNode {
             role: PrimaryRole::new(config.shard_count),
             watch: EpochWatch::new(now, config.maintenance_interval),
-            core: NodeCore::new(shard, config),
+            core: NodeCore::new(shard, config, now),
             served: ServedLinks::default(),
             backup: None,
             ready_members: Vec::new(),
@@ -196,11 +196,14 @@ impl ShardNode {
             NodeControl::Superseded { epoch } => epoch_watch::step_down(epoch, core),
             NodeControl::Members { ready } => self.ready_members = ready,
             NodeControl::ExpectedTimedOut { backups } => role::release_expected(&backups, core),
+            NodeControl::ReadyBackups { ready } => role::set_ready_backups(&ready, core),
         }
     }
 
-    /// Time passed: heartbeats, handshakes, dials, `ha-backup-timeout`, probes.
+    /// Time passed: heartbeats, handshakes, dials, `ha-backup-timeout`, probes,
+    /// `ha-min-ready-timeout`.
     pub fn handle_timeout(&mut self, now: Instant) {
+        self.core.set_time(now);
         self.served.handle_timeout(now, &mut self.core);
         if let Some(backup) = self.backup.as_mut() {
             backup.handle_timeout(now, &mut self.core.outputs);
@@ -208,6 +211,7 @@ impl ShardNode {
         self.before_input(now);
         self.role.handle_timeout(now, &mut self.core);
         self.watch.handle_timeout(now, &mut self.core);
+        self.core.handle_quorum_timeout(now);
     }
 
     /// The next instant `handle_timeout` has work.
@@ -219,6 +223,7 @@ impl ShardNode {
             self.role.poll_timeout(),
             self.watch.poll_timeout(&self.core),
             ready_lease::ready_deadline(&self.core, granted),
+            self.core.replication.as_ref().and_then(PrimaryReplication::poll_quorum_timeout),
         ]
         .into_iter()
         .flatten()
@@ -240,6 +245,7 @@ impl ShardNode {
     /// Runs the shard and its replication until nothing moves, queues their outputs, and acts on
     /// a change of the broker's HA state.
     pub fn pump(&mut self, now: Instant) {
+        self.core.set_time(now);
         loop {
             self.core.settle();
             self.core.transmit();
@@ -271,6 +277,7 @@ impl ShardNode {
     /// Runs the checks that must precede any input at `now`: an expired ready lease takes effect
     /// (`backup::ready_lease`), and the link it ran on ends.
     fn before_input(&mut self, now: Instant) {
+        self.core.set_time(now);
         let granted = self.backup.as_ref().and_then(BackupSession::lease_granted);
         if !ready_lease::expire_ready(granted, now, &mut self.core) {
             return;
@@ -310,6 +317,11 @@ impl ShardNode {
         if state.is_primary() && !previous.is_primary() {
             // A fresh view of the backups: links of an earlier term as primary are gone.
             self.role = PrimaryRole::new(core.config.shard_count);
+            if core.config.min_ready_backups > 0 {
+                // No backup is ready yet: the ready quorum holds from the first publish on, not
+                // from the first link.
+                core.change_holders(|_| ());
+            }
         }
         if state == BrokerState::Recovering {
             self.role.begin_recovery(now, &self.ready_members, core);

@@ -232,13 +232,31 @@ impl PrimaryRole {
         }
     }
 
-    /// Shard 0: tells every linked backup which backups are ready.
+    /// Shard 0: tells every linked backup which backups are ready, and, with
+    /// `ha-min-ready-backups`, every shard (`NodeControl::ReadyBackups`).
     fn send_members(&mut self, core: &mut NodeCore) {
-        let frame = LinkFrame::Members(self.membership.ready_list());
+        let ready = self.membership.ready_list();
+        let frame = LinkFrame::Members(ready.clone());
         for ((_, shard), conn) in &self.links {
             if *shard == 0 {
                 core.outputs.write_link_frame(*conn, &frame);
             }
+        }
+        let required = core.config.min_ready_backups;
+        if required == 0 {
+            return;
+        }
+        if ready.len() < required {
+            tracing::warn!(
+                ready = ready.len(),
+                required,
+                "fewer ready backups than ha-min-ready-backups: holding confirms"
+            );
+        } else {
+            tracing::info!(ready = ready.len(), required, "ha-min-ready-backups met: confirming");
+        }
+        for shard in 0..core.config.shard_count {
+            core.send_control(shard, NodeControl::ReadyBackups { ready: ready.clone() });
         }
     }
 }
@@ -254,6 +272,17 @@ pub(crate) fn release_expected(backups: &[String], core: &mut NodeCore) {
             replication.handle_expected_timed_out(backup);
         }
     });
+}
+
+/// Any shard: shard 0's ready backups changed to `ready` (`ha-min-ready-backups`); the ready
+/// quorum counts them.
+pub(crate) fn set_ready_backups(ready: &[String], core: &mut NodeCore) {
+    core.settle();
+    if core.replication.is_none() {
+        // No longer a primary: nothing is held.
+        return;
+    }
+    core.change_holders(|replication| replication.set_ready_backups(ready));
 }
 
 /// How long shards hold acks for a detached backup after its `marked-ready` link ended: its

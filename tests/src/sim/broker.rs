@@ -133,6 +133,9 @@ impl SimBroker {
             own_address: own,
             backup_timeout: settings.backup_timeout,
             shard_count: settings.shard_count,
+            // `ha-min-ready-backups` stays 0 (the reference's rule): the pinned trace hash holds.
+            min_ready_backups: 0,
+            min_ready_timeout: None,
         };
         let now = self.clock.now(at);
         self.nodes = (0..settings.shard_count)

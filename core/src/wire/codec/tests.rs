@@ -498,13 +498,13 @@ fn corrupt_field_values_are_invalid() {
     bytes[9] = 3;
     assert!(invalid_reason(decode_one(&bytes)).starts_with("settle: settlement is 3"));
 
-    // Error code 0 and 12.
-    for code in [0u16, 12] {
+    // Error code 0 and 13.
+    for code in [0u16, 13] {
         let mut body = code.to_le_bytes().to_vec();
         body.extend_from_slice(&[0, 0]);
         assert_eq!(
             invalid_reason(decode_one(&raw_frame(0x83, &body))),
-            format!("error: error code is {code}, must be in 1..=11")
+            format!("error: error code is {code}, must be in 1..=12")
         );
     }
 

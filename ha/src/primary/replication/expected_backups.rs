@@ -39,6 +39,9 @@
 //! shard for each backup still pending (the reference times out only backups that are not
 //! connected; either is safe here). The same call ends a detached backup's hold.
 //!
+//! A timed-out backup's holds go to the ready quorum (`ready_quorum`) while it is short; they are
+//! released otherwise.
+//!
 //! Invariants:
 //! - An expected backup collects exactly while it has no link on this shard; it is released (and
 //!   forgotten) only by the catch-up of a link opened after everything it collected, or by its
@@ -176,12 +179,11 @@ impl ExpectedBackups {
         });
     }
 
-    /// `backup` was given up on: every hold it collected is released, and it is no longer
-    /// expected. A backup not expected is ignored.
-    pub(super) fn handle_timed_out(&mut self, backup: &str, released: &mut Vec<Hold>) {
-        if let Some(expected) = self.by_backup.remove(backup) {
-            expected.release(released);
-        }
+    /// `backup` was given up on: it is no longer expected, and every hold it collected or kept
+    /// is handed back, with what it waited for, for the caller to release (or hold on: the ready
+    /// quorum). A backup not expected is ignored (nothing is handed back).
+    pub(super) fn handle_timed_out(&mut self, backup: &str) -> Vec<HeldRecord> {
+        self.by_backup.remove(backup).map_or_else(Vec::new, Expected::into_held)
     }
 
     /// The expected backups, by address.
@@ -217,6 +219,22 @@ impl Expected {
             released.extend(held.into_values());
         }
         released.extend(self.barriers.into_values().flatten());
+    }
+
+    /// Every hold collected, with its queue and position (a barrier's without).
+    fn into_held(self) -> Vec<HeldRecord> {
+        let mut held = Vec::new();
+        for (queue, collected) in self.collected {
+            held.extend(collected.into_iter().map(|(position, hold)| HeldRecord {
+                queue: queue.to_string(),
+                position: Some(position),
+                hold,
+            }));
+        }
+        for (queue, barriers) in self.barriers {
+            held.extend(barriers.into_iter().map(|hold| HeldRecord { queue: queue.to_string(), position: None, hold }));
+        }
+        held
     }
 
     /// Keeps a lost link's hold as if collected: by queue and position, a barrier's by queue.

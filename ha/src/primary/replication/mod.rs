@@ -8,7 +8,9 @@
 //! The parts, each in its own module: `catch_up` (one link: its stream, its catch-up backlog, its
 //! overflow), `delivery_gate` (how far each queue's held messages may be delivered) and
 //! `expected_backups` (backups that hold acks without a link caught up here: recovering mode's
-//! and detached ones). This type fans each event out to them and keeps the holds' accounting.
+//! and detached ones) and `ready_quorum` (`ha-min-ready-backups`: one more holder while too few
+//! backups are ready here). This type fans each event out to them and keeps the holds'
+//! accounting.
 //!
 //! Holds: an `Enqueued` event's hold goes to every stream, and each stream releases it once
 //! (`poll_released` yields it once per stream), so the shard counts `holding_streams()` releases
@@ -57,6 +59,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use ringmq_core::epoch::Epoch;
 use ringmq_core::replication::Position;
@@ -69,10 +72,13 @@ use crate::primary::stream::{ConfirmError, Hold, PrimaryStream};
 mod catch_up;
 mod delivery_gate;
 mod expected_backups;
+mod ready_quorum;
 
 use catch_up::Link;
 use delivery_gate::DeliveryGates;
 use expected_backups::ExpectedBackups;
+use ready_quorum::ReadyQuorum;
+pub use ready_quorum::TooFewReadyBackups;
 
 /// One primary shard's replication streams, one per backup link.
 #[derive(Debug)]
@@ -89,11 +95,25 @@ pub struct PrimaryReplication {
     expected: ExpectedBackups,
     /// Delivery gates, per queue that had a held enqueue.
     gates: DeliveryGates,
+    /// `ha-min-ready-backups`: the holder of publishes made while too few backups are ready.
+    quorum: ReadyQuorum,
+    /// The time of the events fed from now on (`set_time`), for the quorum's timeout.
+    now: Option<Instant>,
 }
 
 impl PrimaryReplication {
-    /// A shard's replication for a primary in `epoch`, with no link.
+    /// A shard's replication for a primary in `epoch`, with no link and no ready quorum
+    /// (`ha-min-ready-backups` 0).
     pub fn new(epoch: Epoch) -> Self {
+        PrimaryReplication::with_quorum(epoch, 0, None)
+    }
+
+    /// A shard's replication for a primary in `epoch`, with no link, that holds every publish
+    /// while fewer than `required` backups are ready here (`ha-min-ready-backups`; 0: never), and
+    /// rejects one held for longer than `timeout` (`ha-min-ready-timeout`; `None`: never). With
+    /// `required` above 0 it starts short (no backup is ready yet); with a `timeout`, the caller
+    /// gives the time with `set_time` before feeding events.
+    pub fn with_quorum(epoch: Epoch, required: usize, timeout: Option<Duration>) -> Self {
         PrimaryReplication {
             epoch,
             links: BTreeMap::new(),
@@ -101,7 +121,51 @@ impl PrimaryReplication {
             overflowed: VecDeque::new(),
             expected: ExpectedBackups::default(),
             gates: DeliveryGates::default(),
+            quorum: ReadyQuorum::new(required, timeout),
+            now: None,
         }
+    }
+
+    /// The time of the events fed from now on.
+    ///
+    /// # Panics
+    ///
+    /// If `now` is before the time given last: time never goes backwards.
+    pub fn set_time(&mut self, now: Instant) {
+        assert!(self.now.is_none_or(|before| before <= now), "time went backwards");
+        self.now = Some(now);
+    }
+
+    /// Shard 0's ready backups changed to `ready` (`NodeControl::ReadyBackups`): the quorum counts
+    /// those with a caught-up link here, and releases what it held once there are enough. A
+    /// change to `holding_streams()`: drain the events first (`NodeCore::change_holders`).
+    pub fn set_ready_backups(&mut self, ready: &[String]) {
+        self.quorum.set_listed(ready);
+        self.recount_quorum();
+    }
+
+    /// Backups ready here at the last count, and `ha-min-ready-backups`; fewer than that: every
+    /// new publish is held (`ready_quorum`).
+    pub fn quorum_ready(&self) -> (usize, usize) {
+        self.quorum.ready()
+    }
+
+    /// How many holds the ready quorum has (for status and tests).
+    pub fn quorum_held(&self) -> usize {
+        self.quorum.held()
+    }
+
+    /// When the oldest hold of the ready quorum reaches `ha-min-ready-timeout` (`None`: no
+    /// timeout, or nothing held).
+    pub fn poll_quorum_timeout(&self) -> Option<Instant> {
+        self.quorum.poll_timeout()
+    }
+
+    /// At `now`: the ready quorum's holds taken `ha-min-ready-timeout` ago or longer are appended
+    /// to `rejected`, and released: hand them to the shard's `handle_holds_rejected` with the
+    /// returned reason (`Some` exactly when any was appended).
+    pub fn handle_quorum_timeout(&mut self, now: Instant, rejected: &mut Vec<Hold>) -> Option<TooFewReadyBackups> {
+        self.quorum.handle_timeout(now, rejected)
     }
 
     /// A backup's link for this shard opened: a new `PrimaryStream` with the catch-up `snapshot`
@@ -128,6 +192,7 @@ impl PrimaryReplication {
     /// While recovering, each expected backup without a link collects the hold too, and a
     /// `Dequeued` (or `QueueDeleted`) event releases the holds collected for its message (queue).
     pub fn handle_event(&mut self, event: ReplicationEvent) {
+        self.quorum.collect(&event, self.now, &mut self.released);
         if !self.expected.is_empty() {
             self.expected.collect(&event, &mut self.released);
         }
@@ -188,7 +253,7 @@ impl PrimaryReplication {
     /// yet lost, overflowed ones included (they release their share at once), plus one per expected
     /// backup without a link on this shard (it collects them).
     pub fn holding_streams(&self) -> u32 {
-        (self.links.len() + self.expected.collecting()) as u32
+        (self.links.len() + self.expected.collecting() + self.quorum.collecting()) as u32
     }
 
     /// Recovering mode: on promotion, before any client is served, every backup that was ready
@@ -214,7 +279,8 @@ impl PrimaryReplication {
     /// as ordinary streams. A backup not expected (caught up here already, timed out before, or
     /// never expected) is ignored.
     pub fn handle_expected_timed_out(&mut self, backup: &str) {
-        self.expected.handle_timed_out(backup, &mut self.released);
+        let held = self.expected.handle_timed_out(backup);
+        self.quorum.take_over(held, self.now, &mut self.released);
     }
 
     /// The expected backups still pending on this shard (neither caught up here nor timed out),
@@ -262,6 +328,9 @@ impl PrimaryReplication {
         let Some(mut entry) = self.links.remove(&link) else { return false };
         self.gates.ungate(link);
         self.overflowed.retain(|&id| id != link);
+        // A ready backup without its link here is not ready here: short at once, not after
+        // shard 0's next list.
+        self.recount_quorum();
         let keep = entry.snapshot_confirmed() || self.expected.contains(&entry.backup);
         if !keep {
             entry.finish(&mut self.released);
@@ -355,6 +424,15 @@ impl PrimaryReplication {
             let link = self.overflowed[index];
             self.gates.ungate(link);
         }
+    }
+
+    /// Counts the backups ready here for the quorum: listed by shard 0, with a caught-up link.
+    fn recount_quorum(&mut self) {
+        let links = &self.links;
+        self.quorum.recount(
+            |backup| links.values().any(|link| link.backup == backup && link.is_caught_up()),
+            &mut self.released,
+        );
     }
 
     /// Every expected backup with a caught-up link here releases what it collected and is no
@@ -628,11 +706,14 @@ mod tests {
         // exactly as many times as `holding_streams()` said when it was made.
         // Method: a seeded sequence of enqueues, duplicates (barriers), dequeues, link opens (with
         // the shard's snapshot), losses, confirms and timeouts over two expected backups and one
-        // other; at the end every link is lost and every expected backup timed out.
+        // other; at the end every link is lost and every expected backup timed out. Every third
+        // round also requires one ready backup (`ready_quorum`), listing random backups ready; at
+        // its end a new link catches up and is listed.
         let mut next = xorshift(0x9e37_79b9_7f4a_7c15);
         let backups = ["b1:1", "b2:1", "other:1"];
-        for round in 0..20 {
-            let mut replication = PrimaryReplication::new(Epoch(2));
+        for round in 0..30 {
+            let required = usize::from(round % 3 == 2);
+            let mut replication = PrimaryReplication::with_quorum(Epoch(2), required, None);
             replication.expect_backups(&names(&backups[..2]));
             replication.handle_event(created("q"));
             let mut held: BTreeMap<u64, u32> = BTreeMap::new();
@@ -671,6 +752,10 @@ mod tests {
                     }
                     6 if !open.is_empty() => {
                         drain(&mut replication, open[next(open.len() as u64) as usize]);
+                        if required > 0 {
+                            let listed = backups.iter().filter(|_| next(2) == 0).map(|b| b.to_string());
+                            replication.set_ready_backups(&listed.collect::<Vec<_>>());
+                        }
                     }
                     7 if round % 2 == 0 && next(8) == 0 => {
                         replication.handle_expected_timed_out(backups[next(2) as usize])
@@ -696,13 +781,24 @@ mod tests {
             for backup in &backups {
                 replication.handle_expected_timed_out(backup);
             }
+            if required > 0 {
+                // What only the quorum holds now goes once a backup is ready here again.
+                let mut snapshot = vec![created("q")];
+                snapshot.extend(stored.iter().map(|&p| enqueued("q", p, None)));
+                replication.handle_link_opened(next_link, "last:1", snapshot);
+                drain(&mut replication, next_link);
+                replication.set_ready_backups(&names(&["last:1"]));
+                replication.handle_link_lost(next_link);
+                replication.handle_expected_timed_out("last:1");
+            }
             replication.poll_released(&mut out);
             let mut counts: BTreeMap<u64, u32> = BTreeMap::new();
             for hold in out {
                 *counts.entry(hold.seq.0).or_default() += 1;
             }
             assert_eq!(counts, held, "round {round}");
-            assert_eq!(replication.holding_streams(), 0);
+            assert_eq!(replication.quorum_held(), 0, "round {round}");
+            assert_eq!(replication.holding_streams(), required as u32, "short again: only the quorum counts");
         }
     }
 }
