@@ -107,6 +107,14 @@ pub const LINK_HEARTBEAT_INTERVAL_MAX: std::time::Duration = std::time::Duration
 /// Intervals without receiving anything after which a link's peer counts as dead (the
 /// reference's rule: two).
 pub const LINK_SILENT_INTERVALS_MAX: u32 = 2;
+/// Intervals a primary stream's oldest unconfirmed batch may wait for its confirm (counted from
+/// when it became the oldest) before the link counts as lost (`primary::stream`, "Confirm
+/// timeout"). A live backup confirms a batch on the read that brings it, so a healthy wait is one
+/// round trip plus the backup's apply; a batch lost on the way (or its confirm) leaves a gap no
+/// heartbeat reveals, and this bound is what finds it. The same two intervals as for a silent
+/// peer: a lost batch is detected as fast as a dead one, and a forward clock jump of less than
+/// one interval cannot fake it.
+pub const LINK_UNCONFIRMED_INTERVALS_MAX: u32 = 2;
 
 /// The most a primary holds acks for a detached ready backup beyond `ha-backup-timeout`
 /// (`primary::role`), as room for the two machines' clocks to disagree on how much time passed;
@@ -121,6 +129,10 @@ pub const LEASE_CLOCK_ALLOWANCE_MAX: std::time::Duration = std::time::Duration::
 pub const LEASE_REQUESTS_PER_TIMEOUT: u32 = 4;
 
 const _: () = assert!(LINK_SILENT_INTERVALS_MAX >= 2, "one interval would race the peer's own heartbeat");
+const _: () = assert!(
+    LINK_UNCONFIRMED_INTERVALS_MAX >= LINK_SILENT_INTERVALS_MAX,
+    "a slow confirm must not end a link sooner than silence would"
+);
 const _: () = assert!(LINK_HEARTBEAT_INTERVAL_MIN.as_nanos() < LINK_HEARTBEAT_INTERVAL_MAX.as_nanos());
 
 // ----- the replication link's own frames (`link::frame`) -----

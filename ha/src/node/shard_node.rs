@@ -52,6 +52,7 @@ use crate::node::output::{NodeControl, NodeOutput};
 use crate::primary::epoch_watch::{self, EpochWatch};
 use crate::primary::replication::PrimaryReplication;
 use crate::primary::role::{self, PrimaryRole};
+pub use crate::primary::served_links::LinkLossCounters;
 use crate::primary::served_links::ServedLinks;
 
 /// One shard and its HA protocol. See the module doc.
@@ -138,7 +139,7 @@ impl ShardNode {
         if let Some(backup) = self.backup.as_mut().filter(|b| b.owns(conn)) {
             backup.handle_closed(now, &mut self.core.outputs);
         } else if self.served.knows(conn) {
-            self.served.handle_closed(conn, "closed by the backup", &mut self.core);
+            self.served.handle_closed(conn, &mut self.core);
         } else {
             self.core.shard.handle_closed(conn);
         }
@@ -218,7 +219,7 @@ impl ShardNode {
     pub fn poll_timeout(&self) -> Option<Instant> {
         let granted = self.backup.as_ref().and_then(BackupSession::lease_granted);
         [
-            self.served.poll_timeout(),
+            self.served.poll_timeout(&self.core),
             self.backup.as_ref().and_then(BackupSession::poll_timeout),
             self.role.poll_timeout(),
             self.watch.poll_timeout(&self.core),
@@ -228,6 +229,11 @@ impl ShardNode {
         .into_iter()
         .flatten()
         .min()
+    }
+
+    /// The backup links served here that ended, by why (since the node was made).
+    pub fn link_loss_counters(&self) -> LinkLossCounters {
+        self.served.loss_counters()
     }
 
     /// Whether reading `conn` should wait: a client's publishes and acks add replication records,

@@ -171,7 +171,7 @@ impl PrimaryRole {
         if self.is_current_link(backup, 0, marked_on) && (shard, lost) != (0, marked_on) {
             // Its lease runs on while this link lives: end it, so that it leaves `ready` in time.
             core.outputs.push(NodeOutput::Shutdown { conn: marked_on });
-            served.handle_closed(marked_on, "another link of this backup was lost", core);
+            served.handle_another_link_lost(marked_on, core);
         }
     }
 

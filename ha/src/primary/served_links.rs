@@ -16,13 +16,21 @@
 //!   was confirmed), kept for that backup until shard 0 says otherwise (`primary::replication`,
 //!   "Detached backups").
 //!
+//! A link ends when the backup closes it, when it breaks the protocol, when its stream overflows,
+//! when nothing came from the backup for `LINK_SILENT_INTERVALS_MAX` heartbeat intervals, or when
+//! the stream's oldest batch stayed unconfirmed for `LINK_UNCONFIRMED_INTERVALS_MAX` intervals
+//! (`primary::stream`, "Confirm timeout": a lost batch that heartbeats cannot reveal). Each way
+//! has a log line and a counter (`LinkLossCounters`); all of them end the link alike.
+//!
 //! Invariants:
 //! - A stream exists exactly while its link is served: opened before the first batch, dropped
 //!   (holds released or kept) when the link ends for any reason.
 //! - Changes the shard made before a stream opened go to the streams open before it, never to it.
+//! - After every pump, and at its deadline, each stream's confirm timeout has been checked at
+//!   `now`, so a wait is timed from the input that began it.
 
 use std::collections::BTreeMap;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use ringmq_core::broker_state::BrokerState;
@@ -30,7 +38,7 @@ use ringmq_core::epoch::Epoch;
 use ringmq_core::frame::{ErrorCode, Frame};
 use ringmq_core::ids::ConnId;
 
-use crate::limits::{BATCH_BYTES_MAX, LINK_SILENT_INTERVALS_MAX};
+use crate::limits::{BATCH_BYTES_MAX, LINK_SILENT_INTERVALS_MAX, LINK_UNCONFIRMED_INTERVALS_MAX};
 use crate::link::frame::{decode_link_frame, LinkAccepted, LinkDecodeError, LinkFrame, LinkOpen};
 use crate::link::heartbeat::{HeartbeatAction, LinkHeartbeat};
 use crate::link::record::encode_batch;
@@ -47,6 +55,28 @@ pub(crate) struct ServedLinks {
     served: BTreeMap<ConnId, Served>,
     /// Scratch for `send_batches`: the links to write batches to.
     batch_links: Vec<LinkId>,
+    /// Served links that ended, by why.
+    lost: LinkLossCounters,
+}
+
+/// Served backup links of one shard that ended, by why; every end of a served link is counted
+/// in exactly one.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LinkLossCounters {
+    /// Closed by the backup (or the network).
+    pub closed: u64,
+    /// The backup broke the link protocol: a bad confirm, an unexpected or undecodable frame.
+    pub protocol_error: u64,
+    /// Nothing came from the backup for `LINK_SILENT_INTERVALS_MAX` heartbeat intervals.
+    pub silent: u64,
+    /// The oldest batch stayed unconfirmed for `LINK_UNCONFIRMED_INTERVALS_MAX` heartbeat
+    /// intervals while the backup was not silent.
+    pub unconfirmed: u64,
+    /// The stream overflowed: the backup could not keep up.
+    pub overflowed: u64,
+    /// Ended by this primary because another link of the same ready backup was lost
+    /// (`primary::role`), so that the backup leaves `ready` in time.
+    pub another_link_lost: u64,
 }
 
 /// Why the primary refuses a backup's link (answered with an `error` frame, then closed). Each
@@ -131,10 +161,17 @@ impl ServedLinks {
         self.awaiting.contains_key(&conn) || self.served.contains_key(&conn)
     }
 
-    /// The next instant a heartbeat or a deadline is due.
-    pub(crate) fn poll_timeout(&self) -> Option<Instant> {
+    /// The next instant a heartbeat or a deadline is due: a link's `link-open`, heartbeat or
+    /// confirm timeout.
+    pub(crate) fn poll_timeout(&self, core: &NodeCore) -> Option<Instant> {
         let awaiting = self.awaiting.values().copied();
-        awaiting.chain(self.served.values().map(|s| s.heartbeat.poll_timeout())).min()
+        let confirms = core.replication.as_ref().and_then(|r| r.confirm_deadline(confirm_timeout(core)));
+        awaiting.chain(self.served.values().map(|s| s.heartbeat.poll_timeout())).chain(confirms).min()
+    }
+
+    /// Served links that ended, by why.
+    pub(crate) fn loss_counters(&self) -> LinkLossCounters {
+        self.lost
     }
 
     /// The core admitted `conn` as a backup link: its `link-open` is due within the heartbeat
@@ -173,7 +210,8 @@ impl ServedLinks {
             };
             buf.clear();
             core.outputs.push(NodeOutput::Close { conn });
-            self.handle_closed(conn, &reason, core);
+            self.lost.protocol_error += 1;
+            self.end_link(conn, &reason, core);
             return;
         }
     }
@@ -233,12 +271,30 @@ impl ServedLinks {
         }
     }
 
-    /// A served link ended for `reason`: its stream is dropped, its holds released or kept for its
-    /// backup, and shard 0 learns it. The caller closed the connection, or saw it close.
-    pub(crate) fn handle_closed(&mut self, conn: ConnId, reason: &str, core: &mut NodeCore) {
+    /// The connection `conn` closed (the backup closed it, or the network): a served link ends.
+    pub(crate) fn handle_closed(&mut self, conn: ConnId, core: &mut NodeCore) {
         if self.awaiting.remove(&conn).is_some() {
             return;
         }
+        if self.served.contains_key(&conn) {
+            self.lost.closed += 1;
+            self.end_link(conn, "closed by the backup", core);
+        }
+    }
+
+    /// The primary ended the served link `conn` (the caller shut it down) because another link of
+    /// its ready backup was lost (`primary::role`).
+    pub(crate) fn handle_another_link_lost(&mut self, conn: ConnId, core: &mut NodeCore) {
+        if self.served.contains_key(&conn) {
+            self.lost.another_link_lost += 1;
+            self.end_link(conn, "another link of this backup was lost", core);
+        }
+    }
+
+    /// A served link ended for `reason`: its stream is dropped, its holds released or kept for its
+    /// backup, and shard 0 learns it. The caller closed the connection, or saw it close, and
+    /// counted why.
+    fn end_link(&mut self, conn: ConnId, reason: &str, core: &mut NodeCore) {
         let Some(served) = self.served.remove(&conn) else { return };
         // Changes made before the loss still go to this stream, so their holds come back with it.
         core.settle();
@@ -287,7 +343,28 @@ impl ServedLinks {
         for conn in overflowed {
             tracing::warn!(conn = conn.0, "a backup fell too far behind its replication stream; dropping its link");
             core.outputs.push(NodeOutput::Shutdown { conn });
-            self.handle_closed(conn, "its replication stream overflowed", core);
+            self.lost.overflowed += 1;
+            self.end_link(conn, "its replication stream overflowed", core);
+        }
+        self.check_confirms(now, core);
+    }
+
+    /// The streams' confirm timeouts at `now` (`primary::stream`, "Confirm timeout"): a link whose
+    /// oldest batch has stayed unconfirmed for `LINK_UNCONFIRMED_INTERVALS_MAX` heartbeat
+    /// intervals is closed as lost, as a silent one is.
+    fn check_confirms(&mut self, now: Instant, core: &mut NodeCore) {
+        let timeout = confirm_timeout(core);
+        let Some(replication) = core.replication.as_mut() else { return };
+        for (LinkId(conn), overdue) in replication.handle_timeout(now, timeout) {
+            let backup = self.served.get(&conn).map_or("?", |served| served.backup.as_str());
+            tracing::warn!(
+                %backup,
+                conn = conn.0,
+                "backup link unconfirmed for 2x link-heartbeat-interval; closing: {overdue}"
+            );
+            core.outputs.push(NodeOutput::Shutdown { conn });
+            self.lost.unconfirmed += 1;
+            self.end_link(conn, &format!("unconfirmed: {overdue}"), core);
         }
     }
 
@@ -312,8 +389,10 @@ impl ServedLinks {
             tracing::warn!(conn = conn.0, ?silent_for, "link peer silent for 2x link-heartbeat-interval; closing");
             core.outputs.push(NodeOutput::Shutdown { conn });
             let reason = format!("nothing received for {silent_for:?} (2x link-heartbeat-interval)");
-            self.handle_closed(conn, &reason, core);
+            self.lost.silent += 1;
+            self.end_link(conn, &reason, core);
         }
+        self.check_confirms(now, core);
     }
 
     /// The broker stepped down: every served link ends (its stream is already gone).
@@ -322,6 +401,11 @@ impl ServedLinks {
             core.outputs.push(NodeOutput::Shutdown { conn });
         }
     }
+}
+
+/// How long a stream's oldest batch may stay unconfirmed (`LINK_UNCONFIRMED_INTERVALS_MAX`).
+fn confirm_timeout(core: &NodeCore) -> Duration {
+    core.config.heartbeat_interval * LINK_UNCONFIRMED_INTERVALS_MAX
 }
 
 /// Checks a `link-open` and, if it is acceptable, opens its stream with the shard's snapshot

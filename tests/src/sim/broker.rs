@@ -79,6 +79,8 @@ pub struct SimBroker {
     pub dialing: Vec<bool>,
     /// Settings.
     settings: BrokerSettings,
+    /// Served backup links its earlier lives closed because a batch stayed unconfirmed.
+    links_unconfirmed_before: u64,
 }
 
 impl SimBroker {
@@ -98,6 +100,7 @@ impl SimBroker {
             control_queues: BTreeMap::new(),
             dialing: Vec::new(),
             settings,
+            links_unconfirmed_before: 0,
         }
     }
 
@@ -147,6 +150,7 @@ impl SimBroker {
 
     /// Crashes the broker: everything in memory is lost and the incarnation moves on.
     pub fn crash(&mut self) {
+        self.links_unconfirmed_before = self.links_closed_unconfirmed();
         self.nodes.clear();
         self.conns.clear();
         self.rx.clear();
@@ -156,6 +160,13 @@ impl SimBroker {
         self.dialing.clear();
         self.paused_until = None;
         self.incarnation += 1;
+    }
+
+    /// Served backup links it closed, over all its lives, because the oldest batch stayed
+    /// unconfirmed (the primary's confirm timeout, `ShardNode::link_loss_counters`).
+    pub fn links_closed_unconfirmed(&self) -> u64 {
+        let now: u64 = self.nodes.iter().map(|node| node.link_loss_counters().unconfirmed).sum();
+        self.links_unconfirmed_before + now
     }
 
     /// Whether it runs (its nodes exist).

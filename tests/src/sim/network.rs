@@ -12,8 +12,11 @@
 //!
 //! Frame faults (`LinkFaults`): on a broker-to-broker pipe, whole replication batch frames (type
 //! 0x50) may be dropped or sent twice, as a test of the receiver's gap and duplicate checks
-//! (`BackupStream`). Other frames are never touched: TCP does not lose bytes, and a lost
-//! `marked-ready` would only test the fault, not the code.
+//! (`BackupStream`) and of the primary's confirm timeout (`PrimaryStream`): a lost batch with
+//! nothing after it is a gap the backup cannot see, which only the primary's timeout finds (a
+//! stalled or half-dead peer, or a proxy, does that to a TCP stream too). Other frames are never
+//! touched: TCP does not lose bytes, and a lost `marked-ready` would only test the fault, not the
+//! code.
 //!
 //! Not here: what arrives means (`runner` feeds it to nodes and clients), when faults happen
 //! (`faults`).
@@ -105,9 +108,6 @@ pub struct Pipe {
     pub sent_bytes: u64,
     /// The frame splitter of a broker-to-broker pipe with frame faults.
     splitter: FrameSplitter,
-    /// Since when the last batch sent on this pipe was lost with no batch after it: the receiver
-    /// cannot see that gap, so the runner resets the connection after a while (`tail_losses`).
-    pub tail_lost_since: Option<SimTime>,
 }
 
 /// A connection.
@@ -262,13 +262,7 @@ impl Network {
                 pipe.splitter.skip = 8;
                 pipe.splitter.preamble_skipped = true;
             }
-            let lost_before = self.counters.frames_lost;
-            let batches = pipe.splitter.split(bytes, faults, rng, &mut pieces, &mut self.counters);
-            if self.counters.frames_lost > lost_before && batches.last_lost {
-                pipe.tail_lost_since.get_or_insert(now);
-            } else if batches.passed > 0 {
-                pipe.tail_lost_since = None;
-            }
+            pipe.splitter.split(bytes, faults, rng, &mut pieces, &mut self.counters);
         } else {
             pieces.push(bytes);
         }
@@ -370,17 +364,6 @@ impl Network {
         }
     }
 
-    /// The connections whose last batch in some direction was lost longer than `after` ago:
-    /// nothing will show the receiver the gap, so the connection is reset (as a stream that lost
-    /// bytes would be, sooner or later).
-    pub fn tail_losses(&self, now: SimTime, after: std::time::Duration) -> Vec<SimConnId> {
-        self.connections
-            .iter()
-            .filter(|(_, c)| c.pipes.iter().any(|p| p.tail_lost_since.is_some_and(|since| now.since(since) >= after)))
-            .map(|(&id, _)| id)
-            .collect()
-    }
-
     /// The open connections with an end on `broker`, with which end.
     pub fn connections_of(&self, broker: usize) -> Vec<(SimConnId, usize)> {
         let mut found = Vec::new();
@@ -447,8 +430,7 @@ impl FrameSplitter {
         rng: &mut SimRng,
         out: &mut Vec<BytesMut>,
         counters: &mut NetworkCounters,
-    ) -> BatchesSeen {
-        let mut seen = BatchesSeen::default();
+    ) {
         let mut passthrough = BytesMut::new();
         while !bytes.is_empty() {
             if self.skip > 0 {
@@ -485,11 +467,8 @@ impl FrameSplitter {
             }
             if rng.chance(faults.loss_per_million) {
                 counters.frames_lost += 1;
-                seen.last_lost = true;
                 continue;
             }
-            seen.passed += 1;
-            seen.last_lost = false;
             let twice = rng.chance(faults.duplicate_per_million);
             if twice {
                 counters.frames_duplicated += 1;
@@ -498,17 +477,7 @@ impl FrameSplitter {
             passthrough.put(frame);
         }
         out.push(passthrough);
-        seen
     }
-}
-
-/// What one write's batch frames went through.
-#[derive(Debug, Default)]
-struct BatchesSeen {
-    /// Batch frames passed on.
-    passed: u64,
-    /// Whether the last batch frame of the write was lost.
-    last_lost: bool,
 }
 
 #[cfg(test)]
@@ -572,8 +541,5 @@ mod tests {
         expected.extend(frame(0x51, 8));
         assert_eq!(&got[..], &expected[..]);
         assert_eq!(network.counters.frames_lost, 1);
-        // No batch came after the lost one: the receiver cannot see the gap, so the runner will
-        // reset the link (a confirm frame after it does not show the gap).
-        assert_eq!(network.connections[&conn].pipes[0].tail_lost_since, Some(SimTime(0)));
     }
 }

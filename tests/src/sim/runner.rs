@@ -140,6 +140,9 @@ pub struct Outcome {
     pub summary: String,
     /// The oracle's counts (duplicates, stale confirms, losses written off, checks).
     pub counters: OracleCounters,
+    /// Backup links the primaries closed because a batch stayed unconfirmed (their confirm
+    /// timeout), over every broker's lives.
+    pub links_closed_unconfirmed: u64,
 }
 
 /// A failed run.

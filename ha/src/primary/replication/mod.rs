@@ -43,11 +43,15 @@
 //!   bounds to the shard's `handle_replicated`), `poll_overflowed` (close those links and
 //!   call `handle_link_lost`), `poll_caught_up` (tell membership), and `poll_batch` for each of
 //!   `links()` until it returns `None` (encode and send);
+//! - then `handle_timeout(now, timeout)`, and again at `confirm_deadline(timeout)`: each link it
+//!   returns has left its oldest batch unconfirmed for `timeout` (`PrimaryStream`, "Confirm
+//!   timeout"); close it as lost and call `handle_link_lost`;
 //! - while `producers_must_pause()`, the shard stops reading producers.
 //!
-//! Not here: IO, time, the link's handshake (`link::frame`) and heartbeats (`link::heartbeat`), which
-//! backups are ready (`membership`), which exchanges and bindings are replicated (shard 0 reports
-//! them as events like any other; they reach the stream in order).
+//! Not here: IO, a clock (time comes in as `now`), the link's handshake (`link::frame`) and
+//! heartbeats (`link::heartbeat`), which backups are ready (`membership`), which exchanges and
+//! bindings are replicated (shard 0 reports them as events like any other; they reach the stream
+//! in order).
 //!
 //! Invariants (each part states its own):
 //! - Every hold an event brings is released exactly once per stream or collecting expected backup
@@ -67,7 +71,7 @@ pub use ringmq_core::replication::ReplicationEvent;
 
 use crate::link::record::{Batch, StreamSeq};
 pub use crate::link::LinkId;
-use crate::primary::stream::{ConfirmError, Hold, PrimaryStream};
+use crate::primary::stream::{ConfirmError, ConfirmOverdue, Hold, PrimaryStream};
 
 mod catch_up;
 mod delivery_gate;
@@ -366,6 +370,28 @@ impl PrimaryReplication {
             self.settle_expected();
         }
         batch
+    }
+
+    /// The confirm timeouts at `now` (`PrimaryStream::handle_timeout`): notes the wait of each
+    /// link's oldest unconfirmed batch, and returns the links whose oldest unconfirmed batch has
+    /// waited `timeout` or longer, in link order. The caller closes each as lost and calls
+    /// `handle_link_lost` (until then a link is returned again). Overflowed links are left out:
+    /// they are being closed already.
+    pub fn handle_timeout(&mut self, now: Instant, timeout: Duration) -> Vec<(LinkId, ConfirmOverdue)> {
+        let mut overdue = Vec::new();
+        for (&id, link) in self.links.iter_mut().filter(|(_, link)| !link.overflowed) {
+            if let Err(error) = link.stream.handle_timeout(now, timeout) {
+                overdue.push((id, error));
+            }
+        }
+        overdue
+    }
+
+    /// The earliest instant a link's oldest unconfirmed batch will have waited `timeout` (see
+    /// `handle_timeout`); `None` when no batch is unconfirmed.
+    pub fn confirm_deadline(&self, timeout: Duration) -> Option<Instant> {
+        let open = self.links.values().filter(|link| !link.overflowed);
+        open.filter_map(|link| link.stream.confirm_deadline(timeout)).min()
     }
 
     /// Links that may have a batch to send: not overflowed, with records pending or a backlog,

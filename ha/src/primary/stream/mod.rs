@@ -32,8 +32,20 @@
 //! and unbinds are batched like queue creates and deletes: in one queue with them, in the order
 //! fed, and before any queue data.
 //!
-//! Call contract (no clock: nothing here expires; heartbeats and `ha-backup-timeout` are the
-//! caller's, which calls `handle_backup_lost` when they fire):
+//! Confirm timeout: a backup that is alive confirms each batch on the read that brings it, so a
+//! batch the backup never confirms was lost on the way (a half-dead peer, a proxy that stalls
+//! one direction) even while heartbeats still flow; and a lost batch with nothing after it is a
+//! gap the backup cannot see. The stream therefore times how long its oldest unconfirmed batch
+//! has waited, counted from when it became the oldest (its sending, or the confirm of the batch
+//! before it, whichever is later, so a backup that confirms a full window steadily is never cut
+//! off), and `handle_timeout` reports `ConfirmOverdue` once that reaches the caller's bound; the
+//! caller then drops the link as lost. The stream reads no clock: `handle_timeout(now, ..)` notes
+//! the time a wait began when it first sees the new oldest batch, so the caller calls it after
+//! every round of `handle_confirm` and `poll_batch` (a wait is then timed from the input that
+//! began it; a later call only starts it later, never earlier) and at `confirm_deadline`.
+//!
+//! Call contract (heartbeats and `ha-backup-timeout` are the caller's, which calls
+//! `handle_backup_lost` when they fire):
 //! - `handle_queue_created`, `handle_queue_deleted`, `handle_enqueued`, `handle_dequeued` (and,
 //!   from a catch-up snapshot, `handle_dedup_seen`) as the
 //!   shard changes its replicated queues, in the order it changes them (`handle_barrier` in that
@@ -43,6 +55,9 @@
 //! - `handle_confirm` for each confirm the backup sends;
 //! - then `poll_released` (hand each hold to the producer's shard) and `poll_batch` until it
 //!   returns `None` (encode and send each batch);
+//! - then `handle_timeout(now, timeout)` (and again at `confirm_deadline(timeout)`); on
+//!   `ConfirmOverdue` the caller drops the link and the backup (`handle_backup_lost` or
+//!   `take_held`);
 //! - while `producers_must_pause()`, the shard stops reading producers (and consumers' settles)
 //!   until batches went out and confirms came back. This is the backpressure policy: the stream
 //!   always takes what the shard already did to its queues, so that the backup stays exact, up to
@@ -71,11 +86,15 @@
 //!   order they were fed.
 //! - A confirm above the last sent seq, or below the previous confirm, is the peer's protocol
 //!   error: an `Err`, never a panic.
+//! - `handle_timeout` reports `ConfirmOverdue` only while a batch is unconfirmed, and only once
+//!   that batch, as the oldest unconfirmed one, has waited at least the bound since the
+//!   `handle_timeout` call that first saw it as the oldest.
 
 mod batch_builder;
 mod pending;
 
 use std::collections::{BTreeMap, VecDeque};
+use std::time::{Duration, Instant};
 
 use ringmq_core::epoch::Epoch;
 use ringmq_core::frame::{ExchangeKind, Message, QueueOptions};
@@ -124,8 +143,19 @@ pub struct PrimaryStream {
     mark: Option<Mark>,
     /// Barriers not released yet, in the order fed.
     barriers: Vec<Barrier>,
+    /// The oldest unconfirmed batch as `handle_timeout` last saw it, and since when it waits.
+    confirm_wait: Option<ConfirmWait>,
     /// What happened, for metrics.
     counters: PrimaryCounters,
+}
+
+/// The oldest unconfirmed batch of a stream, and since when it has waited as the oldest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct ConfirmWait {
+    /// Its seq.
+    seq: StreamSeq,
+    /// When `handle_timeout` first saw it as the oldest unconfirmed batch.
+    since: Instant,
 }
 
 /// Counts of what a primary stream did, for metrics; nothing is dropped without being counted.
@@ -148,6 +178,24 @@ pub struct PrimaryCounters {
     pub holds_released_unsent: u64,
     /// Holds released because the backup was lost.
     pub holds_released_by_loss: u64,
+    /// Times `handle_timeout` found the oldest unconfirmed batch overdue (`ConfirmOverdue`).
+    pub confirms_overdue: u64,
+}
+
+/// The backup has not confirmed the oldest unconfirmed batch within the bound: the batch (or the
+/// backup's confirm) was lost, and the caller drops the link as lost, as for a silent peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "batch {seq} was the oldest unconfirmed one for {waited:?}, the most allowed is {timeout:?}; the batch or its \
+     confirm was lost"
+)]
+pub struct ConfirmOverdue {
+    /// The oldest unconfirmed batch.
+    pub seq: StreamSeq,
+    /// How long it has waited as the oldest.
+    pub waited: Duration,
+    /// The bound it passed.
+    pub timeout: Duration,
 }
 
 /// The stream refused a record: `STREAM_PENDING_MAX` records are pending, so the shard did not
@@ -212,6 +260,7 @@ impl PrimaryStream {
             config_batched: 0,
             mark: None,
             barriers: Vec::new(),
+            confirm_wait: None,
             counters: PrimaryCounters::default(),
         }
     }
@@ -698,6 +747,49 @@ impl PrimaryStream {
         let count = self.released.len();
         out.append(&mut self.released);
         count
+    }
+
+    /// The confirm timeout at `now` (see "Confirm timeout"): notes `now` as the start of the
+    /// oldest unconfirmed batch's wait if it is not the batch seen last time, then reports
+    /// whether it has waited `timeout` or longer. Nothing to wait for (nothing unconfirmed, or the
+    /// backup lost) is never overdue.
+    ///
+    /// # Errors
+    ///
+    /// `ConfirmOverdue` once the oldest unconfirmed batch has waited `timeout` or longer; the
+    /// caller drops the link and the backup. Asked again, it reports the same batch again.
+    ///
+    /// # Panics
+    ///
+    /// If `now` is before the start of the wait it noted (`now` went backwards).
+    pub fn handle_timeout(&mut self, now: Instant, timeout: Duration) -> Result<(), ConfirmOverdue> {
+        let oldest = if self.lost { None } else { self.inflight.front().map(|batch| batch.seq) };
+        let Some(seq) = oldest else {
+            self.confirm_wait = None;
+            return Ok(());
+        };
+        // Pair of the window check in `handle_confirm`: the oldest unconfirmed is the next to confirm.
+        assert_eq!(seq, self.confirmed.next());
+        let wait = match self.confirm_wait {
+            Some(wait) if wait.seq == seq => wait,
+            _ => *self.confirm_wait.insert(ConfirmWait { seq, since: now }),
+        };
+        assert!(now >= wait.since, "now went backwards: {now:?} before {:?}", wait.since);
+        let waited = now - wait.since;
+        if waited < timeout {
+            return Ok(());
+        }
+        self.counters.confirms_overdue += 1;
+        Err(ConfirmOverdue { seq, waited, timeout })
+    }
+
+    /// When the oldest unconfirmed batch, as `handle_timeout` last saw it, will have waited
+    /// `timeout`; `None` with nothing unconfirmed (or nothing seen yet: the caller's
+    /// `handle_timeout` after this round notes it).
+    pub fn confirm_deadline(&self, timeout: Duration) -> Option<Instant> {
+        let oldest = if self.lost { None } else { self.inflight.front().map(|batch| batch.seq) };
+        let wait = self.confirm_wait.filter(|wait| Some(wait.seq) == oldest)?;
+        Some(wait.since + timeout)
     }
 
     /// True while the shard must stop reading producers: `STREAM_PENDING_PAUSE` records or more

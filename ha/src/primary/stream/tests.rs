@@ -566,3 +566,74 @@ fn catch_up_dedup_keys_go_with_the_queue_creates_and_count_for_the_mark() {
     stream.handle_confirm(batch.stream_seq).unwrap();
     assert!(stream.mark_confirmed());
 }
+
+#[test]
+fn the_oldest_unconfirmed_batch_is_overdue_after_the_bound_and_not_before() {
+    // Goal: the confirm timeout reports the oldest unconfirmed batch once it has waited the
+    // bound since it became the oldest, not a nanosecond before, and again if asked again; with
+    // nothing unconfirmed, or the backup lost, nothing is ever overdue.
+    // Method: a virtual clock (`at(ms)`); `handle_timeout` after each round, as the node calls it.
+    let start = Instant::now();
+    let at = |ms: u64| start + Duration::from_millis(ms);
+    let timeout = Duration::from_millis(200);
+    let mut stream = PrimaryStream::new(Epoch(1));
+    // Nothing sent: no deadline, never overdue.
+    assert_eq!(stream.handle_timeout(at(0), timeout), Ok(()));
+    assert_eq!(stream.confirm_deadline(timeout), None);
+    assert_eq!(stream.handle_timeout(at(10_000), timeout), Ok(()));
+    // Batch 1 at 10 s: its wait starts then.
+    enqueue(&mut stream, "q", 0);
+    assert_eq!(stream.poll_batch(BYTES).unwrap().stream_seq, StreamSeq(1));
+    assert_eq!(stream.handle_timeout(at(10_000), timeout), Ok(()));
+    assert_eq!(stream.confirm_deadline(timeout), Some(at(10_200)));
+    // A batch sent behind it does not move the deadline.
+    enqueue(&mut stream, "q", 1);
+    assert_eq!(stream.poll_batch(BYTES).unwrap().stream_seq, StreamSeq(2));
+    assert_eq!(stream.handle_timeout(at(10_100), timeout), Ok(()));
+    assert_eq!(stream.confirm_deadline(timeout), Some(at(10_200)));
+    // Not before the bound; at it, batch 1 is overdue, and stays so.
+    assert_eq!(stream.handle_timeout(at(10_200) - Duration::from_nanos(1), timeout), Ok(()));
+    let overdue = ConfirmOverdue { seq: StreamSeq(1), waited: timeout, timeout };
+    assert_eq!(stream.handle_timeout(at(10_200), timeout), Err(overdue));
+    let later = ConfirmOverdue { seq: StreamSeq(1), waited: Duration::from_millis(250), timeout };
+    assert_eq!(stream.handle_timeout(at(10_250), timeout), Err(later));
+    assert_eq!(stream.counters().confirms_overdue, 2);
+    // A lost backup has nothing to wait for.
+    stream.handle_backup_lost();
+    assert_eq!(stream.handle_timeout(at(20_000), timeout), Ok(()));
+    assert_eq!(stream.confirm_deadline(timeout), None);
+}
+
+#[test]
+fn a_confirm_in_time_restarts_the_wait_from_the_confirm() {
+    // Goal: a backup that confirms within the bound is never overdue, even when the batch behind
+    // the confirmed one was sent a full bound ago: that batch waits from the confirm that made it
+    // the oldest. Once everything is confirmed, the wait ends.
+    let start = Instant::now();
+    let at = |ms: u64| start + Duration::from_millis(ms);
+    let timeout = Duration::from_millis(200);
+    let mut stream = PrimaryStream::new(Epoch(1));
+    // Batches 1 and 2 both at 0 ms.
+    enqueue(&mut stream, "q", 0);
+    stream.poll_batch(BYTES).unwrap();
+    enqueue(&mut stream, "q", 1);
+    stream.poll_batch(BYTES).unwrap();
+    assert_eq!(stream.unconfirmed_batches(), 2);
+    assert_eq!(stream.handle_timeout(at(0), timeout), Ok(()));
+    // Batch 1 confirmed at 199 ms: batch 2's wait starts there.
+    stream.handle_confirm(StreamSeq(1)).unwrap();
+    assert_eq!(stream.handle_timeout(at(199), timeout), Ok(()));
+    assert_eq!(stream.confirm_deadline(timeout), Some(at(399)));
+    assert_eq!(stream.handle_timeout(at(398), timeout), Ok(()), "sent 398 ms ago, the oldest for 199 ms");
+    // Confirmed in time: nothing waits, however late it gets.
+    stream.handle_confirm(StreamSeq(2)).unwrap();
+    assert_eq!(stream.handle_timeout(at(398), timeout), Ok(()));
+    assert_eq!(stream.confirm_deadline(timeout), None);
+    assert_eq!(stream.handle_timeout(at(100_000), timeout), Ok(()));
+    // A new batch waits from the call that first sees it.
+    enqueue(&mut stream, "q", 2);
+    stream.poll_batch(BYTES).unwrap();
+    assert_eq!(stream.handle_timeout(at(100_000), timeout), Ok(()));
+    assert_eq!(stream.confirm_deadline(timeout), Some(at(100_200)));
+    assert_eq!(stream.counters().confirms_overdue, 0);
+}

@@ -41,7 +41,6 @@ impl Simulation {
     /// One tick of the fault injector.
     pub(super) fn inject_faults(&mut self) -> Result<(), Violation> {
         let plan = self.config.faults.clone();
-        self.reset_tail_losses();
         if self.rng.chance(plan.reset_per_million) && !self.network.connections.is_empty() {
             let ids: Vec<SimConnId> = self.network.connections.keys().copied().collect();
             let conn = ids[self.rng.index(ids.len())];
@@ -101,16 +100,6 @@ impl Simulation {
         Ok(())
     }
 
-    /// Resets the connections whose last batch was lost a while ago (see `Network::tail_losses`):
-    /// a lost batch with nothing after it is a gap no receiver can see, which TCP never makes;
-    /// the reset stands for the corrupted stream being noticed.
-    pub(super) fn reset_tail_losses(&mut self) {
-        for conn in self.network.tail_losses(self.now, self.config.heartbeat * 2) {
-            self.trace.record(format!("{} fault: reset {conn} after losing its last batch", self.now));
-            self.reset(conn);
-        }
-    }
-
     /// Blocks exactly the pairs of the partitions that have not ended, and lets stalled pipes of
     /// the others go.
     pub(super) fn block_partitions(&mut self) {
@@ -132,8 +121,8 @@ impl Simulation {
         self.trace.record(format!("{} liveness: every fault heals", self.now));
         self.network.blocked.clear();
         self.partitions.clear();
+        // A batch lost just before is found by its primary's confirm timeout, as any other.
         self.network.link_faults = Default::default();
-        self.reset_tail_losses_now();
         self.unstall();
         self.producer.producing = false;
         for broker in 0..self.brokers.len() {
@@ -145,14 +134,6 @@ impl Simulation {
             }
         }
         Ok(())
-    }
-
-    /// Resets every connection whose last batch was lost (the liveness phase starts clean).
-    pub(super) fn reset_tail_losses_now(&mut self) {
-        for conn in self.network.tail_losses(self.now, Duration::ZERO) {
-            self.trace.record(format!("{} heal: reset {conn}, which lost its last batch", self.now));
-            self.reset(conn);
-        }
     }
 
     /// Schedules the pipes a healed partition had stalled.

@@ -142,10 +142,11 @@ impl Simulation {
     /// The run's outcome.
     pub(super) fn outcome(&self, result: Result<(), Violation>) -> Outcome {
         let counters = &self.oracle.counters;
+        let links_closed_unconfirmed = self.brokers.iter().map(SimBroker::links_closed_unconfirmed).sum::<u64>();
         let summary = format!(
             "{} published, {} confirmed, {} delivered; duplicates {}, redelivered again {}, stale confirms {} ({} never delivered), lost with \
              cluster {}; checks: {} confirms, {} deliveries; promotions {}, cluster restarts {}; faults: resets {}, partitions {}, crashes {}, pauses {}, \
-             clock jumps {}; batches lost {}, duplicated {}",
+             clock jumps {}; batches lost {}, duplicated {}; links closed with a batch unconfirmed {}",
             self.producer.next_number,
             self.oracle.confirmed.len(),
             self.oracle.delivered.len(),
@@ -165,6 +166,7 @@ impl Simulation {
             self.faults_done[4],
             self.network.counters.frames_lost,
             self.network.counters.frames_duplicated,
+            links_closed_unconfirmed,
         );
         Outcome {
             seed: self.config.seed,
@@ -186,6 +188,7 @@ impl Simulation {
             }),
             summary,
             counters: self.oracle.counters.clone(),
+            links_closed_unconfirmed,
         }
     }
 }
