@@ -15,7 +15,9 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use ringmq_core::frame::{Frame, Preamble, QueueOptions, PREAMBLE_FLAG_ADMIN, PREAMBLE_FLAG_BACKUP, PROTOCOL_VERSION};
+use ringmq_core::frame::{
+    Frame, Preamble, QueueOptions, LINK_VERSION, PREAMBLE_FLAG_ADMIN, PREAMBLE_FLAG_BACKUP, PROTOCOL_VERSION,
+};
 use ringmq_core::ha_view::HaSettings;
 use ringmq_core::ids::{ConnId, RequestId, ShardId};
 use ringmq_core::replication_level::ReplicationLevel;
@@ -110,7 +112,9 @@ impl Primary {
     fn connect(&mut self, conn: u32, flags: u16) {
         self.node.handle_accept(ConnId(conn));
         let mut bytes = BytesMut::new();
-        encode_preamble(Preamble { version: PROTOCOL_VERSION, flags }, &mut bytes);
+        // A backup link announces the replication link's version, a client the protocol's.
+        let version = if flags & PREAMBLE_FLAG_BACKUP != 0 { LINK_VERSION } else { PROTOCOL_VERSION };
+        encode_preamble(Preamble { version, flags }, &mut bytes);
         self.read(conn, bytes);
     }
 
