@@ -11,6 +11,8 @@
 //! out at once (writes kept per connection, closes noted); time moves only when the test says,
 //! and `handle_timeout` runs whenever `poll_timeout` is due, as a shell's timer would.
 
+mod support;
+
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
@@ -18,10 +20,8 @@ use bytes::BytesMut;
 use ringmq_core::frame::{
     Frame, Preamble, QueueOptions, LINK_VERSION, PREAMBLE_FLAG_ADMIN, PREAMBLE_FLAG_BACKUP, PROTOCOL_VERSION,
 };
-use ringmq_core::ha_view::HaSettings;
 use ringmq_core::ids::{ConnId, RequestId, ShardId};
-use ringmq_core::replication_level::ReplicationLevel;
-use ringmq_core::shard::{Shard, ShardConfig};
+use ringmq_core::shard::Shard;
 use ringmq_core::wire::{encode, encode_preamble};
 use ringmq_ha::limits::{BATCH_BYTES_MAX, LINK_UNCONFIRMED_INTERVALS_MAX};
 use ringmq_ha::link::frame::{decode_link_frame, encode_link_frame, LinkFrame, LinkOpen};
@@ -57,22 +57,7 @@ struct Primary {
 impl Primary {
     /// A shard of `b0:1` in the cluster `b0:1,b1:1`, promoted by an admin connection.
     fn promoted() -> Primary {
-        let ha = HaSettings {
-            cluster: true,
-            brokers_url: "amqp:tcp:b0:1,tcp:b1:1".into(),
-            public_url: String::new(),
-            replicate: ReplicationLevel::All,
-            member: 0,
-        };
-        let config = ShardConfig {
-            shard_count: 1,
-            frame_bytes_max: 1 << 20,
-            publish_inflight_max: 1024,
-            deliver_batch_max: 64,
-            broker_name: "test".into(),
-            ha,
-            dedup_window: 0,
-        };
+        let config = support::cluster_shard_config("amqp:tcp:b0:1,tcp:b1:1");
         let node_config = NodeConfig {
             heartbeat_interval: HEARTBEAT,
             maintenance_interval: Duration::from_secs(3600),

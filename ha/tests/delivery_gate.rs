@@ -11,17 +11,17 @@
 //! streams, released holds and delivery bounds back to the shard) until nothing moves, then the
 //! client bytes, decoded.
 
+mod support;
+
 use std::collections::HashMap;
 
 use bytes::{Bytes, BytesMut};
 use ringmq_core::frame::{
     preamble_version, ConfirmOutcome, ConfirmRange, Frame, Message, Preamble, QueueOptions, PREAMBLE_FLAG_ADMIN,
 };
-use ringmq_core::ha_view::HaSettings;
 use ringmq_core::ids::{ConnId, ConsumerId, RequestId, Seq, ShardId};
 use ringmq_core::replication::{Hold, ReplicationEvent};
-use ringmq_core::replication_level::ReplicationLevel;
-use ringmq_core::shard::{Shard, ShardConfig, Transmit};
+use ringmq_core::shard::{Shard, Transmit};
 use ringmq_core::wire::{decode, encode, encode_preamble};
 use ringmq_ha::link::LinkId;
 use ringmq_ha::primary::replication::PrimaryReplication;
@@ -49,22 +49,7 @@ struct Primary {
 
 impl Primary {
     fn new() -> Primary {
-        let ha = HaSettings {
-            cluster: true,
-            brokers_url: "amqp:tcp:127.0.0.1:1,tcp:127.0.0.1:2".into(),
-            public_url: String::new(),
-            replicate: ReplicationLevel::All,
-            member: 0,
-        };
-        let config = ShardConfig {
-            shard_count: 1,
-            frame_bytes_max: 1 << 20,
-            publish_inflight_max: 1024,
-            deliver_batch_max: 64,
-            broker_name: "test".into(),
-            ha,
-            dedup_window: 0,
-        };
+        let config = support::cluster_shard_config("amqp:tcp:127.0.0.1:1,tcp:127.0.0.1:2");
         let shard = Shard::new(ShardId(0), config);
         let replication = PrimaryReplication::new(shard.ha().epoch());
         let mut primary = Primary { shard, replication, events: Vec::new(), holds: Vec::new(), inbox: HashMap::new() };

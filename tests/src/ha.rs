@@ -7,8 +7,9 @@
 
 use std::time::Duration;
 
+use bytes::Bytes;
 use ringmq_client::{blocking, ConnectOptions};
-use ringmq_core::frame::QueueInfo;
+use ringmq_core::frame::{Message, QueueInfo};
 
 use crate::{eventually, run_cli, start_cluster, BrokerProcess};
 
@@ -120,4 +121,14 @@ pub fn plain_log(broker: &BrokerProcess) -> String {
         }
     }
     plain
+}
+
+/// Message `index` for queue `queue` (default exchange), its body the decimal index.
+pub fn numbered(queue: &str, index: u64) -> Message {
+    Message {
+        routing_key: Bytes::from(queue.to_owned()),
+        message_id: Bytes::new(),
+        headers: Vec::new(),
+        body: Bytes::from(index.to_string()),
+    }
 }

@@ -16,23 +16,14 @@
 
 use std::time::Duration;
 
-use bytes::Bytes;
 use ringmq_core::frame::{ErrorCode, Frame, Message, QueueOptions};
-use ringmq_tests::ha::{client, plain_log, promote, queue_info, ready_cluster, wait_depth, wait_state, SETTLE_WAIT};
+use ringmq_tests::ha::{
+    client, numbered, plain_log, promote, queue_info, ready_cluster, wait_depth, wait_state, SETTLE_WAIT,
+};
 use ringmq_tests::{eventually, frames_until_closed, run_cli, BrokerProcess, Stopped};
 
 /// Longest wait for one message or one confirm.
 const MESSAGE_WAIT: Duration = Duration::from_secs(10);
-
-/// Message `index` for queue `queue`, its body the decimal index.
-fn numbered(queue: &str, index: u64) -> Message {
-    Message {
-        routing_key: Bytes::from(queue.to_owned()),
-        message_id: Bytes::new(),
-        headers: Vec::new(),
-        body: Bytes::from(index.to_string()),
-    }
-}
 
 /// The number in a message's body.
 fn number_of(message: &Message) -> u64 {

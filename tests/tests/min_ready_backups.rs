@@ -16,10 +16,9 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::Duration;
 
-use bytes::Bytes;
 use ringmq_client::ConfirmSummary;
-use ringmq_core::frame::{ErrorCode, Message, QueueOptions};
-use ringmq_tests::ha::{client, ready_cluster, wait_state};
+use ringmq_core::frame::{ErrorCode, QueueOptions};
+use ringmq_tests::ha::{client, numbered, ready_cluster, wait_state};
 use ringmq_tests::BrokerProcess;
 
 /// How long a held publish must stay unconfirmed: past the loss of the backups' links (2x the
@@ -27,16 +26,6 @@ use ringmq_tests::BrokerProcess;
 const HELD_AT_LEAST: Duration = Duration::from_secs(3);
 /// Longest wait for confirms that are due.
 const CONFIRM_WAIT: Duration = Duration::from_secs(30);
-
-/// Message `index` for queue `queue`.
-fn numbered(queue: &str, index: u64) -> Message {
-    Message {
-        routing_key: Bytes::from(queue.to_owned()),
-        message_id: Bytes::new(),
-        headers: Vec::new(),
-        body: Bytes::from(index.to_string()),
-    }
-}
 
 /// Publishes `count` messages to `queue` on `broker` from a thread; the receiver gets their
 /// confirms' summary once every one came.
