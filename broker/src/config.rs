@@ -311,6 +311,7 @@ impl BrokerConfig {
             public_url: text(&self.ha_public_url),
             replicate: self.ha_replicate,
             member: 0,
+            name: String::new(),
         }
     }
 

@@ -81,6 +81,7 @@ pub fn run(args: &[String]) -> ExitCode {
         broker_name: format!("ringmq {}", env!("CARGO_PKG_VERSION")),
         ha: HaSettings {
             member: config.member_index(|host, port| is_own_address(listen, host, port)),
+            name: listen.to_string(),
             ..config.ha_settings()
         },
         dedup_window: config.dedup_window,

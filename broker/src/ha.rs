@@ -9,8 +9,12 @@
 //! the broker: it asks every other broker of the broker's `ha-brokers-url`, and refuses if one
 //! that answers is past `joining` (a primary or a backup already exists, so this broker is not the
 //! first primary of a new cluster). Brokers that do not answer are not counted, as in the
-//! reference. The broker itself does not check yet: its only link to a peer is a backup's link to
-//! the primary, which carries heartbeats and nothing else until replication exists.
+//! reference.
+//!
+//! Before promoting a `ready` broker, `promote` fences every other broker of `ha-brokers-url`
+//! (`ha-fence`) and runs `ringmq_ha::promotion_check` on their answers: it refuses while another
+//! broker serves as primary, when a newer ready set left this broker out (its primary confirmed
+//! without it), or when a backup of its own last ready set does not answer.
 
 use std::collections::HashSet;
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -21,6 +25,7 @@ use std::time::Duration;
 use ringmq_client::blocking::Connection;
 use ringmq_client::{ClientError, ConnectOptions, HaStatus};
 use ringmq_ha::broker_state::BrokerState;
+use ringmq_ha::promotion_check::{check_ready_promotion, MemberStatus, PromotionRefused};
 use ringmq_ha::url::{BrokerUrl, UrlError};
 
 use crate::cli::{BrokerArgs, HaCommand};
@@ -103,11 +108,14 @@ fn promote(broker: &BrokerArgs, cluster_manager: bool) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    if status.state == BrokerState::Joining.name() {
-        if let Err(reason) = status_check(addr, &status) {
-            eprintln!("ringmq ha promote: refused: {reason}");
-            return ExitCode::FAILURE;
-        }
+    let checked = match status.state.as_str() {
+        state if state == BrokerState::Joining.name() => status_check(addr, &status),
+        state if state == BrokerState::Ready.name() => ready_check(addr, &status),
+        _ => Ok(()),
+    };
+    if let Err(reason) = checked {
+        eprintln!("ringmq ha promote: refused: {reason}");
+        return ExitCode::FAILURE;
     }
     let promoted = connection.ha_promote().and_then(|()| connection.ha_status());
     // The connection's close outcome does not change what happened to the promotion.
@@ -127,7 +135,7 @@ fn promote(broker: &BrokerArgs, cluster_manager: bool) -> ExitCode {
     }
 }
 
-/// Why the StatusCheck refuses to promote a joining broker.
+/// Why `promote` refuses: the StatusCheck for a joining broker, the promotion check for a ready one.
 #[derive(Debug, thiserror::Error)]
 enum StatusCheckError {
     /// Another broker of `ha-brokers-url` answered with a state past `joining`.
@@ -144,6 +152,17 @@ enum StatusCheckError {
     /// The broker's own `ha-brokers-url` cannot be read, so its peers are unknown.
     #[error(transparent)]
     Members(#[from] MembersError),
+    /// A ready broker's promotion check refused (`ringmq_ha::promotion_check`).
+    #[error(transparent)]
+    Ready(#[from] PromotionRefused),
+    /// A broker answered with a state this command does not know.
+    #[error("broker {shown} answered the unknown state '{state}'")]
+    UnknownState {
+        /// The broker, as its `ha-brokers-url` shows it.
+        shown: String,
+        /// What it answered.
+        state: String,
+    },
 }
 
 /// Why the members of a broker's cluster cannot be listed.
@@ -166,12 +185,7 @@ struct Member {
 /// The reference's StatusCheck: `Err` naming the first other broker of `ha-brokers-url` that
 /// answers with a state other than `joining`.
 fn status_check(addr: &str, status: &HaStatus) -> Result<(), StatusCheckError> {
-    let own: HashSet<SocketAddr> = addr.to_socket_addrs().map(Iterator::collect).unwrap_or_default();
-    for member in members(status)? {
-        let resolved: HashSet<SocketAddr> = member.dial.to_socket_addrs().map(Iterator::collect).unwrap_or_default();
-        if member.dial == addr || (!resolved.is_empty() && !resolved.is_disjoint(&own)) {
-            continue;
-        }
+    for member in other_members(addr, status)? {
         // A broker that does not answer is not counted, as in the reference.
         let Ok(other) = ask_status(&member.dial, PEER_TIMEOUT) else { continue };
         if other.state != BrokerState::Joining.name() {
@@ -179,6 +193,55 @@ fn status_check(addr: &str, status: &HaStatus) -> Result<(), StatusCheckError> {
         }
     }
     Ok(())
+}
+
+/// The check before promoting a ready broker: fences every other broker of `ha-brokers-url` and
+/// runs `ringmq_ha::promotion_check` on the answers.
+fn ready_check(addr: &str, status: &HaStatus) -> Result<(), StatusCheckError> {
+    let candidate = member_status(addr, status)?;
+    let mut peers = Vec::new();
+    for member in other_members(addr, status)? {
+        let answer = admin_connect(&member.dial, PEER_TIMEOUT).and_then(|connection| {
+            let fenced = connection.ha_fence()?;
+            connection.close()?;
+            Ok(fenced)
+        });
+        let answer = match answer {
+            Ok(fenced) => Some(member_status(&member.shown, &fenced)?),
+            Err(error) => {
+                tracing::debug!(member = %member.shown, %error, "no answer to the fence");
+                None
+            }
+        };
+        peers.push((member.shown, answer));
+    }
+    check_ready_promotion(&candidate, &peers)?;
+    Ok(())
+}
+
+/// A broker's answer as the promotion check reads it.
+fn member_status(shown: &str, status: &HaStatus) -> Result<MemberStatus, StatusCheckError> {
+    let unknown = || StatusCheckError::UnknownState { shown: shown.to_string(), state: status.state.clone() };
+    Ok(MemberStatus {
+        name: status.name.clone(),
+        state: BrokerState::from_str(&status.state).map_err(|_| unknown())?,
+        epoch: status.epoch,
+        ready_set: status.ready_set.clone(),
+    })
+}
+
+/// The brokers of the broker's `ha-brokers-url` but the broker at `addr` itself (by address, or by
+/// what both resolve to).
+fn other_members(addr: &str, status: &HaStatus) -> Result<Vec<Member>, MembersError> {
+    let own: HashSet<SocketAddr> = addr.to_socket_addrs().map(Iterator::collect).unwrap_or_default();
+    Ok(members(status)?
+        .into_iter()
+        .filter(|member| {
+            let resolved: HashSet<SocketAddr> =
+                member.dial.to_socket_addrs().map(Iterator::collect).unwrap_or_default();
+            member.dial != addr && (resolved.is_empty() || resolved.is_disjoint(&own))
+        })
+        .collect())
 }
 
 /// The brokers of the broker's `ha-brokers-url`; none when it has none.
@@ -234,6 +297,8 @@ mod tests {
             epoch: 0,
             brokers_url: brokers_url.to_string(),
             public_url: String::new(),
+            name: String::new(),
+            ready_set: ringmq_client::ReadySet::default(),
         }
     }
 

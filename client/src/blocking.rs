@@ -105,6 +105,14 @@ impl Connection {
         self.runtime.block_on(self.inner().ha_status())
     }
 
+    /// See `crate::Connection::ha_fence`.
+    ///
+    /// # Errors
+    /// As the async method.
+    pub fn ha_fence(&self) -> Result<crate::HaStatus, ClientError> {
+        self.runtime.block_on(self.inner().ha_fence())
+    }
+
     /// See `crate::Connection::ha_promote`.
     ///
     /// # Errors

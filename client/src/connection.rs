@@ -215,6 +215,19 @@ impl Connection {
         }
     }
 
+    /// A promotion check's fence (a cluster manager's command, before promoting another broker):
+    /// the broker, while a backup, stops acknowledging its current primary's ready sets, so that
+    /// primary keeps holding confirms for any backup it drops; then its HA state, as `ha_status`.
+    ///
+    /// # Errors
+    /// `Failed` or the connection's cause.
+    pub async fn ha_fence(&self) -> Result<HaStatus, ClientError> {
+        match self.shared.request("ha fence", |request| Frame::HaFence { request }).await? {
+            Reply::HaStatus(status) => Ok(status),
+            other => Err(other.unexpected("ha fence")),
+        }
+    }
+
     /// Asks the broker to become the primary (a cluster manager's command).
     ///
     /// # Errors

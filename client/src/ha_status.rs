@@ -19,4 +19,8 @@ pub struct HaStatus {
     pub brokers_url: String,
     /// Its `ha-public-url` (credentials hidden); empty if unset.
     pub public_url: String,
+    /// Its own address as ready sets name it; empty outside a cluster.
+    pub name: String,
+    /// The newest ready set it knows (its own as a primary, its primary's as a backup).
+    pub ready_set: crate::ReadySet,
 }

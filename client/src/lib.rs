@@ -104,6 +104,7 @@ pub use outbox::DEDUP_HEADER;
 pub use publisher::Publisher;
 pub use ringmq_core::frame::{
     ConfirmOutcome, ConfirmRange, ErrorCode, ExchangeInfo, ExchangeKind, Header, Message, QueueInfo, QueueOptions,
+    ReadySet,
 };
 pub use ringmq_core::ids::{Seq, Tag};
 

@@ -139,8 +139,8 @@ fn dispatch(shared: &Shared, frame: Frame, confirms: &mut Vec<ConfirmRange>) -> 
         }
         Frame::QueueListReply { request, queues } => complete(shared, request, Ok(Reply::Queues(queues))),
         Frame::ExchangeListReply { request, exchanges } => complete(shared, request, Ok(Reply::Exchanges(exchanges))),
-        Frame::HaStatusReply { request, state, epoch, brokers_url, public_url } => {
-            let status = HaStatus { state, epoch, brokers_url, public_url };
+        Frame::HaStatusReply { request, state, epoch, brokers_url, public_url, name, ready_set } => {
+            let status = HaStatus { state, epoch, brokers_url, public_url, name, ready_set };
             complete(shared, request, Ok(Reply::HaStatus(status)))
         }
         Frame::Confirm { ranges } => confirms.extend(ranges),

@@ -51,6 +51,8 @@ async fn frames_until_publishes(peer: &mut FakePeer, want: usize) -> (Vec<Frame>
                     epoch: 1,
                     brokers_url: String::new(),
                     public_url: String::new(),
+                    name: String::new(),
+                    ready_set: ringmq_client::ReadySet::default(),
                 };
                 peer.send(&reply).await;
             }

@@ -38,7 +38,7 @@
 
 use crate::broker_state::{transition, BrokerState, TransitionCause};
 use crate::epoch::Epoch;
-use crate::frame::Frame;
+use crate::frame::{Frame, ReadySet};
 use crate::ids::RequestId;
 use crate::replication_level::ReplicationLevel;
 
@@ -57,6 +57,9 @@ pub struct HaSettings {
     /// This broker's place in `ha-brokers-url`, from 0: promotions of different members take
     /// different epochs (`epoch::EPOCH_MEMBER_SLOTS`).
     pub member: u16,
+    /// This broker's own address as ready sets name it (`host:port`, the address it listens on
+    /// and announces in its links); empty outside a cluster.
+    pub name: String,
 }
 
 /// One shard's copy of the broker's HA state.
@@ -71,6 +74,12 @@ pub struct HaView {
     /// On a backup: the address (`host:port` of `ha-brokers-url`) of the primary its link on this
     /// shard was last accepted by, named in the refusal a client gets; `None` before any.
     primary_followed: Option<String>,
+    /// Shard 0: the newest ready set this broker knows (its own as a primary, its primary's as a
+    /// backup), shown by `HaStatusReply`.
+    ready_set: ReadySet,
+    /// Shard 0: a promotion check fenced this broker (`HaFence`) when the newest epoch it had seen
+    /// was this one: it tells no primary of this epoch or older that it holds a ready set.
+    fenced: Epoch,
 }
 
 /// What a connection announced itself as in its preamble flags.
@@ -114,7 +123,14 @@ impl HaView {
     /// The state a broker starts in: `joining` with `ha-cluster`, else `standalone`.
     pub fn new(settings: HaSettings) -> HaView {
         let state = initial_state(&settings);
-        HaView { settings, state, epoch: Epoch(0), primary_followed: None }
+        HaView {
+            settings,
+            state,
+            epoch: Epoch(0),
+            primary_followed: None,
+            ready_set: ReadySet::default(),
+            fenced: Epoch(0),
+        }
     }
 
     /// The broker's HA state.
@@ -179,7 +195,7 @@ impl HaView {
         })
     }
 
-    /// The reply to `HaStatus`.
+    /// The reply to `HaStatus` and `HaFence` (answered by shard 0, which holds the ready set).
     pub fn status_reply(&self, request: RequestId) -> Frame {
         Frame::HaStatusReply {
             request,
@@ -187,7 +203,36 @@ impl HaView {
             epoch: self.epoch.0,
             brokers_url: self.settings.brokers_url.clone(),
             public_url: self.settings.public_url.clone(),
+            name: self.settings.name.clone(),
+            ready_set: self.ready_set.clone(),
         }
+    }
+
+    /// Shard 0: the newest ready set this broker knows.
+    pub fn ready_set(&self) -> &ReadySet {
+        &self.ready_set
+    }
+
+    /// This broker's own address as ready sets name it.
+    pub fn name(&self) -> &str {
+        &self.settings.name
+    }
+
+    /// Shard 0: the newest ready set this broker knows changed to `set`.
+    pub fn set_ready_set(&mut self, set: ReadySet) {
+        self.ready_set = set;
+    }
+
+    /// Shard 0: a promotion check fenced this broker while `highest` was the newest epoch it had
+    /// seen (fences only add up).
+    pub fn fence(&mut self, highest: Epoch) {
+        self.fenced = self.fenced.max(highest);
+    }
+
+    /// Shard 0: whether this backup may tell its primary, of `epoch`, that it holds a ready set:
+    /// only when no promotion check fenced it since it saw that epoch.
+    pub fn acknowledges_ready_sets_of(&self, epoch: Epoch) -> bool {
+        epoch > self.fenced
     }
 
     /// Applies a state change broadcast by the coordinator.
@@ -228,7 +273,22 @@ mod tests {
             public_url: public_url.into(),
             replicate: ReplicationLevel::None,
             member: 0,
+            name: "127.0.0.1:1".into(),
         })
+    }
+
+    #[test]
+    fn a_fence_stops_ready_set_acknowledgements_up_to_the_epoch_it_saw() {
+        // Goal: a fenced backup tells no primary of the fenced epoch or older that it holds a
+        // ready set; a newer primary's sets are acknowledged again; fences never go back.
+        let mut view = cluster("");
+        assert!(view.acknowledges_ready_sets_of(Epoch(1)));
+        view.fence(Epoch(3));
+        assert!(!view.acknowledges_ready_sets_of(Epoch(3)));
+        assert!(!view.acknowledges_ready_sets_of(Epoch(2)));
+        assert!(view.acknowledges_ready_sets_of(Epoch(4)));
+        view.fence(Epoch(2));
+        assert!(!view.acknowledges_ready_sets_of(Epoch(3)));
     }
 
     #[test]

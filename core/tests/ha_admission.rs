@@ -74,6 +74,8 @@ fn an_admin_connection_on_a_backup_reads_but_cannot_change_replicated_objects() 
             epoch: 0,
             brokers_url: "amqp:tcp:127.0.0.1:1,tcp:127.0.0.1:2".into(),
             public_url: "amqp:tcp:vip:5672".into(),
+            name: String::new(),
+            ready_set: ringmq_core::frame::ReadySet::default(),
         }]
     );
     // Changes are refused, each naming the request.

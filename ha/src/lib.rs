@@ -35,6 +35,8 @@
 //! - `link/`: the broker-to-broker link, either end. `frame` (every frame of a replication link and
 //!   one decoder for the mixed stream), `record` (replication records and the batches that carry
 //!   them, with their bytes), `heartbeat` (dead-peer detection), `LinkId`.
+//! - `promotion_check`: before a `ready` backup is promoted, whether a newer ready set left it out
+//!   (run by `ringmq ha promote` and any cluster manager, on the other brokers' fenced answers).
 //! - `url`: the reference's broker URL grammar (`ha-brokers-url`, `ha-public-url`, client
 //!   failover lists), parsed strictly and printed canonically.
 //! - `limits`: every bound of this crate, with their relationships asserted at compile time.
@@ -65,6 +67,7 @@ pub mod limits;
 pub mod link;
 pub mod node;
 pub mod primary;
+pub mod promotion_check;
 pub mod url;
 
 pub use ringmq_core::{broker_state, epoch, replication_level};

@@ -175,9 +175,9 @@ const _: () = assert!(HOLDINGS_RANGES_MAX <= u32::MAX as usize, "range counts tr
 /// A peer inventing new names cannot grow the primary's membership past it.
 pub const BACKUPS_MAX: usize = URL_ADDRESSES_MAX;
 
-/// Bytes of the largest `members` frame (`link::frame`): length, type, count, then `BACKUPS_MAX`
-/// addresses of the longest length, each with its `u16` length.
-pub const MEMBERS_FRAME_BYTES_MAX: usize = 4 + 1 + 2 + BACKUPS_MAX * (2 + LINK_ADDRESS_BYTES_MAX);
+/// Bytes of the largest `members` frame (`link::frame`): length, type, version, count, then
+/// `BACKUPS_MAX` addresses of the longest length, each with its `u16` length.
+pub const MEMBERS_FRAME_BYTES_MAX: usize = 4 + 1 + 8 + 2 + BACKUPS_MAX * (2 + LINK_ADDRESS_BYTES_MAX);
 
 const _: () = assert!(BACKUPS_MAX <= u16::MAX as usize, "the members count travels as a u16");
 const _: () = assert!(MEMBERS_FRAME_BYTES_MAX <= BATCH_BYTES_MAX as usize, "a members frame fits any link read");

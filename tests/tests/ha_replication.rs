@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use ringmq_core::frame::{ErrorCode, Frame, Message, QueueOptions};
 use ringmq_tests::ha::{
-    client, numbered, plain_log, promote, queue_info, ready_cluster, wait_depth, wait_state, SETTLE_WAIT,
+    client, numbered, plain_log, promote, queue_info, ready_cluster, state, wait_depth, wait_state, SETTLE_WAIT,
 };
 use ringmq_tests::{eventually, frames_until_closed, run_cli, BrokerProcess, Stopped};
 
@@ -132,24 +132,28 @@ fn replication_levels_decide_what_a_backup_holds() {
 
 #[test]
 fn a_stopped_backup_holds_confirms_until_it_can_no_longer_be_promoted() {
-    // Goal: a confirm waits for every backup. A hung (SIGSTOPped) ready backup holds publishers
-    // past the loss of its links (2x link-heartbeat-interval): until ha-backup-timeout plus 4
-    // intervals later it could still be promoted as ready, so what is confirmed must be on it.
-    // Then the held confirms are released. Continued, the backup finds that its primary was
-    // silent too long, leaves ready, reconnects, catches up and is ready again.
-    // Method: stop backup 2, publish 100; the confirms must come only after the primary logged
-    // the loss of that backup's links and the end of its hold.
+    // Goal: a confirm waits for every backup. A hung (SIGSTOPped) ready backup, the only one,
+    // holds publishers past the loss of its links (2x link-heartbeat-interval): until
+    // ha-backup-timeout plus a heartbeat later it could still be promoted as ready, so what is
+    // confirmed must be on it. Then the held confirms are released. Continued, the backup finds
+    // that its primary was silent too long, leaves ready, reconnects, catches up and is ready
+    // again.
+    // Method: kill backup 1, so backup 2 is the only ready backup; stop backup 2, publish 100; the
+    // confirms must come only after the primary logged the loss of backup 2's links and the end
+    // of its hold (there is no other ready backup to tell).
     let options = ["--ha-replicate", "all", "--link-heartbeat-interval", "0.25", "--ha-backup-timeout", "0.5"];
-    let brokers = ready_cluster(&options);
+    let mut brokers = ready_cluster(&options);
     client(&brokers[0]).declare_queue("held", QueueOptions::default(), &[]).unwrap();
     send(&brokers[0], "held", 0..10);
-    let stopped = Stopped::stop(&brokers[2]);
+    brokers[1].kill();
     let name = brokers[2].addr();
+    let released = |log: &str| {
+        log.lines()
+            .any(|line| line.contains("not ready again in time: no longer holding confirms") && line.contains(&name))
+    };
+    let stopped = Stopped::stop(&brokers[2]);
     let dropped = |log: &str| log.lines().any(|line| line.contains("backup link lost") && line.contains(&name));
     let detached = |log: &str| log.lines().any(|line| line.contains("ready backup detached") && line.contains(&name));
-    let released = |log: &str| {
-        log.lines().any(|line| line.contains("no longer holding confirms for them") && line.contains(&name))
-    };
     assert!(!dropped(&plain_log(&brokers[0])), "backup 2 lost before it was stopped");
     let connection = client(&brokers[0]);
     let publisher = connection.publisher().unwrap();
@@ -161,13 +165,57 @@ fn a_stopped_backup_holds_confirms_until_it_can_no_longer_be_promoted() {
     let log = plain_log(&brokers[0]);
     assert!(dropped(&log) && detached(&log), "confirmed before the stopped backup was dropped:\n{log}");
     assert!(released(&log), "confirmed while the detached backup was still held for:\n{log}");
-    // Backup 1 kept up all along; backup 2 leaves ready once continued, then catches up.
-    wait_depth(&brokers[1], "held", 110);
+    // Backup 2 leaves ready once continued, then catches up.
     stopped.resume();
     wait_depth(&brokers[2], "held", 110);
     wait_state(&brokers[2], "ready");
     let log = plain_log(&brokers[2]);
     assert!(log.contains("for ha-backup-timeout: no longer ready"), "{log}");
+}
+
+#[test]
+fn a_stopped_backup_is_dropped_once_the_other_ready_backup_knows_and_cannot_be_promoted() {
+    // Goal (a hung backup does not stall publishers for ha-backup-timeout): with another ready
+    // backup left, the primary stops holding confirms for a hung one as soon as that backup holds
+    // a ready set without it (about 2x link-heartbeat-interval), long before ha-backup-timeout
+    // (60 s here). What it then confirms is not on the hung backup, so a promotion check refuses
+    // to promote it while it still says ready, naming the backup that knows; the other backup
+    // is promoted and has everything.
+    // Method: stop backup 2, publish 100: all confirmed, and the primary's log shows the release
+    // by the other backup's ready set, not by the hold's end. Kill -9 the primary, continue
+    // backup 2 (its lease has 60 s to run, so it is ready), `ha promote` it: refused, naming
+    // backup 1; promote backup 1: it has all 110; backup 2 follows it and gets them too.
+    let options = ["--ha-replicate", "all", "--link-heartbeat-interval", "0.25", "--ha-backup-timeout", "60"];
+    let mut brokers = ready_cluster(&options);
+    client(&brokers[0]).declare_queue("told", QueueOptions::default(), &[]).unwrap();
+    send(&brokers[0], "told", 0..10);
+    let stopped = Stopped::stop(&brokers[2]);
+    let name = brokers[2].addr();
+    let connection = client(&brokers[0]);
+    let publisher = connection.publisher().unwrap();
+    for index in 10..110 {
+        publisher.publish("", numbered("told", index)).unwrap();
+    }
+    let summary = publisher.wait_for_confirms().unwrap();
+    assert_eq!(summary.stored, 100);
+    let log = plain_log(&brokers[0]);
+    let told = log.lines().any(|line| {
+        line.contains("every ready backup holds a ready set without these detached backups") && line.contains(&name)
+    });
+    assert!(told, "confirmed without the other backup holding a ready set without backup 2:\n{log}");
+    assert!(!log.contains("not ready again in time"), "released by the hold's end:\n{log}");
+    // The primary dies; backup 2 is continued and still says ready, but a newer set left it out.
+    brokers[0].kill();
+    stopped.resume();
+    assert_eq!(state(&brokers[2]), "ready");
+    let refused = brokers[2].cli(&["ha", "promote", "--cluster-manager"]);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(1), "{stderr}");
+    let expected = format!("which leaves {name} out: its primary confirmed messages without it");
+    assert!(stderr.contains(&expected) && stderr.contains(&brokers[1].addr()), "{stderr}");
+    promote(&brokers[1]);
+    assert_eq!(receive(&brokers[1], "told", 110), (0..110).collect::<Vec<u64>>());
+    wait_state(&brokers[2], "ready");
 }
 
 #[test]

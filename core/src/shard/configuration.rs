@@ -45,6 +45,25 @@ impl Shard {
             .set_expected_backups(count);
     }
 
+    /// Shard 0: a promotion check fenced this broker (`HaFence`): it acknowledges no ready set of
+    /// a primary of the newest epoch it has seen, or older.
+    ///
+    /// # Panics
+    /// On a shard other than 0.
+    pub fn fence_for_promotion(&mut self) {
+        let coordinator = self.coordinator.as_ref().expect("fence_for_promotion is for shard 0, the coordinator");
+        self.ha.fence(coordinator.highest_epoch());
+    }
+
+    /// Shard 0: the newest ready set this broker knows changed (`HaStatusReply` shows it).
+    ///
+    /// # Panics
+    /// On a shard other than 0.
+    pub fn set_ready_set(&mut self, set: ReadySet) {
+        assert_eq!(self.id.0, 0, "the ready set is shard 0's");
+        self.ha.set_ready_set(set);
+    }
+
     /// Shard 0: learns the epoch of the primary this backup replicates from, so that a later
     /// promotion takes an epoch above it. Returns how it compares with the highest seen.
     ///
@@ -57,6 +76,17 @@ impl Shard {
     /// Shard 0: decide a configuration request, apply it here, broadcast it.
     pub(super) fn coordinate(&mut self, origin: ConnRef, request: Option<RequestId>, change: ConfigRequest) {
         let coordinator = self.coordinator.as_ref().expect("configuration request sent to a non-coordinator");
+        if matches!(change, ConfigRequest::HaStatus | ConfigRequest::HaFence) {
+            // Answered here, from the one copy of the ready set and the fence, and changing nothing
+            // else: the fence concerns only shard 0's replication link (`ringmq-ha`).
+            if change == ConfigRequest::HaFence {
+                self.fence_for_promotion();
+            }
+            if let Some(request) = request {
+                self.reply(origin, self.ha.status_reply(request));
+            }
+            return;
+        }
         let changes = match coordinator.decide(origin, request, change) {
             Decision::Reply(frame) => {
                 if request.is_some() {

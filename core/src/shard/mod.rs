@@ -48,7 +48,7 @@ use crate::config_coordinator::{ConfigCoordinator, Decision, TransitionRefused};
 use crate::epoch::{Epoch, Observed};
 use crate::frame::{
     preamble_version, Binding, ConfirmOutcome, ConfirmRange, Delivered, ErrorCode, Frame, Message, QueueInfo,
-    QueueOptions, LINK_VERSION, PREAMBLE_FLAG_BACKUP, PROTOCOL_VERSION,
+    QueueOptions, ReadySet, LINK_VERSION, PREAMBLE_FLAG_BACKUP, PROTOCOL_VERSION,
 };
 use crate::ha_view::{initial_state, Admission, ConnectionKind, HaSettings, HaView};
 use crate::ids::{ConnId, ConsumerId, RequestId, Seq, ShardId, Tag};

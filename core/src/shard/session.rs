@@ -233,8 +233,12 @@ impl Shard {
                 }
             }
             Frame::HaStatus { request } => {
-                let reply = self.ha.status_reply(request);
-                self.write_frame(conn, &reply);
+                let change = ConfigRequest::HaStatus;
+                self.send(ShardId(0), ShardMessage::ConfigRequest { origin, request: Some(request), change });
+            }
+            Frame::HaFence { request } => {
+                let change = ConfigRequest::HaFence;
+                self.send(ShardId(0), ShardMessage::ConfigRequest { origin, request: Some(request), change });
             }
             Frame::HaPromote { request } => {
                 let change = ConfigRequest::HaPromote;

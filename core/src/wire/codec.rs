@@ -28,7 +28,7 @@ use crate::ids::{ConsumerId, Seq, Tag};
 use crate::limits::{BATCH_MESSAGES_MAX, FRAME_BYTES_MAX, LIST_ENTRIES_MAX, RANGES_MAX};
 use crate::wire::decode_error::DecodeError;
 use crate::wire::frame::{
-    ConfirmRange, Delivered, ExchangeInfo, Frame, Preamble, QueueInfo, QueueOptions, TagRange, PREAMBLE_LEN,
+    ConfirmRange, Delivered, ExchangeInfo, Frame, Preamble, QueueInfo, QueueOptions, ReadySet, TagRange, PREAMBLE_LEN,
     PREAMBLE_MAGIC,
 };
 use crate::wire::frame_header::{
@@ -101,7 +101,8 @@ pub fn encode(frame: &Frame, out: &mut BytesMut) {
         | Frame::ExchangeList { request }
         | Frame::Ok { request }
         | Frame::HaStatus { request }
-        | Frame::HaPromote { request } => {
+        | Frame::HaPromote { request }
+        | Frame::HaFence { request } => {
             out.put_u32_le(request.0);
         }
         Frame::ExchangeDeclare { request, name, kind, passive, arguments } => {
@@ -207,12 +208,19 @@ pub fn encode(frame: &Frame, out: &mut BytesMut) {
             out.put_u32_le(consumer.0);
             put_text(out, reason);
         }
-        Frame::HaStatusReply { request, state, epoch, brokers_url, public_url } => {
+        Frame::HaStatusReply { request, state, epoch, brokers_url, public_url, name, ready_set } => {
             out.put_u32_le(request.0);
             put_name(out, state);
             out.put_u64_le(*epoch);
             put_text(out, brokers_url);
             put_text(out, public_url);
+            put_name(out, name);
+            out.put_u64_le(ready_set.epoch);
+            out.put_u64_le(ready_set.version);
+            put_count(out, ready_set.members.len(), LIST_ENTRIES_MAX);
+            for member in &ready_set.members {
+                put_name(out, member);
+            }
         }
     }
     end_frame(out, start);
@@ -295,13 +303,24 @@ fn decode_body(frame_type: FrameType, r: &mut Reader) -> Result<Frame, DecodeErr
         FrameType::ExchangeList => Frame::ExchangeList { request: r.request()? },
         FrameType::HaStatus => Frame::HaStatus { request: r.request()? },
         FrameType::HaPromote => Frame::HaPromote { request: r.request()? },
-        FrameType::HaStatusReply => Frame::HaStatusReply {
-            request: r.request()?,
-            state: r.name("state")?,
-            epoch: r.u64("epoch")?,
-            brokers_url: r.text("brokers-url")?,
-            public_url: r.text("public-url")?,
-        },
+        FrameType::HaFence => Frame::HaFence { request: r.request()? },
+        FrameType::HaStatusReply => {
+            let request = r.request()?;
+            let state = r.name("state")?;
+            let epoch = r.u64("epoch")?;
+            let brokers_url = r.text("brokers-url")?;
+            let public_url = r.text("public-url")?;
+            let name = r.name("name")?;
+            let (set_epoch, version) = (r.u64("ready-set epoch")?, r.u64("ready-set version")?);
+            // A name takes at least its 2-byte length.
+            let (count, capacity) = r.count("ready-set members", LIST_ENTRIES_MAX, 2)?;
+            let mut members = Vec::with_capacity(capacity);
+            for _ in 0..count {
+                members.push(r.name("ready-set member")?);
+            }
+            let ready_set = ReadySet { epoch: set_epoch, version, members };
+            Frame::HaStatusReply { request, state, epoch, brokers_url, public_url, name, ready_set }
+        }
         FrameType::Bind => Frame::Bind { request: r.request()?, binding: r.binding()? },
         FrameType::Unbind => Frame::Unbind { request: r.request()?, binding: r.binding()? },
         FrameType::Publish => {

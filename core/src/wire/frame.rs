@@ -42,8 +42,9 @@ pub const PREAMBLE_FLAG_BACKUP: u16 = 2;
 /// carries instead of `PROTOCOL_VERSION`: the replication records change apart from the client
 /// protocol, and brokers of two releases must refuse each other's links rather than misread
 /// records. 2: queue-created and exchange-created records carry the object's replication level
-/// (version 1 had none, and a backup's replicas took level `all`).
-pub const LINK_VERSION: u16 = 2;
+/// (version 1 had none, and a backup's replicas took level `all`). 3: `members` carries the ready
+/// set's version, which the backup acknowledges with `members-held`.
+pub const LINK_VERSION: u16 = 3;
 
 /// The version a connection opened with preamble `flags` must announce, and the broker's `hello`
 /// answers with: `LINK_VERSION` for a backup link, `PROTOCOL_VERSION` for any other.
@@ -360,6 +361,15 @@ pub enum Frame {
         /// Correlates the reply.
         request: RequestId,
     },
+    /// A promotion check's vote (a cluster manager's command, before promoting another broker):
+    /// from now on this broker, while a backup of a primary no newer than the newest epoch it has
+    /// seen, no longer tells that primary it holds a new ready set (`members-held`), so that
+    /// primary cannot stop holding confirms for a backup it dropped. Answered by `HaStatusReply`
+    /// once in force.
+    HaFence {
+        /// Correlates the reply.
+        request: RequestId,
+    },
 
     // ----- broker to client -----
     /// The broker accepted the preamble.
@@ -438,7 +448,32 @@ pub enum Frame {
         brokers_url: String,
         /// `ha-public-url` as configured (canonical form, credentials hidden); empty if unset.
         public_url: String,
+        /// The broker's own address as its cluster names it in ready sets (`host:port`); empty
+        /// outside a cluster.
+        name: String,
+        /// The newest ready set this broker knows: its own as a primary, the last one its primary
+        /// sent as a backup.
+        ready_set: ReadySet,
     },
+}
+
+/// The ready backups of a primary, as that primary numbered the set: `(epoch, version)` orders
+/// sets, a greater pair being newer. A primary raises `version` at each change of its set.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ReadySet {
+    /// The epoch of the primary that made the set; 0 for none known.
+    pub epoch: u64,
+    /// Its number within that epoch, from 1; 0 for none known.
+    pub version: u64,
+    /// The ready backups' names (their `host:port`), sorted.
+    pub members: Vec<String>,
+}
+
+impl ReadySet {
+    /// The order of sets: by epoch, then by version.
+    pub fn key(&self) -> (u64, u64) {
+        (self.epoch, self.version)
+    }
 }
 
 impl Frame {
@@ -461,6 +496,7 @@ impl Frame {
             Frame::Heartbeat => "heartbeat",
             Frame::HaStatus { .. } => "ha-status",
             Frame::HaPromote { .. } => "ha-promote",
+            Frame::HaFence { .. } => "ha-fence",
             Frame::Hello { .. } => "hello",
             Frame::Ok { .. } => "ok",
             Frame::Failed { .. } => "failed",

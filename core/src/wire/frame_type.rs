@@ -3,7 +3,7 @@
 //! replication link's (`LINK_*`, decoded by `ringmq-ha`'s `link::record` and `link::frame`).
 //!
 //! Native numbers: client to broker below 0x80, broker to client from 0x80; `Heartbeat` travels
-//! both ways. The replication link uses 0x50..=0x57, which the native protocol leaves unused, so
+//! both ways. The replication link uses 0x50..=0x5f, which the native protocol leaves unused, so
 //! a link that mixes native frames (hello, heartbeat, error) with its own tells them apart by the
 //! type byte alone. `PROTOCOL.md` lists the same numbers.
 //!
@@ -39,6 +39,7 @@ pub enum FrameType {
     Settle = 0x33,
     HaStatus = 0x40,
     HaPromote = 0x41,
+    HaFence = 0x42,
     Hello = 0x80,
     Ok = 0x81,
     Failed = 0x82,
@@ -90,6 +91,7 @@ impl FrameType {
             FrameType::ExchangeListReply => "exchange-list-reply",
             FrameType::HaStatus => "ha-status",
             FrameType::HaPromote => "ha-promote",
+            FrameType::HaFence => "ha-fence",
             FrameType::HaStatusReply => "ha-status-reply",
         }
     }
@@ -122,6 +124,7 @@ impl FrameType {
             Frame::ExchangeListReply { .. } => FrameType::ExchangeListReply,
             Frame::HaStatus { .. } => FrameType::HaStatus,
             Frame::HaPromote { .. } => FrameType::HaPromote,
+            Frame::HaFence { .. } => FrameType::HaFence,
             Frame::HaStatusReply { .. } => FrameType::HaStatusReply,
         }
     }
@@ -143,9 +146,11 @@ pub const LINK_MEMBERS: u8 = 0x55;
 pub const LINK_LEASE_REQUEST: u8 = 0x56;
 /// Replication link: `lease-grant` (primary to backup).
 pub const LINK_LEASE_GRANT: u8 = 0x57;
+/// Replication link: `members-held` (backup to primary).
+pub const LINK_MEMBERS_HELD: u8 = 0x58;
 
 /// Every native frame type, for decoding the type byte.
-pub const NATIVE_FRAME_TYPES: [FrameType; 26] = [
+pub const NATIVE_FRAME_TYPES: [FrameType; 27] = [
     FrameType::Heartbeat,
     FrameType::QueueDeclare,
     FrameType::QueueDelete,
@@ -171,11 +176,12 @@ pub const NATIVE_FRAME_TYPES: [FrameType; 26] = [
     FrameType::ExchangeListReply,
     FrameType::HaStatus,
     FrameType::HaPromote,
+    FrameType::HaFence,
     FrameType::HaStatusReply,
 ];
 
 /// Every replication link frame type with its name (as `ringmq-ha`'s `LinkFrame::name` gives it).
-pub const LINK_FRAME_TYPES: [(u8, &str); 8] = [
+pub const LINK_FRAME_TYPES: [(u8, &str); 9] = [
     (LINK_BATCH, "replication-batch"),
     (LINK_CONFIRM, "replication-confirm"),
     (LINK_OPEN, "link-open"),
@@ -184,6 +190,7 @@ pub const LINK_FRAME_TYPES: [(u8, &str); 8] = [
     (LINK_MEMBERS, "members"),
     (LINK_LEASE_REQUEST, "lease-request"),
     (LINK_LEASE_GRANT, "lease-grant"),
+    (LINK_MEMBERS_HELD, "members-held"),
 ];
 
 /// The `index`th type byte of the whole registry: the native types, then the link types.
@@ -212,12 +219,12 @@ const fn registry_bytes_distinct() -> bool {
     true
 }
 
-/// Whether every link type byte is in 0x50..=0x57, the block the native protocol leaves to it.
+/// Whether every link type byte is in 0x50..=0x5f, the block the native protocol leaves to it.
 const fn link_bytes_in_their_block() -> bool {
     let mut i = 0;
     while i < LINK_FRAME_TYPES.len() {
         let byte = LINK_FRAME_TYPES[i].0;
-        if byte < 0x50 || byte > 0x57 {
+        if byte < 0x50 || byte > 0x5f {
             return false;
         }
         i += 1;
@@ -226,10 +233,10 @@ const fn link_bytes_in_their_block() -> bool {
 }
 
 const _: () = assert!(registry_bytes_distinct(), "two frame types share a type byte");
-const _: () = assert!(link_bytes_in_their_block(), "a link frame type is outside 0x50..=0x57");
+const _: () = assert!(link_bytes_in_their_block(), "a link frame type is outside 0x50..=0x5f");
 // A native frame type that `NATIVE_FRAME_TYPES` missed would not decode; `FrameType::of` is
 // exhaustive over `Frame`, and the codec's tests check every variant round-trips.
-const _: () = assert!(NATIVE_FRAME_TYPES.len() == 26);
+const _: () = assert!(NATIVE_FRAME_TYPES.len() == 27);
 
 #[cfg(test)]
 mod tests {

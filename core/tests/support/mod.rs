@@ -60,6 +60,7 @@ impl Mesh {
                 public_url: "amqp:tcp:vip:5672".into(),
                 replicate: ReplicationLevel::None,
                 member: 0,
+                name: String::new(),
             },
         )
     }
@@ -147,6 +148,7 @@ pub fn ha_settings(cluster: bool, replicate: ReplicationLevel) -> HaSettings {
         public_url: String::new(),
         replicate,
         member: 0,
+        name: String::new(),
     }
 }
 

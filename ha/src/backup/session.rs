@@ -28,7 +28,8 @@ use std::time::Instant;
 
 use bytes::BytesMut;
 use ringmq_core::broker_state::{BrokerState, TransitionCause};
-use ringmq_core::frame::{Frame, Preamble, LINK_VERSION, PREAMBLE_FLAG_BACKUP};
+use ringmq_core::epoch::Epoch;
+use ringmq_core::frame::{Frame, Preamble, ReadySet, LINK_VERSION, PREAMBLE_FLAG_BACKUP};
 use ringmq_core::ids::ConnId;
 use ringmq_core::shard::Shard;
 use ringmq_core::wire::codec;
@@ -77,6 +78,8 @@ struct Connection {
     holdings_sent: bool,
     /// When the `link-open` went out: `link-accepted` grants it as a lease request.
     open_sent: Option<Instant>,
+    /// The primary's epoch, once accepted.
+    primary_epoch: Option<Epoch>,
 }
 
 /// Where a link is in its handshake.
@@ -172,6 +175,7 @@ impl BackupSession {
             heartbeat: None,
             holdings_sent: false,
             open_sent: None,
+            primary_epoch: None,
         });
     }
 
@@ -240,6 +244,7 @@ impl BackupSession {
                         // A later promotion of this broker takes an epoch above the primary's.
                         shard.observe_epoch(accepted.epoch);
                     }
+                    connection.primary_epoch = Some(accepted.epoch);
                     begin_catch_up(shard, connection.holdings_sent);
                     shard.handle_primary_followed(&connection.address);
                     tracing::info!(counters = ?self.link.counters(), epoch = %accepted.epoch, "link: connected to {}", connection.address);
@@ -258,13 +263,21 @@ impl BackupSession {
                 (Handshake::Open, LinkFrame::MarkedReady) => {
                     transition(shard, BrokerState::Ready, TransitionCause::MarkedReadyByPrimary);
                 }
-                (Handshake::Open, LinkFrame::Members(ready)) => {
+                (Handshake::Open, LinkFrame::Members { version, ready }) => {
                     // The primary's ready backups: expected by this broker if it is promoted.
-                    if shard.id().0 == 0 {
-                        for other in 1..config.shard_count {
-                            let control = NodeControl::Members { ready: ready.clone() };
-                            outputs.push(NodeOutput::Control { shard: other, control });
-                        }
+                    for other in 1..config.shard_count {
+                        let control = NodeControl::Members { ready: ready.clone() };
+                        outputs.push(NodeOutput::Control { shard: other, control });
+                    }
+                    let epoch = connection.primary_epoch.expect("an open link was accepted");
+                    shard.set_ready_set(ReadySet { epoch: epoch.0, version, members: ready.clone() });
+                    if shard.ha().acknowledges_ready_sets_of(epoch) {
+                        outputs.write_link_frame(conn, &LinkFrame::MembersHeld(version));
+                    } else {
+                        tracing::info!(
+                            version,
+                            "a promotion check fenced this broker: not acknowledging the ready set"
+                        );
                     }
                     let expected = ready.iter().filter(|name| **name != config.own_address).count();
                     shard.set_expected_backups(expected);

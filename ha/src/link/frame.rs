@@ -4,7 +4,7 @@
 //! A replication link is a native-protocol connection opened by a backup shard with the backup
 //! preamble flag (`PROTOCOL.md`, "Broker-to-broker replication link"). Native frames (`hello`,
 //! `heartbeat`, `error`) and replication frames share it. Both are `u32 length, u8 type, body`, and
-//! the type byte tells them apart: the replication frames use 0x50..=0x57, which the native
+//! the type byte tells them apart: the replication frames use 0x50..=0x5f, which the native
 //! protocol leaves unused. Every type byte is declared once, in `ringmq_core::wire::frame_type`
 //! (which asserts at compile time that none collides), and the `u32 length, u8 type` head is read
 //! by `ringmq_core::wire::frame_header`, as for native frames and batches.
@@ -16,12 +16,13 @@
 //! | 0x52 | link-open      | backup -> primary  | `bytes16 backup, u16 shard, u16 shard_count, u64 epoch_highest, u8 has_holdings`, then if 1: `u32 count, count x (name, u32 ranges, ranges x (u64 first, u64 last))` |
 //! | 0x53 | link-accepted  | primary -> backup  | `u64 epoch, u16 shard_count`                      |
 //! | 0x54 | marked-ready   | primary -> backup  | nothing                                           |
-//! | 0x55 | members        | primary -> backup  | `u16 count, count x bytes16 address`              |
+//! | 0x55 | members        | primary -> backup  | `u64 version, u16 count, count x bytes16 address` |
 //! | 0x56 | lease-request  | backup -> primary  | `u64 token`                                       |
 //! | 0x57 | lease-grant    | primary -> backup  | `u64 token` (the request's)                       |
+//! | 0x58 | members-held   | backup -> primary  | `u64 version` (the `members`')                    |
 //!
-//! Owns: the link-only frames (`LinkOpen`, `LinkAccepted`, marked-ready, members, the lease
-//! frames), their bytes, and the
+//! Owns: the link-only frames (`LinkOpen`, `LinkAccepted`, marked-ready, members and
+//! members-held, the lease frames), their bytes, and the
 //! dispatch of a mixed stream to the native codec (`ringmq_core::wire`) or the record codec
 //! (`link::record`). Not here: which frame may come when (the link's state machines, `primary::served_links` and `backup::session`),
 //! what a batch means (`primary::stream`, `backup::stream`).
@@ -49,7 +50,7 @@ use ringmq_core::wire::frame_header::{
 };
 use ringmq_core::wire::frame_type::{
     LINK_ACCEPTED, LINK_BATCH, LINK_CONFIRM, LINK_LEASE_GRANT, LINK_LEASE_REQUEST, LINK_MARKED_READY, LINK_MEMBERS,
-    LINK_OPEN,
+    LINK_MEMBERS_HELD, LINK_OPEN,
 };
 use ringmq_core::wire::{codec, put_bytes16, put_name, DecodeError, Reader};
 
@@ -76,10 +77,21 @@ pub enum LinkFrame {
     MarkedReady,
     /// The addresses of every `ready` backup of the primary (primary to backup, on each backup's
     /// shard-0 link, right after `marked-ready` and whenever that set changes): at most
-    /// `BACKUPS_MAX`, each 1..=`LINK_ADDRESS_BYTES_MAX` bytes of UTF-8, sent sorted. A backup keeps
-    /// the last list it got; when promoted, the other addresses in it are its expected backups
-    /// (`PrimaryReplication::expect_backups`).
-    Members(Vec<String>),
+    /// `BACKUPS_MAX`, each 1..=`LINK_ADDRESS_BYTES_MAX` bytes of UTF-8, sent sorted, with the set's
+    /// version (from 1, raised at each change within the primary's epoch). A backup keeps the
+    /// last set it got and answers `MembersHeld`; when promoted, the other addresses in it are
+    /// its expected backups (`PrimaryReplication::expect_backups`).
+    Members {
+        /// The set's number within the primary's epoch.
+        version: u64,
+        /// The ready backups' addresses, sorted.
+        ready: Vec<String>,
+    },
+    /// "I hold the ready set of this version" (backup to primary, on its shard-0 link, answering
+    /// `Members` unless a promotion check fenced it): the primary stops holding confirms for a
+    /// backup that left its ready set once every ready backup holds a set without it
+    /// (`primary::role`, "Detached backups").
+    MembersHeld(u64),
     /// "Are you still serving this link?" (backup to primary, on its shard-0 link, while accepted):
     /// a token the backup picks, answered by `LeaseGrant`.
     LeaseRequest(u64),
@@ -99,7 +111,8 @@ impl LinkFrame {
             LinkFrame::Open(_) => "link-open",
             LinkFrame::Accepted(_) => "link-accepted",
             LinkFrame::MarkedReady => "marked-ready",
-            LinkFrame::Members(_) => "members",
+            LinkFrame::Members { .. } => "members",
+            LinkFrame::MembersHeld(_) => "members-held",
             LinkFrame::LeaseRequest(_) => "lease-request",
             LinkFrame::LeaseGrant(_) => "lease-grant",
         }
@@ -210,19 +223,23 @@ pub fn encode_link_frame(frame: &LinkFrame, out: &mut BytesMut) {
             let start = begin_frame(out, LINK_MARKED_READY);
             end_frame(out, start);
         }
-        LinkFrame::Members(members) => {
-            assert!(members.len() <= BACKUPS_MAX, "{} members, at most {BACKUPS_MAX} allowed", members.len());
+        LinkFrame::Members { version, ready } => {
+            assert!(ready.len() <= BACKUPS_MAX, "{} members, at most {BACKUPS_MAX} allowed", ready.len());
             let start = begin_frame(out, LINK_MEMBERS);
-            out.put_u16_le(members.len() as u16);
-            for member in members {
+            out.put_u64_le(*version);
+            out.put_u16_le(ready.len() as u16);
+            for member in ready {
                 assert_address(member);
                 put_bytes16(out, member.as_bytes());
             }
             end_frame(out, start);
         }
-        LinkFrame::LeaseRequest(token) | LinkFrame::LeaseGrant(token) => {
-            let type_byte =
-                if matches!(frame, LinkFrame::LeaseRequest(_)) { LINK_LEASE_REQUEST } else { LINK_LEASE_GRANT };
+        LinkFrame::LeaseRequest(token) | LinkFrame::LeaseGrant(token) | LinkFrame::MembersHeld(token) => {
+            let type_byte = match frame {
+                LinkFrame::LeaseRequest(_) => LINK_LEASE_REQUEST,
+                LinkFrame::LeaseGrant(_) => LINK_LEASE_GRANT,
+                _ => LINK_MEMBERS_HELD,
+            };
             let start = begin_frame(out, type_byte);
             out.put_u64_le(*token);
             end_frame(out, start);
@@ -256,7 +273,8 @@ pub fn decode_link_frame(buf: &mut BytesMut, bytes_max: u32) -> Result<Option<Li
     match type_byte {
         LINK_BATCH => Ok(decode_batch(buf, bytes_max)?.map(LinkFrame::Batch)),
         LINK_CONFIRM => Ok(decode_confirm(buf)?.map(LinkFrame::Confirm)),
-        LINK_OPEN | LINK_ACCEPTED | LINK_MARKED_READY | LINK_MEMBERS | LINK_LEASE_REQUEST | LINK_LEASE_GRANT => {
+        LINK_OPEN | LINK_ACCEPTED | LINK_MARKED_READY | LINK_MEMBERS | LINK_LEASE_REQUEST | LINK_LEASE_GRANT
+        | LINK_MEMBERS_HELD => {
             // `size <= bytes_max <= BATCH_BYTES_MAX`, so it fits a `usize`.
             if buf.len() < size as usize {
                 return Ok(None);
@@ -272,6 +290,9 @@ pub fn decode_link_frame(buf: &mut BytesMut, bytes_max: u32) -> Result<Option<Li
                 LINK_LEASE_GRANT => {
                     LinkFrame::LeaseGrant(decode_token(Reader::new("lease-grant", bytes, FRAME_HEADER_BYTES))?)
                 }
+                LINK_MEMBERS_HELD => {
+                    LinkFrame::MembersHeld(decode_token(Reader::new("members-held", bytes, FRAME_HEADER_BYTES))?)
+                }
                 _ => {
                     Reader::new("marked-ready", bytes, FRAME_HEADER_BYTES).finish()?;
                     LinkFrame::MarkedReady
@@ -285,7 +306,7 @@ pub fn decode_link_frame(buf: &mut BytesMut, bytes_max: u32) -> Result<Option<Li
 
 // ----- helpers -----
 
-/// Reads a lease frame's token, the whole body.
+/// Reads a lease frame's token or a `members-held` version, the whole body.
 fn decode_token(mut r: Reader) -> Result<u64, LinkDecodeError> {
     let token = r.u64("token")?;
     r.finish()?;
@@ -402,6 +423,7 @@ fn decode_accepted(mut r: Reader) -> Result<LinkFrame, LinkDecodeError> {
 }
 
 fn decode_members(mut r: Reader) -> Result<LinkFrame, LinkDecodeError> {
+    let version = r.u64("version")?;
     let count = r.u16("count")?;
     if usize::from(count) > BACKUPS_MAX {
         return Err(LinkDecodeError::Invalid {
@@ -415,7 +437,7 @@ fn decode_members(mut r: Reader) -> Result<LinkFrame, LinkDecodeError> {
         members.push(decode_address(&mut r, "members", "address")?);
     }
     r.finish()?;
-    Ok(LinkFrame::Members(members))
+    Ok(LinkFrame::Members { version, ready: members })
 }
 
 /// Reads a broker address: `bytes16`, 1..=`LINK_ADDRESS_BYTES_MAX` bytes of UTF-8.
@@ -486,10 +508,14 @@ mod tests {
             }),
             LinkFrame::Accepted(LinkAccepted { epoch: Epoch(5), shard_count: 4 }),
             LinkFrame::MarkedReady,
-            LinkFrame::Members(Vec::new()),
-            LinkFrame::Members(vec!["b1.example:5672".to_string(), "[::1]:5673".to_string()]),
+            LinkFrame::Members { version: 1, ready: Vec::new() },
+            LinkFrame::Members {
+                version: u64::MAX,
+                ready: vec!["b1.example:5672".to_string(), "[::1]:5673".to_string()],
+            },
             LinkFrame::LeaseRequest(0),
             LinkFrame::LeaseGrant(u64::MAX),
+            LinkFrame::MembersHeld(3),
         ]
     }
 
@@ -520,9 +546,14 @@ mod tests {
         assert_eq!(&encoded(&LinkFrame::MarkedReady)[..], &[1, 0, 0, 0, 0x54]);
         assert_eq!(&encoded(&LinkFrame::LeaseRequest(7))[..], &[9, 0, 0, 0, 0x56, 7, 0, 0, 0, 0, 0, 0, 0]);
         assert_eq!(&encoded(&LinkFrame::LeaseGrant(7))[..], &[9, 0, 0, 0, 0x57, 7, 0, 0, 0, 0, 0, 0, 0]);
-        let members = encoded(&LinkFrame::Members(vec!["a:1".to_string(), "bc:2".to_string()]));
-        assert_eq!(&members[..], &[14, 0, 0, 0, 0x55, 2, 0, 3, 0, b'a', b':', b'1', 4, 0, b'b', b'c', b':', b'2']);
-        assert_eq!(&encoded(&LinkFrame::Members(Vec::new()))[..], &[3, 0, 0, 0, 0x55, 0, 0]);
+        assert_eq!(&encoded(&LinkFrame::MembersHeld(7))[..], &[9, 0, 0, 0, 0x58, 7, 0, 0, 0, 0, 0, 0, 0]);
+        let members = encoded(&LinkFrame::Members { version: 2, ready: vec!["a:1".to_string(), "bc:2".to_string()] });
+        assert_eq!(
+            &members[..],
+            &[22, 0, 0, 0, 0x55, 2, 0, 0, 0, 0, 0, 0, 0, 2, 0, 3, 0, b'a', b':', b'1', 4, 0, b'b', b'c', b':', b'2']
+        );
+        let empty = encoded(&LinkFrame::Members { version: 1, ready: Vec::new() });
+        assert_eq!(&empty[..], &[11, 0, 0, 0, 0x55, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
         let accepted = encoded(&LinkFrame::Accepted(LinkAccepted { epoch: Epoch(2), shard_count: 3 }));
         assert_eq!(&accepted[..], &[11, 0, 0, 0, 0x53, 2, 0, 0, 0, 0, 0, 0, 0, 3, 0]);
         let open = encoded(&LinkFrame::Open(LinkOpen {
@@ -564,9 +595,9 @@ mod tests {
     fn bad_frames_are_errors_that_name_what_was_allowed_and_what_came() {
         // Goal: each broken rule is an error (not "incomplete"), with a message and an error code.
         // An unknown type byte, judged as soon as it arrives.
-        let mut unknown = BytesMut::from(&[9, 0, 0, 0, 0x58][..]);
+        let mut unknown = BytesMut::from(&[9, 0, 0, 0, 0x59][..]);
         let error = decode_link_frame(&mut unknown, BATCH_BYTES_MAX).unwrap_err();
-        assert_eq!(error, LinkDecodeError::Native(DecodeError::UnknownFrameType(0x58)));
+        assert_eq!(error, LinkDecodeError::Native(DecodeError::UnknownFrameType(0x59)));
         assert_eq!(error.code(), ErrorCode::Malformed);
         // A lease frame with a short token.
         let mut short = BytesMut::from(&[5, 0, 0, 0, 0x56, 1, 2, 3, 4][..]);
@@ -645,21 +676,21 @@ mod tests {
         let error = decode_link_frame(&mut ready, 64).unwrap_err();
         assert_eq!(error.to_string(), "marked-ready: trailing 1 bytes after frame body");
         // members: too many addresses, an empty one, one not UTF-8, fewer than counted, a trailing byte.
-        let mut members = BytesMut::from(&[3, 0, 0, 0, 0x55, 65, 0][..]);
+        let mut members = BytesMut::from(&[11, 0, 0, 0, 0x55, 1, 0, 0, 0, 0, 0, 0, 0, 65, 0][..]);
         let error = decode_link_frame(&mut members, 64).unwrap_err();
         assert_eq!(error.to_string(), "members: count must be at most 64; got 65");
         assert_eq!(error.code(), ErrorCode::Malformed);
-        let mut members = BytesMut::from(&[5, 0, 0, 0, 0x55, 1, 0, 0, 0][..]);
+        let mut members = BytesMut::from(&[13, 0, 0, 0, 0x55, 1, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0][..]);
         assert_eq!(
             decode_link_frame(&mut members, 64).unwrap_err().to_string(),
             "members: address is 0 bytes, 1..=259 allowed"
         );
-        let mut members = BytesMut::from(&[6, 0, 0, 0, 0x55, 1, 0, 1, 0, 0xc3][..]);
+        let mut members = BytesMut::from(&[14, 0, 0, 0, 0x55, 1, 0, 0, 0, 0, 0, 0, 0, 1, 0, 1, 0, 0xc3][..]);
         assert!(decode_link_frame(&mut members, 64).unwrap_err().to_string().contains("address is not UTF-8"));
-        let mut members = BytesMut::from(&[6, 0, 0, 0, 0x55, 2, 0, 1, 0, b'a'][..]);
+        let mut members = BytesMut::from(&[14, 0, 0, 0, 0x55, 1, 0, 0, 0, 0, 0, 0, 0, 2, 0, 1, 0, b'a'][..]);
         assert!(matches!(decode_link_frame(&mut members, 64), Err(LinkDecodeError::Native(_))));
         assert!(members.is_empty(), "a complete frame is consumed, even when invalid");
-        let mut members = BytesMut::from(&[4, 0, 0, 0, 0x55, 0, 0, 9][..]);
+        let mut members = BytesMut::from(&[12, 0, 0, 0, 0x55, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 9][..]);
         assert_eq!(
             decode_link_frame(&mut members, 64).unwrap_err().to_string(),
             "members: trailing 1 bytes after frame body"
@@ -674,15 +705,17 @@ mod tests {
         // Goal: `BACKUPS_MAX` addresses of the longest length fit a link frame; the encoder refuses
         // to send more, as the decoder would.
         let longest = |index: usize| format!("{index:0>width$}", width = LINK_ADDRESS_BYTES_MAX);
-        let frame = LinkFrame::Members((0..BACKUPS_MAX).map(longest).collect());
+        let frame = LinkFrame::Members { version: u64::MAX, ready: (0..BACKUPS_MAX).map(longest).collect() };
         let mut bytes = encoded(&frame);
         assert_eq!(bytes.len(), crate::limits::MEMBERS_FRAME_BYTES_MAX);
         assert_eq!(decode_link_frame(&mut bytes, BATCH_BYTES_MAX), Ok(Some(frame)));
         let too_many = std::panic::catch_unwind(|| {
-            encoded(&LinkFrame::Members((0..=BACKUPS_MAX).map(|index| format!("b{index}:1")).collect()))
+            let ready = (0..=BACKUPS_MAX).map(|index| format!("b{index}:1")).collect();
+            encoded(&LinkFrame::Members { version: 1, ready })
         });
         assert!(too_many.is_err());
-        let too_long = std::panic::catch_unwind(|| encoded(&LinkFrame::Members(vec![longest(0) + "0"])));
+        let too_long =
+            std::panic::catch_unwind(|| encoded(&LinkFrame::Members { version: 1, ready: vec![longest(0) + "0"] }));
         assert!(too_long.is_err());
     }
 

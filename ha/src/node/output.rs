@@ -122,6 +122,16 @@ pub enum NodeControl {
         /// a new link of its catches up there or shard 0 sends `ExpectedTimedOut`.
         kept: bool,
     },
+    /// To shard 0 of a primary: a backup holds the ready set of `version` (`members-held` on its
+    /// shard-0 link `conn`).
+    MembersHeld {
+        /// The backup's name.
+        backup: String,
+        /// Its shard-0 link.
+        conn: ConnId,
+        /// The ready set's version.
+        version: u64,
+    },
     /// To shard 0: a backup linked with a newer epoch than ours; another primary exists.
     Superseded {
         /// The newer epoch.

@@ -185,6 +185,13 @@ impl ShardNode {
         self.served.serve(conn, open, pending, now, &mut self.core);
     }
 
+    /// Shard 0: a promotion check fenced this broker (the `ha-fence` an admin connection carries
+    /// to the core; here for a driver that checks promotions itself, as the simulator does).
+    pub fn handle_fence(&mut self, now: Instant) {
+        self.before_input(now);
+        self.core.shard.fence_for_promotion();
+    }
+
     /// Acts on a control, from another shard or this one.
     fn apply_control(&mut self, control: NodeControl, now: Instant) {
         let core = &mut self.core;
@@ -193,6 +200,9 @@ impl ShardNode {
             NodeControl::CaughtUp { backup, shard, conn } => self.role.handle_caught_up(&backup, shard, conn, core),
             NodeControl::LinkLost { backup, shard, conn, kept } => {
                 self.role.handle_link_lost(&backup, shard, conn, kept, now, core, &mut self.served)
+            }
+            NodeControl::MembersHeld { backup, conn, version } => {
+                self.role.handle_members_held(&backup, conn, version, core)
             }
             NodeControl::Superseded { epoch } => epoch_watch::step_down(epoch, core),
             NodeControl::Members { ready } => self.ready_members = ready,

@@ -21,18 +21,32 @@
 //! this primary is not ready on its account: what a lost link kept for it is released at once (in
 //! recovering mode, an expected backup's are released by the recovering timeout instead).
 //!
+//! Told members: the hold ends sooner when other ready backups remain. Each `members` carries the
+//! set's version, and each backup answers `members-held`. Once every backup of the current ready
+//! set (at least one) holds a set without the detached backup, its holds are released at once:
+//! whatever is confirmed from then on is held by every ready backup, and a promotion check
+//! (`crate::promotion_check`, which `ringmq ha promote` and cluster managers run) asks those
+//! backups and refuses to promote the detached one, which a newer set left out. A backup fenced
+//! by such a check (`HaFence`, before it promotes another broker) stops answering `members-held`
+//! to this primary, so a check that passed is never overtaken by a release here. With no ready
+//! backup left there is nobody to tell, and the lease's hold stands (`ha-min-ready-backups`
+//! holds confirms in that case anyway).
+//!
 //! Invariants:
 //! - `marked-ready` goes to a backup once per change to ready; `members` goes to every linked
 //!   backup after each change to the set of ready backups.
 //! - The broker leaves `recovering` only when no expected backup is left unsettled.
 //! - While a backup may be `ready` on this primary's account (its `marked-ready` link is open, or
 //!   ended less than `detached_hold` ago), no shard releases the acks a lost link of its
-//!   kept, except for messages dequeued meanwhile.
+//!   kept, except for messages dequeued meanwhile, until every backup of a non-empty ready set
+//!   without it holds that set.
+//! - Ready set versions rise by one at each `members`, starting from 1 in each promotion.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use ringmq_core::broker_state::{BrokerState, TransitionCause};
+use ringmq_core::frame::ReadySet;
 use ringmq_core::ids::ConnId;
 
 use crate::limits::LEASE_CLOCK_ALLOWANCE_MAX;
@@ -60,6 +74,10 @@ pub(crate) struct PrimaryRole {
     /// Backups whose `marked-ready` link ended while links of theirs kept acks, with the
     /// instant every shard stops holding acks for them.
     detached: BTreeMap<String, Instant>,
+    /// The version of the last ready set sent (`members`); 0 before any.
+    ready_set_version: u64,
+    /// The newest ready set version each backup holds (`members-held` on its current shard-0 link).
+    held: BTreeMap<String, u64>,
 }
 
 impl PrimaryRole {
@@ -72,6 +90,8 @@ impl PrimaryRole {
             expected_deadline: None,
             marked_on: BTreeMap::new(),
             detached: BTreeMap::new(),
+            ready_set_version: 0,
+            held: BTreeMap::new(),
         }
     }
 
@@ -130,16 +150,17 @@ impl PrimaryRole {
         if kept {
             self.hold_for_detached(backup, shard, conn, now, core, served);
         }
-        if !self.is_current_link(backup, shard, conn) {
-            // An older link, already replaced by a newer one of the same backup and shard.
-            return;
+        // An older link was already replaced by a newer one of the same backup and shard.
+        if self.is_current_link(backup, shard, conn) {
+            self.links.remove(&(backup.to_owned(), shard));
+            let was_ready = self.membership.is_ready(backup);
+            self.membership.handle_shard_lost(backup, shard);
+            if was_ready {
+                self.send_members(core);
+            }
         }
-        self.links.remove(&(backup.to_owned(), shard));
-        let was_ready = self.membership.is_ready(backup);
-        self.membership.handle_shard_lost(backup, shard);
-        if was_ready {
-            self.send_members(core);
-        }
+        // A set that left it out may be held everywhere already.
+        self.release_told(core);
     }
 
     /// Shard 0: `shard` keeps acks for `backup`, whose link `lost` there ended. Decides until
@@ -166,7 +187,13 @@ impl PrimaryRole {
             return;
         };
         let hold = detached_hold(core.config.backup_timeout, core.config.heartbeat_interval);
-        tracing::warn!(%backup, shard, ?hold, "ready backup detached: holding its confirms until it is ready again");
+        tracing::warn!(
+            %backup,
+            shard,
+            ?hold,
+            "ready backup detached: holding its confirms until it is ready again, or every other ready backup \
+             holds a ready set without it, or the hold ends"
+        );
         self.detached.insert(backup.to_owned(), now + hold);
         if self.is_current_link(backup, 0, marked_on) && (shard, lost) != (0, marked_on) {
             // Its lease runs on while this link lives: end it, so that it leaves `ready` in time.
@@ -201,13 +228,7 @@ impl PrimaryRole {
             self.detached.iter().filter(|(_, deadline)| **deadline <= now).map(|(name, _)| name.clone()).collect();
         if !ended.is_empty() {
             tracing::warn!(backups = ?ended, "detached backups not ready again in time: no longer holding confirms for them");
-            for backup in &ended {
-                self.detached.remove(backup);
-                self.marked_on.remove(backup);
-            }
-            for shard in 0..core.config.shard_count {
-                core.send_control(shard, NodeControl::ExpectedTimedOut { backups: ended.clone() });
-            }
+            self.release_detached(ended, core);
         }
         if self.expected_deadline.is_none_or(|deadline| now < deadline) || self.expected.is_empty() {
             return;
@@ -232,16 +253,64 @@ impl PrimaryRole {
         }
     }
 
-    /// Shard 0: tells every linked backup which backups are ready, and, with
-    /// `ha-min-ready-backups`, every shard (`NodeControl::ReadyBackups`).
+    /// Shard 0: `backup` holds the ready set of `version` (its `members-held` on `conn`).
+    pub(crate) fn handle_members_held(&mut self, backup: &str, conn: ConnId, version: u64, core: &mut NodeCore) {
+        if !self.is_current_link(backup, 0, conn) {
+            return;
+        }
+        self.held.insert(backup.to_owned(), version);
+        self.release_told(core);
+    }
+
+    /// Shard 0: releases the detached backups' holds once every backup of the current ready set,
+    /// which leaves them out, holds that set (see the module doc, "Told members").
+    fn release_told(&mut self, core: &mut NodeCore) {
+        if self.detached.is_empty() {
+            return;
+        }
+        let ready = self.membership.ready_list();
+        let version = self.ready_set_version;
+        if ready.is_empty() || !ready.iter().all(|backup| self.held.get(backup) == Some(&version)) {
+            return;
+        }
+        let told: Vec<String> = self.detached.keys().filter(|name| !ready.contains(name)).cloned().collect();
+        if told.is_empty() {
+            return;
+        }
+        tracing::warn!(
+            backups = ?told,
+            ?ready,
+            version,
+            "every ready backup holds a ready set without these detached backups: no longer holding confirms for them"
+        );
+        self.release_detached(told, core);
+    }
+
+    /// Shard 0: every shard stops holding acks for the detached `backups`.
+    fn release_detached(&mut self, backups: Vec<String>, core: &mut NodeCore) {
+        for backup in &backups {
+            self.detached.remove(backup);
+            self.marked_on.remove(backup);
+        }
+        for shard in 0..core.config.shard_count {
+            core.send_control(shard, NodeControl::ExpectedTimedOut { backups: backups.clone() });
+        }
+    }
+
+    /// Shard 0: tells every linked backup which backups are ready, as a new version of the set,
+    /// and, with `ha-min-ready-backups`, every shard (`NodeControl::ReadyBackups`).
     fn send_members(&mut self, core: &mut NodeCore) {
         let ready = self.membership.ready_list();
-        let frame = LinkFrame::Members(ready.clone());
+        self.ready_set_version += 1;
+        let version = self.ready_set_version;
+        let frame = LinkFrame::Members { version, ready: ready.clone() };
         for ((_, shard), conn) in &self.links {
             if *shard == 0 {
                 core.outputs.write_link_frame(*conn, &frame);
             }
         }
+        let epoch = core.shard.ha().epoch().0;
+        core.shard.set_ready_set(ReadySet { epoch, version, members: ready.clone() });
         let required = core.config.min_ready_backups;
         if required == 0 {
             return;

@@ -200,6 +200,11 @@ impl ServedLinks {
                     }
                 }
                 Ok(Some(LinkFrame::Native(Frame::Heartbeat))) => continue,
+                Ok(Some(LinkFrame::MembersHeld(version))) if core.shard.id().0 == 0 => {
+                    let backup = served.backup.clone();
+                    core.send_control(0, NodeControl::MembersHeld { backup, conn, version });
+                    continue;
+                }
                 Ok(Some(LinkFrame::LeaseRequest(token))) => {
                     // Served, so the backup's ready lease may run from the request's sending.
                     core.outputs.write_link_frame(conn, &LinkFrame::LeaseGrant(token));

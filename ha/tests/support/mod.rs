@@ -13,6 +13,7 @@ pub fn cluster_shard_config(brokers_url: &str) -> ShardConfig {
         public_url: String::new(),
         replicate: ReplicationLevel::All,
         member: 0,
+        name: String::new(),
     };
     ShardConfig {
         shard_count: 1,

@@ -129,7 +129,7 @@ fn many(count: u64, from: u64, jobs: usize, options: Options) -> ExitCode {
     let end = from.saturating_add(count);
     let steps = Arc::new(AtomicU64::new(0));
     // Over all seeds: duplicates, stale confirms, lost with cluster.
-    let counts = Arc::new([AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)]);
+    let counts = Arc::new([AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)]);
     let done = Arc::new(AtomicU64::new(0));
     let failures = Arc::new(Mutex::new(Vec::new()));
     let threads: Vec<_> = (0..jobs)
@@ -144,7 +144,9 @@ fn many(count: u64, from: u64, jobs: usize, options: Options) -> ExitCode {
                 let outcome = run(config(seed, options), false);
                 steps.fetch_add(outcome.steps, Ordering::Relaxed);
                 let c = &outcome.counters;
-                for (total, value) in counts.iter().zip([c.duplicates, c.stale_confirms, c.lost_with_cluster]) {
+                for (total, value) in
+                    counts.iter().zip([c.duplicates, c.stale_confirms, c.lost_with_cluster, c.lost_with_holders])
+                {
                     total.fetch_add(value, Ordering::Relaxed);
                 }
                 let finished = done.fetch_add(1, Ordering::Relaxed) + 1;
@@ -174,12 +176,13 @@ fn many(count: u64, from: u64, jobs: usize, options: Options) -> ExitCode {
         failures.len(),
         if failures.is_empty() { String::new() } else { format!(": {failures:?}") }
     );
-    let [duplicates, stale, cluster] = &*counts;
+    let [duplicates, stale, cluster, holders] = &*counts;
     println!(
-        "over all seeds: {} duplicates, {} stale confirms, {} written off with the cluster",
+        "over all seeds: {} duplicates, {} stale confirms, {} written off with the cluster, {} lost with their holders",
         duplicates.load(Ordering::Relaxed),
         stale.load(Ordering::Relaxed),
-        cluster.load(Ordering::Relaxed)
+        cluster.load(Ordering::Relaxed),
+        holders.load(Ordering::Relaxed)
     );
     if failures.is_empty() {
         ExitCode::SUCCESS

@@ -35,6 +35,7 @@ use super::clock::{BrokerClock, SimTime};
 use super::event::{Event, NodeRef};
 use super::network::SimConnId;
 use super::node::{NodeConfig, NodeControl, ShardNode};
+use ringmq_ha::promotion_check::MemberStatus;
 
 /// The settings every broker of a run shares.
 #[derive(Debug, Clone)]
@@ -126,6 +127,7 @@ impl SimBroker {
                 public_url: String::new(),
                 replicate: ReplicationLevel::None,
                 member: self.index as u16,
+                name: own.clone(),
             },
             dedup_window: ringmq_core::limits::DEDUP_WINDOW_DEFAULT,
         };
@@ -188,6 +190,17 @@ impl SimBroker {
     pub fn status(&self) -> Option<(BrokerState, Epoch)> {
         let shard = self.nodes.first()?.shard();
         Some((shard.ha().state(), shard.ha().epoch()))
+    }
+
+    /// What shard 0 would answer a promotion check's fence, `None` while down.
+    pub fn member_status(&self) -> Option<MemberStatus> {
+        let ha = self.nodes.first()?.shard().ha();
+        Some(MemberStatus {
+            name: ha.name().to_string(),
+            state: ha.state(),
+            epoch: ha.epoch().0,
+            ready_set: ha.ready_set().clone(),
+        })
     }
 
     /// A fresh connection id on `shard`.

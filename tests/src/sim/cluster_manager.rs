@@ -6,8 +6,9 @@
 //! Each tick it looks at every broker it can reach (up and not paused; it reads shard 0's state
 //! as a status probe would) and:
 //! - while a broker serves clients (`recovering`, `active`), does nothing;
-//! - once none has for `promote_after`, promotes a `ready` broker; it never promotes a `catchup`
-//!   one;
+//! - once none has for `promote_after`, promotes a `ready` broker that passes the promotion check
+//!   (`ringmq_ha::promotion_check`, on the answers of the brokers its host reaches, which it fences
+//!   first, as `ringmq ha promote` does); it never promotes a `catchup` one;
 //! - when every broker is up and `joining` (a new cluster, or one that lost every member),
 //!   promotes one, as `ringmq ha promote` allows for the first primary;
 //! - when no broker has been ready for `restart_after` while none serves (the holders of the data
@@ -29,6 +30,7 @@ use ringmq_core::broker_state::BrokerState;
 use ringmq_core::frame::{Frame, Preamble, PREAMBLE_FLAG_ADMIN, PROTOCOL_VERSION};
 use ringmq_core::ids::RequestId;
 use ringmq_core::wire::codec;
+use ringmq_ha::promotion_check::PromotionRefused;
 
 use super::client::{encoded, ClientAction};
 use super::clock::SimTime;
@@ -36,12 +38,15 @@ use super::network::SimConnId;
 use super::rng::SimRng;
 
 /// What the manager sees of one broker at a tick.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct BrokerStatus {
     /// Up and not paused: it would answer a status probe.
     pub reachable: bool,
     /// Shard 0's state when reachable.
     pub state: Option<BrokerState>,
+    /// For a reachable `ready` broker: the promotion check on the answers of the brokers its host
+    /// reaches (`ringmq_ha::promotion_check`).
+    pub checked: Option<Result<(), PromotionRefused>>,
 }
 
 /// What the manager decided at a tick.
@@ -86,6 +91,8 @@ pub struct ClusterManager {
     pub promotions: u64,
     /// Promotions the broker refused (`failed`).
     pub refused: u64,
+    /// Ready brokers passed over because the promotion check refused them, summed over ticks.
+    pub refused_by_check: u64,
     /// Cluster restarts.
     pub restarts: u64,
 }
@@ -100,6 +107,7 @@ impl ClusterManager {
             promotion: None,
             promotions: 0,
             refused: 0,
+            refused_by_check: 0,
             restarts: 0,
         }
     }
@@ -134,8 +142,15 @@ impl ClusterManager {
         let ready: Vec<usize> = (0..brokers.len())
             .filter(|&i| brokers[i].reachable && brokers[i].state == Some(BrokerState::Ready))
             .collect();
+        let promotable: Vec<usize> =
+            ready.iter().copied().filter(|&i| matches!(brokers[i].checked, Some(Ok(())))).collect();
+        self.refused_by_check += (ready.len() - promotable.len()) as u64;
+        if !promotable.is_empty() {
+            return ManagerDecision::Promote(promotable[rng.index(promotable.len())]);
+        }
         if !ready.is_empty() {
-            return ManagerDecision::Promote(ready[rng.index(ready.len())]);
+            // A ready broker the check refused waits for an answer, or for its lease to end.
+            return ManagerDecision::Wait;
         }
         if now.since(since) >= self.restart_after {
             self.no_primary_since = None;

@@ -86,6 +86,11 @@ pub struct OracleCounters {
     pub stale_confirms: u64,
     /// Confirmed messages given up because no holder of them remained.
     pub lost_with_cluster: u64,
+    /// Confirmed messages a promoted ready backup lacked legitimately: every broker that held
+    /// them when they were confirmed (the primary and its linked backups) crashed since, and the
+    /// backup had left the primary's ready set (the price of not stalling for a hung backup;
+    /// `ha-min-ready-backups` sets how many backups must hold a confirmed message).
+    pub lost_with_holders: u64,
     /// Promotions observed.
     pub promotions: u64,
     /// Promotion checks of a ready backup (each compares its holdings).
@@ -101,6 +106,9 @@ pub struct OracleCounters {
 pub struct Oracle {
     /// Numbers confirmed `stored`, with when.
     pub confirmed: BTreeMap<u64, SimTime>,
+    /// For each confirmed number, the brokers (and their incarnations) that held it at its first
+    /// confirm: the primary and the linked backups holding it.
+    keepers: BTreeMap<u64, Vec<(usize, u32)>>,
     /// Numbers whose last ack was sent, where.
     acks: BTreeMap<u64, AckSent>,
     /// Numbers acked (an ack sent at least once).
@@ -236,6 +244,19 @@ impl Oracle {
             return Ok(());
         }
         if before == Some(BrokerState::Ready) {
+            // Lost with every broker that held it: not the promotion's doing.
+            let (lost, missing): (Vec<u64>, Vec<u64>) = missing.into_iter().partition(|n| {
+                self.keepers.get(n).is_some_and(|keepers| {
+                    keepers.iter().all(|&(keeper, incarnation)| {
+                        self.observed[keeper].is_none_or(|o| o.state.is_none() || o.incarnation != incarnation)
+                    })
+                })
+            });
+            self.counters.lost_with_holders += lost.len() as u64;
+            self.forgiven.extend(lost);
+            if missing.is_empty() {
+                return Ok(());
+            }
             self.counters.promotion_checks += 1;
             return Err(Violation {
                 invariant: "confirmed survives failover",
@@ -271,8 +292,10 @@ impl Oracle {
         at: SimTime,
         superseded: bool,
         ready_holders: &[(usize, bool)],
+        keepers: Vec<(usize, u32)>,
     ) -> Result<(), Violation> {
         self.confirmed.entry(number).or_insert(at);
+        self.keepers.entry(number).or_insert(keepers);
         if superseded {
             self.counters.stale_confirms += 1;
             self.stale.insert(number);
@@ -285,6 +308,33 @@ impl Oracle {
                     detail: format!(
                         "message {number} confirmed while backup {backup}, linked to the primary before it was \
                          published, does not hold it"
+                    ),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// The producer got a `stored` confirm from `primary`, not stale: `members` are, for each
+    /// backup of the primary's own ready set that is `ready`, whether it holds the message.
+    ///
+    /// # Errors
+    /// A member lacks the message and it was not acked: the primary confirmed without a backup it
+    /// counts as ready.
+    pub fn confirmed_by_ready_set(
+        &mut self,
+        number: u64,
+        primary: usize,
+        members: &[(usize, bool)],
+    ) -> Result<(), Violation> {
+        for &(backup, holds) in members {
+            self.counters.confirm_checks += 1;
+            if !holds && !self.acked.contains(&number) {
+                return Err(Violation {
+                    invariant: "confirmed means held by the ready set",
+                    detail: format!(
+                        "message {number} confirmed by broker {primary} while backup {backup}, in its ready set, does \
+                         not hold it"
                     ),
                 });
             }

@@ -43,6 +43,7 @@ use ringmq_core::ids::ConnId;
 use ringmq_core::replication::ReplicationEvent;
 use ringmq_ha::link::frame::LinkOpen;
 use ringmq_ha::node::shell::pump_and_carry_out;
+use ringmq_ha::promotion_check::{check_ready_promotion, MemberStatus, PromotionRefused};
 
 use self::shell::SimShell;
 use super::broker::{BrokerSettings, SimBroker};

@@ -186,12 +186,15 @@ fn sample_frames() -> Vec<Frame> {
         Frame::ConsumerCancelled { consumer: ConsumerId(3), reason: "queue deleted".into() },
         Frame::HaStatus { request: RequestId(16) },
         Frame::HaPromote { request: RequestId(17) },
+        Frame::HaFence { request: RequestId(20) },
         Frame::HaStatusReply {
             request: RequestId(18),
             state: "active".into(),
             epoch: 1,
             brokers_url: "amqp:tcp:10.0.0.1:5672,tcp:10.0.0.2:5672".into(),
             public_url: String::new(),
+            name: "10.0.0.1:5672".into(),
+            ready_set: ReadySet { epoch: 1, version: 7, members: vec!["10.0.0.2:5672".into(), "10.0.0.3:5672".into()] },
         },
         Frame::HaStatusReply {
             request: RequestId(19),
@@ -199,6 +202,8 @@ fn sample_frames() -> Vec<Frame> {
             epoch: u64::MAX,
             brokers_url: String::new(),
             public_url: "amqp:tcp:vip:5672".into(),
+            name: String::new(),
+            ready_set: ReadySet::default(),
         },
     ]
 }
@@ -268,6 +273,7 @@ fn frame_types_are_distinct_and_split_by_direction() {
                 | FrameType::Settle
                 | FrameType::HaStatus
                 | FrameType::HaPromote
+                | FrameType::HaFence
         );
         assert_eq!(to_broker, (frame_type as u8) < 0x80, "{frame_type:?}");
     }

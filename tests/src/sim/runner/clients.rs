@@ -70,7 +70,15 @@ impl Simulation {
                     }
                     let superseded = self.oracle.superseded(broker.0);
                     let holders = self.linked_holders(broker.0, published_at, number);
-                    self.oracle.confirmed(number, self.now, superseded, &holders)?;
+                    let keepers = std::iter::once(broker.0)
+                        .chain(holders.iter().filter(|(_, holds)| *holds).map(|&(backup, _)| backup))
+                        .map(|keeper| (keeper, self.brokers[keeper].incarnation))
+                        .collect();
+                    self.oracle.confirmed(number, self.now, superseded, &holders, keepers)?;
+                    if !superseded {
+                        let members = self.ready_set_holders(broker.0, number);
+                        self.oracle.confirmed_by_ready_set(number, broker.0, &members)?;
+                    }
                 }
                 ClientNote::Delivered { number, redelivered, conn } => {
                     let Some(broker) = self.broker_of(conn) else { continue };
@@ -101,6 +109,29 @@ impl Simulation {
         Ok(())
     }
 
+    /// Whether `peer` answers an admin connection from `broker`'s host (the cluster manager runs
+    /// its check there, as a resource agent does).
+    fn answers(&self, broker: usize, peer: usize) -> bool {
+        peer != broker
+            && self.brokers[peer].reachable()
+            && !self.partitioned(broker, peer)
+            && !self.partitioned(peer, broker)
+    }
+
+    /// `ringmq_ha::promotion_check` for the ready `broker`, on what the brokers that answer from
+    /// its host would say.
+    fn promotion_check(&self, broker: usize) -> Result<(), PromotionRefused> {
+        let candidate = self.brokers[broker].member_status().expect("a reachable broker is up");
+        let peers: Vec<(String, Option<MemberStatus>)> = (0..self.brokers.len())
+            .filter(|&peer| peer != broker)
+            .map(|peer| {
+                let answer = self.answers(broker, peer).then(|| self.brokers[peer].member_status()).flatten();
+                (format!("b{peer}"), answer)
+            })
+            .collect();
+        check_ready_promotion(&candidate, &peers)
+    }
+
     /// The cluster manager's tick.
     pub(super) fn manager_tick(&mut self) -> Result<(), Violation> {
         for broker in 0..self.brokers.len() {
@@ -111,15 +142,37 @@ impl Simulation {
                 self.with_node(node, |node, now| node.handle_timeout(now))?;
             }
         }
-        let statuses: Vec<BrokerStatus> = self
-            .brokers
-            .iter()
-            .map(|b| BrokerStatus { reachable: b.reachable(), state: b.status().map(|(s, _)| s) })
+        let statuses: Vec<BrokerStatus> = (0..self.brokers.len())
+            .map(|broker| {
+                let b = &self.brokers[broker];
+                let state = b.status().map(|(s, _)| s);
+                let checked = match state {
+                    Some(BrokerState::Ready) if b.reachable() => Some(self.promotion_check(broker)),
+                    _ => None,
+                };
+                BrokerStatus { reachable: b.reachable(), state, checked }
+            })
             .collect();
+        if self.trace.verbose() {
+            for (broker, status) in statuses.iter().enumerate() {
+                if let Some(Err(refused)) = &status.checked {
+                    self.trace.record(format!("{} manager: b{broker} not promotable: {refused}", self.now));
+                }
+            }
+        }
         match self.manager.tick(self.now, &statuses, &mut self.rng) {
             ManagerDecision::Wait => Ok(()),
             ManagerDecision::Promote(broker) => {
                 self.trace.record(format!("{} manager promotes b{broker} ({:?})", self.now, statuses[broker].state));
+                if statuses[broker].state == Some(BrokerState::Ready) {
+                    // `ringmq ha promote` fences every broker that answers before it promotes.
+                    let answering: Vec<usize> =
+                        (0..self.brokers.len()).filter(|&peer| self.answers(broker, peer)).collect();
+                    for peer in answering {
+                        let node = self.brokers[peer].node_ref(0);
+                        self.with_node(node, |node, now| node.handle_fence(now))?;
+                    }
+                }
                 let mut actions = std::mem::take(&mut self.actions);
                 actions.clear();
                 self.manager.begin(broker, self.now, &mut actions);

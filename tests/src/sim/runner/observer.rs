@@ -34,6 +34,21 @@ impl Simulation {
         linked.into_iter().map(|b| (b, self.held_cached(b).contains(&number))).collect()
     }
 
+    /// For every backup in `primary`'s own ready set (shard 0's, as `ha-status` shows it) that is
+    /// `ready` now: whether it holds `number`. A restarted member (`joining`) is left out: the
+    /// primary counts it until it sees its links end.
+    pub(super) fn ready_set_holders(&mut self, primary: usize, number: u64) -> Vec<(usize, bool)> {
+        let Some(status) = self.brokers[primary].member_status() else { return Vec::new() };
+        let members: Vec<usize> = status
+            .ready_set
+            .members
+            .iter()
+            .filter_map(|name| self.resolve(name))
+            .filter(|&b| self.brokers[b].status().is_some_and(|(state, _)| state == BrokerState::Ready))
+            .collect();
+        members.into_iter().map(|b| (b, self.held_cached(b).contains(&number))).collect()
+    }
+
     /// `held`, computed once per step and broker.
     pub(super) fn held_cached(&mut self, broker: usize) -> &BTreeSet<u64> {
         let steps = self.steps;
@@ -145,7 +160,7 @@ impl Simulation {
         let links_closed_unconfirmed = self.brokers.iter().map(SimBroker::links_closed_unconfirmed).sum::<u64>();
         let summary = format!(
             "{} published, {} confirmed, {} delivered; duplicates {}, redelivered again {}, stale confirms {} ({} never delivered), lost with \
-             cluster {}; checks: {} confirms, {} deliveries; promotions {}, cluster restarts {}; faults: resets {}, partitions {}, crashes {}, pauses {}, \
+             cluster {}, lost with their holders {}; checks: {} confirms, {} deliveries; promotions {}, cluster restarts {}; faults: resets {}, partitions {}, crashes {}, pauses {}, \
              clock jumps {}; batches lost {}, duplicated {}; links closed with a batch unconfirmed {}",
             self.producer.next_number,
             self.oracle.confirmed.len(),
@@ -155,6 +170,7 @@ impl Simulation {
             counters.stale_confirms,
             self.oracle.stale.iter().filter(|n| !self.consumer.received.contains(n)).count(),
             counters.lost_with_cluster,
+            counters.lost_with_holders,
             counters.confirm_checks,
             counters.delivery_checks,
             counters.promotions,
