@@ -6,7 +6,10 @@
 //! Invariants:
 //! - Between two shards, messages arrive in the order they were sent (the rings are FIFO), which
 //!   is what orders a subscribe's `Ok` before its first delivery, and a configuration change
-//!   before any publish that depends on it.
+//!   before any publish that depends on it. Messages from different shards have no order: a
+//!   promotion (shard 0's `ApplyConfig`) may reach a shard after a publish another shard accepted
+//!   under it, so every `Enqueue` names the epoch it was accepted in, and the owner stores it
+//!   only in that epoch or a later one (asserted there).
 //! - A message addressed to a connection that has since closed is dropped on arrival, with a
 //!   counter: the queue's owner already took back what the connection held.
 
@@ -219,6 +222,11 @@ pub enum ShardMessage {
     Enqueue {
         /// The producer's connection.
         origin: ConnRef,
+        /// The epoch the producer's shard had applied when it accepted them (`HaView::epoch`).
+        /// The owner stores them only once it has applied that epoch too, so that they take the
+        /// holds its promotion brings: over another ring than the promotion's, they may arrive
+        /// first (the HA layer keeps them until then).
+        epoch: Epoch,
         /// The messages, in the producer's order.
         items: Vec<EnqueueItem>,
     },

@@ -18,8 +18,9 @@
 //! Layout:
 //! - `node/`: one shard with all of its HA protocol. `shard_node` (the machine every shell drives:
 //!   inputs in, `output` out), `core` (the state the parts share and the one hold path: who holds
-//!   each publish's ack, `change_holders`), `config`, `output` (what a node asks its shell to do,
-//!   and what the nodes of one broker tell each other), `shell` (`NodeShell` and
+//!   each publish's ack, `change_holders`), `early_enqueues` (publishes that reached their queue's
+//!   shard ahead of their promotion, kept until it arrives), `config`, `output` (what a node asks
+//!   its shell to do, and what the nodes of one broker tell each other), `shell` (`NodeShell` and
 //!   `pump_and_carry_out`, the one carrying-out of a node's outputs).
 //! - `primary/`: the primary's side. `replication/` (one shard's replication to all its backups:
 //!   fan-out of events to the streams, `catch_up` backlogs, `delivery_gate`s, `expected_backups`,

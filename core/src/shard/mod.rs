@@ -9,6 +9,7 @@
 //!   catch-up, and the primary's records applied on a backup;
 //! - `configuration`: the coordinator's decisions and their application on every shard, HA state
 //!   transitions and epochs.
+//!
 //! This file holds the state, the inputs and outputs every part shares, and messages from other
 //! shards (`handle_peer`).
 //!
@@ -245,7 +246,7 @@ impl Shard {
     /// A message from another shard (or from ourselves).
     pub fn handle_peer(&mut self, message: ShardMessage) {
         match message {
-            ShardMessage::Enqueue { origin, items } => self.enqueue_batch(origin, items),
+            ShardMessage::Enqueue { origin, epoch, items } => self.enqueue_forwarded(origin, epoch, items),
             ShardMessage::Enqueued { conn, results } => {
                 for result in results {
                     self.record_enqueued(conn, result);

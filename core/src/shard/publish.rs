@@ -12,9 +12,14 @@
 //! keys of what they apply, so a promoted backup suppresses re-sends of messages it received by
 //! replication.
 //!
+//! A publish another shard accepted comes with the epoch that shard had applied: the owner stores
+//! it only once it has applied that epoch too (the promotion then set the holds it must take).
+//!
 //! Invariants:
 //! - A publish is confirmed only through its connection's completion tracker, after every target
 //!   queue reported and every hold was released (asserted there).
+//! - A publish is stored in the epoch it was accepted in or a later one, never before its shard
+//!   applied that promotion (asserted in `enqueue_forwarded`).
 //! - A hold is taken on the producer's tracker before the target's report, in the same result.
 
 use super::*;
@@ -84,9 +89,11 @@ impl Shard {
         self.mark_confirms_due(conn);
     }
 
-    /// Sends the enqueues gathered while reading `conn` to their shards; ours are stored now.
+    /// Sends the enqueues gathered while reading `conn` to their shards, with the epoch this
+    /// shard accepted them in; ours are stored now.
     pub(super) fn flush_enqueues(&mut self, conn: ConnId) {
         let origin = self.conn_ref(conn);
+        let epoch = self.ha.epoch();
         for shard in 0..self.config.shard_count {
             let items = std::mem::take(&mut self.pending_enqueues[usize::from(shard)]);
             if items.is_empty() {
@@ -95,9 +102,28 @@ impl Shard {
             if ShardId(shard) == self.id {
                 self.enqueue_batch(origin, items);
             } else {
-                self.send(ShardId(shard), ShardMessage::Enqueue { origin, items });
+                self.send(ShardId(shard), ShardMessage::Enqueue { origin, epoch, items });
             }
         }
+    }
+
+    /// Stores a batch of enqueues another shard accepted in `epoch` (`flush_enqueues` there).
+    ///
+    /// # Panics
+    /// If this shard has not applied `epoch` yet: the batch would take none of the holds that
+    /// promotion brings, and its acks could go out without the backups it expects (the HA layer
+    /// keeps such a batch until the promotion is applied and followed, `ringmq_ha`'s
+    /// `node::early_enqueues`).
+    pub(super) fn enqueue_forwarded(&mut self, origin: ConnRef, epoch: Epoch, items: Vec<EnqueueItem>) {
+        // The pair of `flush_enqueues`: the owner is in the producer's epoch or a later one.
+        assert!(
+            epoch <= self.ha.epoch(),
+            "{}: an enqueue accepted in epoch {} reached its queue's shard in epoch {}, before the promotion",
+            self.id,
+            epoch.0,
+            self.ha.epoch().0
+        );
+        self.enqueue_batch(origin, items);
     }
 
     /// Stores a batch of enqueues and reports the outcomes to the producer's shard. On a primary,

@@ -16,6 +16,8 @@
 //!   primary.
 //! - `backup::ready_lease`: shard 0 of a backup leaves `ready` when its primary was silent too
 //!   long.
+//! - `node::early_enqueues`: publishes another shard accepted under a promotion this shard has not
+//!   applied yet, kept until it has.
 //!
 //! Every connection, client or link, accepted or dialled, has a `ConnId` the shell allocates. A
 //! connection the core admits as a backup link (its preamble says so and this broker is the
@@ -26,9 +28,18 @@
 //! `poll_timeout()`. `now` never goes backwards. Messages from other
 //! shards' cores go through `handle_peer`, so that the checks due before any input run first.
 //!
+//! Promotions: the node follows a change of the broker's HA state (a promotion sets the holders of
+//! the shard's publishes: expected backups, the ready quorum) before the shard takes any further
+//! input, even when the shell hands it several inputs before one `pump`; and a publish another
+//! shard accepted in an epoch this shard has not applied waits in `early_enqueues` until it has.
+//! So a publish is stored only once the holders of the epoch it was accepted in are in place.
+//!
 //! Invariants:
 //! - The shard's replica hold count equals the number of holders of its publishes (streams,
 //!   collecting expected backups and a short ready quorum), after every change to them (`node::core`, `change_holders`).
+//! - No enqueue reaches the shard before the node followed the shard's HA state, nor before the
+//!   shard applied the epoch it was accepted in (asserted where it is handed over, and by the
+//!   shard where it is stored).
 //! - A replication stream exists only while the broker is a primary; a backup session only while
 //!   it is a backup of a cluster.
 //! - Controls a node sends itself are handled within the same `pump`, in order.
@@ -48,6 +59,7 @@ use crate::backup::session::BackupSession;
 use crate::link::frame::LinkOpen;
 pub use crate::node::config::NodeConfig;
 use crate::node::core::NodeCore;
+use crate::node::early_enqueues::{Arrival, EarlyEnqueues};
 use crate::node::output::{NodeControl, NodeOutput};
 use crate::primary::epoch_watch::{self, EpochWatch};
 use crate::primary::replication::PrimaryReplication;
@@ -74,6 +86,8 @@ pub struct ShardNode {
     seen_state: BrokerState,
     /// The core's messages for other shards, taken out for `poll_output`, not handed out yet.
     peer_outbox: VecDeque<(ShardId, ShardMessage)>,
+    /// Publishes accepted by other shards in an epoch this shard has not applied yet.
+    early_enqueues: EarlyEnqueues,
 }
 
 impl ShardNode {
@@ -89,6 +103,7 @@ impl ShardNode {
             ready_members: Vec::new(),
             seen_state,
             peer_outbox: VecDeque::new(),
+            early_enqueues: EarlyEnqueues::default(),
         };
         node.follow_state(now);
         node
@@ -162,9 +177,38 @@ impl ShardNode {
         }
     }
 
-    /// A message from another shard's core of this broker (`Shard::poll_peer` there).
+    /// A message from another shard's core of this broker (`Shard::poll_peer` there). A publish
+    /// accepted in an epoch this shard has not applied waits for it (`node::early_enqueues`); a
+    /// promotion this message brings is followed at once, then the publishes that waited for it
+    /// go to the shard.
     pub fn handle_peer(&mut self, message: ShardMessage, now: Instant) {
         self.before_input(now);
+        let applied = self.core.shard.ha().epoch();
+        let Arrival::Handle(message) = self.early_enqueues.handle_arrival(message, applied) else { return };
+        self.hand_to_shard(message);
+        self.follow_state_change(now);
+        let applied = self.core.shard.ha().epoch();
+        for message in self.early_enqueues.poll_due(applied) {
+            self.hand_to_shard(message);
+        }
+    }
+
+    /// How many publishes from other shards waited for the promotion they were accepted in
+    /// (since the node was made).
+    pub fn early_enqueues_kept(&self) -> u64 {
+        self.early_enqueues.kept_total()
+    }
+
+    /// Hands a message from another shard to the shard.
+    fn hand_to_shard(&mut self, message: ShardMessage) {
+        if matches!(message, ShardMessage::Enqueue { .. }) {
+            // The holders of the shard's publishes are those of its current HA state.
+            assert_eq!(
+                self.seen_state,
+                self.core.shard.ha().state(),
+                "an enqueue reached the shard before the node followed its HA state"
+            );
+        }
         self.core.shard.handle_peer(message);
     }
 
@@ -291,16 +335,25 @@ impl ShardNode {
     }
 
     /// Runs the checks that must precede any input at `now`: an expired ready lease takes effect
-    /// (`backup::ready_lease`), and the link it ran on ends.
+    /// (`backup::ready_lease`), and the link it ran on ends; then a change of the HA state not
+    /// followed yet (made by that, or by an earlier input: a shell may hand over several inputs
+    /// before one `pump`) is followed.
     fn before_input(&mut self, now: Instant) {
         self.core.set_time(now);
         let granted = self.backup.as_ref().and_then(BackupSession::lease_granted);
-        if !ready_lease::expire_ready(granted, now, &mut self.core) {
-            return;
+        if ready_lease::expire_ready(granted, now, &mut self.core) {
+            if let Some(backup) = self.backup.as_mut() {
+                let reason = "its ready lease ran out".to_string();
+                backup.drop_accepted_link(reason, now, &mut self.core.outputs);
+            }
         }
-        if let Some(backup) = self.backup.as_mut() {
-            let reason = "its ready lease ran out".to_string();
-            backup.drop_accepted_link(reason, now, &mut self.core.outputs);
+        self.follow_state_change(now);
+    }
+
+    /// Follows the broker's HA state now if it changed since the node last did.
+    fn follow_state_change(&mut self, now: Instant) {
+        if self.core.shard.ha().state() != self.seen_state {
+            self.follow_state(now);
         }
     }
 

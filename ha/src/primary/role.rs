@@ -8,7 +8,11 @@
 //! acks for them (`expect_backups`); shard 0 counts an expected backup settled when it is
 //! ready again (every shard's link caught up) or when `ha-backup-timeout` passes, and moves the
 //! broker to `active` once all are settled. A primary that expects nobody is `active` at once (the
-//! coordinator does that at promotion, see `Shard::set_expected_backups`).
+//! coordinator does that at promotion, see `Shard::set_expected_backups`). Each shard reaches
+//! recovering mode when it applies the promotion, not all at once: a publish another shard
+//! accepted under the promotion waits until the queue's shard applied it and held its acks for
+//! the expected backups (`node::early_enqueues`; the node follows a promotion before its shard
+//! takes another input), so no publish is acked without them however the shards' rings run.
 //!
 //! Detached backups: a backup this primary marked ready stays `ready` when a link of its drops,
 //! and the shard of that link keeps the acks it held (`NodeControl::LinkLost { kept }`,
@@ -36,6 +40,9 @@
 //! - `marked-ready` goes to a backup once per change to ready; `members` goes to every linked
 //!   backup after each change to the set of ready backups.
 //! - The broker leaves `recovering` only when no expected backup is left unsettled.
+//! - Every publish accepted in `recovering` is held for the expected backups on its queue's shard,
+//!   whichever shard accepted it (the shard asserts that it stores no publish before applying the
+//!   epoch it was accepted in).
 //! - While a backup may be `ready` on this primary's account (its `marked-ready` link is open, or
 //!   ended less than `detached_hold` ago), no shard releases the acks a lost link of its
 //!   kept, except for messages dequeued meanwhile, until every backup of a non-empty ready set
