@@ -414,7 +414,7 @@ fn draw_fault(rng: &mut ChaCha8Rng) -> Fault {
         "isolate" => Fault::Isolate { target, length: between(rng, 1000, 6000) },
         "partition" => Fault::Partition { target, way, length: between(rng, 1000, 6000) },
         "split" => {
-            let (a, b) = if rng.next_u64() % 3 == 0 {
+            let (a, b) = if rng.next_u64().is_multiple_of(3) {
                 (Target::Backup(0), Target::Backup(1))
             } else {
                 (Target::Primary, Target::Backup((rng.next_u64() % 2) as usize))
