@@ -199,10 +199,12 @@ fn status_check(addr: &str, status: &HaStatus) -> Result<(), StatusCheckError> {
 /// runs `ringmq_ha::promotion_check` on the answers.
 fn ready_check(addr: &str, status: &HaStatus) -> Result<(), StatusCheckError> {
     let candidate = member_status(addr, status)?;
+    // The candidate's primary: a broker that restarted since knows no epoch.
+    let known = candidate.epoch.max(candidate.ready_set.epoch);
     let mut peers = Vec::new();
     for member in other_members(addr, status)? {
         let answer = admin_connect(&member.dial, PEER_TIMEOUT).and_then(|connection| {
-            let fenced = connection.ha_fence()?;
+            let fenced = connection.ha_fence(known)?;
             connection.close()?;
             Ok(fenced)
         });

@@ -109,8 +109,8 @@ impl Connection {
     ///
     /// # Errors
     /// As the async method.
-    pub fn ha_fence(&self) -> Result<crate::HaStatus, ClientError> {
-        self.runtime.block_on(self.inner().ha_fence())
+    pub fn ha_fence(&self, epoch: u64) -> Result<crate::HaStatus, ClientError> {
+        self.runtime.block_on(self.inner().ha_fence(epoch))
     }
 
     /// See `crate::Connection::ha_promote`.

@@ -215,14 +215,15 @@ impl Connection {
         }
     }
 
-    /// A promotion check's fence (a cluster manager's command, before promoting another broker):
-    /// the broker, while a backup, stops acknowledging its current primary's ready sets, so that
-    /// primary keeps holding confirms for any backup it drops; then its HA state, as `ha_status`.
+    /// A promotion check's fence (a cluster manager's command, before promoting another broker
+    /// that knows `epoch`): the broker stops acknowledging the ready sets of any primary of that
+    /// epoch or older (or of the newest it has seen), so such a primary keeps holding confirms for
+    /// any backup it drops; then its HA state, as `ha_status`.
     ///
     /// # Errors
     /// `Failed` or the connection's cause.
-    pub async fn ha_fence(&self) -> Result<HaStatus, ClientError> {
-        match self.shared.request("ha fence", |request| Frame::HaFence { request }).await? {
+    pub async fn ha_fence(&self, epoch: u64) -> Result<HaStatus, ClientError> {
+        match self.shared.request("ha fence", |request| Frame::HaFence { request, epoch }).await? {
             Reply::HaStatus(status) => Ok(status),
             other => Err(other.unexpected("ha fence")),
         }

@@ -262,7 +262,7 @@ impl ConfigCoordinator {
             } else {
                 Vec::new()
             }),
-            ConfigRequest::HaStatus | ConfigRequest::HaFence => {
+            ConfigRequest::HaStatus | ConfigRequest::HaFence { .. } => {
                 unreachable!("shard 0 answers ha-status and ha-fence before asking the coordinator")
             }
             ConfigRequest::HaPromote => match self.decide_promotion() {

@@ -149,7 +149,10 @@ pub enum ConfigRequest {
     /// The broker's HA status, answered by shard 0 (which holds the ready set).
     HaStatus,
     /// A promotion check's fence (`Frame::HaFence`): shard 0 fences, then answers its status.
-    HaFence,
+    HaFence {
+        /// The newest epoch the promotion's candidate knows.
+        epoch: Epoch,
+    },
     /// Backup: shard 0 applied a `QueueCreated` record (its stream carries every replicated
     /// queue); add the name to every shard's routing table. The queue's owner creates the `Queue`
     /// from its own stream's record. Asked by the broker itself, in any HA state.

@@ -45,14 +45,16 @@ impl Shard {
             .set_expected_backups(count);
     }
 
-    /// Shard 0: a promotion check fenced this broker (`HaFence`): it acknowledges no ready set of
-    /// a primary of the newest epoch it has seen, or older.
+    /// Shard 0: a promotion check fenced this broker (`HaFence`) for a candidate that knows
+    /// `candidate`: it acknowledges no ready set of a primary of that epoch, of the newest epoch it
+    /// has seen itself, or older (a broker that restarted knows no epoch, but its next primary
+    /// may be the one the candidate replaces).
     ///
     /// # Panics
     /// On a shard other than 0.
-    pub fn fence_for_promotion(&mut self) {
+    pub fn fence_for_promotion(&mut self, candidate: Epoch) {
         let coordinator = self.coordinator.as_ref().expect("fence_for_promotion is for shard 0, the coordinator");
-        self.ha.fence(coordinator.highest_epoch());
+        self.ha.fence(coordinator.highest_epoch().max(candidate));
     }
 
     /// Shard 0: the newest ready set this broker knows changed (`HaStatusReply` shows it).
@@ -76,11 +78,11 @@ impl Shard {
     /// Shard 0: decide a configuration request, apply it here, broadcast it.
     pub(super) fn coordinate(&mut self, origin: ConnRef, request: Option<RequestId>, change: ConfigRequest) {
         let coordinator = self.coordinator.as_ref().expect("configuration request sent to a non-coordinator");
-        if matches!(change, ConfigRequest::HaStatus | ConfigRequest::HaFence) {
+        if matches!(change, ConfigRequest::HaStatus | ConfigRequest::HaFence { .. }) {
             // Answered here, from the one copy of the ready set and the fence, and changing nothing
             // else: the fence concerns only shard 0's replication link (`ringmq-ha`).
-            if change == ConfigRequest::HaFence {
-                self.fence_for_promotion();
+            if let ConfigRequest::HaFence { epoch } = change {
+                self.fence_for_promotion(epoch);
             }
             if let Some(request) = request {
                 self.reply(origin, self.ha.status_reply(request));

@@ -236,8 +236,8 @@ impl Shard {
                 let change = ConfigRequest::HaStatus;
                 self.send(ShardId(0), ShardMessage::ConfigRequest { origin, request: Some(request), change });
             }
-            Frame::HaFence { request } => {
-                let change = ConfigRequest::HaFence;
+            Frame::HaFence { request, epoch } => {
+                let change = ConfigRequest::HaFence { epoch: Epoch(epoch) };
                 self.send(ShardId(0), ShardMessage::ConfigRequest { origin, request: Some(request), change });
             }
             Frame::HaPromote { request } => {

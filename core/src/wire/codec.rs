@@ -101,9 +101,12 @@ pub fn encode(frame: &Frame, out: &mut BytesMut) {
         | Frame::ExchangeList { request }
         | Frame::Ok { request }
         | Frame::HaStatus { request }
-        | Frame::HaPromote { request }
-        | Frame::HaFence { request } => {
+        | Frame::HaPromote { request } => {
             out.put_u32_le(request.0);
+        }
+        Frame::HaFence { request, epoch } => {
+            out.put_u32_le(request.0);
+            out.put_u64_le(*epoch);
         }
         Frame::ExchangeDeclare { request, name, kind, passive, arguments } => {
             out.put_u32_le(request.0);
@@ -303,7 +306,7 @@ fn decode_body(frame_type: FrameType, r: &mut Reader) -> Result<Frame, DecodeErr
         FrameType::ExchangeList => Frame::ExchangeList { request: r.request()? },
         FrameType::HaStatus => Frame::HaStatus { request: r.request()? },
         FrameType::HaPromote => Frame::HaPromote { request: r.request()? },
-        FrameType::HaFence => Frame::HaFence { request: r.request()? },
+        FrameType::HaFence => Frame::HaFence { request: r.request()?, epoch: r.u64("epoch")? },
         FrameType::HaStatusReply => {
             let request = r.request()?;
             let state = r.name("state")?;

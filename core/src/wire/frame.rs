@@ -361,14 +361,16 @@ pub enum Frame {
         /// Correlates the reply.
         request: RequestId,
     },
-    /// A promotion check's vote (a cluster manager's command, before promoting another broker):
-    /// from now on this broker, while a backup of a primary no newer than the newest epoch it has
-    /// seen, no longer tells that primary it holds a new ready set (`members-held`), so that
-    /// primary cannot stop holding confirms for a backup it dropped. Answered by `HaStatusReply`
-    /// once in force.
+    /// A promotion check's fence (a cluster manager's command, before promoting another broker):
+    /// from now on this broker tells no primary of `epoch` or older, nor of the newest epoch it
+    /// has seen itself, that it holds a new ready set (`members-held`), so that such a primary
+    /// cannot stop holding confirms for a backup it dropped. Answered by `HaStatusReply` once in
+    /// force.
     HaFence {
         /// Correlates the reply.
         request: RequestId,
+        /// The newest epoch the candidate of the promotion knows (its primary's).
+        epoch: u64,
     },
 
     // ----- broker to client -----

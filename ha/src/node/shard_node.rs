@@ -229,11 +229,12 @@ impl ShardNode {
         self.served.serve(conn, open, pending, now, &mut self.core);
     }
 
-    /// Shard 0: a promotion check fenced this broker (the `ha-fence` an admin connection carries
-    /// to the core; here for a driver that checks promotions itself, as the simulator does).
-    pub fn handle_fence(&mut self, now: Instant) {
+    /// Shard 0: a promotion check for a candidate that knows `epoch` fenced this broker (the
+    /// `ha-fence` an admin connection carries to the core; here for a driver that checks
+    /// promotions itself, as the simulator does).
+    pub fn handle_fence(&mut self, epoch: Epoch, now: Instant) {
         self.before_input(now);
-        self.core.shard.fence_for_promotion();
+        self.core.shard.fence_for_promotion(epoch);
     }
 
     /// Acts on a control, from another shard or this one.

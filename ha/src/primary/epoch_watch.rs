@@ -9,10 +9,14 @@
 //! reference relied on the cluster manager alone for this. A backup link that carries a newer
 //! epoch than ours (`served_links`) makes us step down at once, without waiting for the next probe.
 //!
-//! The window this leaves: between the resumption of a superseded primary and its next probe (at
-//! most one maintenance interval plus the probe's round trip), it may still confirm publishes that
-//! no backup holds, since its backups left it. Clients that fail over re-send what was not
-//! confirmed by the new primary; what the old one confirmed in that window is lost with it.
+//! Until the probe finds the newer primary (at most one maintenance interval plus the probe's round
+//! trip after it resumes), a superseded primary confirms nothing its backups lack: the backup that
+//! was promoted was ready here, so its lost link holds confirms for `ha-backup-timeout`
+//! (`primary::role`, "Detached backups"), and the other backups were fenced by the promotion
+//! check, so none of them lets it go sooner. What is left is a primary with no ready backup at all
+//! (a new cluster's first primary promoted beside it): it confirms alone, as it would anyway
+//! without `ha-min-ready-backups`, and what it confirms is lost with it. The simulation checks that
+//! every message a superseded primary confirmed survives (`tests/SIMULATION.md`).
 //!
 //! Invariants:
 //! - Only a primary state of a cluster (`recovering`, `active`) steps down, and only for a peer

@@ -237,7 +237,7 @@ impl Oracle {
             .confirmed
             .keys()
             .copied()
-            .filter(|n| !self.acked.contains(n) && !self.forgiven.contains(n) && !self.stale.contains(n))
+            .filter(|n| !self.acked.contains(n) && !self.forgiven.contains(n))
             .filter(|n| !held.contains(n))
             .collect();
         if missing.is_empty() {
@@ -423,9 +423,7 @@ impl Oracle {
     /// Whether everything published arrived: the numbers below `published` that the consumer
     /// never got, less those given up (`forgiven`, `stale`).
     pub fn missing(&self, published: u64, received: &BTreeSet<u64>) -> Vec<u64> {
-        (0..published)
-            .filter(|n| !received.contains(n) && !self.forgiven.contains(n) && !self.stale.contains(n))
-            .collect()
+        (0..published).filter(|n| !received.contains(n) && !self.forgiven.contains(n)).collect()
     }
 }
 

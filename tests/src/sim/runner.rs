@@ -39,6 +39,7 @@ use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use ringmq_core::broker_state::BrokerState;
+use ringmq_core::epoch::Epoch;
 use ringmq_core::ids::ConnId;
 use ringmq_core::replication::ReplicationEvent;
 use ringmq_ha::link::frame::LinkOpen;

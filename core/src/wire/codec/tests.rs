@@ -186,7 +186,7 @@ fn sample_frames() -> Vec<Frame> {
         Frame::ConsumerCancelled { consumer: ConsumerId(3), reason: "queue deleted".into() },
         Frame::HaStatus { request: RequestId(16) },
         Frame::HaPromote { request: RequestId(17) },
-        Frame::HaFence { request: RequestId(20) },
+        Frame::HaFence { request: RequestId(20), epoch: 66 },
         Frame::HaStatusReply {
             request: RequestId(18),
             state: "active".into(),

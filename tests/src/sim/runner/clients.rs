@@ -166,11 +166,13 @@ impl Simulation {
                 self.trace.record(format!("{} manager promotes b{broker} ({:?})", self.now, statuses[broker].state));
                 if statuses[broker].state == Some(BrokerState::Ready) {
                     // `ringmq ha promote` fences every broker that answers before it promotes.
+                    let candidate = self.brokers[broker].member_status().expect("a ready broker is up");
+                    let known = Epoch(candidate.epoch.max(candidate.ready_set.epoch));
                     let answering: Vec<usize> =
                         (0..self.brokers.len()).filter(|&peer| self.answers(broker, peer)).collect();
                     for peer in answering {
                         let node = self.brokers[peer].node_ref(0);
-                        self.with_node(node, |node, now| node.handle_fence(now))?;
+                        self.with_node(node, |node, now| node.handle_fence(known, now))?;
                     }
                 }
                 let mut actions = std::mem::take(&mut self.actions);

@@ -117,8 +117,7 @@ impl Simulation {
         active == 1
             && active + ready == self.brokers.len()
             && self.producer.all_confirmed()
-            && self.consumer.received.len() as u64 + (self.oracle.forgiven.len() + self.oracle.stale.len()) as u64
-                >= self.producer.next_number
+            && self.consumer.received.len() as u64 + self.oracle.forgiven.len() as u64 >= self.producer.next_number
             && self.oracle.missing(self.producer.next_number, &self.consumer.received).is_empty()
     }
 
