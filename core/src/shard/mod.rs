@@ -9,6 +9,7 @@
 //!   catch-up, and the primary's records applied on a backup;
 //! - `configuration`: the coordinator's decisions and their application on every shard, HA state
 //!   transitions and epochs.
+//!
 //! This file holds the state, the inputs and outputs every part shares, and messages from other
 //! shards (`handle_peer`).
 //!

@@ -414,8 +414,6 @@ fn decode_body(frame_type: FrameType, r: &mut Reader) -> Result<Frame, DecodeErr
     Ok(frame)
 }
 
-/// A cursor over one complete frame. Every read checks the bounds first, so no input can make it
-
 /// An encoded settle range, in bytes: `first` and `last`.
 const TAG_RANGE_BYTES: usize = 8 + 8;
 /// Smallest encoded confirm range, in bytes: `first`, `last` and a one-byte outcome.
