@@ -193,6 +193,28 @@ pub fn option_table() -> impl Iterator<Item = (&'static str, &'static str, &'sta
     OPTIONS.iter().map(|o| (o.name, o.default, o.help))
 }
 
+/// Reads the text of a config file (`file` names it in errors) into `values`: `key=value` lines,
+/// keys and values trimmed; `#` starts a comment; blank lines are skipped. A later line for the
+/// same key wins.
+///
+/// # Errors
+/// `BadLine` for a line that is not `key=value`, `UnknownOption` for a key that is not an option.
+pub fn parse_config_text(file: &str, text: &str, values: &mut BTreeMap<String, String>) -> Result<(), ConfigError> {
+    for (index, raw) in text.lines().enumerate() {
+        let line = raw.split('#').next().unwrap_or("").trim();
+        if line.is_empty() {
+            continue;
+        }
+        let Some((name, value)) = line.split_once('=') else {
+            return Err(ConfigError::BadLine { file: file.to_string(), line: index + 1, text: raw.to_string() });
+        };
+        let name = name.trim();
+        check_known(name, &format!(" (config file {file} line {})", index + 1))?;
+        values.insert(name.to_string(), value.trim().to_string());
+    }
+    Ok(())
+}
+
 impl BrokerConfig {
     /// Reads `--config FILE` (if given) and then every `--key value` / `--key=value` flag.
     ///
@@ -364,19 +386,7 @@ fn read_file(path: &Path, values: &mut BTreeMap<String, String>) -> Result<(), C
     let file = path.display().to_string();
     let text = std::fs::read_to_string(path)
         .map_err(|error| ConfigError::Unreadable { file: file.clone(), error: error.to_string() })?;
-    for (index, raw) in text.lines().enumerate() {
-        let line = raw.split('#').next().unwrap_or("").trim();
-        if line.is_empty() {
-            continue;
-        }
-        let Some((name, value)) = line.split_once('=') else {
-            return Err(ConfigError::BadLine { file, line: index + 1, text: raw.to_string() });
-        };
-        let name = name.trim();
-        check_known(name, &format!(" (config file {file} line {})", index + 1))?;
-        values.insert(name.to_string(), value.trim().to_string());
-    }
-    Ok(())
+    parse_config_text(&file, &text, values)
 }
 
 fn check_known(name: &str, source_note: &str) -> Result<(), ConfigError> {
@@ -714,5 +724,22 @@ mod tests {
         let error = BrokerConfig::from_args(&args(&["--config", path.to_str().unwrap()])).unwrap_err();
         assert!(error.to_string().contains("(config file"), "{error}");
         std::fs::remove_file(&path).unwrap();
+    }
+
+    #[test]
+    fn config_text_trims_skips_comments_and_names_the_bad_line() {
+        // Goal: the text of a config file reads the same as the file would, with no file. Method:
+        // comments, blank lines, padding, a repeated key, then a bad line and an unknown key.
+        let mut values = BTreeMap::new();
+        parse_config_text("b.conf", "# c\n\n port = 6000 \r\nlog=debug # x\nport=6001\n", &mut values).unwrap();
+        let expected =
+            BTreeMap::from([("log".to_string(), "debug".to_string()), ("port".to_string(), "6001".to_string())]);
+        assert_eq!(values, expected);
+        // A line without '=' names the file and its 1-based line.
+        let error = parse_config_text("b.conf", "port=1\nport 2\n", &mut values).unwrap_err();
+        assert_eq!(error, ConfigError::BadLine { file: "b.conf".into(), line: 2, text: "port 2".into() });
+        // An unknown key names itself and where it came from.
+        let error = parse_config_text("b.conf", "prot=1\n", &mut values).unwrap_err().to_string();
+        assert!(error.starts_with("unknown option 'prot' (config file b.conf line 1)"), "{error}");
     }
 }

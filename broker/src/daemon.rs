@@ -23,6 +23,7 @@
 
 use std::process::ExitCode;
 
+use ringmq_broker::config::{is_listen_address, option_table, BrokerConfig};
 use ringmq_core::ha_view::HaSettings;
 use ringmq_core::ids::ShardId;
 use ringmq_core::shard::ShardConfig;
@@ -30,7 +31,6 @@ use ringmq_ha::node::shard_node::NodeConfig;
 use ringmq_transport::runtime::{start, TransportConfig};
 use ringmq_transport::shard_exit::ShardExitCause;
 
-use crate::config::{is_listen_address, option_table, BrokerConfig};
 use crate::fatal::{exit_on_panic, fatal, ExitStatus};
 
 /// The environment variable of the test fault trigger: the index of a shard that panics.

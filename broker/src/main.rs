@@ -1,6 +1,6 @@
 //! `ringmq`: the broker daemon and every command-line tool, in one binary.
 //!
-//! - `broker`: run a broker (`daemon`, options in `config`).
+//! - `broker`: run a broker (`daemon`, options in the library's `config`).
 //! - `queue`, `exchange`, `bind`, `unbind`: management over the native protocol (`manage`).
 //! - `ha status`, `ha promote`: HA state and promotion (`ha`).
 //! - `send`, `receive`: messages from the shell (`shell`).
@@ -9,7 +9,6 @@
 
 mod cli;
 mod cluster;
-mod config;
 mod daemon;
 mod fatal;
 mod ha;

@@ -22,12 +22,12 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use ringmq_broker::config::parse_duration;
 use ringmq_client::blocking::Connection;
 use ringmq_client::{ClientError, ConnectOptions};
 use ringmq_core::frame::Message;
 
 use crate::cli::{BrokerArgs, FailoverArgs, ReceiveArgs, SendArgs};
-use crate::config::parse_duration;
 use crate::stop_signal;
 
 /// How often a numbered receive looks at the stop flag while no message comes.

@@ -61,6 +61,8 @@
 //!   `request_table`, `consumer_registry`; and beside it `settlement_batch` (a consumer's pending
 //!   settlements) and `failover` with `broker_list` (the supervisor's address rotation, no IO).
 //! - Values and checks: `options`, `limits`, `error`, `ha_status`, `argument_check`.
+//! - `fuzzing` (feature `fuzzing` only): the reader's handling of the broker's bytes over a
+//!   connection's state without a socket, for the fuzz targets.
 //!
 //! Invariants:
 //! - No call waits forever on a dead connection: a broker `Error` frame, a lost socket, a silent
@@ -81,6 +83,9 @@ mod consumer;
 mod consumer_registry;
 mod error;
 mod failover;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 mod ha_status;
 pub mod limits;
 mod options;

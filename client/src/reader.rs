@@ -44,19 +44,13 @@ pub(crate) async fn run_reader(
 }
 
 async fn read_until_end(shared: &Shared, socket: &mut OwnedReadHalf, buf: &mut BytesMut, addr: &str) -> ClientError {
-    let frame_bytes_max = shared.options.frame_bytes_max;
     // With heartbeats the broker echoes ours at least once per interval; twice that in silence
     // means it is dead or stalled.
     let silence_max = shared.options.heartbeat_interval.map(|interval| interval * 2);
     let mut confirms: Vec<ConfirmRange> = Vec::new();
     let mut linger_until: Option<Instant> = None;
     loop {
-        let decoded = decode_and_dispatch(shared, buf, frame_bytes_max, &mut confirms);
-        // Confirms decoded before an error still count.
-        if let Err(cause) = apply_confirms(shared, &mut confirms) {
-            return cause;
-        }
-        if let Err(cause) = decoded {
+        if let Err(cause) = handle_read(shared, buf, &mut confirms) {
             return cause;
         }
         if buf.capacity() - buf.len() < READ_CHUNK_BYTES_MIN {
@@ -110,6 +104,24 @@ async fn read_until_end(shared: &Shared, socket: &mut OwnedReadHalf, buf: &mut B
             Err(err) => return ClientError::lost("reading from the broker", &err),
         }
     }
+}
+
+/// Handles what one read added to `buf`: decodes and dispatches every complete frame, then
+/// applies the confirms among them together; a partial frame stays in `buf`. `confirms` is the
+/// reader's scratch vector, empty between calls.
+///
+/// # Errors
+/// The cause that ends the connection: a frame that does not decode or may not come, or a
+/// confirm out of sequence order (confirms decoded before it still count).
+pub(crate) fn handle_read(
+    shared: &Shared,
+    buf: &mut BytesMut,
+    confirms: &mut Vec<ConfirmRange>,
+) -> Result<(), ClientError> {
+    let decoded = decode_and_dispatch(shared, buf, shared.options.frame_bytes_max, confirms);
+    // Confirms decoded before an error still count.
+    apply_confirms(shared, confirms)?;
+    decoded
 }
 
 /// Decodes and dispatches every complete frame in `buf`; confirm ranges are collected into

@@ -13,9 +13,9 @@
 
 use bytes::BytesMut;
 use libfuzzer_sys::fuzz_target;
-use ringmq_core::wire::{codec, DeliverWriter, PublishWriter};
 use ringmq_core::frame::Frame;
 use ringmq_core::limits::FRAME_BYTES_MAX;
+use ringmq_core::wire::{codec, DeliverWriter, PublishWriter};
 
 fuzz_target!(|data: &[u8]| {
     // The result does not matter, only that it neither panics nor reads out of bounds.

@@ -11,7 +11,9 @@
 //! lengths) only. The streaming writers of the hot batch frames are in `writers`.
 //!
 //! Invariants:
-//! - `decode` never panics, whatever the bytes, and consumes bytes only when it returns a frame.
+//! - `decode` never panics, whatever the bytes. It consumes nothing while it returns `Ok(None)`,
+//!   and exactly the frame's bytes when it returns a frame; after an `Err` nothing about the
+//!   buffer may be relied on (a refused body may have been consumed with its frame).
 //! - `decode` keeps *incomplete* (`Ok(None)`: wait for more bytes) apart from *invalid* (`Err`:
 //!   the caller sends an `Error` frame and closes the connection).
 //! - Every count is checked against its limit before anything is allocated for it, and a `Vec` is

@@ -32,8 +32,10 @@
 //! the link. The writer calls `encode_link_frame` (or the record module's encoders) per frame.
 //!
 //! Invariants:
-//! - `decode_link_frame` never panics, whatever the bytes, and consumes bytes only when it returns
-//!   a frame; it keeps *incomplete* (`Ok(None)`) apart from *invalid* (`Err`).
+//! - `decode_link_frame` never panics, whatever the bytes; it keeps *incomplete* (`Ok(None)`,
+//!   nothing consumed) apart from *invalid* (`Err`), and a frame it returns was consumed exactly.
+//!   After an `Err` nothing about the buffer may be relied on: a refused body may have been
+//!   consumed with its frame, and the link is closed anyway.
 //! - A frame larger than `bytes_max` is refused as soon as its length has arrived, and an unknown
 //!   type as soon as its type byte has.
 //! - The encoding is canonical: `encode_link_frame` of a decoded frame gives back its bytes, and
@@ -255,8 +257,9 @@ pub fn encode_link_frame(frame: &LinkFrame, out: &mut BytesMut) {
 ///
 /// # Errors
 ///
-/// Any [`LinkDecodeError`]: the bytes are not a valid frame; the caller answers with an `error`
-/// frame carrying [`LinkDecodeError::code`] and closes the link.
+/// Any [`LinkDecodeError`]: the bytes are not a valid frame. Nothing about `buf` may be relied on
+/// afterwards; the caller answers with an `error` frame carrying [`LinkDecodeError::code`] and
+/// closes the link.
 ///
 /// # Panics
 ///

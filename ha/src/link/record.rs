@@ -53,8 +53,10 @@
 //! how to apply them (see `backup::stream`, `Shard::apply_replica`).
 //!
 //! Invariants:
-//! - `decode_batch` never panics, whatever the bytes, and consumes bytes only when it returns a
-//!   batch; it keeps *incomplete* (`Ok(None)`) apart from *invalid* (`Err`).
+//! - `decode_batch` never panics, whatever the bytes; it keeps *incomplete* (`Ok(None)`, nothing
+//!   consumed) apart from *invalid* (`Err`), and a batch it returns was consumed exactly. After an
+//!   `Err` nothing about the buffer may be relied on: a refused body may have been consumed with
+//!   its frame, and the link is dropped anyway.
 //! - Every count is checked against its limit before anything is allocated for it, and a `Vec`
 //!   never gets more capacity than the remaining bytes could fill.
 //! - Message fields of a decoded batch are slices of the batch's bytes: no body is copied.
@@ -266,7 +268,8 @@ pub fn encode_batch(batch: &Batch, out: &mut BytesMut) {
 ///
 /// # Errors
 ///
-/// Any [`RecordDecodeError`]: the bytes are not a valid batch; the caller drops the link.
+/// Any [`RecordDecodeError`]: the bytes are not a valid batch. Nothing about `buf` may be relied
+/// on afterwards; the caller drops the link.
 ///
 /// # Panics
 ///
