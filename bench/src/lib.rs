@@ -12,7 +12,11 @@
 //!
 //! Invariants: a run fails (`lost > 0`) if any sent message was not received; duplicates are
 //! counted and reported, never hidden.
+//!
+//! `loopback_cluster` starts the three-broker loopback clusters of the HA measurement binaries in
+//! `src/bin` (`failover-time`, `hung-backup-stall`).
 
+pub mod loopback_cluster;
 mod report;
 
 use std::cell::RefCell;

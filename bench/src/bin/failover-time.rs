@@ -14,14 +14,13 @@
 //! Usage: `cargo run --release -p ringmq-bench --bin failover-time -- --ringmq target/release/ringmq`
 //! (`--help` for the intervals and the round count).
 
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use clap::Parser;
+use ringmq_bench::loopback_cluster::{admin, start_cluster, wait_for_state, ClusterConfig};
 use ringmq_client::{blocking, ConnectOptions};
 use ringmq_core::frame::{Message, QueueOptions};
 
@@ -81,32 +80,20 @@ fn main() {
     }
 }
 
-/// Three brokers killed on drop.
-struct Cluster {
-    /// The broker processes.
-    children: Vec<Child>,
-    /// Their addresses.
-    addresses: Vec<String>,
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        for child in &mut self.children {
-            // Already gone is fine.
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
 /// One round; returns the failover time.
 fn measure(args: &Args) -> Result<Duration, String> {
-    let mut cluster = start_cluster(args)?;
-    admin(&cluster.addresses[0])?.ha_promote().map_err(|e| format!("promote: {e}"))?;
-    for address in &cluster.addresses[1..] {
+    let config = ClusterConfig {
+        ringmq: args.ringmq.clone(),
+        link_heartbeat_s: args.link_heartbeat,
+        link_maintenance_s: args.link_maintenance,
+        ha_backup_timeout_s: None,
+    };
+    let mut cluster = start_cluster(&config)?;
+    admin(&cluster.addresses()[0])?.ha_promote().map_err(|e| format!("promote: {e}"))?;
+    for address in &cluster.addresses()[1..] {
         wait_for_state(address, "ready")?;
     }
-    let url = cluster.addresses.join(",");
+    let url = cluster.addresses().join(",");
     let options = ConnectOptions {
         reconnect: true,
         heartbeat_interval: Some(Duration::from_secs_f64(args.heartbeat)),
@@ -158,9 +145,8 @@ fn measure(args: &Args) -> Result<Duration, String> {
     });
     std::thread::sleep(Duration::from_secs(1));
     let killed_at = Instant::now();
-    let _ = cluster.children[0].kill();
-    let _ = cluster.children[0].wait();
-    let promoted = admin(&cluster.addresses[1]).and_then(|c| c.ha_promote().map_err(|e| format!("promote: {e}")));
+    cluster.kill(0);
+    let promoted = admin(&cluster.addresses()[1]).and_then(|c| c.ha_promote().map_err(|e| format!("promote: {e}")));
     let deadline = killed_at + Duration::from_secs(10);
     let first = loop {
         if let Some(first) = *first_after_reconnect.lock().expect("not poisoned") {
@@ -177,57 +163,4 @@ fn measure(args: &Args) -> Result<Duration, String> {
     let _ = confirms.join();
     promoted?;
     first.map(|first| first.duration_since(killed_at)).ok_or_else(|| "no confirm within 10 s of the kill".to_string())
-}
-
-/// Starts three cluster brokers on free loopback ports.
-fn start_cluster(args: &Args) -> Result<Cluster, String> {
-    let ports: Vec<u16> = (0..3).map(|_| free_port()).collect::<Result<_, _>>()?;
-    let addresses: Vec<String> = ports.iter().map(|port| format!("127.0.0.1:{port}")).collect();
-    let url = addresses.join(",");
-    let mut cluster = Cluster { children: Vec::new(), addresses };
-    for port in &ports {
-        let child = Command::new(&args.ringmq)
-            .arg("broker")
-            .args(["--host", "127.0.0.1", "--port", &port.to_string(), "--pin-cores", "false", "--shards", "1"])
-            .args(["--ha-cluster", "true", "--ha-brokers-url", &url, "--ha-replicate", "all"])
-            .args(["--link-heartbeat-interval", &args.link_heartbeat.to_string()])
-            .args(["--link-maintenance-interval", &args.link_maintenance.to_string()])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .map_err(|e| format!("starting {}: {e}", args.ringmq))?;
-        cluster.children.push(child);
-    }
-    for address in &cluster.addresses {
-        wait_for_state(address, "joining")?;
-    }
-    Ok(cluster)
-}
-
-/// Waits (at most 10 s) until the broker at `address` reports `state`.
-fn wait_for_state(address: &str, state: &str) -> Result<(), String> {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let mut last = String::new();
-    while Instant::now() < deadline {
-        match admin(address).and_then(|c| c.ha_status().map_err(|e| e.to_string())) {
-            Ok(status) if status.state == state => return Ok(()),
-            Ok(status) => last = status.state,
-            Err(error) => last = error,
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    Err(format!("{address} not {state} within 10 s (last: {last})"))
-}
-
-/// An admin connection.
-fn admin(address: &str) -> Result<blocking::Connection, String> {
-    let options = ConnectOptions { admin: true, ..ConnectOptions::default() };
-    blocking::Connection::connect(address, options).map_err(|e| e.to_string())
-}
-
-/// A port free on loopback right now.
-fn free_port() -> Result<u16, String> {
-    let listener = TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
-    listener.local_addr().map(|a| a.port()).map_err(|e| e.to_string())
 }
