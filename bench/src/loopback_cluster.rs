@@ -1,6 +1,6 @@
 //! A cluster of three `ringmq broker` processes on loopback, for the HA measurement binaries
 //! (`failover-time`, `hung-backup-stall`): starting it, waiting for a broker's HA state, admin
-//! connections.
+//! connections, and the rounds of a measurement with their report.
 //!
 //! It does not promote anyone, publish, or judge what it measures; the binaries do.
 //!
@@ -143,3 +143,29 @@ const BROKER_COUNT: usize = 3;
 const STATE_WAIT_MAX: Duration = Duration::from_secs(10);
 /// How often `wait_for_state` asks.
 const STATE_POLL_INTERVAL: Duration = Duration::from_millis(10);
+
+/// Runs `rounds` rounds of `measure` (each on a fresh cluster), printing each round's time in ms
+/// or why it failed, then the median, min and max of the rounds that succeeded.
+pub fn run_rounds(rounds: u32, mut measure: impl FnMut() -> Result<Duration, String>) {
+    let mut times = Vec::new();
+    for round in 1..=rounds {
+        match measure() {
+            Ok(time) => {
+                println!("round {round}: {:.1} ms", time.as_secs_f64() * 1e3);
+                times.push(time);
+            }
+            Err(error) => println!("round {round}: failed: {error}"),
+        }
+    }
+    times.sort();
+    if let (Some(min), Some(max)) = (times.first(), times.last()) {
+        let median = times[times.len() / 2];
+        println!(
+            "median {:.1} ms, min {:.1} ms, max {:.1} ms over {} rounds",
+            median.as_secs_f64() * 1e3,
+            min.as_secs_f64() * 1e3,
+            max.as_secs_f64() * 1e3,
+            times.len()
+        );
+    }
+}

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use clap::Parser;
-use ringmq_bench::loopback_cluster::{admin, start_cluster, wait_for_state, ClusterConfig};
+use ringmq_bench::loopback_cluster::{admin, run_rounds, start_cluster, wait_for_state, ClusterConfig};
 use ringmq_client::{blocking, ConnectOptions};
 use ringmq_core::frame::{Message, QueueOptions};
 
@@ -57,27 +57,7 @@ fn main() {
          maintenance {}s, client heartbeat {}s, reconnect interval {}s, {} msg/s",
         args.link_heartbeat, args.link_maintenance, args.heartbeat, args.reconnect_interval, args.rate
     );
-    let mut times = Vec::new();
-    for round in 1..=args.rounds {
-        match measure(&args) {
-            Ok(time) => {
-                println!("round {round}: {:.1} ms", time.as_secs_f64() * 1e3);
-                times.push(time);
-            }
-            Err(error) => println!("round {round}: failed: {error}"),
-        }
-    }
-    times.sort();
-    if let (Some(min), Some(max)) = (times.first(), times.last()) {
-        let median = times[times.len() / 2];
-        println!(
-            "median {:.1} ms, min {:.1} ms, max {:.1} ms over {} rounds",
-            median.as_secs_f64() * 1e3,
-            min.as_secs_f64() * 1e3,
-            max.as_secs_f64() * 1e3,
-            times.len()
-        );
-    }
+    run_rounds(args.rounds, || measure(&args));
 }
 
 /// One round; returns the failover time.

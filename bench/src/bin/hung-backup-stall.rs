@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use clap::Parser;
-use ringmq_bench::loopback_cluster::{admin, start_cluster, wait_for_state, ClusterConfig};
+use ringmq_bench::loopback_cluster::{admin, run_rounds, start_cluster, wait_for_state, ClusterConfig};
 use ringmq_client::{blocking, ConnectOptions};
 use ringmq_core::frame::{ConfirmOutcome, Message, QueueOptions};
 
@@ -61,27 +61,7 @@ fn main() {
          (longest confirm wait); link heartbeat {}s, maintenance {}s, ha-backup-timeout {backup_timeout}, {} msg/s",
         args.link_heartbeat, args.link_maintenance, args.rate
     );
-    let mut stalls = Vec::new();
-    for round in 1..=args.rounds {
-        match measure(&args) {
-            Ok(stall) => {
-                println!("round {round}: {:.1} ms", stall.as_secs_f64() * 1e3);
-                stalls.push(stall);
-            }
-            Err(error) => println!("round {round}: failed: {error}"),
-        }
-    }
-    stalls.sort();
-    if let (Some(min), Some(max)) = (stalls.first(), stalls.last()) {
-        let median = stalls[stalls.len() / 2];
-        println!(
-            "median {:.1} ms, min {:.1} ms, max {:.1} ms over {} rounds",
-            median.as_secs_f64() * 1e3,
-            min.as_secs_f64() * 1e3,
-            max.as_secs_f64() * 1e3,
-            stalls.len()
-        );
-    }
+    run_rounds(args.rounds, || measure(&args));
 }
 
 /// What the publishing and the confirm-reading threads share.
