@@ -262,9 +262,6 @@ impl ConfigCoordinator {
             } else {
                 Vec::new()
             }),
-            ConfigRequest::HaStatus | ConfigRequest::HaFence { .. } => {
-                unreachable!("shard 0 answers ha-status and ha-fence before asking the coordinator")
-            }
             ConfigRequest::HaPromote => match self.decide_promotion() {
                 Ok(changes) => Decision::Apply(changes),
                 Err(reason) => failed(ErrorCode::PreconditionFailed, reason.to_string()),

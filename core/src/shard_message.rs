@@ -146,13 +146,6 @@ pub enum ConfigRequest {
     },
     /// Promote the broker to primary (`ringmq ha promote --cluster-manager`).
     HaPromote,
-    /// The broker's HA status, answered by shard 0 (which holds the ready set).
-    HaStatus,
-    /// A promotion check's fence (`Frame::HaFence`): shard 0 fences, then answers its status.
-    HaFence {
-        /// The newest epoch the promotion's candidate knows.
-        epoch: Epoch,
-    },
     /// Backup: shard 0 applied a `QueueCreated` record (its stream carries every replicated
     /// queue); add the name to every shard's routing table. The queue's owner creates the `Queue`
     /// from its own stream's record. Asked by the broker itself, in any HA state.
@@ -354,6 +347,17 @@ pub enum ShardMessage {
         conn: ConnId,
         /// The frame.
         frame: Frame,
+    },
+    /// To shard 0, which holds the ready set and the fence: answer `HaStatusReply` to `origin`,
+    /// after fencing for a promotion check when `fence` names the candidate's epoch
+    /// (`Frame::HaFence`). Changes nothing else.
+    HaStatus {
+        /// The requesting connection.
+        origin: ConnRef,
+        /// Correlates the reply.
+        request: RequestId,
+        /// `Some(epoch)` for `ha-fence`: the newest epoch the promotion's candidate knows.
+        fence: Option<Epoch>,
     },
     /// To the coordinator: please change the configuration.
     ConfigRequest {

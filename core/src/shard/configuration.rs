@@ -75,20 +75,18 @@ impl Shard {
         self.coordinator.as_mut().expect("observe_epoch is for shard 0, the coordinator").observe_epoch(epoch)
     }
 
+    /// Shard 0: answers an `ha-status` or `ha-fence` from `origin`, fencing first for the latter
+    /// (the fence concerns only shard 0's replication link, in `ringmq-ha`).
+    pub(super) fn answer_ha_status(&mut self, origin: ConnRef, request: RequestId, fence: Option<Epoch>) {
+        if let Some(candidate) = fence {
+            self.fence_for_promotion(candidate);
+        }
+        self.reply(origin, self.ha.status_reply(request));
+    }
+
     /// Shard 0: decide a configuration request, apply it here, broadcast it.
     pub(super) fn coordinate(&mut self, origin: ConnRef, request: Option<RequestId>, change: ConfigRequest) {
         let coordinator = self.coordinator.as_ref().expect("configuration request sent to a non-coordinator");
-        if matches!(change, ConfigRequest::HaStatus | ConfigRequest::HaFence { .. }) {
-            // Answered here, from the one copy of the ready set and the fence, and changing nothing
-            // else: the fence concerns only shard 0's replication link (`ringmq-ha`).
-            if let ConfigRequest::HaFence { epoch } = change {
-                self.fence_for_promotion(epoch);
-            }
-            if let Some(request) = request {
-                self.reply(origin, self.ha.status_reply(request));
-            }
-            return;
-        }
         let changes = match coordinator.decide(origin, request, change) {
             Decision::Reply(frame) => {
                 if request.is_some() {

@@ -324,6 +324,7 @@ impl Shard {
                 self.write_frame(conn, &frame);
             }
             ShardMessage::ConfigRequest { origin, request, change } => self.coordinate(origin, request, change),
+            ShardMessage::HaStatus { origin, request, fence } => self.answer_ha_status(origin, request, fence),
             ShardMessage::ApplyConfig { id, change } => {
                 if let Err((_, message)) = self.apply_config(change) {
                     panic!("{}: change {id} failed on a non-coordinator shard: {message}", self.id);

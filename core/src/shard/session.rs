@@ -233,12 +233,10 @@ impl Shard {
                 }
             }
             Frame::HaStatus { request } => {
-                let change = ConfigRequest::HaStatus;
-                self.send(ShardId(0), ShardMessage::ConfigRequest { origin, request: Some(request), change });
+                self.send(ShardId(0), ShardMessage::HaStatus { origin, request, fence: None });
             }
             Frame::HaFence { request, epoch } => {
-                let change = ConfigRequest::HaFence { epoch: Epoch(epoch) };
-                self.send(ShardId(0), ShardMessage::ConfigRequest { origin, request: Some(request), change });
+                self.send(ShardId(0), ShardMessage::HaStatus { origin, request, fence: Some(Epoch(epoch)) });
             }
             Frame::HaPromote { request } => {
                 let change = ConfigRequest::HaPromote;
